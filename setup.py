@@ -1,0 +1,28 @@
+"""vit_jax: Vision Transformers in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="vit_jax",
+    version="0.1.0",
+    description="Vision Transformers in JAX/Flax: release-checkpoint compatible training at scale.",
+    packages=setuptools.find_packages(include=["vit_jax", "vit_jax.*"]),
+    python_requires=">=3.11,<3.13",
+    install_requires=[
+        "absl-py>=2.1,<3",
+        "clu>=0.0.12,<0.1",
+        "flax>=0.12.0,<0.13",
+        "jax>=0.8.0,<0.11",
+        "ml-collections>=1.0,<2",
+        "numpy>=1.26,<3",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11.0,<0.13",
+        "scikit-learn>=1.5,<2",
+        "scipy>=1.13,<2",
+        "tensorboard>=2.18,<3",
+        "tensorflow-cpu>=2.18,<2.22; platform_machine == 'x86_64'",
+        "tensorflow>=2.18,<2.22; platform_machine != 'x86_64'",
+        "tensorflow-datasets>=4.9.7,<5",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
+)
