@@ -1,0 +1,66 @@
+"""Shared defaults for every vit_jax config: one table of hyperparameters.
+
+Other config files start from `get_config()` here and override fields. Every field that any part of the code reads
+is listed here, so a locked config rejects typos on the command line.
+"""
+import ml_collections
+
+
+def get_config():
+  """Returns the shared defaults (a fine-tuning recipe on an unspecified dataset)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Model: a preset name from vit_jax.models.get_model_config, or a full model ConfigDict in `model`.
+  config.model_name = 'ViT-B_16'
+  config.model = ml_collections.ConfigDict()  # Filled from model_name when empty; fields override the preset.
+  config.num_classes = -1  # -1: taken from the dataset.
+  config.pretrained_path = ''  # Release .npz (local or gs://) to fine-tune from; '' trains from scratch.
+
+  # Data.
+  config.dataset = ''  # A TFDS name ('cifar10'), or 'image_folder' to read `image_folder`.
+  config.image_folder = ''  # DIR with DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.
+  config.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS default.
+  config.tfds_manual_dir = ml_collections.FieldReference(None, field_type=str)  # For datasets like imagenet2012.
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.image_size = 384
+  config.shuffle_buffer = 50_000
+  config.prefetch = 2  # Batches prefetched to the devices.
+  config.pp = ml_collections.ConfigDict()
+  config.pp.crop = 'inception'  # Train crop: 'inception' (random area/aspect crop) or 'resize'.
+  config.pp.inception_min_area = 0.05  # Smallest area fraction for the Inception crop.
+  config.pp.flip = True  # Random horizontal flip at train time.
+  config.pp.eval_crop_fraction = 1.0  # <1: resize to image_size / fraction, then central crop.
+
+  # Loss.
+  config.loss = 'softmax'  # 'softmax' or 'sigmoid' (sigmoid cross-entropy, ImageNet-21k style).
+  config.label_smoothing = 0.0
+
+  # Optimisation.
+  config.batch_size = 512  # Global batch, over all devices and processes.
+  config.eval_batch_size = 512
+  config.accum_steps = 1  # Micro-batches per step; batch_size must divide by it.
+  config.total_steps = 10_000
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'sgd'  # 'sgd' (momentum), 'adam' or 'adamw'.
+  config.optimizer.momentum = 0.9  # SGD.
+  config.optimizer.accumulator_dtype = 'float32'  # SGD momentum dtype: 'float32' or 'bfloat16'.
+  config.optimizer.b1 = 0.9  # Adam(W).
+  config.optimizer.b2 = 0.999  # Adam(W).
+  config.optimizer.eps = 1e-8  # Adam(W).
+  config.optimizer.weight_decay = 0.0  # Applied to kernels only (decoupled for adamw, L2 added to grads otherwise).
+  config.optimizer.grad_clip_norm = 1.0  # Clip by global norm; <= 0 disables.
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.base_lr = 0.03
+  config.schedule.warmup_steps = 500
+  config.schedule.decay_type = 'cosine'  # 'cosine', 'linear', 'constant' or 'rsqrt'.
+  config.schedule.end_lr = 0.0  # Final value for 'linear' (and floor for 'cosine').
+  config.schedule.rsqrt_timescale = 10_000  # 'rsqrt': lr = base_lr * sqrt(timescale / max(step, timescale)).
+
+  # Loop.
+  config.log_every_steps = 100
+  config.eval_every_steps = 1_000
+  config.checkpoint_every_steps = 1_000
+  config.keep = 3  # Checkpoints kept.
+  return config
