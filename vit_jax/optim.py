@@ -1,0 +1,120 @@
+"""Learning-rate schedules, the weight-decay mask and the optax optimizer built from a config.
+
+Reads `config.total_steps`, `config.schedule.*` and `config.optimizer.*` (see configs/common.py).
+
+The optimizer is one optax chain:
+  clip by global norm -> [L2 decay] -> sgd momentum / adam -> [decoupled decay (adamw)] -> -lr(step).
+
+The update at step `count` (0-based, the optimizer's own counter) uses lr = schedule(count), so with
+warmup the very first update is scaled by lr(0) == 0.
+"""
+import math
+
+import jax.numpy as jnp
+import optax
+
+from vit_jax import utils
+
+DECAY_TYPES = ('cosine', 'linear', 'constant', 'rsqrt')
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+ACCUMULATOR_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# Only Dense / Conv kernels (attention query/key/value/out included) are decayed; biases, norm scales,
+# `cls` and `pos_embedding` are not.
+WEIGHT_DECAY_RULES = ((r'(.*/)?kernel', True),)
+
+
+def make_schedule(config) -> optax.Schedule:
+  """Returns step -> learning rate: linear warmup, then `schedule.decay_type` until `total_steps`.
+
+  With w = warmup_steps, T = total_steps, s = min(step, T) and p = clip((s - w) / (T - w), 0, 1):
+    warmup factor: min(s / w, 1) (1 when w == 0), multiplied into every decay type below;
+    'cosine':   end_lr + (base_lr - end_lr) * 0.5 * (1 + cos(pi * p));
+    'linear':   base_lr + (end_lr - base_lr) * p;
+    'constant': base_lr;
+    'rsqrt':    base_lr * sqrt(timescale / max(s, timescale)), on the *global* step s: flat at base_lr
+                until step == rsqrt_timescale, then ~ 1/sqrt(step); it ignores end_lr and does not
+                restart after warmup (so it is below base_lr at warmup end if w > timescale).
+  Steps past T keep the value at T. Pure and jit-able; accepts Python ints or int/float arrays.
+  """
+  sched = config.schedule
+  total = int(config.total_steps)
+  warmup = int(sched.warmup_steps)
+  base_lr = float(sched.base_lr)
+  end_lr = float(sched.get('end_lr', 0.0))
+  decay_type = sched.decay_type
+  if decay_type not in DECAY_TYPES:
+    raise ValueError(f'Unknown schedule.decay_type {decay_type!r}; valid: {", ".join(DECAY_TYPES)}.')
+  if total <= 0:
+    raise ValueError(f'total_steps must be positive, got {total}.')
+  if not 0 <= warmup <= total:
+    raise ValueError(f'schedule.warmup_steps ({warmup}) must be in [0, total_steps={total}].')
+  timescale = float(sched.get('rsqrt_timescale', 10_000))
+  if decay_type == 'rsqrt' and timescale <= 0:
+    raise ValueError(f'schedule.rsqrt_timescale must be positive, got {timescale}.')
+  decay_steps = max(total - warmup, 1)
+
+  def schedule(step):
+    s = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, float(total))
+    progress = jnp.clip((s - warmup) / decay_steps, 0.0, 1.0)
+    if decay_type == 'cosine':
+      lr = end_lr + (base_lr - end_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    elif decay_type == 'linear':
+      lr = base_lr + (end_lr - base_lr) * progress
+    elif decay_type == 'constant':
+      lr = jnp.full_like(s, base_lr)
+    else:  # rsqrt
+      lr = base_lr * jnp.sqrt(timescale / jnp.maximum(s, timescale))
+    if warmup > 0:
+      lr = lr * jnp.minimum(s / warmup, 1.0)
+    return lr
+
+  return schedule
+
+
+def weight_decay_mask(params):
+  """Tree of bools like `params`: True only for leaves named '.../kernel'."""
+  return utils.tree_rules(params, WEIGHT_DECAY_RULES, default=False)
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (optax transformation, learning-rate schedule) for `config.optimizer.name`.
+
+  - 'sgd': momentum `optimizer.momentum` (no Nesterov), momentum buffer in `accumulator_dtype`;
+    weight decay as L2 (wd * param added to the clipped gradient, kernels only) before the momentum.
+  - 'adam': Adam(b1, b2, eps); weight decay as L2 added to the gradient before Adam, kernels only.
+  - 'adamw': decoupled weight decay on kernels only, as optax.adamw(mask=...): wd * param is added to
+    the Adam direction and then scaled by the learning rate, so the effective per-step decay is
+    lr(step) * weight_decay (not weight_decay alone).
+  Gradients are first clipped to global norm `grad_clip_norm` (skipped when <= 0). The mask is a
+  callable, so the transformation is built before params exist and works with abstract params.
+  """
+  opt = config.optimizer
+  name = opt.name
+  if name not in OPTIMIZERS:
+    raise ValueError(f'Unknown optimizer.name {name!r}; valid: {", ".join(OPTIMIZERS)}.')
+  schedule = make_schedule(config)
+  wd = float(opt.weight_decay)
+  if wd < 0:
+    raise ValueError(f'optimizer.weight_decay must be >= 0, got {wd}.')
+  decay = [optax.add_decayed_weights(wd, mask=weight_decay_mask)] if wd > 0 else []
+
+  parts = []
+  if opt.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+  if name == 'sgd':
+    dtype_name = opt.get('accumulator_dtype', 'float32')
+    if dtype_name not in ACCUMULATOR_DTYPES:
+      raise ValueError(f'Unknown optimizer.accumulator_dtype {dtype_name!r}; '
+                       f'valid: {", ".join(ACCUMULATOR_DTYPES)}.')
+    parts += decay
+    parts.append(optax.trace(decay=float(opt.momentum), nesterov=False,
+                             accumulator_dtype=ACCUMULATOR_DTYPES[dtype_name]))
+  elif name == 'adam':
+    parts += decay
+    parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps)))
+  else:  # adamw
+    parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps)))
+    parts += decay
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*parts), schedule
