@@ -1,18 +1,14 @@
 """Tests for vit_jax.optim: schedules, weight-decay mask and optimizer step numbers (hand-computed)."""
 import math
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For `configs`.
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-
-import configs.common  # noqa: E402
-from vit_jax import optim, utils  # noqa: E402
+import configs.common
+from vit_jax import optim, utils
 
 
 def _config(**overrides):
