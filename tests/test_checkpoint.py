@@ -1,0 +1,229 @@
+"""Release .npz import/export: every known layout gives identical logits; resampling matches scipy."""
+import io
+import logging
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import scipy.ndimage
+
+import tiny
+from vit_jax import checkpoint, models, utils
+
+X = np.asarray(jax.random.uniform(jax.random.key(7), (2, 16, 16, 3), minval=-1, maxval=1))
+
+
+def _model_and_params(config, num_classes=5, seed=0, size=16):
+  """A tiny model with every parameter random (head too), so logits depend on all of them."""
+  model = models.VisionTransformer(num_classes=num_classes, **config)
+  params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))['params']
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  leaves = [np.asarray(0.3 * jax.random.normal(k, x.shape), np.float32) for k, x in zip(keys, leaves)]
+  return model, jax.tree.unflatten(treedef, leaves)
+
+
+def _write(path, flat):
+  np.savez(path, **flat)
+  return str(path)
+
+
+def _pre_linen(flat, prefix='opt/target/'):
+  renames = {'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1', 'LayerNorm_1': 'LayerNorm_2',
+             'MlpBlock_0': 'MlpBlock_3'}
+  out = {}
+  for name, v in flat.items():
+    parts = name.split('/')
+    if len(parts) > 2 and parts[1].startswith('encoderblock_'):
+      parts[2] = renames.get(parts[2], parts[2])
+    out[prefix + '/'.join(parts)] = v
+  return out
+
+
+def _load(path, config, num_classes=5, size=16, **kw):
+  model = models.VisionTransformer(num_classes=num_classes, **config)
+  init = model.init(jax.random.key(42), jnp.zeros((1, size, size, 3)))['params']
+  return model, init, checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=config, **kw)
+
+
+def _with_head(params, head):
+  return {**params, 'head': head}
+
+
+def test_pre_linen_release_layout_gives_identical_logits(tmp_path):
+  cfg = tiny.vit_config()
+  model, params = _model_and_params(cfg)
+  path = _write(tmp_path / 'release.npz', _pre_linen(utils.flatten_dict(params)))
+  _, init, loaded = _load(path, cfg)
+  np.testing.assert_array_equal(loaded['head']['kernel'], init['head']['kernel'])  # Fresh head.
+  loaded = _with_head(loaded, params['head'])
+  np.testing.assert_array_equal(model.apply({'params': loaded}, X), model.apply({'params': params}, X))
+
+
+def test_linen_layout_with_params_prefix_and_bfloat16_void_arrays(tmp_path):
+  cfg = tiny.vit_config()
+  model, params = _model_and_params(cfg)
+  as_bf16 = jax.tree.map(lambda v: np.asarray(v, jnp.bfloat16), params)
+  flat = {'params/' + k: v.view(np.dtype('V2')) for k, v in utils.flatten_dict(as_bf16).items()}
+  _, _, loaded = _load(_write(tmp_path / 'bf16.npz', flat), cfg)
+  expected = jax.tree.map(lambda v: np.asarray(v, np.float32), as_bf16)
+  loaded = _with_head(loaded, expected['head'])
+  assert loaded['embedding']['kernel'].dtype == np.float32
+  np.testing.assert_array_equal(model.apply({'params': loaded}, X), model.apply({'params': expected}, X))
+
+
+@pytest.mark.parametrize('classifier,bv_pool', [('token', 'tok'), ('gap', 'gap')])
+def test_big_vision_layout_gives_identical_logits(tmp_path, classifier, bv_pool):
+  cfg = tiny.vit_config(classifier)
+  model, params = _model_and_params(cfg)
+  flat = utils.flatten_dict(params)
+  posemb = flat.pop('Transformer/posembed_input/pos_embedding')
+  if bv_pool == 'tok':
+    # big_vision adds position embeddings to the patches only; its class token gets none. The model that this
+    # big_vision file describes therefore equals ours with a zero class-token row.
+    flat['pos_embedding'] = posemb[:, 1:]
+    params['Transformer']['posembed_input']['pos_embedding'] = np.concatenate(
+        [np.zeros_like(posemb[:, :1]), posemb[:, 1:]], axis=1)
+  else:
+    flat['pos_embedding'] = posemb
+  # big_vision saved from a scanned encoder stacks the blocks under `encoderblock`.
+  for key in [k for k in flat if k.startswith('Transformer/encoderblock_0/')]:
+    rest = key.split('/', 2)[2]
+    flat['Transformer/encoderblock/' + rest] = np.stack(
+        [flat.pop(f'Transformer/encoderblock_{i}/{rest}') for i in range(2)])
+  _, _, loaded = _load(_write(tmp_path / 'bv.npz', {'params/' + k: v for k, v in flat.items()}), cfg)
+  loaded = _with_head(loaded, params['head'])
+  np.testing.assert_array_equal(model.apply({'params': loaded}, X), model.apply({'params': params}, X))
+
+
+def test_hybrid_with_old_groupnorm_shapes_gives_identical_logits(tmp_path):
+  cfg = tiny.hybrid_config((1,))
+  model, params = _model_and_params(cfg, size=32)
+  flat = {k: (v.reshape(1, 1, 1, -1) if '/gn' in '/' + k and v.ndim == 1 else v)
+          for k, v in utils.flatten_dict(params).items()}
+  assert flat['gn_root/scale'].shape == (1, 1, 1, 32)
+  _, _, loaded = _load(_write(tmp_path / 'hybrid.npz', _pre_linen(flat)), cfg, size=32)
+  loaded = _with_head(loaded, params['head'])
+  x = np.asarray(jax.random.uniform(jax.random.key(3), (1, 32, 32, 3), minval=-1, maxval=1))
+  np.testing.assert_array_equal(model.apply({'params': loaded}, x), model.apply({'params': params}, x))
+
+
+def test_save_npz_round_trips(tmp_path):
+  cfg = tiny.vit_config(representation_size=8)
+  model, params = _model_and_params(cfg)
+  path = str(tmp_path / 'sub' / 'export.npz')
+  checkpoint.save_npz(path, params)
+  with np.load(path) as f:
+    assert 'Transformer/encoderblock_1/MultiHeadDotProductAttention_0/query/kernel' in f.files
+    assert len(f.files) == len(jax.tree.leaves(params))
+  _, _, loaded = _load(path, cfg)
+  np.testing.assert_array_equal(loaded['pre_logits']['kernel'], params['pre_logits']['kernel'])  # Sizes match.
+  loaded = _with_head(loaded, params['head'])
+  np.testing.assert_array_equal(model.apply({'params': loaded}, X), model.apply({'params': params}, X))
+
+
+def test_pre_logits_dropped_when_target_has_no_representation(tmp_path, caplog):
+  _, params = _model_and_params(tiny.vit_config(representation_size=8))
+  path = str(tmp_path / 'rep.npz')
+  checkpoint.save_npz(path, params)
+  with caplog.at_level(logging.INFO):
+    _, init, loaded = _load(path, tiny.vit_config(), num_classes=3)
+  assert 'pre_logits' not in loaded
+  assert loaded['head']['kernel'].shape == (32, 3)
+  assert 'pre_logits/kernel' in caplog.text  # Extra keys are logged by name.
+  np.testing.assert_array_equal(loaded['embedding']['kernel'], params['embedding']['kernel'])
+
+
+@pytest.mark.parametrize('old,new', [((2, 2), (4, 4)), ((3, 3), (5, 7))])
+def test_interpolate_posembed_matches_scipy_zoom(old, new):
+  rng = np.random.default_rng(0)
+  posemb = rng.normal(size=(1, 1 + old[0] * old[1], 6)).astype(np.float32)
+  out = checkpoint.interpolate_posembed(posemb, 1 + new[0] * new[1], True,
+                                        new_grid=None if new[0] == new[1] else new,
+                                        old_grid=None if old[0] == old[1] else old)
+  grid = posemb[0, 1:].reshape(old + (6,))
+  expected = scipy.ndimage.zoom(grid, (new[0] / old[0], new[1] / old[1], 1), order=1)
+  assert expected.shape == new + (6,)
+  np.testing.assert_array_equal(out[0, 0], posemb[0, 0])  # Class token unchanged.
+  np.testing.assert_allclose(out[0, 1:].reshape(new + (6,)), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_interpolate_posembed_without_class_token():
+  posemb = np.arange(4 * 3, dtype=np.float32).reshape(1, 4, 3)
+  out = checkpoint.interpolate_posembed(posemb, 9, False)
+  expected = scipy.ndimage.zoom(posemb[0].reshape(2, 2, 3), (1.5, 1.5, 1), order=1)
+  np.testing.assert_allclose(out[0].reshape(3, 3, 3), expected, rtol=1e-6)
+
+
+def test_load_at_new_resolution_resamples_posembed(tmp_path):
+  cfg = tiny.vit_config()
+  _, params = _model_and_params(cfg)  # 16 px, patch 4: 4x4 grid.
+  path = str(tmp_path / 'p.npz')
+  checkpoint.save_npz(path, params)
+  model, _, loaded = _load(path, cfg, size=24)  # 6x6 grid.
+  posemb = params['Transformer']['posembed_input']['pos_embedding']
+  expected = scipy.ndimage.zoom(posemb[0, 1:].reshape(4, 4, 32), (1.5, 1.5, 1), order=1)
+  got = loaded['Transformer']['posembed_input']['pos_embedding']
+  np.testing.assert_allclose(got[0, 1:].reshape(6, 6, 32), expected, rtol=1e-5, atol=1e-6)
+  assert model.apply({'params': loaded}, np.zeros((1, 24, 24, 3))).shape == (1, 5)
+
+
+def test_non_square_target_grid_from_image_size(tmp_path):
+  cfg = tiny.vit_config()
+  _, params = _model_and_params(cfg)
+  path = str(tmp_path / 'p.npz')
+  checkpoint.save_npz(path, params)
+  model = models.VisionTransformer(num_classes=5, **cfg)
+  init = model.init(jax.random.key(0), jnp.zeros((1, 12, 28, 3)))['params']
+  loaded = checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=cfg,
+                                      image_size=(12, 28))
+  assert loaded['Transformer']['posembed_input']['pos_embedding'].shape == (1, 1 + 3 * 7, 32)
+
+
+def test_shape_mismatch_error_names_key_and_shapes(tmp_path):
+  _, params = _model_and_params(tiny.vit_config(hidden=32))
+  path = str(tmp_path / 'p.npz')
+  checkpoint.save_npz(path, params)
+  with pytest.raises(checkpoint.CheckpointError, match=r"(?s)'embedding/kernel'.*\(4, 4, 3, 32\) vs model \(4, 4, 3, 48\).*'Transformer/encoder_norm/bias'.*\(32,\) vs model \(48,\)"):
+    _load(path, tiny.vit_config(hidden=48))
+
+
+def test_missing_parameters_error_lists_them(tmp_path):
+  _, params = _model_and_params(tiny.vit_config(layers=1))
+  path = str(tmp_path / 'p.npz')
+  checkpoint.save_npz(path, params)
+  with pytest.raises(checkpoint.CheckpointError, match=r'encoderblock_1/LayerNorm_0/bias'):
+    _load(path, tiny.vit_config(layers=2))
+
+
+def test_pickled_npz_is_refused(tmp_path):
+  path = tmp_path / 'pickled.npz'
+  np.savez(path, params=np.array([{'evil': 1}], dtype=object))
+  with pytest.raises(checkpoint.CheckpointError, match='pickled objects'):
+    checkpoint.read_npz(str(path))
+
+
+def test_missing_file_is_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match='nope.npz'):
+    _load(str(tmp_path / 'nope.npz'), tiny.vit_config())
+
+
+def test_loads_straight_into_sharded_layout(tmp_path):
+  cfg = tiny.vit_config()
+  model, params = _model_and_params(cfg)
+  path = str(tmp_path / 'p.npz')
+  checkpoint.save_npz(path, params)
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Explicit,))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  row_split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  init = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  shardings = jax.tree.map(lambda _: replicated, init)
+  shardings['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel'] = row_split
+  init = jax.tree.map(jax.device_put, init, shardings)
+  loaded = checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=cfg)
+  kernel = loaded['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
+  assert kernel.sharding == row_split
+  assert kernel.addressable_shards[0].data.shape == (4, 64)
+  np.testing.assert_array_equal(kernel, params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel'])
