@@ -11,6 +11,7 @@ setuptools.setup(
         "absl-py>=2.1,<3",
         "clu>=0.0.12,<0.1",
         "flax>=0.12.0,<0.13",
+        "importlib_resources>=6",  # tensorflow-datasets needs it to prepare datasets but does not declare it.
         "jax>=0.8.0,<0.11",
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
