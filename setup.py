@@ -5,7 +5,7 @@ setuptools.setup(
     name="vit_jax",
     version="0.1.0",
     description="Vision Transformers in JAX/Flax: release-checkpoint compatible training at scale.",
-    packages=setuptools.find_packages(include=["vit_jax", "vit_jax.*"]),
+    packages=setuptools.find_packages(include=["vit_jax", "vit_jax.*", "configs"]),
     python_requires=">=3.11,<3.13",
     install_requires=[
         "absl-py>=2.1,<3",

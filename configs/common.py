@@ -5,15 +5,17 @@ is listed here, so a locked config rejects typos on the command line.
 """
 import ml_collections
 
+from vit_jax import models
+
 
 def get_config():
   """Returns the shared defaults (a fine-tuning recipe on an unspecified dataset)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Model: a preset name from vit_jax.models.get_model_config, or a full model ConfigDict in `model`.
-  config.model_name = 'ViT-B_16'
-  config.model = ml_collections.ConfigDict()  # Filled from model_name when empty; fields override the preset.
+  # Model: VisionTransformer's arguments (a preset from vit_jax.models.get_model_config; override any field).
+  config.model = models.get_model_config('ViT-B_16')
+  config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
   config.num_classes = -1  # -1: taken from the dataset.
   config.pretrained_path = ''  # Release .npz (local or gs://) to fine-tune from; '' trains from scratch.
 
@@ -28,8 +30,9 @@ def get_config():
   config.shuffle_buffer = 50_000
   config.prefetch = 2  # Batches prefetched to the devices.
   config.pp = ml_collections.ConfigDict()
-  config.pp.crop = 'inception'  # Train crop: 'inception' (random area/aspect crop) or 'resize'.
+  config.pp.crop = 'inception'  # Train crop: 'inception' (random area/aspect), 'pad_crop' (random shift), 'resize'.
   config.pp.inception_min_area = 0.05  # Smallest area fraction for the Inception crop.
+  config.pp.pad_pixels = 4  # 'pad_crop': zero padding on each side before the random crop.
   config.pp.flip = True  # Random horizontal flip at train time.
   config.pp.eval_crop_fraction = 1.0  # <1: resize to image_size / fraction, then central crop.
 
@@ -58,9 +61,15 @@ def get_config():
   config.schedule.end_lr = 0.0  # Final value for 'linear' (and floor for 'cosine').
   config.schedule.rsqrt_timescale = 10_000  # 'rsqrt': lr = base_lr * sqrt(timescale / max(step, timescale)).
 
+  # Devices: mesh axes (name, size), -1 = the rest; see vit_jax/sharding.py.
+  config.mesh = (('data', -1),)
+  config.sharding_strategy = 'replicate'  # 'replicate', 'fsdp', 'tp' or 'fsdp+tp'.
+  config.fsdp_min_size = 2**18  # Arrays with fewer elements stay replicated under FSDP.
+
   # Loop.
   config.log_every_steps = 100
   config.eval_every_steps = 1_000
   config.checkpoint_every_steps = 1_000
   config.keep = 3  # Checkpoints kept.
+  config.export_npz = True  # Write WORKDIR/params.npz (release layout) at the end.
   return config

@@ -19,3 +19,32 @@ def vit_config(classifier='token', *, hidden=32, layers=2, heads=2, mlp=64, patc
 def hybrid_config(num_layers=(1, 1), **kw):
   return vit_config(patch=1, resnet=ml_collections.ConfigDict({'num_layers': num_layers, 'width_factor': 0.5}),
                     **kw)
+
+
+def train_config(**overrides):
+  """A tiny, fast training config (16 px, width 32, depth 2) on mock cifar10; keys 'a.b' override nested fields."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.get_config()
+  config.model = vit_config()
+  config.dataset = 'cifar10'
+  config.image_size = 16
+  config.shuffle_buffer = 64
+  config.pp.crop = 'inception'
+  config.batch_size = 16
+  config.eval_batch_size = 16
+  config.total_steps = 4
+  config.optimizer.name = 'adam'
+  config.schedule.base_lr = 1e-3
+  config.schedule.warmup_steps = 1
+  config.log_every_steps = 2
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 2
+  config.keep = 2
+  config.prefetch = 1
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

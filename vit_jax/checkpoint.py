@@ -17,6 +17,8 @@ import numpy as np
 
 from vit_jax import utils
 
+log = logging.getLogger(__name__)
+
 # Pre-Linen block children -> Linen names.
 _PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0', 'LayerNorm_2': 'LayerNorm_1',
               'MlpBlock_3': 'MlpBlock_0'}
@@ -139,7 +141,7 @@ def interpolate_posembed(posemb, num_tokens: int, has_class_token: bool, *,
     raise CheckpointError(f'old_grid {old_grid} does not hold {len(grid)} position embeddings.')
   if new_grid[0] * new_grid[1] + int(has_class_token) != num_tokens:
     raise CheckpointError(f'new_grid {new_grid} does not give {num_tokens} tokens.')
-  logging.info('Resampling position embeddings from grid %s to %s.', old_grid, new_grid)
+  log.info('Resampling position embeddings from grid %s to %s.', old_grid, new_grid)
   g = grid.reshape(old_grid + (-1,)).astype(np.float64)
   g = _linear_resample(_linear_resample(g, new_grid[0], 0), new_grid[1], 1)
   g = g.reshape(1, new_grid[0] * new_grid[1], -1).astype(posemb.dtype)
@@ -168,15 +170,15 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
   """
   flat = _canonical_names(read_npz(pretrained_path))
   if 'pos_embedding' in flat:
-    logging.info('Reading %s as a big_vision checkpoint.', pretrained_path)
+    log.info('Reading %s as a big_vision checkpoint.', pretrained_path)
     flat = _from_big_vision(flat)
   init_flat = utils.flatten_dict(init_params)
   missing = sorted(k for k in init_flat if k not in flat)
   extra = sorted(k for k in flat if k not in init_flat)
   if missing:
-    logging.info('Keys in the model but not in %s (left at init): %s', pretrained_path, missing)
+    log.info('Keys in the model but not in %s (left at init): %s', pretrained_path, missing)
   if extra:
-    logging.info('Keys in %s but not in the model (ignored): %s', pretrained_path, extra)
+    log.info('Keys in %s but not in the model (ignored): %s', pretrained_path, extra)
   hard_missing = [k for k in missing if not k.startswith(('head/', 'pre_logits/'))]
   if strict and hard_missing:
     raise CheckpointError(f'{pretrained_path} lacks {len(hard_missing)} parameters of the model (is it a checkpoint of '

@@ -35,6 +35,7 @@ from vit_jax import preprocess
 IMAGE_FOLDER = 'image_folder'
 LOCAL_TFDS_DATASETS = ('sklearn_digits',)  # Built from local data, never downloaded.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+TRAIN_CROPS = ('inception', 'pad_crop', 'resize')
 _EPOCHS_END = 2**62  # "Forever", for Dataset.range.
 
 
@@ -241,6 +242,8 @@ def _train_image(image: tf.Tensor, key: tf.Tensor, config) -> tf.Tensor:
   size = config.image_size
   if config.pp.crop == 'inception':
     image = preprocess.inception_crop(image, crop_key, min_area=config.pp.inception_min_area, size=size)
+  elif config.pp.crop == 'pad_crop':
+    image = preprocess.pad_crop(image, crop_key, pad=config.pp.pad_pixels, size=size)
   else:
     image = preprocess.resize(image, size)
   if config.pp.flip:
@@ -269,8 +272,8 @@ def train_dataset(config, *, local_batch_size: int, process_index: int = 0, proc
   _check_process_args(local_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  if config.pp.crop not in ('inception', 'resize'):
-    raise ValueError(f"config.pp.crop must be 'inception' or 'resize', got {config.pp.crop!r}.")
+  if config.pp.crop not in TRAIN_CROPS:
+    raise ValueError(f'config.pp.crop must be one of {TRAIN_CROPS}, got {config.pp.crop!r}.')
   source = _source(config, download)
   split = config.train_split
   num_local = source.count(split, process_index, process_count)

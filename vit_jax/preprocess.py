@@ -39,6 +39,14 @@ def inception_crop(image: tf.Tensor, seed: tf.Tensor, *, min_area: float, size: 
   return resize(tf.slice(image, begin, crop_size), size)
 
 
+def pad_crop(image: tf.Tensor, seed: tf.Tensor, *, pad: int, size: Size) -> tf.Tensor:
+  """Resizes to `size`, zero-pads `pad` pixels on every side, then takes a random `size` window (a random shift)."""
+  h, w = _hw(size)
+  image = resize(image, (h, w))
+  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  return tf.image.stateless_random_crop(padded, tf.stack([h, w, tf.shape(image)[-1]]), seed)
+
+
 def central_crop(image: tf.Tensor, size: int, fraction: float) -> tf.Tensor:
   """Resizes to round(size / fraction) square, then keeps the central size x size window.
 

@@ -174,12 +174,16 @@ class VisionTransformer(nn.Module):
 
 
 # Presets: (hidden_size, num_layers, mlp_dim, num_heads, dropout_rate) per width name.
+# 'g' (ViT-g/14 of 'Scaling Vision Transformers') and '22B' (ViT-22B's sizes, built from the standard pre-LN block
+# above) are for memory planning and pretraining only: no released .npz exists for them here.
 _WIDTHS = {
     'Ti': (192, 12, 768, 3, 0.0),
     'S': (384, 12, 1536, 6, 0.0),
     'B': (768, 12, 3072, 12, 0.1),
     'L': (1024, 24, 4096, 16, 0.1),
     'H': (1280, 32, 5120, 16, 0.1),
+    'g': (1408, 40, 6144, 16, 0.0),
+    '22B': (6144, 48, 24576, 48, 0.0),
 }
 # name -> (width, patch size, ResNet stage sizes or None for a pure ViT).
 _PRESETS = {
@@ -192,6 +196,8 @@ _PRESETS = {
     'ViT-L_16': ('L', 16, None),
     'ViT-L_32': ('L', 32, None),
     'ViT-H_14': ('H', 14, None),
+    'ViT-g_14': ('g', 14, None),
+    'ViT-22B_14': ('22B', 14, None),
     'R50+ViT-B_16': ('B', 1, (3, 4, 9)),
     'R26+ViT-S_32': ('S', 1, (2, 2, 2, 2)),
     'R26+ViT-B_32': ('B', 1, (2, 2, 2, 2)),
@@ -222,11 +228,17 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   return config
 
 
-def token_grid(model_config, image_size) -> tuple[int, int]:
-  """The (rows, cols) patch grid that `model_config` produces for `image_size` (int or (h, w))."""
-  h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+def token_pixels(model_config) -> int:
+  """Input pixels per token side: the patch size times the ResNet stem's stride (square patches)."""
   stride = 1
   if model_config.get('resnet') is not None:
     stride = resnet.stem_stride(tuple(model_config.resnet.num_layers))
+  return stride * model_config.patches.size[0]
+
+
+def token_grid(model_config, image_size) -> tuple[int, int]:
+  """The (rows, cols) patch grid that `model_config` produces for `image_size` (int or (h, w))."""
+  h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  stride = token_pixels(model_config) // model_config.patches.size[0]
   ph, pw = model_config.patches.size
   return h // (stride * ph), w // (stride * pw)

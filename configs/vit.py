@@ -1,0 +1,53 @@
+"""Fine-tuning presets: `--config=configs/vit.py:<model>,<dataset>`, e.g. `configs/vit.py:ViT-B_16,cifar10`.
+
+The published ViT fine-tuning recipe: SGD with momentum 0.9, global batch 512, gradient clipping at norm 1.0,
+500 warmup steps then cosine decay, at 384 px, with the pretrained head replaced. Set `--config.pretrained_path`
+to a release .npz (e.g. gs://vit_models/imagenet21k/ViT-B_16.npz, or a local copy).
+"""
+from configs import common
+from vit_jax import models
+
+# dataset -> (train split, eval split, total steps, base learning rate).
+DATASETS = {
+    'cifar10': ('train[:98%]', 'test', 10_000, 0.03),
+    'cifar100': ('train[:98%]', 'test', 10_000, 0.03),
+    'imagenet2012': ('train[:99%]', 'validation', 20_000, 0.03),
+    'oxford_iiit_pet': ('train[:90%]', 'test', 500, 0.03),
+    'oxford_flowers102': ('train', 'test', 500, 0.03),
+}
+# (model, dataset) pairs whose published learning rate differs from the dataset's.
+LEARNING_RATE_EXCEPTIONS = {('ViT-B_16', 'cifar10'): 0.01}
+
+
+def get_config(arg: str = 'ViT-B_16,cifar10'):
+  try:
+    model, dataset = arg.split(',')
+  except ValueError:
+    raise ValueError(f'configs/vit.py expects "<model>,<dataset>", got {arg!r}; models: '
+                     f'{", ".join(models.MODEL_NAMES)}; datasets: {", ".join(DATASETS)}.') from None
+  if dataset not in DATASETS:
+    raise ValueError(f'Unknown dataset {dataset!r} for configs/vit.py; valid: {", ".join(DATASETS)}.')
+  train_split, eval_split, total_steps, lr = DATASETS[dataset]
+
+  config = common.get_config()
+  config.model = models.get_model_config(model)  # Raises with the list of valid names.
+  config.dataset = dataset
+  config.train_split, config.eval_split = train_split, eval_split
+  config.image_size = 384
+  config.pp.crop = 'inception'
+  config.pp.flip = True
+
+  config.batch_size = 512
+  config.eval_batch_size = 512
+  config.total_steps = total_steps
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.9
+  config.optimizer.grad_clip_norm = 1.0
+  config.optimizer.weight_decay = 0.0
+  config.schedule.base_lr = LEARNING_RATE_EXCEPTIONS.get((model, dataset), lr)
+  config.schedule.warmup_steps = 500 if total_steps >= 5_000 else total_steps // 10  # 50 for 500-step runs.
+  config.schedule.decay_type = 'cosine'
+  config.log_every_steps = 50
+  config.eval_every_steps = max(total_steps // 10, 100)
+  config.checkpoint_every_steps = 1_000
+  return config

@@ -1,0 +1,67 @@
+"""Entry point: python -m vit_jax.main --config=configs/<file>.py[:args] --workdir=DIR [--config.key=value ...].
+
+With no flags it trains configs/default.py (offline digits demo) into ./runs/default.
+"""
+import logging as std_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'default.py')
+
+_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (path[:args]).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the config go '
+                               '(default: ./runs/<config file name>).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for clusters that '
+                                   'jax.distributed cannot auto-detect (Cloud TPU and SLURM are auto-detected).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (with --coordinator_address).')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                                 "jax.distributed.initialize: 'auto' when a cluster is detected or flags are given.")
+
+
+def _cluster_detected() -> bool:
+  env = os.environ
+  return bool(env.get('SLURM_JOB_ID') and int(env.get('SLURM_NTASKS', '1')) > 1) or bool(
+      env.get('TPU_WORKER_HOSTNAMES') and ',' in env.get('TPU_WORKER_HOSTNAMES', '')) or bool(
+          env.get('MEGASCALE_COORDINATOR_ADDRESS'))
+
+
+def _maybe_initialize_distributed(jax) -> None:
+  explicit = _COORDINATOR.value is not None
+  if _DISTRIBUTED.value == 'off' or (_DISTRIBUTED.value == 'auto' and not explicit and not _cluster_detected()):
+    return
+  if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
+    raise app.UsageError('--coordinator_address needs --num_processes and --process_id.')
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
+
+
+def _default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
+  return os.path.join('runs', name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep the accelerators for JAX.
+  import jax  # pylint: disable=g-import-not-at-top
+  _maybe_initialize_distributed(jax)
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # Library chatter (Orbax, TF) only from warnings up.
+  std_logging.getLogger('vit_jax').setLevel(std_logging.INFO)  # Our progress lines and notes.
+  workdir = _WORKDIR.value or _default_workdir(flags.FLAGS['config'].config_filename)
+  std_logging.getLogger('vit_jax.main').info('JAX %s: process %d of %d, %d local / %d global devices (%s). Workdir %s.', jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform, workdir)
+  train.train_and_evaluate(_CONFIG.value, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,136 @@
+"""Device mesh and shardings: the one place that decides where arrays live.
+
+Mesh axes (`config.mesh`, a list of (name, size) pairs, -1 = the remaining devices):
+  data  - batch split; parameters replicated.
+  fsdp  - batch split too, and large parameters (and their optimiser state) sharded over it.
+  model - tensor parallel (Megatron): attention heads and MLP hidden units.
+The batch is split over ('data', 'fsdp'). `model` is the last mesh axis, so jax.make_mesh gives it the most
+closely connected devices.
+
+Parameter specs come from one regex-over-name rule set (`TP_RULES`, via utils.tree_rules), then FSDP shards the
+largest still-free divisible dimension of every array of at least `fsdp_min_size` elements.
+"""
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vit_jax import utils
+
+AXES = ('data', 'fsdp', 'model')
+BATCH_AXES = ('data', 'fsdp')
+STRATEGIES = ('replicate', 'fsdp', 'tp', 'fsdp+tp')
+
+# Megatron-style tensor parallelism, by parameter name -> PartitionSpec.
+TP_RULES = (
+    (r'.*MultiHeadDotProductAttention_0/(query|key|value)/kernel', P(None, 'model', None)),  # (D, heads, hd)
+    (r'.*MultiHeadDotProductAttention_0/(query|key|value)/bias', P('model', None)),  # (heads, hd)
+    (r'.*MultiHeadDotProductAttention_0/out/kernel', P('model', None, None)),  # (heads, hd, D)
+    (r'.*MlpBlock_0/Dense_0/kernel', P(None, 'model')),  # (D, mlp)
+    (r'.*MlpBlock_0/Dense_0/bias', P('model')),
+    (r'.*MlpBlock_0/Dense_1/kernel', P('model', None)),  # (mlp, D)
+)
+
+
+def mesh_shape(mesh_config: Sequence[Sequence], num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """Resolves [(name, size), ...] with at most one -1 into (names, sizes) ordered data, fsdp, model."""
+  axes = dict((str(name), int(size)) for name, size in mesh_config)
+  unknown = sorted(set(axes) - set(AXES))
+  if unknown or len(axes) != len(list(mesh_config)):
+    raise ValueError(f'config.mesh has unknown or repeated axes {unknown or list(mesh_config)}; valid axes: {AXES}.')
+  free = [n for n, s in axes.items() if s == -1]
+  if len(free) > 1 or any(s == 0 or s < -1 for s in axes.values()):
+    raise ValueError(f'config.mesh {list(mesh_config)}: sizes must be positive, with at most one -1.')
+  fixed = math.prod(s for s in axes.values() if s != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f'config.mesh {list(mesh_config)}: {num_devices} devices do not divide by {fixed}.')
+    axes[free[0]] = num_devices // fixed
+  if math.prod(axes.values()) != num_devices:
+    raise ValueError(f'config.mesh {list(mesh_config)} uses {math.prod(axes.values())} devices, '
+                     f'but there are {num_devices}.')
+  names = tuple(n for n in AXES if n in axes)
+  return names, tuple(axes[n] for n in names)
+
+
+def make_mesh(mesh_config=(('data', -1),), devices=None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else devices
+  names, sizes = mesh_shape(mesh_config, len(devices))
+  # Auto axes: XLA propagates shardings through the model from the parameter and batch shardings.
+  return jax.make_mesh(sizes, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names), devices=devices)
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def batch_size_per_step(mesh) -> int:
+  """How many shards the batch dimension is split into."""
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes; everything else replicated."""
+  return NamedSharding(mesh, P(batch_axes(mesh) or None))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _fsdp_spec(shape, spec: P, fsdp_size: int, min_size: int) -> P:
+  if fsdp_size == 1 or math.prod(shape) < min_size:
+    return spec
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if entries[dim] is None and shape[dim] % fsdp_size == 0:
+      entries[dim] = 'fsdp'
+      return P(*entries)
+  return spec
+
+
+def param_specs(params, mesh, strategy: str = 'replicate', fsdp_min_size: int = 2**18):
+  """PartitionSpecs for a (possibly abstract) parameter tree under `strategy` (see module doc)."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f'Unknown sharding strategy {strategy!r}; valid: {", ".join(STRATEGIES)}.')
+  use_tp = 'tp' in strategy.split('+')
+  use_fsdp = 'fsdp' in strategy.split('+')
+  for axis, used in (('model', use_tp), ('fsdp', use_fsdp)):
+    if used and axis not in mesh.axis_names:
+      raise ValueError(f"Strategy {strategy!r} needs a {axis!r} mesh axis; config.mesh has {mesh.axis_names}.")
+  specs = utils.tree_rules(params, TP_RULES if use_tp else (), default=P())
+  fsdp_size = mesh.shape['fsdp'] if use_fsdp else 1
+
+  def finish(name, x, spec):
+    spec = _fsdp_spec(x.shape, spec, fsdp_size, fsdp_min_size)
+    for dim, axis in enumerate(spec):
+      if axis is not None and x.shape[dim] % mesh.shape[axis]:
+        raise ValueError(f'{name} of shape {x.shape} cannot be split over mesh axis {axis!r} of size '
+                         f'{mesh.shape[axis]} (dimension {dim}); choose a mesh size that divides it.')
+    return spec
+
+  names = utils.tree_names(params)
+  return jax.tree.map(finish, names, params, specs, is_leaf=lambda s: isinstance(s, P))
+
+
+def to_shardings(specs, mesh):
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
+
+
+def follow_params(tree, params_shardings, mesh):
+  """Shardings for an optimiser-state tree: any subtree shaped like the params takes the params' shardings."""
+  param_struct = jax.tree.structure(params_shardings)
+
+  def walk(node):
+    if jax.tree.structure(node) == param_struct:
+      return params_shardings
+    if isinstance(node, (jax.ShapeDtypeStruct, jax.Array, np.ndarray)) or np.isscalar(node):
+      return replicated(mesh)
+    children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda n: n is not node)
+    if treedef.num_leaves == 0 or (len(children) == 1 and children[0] is node):
+      return jax.tree.map(lambda _: replicated(mesh), node)
+    return jax.tree.unflatten(treedef, [walk(c) for c in children])
+
+  return walk(tree)

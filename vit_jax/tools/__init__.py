@@ -1,0 +1,1 @@
+"""Command-line helpers that need no accelerator (e.g. `python -m vit_jax.tools.memory_plan`)."""
