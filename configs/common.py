@@ -71,5 +71,6 @@ def get_config():
   config.eval_every_steps = 1_000
   config.checkpoint_every_steps = 1_000
   config.keep = 3  # Checkpoints kept.
+  config.async_checkpoints = True  # Save in a background thread while training goes on.
   config.export_npz = True  # Write WORKDIR/params.npz (release layout) at the end.
   return config

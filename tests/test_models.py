@@ -79,7 +79,9 @@ def test_parameter_names_follow_release_layout():
 
 
 def test_init_zero_head_gives_head_bias_and_zero_cls():
-  model = models.VisionTransformer(num_classes=3, head_bias_init=-2.5, **tiny.vit_config())
+  config = tiny.vit_config()
+  config.head_bias_init = -2.5
+  model = models.VisionTransformer(num_classes=3, **config)
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
   params = model.init(jax.random.key(0), x)['params']
   np.testing.assert_array_equal(model.apply({'params': params}, x), np.full((2, 3), -2.5, np.float32))

@@ -124,8 +124,11 @@ def _steps(records, key):
 
 def test_end_to_end_mock_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
+  # mock_data briefly patches the whole file system (a MockFs) while the pipeline opens the dataset; an async Orbax
+  # save in flight at that moment would write into the mock. Synchronous saves keep the two apart.
+  config = tiny.train_config(async_checkpoints=False)
   with tfds.testing.mock_data(num_examples=32):
-    result = train.train_and_evaluate(tiny.train_config(), workdir)
+    result = train.train_and_evaluate(config, workdir)
     records = metrics.read_jsonl(workdir)
     assert _steps(records, 'train/loss') == [2, 4]
     assert _steps(records, 'eval/accuracy') == [4]
@@ -136,7 +139,7 @@ def test_end_to_end_mock_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path
     assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
 
     # The same run with more steps resumes at step 4: nothing before it is recomputed or lost.
-    train.train_and_evaluate(tiny.train_config(total_steps=6), workdir)
+    train.train_and_evaluate(tiny.train_config(total_steps=6, async_checkpoints=False), workdir)
   records = metrics.read_jsonl(workdir)
   assert _steps(records, 'train/loss') == [2, 4, 6]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
@@ -210,3 +213,19 @@ def test_main_rejects_unknown_config_key(tmp_path):
   assert proc.returncode != 0
   assert 'batchsize' in proc.stderr
   assert not os.path.exists(f'{tmp_path}/w')
+
+
+def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
+  root = _image_folder(tmp_path)
+  source = train.build_model(tiny.train_config(), 7)
+  params = source.init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)))['params']  # 2x2 grid: resampled to 4x4.
+  checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)
+  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 1,
+                                'schedule.base_lr': 0.0, 'pretrained_path': str(tmp_path / 'pre.npz')})
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  out = checkpoint.read_npz(str(tmp_path / 'run' / 'params.npz'))
+  np.testing.assert_array_equal(out['embedding/kernel'], params['embedding']['kernel'])
+  posemb = params['Transformer']['posembed_input']['pos_embedding']
+  np.testing.assert_allclose(out['Transformer/posembed_input/pos_embedding'],
+                             checkpoint.interpolate_posembed(posemb, 17, True), rtol=1e-6)
+  np.testing.assert_array_equal(out['head/kernel'], np.zeros((32, 3)))  # New head for 3 classes.

@@ -12,6 +12,7 @@ def vit_config(classifier='token', *, hidden=32, layers=2, heads=2, mlp=64, patc
                       'attention_dropout_rate': dropout},
       'classifier': classifier,
       'representation_size': representation_size,
+      'head_bias_init': 0.0,
       'resnet': resnet,
   })
 

@@ -93,7 +93,8 @@ def _write_config(config, workdir) -> None:
 
 def _checkpoint_manager(config, workdir) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.keep, save_interval_steps=config.checkpoint_every_steps, enable_async_checkpointing=True)
+      max_to_keep=config.keep, save_interval_steps=config.checkpoint_every_steps,
+      enable_async_checkpointing=config.async_checkpoints)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
 
 

@@ -222,6 +222,7 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
       'attention_dropout_rate': 0.0})
   config.classifier = 'token'
   config.representation_size = None
+  config.head_bias_init = 0.0  # E.g. -10 with the sigmoid loss (ImageNet-21k pretraining).
   config.resnet = None
   if resnet_layers is not None:
     config.resnet = ml_collections.ConfigDict({'num_layers': resnet_layers, 'width_factor': 1})
