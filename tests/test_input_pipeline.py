@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from sklearn import datasets as sk_datasets
 
 from configs import common
+import tiny
 from vit_jax import input_pipeline
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360
@@ -19,13 +20,7 @@ def _config(**overrides):
   config = common.get_config()
   config.image_size = 16
   config.shuffle_buffer = 4096
-  for name, value in overrides.items():
-    *parents, leaf = name.split('__')
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return tiny.override(config, {k.replace('__', '.'): v for k, v in overrides.items()})
 
 
 @pytest.fixture(scope='session')

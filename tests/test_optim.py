@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import configs.common
+import tiny
 from vit_jax import optim, utils
 
 
@@ -17,13 +18,7 @@ def _config(**overrides):
   config.total_steps = 1100
   config.schedule.warmup_steps = 100
   config.schedule.base_lr = 0.1
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return tiny.override(config, overrides)
 
 
 def _lrs(config, steps):

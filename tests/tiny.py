@@ -42,6 +42,11 @@ def train_config(**overrides):
   config.checkpoint_every_steps = 2
   config.keep = 2
   config.prefetch = 1
+  return override(config, overrides)
+
+
+def override(config, overrides):
+  """Sets {'a.b': value} fields of a ConfigDict in place; returns it."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')
