@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 import tiny
 from vit_jax import checkpoint, evaluate, input_pipeline, metrics, optim, sharding, train
@@ -82,7 +81,7 @@ def test_gradient_accumulation_equals_one_large_batch():
 
 
 def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path):
-  root = _image_folder(tmp_path, train_per_class=2, test_per_class=3)  # 9 test images, eval batch 8.
+  root = tiny.image_folder(tmp_path, train_per_class=2, test_per_class=3)  # 9 test images, eval batch 8.
   config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'eval_batch_size': 8})
   mesh, model, state, _ = _setup(config)
   shard = sharding.batch_sharding(mesh)
@@ -104,18 +103,6 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
   assert result['eval/loss'] == pytest.approx(-np.mean(log_probs[np.arange(9), labels]), rel=1e-5)
   label_logits = logits[np.arange(9), labels][:, None]
   assert result['eval/top5'] == pytest.approx(np.mean((logits > label_logits).sum(-1) < 5), abs=1e-7)
-
-
-def _image_folder(tmp_path, train_per_class=4, test_per_class=2, classes=('cat', 'dog', 'eel')):
-  rng = np.random.default_rng(0)
-  for split, n in (('train', train_per_class), ('test', test_per_class)):
-    for label, name in enumerate(classes):
-      folder = tmp_path / 'images' / split / name
-      folder.mkdir(parents=True)
-      for i in range(n):
-        pixels = (rng.uniform(0, 1, (20, 24, 3)) * 80 + 80 * label).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f'{i}.{"png" if i % 2 else "jpg"}')
-  return str(tmp_path / 'images')
 
 
 def _steps(records, key):
@@ -148,7 +135,7 @@ def test_end_to_end_mock_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path
 
 
 def test_end_to_end_image_folder_and_resume_restores_state(tmp_path):
-  root = _image_folder(tmp_path)
+  root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
   config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 2,
                                 'eval_every_steps': 2})
@@ -216,7 +203,7 @@ def test_main_rejects_unknown_config_key(tmp_path):
 
 
 def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
-  root = _image_folder(tmp_path)
+  root = tiny.image_folder(tmp_path)
   source = train.build_model(tiny.train_config(), 7)
   params = source.init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)))['params']  # 2x2 grid: resampled to 4x4.
   checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)

@@ -1,5 +1,7 @@
 """Tiny model configs that keep the suite fast."""
 import ml_collections
+import numpy as np
+from PIL import Image
 
 
 def vit_config(classifier='token', *, hidden=32, layers=2, heads=2, mlp=64, patch=4, dropout=0.0,
@@ -54,3 +56,16 @@ def override(config, overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def image_folder(tmp_path, train_per_class=4, test_per_class=2, classes=('cat', 'dog', 'eel')):
+  """Writes DIR/{train,test}/<class>/*.png|jpg of random pixels (brightness by class); returns DIR."""
+  rng = np.random.default_rng(0)
+  for split, n in (('train', train_per_class), ('test', test_per_class)):
+    for label, name in enumerate(classes):
+      folder = tmp_path / 'images' / split / name
+      folder.mkdir(parents=True)
+      for i in range(n):
+        pixels = (rng.uniform(0, 1, (20, 24, 3)) * 80 + 80 * label).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f'{i}.{"png" if i % 2 else "jpg"}')
+  return str(tmp_path / 'images')

@@ -134,3 +134,20 @@ def follow_params(tree, params_shardings, mesh):
     return jax.tree.unflatten(treedef, [walk(c) for c in children])
 
   return walk(tree)
+
+
+def constrain(x, *dims):
+  """Sharding constraint on an activation, a no-op outside a mesh context (jax.set_mesh).
+
+  `dims` names each dimension: 'batch' (over data and fsdp), 'model', or None. Axes the mesh lacks, or that do
+  not divide the dimension (e.g. the batch of 1 at init), are left unsharded.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec = []
+  for size, dim in zip(x.shape, dims):
+    axes = tuple(a for a in (BATCH_AXES if dim == 'batch' else (dim,) if dim else ()) if a in mesh.axis_names)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    spec.append(axes if axes and size % shards == 0 else None)
+  return jax.lax.with_sharding_constraint(x, P(*spec))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vit_jax import sharding
 from vit_jax.models import resnet
 
 CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
@@ -31,7 +32,7 @@ class MlpBlock(nn.Module):
     dense = lambda features, name: nn.Dense(
         features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6), name=name)
-    y = nn.gelu(dense(self.mlp_dim, 'Dense_0')(x), approximate=True)
+    y = nn.gelu(sharding.constrain(dense(self.mlp_dim, 'Dense_0')(x), 'batch', None, 'model'), approximate=True)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = dense(x.shape[-1], 'Dense_1')(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -56,7 +57,8 @@ class MultiHeadDotProductAttention(nn.Module):
     project = lambda name: nn.DenseGeneral(
         (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), name=name)(x)
-    q, k, v = project('query'), project('key'), project('value')  # [batch, tokens, heads, head_dim]
+    q, k, v = (sharding.constrain(project(name), 'batch', None, 'model', None)  # [batch, tokens, heads, head_dim]
+               for name in ('query', 'key', 'value'))
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
@@ -85,7 +87,7 @@ class Encoder1DBlock(nn.Module):
     y = norm('LayerNorm_1')(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='MlpBlock_0')(y, train=train)
-    return x + y
+    return sharding.constrain(x + y, 'batch', None, None)
 
 
 class AddPositionEmbs(nn.Module):
@@ -153,7 +155,7 @@ class VisionTransformer(nn.Module):
     x = nn.Conv(self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype,
                 param_dtype=self.param_dtype, name='embedding')(x)
     n, h, w, c = x.shape
-    x = jnp.reshape(x, (n, h * w, c))
+    x = sharding.constrain(jnp.reshape(x, (n, h * w, c)), 'batch', None, None)
     if self.classifier in ('token', 'token_unpooled'):
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
