@@ -29,6 +29,10 @@ def get_config():
   config.image_size = 384
   config.shuffle_buffer = 50_000
   config.prefetch = 2  # Batches prefetched to the devices.
+  # Training data shards (see vit_jax/input_pipeline.py); 0 = one per process. Fixing it (e.g. to 8) makes the data
+  # order independent of the number of processes/hosts: a job can resume on another host count, and multi-host runs
+  # reproduce single-host ones. Must be a multiple of the process count; batch_size a multiple of it.
+  config.input_shards = 0
   config.pp = ml_collections.ConfigDict()
   config.pp.crop = 'inception'  # Train crop: 'inception' (random area/aspect), 'pad_crop' (random shift), 'resize'.
   config.pp.inception_min_area = 0.05  # Smallest area fraction for the Inception crop.

@@ -160,6 +160,66 @@ def test_two_processes_read_disjoint_halves(digits_dir):
                                   _rows(images, labels))
 
 
+def _global_batches(config, batch_size, process_count, n, start_step=0):
+  """The first n global batches: each process's local batches concatenated in process order."""
+  parts = [_take(input_pipeline.train_dataset(config, local_batch_size=batch_size // process_count,
+                                              process_index=p, process_count=process_count,
+                                              start_step=start_step), n) for p in range(process_count)]
+  return [{k: np.concatenate([part[i][k] for part in parts]) for k in ('image', 'label')} for i in range(n)]
+
+
+def test_input_shards_make_global_batches_independent_of_process_count(digits_dir):
+  # 202 / 4 shards = 51, 51, 50, 50 examples, 16 per shard and step: epochs end inside batches 3 and 6.
+  config = _digits_config(digits_dir, train_split='train[:202]', input_shards=4, pp__inception_min_area=0.3)
+  single = _global_batches(config, 16 * 4, 1, 8)
+  for processes in (2, 4):
+    for a, b in zip(single, _global_batches(config, 16 * 4, processes, 8)):
+      np.testing.assert_array_equal(a['label'], b['label'])
+      np.testing.assert_array_equal(a['image'], b['image'])
+  for start in (3, 6):  # Resuming on another process count continues the same global stream.
+    for k, b in enumerate(_global_batches(config, 16 * 4, 2, 2, start_step=start)):
+      np.testing.assert_array_equal(b['label'], single[start + k]['label'])
+      np.testing.assert_array_equal(b['image'], single[start + k]['image'])
+  # Shard 2's part of the global batch is the stream of process 2 of 4 with the default one shard per process.
+  config.input_shards = 0
+  (shard,) = _take(input_pipeline.train_dataset(config, local_batch_size=16, process_index=2, process_count=4), 1)
+  np.testing.assert_array_equal(shard['image'], single[0]['image'][32:48])
+
+
+def test_input_shards_cover_the_split_once_per_epoch(digits_dir):
+  config = _identity_config(digits_dir, train_split='train[:1436]', input_shards=4)  # 359 per shard.
+  (batch,) = _take(input_pipeline.train_dataset(config, local_batch_size=1436), 1)
+  np.testing.assert_array_equal(_rows(_raw(batch['image']), batch['label']),
+                                _rows(*_digits_split(digits_dir, 'train[:1436]')))
+
+
+def test_input_shards_equal_to_process_count_is_the_default(digits_dir):
+  for index in range(2):
+    default, fixed = (_take(input_pipeline.train_dataset(
+        _digits_config(digits_dir, input_shards=k), local_batch_size=8, process_index=index, process_count=2), 2)
+                      for k in (0, 2))
+    for a, b in zip(default, fixed):
+      np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_input_shards_of_image_folder(image_folder):
+  config = _config(dataset='image_folder', image_folder=image_folder, input_shards=2)
+  one, = _global_batches(config, 6, 1, 1)
+  two, = _global_batches(config, 6, 2, 1)
+  np.testing.assert_array_equal(one['image'], two['image'])
+  np.testing.assert_array_equal(one['label'], two['label'])
+
+
+def test_bad_input_shards_are_clear_errors(digits_dir):
+  with pytest.raises(ValueError, match=r'config.input_shards=3 must be .* multiple of the process count 2'):
+    input_pipeline.train_dataset(_digits_config(digits_dir, input_shards=3), local_batch_size=8, process_count=2)
+  with pytest.raises(ValueError, match=r'config.input_shards=-2 must be'):
+    input_pipeline.train_dataset(_digits_config(digits_dir, input_shards=-2), local_batch_size=8)
+  with pytest.raises(ValueError, match=r'local batch size 6 does not split over the 4 input shards of each process '
+                                       r'\(config.input_shards=8 over 2 processes\)'):
+    input_pipeline.train_dataset(_digits_config(digits_dir, input_shards=8), local_batch_size=6, process_count=2)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation.
 

@@ -7,13 +7,17 @@ Sources (`config.dataset`):
 * 'image_folder': `config.image_folder`/<split>/<class>/*.{jpg,jpeg,png}; classes are the sorted subfolders of the
   train split folder.
 
-Each process reads its own part of a split: `tfds.even_splits(split, process_count)[process_index]` for TFDS, every
-`process_count`-th file (sorted by class, then name) for folders.
+Eval: each process reads its own part of a split: `tfds.even_splits(split, process_count)[process_index]` for TFDS,
+every `process_count`-th file (sorted by class, then name) for folders.
 
-Training streams are a deterministic function of (config.seed, process_index), which makes them resumable:
-* epoch e is the process's records shuffled (undecoded) with a seed derived from (seed, process_index, e);
-* the example at position i of epoch e is augmented with the stateless seed derived from (seed, process_index, e, i);
-* `start_step` jumps over `start_step * local_batch_size` examples: whole epochs arithmetically, the rest by skipping
+Training reads K = `config.input_shards` (0: one per process) virtual input shards; process p of P owns shards
+[p * K/P, (p + 1) * K/P). Shard s holds `tfds.even_splits(split, K)[s]` (every K-th file from s for folders) and is
+an independent stream of batches of local_batch_size / (K/P); a process's batch is its shards' batches concatenated
+in shard order, so the global batch (processes in order) is the same sequence of examples for every P dividing K.
+Each shard's stream is a deterministic function of (config.seed, s), which makes it resumable:
+* epoch e is the shard's records shuffled (undecoded) with a seed derived from (seed, s, e);
+* the example at position i of epoch e is augmented with the stateless seed derived from (seed, s, e, i);
+* `start_step` jumps over `start_step * shard batch size` examples: whole epochs arithmetically, the rest by skipping
   shuffled records before they are decoded. Batch k of a stream started at `start_step` equals batch
   `start_step + k` of a stream started at 0.
 (The shuffle seed goes through tf.data, so a TF global seed, `tf.random.set_seed`, would change the order too.)
@@ -52,11 +56,11 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
-  """Undecoded examples of one dataset, split by process."""
+  """Undecoded examples of one dataset, split into parts (processes for eval, input shards for training)."""
   num_classes: int
-  # (split, process_index, process_count) -> {'image': encoded image or file path, 'label': int}, in a fixed order.
+  # (split, part_index, part_count) -> {'image': encoded image or file path, 'label': int}, in a fixed order.
   read: Callable[[str, int, int], tf.data.Dataset]
-  # (split, process_index, process_count) -> how many examples `read` yields.
+  # (split, part_index, part_count) -> how many examples `read` yields.
   count: Callable[[str, int, int], int]
   # What `read` yields as 'image' -> uint8 [H, W, C].
   decode: Callable[[tf.Tensor], tf.Tensor]
@@ -266,26 +270,35 @@ def get_info(config, *, download: bool = True) -> DatasetInfo:
       num_eval=source.count(config.eval_split, 0, 1))
 
 
-def train_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0, download: bool = True) -> tf.data.Dataset:
-  """Endless {'image': float32 [B, S, S, 3] in [-1, 1], 'label': int32 [B]} of this process (see module doc)."""
-  _check_process_args(local_batch_size, process_index, process_count)
-  if start_step < 0:
-    raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  if config.pp.crop not in TRAIN_CROPS:
-    raise ValueError(f'config.pp.crop must be one of {TRAIN_CROPS}, got {config.pp.crop!r}.')
-  source = _source(config, download)
+def _shards_of_process(config, local_batch_size: int, process_index: int, process_count: int):
+  """(input shards K, this process's shard indices, batch size per shard) for config.input_shards."""
+  num_shards = config.input_shards or process_count
+  if num_shards < 0 or num_shards % process_count:
+    raise ValueError(f'config.input_shards={config.input_shards} must be 0 (one per process) or a positive multiple '
+                     f'of the process count {process_count}.')
+  per_process = num_shards // process_count
+  if local_batch_size % per_process:
+    raise ValueError(f'The local batch size {local_batch_size} does not split over the {per_process} input shards of '
+                     f'each process (config.input_shards={num_shards} over {process_count} processes): '
+                     f'config.batch_size must be a multiple of config.input_shards.')
+  first = process_index * per_process
+  return num_shards, range(first, first + per_process), local_batch_size // per_process
+
+
+def _shard_stream(config, source: _Source, shard: int, num_shards: int, batch_size: int,
+                  start_step: int) -> tf.data.Dataset:
+  """Endless batches of one input shard (see module doc), from batch `start_step` on."""
   split = config.train_split
-  num_local = source.count(split, process_index, process_count)
-  if num_local == 0:
-    raise ValueError(f'{config.dataset} {split!r} has no examples for process {process_index} of {process_count}.')
-  records = source.read(split, process_index, process_count)
-  start_epoch, offset = divmod(start_step * local_batch_size, num_local)
-  process_key = tf.constant([config.seed, process_index], tf.int64)
-  buffer_size = max(1, min(config.shuffle_buffer, num_local))
+  num_records = source.count(split, shard, num_shards)
+  if num_records == 0:
+    raise ValueError(f'{config.dataset} {split!r} has no examples for input shard {shard} of {num_shards}.')
+  records = source.read(split, shard, num_shards)
+  start_epoch, offset = divmod(start_step * batch_size, num_records)
+  shard_key = tf.constant([config.seed, shard], tf.int64)
+  buffer_size = max(1, min(config.shuffle_buffer, num_records))
 
   def epoch(e):
-    epoch_key = tf.random.experimental.stateless_fold_in(process_key, e)
+    epoch_key = tf.random.experimental.stateless_fold_in(shard_key, e)
     shuffled = records.shuffle(buffer_size, seed=_seed_int(epoch_key), reshuffle_each_iteration=False)
     first = tf.where(e == start_epoch, tf.constant(offset, tf.int64), tf.constant(0, tf.int64))
     shuffled = shuffled.enumerate().skip(first)
@@ -297,8 +310,26 @@ def train_dataset(config, *, local_batch_size: int, process_index: int = 0, proc
 
   ds = tf.data.Dataset.range(start_epoch, _EPOCHS_END).flat_map(epoch)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options())
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def _concat_batches(*batches):
+  return {k: tf.concat([b[k] for b in batches], axis=0) for k in batches[0]}
+
+
+def train_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,
+                  start_step: int = 0, download: bool = True) -> tf.data.Dataset:
+  """Endless {'image': float32 [B, S, S, 3] in [-1, 1], 'label': int32 [B]} of this process (see module doc)."""
+  _check_process_args(local_batch_size, process_index, process_count)
+  if start_step < 0:
+    raise ValueError(f'start_step must be >= 0, got {start_step}.')
+  if config.pp.crop not in TRAIN_CROPS:
+    raise ValueError(f'config.pp.crop must be one of {TRAIN_CROPS}, got {config.pp.crop!r}.')
+  num_shards, shards, shard_batch = _shards_of_process(config, local_batch_size, process_index, process_count)
+  source = _source(config, download)
+  streams = tuple(_shard_stream(config, source, s, num_shards, shard_batch, start_step) for s in shards)
+  ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(streams).map(_concat_batches)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
 def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,

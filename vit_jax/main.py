@@ -36,8 +36,12 @@ def _maybe_initialize_distributed(jax) -> None:
     return
   if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
     raise app.UsageError('--coordinator_address needs --num_processes and --process_id.')
+  from vit_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.use_gloo_on_cpu()
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                              process_id=_PROCESS_ID.value)
+  distributed.check_process_count(_NUM_PROCESSES.value)
+  distributed.check_same_config(_CONFIG.value)
 
 
 def _default_workdir(config_path: str) -> str:

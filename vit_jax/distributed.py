@@ -1,0 +1,43 @@
+"""Multi-process start-up: CPU collectives, and checks that every process runs the same job."""
+import hashlib
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+
+class ProcessMismatchError(RuntimeError):
+  """Processes of one job disagree (config or process count)."""
+
+
+def use_gloo_on_cpu() -> None:
+  """Cross-process collectives for CPU devices via gloo (TCP); call before jax.distributed.initialize.
+
+  Without them (jax_cpu_collectives_implementation unset), a multi-process CPU computation fails. Only the CPU
+  client reads this option, so it is harmless on GPU/TPU hosts. An explicit 'mpi' is kept.
+  """
+  if jax.config.jax_cpu_collectives_implementation is None:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+
+
+def config_digest(config) -> str:
+  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()
+
+
+def check_same_config(config) -> None:
+  """Raises ProcessMismatchError on every process unless all processes hold the same config (a collective)."""
+  digest = config_digest(config)
+  words = np.frombuffer(bytes.fromhex(digest)[:16], np.int32)
+  gathered = np.asarray(multihost_utils.process_allgather(words))  # [process_count, 4]
+  differ = [p for p in range(len(gathered)) if not np.array_equal(gathered[p], gathered[0])]
+  if differ:
+    raise ProcessMismatchError(
+        f'The config differs between processes: process(es) {differ} have another config than process 0 (this is '
+        f'process {jax.process_index()}, config sha256 {digest[:16]}). Every process must get the same --config '
+        f'file and --config.* overrides.')
+
+
+def check_process_count(expected: int | None) -> None:
+  if expected is not None and expected != jax.process_count():
+    raise ProcessMismatchError(f'--num_processes={expected}, but jax.distributed started {jax.process_count()} '
+                               f'processes.')
