@@ -30,7 +30,7 @@ def _train(config, steps=5):
   tx, schedule = optim.make_optimizer(config)
   batch_shard = sharding.batch_sharding(mesh)
   with jax.set_mesh(mesh):
-    state, shardings = train.init_state(config, model, tx, mesh, 10)
+    state, shardings = train.init_state(config, model, tx, mesh)
     micro = jax.sharding.NamedSharding(mesh, P(None, *batch_shard.spec))
     step = jax.jit(train.make_train_step(model, tx, schedule, config, micro), in_shardings=(shardings, batch_shard),
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)

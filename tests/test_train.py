@@ -22,7 +22,7 @@ def _setup(config):
   model = train.build_model(config, 10)
   tx, schedule = optim.make_optimizer(config)
   with jax.set_mesh(mesh):
-    state, shardings = train.init_state(config, model, tx, mesh, 10)
+    state, shardings = train.init_state(config, model, tx, mesh)
   batch_shard = sharding.batch_sharding(mesh)
   micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
   step = jax.jit(train.make_train_step(model, tx, schedule, config, micro), in_shardings=(shardings, batch_shard))

@@ -32,6 +32,11 @@ def check_batch_sizes(config, mesh) -> None:
     if size <= 0 or size % shards or size % processes:
       raise ValueError(f'config.{name}={size} must be a positive multiple of the {shards} batch shards of the mesh '
                        f'{dict(mesh.shape)} and of the {processes} processes; e.g. {shards * processes * 8}.')
+  shards_per_process = (config.input_shards or processes) // processes
+  if config.input_shards % processes or config.batch_size // processes % shards_per_process:
+    raise ValueError(f'config.input_shards={config.input_shards} must be 0 or a multiple of the {processes} processes '
+                     f'whose share ({shards_per_process} per process) divides the per-process batch '
+                     f'{config.batch_size // processes}.')
   if config.accum_steps < 1 or config.batch_size % (config.accum_steps * shards):
     raise ValueError(f'config.batch_size={config.batch_size} must divide into accum_steps={config.accum_steps} '
                      f'micro-batches of a multiple of {shards} (the batch shards).')
@@ -98,11 +103,9 @@ def _checkpoint_manager(config, workdir) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
 
 
-def init_state(config, model, tx, mesh, num_classes):
-  """Born-sharded train state: shapes from eval_shape, values made directly in their shardings by jit."""
-  del num_classes
-  size = config.image_size
-  dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+def state_layout(config, model, tx, mesh):
+  """(init function, abstract state, shardings): the train state's shapes and where each array lives."""
+  dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
 
   def init(rng):
     params = model.init(rng, dummy, train=False)['params']
@@ -113,8 +116,13 @@ def init_state(config, model, tx, mesh, num_classes):
   param_shardings = sharding.to_shardings(specs, mesh)
   shardings = {'step': sharding.replicated(mesh), 'params': param_shardings,
                'opt_state': sharding.follow_params(abstract['opt_state'], param_shardings, mesh)}
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-  return state, shardings
+  return init, abstract, shardings
+
+
+def init_state(config, model, tx, mesh):
+  """Born-sharded train state: each array is created by jit directly in its sharding, never whole on one device."""
+  init, _, shardings = state_layout(config, model, tx, mesh)
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed)), shardings
 
 
 def _load_pretrained(config, state, shardings, tx):
@@ -143,15 +151,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = _checkpoint_manager(config, workdir)
 
   with jax.set_mesh(mesh):
-    state, shardings = init_state(config, model, tx, mesh, num_classes)
     latest = manager.latest_step()
-    if latest is not None:
+    if latest is not None:  # Restored straight into the (possibly new) mesh's shardings; no init needed.
       log.info('Resuming from %s at step %d.', manager.directory, latest)
-      abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-      state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    elif config.pretrained_path:
-      log.info('Fine-tuning from %s.', config.pretrained_path)
-      state = _load_pretrained(config, state, shardings, tx)
+      _, abstract, shardings = state_layout(config, model, tx, mesh)
+      target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+      state = manager.restore(latest, args=ocp.args.StandardRestore(target))
+    else:
+      state, shardings = init_state(config, model, tx, mesh)
+      if config.pretrained_path:
+        log.info('Fine-tuning from %s.', config.pretrained_path)
+        state = _load_pretrained(config, state, shardings, tx)
     start_step = int(jax.device_get(state['step']))
 
     batch_shard = sharding.batch_sharding(mesh)
@@ -205,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step % config.eval_every_steps == 0 or last:
           result = run_eval(step)
           window_time = time.monotonic()  # Keep evaluation out of img/s.
-        manager.save(step, args=ocp.args.StandardSave(state), force=last)
+        if step % config.checkpoint_every_steps == 0 or last:
+          manager.save(step, args=ocp.args.StandardSave(state), force=True)
       progress.close()
     manager.wait_until_finished()
     writer.flush()
