@@ -61,9 +61,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Library chatter (Orbax, TF) only from warnings up.
   std_logging.getLogger('vit_jax').setLevel(std_logging.INFO)  # Our progress lines and notes.
   workdir = _WORKDIR.value or _default_workdir(flags.FLAGS['config'].config_filename)
-  std_logging.getLogger('vit_jax.main').info('JAX %s: process %d of %d, %d local / %d global devices (%s). Workdir %s.', jax.__version__,
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform, workdir)
+  std_logging.getLogger('vit_jax.main').info(
+      'JAX %s: process %d of %d, %d local / %d global devices (%s). Workdir %s.', jax.__version__,
+      jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+      jax.devices()[0].platform, workdir)
   train.train_and_evaluate(_CONFIG.value, workdir)
 
 
