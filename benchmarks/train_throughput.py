@@ -1,0 +1,277 @@
+"""Training-step throughput, MFU, compile time and memory of a ViT preset with the trainer's own train step.
+
+  python benchmarks/train_throughput.py --model=ViT-Ti_16 --image_size=224 --batch=32 --dtype=float32 \
+      [--scan] [--remat=none|full|dots] [--attention=plain|xla|cudnn] [--fused_qkv] [--steps=N --warmup=M] \
+      [--peak_tflops=X] [--no_baseline] [--compile_only]
+
+Prints one JSON line per variant. The step is `vit_jax.train.make_train_step` on `train.build_model`, configured
+from configs/common.py (AdamW, 1000 classes) overridden by the flags, jitted on the trainer's mesh and shardings
+with the state donated, as vit_jax/train.py does it; the batch is random (no input pipeline). Each variant runs in
+its own process, so its compile time, host RSS and device peak memory are its own.
+
+Unless --no_baseline, a plain baseline (unrolled blocks, attention='plain', fused_qkv=False, float32, no remat,
+otherwise the same flags) runs too, and the fast variant's line gets `speedup_vs_baseline` (img/s ratio) and
+`compile_ratio_vs_baseline` (its compile seconds over the baseline's).
+
+Figures per line:
+  compile_s       tracing + lowering + XLA compile of the train step (xla_compile_s: the last part alone).
+  img_per_sec     batch / the median step time over --steps timed steps after --warmup steps, each step waited
+                  for with jax.block_until_ready.
+  model_tflops_per_device  img_per_sec x vit_jax.flops.train_flops / devices: the model's work, not XLA's (remat
+                  recomputation and elementwise ops are not counted).
+  mfu             model_tflops_per_device / peak_tflops. `peak_source` says where the peak comes from: 'flag'
+                  (--peak_tflops; given to the fast variant only, as the baseline runs in float32), else 'table'
+                  (vit_jax.flops.PEAK_TFLOPS for the device kind and dtype), else 'measured matmul' (the median
+                  TFLOP/s of a square matmul in the variant's dtype on one device, timed like the steps).
+  host_peak_rss_mib, device_peak_mib  the process's max RSS; the largest `memory_stats()['peak_bytes_in_use']` of
+                  the local devices (null where the backend keeps no statistics, e.g. CPU).
+--compile_only lowers from abstract shapes (no state is allocated) and reports only the compile figures.
+--hidden/--layers/--heads/--mlp/--patch override the preset's sizes (tiny models for tests).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from configs import common
+from vit_jax import flops, models, optim, sharding
+
+# vit_jax.train and vit_jax.input_pipeline load TensorFlow (seconds): they are imported where a variant runs, so the
+# parent process, which only starts the variants, stays light.
+
+NUM_CLASSES = 1000
+# Fast-path switches: flag name -> (config field, VisionTransformer field, baseline value).
+SWITCHES = {
+    'scan': ('scan_layers', 'scan', False),
+    'remat': ('remat_policy', 'remat_policy', 'none'),
+    'attention': ('attention', 'attention', 'plain'),
+    'fused_qkv': ('fused_qkv', 'fused_qkv', False),
+}
+BASELINE = {'dtype': 'float32', **{flag: baseline for flag, (_, _, baseline) in SWITCHES.items()}}
+SIZE_FLAGS = {'hidden': 'hidden_size', 'layers': 'transformer.num_layers', 'heads': 'transformer.num_heads',
+              'mlp': 'transformer.mlp_dim'}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--model', default='ViT-Ti_16', help='A preset of vit_jax.models.MODEL_NAMES.')
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--batch', type=int, default=32, help='Global batch (all devices).')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--scan', action='store_true', help='config.scan_layers: nn.scan over the blocks.')
+  parser.add_argument('--remat', default='none', choices=('none', 'full', 'dots'), help='config.remat_policy.')
+  parser.add_argument('--attention', default='plain', choices=('plain', 'xla', 'cudnn'), help='config.attention.')
+  parser.add_argument('--fused_qkv', action='store_true', help='config.fused_qkv: one q/k/v matmul.')
+  parser.add_argument('--steps', type=int, default=10, help='Timed steps.')
+  parser.add_argument('--warmup', type=int, default=3, help='Untimed steps after compilation.')
+  parser.add_argument('--peak_tflops', type=float, default=None, help='Peak TFLOP/s per device for the MFU.')
+  parser.add_argument('--no_baseline', action='store_true', help='Skip the plain float32 baseline.')
+  parser.add_argument('--compile_only', action='store_true', help='Only compile (no state, no steps).')
+  for flag in (*SIZE_FLAGS, 'patch'):
+    parser.add_argument(f'--{flag}', type=int, default=None, help='Overrides the preset (tiny test models).')
+  parser.add_argument('--variant', default='fast', help=argparse.SUPPRESS)  # The name on the JSON line.
+  return parser.parse_args(argv)
+
+
+def variant_options(args) -> dict:
+  return {'dtype': args.dtype, **{flag: getattr(args, flag) for flag in SWITCHES}}
+
+
+def make_config(args):
+  """configs/common.py with the model, sizes, batch, AdamW and the fast-path switches of `args`."""
+  config = common.get_config()
+  config.model = models.get_model_config(args.model)
+  for flag, field in SIZE_FLAGS.items():
+    if getattr(args, flag) is not None:
+      parent, _, leaf = field.rpartition('.')
+      (config.model[parent] if parent else config.model)[leaf] = getattr(args, flag)
+  if args.patch is not None:
+    config.model.patches.size = (args.patch, args.patch)
+  config.image_size = args.image_size
+  config.batch_size = config.eval_batch_size = args.batch
+  config.dtype = args.dtype
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 0.1
+  for flag, (field, _, baseline) in SWITCHES.items():
+    value = getattr(args, flag)
+    if field in config:
+      config[field] = value
+    elif value != baseline:
+      raise SystemExit(f'--{flag} needs config.{field}, which this checkout lacks: the model fast paths (issue 6: '
+                       f'scan, remat, attention, fused_qkv in vit_jax/models/vit.py and configs/common.py) have '
+                       f'not landed. Run without --{flag}.')
+  return config
+
+
+def build_model(config):
+  """train.build_model, checked to carry the config's fast-path switches into the model."""
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  model = train.build_model(config, NUM_CLASSES)
+  for field, model_field, baseline in SWITCHES.values():
+    if getattr(model, model_field, baseline) != config.get(field, baseline):
+      raise SystemExit(f'train.build_model ignores config.{field}={config[field]!r} (the model has '
+                       f'{model_field}={getattr(model, model_field, baseline)!r}).')
+  return model
+
+
+def device_peak_mib() -> float | None:
+  peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use') for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return max(peaks) / 2**20 if peaks else None
+
+
+def host_peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux.
+
+
+def median_seconds(fn, steps: int, warmup: int) -> float:
+  """Median wall time of `fn()` (which must block until its work is done) over `steps` calls after `warmup`."""
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    fn()
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_tflops(dtype: str, steps: int = 3, warmup: int = 1, min_seconds: float = 0.05) -> float:
+  """Measured peak TFLOP/s of one device: an n x n matmul in `dtype`, n doubled until a call takes `min_seconds`."""
+  device = jax.local_devices()[0]
+  matmul = jax.jit(jax.numpy.matmul)
+  n, seconds = 512, 0.0
+  while seconds < min_seconds and n < 16384:
+    n *= 2
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), dtype), device)
+    seconds = median_seconds(lambda: matmul(a, a).block_until_ready(), steps, warmup)
+  return 2 * n**3 / seconds / 1e12
+
+
+def _place(args, mesh):
+  """A random global batch of images in [-1, 1] and labels, sharded like the trainer's batches."""
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  local = args.batch // jax.process_count()
+  rng = np.random.default_rng(jax.process_index())
+  batch = {'image': rng.uniform(-1, 1, (local, args.image_size, args.image_size, 3)).astype(np.float32),
+           'label': rng.integers(0, NUM_CLASSES, local).astype(np.int32)}
+  return input_pipeline.make_global_batch(batch, sharding.batch_sharding(mesh))
+
+
+def run_variant(args) -> dict:
+  """Compiles (and unless --compile_only, times) the trainer's train step for `args`; returns the JSON fields."""
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  config = make_config(args)
+  mesh = sharding.make_mesh(config.mesh)
+  train.check_batch_sizes(config, mesh)
+  train.check_image_size(config)
+  model = build_model(config)
+  tx, schedule = optim.make_optimizer(config)
+  devices = jax.devices()
+  result = {'variant': args.variant, 'model': args.model, 'image_size': args.image_size, 'batch': args.batch,
+            'options': variant_options(args), 'device_kind': devices[0].device_kind, 'device_count': len(devices),
+            'backend': jax.default_backend()}
+  with jax.set_mesh(mesh):
+    batch_shard = sharding.batch_sharding(mesh)
+    micro_shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
+    _, abstract, shardings = train.state_layout(config, model, tx, mesh)
+    step = jax.jit(train.make_train_step(model, tx, schedule, config, micro_shard),
+                   in_shardings=(shardings, batch_shard), out_shardings=(shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)
+    state_spec = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    image_spec = jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size, 3), 'float32',
+                                      sharding=batch_shard)
+    label_spec = jax.ShapeDtypeStruct((args.batch,), 'int32', sharding=batch_shard)
+    start = time.perf_counter()
+    lowered = step.lower(state_spec, {'image': image_spec, 'label': label_spec})
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    end = time.perf_counter()
+    result.update(compile_s=end - start, xla_compile_s=end - lowered_at)
+    if not args.compile_only:
+      result.update(_time_steps(args, config, model, tx, mesh, compiled))
+  result.update(host_peak_rss_mib=host_peak_rss_mib(), device_peak_mib=device_peak_mib())
+  return result
+
+
+def _time_steps(args, config, model, tx, mesh, compiled) -> dict:
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  state, _ = train.init_state(config, model, tx, mesh)
+  batch = _place(args, mesh)
+  holder = [state]
+
+  def one_step():
+    holder[0], stats = compiled(holder[0], batch)
+    jax.block_until_ready((holder[0], stats))
+
+  seconds = median_seconds(one_step, args.steps, args.warmup)
+  devices = jax.device_count()
+  img_per_sec = args.batch / seconds
+  gflops = flops.train_flops(config.model, args.image_size, NUM_CLASSES) / 1e9
+  model_tflops = img_per_sec * gflops / 1e3 / devices
+  peak, source = peak_of(args)
+  return {'steps': args.steps, 'warmup': args.warmup, 'step_s_median': seconds, 'img_per_sec': img_per_sec,
+          'img_per_sec_per_device': img_per_sec / devices, 'train_gflops_per_image': gflops,
+          'model_tflops_per_device': model_tflops, 'peak_tflops': peak, 'peak_source': source,
+          'mfu': model_tflops / peak}
+
+
+def peak_of(args) -> tuple[float, str]:
+  """(peak TFLOP/s per device, where it comes from): --peak_tflops, else the table, else a measured matmul."""
+  if args.peak_tflops is not None:
+    return args.peak_tflops, 'flag'
+  peak = flops.peak_tflops(jax.devices()[0].device_kind, args.dtype)
+  if peak is not None:
+    return peak, 'table'
+  return matmul_tflops(args.dtype), 'measured matmul'
+
+
+def child_argv(args, variant: str, options: dict, peak_tflops) -> list[str]:
+  """The command line that runs one variant (`options` as variant_options gives them) in its own process."""
+  argv = [sys.executable, os.path.abspath(__file__), '--no_baseline', f'--variant={variant}',
+          f'--model={args.model}', f'--image_size={args.image_size}', f'--batch={args.batch}',
+          f'--steps={args.steps}', f'--warmup={args.warmup}', f'--dtype={options["dtype"]}',
+          f'--remat={options["remat"]}', f'--attention={options["attention"]}']
+  argv += [f'--{flag}' for flag in ('scan', 'fused_qkv') if options[flag]]
+  argv += ['--compile_only'] if args.compile_only else []
+  argv += [f'--{flag}={getattr(args, flag)}' for flag in (*SIZE_FLAGS, 'patch') if getattr(args, flag) is not None]
+  argv += [f'--peak_tflops={peak_tflops}'] if peak_tflops is not None else []
+  return argv
+
+
+def run_in_process(argv: list[str]) -> dict:
+  """Runs `argv` (this script for one variant) and returns the JSON line it printed last."""
+  out = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(fast: dict, baseline: dict) -> dict:
+  """The fast variant's line plus its img/s and compile-time ratios to the baseline."""
+  fast = dict(fast)
+  if 'img_per_sec' in fast and 'img_per_sec' in baseline:
+    fast['speedup_vs_baseline'] = fast['img_per_sec'] / baseline['img_per_sec']
+  fast['compile_ratio_vs_baseline'] = fast['compile_s'] / baseline['compile_s']
+  return fast
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  options = variant_options(args)
+  if args.no_baseline or options == BASELINE:
+    args.variant = 'baseline' if options == BASELINE else args.variant
+    print(json.dumps(run_variant(args)), flush=True)
+    return
+  fast = run_in_process(child_argv(args, 'fast', options, args.peak_tflops))
+  baseline = run_in_process(child_argv(args, 'baseline', BASELINE, None))
+  print(json.dumps(baseline), flush=True)
+  print(json.dumps(compare(fast, baseline)), flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,33 @@
+"""benchmarks/train_throughput.py runs end to end on a tiny model and passes its options to the variant processes."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import train_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY = ['--model=ViT-Ti_16', '--hidden=32', '--layers=1', '--heads=2', '--mlp=64', '--patch=4', '--image_size=16',
+        '--batch=8']
+
+
+def test_train_throughput_prints_positive_figures_for_a_tiny_model():
+  out = subprocess.run([sys.executable, 'benchmarks/train_throughput.py', *TINY, '--steps=2', '--warmup=1',
+                        '--peak_tflops=1', '--no_baseline'], cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+  line = json.loads(out.stdout.strip().splitlines()[-1])
+  assert line['variant'] == 'baseline' and line['peak_source'] == 'flag' and line['device_count'] >= 1
+  for key in ('compile_s', 'img_per_sec', 'img_per_sec_per_device', 'model_tflops_per_device', 'mfu',
+              'host_peak_rss_mib'):
+    assert line[key] > 0, key
+
+
+def test_variant_command_line_round_trips_the_options():
+  args = train_throughput.parse_args([*TINY, '--scan', '--remat=dots', '--attention=xla', '--dtype=bfloat16'])
+  options = train_throughput.variant_options(args)
+  child = train_throughput.parse_args(train_throughput.child_argv(args, 'fast', options, 2.0)[2:])
+  assert train_throughput.variant_options(child) == options
+  assert (child.variant, child.no_baseline, child.peak_tflops, child.hidden, child.patch) == ('fast', True, 2.0, 32, 4)
+  baseline = train_throughput.parse_args(train_throughput.child_argv(args, 'baseline', train_throughput.BASELINE,
+                                                                     None)[2:])
+  assert train_throughput.variant_options(baseline) == train_throughput.BASELINE and baseline.hidden == 32
