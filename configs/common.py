@@ -28,6 +28,7 @@ def get_config():
   config.eval_split = 'test'
   config.image_size = 384
   config.shuffle_buffer = 50_000
+  config.on_bad_image = 'error'  # An undecodable image in an image folder: 'error' (names the files) or 'skip'.
   config.prefetch = 2  # Batches prefetched to the devices.
   # Training data shards (see vit_jax/input_pipeline.py); 0 = one per process. Fixing it (e.g. to 8) makes the data
   # order independent of the number of processes/hosts: a job can resume on another host count, and multi-host runs
@@ -76,5 +77,8 @@ def get_config():
   config.checkpoint_every_steps = 1_000
   config.keep = 3  # Checkpoints kept.
   config.async_checkpoints = True  # Save in a background thread while training goes on.
+  # A non-finite loss or gradient norm: the update is never applied; 'stop' raises (naming the step and the last good
+  # checkpoint) at the next log or save step, 'skip' drops it, counts it (train/nonfinite_steps) and goes on.
+  config.nonfinite_policy = 'stop'
   config.export_npz = True  # Write WORKDIR/params.npz (release layout) at the end.
   return config

@@ -5,7 +5,9 @@ Sources (`config.dataset`):
   other datasets that are not prepared are downloaded (`download=True`, the default) or raise
   `DatasetNotPreparedError` with the command that prepares them.
 * 'image_folder': `config.image_folder`/<split>/<class>/*.{jpg,jpeg,png}; classes are the sorted subfolders of the
-  train split folder.
+  train split folder. Every file is decoded once up front (in parallel): undecodable ones are an error that names
+  them, or with `config.on_bad_image='skip'` are left out of the split (logged and counted) before any order is
+  drawn, so the stream stays a deterministic function of (seed, step).
 
 Eval: each process reads its own part of a split: `tfds.even_splits(split, process_count)[process_index]` for TFDS,
 every `process_count`-th file (sorted by class, then name) for folders.
@@ -25,6 +27,7 @@ Each shard's stream is a deterministic function of (config.seed, s), which makes
 import collections
 import dataclasses
 import functools
+import logging
 import os
 from typing import Any, Callable, Iterable, Iterator
 
@@ -40,7 +43,10 @@ IMAGE_FOLDER = 'image_folder'
 LOCAL_TFDS_DATASETS = ('sklearn_digits',)  # Built from local data, never downloaded.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 TRAIN_CROPS = ('inception', 'pad_crop', 'resize')
+BAD_IMAGE_POLICIES = ('error', 'skip')
 _EPOCHS_END = 2**62  # "Forever", for Dataset.range.
+
+log = logging.getLogger(__name__)
 
 
 class DatasetNotPreparedError(RuntimeError):
@@ -190,12 +196,41 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
 
+@functools.lru_cache(maxsize=8)
+def _undecodable(paths: tuple[str, ...]) -> tuple[str, ...]:
+  """The files among `paths` that the pipeline cannot decode: one parallel tf.data pass that decodes every file."""
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).enumerate()
+  ds = ds.map(lambda i, path: (i, tf.shape(_decode_file(path))[0]), num_parallel_calls=tf.data.AUTOTUNE)
+  decoded = {int(i) for i, _ in ds.ignore_errors().as_numpy_iterator()}
+  return tuple(p for i, p in enumerate(paths) if i not in decoded)
+
+
+def _decodable_files(root: str, split: str, classes: list[str], on_bad_image: str) -> tuple[list[str], list[int]]:
+  """`_folder_files` less undecodable images: an error naming them ('error'), or skipped with a warning ('skip')."""
+  paths, labels = _folder_files(root, split, classes)
+  bad = set(_undecodable(tuple(paths)))
+  if not bad:
+    return paths, labels
+  listed = sorted(bad)[:10]
+  more = f' and {len(bad) - 10} more' if len(bad) > 10 else ''
+  if on_bad_image == 'error':
+    raise ValueError(f'Image folder {os.path.join(root, split)} holds {len(bad)} file(s) that cannot be decoded as '
+                     f'an image: {listed}{more}. Remove or repair them, or set config.on_bad_image=skip to leave them '
+                     'out.')
+  log.warning('Image folder %s: skipping %d undecodable file(s) (config.on_bad_image=skip): %s%s',
+              os.path.join(root, split), len(bad), listed, more)
+  kept = [(p, l) for p, l in zip(paths, labels) if p not in bad]
+  return [p for p, _ in kept], [l for _, l in kept]
+
+
 def _folder_source(config) -> _Source:
   root = config.image_folder
   if not root:
     raise ValueError(f'config.dataset is {IMAGE_FOLDER!r} but config.image_folder is empty.')
+  if config.on_bad_image not in BAD_IMAGE_POLICIES:
+    raise ValueError(f'Unknown config.on_bad_image {config.on_bad_image!r}; valid: {", ".join(BAD_IMAGE_POLICIES)}.')
   classes = _folder_classes(root, config.train_split)
-  files = functools.cache(lambda split: _folder_files(root, split, classes))
+  files = functools.cache(lambda split: _decodable_files(root, split, classes, config.on_bad_image))
 
   def read(split, index, count):
     paths, labels = files(split)

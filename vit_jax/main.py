@@ -19,6 +19,9 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of pr
                                    'jax.distributed cannot auto-detect (Cloud TPU and SLURM are auto-detected).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (with --coordinator_address).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume the run in --workdir even though its config.json differs from --config '
+    '(the old config is kept as config.<n>.json). Without it, such a workdir is refused.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                                  "jax.distributed.initialize: 'auto' when a cluster is detected or flags are given.")
 
@@ -65,7 +68,7 @@ def main(argv):
       'JAX %s: process %d of %d, %d local / %d global devices (%s). Workdir %s.', jax.__version__,
       jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
       jax.devices()[0].platform, workdir)
-  train.train_and_evaluate(_CONFIG.value, workdir)
+  train.train_and_evaluate(_CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == '__main__':

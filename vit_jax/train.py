@@ -11,7 +11,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vit_jax import checkpoint, evaluate, input_pipeline, losses, metrics, models, optim, sharding
+from vit_jax import checkpoint, evaluate, input_pipeline, losses, metrics, models, optim, preemption, sharding
+from vit_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,17 @@ def check_image_size(config) -> None:
                      f'e.g. use {max(px, config.image_size // px * px)}.')
 
 
+NONFINITE_POLICIES = ('stop', 'skip')
+
+
 def make_train_step(model, tx, schedule, config, batch_shard):
-  """(state, batch) -> (state, metrics). Dropout keys come from (seed, step[, micro-batch])."""
+  """(state, batch) -> (state, metrics). Dropout keys come from (seed, step[, micro-batch]).
+
+  An update whose loss or gradient norm is not finite is dropped inside the step (the state stays as it was, so a
+  non-finite state never exists) and counted in state['nonfinite']; the loop applies config.nonfinite_policy.
+  state['window'] sums the finite steps' metrics since the last log step, so a resumed run logs exactly what an
+  uninterrupted one would.
+  """
   accum = config.accum_steps
 
   def loss_fn(params, images, labels, rng):
@@ -82,18 +92,27 @@ def make_train_step(model, tx, schedule, config, batch_shard):
       zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state['params']))
       (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro['image'], micro['label']))
       loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    new_state = {'step': step + 1, 'params': params, 'opt_state': opt_state}
-    stats = {'loss': loss, 'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(step)}
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    window = jax.tree.map(lambda x: jnp.where(step % config.log_every_steps == 0, jnp.zeros_like(x), x),
+                          state['window'])  # A new window starts after each log step.
+    new_state = {
+        'step': step + 1,
+        'params': keep(params, state['params']),
+        'opt_state': keep(opt_state, state['opt_state']),
+        'window': {'loss': window['loss'] + jnp.where(finite, loss, 0.0),
+                   'grad_norm': window['grad_norm'] + jnp.where(finite, grad_norm, 0.0),
+                   'steps': window['steps'] + finite.astype(jnp.int32)},
+        'nonfinite': {'count': state['nonfinite']['count'] + (~finite).astype(jnp.int32),
+                      'last_step': jnp.where(finite, state['nonfinite']['last_step'], step + 1)},
+    }
+    stats = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': schedule(step)}
     return new_state, stats
 
   return train_step
-
-
-def _write_config(config, workdir) -> None:
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def _checkpoint_manager(config, workdir) -> ocp.CheckpointManager:
@@ -109,13 +128,18 @@ def state_layout(config, model, tx, mesh):
 
   def init(rng):
     params = model.init(rng, dummy, train=False)['params']
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+            'window': {'loss': jnp.zeros((), jnp.float32), 'grad_norm': jnp.zeros((), jnp.float32),
+                       'steps': jnp.zeros((), jnp.int32)},
+            'nonfinite': {'count': jnp.zeros((), jnp.int32), 'last_step': jnp.full((), -1, jnp.int32)}}
 
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   specs = sharding.param_specs(abstract['params'], mesh, config.sharding_strategy, config.fsdp_min_size)
   param_shardings = sharding.to_shardings(specs, mesh)
-  shardings = {'step': sharding.replicated(mesh), 'params': param_shardings,
+  shardings = {'params': param_shardings,
                'opt_state': sharding.follow_params(abstract['opt_state'], param_shardings, mesh)}
+  for scalars in ('step', 'window', 'nonfinite'):
+    shardings[scalars] = jax.tree.map(lambda _: sharding.replicated(mesh), abstract[scalars])
   return init, abstract, shardings
 
 
@@ -129,101 +153,152 @@ def _load_pretrained(config, state, shardings, tx):
   params = checkpoint.load_pretrained(pretrained_path=config.pretrained_path, init_params=state['params'],
                                       model_config=config.model, image_size=config.image_size)
   opt_state = jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)
-  return {'step': state['step'], 'params': params, 'opt_state': opt_state}
+  return {**state, 'params': params, 'opt_state': opt_state}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics."""
+class NonFiniteError(FloatingPointError):
+  """A non-finite loss or gradient norm under config.nonfinite_policy='stop'."""
+
+
+def check_nonfinite_policy(config) -> None:
+  if config.nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f'Unknown config.nonfinite_policy {config.nonfinite_policy!r}; valid: '
+                     f'{", ".join(NONFINITE_POLICIES)}.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics.
+
+  On a preemption notice (SIGTERM, or JAX's multi-host preemption sync point) it saves a checkpoint at the step all
+  processes agree on and returns {'preempted_at_step': step}; the same call then resumes from there. A workdir that
+  holds a run of another config is refused unless `allow_config_change` (see vit_jax/workdir.py).
+  """
   is_main = jax.process_index() == 0
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    _write_config(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   check_batch_sizes(config, mesh)
   check_image_size(config)
+  check_nonfinite_policy(config)
   info = input_pipeline.get_info(config)
+  workdir_lib.check_and_record_config(config, workdir, allow_change=allow_config_change)
   num_classes = config.num_classes if config.num_classes > 0 else info.num_classes
   log.info('Dataset %s: %d classes, %d train / %d eval examples. Mesh %s.', config.dataset, num_classes,
-               info.num_train, info.num_eval, dict(mesh.shape))
+           info.num_train, info.num_eval, dict(mesh.shape))
   model = build_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   writer = metrics.create_writer(workdir, is_main)
   manager = _checkpoint_manager(config, workdir)
 
-  with jax.set_mesh(mesh):
-    latest = manager.latest_step()
-    if latest is not None:  # Restored straight into the (possibly new) mesh's shardings; no init needed.
-      log.info('Resuming from %s at step %d.', manager.directory, latest)
-      _, abstract, shardings = state_layout(config, model, tx, mesh)
-      target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-      state = manager.restore(latest, args=ocp.args.StandardRestore(target))
-    else:
-      state, shardings = init_state(config, model, tx, mesh)
-      if config.pretrained_path:
-        log.info('Fine-tuning from %s.', config.pretrained_path)
-        state = _load_pretrained(config, state, shardings, tx)
-    start_step = int(jax.device_get(state['step']))
+  try:  # However the loop ends, an async save already under way completes.
+    with jax.set_mesh(mesh), preemption.PreemptionWatch() as watch:
+      latest = manager.latest_step()
+      if latest is not None:  # Restored straight into the (possibly new) mesh's shardings; no init needed.
+        log.info('Resuming from %s at step %d.', manager.directory, latest)
+        _, abstract, shardings = state_layout(config, model, tx, mesh)
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+        state = manager.restore(latest, args=ocp.args.StandardRestore(target))
+      else:
+        state, shardings = init_state(config, model, tx, mesh)
+        if config.pretrained_path:
+          log.info('Fine-tuning from %s.', config.pretrained_path)
+          state = _load_pretrained(config, state, shardings, tx)
+      start_step, nonfinite_seen = (int(x) for x in jax.device_get((state['step'], state['nonfinite']['count'])))
 
-    batch_shard = sharding.batch_sharding(mesh)
-    micro_shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
-    train_step = jax.jit(make_train_step(model, tx, schedule, config, micro_shard),
-                         in_shardings=(shardings, batch_shard), out_shardings=(shardings, sharding.replicated(mesh)),
-                         donate_argnums=0)
-    eval_step = jax.jit(evaluate.make_eval_step(model, loss=config.loss),
-                        in_shardings=(shardings['params'], batch_shard), out_shardings=sharding.replicated(mesh))
+      batch_shard = sharding.batch_sharding(mesh)
+      micro_shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
+      train_step = jax.jit(make_train_step(model, tx, schedule, config, micro_shard),
+                           in_shardings=(shardings, batch_shard), out_shardings=(shardings, sharding.replicated(mesh)),
+                           donate_argnums=0)
+      eval_step = jax.jit(evaluate.make_eval_step(model, loss=config.loss),
+                          in_shardings=(shardings['params'], batch_shard), out_shardings=sharding.replicated(mesh))
 
-    processes = jax.process_count()
+      processes = jax.process_count()
 
-    def eval_batches():
-      ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
-                                       process_index=jax.process_index(), process_count=processes)
-      return input_pipeline.prefetch_to_device(ds.as_numpy_iterator(), config.prefetch, batch_shard)
+      def eval_batches():
+        ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
+                                         process_index=jax.process_index(), process_count=processes)
+        return input_pipeline.prefetch_to_device(ds.as_numpy_iterator(), config.prefetch, batch_shard)
 
-    def run_eval(step):
-      result = evaluate.evaluate(eval_step, state['params'], eval_batches())
-      writer.write_scalars(step, {k: v for k, v in result.items() if k != 'eval/num_examples'})
-      log.info('step %d: eval accuracy %.4f, loss %.4f on %d examples', step, result['eval/accuracy'],
-                   result['eval/loss'], result['eval/num_examples'])
-      return result
+      def run_eval(step):
+        result = evaluate.evaluate(eval_step, state['params'], eval_batches())
+        writer.write_scalars(step, {k: v for k, v in result.items() if k != 'eval/num_examples'})
+        log.info('step %d: eval accuracy %.4f, loss %.4f on %d examples', step, result['eval/accuracy'],
+                 result['eval/loss'], result['eval/num_examples'])
+        return result
 
-    result = {}
-    if start_step >= config.total_steps:
-      log.info('Already trained for %d >= total_steps=%d steps.', start_step, config.total_steps)
-      result = run_eval(start_step)
-    else:
-      train_ds = input_pipeline.train_dataset(config, local_batch_size=config.batch_size // processes,
-                                              process_index=jax.process_index(), process_count=processes,
-                                              start_step=start_step)
-      batches = input_pipeline.prefetch_to_device(train_ds.as_numpy_iterator(), config.prefetch, batch_shard)
-      progress = metrics.Progress(config.total_steps, start_step, enabled=is_main)
-      window, window_start, window_time = None, start_step, time.monotonic()
-      for step in range(start_step + 1, config.total_steps + 1):
-        state, stats = train_step(state, next(batches))
-        window = stats if window is None else jax.tree.map(jnp.add, window, stats)  # No host sync here.
-        last = step == config.total_steps
-        if step % config.log_every_steps == 0 or last:
-          window = jax.device_get(window)
-          n = step - window_start
-          now = time.monotonic()
-          img_per_sec = n * config.batch_size / (now - window_time)
-          scalars = {'train/loss': window['loss'] / n, 'train/grad_norm': window['grad_norm'] / n,
-                     'train/learning_rate': float(jax.device_get(stats['learning_rate'])),
-                     'train/img_per_sec': img_per_sec}
-          writer.write_scalars(step, scalars)
-          progress.report(step, scalars['train/loss'], img_per_sec)
-          window, window_start, window_time = None, step, time.monotonic()
-        if step % config.eval_every_steps == 0 or last:
-          result = run_eval(step)
-          window_time = time.monotonic()  # Keep evaluation out of img/s.
-        if step % config.checkpoint_every_steps == 0 or last:
-          manager.save(step, args=ocp.args.StandardSave(state), force=True)
-      progress.close()
-    manager.wait_until_finished()
-    writer.flush()
-    if config.export_npz:
-      params = jax.tree.map(
-          lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), state['params'])
-      if is_main:
-        checkpoint.save_npz(os.path.join(workdir, 'params.npz'), params)
-  manager.close()
-  return result
+      def check_finite():
+        """Applies config.nonfinite_policy to the updates dropped since the last check (a host sync: call rarely)."""
+        nonlocal nonfinite_seen
+        count, last_bad = (int(x) for x in jax.device_get((state['nonfinite']['count'],
+                                                           state['nonfinite']['last_step'])))
+        if count == nonfinite_seen:
+          return
+        if config.nonfinite_policy == 'stop':
+          raise NonFiniteError(
+              f'Non-finite loss or gradient norm at step {last_bad} ({count - nonfinite_seen} such step(s) since the '
+              f'last check); those updates were not applied and nothing was saved. The last good checkpoint is step '
+              f'{manager.latest_step()} in {manager.directory} (rerunning resumes from it). Lower the learning rate, '
+              'check the data, or set config.nonfinite_policy=skip to drop such updates and go on.')
+        log.warning('Dropped %d update(s) with a non-finite loss or gradient norm (the last at step %d); %d in all.',
+                    count - nonfinite_seen, last_bad, count)
+        nonfinite_seen = count
+
+      def save(step):
+        check_finite()  # Never save over a good checkpoint after a non-finite step under 'stop'.
+        manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+      result, preempted_at = {}, None
+      if start_step >= config.total_steps:
+        log.info('Already trained for %d >= total_steps=%d steps.', start_step, config.total_steps)
+        result = run_eval(start_step)
+      else:
+        train_ds = input_pipeline.train_dataset(config, local_batch_size=config.batch_size // processes,
+                                                process_index=jax.process_index(), process_count=processes,
+                                                start_step=start_step)
+        batches = input_pipeline.prefetch_to_device(train_ds.as_numpy_iterator(), config.prefetch, batch_shard)
+        progress = metrics.Progress(config.total_steps, start_step, enabled=is_main)
+        window_start, window_time = start_step, time.monotonic()
+        for step in range(start_step + 1, config.total_steps + 1):
+          state, stats = train_step(state, next(batches))  # No host sync here.
+          last = step == config.total_steps
+          if step % config.log_every_steps == 0 or last:
+            check_finite()
+            window = jax.device_get(state['window'])  # Sums over the steps since the last log step (see the step).
+            now = time.monotonic()
+            img_per_sec = (step - window_start) * config.batch_size / (now - window_time)
+            scalars = {'train/learning_rate': float(jax.device_get(stats['learning_rate'])),
+                       'train/img_per_sec': img_per_sec}
+            if window['steps']:
+              scalars['train/loss'] = window['loss'] / window['steps']
+              scalars['train/grad_norm'] = window['grad_norm'] / window['steps']
+            if nonfinite_seen:
+              scalars['train/nonfinite_steps'] = nonfinite_seen
+            writer.write_scalars(step, scalars)
+            progress.report(step, scalars.get('train/loss', float('nan')), img_per_sec)
+            window_start, window_time = step, time.monotonic()
+          if step % config.eval_every_steps == 0 or last:
+            result = run_eval(step)
+            window_time = time.monotonic()  # Keep evaluation out of img/s.
+          saved = step % config.checkpoint_every_steps == 0 or last
+          if saved:
+            save(step)
+          if watch.reached(step):
+            if not saved:
+              save(step)
+            preempted_at = step
+            break
+        progress.close()
+      manager.wait_until_finished()
+      writer.flush()
+      if preempted_at is not None:
+        log.warning('Preempted: saved a checkpoint at step %d in %s; rerun the same command to resume.',
+                    preempted_at, manager.directory)
+        return {'preempted_at_step': preempted_at}
+      if config.export_npz:
+        params = jax.tree.map(
+            lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), state['params'])
+        if is_main:
+          checkpoint.save_npz(os.path.join(workdir, 'params.npz'), params)
+    return result
+  finally:
+    manager.close()
