@@ -1,6 +1,8 @@
 """Multi-process training on one machine: 2 processes x 2 CPU devices (gloo over 127.0.0.1) vs 1 process x 4."""
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -135,3 +137,48 @@ def test_processes_with_different_configs_fail_clearly(tmp_path, tfds_dir):
   for i, (rc, out) in enumerate(results):
     assert rc != 0, f'process {i} succeeded:\n{out[-3000:]}'
     assert 'The config differs between processes: process(es) [1] have another config than process 0' in out, out
+
+
+def test_sigterm_to_one_process_makes_all_save_at_one_step_and_resume(tmp_path, tfds_dir):
+  """JAX's preemption service: the notice reaches every process, which all save at the same step and exit 0."""
+  workdir = tmp_path / 'w'
+  common = [f'--config={REPO}/configs/default.py', f'--config.tfds_data_dir={tfds_dir}', *SMALL,
+            f'--workdir={workdir}', '--config.total_steps=5000', '--config.checkpoint_every_steps=5000']
+  port = _free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'}
+  logs = [open(tmp_path / f'p{i}.log', 'w+', encoding='utf-8') for i in range(2)]
+  procs = [subprocess.Popen([sys.executable, '-m', 'vit_jax.main', *common, *_multi(port, i)], cwd=tmp_path, env=env,
+                            stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs) and not (
+        os.path.exists(workdir / 'metrics.jsonl') and len(metrics.read_jsonl(str(workdir))) >= 3):
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  outs = []
+  for log in logs:
+    log.seek(0)
+    outs.append(log.read())
+    log.close()
+  assert codes == [0, 0], '\n'.join(o[-2000:] for o in outs)
+  stops = [re.findall(r'Preempted: saved a checkpoint at step (\d+)', o) for o in outs]
+  assert stops[0] and stops[0] == stops[1], stops
+  step = int(stops[0][0])
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [str(step)]
+
+  # Both processes rerun the same command (total shortened: a resumable change) and finish from that step.
+  finish = [arg for arg in common if not arg.startswith('--config.total_steps')] + [
+      f'--config.total_steps={step + 2}']
+  port = _free_port()
+  results = _run(tmp_path, 'resume', 2, [finish + _multi(port, i) for i in range(2)], port)
+  for i, (rc, out) in enumerate(results):
+    assert rc == 0, f'process {i}:\n{out[-3000:]}'
+    assert f'at step {step}' in out
+  losses = [r['step'] for r in metrics.read_jsonl(str(workdir)) if 'train/loss' in r]
+  assert losses[-3:] == [step, step + 1, step + 2]
