@@ -16,7 +16,7 @@ from vit_jax import checkpoint, input_pipeline, metrics, train
 from vit_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TIMING_KEYS = ('train/img_per_sec',)
+TIMING_KEYS = ('train/img_per_sec', 'train/img_per_sec_per_device', 'train/tflops_per_device', 'train/mfu')
 
 
 def _config(root, **overrides):

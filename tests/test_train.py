@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tiny
-from vit_jax import checkpoint, evaluate, input_pipeline, metrics, optim, sharding, train
+from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, optim, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -121,6 +121,11 @@ def test_end_to_end_mock_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path
     assert _steps(records, 'eval/accuracy') == [4]
     assert 0.0 <= result['eval/accuracy'] <= 1.0 and 0.0 <= result['eval/top5'] <= 1.0
     assert {'train/learning_rate', 'train/img_per_sec'} <= set(records[0])
+    per_image = flops.train_flops(config.model, config.image_size, 10)
+    assert records[0]['train/img_per_sec_per_device'] == pytest.approx(records[0]['train/img_per_sec'] / 8)
+    assert records[0]['train/tflops_per_device'] == pytest.approx(
+        records[0]['train/img_per_sec_per_device'] * per_image / 1e12)
+    assert 'train/mfu' not in records[0]  # No known peak for a CPU.
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
     assert json.load(open(os.path.join(workdir, 'config.json')))['total_steps'] == 4
     assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
@@ -149,6 +154,14 @@ def test_end_to_end_image_folder_and_resume_restores_state(tmp_path):
   second = checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
   for k in first:
     np.testing.assert_array_equal(first[k], second[k])
+
+
+def test_speed_scalars_give_per_device_tflops_and_mfu_against_the_peak():
+  speed = metrics.Speed(train_flops=3e9, num_devices=4, peak_tflops=100.0)
+  out = speed.scalars(img_per_sec=8000.0)
+  assert out == pytest.approx({'train/img_per_sec': 8000.0, 'train/img_per_sec_per_device': 2000.0,
+                               'train/tflops_per_device': 6.0, 'train/mfu': 0.06})
+  assert 'train/mfu' not in metrics.Speed(3e9, 4, None).scalars(8000.0)
 
 
 def test_batch_size_that_does_not_split_over_devices_is_clear_error():

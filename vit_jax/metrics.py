@@ -69,6 +69,26 @@ def read_jsonl(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+class Speed:
+  """Throughput scalars for the logs: img/s in all and per device, model TFLOP/s per device, and MFU.
+
+  `train_flops` is the model's FLOPs per training example (vit_jax.flops.train_flops); `peak_tflops` the device's
+  dense peak for the compute dtype (vit_jax.flops.peak_tflops), or None where unknown (then no MFU).
+  """
+
+  def __init__(self, train_flops: float, num_devices: int, peak_tflops: float | None):
+    self.train_flops, self.num_devices, self.peak_tflops = train_flops, num_devices, peak_tflops
+
+  def scalars(self, img_per_sec: float) -> dict[str, float]:
+    per_device = img_per_sec / self.num_devices
+    tflops = per_device * self.train_flops / 1e12
+    out = {'train/img_per_sec': img_per_sec, 'train/img_per_sec_per_device': per_device,
+           'train/tflops_per_device': tflops}
+    if self.peak_tflops:
+      out['train/mfu'] = tflops / self.peak_tflops
+    return out
+
+
 class Progress:
   """A tqdm bar on a terminal, plain log lines otherwise; each report has step, loss, img/s and ETA."""
 
@@ -81,7 +101,7 @@ class Progress:
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
     self._enabled = enabled
 
-  def report(self, step: int, loss: float, img_per_sec: float):
+  def report(self, step: int, loss: float, img_per_sec: float, mfu: float | None = None):
     if not self._enabled:
       return
     done = step - self._start
@@ -89,10 +109,11 @@ class Progress:
     eta = datetime.timedelta(seconds=round((self._total - step) / rate)) if rate > 0 else 'unknown'
     if self._bar is not None:
       self._bar.update(step - self._bar.n)
-      self._bar.set_postfix(loss=f'{loss:.4f}', img_s=f'{img_per_sec:.1f}')
+      self._bar.set_postfix(loss=f'{loss:.4f}', img_s=f'{img_per_sec:.1f}', **({'mfu': f'{mfu:.1%}'} if mfu else {}))
     else:
-      log.info('step %d/%d  loss %.4f  img/s %.1f  ETA %s', step, self._total,
-                   loss if math.isfinite(loss) else float('nan'), img_per_sec, eta)
+      log.info('step %d/%d  loss %.4f  img/s %.1f%s  ETA %s', step, self._total,
+               loss if math.isfinite(loss) else float('nan'), img_per_sec,
+               f'  MFU {mfu:.1%}' if mfu is not None else '', eta)
 
   def close(self):
     if self._bar is not None:

@@ -11,7 +11,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vit_jax import checkpoint, evaluate, input_pipeline, losses, metrics, models, optim, preemption, sharding
+from vit_jax import checkpoint, evaluate, flops, input_pipeline, losses, metrics, models, optim, preemption
+from vit_jax import sharding
 from vit_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   log.info('Dataset %s: %d classes, %d train / %d eval examples. Mesh %s.', config.dataset, num_classes,
            info.num_train, info.num_eval, dict(mesh.shape))
   model = build_model(config, num_classes)
+  speed = metrics.Speed(flops.train_flops(config.model, config.image_size, num_classes), jax.device_count(),
+                        flops.peak_tflops(jax.devices()[0].device_kind, config.dtype))
   tx, schedule = optim.make_optimizer(config)
   writer = metrics.create_writer(workdir, is_main)
   manager = _checkpoint_manager(config, workdir)
@@ -267,14 +270,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             now = time.monotonic()
             img_per_sec = (step - window_start) * config.batch_size / (now - window_time)
             scalars = {'train/learning_rate': float(jax.device_get(stats['learning_rate'])),
-                       'train/img_per_sec': img_per_sec}
+                       **speed.scalars(img_per_sec)}
             if window['steps']:
               scalars['train/loss'] = window['loss'] / window['steps']
               scalars['train/grad_norm'] = window['grad_norm'] / window['steps']
             if nonfinite_seen:
               scalars['train/nonfinite_steps'] = nonfinite_seen
             writer.write_scalars(step, scalars)
-            progress.report(step, scalars.get('train/loss', float('nan')), img_per_sec)
+            progress.report(step, scalars.get('train/loss', float('nan')), img_per_sec, scalars.get('train/mfu'))
             window_start, window_time = step, time.monotonic()
           if step % config.eval_every_steps == 0 or last:
             result = run_eval(step)
