@@ -5,8 +5,20 @@ for files written by this code or by the AugReg release:
   embedding, cls, Transformer/posembed_input/pos_embedding,
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out}, LayerNorm_1,
   MlpBlock_0/{Dense_0, Dense_1}}, Transformer/encoder_norm, pre_logits, head,
-and for hybrids conv_root, gn_root, block{i}/unit{j}/... (see resnet.py).
+and for hybrids conv_root, gn_root, block{i}/unit{j}/... (see resnet.py). With `scan=True` the blocks are one
+`Transformer/encoderblock/...` tree whose arrays have a leading layer axis (big_vision's layout); `checkpoint.py`
+stacks and unstacks it, so release files load and save unchanged.
+
+Fast paths (all off by default unless measured faster; every combination gives the plain path's numbers):
+  scan          nn.scan over the blocks: one compiled block instead of `num_layers` copies.
+  remat_policy  'none', 'full' (keep only each block's input) or 'dots' (also keep the outputs of matmuls without
+                batch dimensions, i.e. the projections and MLP, and recompute attention scores and elementwise ops).
+  attention     'plain' (einsum, float32 softmax, the reference), 'xla' or 'cudnn' (jax.nn.dot_product_attention:
+                logits and softmax in float32 for bfloat16 inputs; 'cudnn' needs a GPU and bfloat16/float16).
+                Attention dropout (> 0, train=True) always takes the plain path: the library call has no dropout.
+  fused_qkv     one (hidden, 3, heads, head_dim) matmul for query, key and value; the parameters stay separate.
 """
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +30,24 @@ from vit_jax import sharding
 from vit_jax.models import resnet
 
 CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+ATTENTIONS = ('plain', 'xla', 'cudnn')
+REMAT_POLICIES = ('none', 'full', 'dots')
+
+
+def check_fast_paths(attention: str, remat_policy: str, dtype) -> None:
+  """Raises ValueError for an unknown switch value, or for cuDNN attention where it cannot run."""
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f'Unknown remat_policy {remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}.')
+  if attention not in ATTENTIONS:
+    raise ValueError(f'Unknown attention {attention!r}; valid: {", ".join(ATTENTIONS)}.')
+  if attention != 'cudnn':
+    return
+  if jax.default_backend() != 'gpu':
+    raise ValueError(f"attention='cudnn' needs a GPU, but the JAX backend is {jax.default_backend()!r}; "
+                     "use attention='xla' or 'plain'.")
+  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN flash attention), not "
+                     f"{jnp.dtype(dtype).name}; use attention='xla' for float32.")
 
 
 class MlpBlock(nn.Module):
@@ -38,15 +68,46 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
+class ProjectionParams(nn.Module):
+  """The kernel (in, *features) and bias (*features) that nn.DenseGeneral(features) creates, returned unapplied.
+
+  Same names, shapes, initialisers and RNG use as nn.DenseGeneral, so a fused projection has the parameters (and
+  the init) of separate ones.
+  """
+  features: tuple[int, ...]
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    xavier = nn.initializers.xavier_uniform()
+    flat_init = lambda rng, shape, dtype: xavier(rng, (shape[0], math.prod(shape[1:])), dtype).reshape(shape)
+    kernel = self.param('kernel', flat_init, (in_features,) + self.features, self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, self.features, self.param_dtype)
+    return kernel, bias
+
+
+def fused_projection(x, num_heads: int, head_dim: int, dtype, param_dtype):
+  """query, key, value [batch, tokens, heads, head_dim] from one matmul with the three kernels stacked."""
+  params = [ProjectionParams((num_heads, head_dim), param_dtype, name=name)(x.shape[-1])
+            for name in ('query', 'key', 'value')]
+  kernel = jnp.stack([k for k, _ in params], axis=1).astype(dtype)  # (hidden, 3, heads, head_dim)
+  bias = jnp.stack([b for _, b in params]).astype(dtype)  # (3, heads, head_dim)
+  qkv = jnp.einsum('btd,dkhe->btkhe', x.astype(dtype), kernel) + bias
+  return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Multi-head self-attention, softmax(q k^T / sqrt(head_dim)) v, with release-layout parameters.
 
   query/key/value kernels are (hidden, heads, head_dim); the out kernel is (heads, head_dim, hidden).
+  `attention` and `fused_qkv` pick how it is computed (see the module doc), not what.
   """
   num_heads: int
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention: str = 'plain'
+  fused_qkv: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -54,15 +115,21 @@ class MultiHeadDotProductAttention(nn.Module):
     if hidden % self.num_heads:
       raise ValueError(f'hidden_size {hidden} is not divisible by num_heads {self.num_heads}.')
     head_dim = hidden // self.num_heads
-    project = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(), name=name)(x)
-    q, k, v = (sharding.constrain(project(name), 'batch', None, 'model', None)  # [batch, tokens, heads, head_dim]
-               for name in ('query', 'key', 'value'))
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    if self.fused_qkv:
+      q, k, v = fused_projection(x, self.num_heads, head_dim, self.dtype, self.param_dtype)
+    else:
+      project = lambda name: nn.DenseGeneral(
+          (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
+          kernel_init=nn.initializers.xavier_uniform(), name=name)(x)
+      q, k, v = (project(name) for name in ('query', 'key', 'value'))
+    q, k, v = (sharding.constrain(t, 'batch', None, 'model', None) for t in (q, k, v))  # [b, tokens, heads, hd]
+    if self.attention == 'plain' or (train and self.attention_dropout_rate > 0):
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+      weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
     return nn.DenseGeneral(hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=nn.initializers.xavier_uniform(), name='out')(out)
 
@@ -75,14 +142,16 @@ class Encoder1DBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention: str = 'plain'
+  fused_qkv: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=self.param_dtype, name=name)
     y = norm('LayerNorm_0')(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
-                                     param_dtype=self.param_dtype, name='MultiHeadDotProductAttention_0')(
-                                         y, train=train)
+                                     param_dtype=self.param_dtype, attention=self.attention,
+                                     fused_qkv=self.fused_qkv, name='MultiHeadDotProductAttention_0')(y, train=train)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = norm('LayerNorm_1')(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -101,8 +170,13 @@ class AddPositionEmbs(nn.Module):
     return x + posemb.astype(x.dtype)
 
 
+def remat_policy_fn(name: str):
+  """The jax.checkpoint policy of a `remat_policy` name other than 'none' ('full' saves nothing: None)."""
+  return {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
 class Encoder(nn.Module):
-  """Position embedding, dropout, `num_layers` pre-LN blocks and the final LayerNorm."""
+  """Position embedding, dropout, `num_layers` pre-LN blocks (unrolled or scanned) and the final LayerNorm."""
   num_layers: int
   mlp_dim: int
   num_heads: int
@@ -110,14 +184,31 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  scan: bool = False
+  remat_policy: str = 'none'
+  attention: str = 'plain'
+  fused_qkv: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    for i in range(self.num_layers):
-      x = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate,
-                         dtype=self.dtype, param_dtype=self.param_dtype, name=f'encoderblock_{i}')(x, train=train)
+    block = lambda name: Encoder1DBlock(
+        self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate, dtype=self.dtype,
+        param_dtype=self.param_dtype, attention=self.attention, fused_qkv=self.fused_qkv, name=name)
+
+    def apply(module, x):  # `train` is closed over: a Python bool, not traced by remat.
+      return module(x, train=train)
+
+    if self.remat_policy != 'none':
+      apply = nn.remat(apply, policy=remat_policy_fn(self.remat_policy), prevent_cse=not self.scan)
+    if self.scan:
+      scanned = nn.scan(lambda module, carry, _: (apply(module, carry), None), variable_axes={'params': 0},
+                        split_rngs={'params': True, 'dropout': True}, length=self.num_layers)
+      x, _ = scanned(block('encoderblock'), x, None)
+    else:
+      for i in range(self.num_layers):
+        x = apply(block(f'encoderblock_{i}'), x)
     return nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=self.param_dtype, name='encoder_norm')(x)
 
 
@@ -127,6 +218,8 @@ class VisionTransformer(nn.Module):
   Call as `model.apply({'params': p}, images, train=False)` with NHWC float images in [-1, 1].
   `dtype` is the compute dtype, `param_dtype` the parameter dtype; LayerNorm and softmax run in float32.
   `num_classes` 0 or None returns the pre-logits features.
+  `scan`, `remat_policy`, `attention` and `fused_qkv` are the fast paths of the module doc; they change speed and
+  memory, not results (a scanned model stores its blocks stacked, and draws other dropout masks).
   """
   num_classes: int | None
   patches: Any
@@ -139,11 +232,16 @@ class VisionTransformer(nn.Module):
   model_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  scan: bool = False
+  remat_policy: str = 'none'
+  attention: str = 'plain'
+  fused_qkv: bool = False
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     if self.classifier not in CLASSIFIERS:
       raise ValueError(f'Unknown classifier {self.classifier!r}; valid: {", ".join(CLASSIFIERS)}.')
+    check_fast_paths(self.attention, self.remat_policy, self.dtype)
     x = images.astype(self.dtype)
     if self.resnet is not None:
       x = resnet.resnet_stem(x, tuple(self.resnet.num_layers), self.resnet.width_factor, dtype=self.dtype,
@@ -159,8 +257,9 @@ class VisionTransformer(nn.Module):
     if self.classifier in ('token', 'token_unpooled'):
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
-    x = Encoder(dtype=self.dtype, param_dtype=self.param_dtype, name='Transformer', **self.transformer)(
-        x, train=train)
+    x = Encoder(dtype=self.dtype, param_dtype=self.param_dtype, scan=self.scan, remat_policy=self.remat_policy,
+                attention=self.attention, fused_qkv=self.fused_qkv, name='Transformer', **self.transformer)(
+                    x, train=train)
     if self.classifier == 'token':
       x = x[:, 0]
     elif self.classifier == 'gap':
