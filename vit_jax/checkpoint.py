@@ -6,6 +6,8 @@
   * `opt/target/` or `params/` prefixes; GroupNorm params stored as (1, 1, 1, C); bfloat16 stored as 2-byte void;
   * big_vision files (top-level `pos_embedding` added before the class token, which has none; stacked
     `Transformer/encoderblock/...` when saved from a scanned model).
+Files are read into, and written from, the per-layer release names; a scanned model (`scan=True`) loads them by
+stacking the blocks along a leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
 """
 import io
 import logging
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 _PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0', 'LayerNorm_2': 'LayerNorm_1',
               'MlpBlock_3': 'MlpBlock_0'}
 _PREFIXES = ('opt/target/', 'params/')
+_BLOCK = re.compile(r'Transformer/encoderblock_(\d+)/(.+)')
+_STACKED = 'Transformer/encoderblock/'
 
 
 class CheckpointError(ValueError):
@@ -60,9 +64,42 @@ def _to_numeric(name: str, arr: np.ndarray) -> np.ndarray:
   return arr
 
 
+def stack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
+  """Per-layer `Transformer/encoderblock_{i}/...` arrays -> stacked `Transformer/encoderblock/...` (scanned layout).
+
+  The new leading axis is the layer, in layer order; other keys pass unchanged.
+  """
+  out, blocks = {}, {}
+  for name, arr in flat.items():
+    match = _BLOCK.fullmatch(name)
+    if match:
+      blocks.setdefault(match.group(2), {})[int(match.group(1))] = arr
+    else:
+      out[name] = arr
+  for rest, layers in blocks.items():
+    out[_STACKED + rest] = np.stack([layers[i] for i in sorted(layers)])
+  return out
+
+
+def unstack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
+  """The inverse of `stack_blocks`: stacked `Transformer/encoderblock/...` arrays -> per-layer keys."""
+  out = {}
+  for name, arr in flat.items():
+    if name.startswith(_STACKED):
+      rest = name[len(_STACKED):]
+      out.update({f'Transformer/encoderblock_{i}/{rest}': arr[i] for i in range(arr.shape[0])})
+    else:
+      out[name] = arr
+  return out
+
+
 def save_npz(path: str, params) -> None:
-  """Writes params as a flat float32 `.npz` in the release (Linen) layout, readable by any release-file reader."""
+  """Writes params as a flat float32 `.npz` in the release (Linen) layout, readable by any release-file reader.
+
+  A scanned model's stacked blocks are written per layer, so its file equals the unrolled model's.
+  """
   flat = {name: np.asarray(jax.device_get(v), dtype=np.float32) for name, v in utils.flatten_dict(params).items()}
+  flat = unstack_blocks(flat)
   buf = io.BytesIO()
   np.savez(buf, **flat)
   gfile = _gfile()
@@ -76,21 +113,20 @@ def save_npz(path: str, params) -> None:
 
 
 def _canonical_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Strips prefixes, renames pre-Linen blocks, unstacks scanned blocks, reshapes old GroupNorm params."""
-  out = {}
+  """Strips prefixes, unstacks scanned blocks, renames pre-Linen blocks, reshapes old GroupNorm params."""
+  stripped = {}
   for name, arr in flat.items():
     for prefix in _PREFIXES:
       if name.startswith(prefix):
         name = name[len(prefix):]
+    stripped[name] = arr
+  out = {}
+  for name, arr in unstack_blocks(stripped).items():
     parts = name.split('/')
     if len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_'):
       parts[2] = _PRE_LINEN.get(parts[2], parts[2])
     if re.fullmatch(r'(gn_root|gn_proj|gn\d)', parts[-2] if len(parts) > 1 else '') and arr.ndim == 4:
       arr = arr.reshape(-1)
-    if len(parts) > 2 and parts[0] == 'Transformer' and parts[1] == 'encoderblock':  # Scanned: leading layer dim.
-      for i in range(arr.shape[0]):
-        out['/'.join(['Transformer', f'encoderblock_{i}'] + parts[2:])] = arr[i]
-      continue
     out['/'.join(parts)] = arr
   return out
 
@@ -167,12 +203,15 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
     error, and so is any shape that cannot be reconciled (the error names the key and both shapes).
   * The result has `init_params`' dtypes and, where `init_params` are sharded jax.Arrays or ShapeDtypeStructs,
     their shardings (nothing is materialised whole on one device).
+  * A scanned model (stacked `Transformer/encoderblock/...` in `init_params`) gets the blocks stacked.
   """
   flat = _canonical_names(read_npz(pretrained_path))
   if 'pos_embedding' in flat:
     log.info('Reading %s as a big_vision checkpoint.', pretrained_path)
     flat = _from_big_vision(flat)
   init_flat = utils.flatten_dict(init_params)
+  if any(name.startswith(_STACKED) for name in init_flat):
+    flat = stack_blocks(flat)
   missing = sorted(k for k in init_flat if k not in flat)
   extra = sorted(k for k in flat if k not in init_flat)
   if missing:

@@ -8,9 +8,12 @@ The batch is split over ('data', 'fsdp'). `model` is the last mesh axis, so jax.
 closely connected devices.
 
 Parameter specs come from one regex-over-name rule set (`TP_RULES`, via utils.tree_rules), then FSDP shards the
-largest still-free divisible dimension of every array of at least `fsdp_min_size` elements.
+largest still-free divisible dimension of every array of at least `fsdp_min_size` elements. A scanned encoder's
+stacked blocks (`Transformer/encoderblock/...`, leading layer axis) are laid out per layer exactly like the unrolled
+blocks, with the layer axis replicated in front.
 """
 import math
+import re
 from typing import Sequence
 
 import jax
@@ -32,6 +35,8 @@ TP_RULES = (
     (r'.*MlpBlock_0/Dense_0/bias', P('model')),
     (r'.*MlpBlock_0/Dense_1/kernel', P('model', None)),  # (mlp, D)
 )
+# Parameters of a scanned encoder (VisionTransformer(scan=True)): the rules above describe one layer.
+STACKED = re.compile(r'(.*/)?Transformer/encoderblock/.+')
 
 
 def mesh_shape(mesh_config: Sequence[Sequence], num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -104,7 +109,10 @@ def param_specs(params, mesh, strategy: str = 'replicate', fsdp_min_size: int = 
   fsdp_size = mesh.shape['fsdp'] if use_fsdp else 1
 
   def finish(name, x, spec):
-    spec = _fsdp_spec(x.shape, spec, fsdp_size, fsdp_min_size)
+    stacked = bool(STACKED.fullmatch(name))
+    spec = _fsdp_spec(x.shape[1:] if stacked else x.shape, spec, fsdp_size, fsdp_min_size)
+    if stacked:
+      spec = P(None, *spec)  # Layer axis unsharded: else each scan step would gather its layer from other devices.
     for dim, axis in enumerate(spec):
       if axis is not None and x.shape[dim] % mesh.shape[axis]:
         raise ValueError(f'{name} of shape {x.shape} cannot be split over mesh axis {axis!r} of size '
