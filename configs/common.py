@@ -16,6 +16,11 @@ def get_config():
   # Model: VisionTransformer's arguments (a preset from vit_jax.models.get_model_config; override any field).
   config.model = models.get_model_config('ViT-B_16')
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+  # Model fast paths (vit_jax/models/vit.py): same results, different speed and memory.
+  config.scan_layers = False  # nn.scan over the encoder blocks (faster compile; params stacked per layer).
+  config.remat_policy = 'none'  # 'none', 'full' (recompute each block in backward) or 'dots' (keep matmul outputs).
+  config.attention = 'plain'  # 'plain' (einsum), 'xla' or 'cudnn' (GPU, bf16) via jax.nn.dot_product_attention.
+  config.fused_qkv = False  # One matmul for query/key/value (parameters unchanged).
   config.num_classes = -1  # -1: taken from the dataset.
   config.pretrained_path = ''  # Release .npz (local or gs://) to fine-tune from; '' trains from scratch.
 

@@ -23,7 +23,10 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 def build_model(config, num_classes: int) -> models.VisionTransformer:
   if config.dtype not in DTYPES:
     raise ValueError(f'Unknown config.dtype {config.dtype!r}; valid: {", ".join(DTYPES)}.')
-  return models.VisionTransformer(num_classes=num_classes, dtype=DTYPES[config.dtype], **config.model)
+  return models.VisionTransformer(
+      num_classes=num_classes, dtype=DTYPES[config.dtype], scan=config.get('scan_layers', False),
+      remat_policy=config.get('remat_policy', 'none'), attention=config.get('attention', 'plain'),
+      fused_qkv=config.get('fused_qkv', False), **config.model)
 
 
 def check_batch_sizes(config, mesh) -> None:
