@@ -17,7 +17,7 @@ def get_config():
   config.model = models.get_model_config('ViT-B_16')
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
   # Model fast paths (vit_jax/models/vit.py): same results, different speed and memory.
-  config.scan_layers = False  # nn.scan over the encoder blocks (faster compile; params stacked per layer).
+  config.scan_layers = False  # nn.scan over the blocks: faster compile when deep; resume with the same value.
   config.remat_policy = 'none'  # 'none', 'full' (recompute each block in backward) or 'dots' (keep matmul outputs).
   config.attention = 'plain'  # 'plain' (einsum), 'xla' or 'cudnn' (GPU, bf16) via jax.nn.dot_product_attention.
   config.fused_qkv = False  # One matmul for query/key/value (parameters unchanged).

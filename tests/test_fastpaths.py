@@ -1,4 +1,4 @@
-"""Model fast paths (scan, remat, attention kernels, fused QKV): the plain path's logits, gradients, files, shardings."""
+"""Model fast paths (scan, remat, attention kernels, fused QKV): the plain path's logits, gradients, files, specs."""
 import jax
 import jax.numpy as jnp
 import numpy as np

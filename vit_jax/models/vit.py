@@ -9,7 +9,8 @@ and for hybrids conv_root, gn_root, block{i}/unit{j}/... (see resnet.py). With `
 `Transformer/encoderblock/...` tree whose arrays have a leading layer axis (big_vision's layout); `checkpoint.py`
 stacks and unstacks it, so release files load and save unchanged.
 
-Fast paths (all off by default unless measured faster; every combination gives the plain path's numbers):
+Fast paths, all off by default (none was faster on CPU; figures in the README's Fast paths). Every combination
+gives the plain path's numbers:
   scan          nn.scan over the blocks: one compiled block instead of `num_layers` copies.
   remat_policy  'none', 'full' (keep only each block's input) or 'dots' (also keep the outputs of matmuls without
                 batch dimensions, i.e. the projections and MLP, and recompute attention scores and elementwise ops).

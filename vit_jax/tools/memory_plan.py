@@ -33,7 +33,7 @@ dropout masks (presets B/L/H have dropout 0.1), a hybrid's ResNet stem, the logi
 all-gathered weights (and their gradients) of the block being computed. Check against XLA (CPU compile of the
 ViT-B/16 gradient in float32, temp bytes per extra block): 1.12x the estimate at 112 px, where the T*D and T*M
 terms dominate, and 1.65x at 224 px, where the CPU backend kept ~5 copies of the T*T scores; GPU/TPU fuse more.
-Note the model does not rematerialise today: --remat=full plans for `nn.remat` around each encoder block.
+--remat=full plans for the model's `remat_policy='full'` (`nn.remat` around each encoder block).
 """
 import functools
 import json
