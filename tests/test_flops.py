@@ -20,7 +20,8 @@ def _small(config, size=32, batch=2):
 
 
 @pytest.mark.parametrize('config', [tiny.vit_config(hidden=64, layers=2, heads=4, mlp=256, patch=4),
-                                    tiny.hybrid_config((1,), hidden=64, layers=1, heads=4, mlp=256)], ids=['vit', 'hybrid'])
+                                    tiny.hybrid_config((1,), hidden=64, layers=1, heads=4, mlp=256)],
+                         ids=['vit', 'hybrid'])
 def test_forward_count_is_within_10_percent_of_xla_cost_analysis(config):
   model, params, images = _small(config)
   xla = _xla_flops(lambda p, x: model.apply({'params': p}, x), params, images)
