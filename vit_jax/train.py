@@ -160,6 +160,22 @@ def _load_pretrained(config, state, shardings, tx):
   return {**state, 'params': params, 'opt_state': opt_state}
 
 
+def _restore_or_init(config, model, tx, mesh, manager):
+  """(state, shardings): the latest checkpoint restored straight into `mesh`'s shardings (which may differ from the
+  mesh it was saved from), else a born-sharded init, fine-tuning from config.pretrained_path if set."""
+  latest = manager.latest_step()
+  if latest is None:
+    state, shardings = init_state(config, model, tx, mesh)
+    if config.pretrained_path:
+      log.info('Fine-tuning from %s.', config.pretrained_path)
+      state = _load_pretrained(config, state, shardings, tx)
+    return state, shardings
+  log.info('Resuming from %s at step %d.', manager.directory, latest)
+  _, abstract, shardings = state_layout(config, model, tx, mesh)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  return manager.restore(latest, args=ocp.args.StandardRestore(target)), shardings
+
+
 class NonFiniteError(FloatingPointError):
   """A non-finite loss or gradient norm under config.nonfinite_policy='stop'."""
 
@@ -197,17 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   try:  # However the loop ends, an async save already under way completes.
     with jax.set_mesh(mesh), preemption.PreemptionWatch() as watch:
-      latest = manager.latest_step()
-      if latest is not None:  # Restored straight into the (possibly new) mesh's shardings; no init needed.
-        log.info('Resuming from %s at step %d.', manager.directory, latest)
-        _, abstract, shardings = state_layout(config, model, tx, mesh)
-        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-        state = manager.restore(latest, args=ocp.args.StandardRestore(target))
-      else:
-        state, shardings = init_state(config, model, tx, mesh)
-        if config.pretrained_path:
-          log.info('Fine-tuning from %s.', config.pretrained_path)
-          state = _load_pretrained(config, state, shardings, tx)
+      state, shardings = _restore_or_init(config, model, tx, mesh, manager)
       start_step, nonfinite_seen = (int(x) for x in jax.device_get((state['step'], state['nonfinite']['count'])))
 
       batch_shard = sharding.batch_sharding(mesh)
