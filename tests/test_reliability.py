@@ -129,12 +129,13 @@ def _fake_run(workdir, config):
 
 
 def test_changed_config_is_refused_and_nothing_is_overwritten(tmp_path):
+  root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
-  _fake_run(workdir, tiny.train_config())
+  _fake_run(workdir, _config(root))
   before = open(os.path.join(workdir, 'config.json'), encoding='utf-8').read()
   with pytest.raises(workdir_lib.ConfigChangedError,
                      match=r'(?s)schedule.base_lr: 0.001 -> 0.002.*--allow_config_change'):
-    train.train_and_evaluate(tiny.train_config(**{'schedule.base_lr': 0.002}), workdir)
+    train.train_and_evaluate(_config(root, **{'schedule.base_lr': 0.002}), workdir)
   assert open(os.path.join(workdir, 'config.json'), encoding='utf-8').read() == before
   assert sorted(os.listdir(workdir)) == ['config.json', 'metrics.jsonl']
 
