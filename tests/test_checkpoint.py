@@ -1,10 +1,8 @@
 """Release .npz import/export: every known layout gives identical logits; resampling matches scipy."""
-import io
 import logging
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import scipy.ndimage

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import tiny
-from vit_jax import checkpoint, models, optim, sharding, train, utils
+from vit_jax import checkpoint, models, sharding, train, utils
 
 X = jax.random.uniform(jax.random.key(7), (2, 16, 16, 3), minval=-1, maxval=1)
 WEIGHTS = jax.random.normal(jax.random.key(8), (2, 5))  # Loss = mean(logits * WEIGHTS): every logit matters.
@@ -206,23 +206,11 @@ def test_scanned_param_specs_are_the_unrolled_ones_behind_a_none_layer_axis(stra
 
 def _two_step_losses(config, params):
   """Losses of two train steps from `params` (unrolled layout; stacked for a scanned model) on fixed batches."""
-  mesh = sharding.make_mesh(config.mesh)
-  model = train.build_model(config, 10)
-  tx, schedule = optim.make_optimizer(config)
-  batch_shard = sharding.batch_sharding(mesh)
+  mesh, state, step, batch_shard = tiny.train_setup(config, params=_stacked(params) if config.scan_layers else params)
+  losses = []
   with jax.set_mesh(mesh):
-    state, shardings = train.init_state(config, model, tx, mesh)
-    params = jax.device_put(_stacked(params) if model.scan else params, shardings['params'])
-    state = {**state, 'params': params, 'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)}
-    micro = jax.sharding.NamedSharding(mesh, P(None, *batch_shard.spec))
-    step = jax.jit(train.make_train_step(model, tx, schedule, config, micro), in_shardings=(shardings, batch_shard),
-                   out_shardings=(shardings, sharding.replicated(mesh)))
-    losses = []
     for i in range(2):
-      rng = np.random.default_rng(i)
-      batch = {'image': rng.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32),
-               'label': rng.integers(0, 10, 16).astype(np.int32)}
-      state, stats = step(state, jax.device_put(batch, batch_shard))
+      state, stats = step(state, jax.device_put(tiny.random_batch(i), batch_shard))
       losses.append(float(stats['loss']))
   return losses
 

@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import tiny
-from vit_jax import checkpoint, optim, sharding, train
+from vit_jax import checkpoint, sharding, train
 
 STRATEGIES = {
     'dp': ((('data', -1),), 'replicate'),
@@ -25,21 +25,11 @@ def _config(name, **overrides):
 
 
 def _train(config, steps=5):
-  mesh = sharding.make_mesh(config.mesh)
-  model = train.build_model(config, 10)
-  tx, schedule = optim.make_optimizer(config)
-  batch_shard = sharding.batch_sharding(mesh)
+  mesh, state, step, batch_shard = tiny.train_setup(config)
+  losses = []
   with jax.set_mesh(mesh):
-    state, shardings = train.init_state(config, model, tx, mesh)
-    micro = jax.sharding.NamedSharding(mesh, P(None, *batch_shard.spec))
-    step = jax.jit(train.make_train_step(model, tx, schedule, config, micro), in_shardings=(shardings, batch_shard),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-    losses = []
-    for i in range(steps):
-      rng = np.random.default_rng(i % 2)  # Two batches in turn: the loss must fall.
-      batch = {'image': rng.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32),
-               'label': rng.integers(0, 10, 16).astype(np.int32)}
-      state, stats = step(state, jax.device_put(batch, batch_shard))
+    for i in range(steps):  # Two batches in turn: the loss must fall.
+      state, stats = step(state, jax.device_put(tiny.random_batch(i % 2), batch_shard))
       losses.append(float(stats['loss']))
   return losses, state
 

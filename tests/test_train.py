@@ -12,21 +12,14 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tiny
-from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, optim, sharding, train
+from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _setup(config):
-  mesh = sharding.make_mesh(config.mesh)
-  model = train.build_model(config, 10)
-  tx, schedule = optim.make_optimizer(config)
-  with jax.set_mesh(mesh):
-    state, shardings = train.init_state(config, model, tx, mesh)
-  batch_shard = sharding.batch_sharding(mesh)
-  micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
-  step = jax.jit(train.make_train_step(model, tx, schedule, config, micro), in_shardings=(shardings, batch_shard))
-  return mesh, model, state, step
+  mesh, state, step, _ = tiny.train_setup(config)
+  return mesh, train.build_model(config, 10), state, step
 
 
 def _batch(n=16, size=16, seed=0):

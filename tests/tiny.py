@@ -69,3 +69,29 @@ def image_folder(tmp_path, train_per_class=4, test_per_class=2, classes=('cat', 
         pixels = (rng.uniform(0, 1, (20, 24, 3)) * 80 + 80 * label).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f'{i}.{"png" if i % 2 else "jpg"}')
   return str(tmp_path / 'images')
+
+
+def train_setup(config, num_classes=10, params=None):
+  """(mesh, state, jitted train step, batch sharding) as the trainer builds them; `params` replace the init."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import optim, sharding, train  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(config.mesh)
+  model = train.build_model(config, num_classes)
+  tx, schedule = optim.make_optimizer(config)
+  batch_shard = sharding.batch_sharding(mesh)
+  with jax.set_mesh(mesh):
+    state, shardings = train.init_state(config, model, tx, mesh)
+    if params is not None:
+      params = jax.device_put(params, shardings['params'])
+      state = {**state, 'params': params,
+               'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)}
+  micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
+  step = jax.jit(train.make_train_step(model, tx, schedule, config, micro), in_shardings=(shardings, batch_shard),
+                 out_shardings=(shardings, sharding.replicated(mesh)))
+  return mesh, state, step, batch_shard
+
+
+def random_batch(seed, n=16, size=16, num_classes=10):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+          'label': rng.integers(0, num_classes, n).astype(np.int32)}

@@ -45,7 +45,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import AbstractMesh
 
 from configs import common
 from vit_jax import models, optim, sharding
