@@ -47,14 +47,14 @@ from vit_jax import flops, models, optim, sharding
 # parent process, which only starts the variants, stays light.
 
 NUM_CLASSES = 1000
-# Fast-path switches: flag name -> (config field, VisionTransformer field, baseline value).
+# Fast-path switches: flag name -> (config field, baseline value).
 SWITCHES = {
-    'scan': ('scan_layers', 'scan', False),
-    'remat': ('remat_policy', 'remat_policy', 'none'),
-    'attention': ('attention', 'attention', 'plain'),
-    'fused_qkv': ('fused_qkv', 'fused_qkv', False),
+    'scan': ('scan_layers', False),
+    'remat': ('remat_policy', 'none'),
+    'attention': ('attention', 'plain'),
+    'fused_qkv': ('fused_qkv', False),
 }
-BASELINE = {'dtype': 'float32', **{flag: baseline for flag, (_, _, baseline) in SWITCHES.items()}}
+BASELINE = {'dtype': 'float32', **{flag: baseline for flag, (_, baseline) in SWITCHES.items()}}
 SIZE_FLAGS = {'hidden': 'hidden_size', 'layers': 'transformer.num_layers', 'heads': 'transformer.num_heads',
               'mlp': 'transformer.mlp_dim'}
 
@@ -99,26 +99,9 @@ def make_config(args):
   config.dtype = args.dtype
   config.optimizer.name = 'adamw'
   config.optimizer.weight_decay = 0.1
-  for flag, (field, _, baseline) in SWITCHES.items():
-    value = getattr(args, flag)
-    if field in config:
-      config[field] = value
-    elif value != baseline:
-      raise SystemExit(f'--{flag} needs config.{field}, which this checkout lacks: the model fast paths (issue 6: '
-                       f'scan, remat, attention, fused_qkv in vit_jax/models/vit.py and configs/common.py) have '
-                       f'not landed. Run without --{flag}.')
+  for flag, (field, _) in SWITCHES.items():
+    config[field] = getattr(args, flag)
   return config
-
-
-def build_model(config):
-  """train.build_model, checked to carry the config's fast-path switches into the model."""
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  model = train.build_model(config, NUM_CLASSES)
-  for field, model_field, baseline in SWITCHES.values():
-    if getattr(model, model_field, baseline) != config.get(field, baseline):
-      raise SystemExit(f'train.build_model ignores config.{field}={config[field]!r} (the model has '
-                       f'{model_field}={getattr(model, model_field, baseline)!r}).')
-  return model
 
 
 def device_peak_mib() -> float | None:
@@ -171,7 +154,7 @@ def run_variant(args) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   train.check_batch_sizes(config, mesh)
   train.check_image_size(config)
-  model = build_model(config)
+  model = train.build_model(config, NUM_CLASSES)
   tx, schedule = optim.make_optimizer(config)
   devices = jax.devices()
   result = {'variant': args.variant, 'model': args.model, 'image_size': args.image_size, 'batch': args.batch,
