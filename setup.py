@@ -5,7 +5,7 @@ setuptools.setup(
     name="vit_jax",
     version="0.1.0",
     description="Vision Transformers in JAX/Flax: release-checkpoint compatible training at scale.",
-    packages=setuptools.find_packages(include=["vit_jax", "vit_jax.*", "configs"]),
+    packages=setuptools.find_packages(include=["vit_jax", "vit_jax.*"]),  # No top-level `configs` package.
     python_requires=">=3.11,<3.13",
     install_requires=[
         "absl-py>=2.1,<3",
@@ -16,6 +16,7 @@ setuptools.setup(
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
         "optax>=0.2.5,<0.3",
+        "pandas>=2,<4",  # The AugReg checkpoint index.
         "orbax-checkpoint>=0.11.0,<0.13",
         "scikit-learn>=1.5,<2",
         "scipy>=1.13,<2",

@@ -6,7 +6,7 @@
 Writes `--num_images` seeded JPEGs of ImageNet-like sizes and bytes (400..500 x 333..375 px, smooth random content
 with texture and grain, quality 90: ~110 KB each, as ILSVRC-2012 train averages) as an image folder in a temp dir,
 then reads them with the trainer's own pipeline, `vit_jax.input_pipeline.train_dataset` on an 'image_folder' config
-from configs/common.py (decode JPEG, Inception crop, resize to 224, random flip, to float in [-1, 1], batch), as
+from vit_jax/configs/common.py (decode JPEG, Inception crop, resize to 224, random flip, to float in [-1, 1], batch), as
 numpy batches like the train loop. Each entry of --threads (0 = all cores) limits tf.data to that many threads
 (private thread pool, one thread per op).
 
@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from configs import common
+from vit_jax.configs import common
 from vit_jax import flops, input_pipeline, models
 
 # Default targets: ViT-B/16 at 224 px trained at 40% MFU (bfloat16), i.e. devices x 0.4 x peak / train FLOPs.

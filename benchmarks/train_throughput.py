@@ -5,7 +5,7 @@
       [--peak_tflops=X] [--no_baseline] [--compile_only]
 
 Prints one JSON line per variant. The step is `vit_jax.train.make_train_step` on `train.build_model`, configured
-from configs/common.py (AdamW, 1000 classes) overridden by the flags, jitted on the trainer's mesh and shardings
+from vit_jax/configs/common.py (AdamW, 1000 classes) overridden by the flags, jitted on the trainer's mesh and shardings
 with the state donated, as vit_jax/train.py does it; the batch is random (no input pipeline). Each variant runs in
 its own process, so its compile time, host RSS and device peak memory are its own.
 
@@ -40,7 +40,7 @@ import time
 import jax
 import numpy as np
 
-from configs import common
+from vit_jax.configs import common
 from vit_jax import flops, models, optim, sharding
 
 # vit_jax.train and vit_jax.input_pipeline load TensorFlow (seconds): they are imported where a variant runs, so the
@@ -85,7 +85,7 @@ def variant_options(args) -> dict:
 
 
 def make_config(args):
-  """configs/common.py with the model, sizes, batch, AdamW and the fast-path switches of `args`."""
+  """vit_jax/configs/common.py with the model, sizes, batch, AdamW and the fast-path switches of `args`."""
   config = common.get_config()
   config.model = models.get_model_config(args.model)
   for flag, field in SIZE_FLAGS.items():

@@ -4,7 +4,7 @@ The published ViT fine-tuning recipe: SGD with momentum 0.9, global batch 512, g
 500 warmup steps then cosine decay, at 384 px, with the pretrained head replaced. Set `--config.pretrained_path`
 to a release .npz (e.g. gs://vit_models/imagenet21k/ViT-B_16.npz, or a local copy).
 """
-from configs import common
+from vit_jax.configs import common
 from vit_jax import models
 
 # dataset -> (train split, eval split, total steps, base learning rate).

@@ -28,18 +28,6 @@ def _write(path, flat):
   return str(path)
 
 
-def _pre_linen(flat, prefix='opt/target/'):
-  renames = {'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1', 'LayerNorm_1': 'LayerNorm_2',
-             'MlpBlock_0': 'MlpBlock_3'}
-  out = {}
-  for name, v in flat.items():
-    parts = name.split('/')
-    if len(parts) > 2 and parts[1].startswith('encoderblock_'):
-      parts[2] = renames.get(parts[2], parts[2])
-    out[prefix + '/'.join(parts)] = v
-  return out
-
-
 def _load(path, config, num_classes=5, size=16, **kw):
   model = models.VisionTransformer(num_classes=num_classes, **config)
   init = model.init(jax.random.key(42), jnp.zeros((1, size, size, 3)))['params']
@@ -53,7 +41,7 @@ def _with_head(params, head):
 def test_pre_linen_release_layout_gives_identical_logits(tmp_path):
   cfg = tiny.vit_config()
   model, params = _model_and_params(cfg)
-  path = _write(tmp_path / 'release.npz', _pre_linen(utils.flatten_dict(params)))
+  path = _write(tmp_path / 'release.npz', tiny.pre_linen(utils.flatten_dict(params)))
   _, init, loaded = _load(path, cfg)
   np.testing.assert_array_equal(loaded['head']['kernel'], init['head']['kernel'])  # Fresh head.
   loaded = _with_head(loaded, params['head'])
@@ -102,7 +90,7 @@ def test_hybrid_with_old_groupnorm_shapes_gives_identical_logits(tmp_path):
   flat = {k: (v.reshape(1, 1, 1, -1) if '/gn' in '/' + k and v.ndim == 1 else v)
           for k, v in utils.flatten_dict(params).items()}
   assert flat['gn_root/scale'].shape == (1, 1, 1, 32)
-  _, _, loaded = _load(_write(tmp_path / 'hybrid.npz', _pre_linen(flat)), cfg, size=32)
+  _, _, loaded = _load(_write(tmp_path / 'hybrid.npz', tiny.pre_linen(flat)), cfg, size=32)
   loaded = _with_head(loaded, params['head'])
   x = np.asarray(jax.random.uniform(jax.random.key(3), (1, 32, 32, 3), minval=-1, maxval=1))
   np.testing.assert_array_equal(model.apply({'params': loaded}, x), model.apply({'params': params}, x))

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn import datasets as sk_datasets
 
-from configs import common
+from vit_jax.configs import common
 import tiny
 from vit_jax import input_pipeline
 

@@ -22,9 +22,10 @@ def _count(model, size=224):
 def _analytic_vit_count(cfg, num_classes=1000, size=224):
   """Independent count for a pure ViT: embedding, cls, posemb, blocks, final norm, head."""
   d, m, p = cfg.hidden_size, cfg.transformer.mlp_dim, cfg.patches.size[0]
-  tokens = (size // p) ** 2 + 1
+  has_cls = cfg.classifier in ('token', 'token_unpooled')
+  tokens = (size // p) ** 2 + has_cls
   block = 4 * d + 4 * (d * d + d) + (d * m + m) + (m * d + d)
-  return (p * p * 3 * d + d) + d + tokens * d + cfg.transformer.num_layers * block + 2 * d + d * num_classes + num_classes
+  return (p * p * 3 * d + d) + d * has_cls + tokens * d + cfg.transformer.num_layers * block + 2 * d + d * num_classes + num_classes
 
 
 @pytest.mark.parametrize('name', sorted(PUBLISHED_COUNTS))

@@ -114,7 +114,8 @@ def test_two_processes_reproduce_one_process(tmp_path, tfds_dir):
   def layout(w):
     return sorted('events' if n.startswith('events.out.tfevents') else n for n in os.listdir(w))
 
-  assert layout(w2) == layout(w1) == ['checkpoints', 'config.json', 'events', 'metrics.jsonl', 'params.npz']
+  assert layout(w2) == layout(w1) == ['checkpoints', 'class_names.json', 'config.json', 'events', 'metrics.jsonl',
+                                    'params.npz']
   # Orbax also keeps the first step it was given (1), besides the interval's.
   assert sorted(os.listdir(w2 / 'checkpoints')) == sorted(os.listdir(w1 / 'checkpoints')) == [str(STEPS)]
   p1, p2 = checkpoint.read_npz(str(w1 / 'params.npz')), checkpoint.read_npz(str(w2 / 'params.npz'))

@@ -7,14 +7,14 @@ import numpy as np
 import optax
 import pytest
 
-import configs.common
+from vit_jax.configs import common
 import tiny
 from vit_jax import optim, utils
 
 
 def _config(**overrides):
   """Common config with total_steps=1100, warmup=100, base_lr=0.1; keys 'a.b' override nested fields."""
-  config = configs.common.get_config()
+  config = common.get_config()
   config.total_steps = 1100
   config.schedule.warmup_steps = 100
   config.schedule.base_lr = 0.1

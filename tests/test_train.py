@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 import tiny
 from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, sharding, train
+from vit_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -141,6 +142,7 @@ def test_end_to_end_image_folder_and_resume_restores_state(tmp_path):
   assert result['eval/num_examples'] == 6
   first = checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
   assert first['head/kernel'].shape == (32, 3)
+  assert workdir_lib.read_class_names(workdir) == ['cat', 'dog', 'eel']  # For predict and export.
   # total_steps already reached: the rerun restores the checkpoint, evaluates it and exports the same params.
   again = train.train_and_evaluate(config, workdir)
   assert again['eval/accuracy'] == result['eval/accuracy']

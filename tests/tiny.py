@@ -26,7 +26,7 @@ def hybrid_config(num_layers=(1, 1), **kw):
 
 def train_config(**overrides):
   """A tiny, fast training config (16 px, width 32, depth 2) on mock cifar10; keys 'a.b' override nested fields."""
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   config = common.get_config()
   config.model = vit_config()
   config.dataset = 'cifar10'
@@ -95,3 +95,16 @@ def random_batch(seed, n=16, size=16, num_classes=10):
   rng = np.random.default_rng(seed)
   return {'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
           'label': rng.integers(0, num_classes, n).astype(np.int32)}
+
+
+def pre_linen(flat, prefix='opt/target/'):
+  """Flat per-layer release names -> the original (pre-Linen) release file's names, under `prefix`."""
+  renames = {'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1', 'LayerNorm_1': 'LayerNorm_2',
+             'MlpBlock_0': 'MlpBlock_3'}
+  out = {}
+  for name, v in flat.items():
+    parts = name.split('/')
+    if len(parts) > 2 and parts[1].startswith('encoderblock_'):
+      parts[2] = renames.get(parts[2], parts[2])
+    out[prefix + '/'.join(parts)] = v
+  return out

@@ -1,6 +1,6 @@
 """Release `.npz` checkpoints: import (any known layout), export, position-embedding resampling.
 
-`load_pretrained` accepts:
+`load` (the whole tree, head included: inference) and `load_pretrained` (into a model's init: fine-tuning) accept:
   * the original release files (pre-Linen names `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`);
   * Linen-layout files (AugReg, and `save_npz` output);
   * `opt/target/` or `params/` prefixes; GroupNorm params stored as (1, 1, 1, C); bfloat16 stored as 2-byte void;
@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vit_jax import utils
+from vit_jax.augreg import augreg_index  # noqa: F401  (vision_transformer's checkpoint.get_augreg_df)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,44 @@ def _from_big_vision(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return flat
 
 
+def _canonical_flat(path: str) -> dict[str, np.ndarray]:
+  """The file's arrays under the per-layer release (Linen) names of our unscanned model, whatever its layout."""
+  flat = _canonical_names(read_npz(path))
+  if 'pos_embedding' in flat:
+    log.info('Reading %s as a big_vision checkpoint.', path)
+    flat = _from_big_vision(flat)
+  return flat
+
+
+def load(path: str) -> dict:
+  """The parameter tree of a `.npz` checkpoint (local or gs://), head and all, ready for `model.apply`.
+
+  Any known layout (see the module doc: pre-Linen, Linen, big_vision, stacked blocks) comes out in the per-layer
+  release names of `VisionTransformer(scan=False)`, so a fine-tuned file can be used for inference as it is:
+  `model.apply({'params': checkpoint.load(path)}, images, train=False)`. For fine-tuning on a new task use
+  `load_pretrained`, which also replaces the head and resamples position embeddings.
+  """
+  return utils.unflatten_dict(_canonical_flat(path))
+
+
+def inspect_params(*, params, expected, fail_if_extra: bool = True, fail_if_missing: bool = True):
+  """Checks that `params` has the keys of `expected` (a tree, e.g. a model init); returns `params` unchanged.
+
+  Missing and extra keys are logged by name; with `fail_if_missing` / `fail_if_extra` either kind is a
+  `CheckpointError` (a ValueError) that lists both.
+  """
+  have, want = utils.flatten_dict(params), utils.flatten_dict(expected)
+  missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+  if missing:
+    log.info('inspect_params: missing keys: %s', missing)
+  if extra:
+    log.info('inspect_params: extra keys: %s', extra)
+  if (missing and fail_if_missing) or (extra and fail_if_extra):
+    raise CheckpointError(f'The parameters do not match the expected tree: {len(missing)} missing '
+                          f'{missing}; {len(extra)} extra {extra}.')
+  return params
+
+
 def _grid_shape(num_tokens: int) -> tuple[int, int]:
   side = int(round(np.sqrt(num_tokens)))
   if side * side != num_tokens:
@@ -205,10 +244,7 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
     their shardings (nothing is materialised whole on one device).
   * A scanned model (stacked `Transformer/encoderblock/...` in `init_params`) gets the blocks stacked.
   """
-  flat = _canonical_names(read_npz(pretrained_path))
-  if 'pos_embedding' in flat:
-    log.info('Reading %s as a big_vision checkpoint.', pretrained_path)
-    flat = _from_big_vision(flat)
+  flat = _canonical_flat(pretrained_path)
   init_flat = utils.flatten_dict(init_params)
   if any(name.startswith(_STACKED) for name in init_flat):
     flat = stack_blocks(flat)

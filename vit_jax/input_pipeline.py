@@ -5,7 +5,7 @@ Sources (`config.dataset`):
   other datasets that are not prepared are downloaded (`download=True`, the default) or raise
   `DatasetNotPreparedError` with the command that prepares them.
 * 'image_folder': `config.image_folder`/<split>/<class>/*.{jpg,jpeg,png}; classes are the sorted subfolders of the
-  train split folder. Every file is decoded once up front (in parallel): undecodable ones are an error that names
+  train split folder. A `config.dataset` that is itself the path of a directory is read the same way. Every file is decoded once up front (in parallel): undecodable ones are an error that names
   them, or with `config.on_bad_image='skip'` are left out of the split (logged and counted) before any order is
   drawn, so the stream stays a deterministic function of (seed, step).
 
@@ -58,12 +58,14 @@ class DatasetInfo:
   num_classes: int
   num_train: int  # Examples in config.train_split (all processes).
   num_eval: int  # Examples in config.eval_split (all processes).
+  class_names: tuple[str, ...]  # Label i's name: TFDS label names, an image folder's class folders, or 'i'.
 
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
   """Undecoded examples of one dataset, split into parts (processes for eval, input shards for training)."""
   num_classes: int
+  class_names: tuple[str, ...]
   # (split, part_index, part_count) -> {'image': encoded image or file path, 'label': int}, in a fixed order.
   read: Callable[[str, int, int], tf.data.Dataset]
   # (split, part_index, part_count) -> how many examples `read` yields.
@@ -99,7 +101,8 @@ def _tfds_builder(config, download: bool):
     builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)
   except tfds.core.DatasetNotFoundError as e:
     raise ValueError(f'Unknown dataset {config.dataset!r}: config.dataset must be a TFDS name (see '
-                     f'tfds.list_builders()), one of {LOCAL_TFDS_DATASETS}, or {IMAGE_FOLDER!r}.') from e
+                     f'tfds.list_builders()), one of {LOCAL_TFDS_DATASETS}, {IMAGE_FOLDER!r}, or the path of an image '
+                     'folder (DIR/train/<class>/*.jpg).') from e
   if builder.is_prepared():
     return builder
   if config.dataset in LOCAL_TFDS_DATASETS:
@@ -146,7 +149,9 @@ def _tfds_source(config, download: bool) -> _Source:
       return builder.info.splits[part(split, index, count)].num_examples
     return _count_dataset(read(split, index, count))
 
-  return _Source(features['label'].num_classes, read, count, features['image'].decode_example)
+  label = features['label']
+  names = tuple(label.names) if label.names else tuple(str(i) for i in range(label.num_classes))
+  return _Source(label.num_classes, names, read, count, features['image'].decode_example)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,8 +228,17 @@ def _decodable_files(root: str, split: str, classes: list[str], on_bad_image: st
   return [p for p, _ in kept], [l for _, l in kept]
 
 
-def _folder_source(config) -> _Source:
-  root = config.image_folder
+def folder_root(config) -> str | None:
+  """The image folder a config reads: config.image_folder for 'image_folder', or config.dataset when it is the path
+  of a directory (vision_transformer's convention); None for a TFDS dataset."""
+  if config.dataset == IMAGE_FOLDER:
+    return config.image_folder
+  if config.dataset and tf.io.gfile.isdir(config.dataset):
+    return config.dataset
+  return None
+
+
+def _folder_source(config, root: str) -> _Source:
   if not root:
     raise ValueError(f'config.dataset is {IMAGE_FOLDER!r} but config.image_folder is empty.')
   if config.on_bad_image not in BAD_IMAGE_POLICIES:
@@ -242,14 +256,17 @@ def _folder_source(config) -> _Source:
   def count(split, index, count):
     return len(files(split)[0][index::count])
 
-  return _Source(len(classes), read, count, _decode_file)
+  return _Source(len(classes), tuple(classes), read, count, _decode_file)
 
 
 def _source(config, download: bool) -> _Source:
   if not config.dataset:
     raise ValueError(f'config.dataset is empty: set a TFDS name or {IMAGE_FOLDER!r}.')
-  if config.dataset == IMAGE_FOLDER:
-    return _folder_source(config)
+  root = folder_root(config)
+  if root is not None:
+    if config.dataset != IMAGE_FOLDER:
+      log.info('config.dataset %r is a directory: reading it as an image folder.', config.dataset)
+    return _folder_source(config, root)
   return _tfds_source(config, download)
 
 
@@ -290,7 +307,8 @@ def _train_image(image: tf.Tensor, key: tf.Tensor, config) -> tf.Tensor:
   return tf.ensure_shape(preprocess.to_float(preprocess.to_rgb(image)), [size, size, 3])
 
 
-def _eval_image(image: tf.Tensor, config) -> tf.Tensor:
+def eval_image(image: tf.Tensor, config) -> tf.Tensor:
+  """uint8 [H, W, C] -> float32 [S, S, 3] in [-1, 1]: the evaluation preprocessing (also what predict uses)."""
   size = config.image_size
   image = preprocess.central_crop(image, size, config.pp.eval_crop_fraction)
   return tf.ensure_shape(preprocess.to_float(preprocess.to_rgb(image)), [size, size, 3])
@@ -302,7 +320,8 @@ def get_info(config, *, download: bool = True) -> DatasetInfo:
   return DatasetInfo(
       num_classes=source.num_classes,
       num_train=source.count(config.train_split, 0, 1),
-      num_eval=source.count(config.eval_split, 0, 1))
+      num_eval=source.count(config.eval_split, 0, 1),
+      class_names=source.class_names)
 
 
 def _shards_of_process(config, local_batch_size: int, process_index: int, process_count: int):
@@ -383,7 +402,7 @@ def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, proce
   num_padding = num_batches * local_batch_size - counts[process_index]
 
   def prepare(ex):
-    return {'image': _eval_image(source.decode(ex['image']), config),
+    return {'image': eval_image(source.decode(ex['image']), config),
             'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 

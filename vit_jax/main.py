@@ -1,6 +1,6 @@
 """Entry point: python -m vit_jax.main --config=configs/<file>.py[:args] --workdir=DIR [--config.key=value ...].
 
-With no flags it trains configs/default.py (offline digits demo) into ./runs/default.
+With no flags it trains the offline digits demo (vit_jax/configs/default.py) into ./runs/default.
 """
 import logging as std_logging
 import os
@@ -10,7 +10,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'default.py')
+# The offline demo config, inside the package so that an installed vit_jax (no clone) runs it too.
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
 
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (path[:args]).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the config go '

@@ -11,9 +11,10 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vit_jax import checkpoint, evaluate, flops, input_pipeline, losses, metrics, models, optim, preemption
+from vit_jax import augreg, checkpoint, evaluate, flops, input_pipeline, losses, metrics, models, optim, preemption
 from vit_jax import sharding
 from vit_jax import workdir as workdir_lib
+from vit_jax.configs import check as config_check
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ def init_state(config, model, tx, mesh):
 
 
 def _load_pretrained(config, state, shardings, tx):
-  params = checkpoint.load_pretrained(pretrained_path=config.pretrained_path, init_params=state['params'],
+  path = augreg.resolve(config.pretrained_path, config.augreg_index)
+  log.info('Fine-tuning from %s.', path)
+  params = checkpoint.load_pretrained(pretrained_path=path, init_params=state['params'],
                                       model_config=config.model, image_size=config.image_size)
   opt_state = jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)
   return {**state, 'params': params, 'opt_state': opt_state}
@@ -167,7 +170,6 @@ def _restore_or_init(config, model, tx, mesh, manager):
   if latest is None:
     state, shardings = init_state(config, model, tx, mesh)
     if config.pretrained_path:
-      log.info('Fine-tuning from %s.', config.pretrained_path)
       state = _load_pretrained(config, state, shardings, tx)
     return state, shardings
   log.info('Resuming from %s at step %d.', manager.directory, latest)
@@ -194,6 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   processes agree on and returns {'preempted_at_step': step}; the same call then resumes from there. A workdir that
   holds a run of another config is refused unless `allow_config_change` (see vit_jax/workdir.py).
   """
+  config_check.check_fields(config)  # Before anything is read or written: no field is silently ignored.
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
   check_batch_sizes(config, mesh)
@@ -201,6 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_nonfinite_policy(config)
   info = input_pipeline.get_info(config)
   workdir_lib.check_and_record_config(config, workdir, allow_change=allow_config_change)
+  workdir_lib.record_class_names(workdir, info.class_names)
   num_classes = config.num_classes if config.num_classes > 0 else info.num_classes
   log.info('Dataset %s: %d classes, %d train / %d eval examples. Mesh %s.', config.dataset, num_classes,
            info.num_train, info.num_eval, dict(mesh.shape))

@@ -17,11 +17,12 @@ from jax.experimental import multihost_utils
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = 'config.json'
+CLASS_NAMES_FILE = 'class_names.json'  # The dataset's label names in label order, for predict/export.
 # Fields whose change keeps the run the same run (a field, or a group and everything under it).
 RESUMABLE_FIELDS = (
     'total_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep', 'async_checkpoints',
     'export_npz', 'prefetch', 'eval_batch_size', 'mesh', 'sharding_strategy', 'fsdp_min_size', 'tfds_data_dir',
-    'tfds_manual_dir', 'image_folder', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
+    'tfds_manual_dir', 'image_folder', 'augreg_index', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
 )
 
 
@@ -103,3 +104,25 @@ def check_and_record_config(config, workdir: str, *, allow_change: bool = False)
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
   os.replace(tmp, path)
+
+
+def record_class_names(workdir: str, class_names) -> None:
+  """Writes WORKDIR/class_names.json (process 0): the label names of the run's dataset, index = label."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CLASS_NAMES_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(list(class_names), f, indent=0)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def read_class_names(workdir: str) -> list[str] | None:
+  """The label names a run recorded, or None for a workdir without them."""
+  path = os.path.join(workdir, CLASS_NAMES_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)

@@ -25,8 +25,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
-
 from vit_jax import sharding
 from vit_jax.models import resnet
 
@@ -216,7 +214,8 @@ class Encoder(nn.Module):
 class VisionTransformer(nn.Module):
   """ViT: patch embedding (optionally after a ResNet stem), transformer encoder, pooling, head.
 
-  Call as `model.apply({'params': p}, images, train=False)` with NHWC float images in [-1, 1].
+  Call as `model.apply({'params': p}, inputs, train=False)` with NHWC float images in [-1, 1].
+  The config arguments (`patches`, `transformer`, `resnet`) may be ConfigDicts or plain dicts (e.g. from JSON).
   `dtype` is the compute dtype, `param_dtype` the parameter dtype; LayerNorm and softmax run in float32.
   `num_classes` 0 or None returns the pre-logits features.
   `scan`, `remat_policy`, `attention` and `fused_qkv` are the fast paths of the module doc; they change speed and
@@ -239,15 +238,15 @@ class VisionTransformer(nn.Module):
   fused_qkv: bool = False
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, inputs, *, train: bool = False):
     if self.classifier not in CLASSIFIERS:
       raise ValueError(f'Unknown classifier {self.classifier!r}; valid: {", ".join(CLASSIFIERS)}.')
     check_fast_paths(self.attention, self.remat_policy, self.dtype)
-    x = images.astype(self.dtype)
+    x = inputs.astype(self.dtype)
     if self.resnet is not None:
-      x = resnet.resnet_stem(x, tuple(self.resnet.num_layers), self.resnet.width_factor, dtype=self.dtype,
+      x = resnet.resnet_stem(x, tuple(self.resnet['num_layers']), self.resnet['width_factor'], dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    patch = tuple(self.patches.size)
+    patch = tuple(self.patches['size'])
     if x.shape[1] % patch[0] or x.shape[2] % patch[1]:
       raise ValueError(f'Input of spatial size {x.shape[1:3]} (after the stem) is not a multiple of the patch size '
                        f'{patch}; use an image size that is a multiple of {patch}.')
@@ -275,73 +274,19 @@ class VisionTransformer(nn.Module):
     return head(x).astype(jnp.float32)
 
 
-# Presets: (hidden_size, num_layers, mlp_dim, num_heads, dropout_rate) per width name.
-# 'g' (ViT-g/14 of 'Scaling Vision Transformers') and '22B' (ViT-22B's sizes, built from the standard pre-LN block
-# above) are for memory planning and pretraining only: no released .npz exists for them here.
-_WIDTHS = {
-    'Ti': (192, 12, 768, 3, 0.0),
-    'S': (384, 12, 1536, 6, 0.0),
-    'B': (768, 12, 3072, 12, 0.1),
-    'L': (1024, 24, 4096, 16, 0.1),
-    'H': (1280, 32, 5120, 16, 0.1),
-    'g': (1408, 40, 6144, 16, 0.0),
-    '22B': (6144, 48, 24576, 48, 0.0),
-}
-# name -> (width, patch size, ResNet stage sizes or None for a pure ViT).
-_PRESETS = {
-    'ViT-Ti_16': ('Ti', 16, None),
-    'ViT-S_16': ('S', 16, None),
-    'ViT-S_32': ('S', 32, None),
-    'ViT-B_8': ('B', 8, None),
-    'ViT-B_16': ('B', 16, None),
-    'ViT-B_32': ('B', 32, None),
-    'ViT-L_16': ('L', 16, None),
-    'ViT-L_32': ('L', 32, None),
-    'ViT-H_14': ('H', 14, None),
-    'ViT-g_14': ('g', 14, None),
-    'ViT-22B_14': ('22B', 14, None),
-    'R50+ViT-B_16': ('B', 1, (3, 4, 9)),
-    'R26+ViT-S_32': ('S', 1, (2, 2, 2, 2)),
-    'R26+ViT-B_32': ('B', 1, (2, 2, 2, 2)),
-    'R50+ViT-L_32': ('L', 1, (3, 4, 6, 3)),
-    'R+ViT-Ti_16': ('Ti', 8, ()),
-}
-MODEL_NAMES = tuple(_PRESETS)
-
-
-def get_model_config(name: str) -> ml_collections.ConfigDict:
-  """The model ConfigDict of a preset, e.g. 'ViT-B_16' or 'R50+ViT-B_16'; fields are VisionTransformer's args."""
-  if name not in _PRESETS:
-    raise ValueError(f'Unknown model {name!r}; valid names: {", ".join(MODEL_NAMES)}.')
-  width, patch, resnet_layers = _PRESETS[name]
-  hidden, layers, mlp, heads, dropout = _WIDTHS[width]
-  config = ml_collections.ConfigDict()
-  config.model_name = name
-  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
-  config.hidden_size = hidden
-  config.transformer = ml_collections.ConfigDict({
-      'num_layers': layers, 'mlp_dim': mlp, 'num_heads': heads, 'dropout_rate': dropout,
-      'attention_dropout_rate': 0.0})
-  config.classifier = 'token'
-  config.representation_size = None
-  config.head_bias_init = 0.0  # E.g. -10 with the sigmoid loss (ImageNet-21k pretraining).
-  config.resnet = None
-  if resnet_layers is not None:
-    config.resnet = ml_collections.ConfigDict({'num_layers': resnet_layers, 'width_factor': 1})
-  return config
+def _stem_stride(model_config) -> int:
+  stem = model_config.get('resnet')
+  return 1 if stem is None else resnet.stem_stride(tuple(stem['num_layers']))
 
 
 def token_pixels(model_config) -> int:
   """Input pixels per token side: the patch size times the ResNet stem's stride (square patches)."""
-  stride = 1
-  if model_config.get('resnet') is not None:
-    stride = resnet.stem_stride(tuple(model_config.resnet.num_layers))
-  return stride * model_config.patches.size[0]
+  return _stem_stride(model_config) * model_config['patches']['size'][0]
 
 
 def token_grid(model_config, image_size) -> tuple[int, int]:
   """The (rows, cols) patch grid that `model_config` produces for `image_size` (int or (h, w))."""
   h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-  stride = token_pixels(model_config) // model_config.patches.size[0]
-  ph, pw = model_config.patches.size
+  stride = _stem_stride(model_config)
+  ph, pw = model_config['patches']['size']
   return h // (stride * ph), w // (stride * pw)

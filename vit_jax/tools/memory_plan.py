@@ -7,7 +7,7 @@
 --mesh is 'axis:size,...' over the axes of vit_jax/sharding.py (data, fsdp, model); -1 = the rest of --devices.
 
 Exact (from the code that trains): parameters, optimizer state and gradients. Shapes come from `jax.eval_shape`
-of the real model init and of `tx.init` (tx from `optim.make_optimizer` on configs/common.py with the optimizer
+of the real model init and of `tx.init` (tx from `optim.make_optimizer` on vit_jax/configs/common.py with the optimizer
 name overridden); per-device sizes come from the real `sharding.param_specs` on a `jax.sharding.AbstractMesh` of
 the requested shape, the optimizer state following the parameters (`sharding.follow_params`: subtrees shaped like
 the params take their shardings, counters are replicated). Gradients: the params' shapes, shardings and float32.
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh
 
-from configs import common
+from vit_jax.configs import common
 from vit_jax import models, optim, sharding
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -207,7 +207,7 @@ _MESH = flags.DEFINE_string('mesh', 'data:-1', "Mesh 'axis:size,...' over data, 
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Number of devices (JAX devices: chips on TPU v4/v5p, GPUs).')
 _STRATEGY = flags.DEFINE_enum('strategy', 'replicate', list(sharding.STRATEGIES), 'Parameter sharding strategy.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Training image size (pixels per side).')
-_OPTIMIZER = flags.DEFINE_enum('optimizer', 'adamw', list(optim.OPTIMIZERS), 'Optimizer (configs/common.py defaults).')
+_OPTIMIZER = flags.DEFINE_enum('optimizer', 'adamw', list(optim.OPTIMIZERS), 'Optimizer (vit_jax/configs/common.py defaults).')
 _DTYPE = flags.DEFINE_enum('dtype', 'bfloat16', list(DTYPES), 'Compute dtype (params stay float32).')
 _REMAT = flags.DEFINE_enum('remat', 'none', list(REMAT), "'full': only encoder-block inputs are kept for backward.")
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier outputs.')

@@ -22,10 +22,14 @@ def get_config():
   config.attention = 'plain'  # 'plain' (einsum), 'xla' or 'cudnn' (GPU, bf16) via jax.nn.dot_product_attention.
   config.fused_qkv = False  # One matmul for query/key/value (parameters unchanged).
   config.num_classes = -1  # -1: taken from the dataset.
-  config.pretrained_path = ''  # Release .npz (local or gs://) to fine-tune from; '' trains from scratch.
+  # Release .npz (local or gs://) to fine-tune from, or 'augreg:<model or file name>[:<query>]' (vit_jax/augreg.py);
+  # '' trains from scratch.
+  config.pretrained_path = ''
+  config.augreg_index = 'gs://vit_models/augreg/index.csv'  # Where 'augreg:' names are looked up (or a local copy).
 
   # Data.
-  config.dataset = ''  # A TFDS name ('cifar10'), or 'image_folder' to read `image_folder`.
+  # A TFDS name ('cifar10'), 'image_folder' to read `image_folder`, or the path of an image folder itself.
+  config.dataset = ''
   config.image_folder = ''  # DIR with DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.
   config.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS default.
   config.tfds_manual_dir = ml_collections.FieldReference(None, field_type=str)  # For datasets like imagenet2012.
@@ -86,4 +90,4 @@ def get_config():
   # checkpoint) at the next log or save step, 'skip' drops it, counts it (train/nonfinite_steps) and goes on.
   config.nonfinite_policy = 'stop'
   config.export_npz = True  # Write WORKDIR/params.npz (release layout) at the end.
-  return config
+  return config.lock()  # Unknown fields are errors (see vit_jax/configs/check.py).

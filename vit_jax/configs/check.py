@@ -1,0 +1,107 @@
+"""Config fields are checked against the shared defaults: an unknown field is an error, never silently ignored.
+
+The known fields are those of `common.get_config()`, and under `model.` those of every preset (so a hybrid's
+`model.resnet.*` is known although the default model has `resnet=None`). A field that google-research/
+vision_transformer's configs use gets the field to use here instead (`REFERENCE_NAMES`); any other unknown field
+gets the closest known names.
+"""
+import difflib
+import functools
+from typing import Any
+
+# vision_transformer's config fields -> what to set here.
+REFERENCE_NAMES = {
+    'batch': 'batch_size',
+    'batch_eval': 'eval_batch_size',
+    'base_lr': 'schedule.base_lr',
+    'decay_type': 'schedule.decay_type',
+    'warmup_steps': 'schedule.warmup_steps',
+    'grad_norm_clip': 'optimizer.grad_clip_norm',
+    'optim_dtype': 'optimizer.accumulator_dtype',
+    'pretrained_dir': 'pretrained_path (the .npz file itself, e.g. DIR/ViT-B_16.npz)',
+    'model_or_filename': "pretrained_path='augreg:<model or file name>' (see vit_jax/augreg.py)",
+    'eval_every': 'eval_every_steps',
+    'progress_every': 'log_every_steps',
+    'checkpoint_every': 'checkpoint_every_steps',
+    'pp.crop': 'image_size',
+    'pp.resize': 'image_size with pp.eval_crop_fraction (eval) and pp.crop (train)',
+    'pp.train': 'train_split',
+    'pp.test': 'eval_split',
+    'trainer': 'nothing: vit_jax.main always trains',
+}
+# Common names from other codebases -> ours.
+ALIASES = {
+    'learning_rate': 'schedule.base_lr',
+    'lr': 'schedule.base_lr',
+    'weight_decay': 'optimizer.weight_decay',
+    'wd': 'optimizer.weight_decay',
+    'num_steps': 'total_steps',
+    'steps': 'total_steps',
+    'warmup': 'schedule.warmup_steps',
+    'grad_clip': 'optimizer.grad_clip_norm',
+    'model_name': 'model.model_name',
+}
+
+
+class UnknownFieldError(AttributeError, ValueError):
+  """A config holds a field that no part of vit_jax reads."""
+
+
+def flat_keys(config, prefix: str = '') -> list[str]:
+  """Dotted names of every leaf of a (nested) ConfigDict or dict; a None subtree is a leaf."""
+  out = []
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if hasattr(value, 'items'):
+      out += flat_keys(value, name + '.') or [name]
+    else:
+      out.append(name)
+  return out
+
+
+@functools.cache
+def known_fields() -> frozenset[str]:
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  known = set(flat_keys(common.get_config()))
+  for name in models.MODEL_NAMES:
+    known.update(flat_keys(models.get_model_config(name), 'model.'))
+  return frozenset(known)
+
+
+def _is_known(name: str, known: frozenset[str]) -> bool:
+  # A known leaf, or inside a known subtree that a preset may fill (e.g. model.resnet when the default is None).
+  return name in known or any(k.startswith(name + '.') for k in known)
+
+
+def suggestion(name: str) -> str:
+  """What to write instead of the unknown field `name` (dotted), as a phrase."""
+  if name in REFERENCE_NAMES:
+    return f'use {REFERENCE_NAMES[name]} (vision_transformer calls it {name!r})'
+  leaf = name.rsplit('.', 1)[-1]
+  if name in ALIASES or leaf in ALIASES:
+    return f'did you mean {ALIASES.get(name) or ALIASES[leaf]}?'
+  known = sorted(known_fields())
+  by_leaf = {}
+  for field in known:
+    by_leaf.setdefault(field.rsplit('.', 1)[-1], field)
+  close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+  close += [by_leaf[k] for k in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.75)
+            if by_leaf[k] not in close]
+  if close:
+    return 'did you mean ' + ' or '.join(close[:3]) + '?'
+  return 'the fields are listed, with comments, in vit_jax/configs/common.py'
+
+
+def unknown_message(name: str) -> str:
+  """One line: the unknown field, that configs are locked, and what to use instead."""
+  return (f'Unknown config field {name!r}: configs are locked to the fields of vit_jax/configs/common.py; '
+          f'{suggestion(name)}')
+
+
+def check_fields(config: Any) -> None:
+  """Raises UnknownFieldError naming every field of `config` that the shared defaults do not define."""
+  known = known_fields()
+  unknown = [name for name in flat_keys(config) if not _is_known(name, known)]
+  if unknown:
+    raise UnknownFieldError('\n'.join(unknown_message(name) for name in unknown))

@@ -1,0 +1,47 @@
+"""Offline default: a small ViT on scikit-learn's handwritten digits (bundled, built locally as a TFDS dataset).
+
+`python -m vit_jax.main` with no flags runs this config into ./runs/default (configs/default.py imports it).
+"""
+import ml_collections
+
+from vit_jax.configs import common
+
+
+def get_config():
+  config = common.get_config()
+  config.dataset = 'sklearn_digits'
+  config.train_split = 'train'  # 1,437 examples.
+  config.eval_split = 'test'  # 360 examples.
+  config.image_size = 8
+  config.shuffle_buffer = 2_000
+  config.pp.crop = 'resize'  # 8x8 digits: no random crop, no flip (a flipped digit is another glyph).
+  config.pp.flip = False
+
+  config.model = ml_collections.ConfigDict({
+      'model_name': 'ViT-digits',
+      'patches': {'size': (2, 2)},  # 4x4 grid of 2x2 patches.
+      'hidden_size': 128,
+      'transformer': {'num_layers': 3, 'mlp_dim': 256, 'num_heads': 4, 'dropout_rate': 0.2,
+                      'attention_dropout_rate': 0.0},
+      'classifier': 'token',
+      'representation_size': None,
+      'head_bias_init': 0.0,
+      'resnet': None,
+  })
+
+  config.batch_size = 128
+  config.eval_batch_size = 360 // 8 * 8 + 8  # 368: the whole test split in one padded batch.
+  config.total_steps = 1_200
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 0.1  # Decoupled (AdamW), kernels only.
+  config.optimizer.grad_clip_norm = 1.0
+  config.schedule.base_lr = 1e-3
+  config.schedule.warmup_steps = 100
+  config.schedule.decay_type = 'cosine'
+  config.label_smoothing = 0.1
+
+  config.log_every_steps = 100
+  config.eval_every_steps = 400
+  config.checkpoint_every_steps = 400
+  config.keep = 2
+  return config

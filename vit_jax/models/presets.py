@@ -1,0 +1,75 @@
+"""The preset registry: one table of model configurations, the single source of truth for every preset name.
+
+The names and every field they share with google-research/vision_transformer's `vit_jax/configs/models.py` have that
+project's values (dropout included), so a config or checkpoint name from there means the same model here.
+`vit_jax.configs.models` (MODEL_CONFIGS, get_b16_config(), ...) is built from this table.
+
+Extra here: ViT-g/14 ('Scaling Vision Transformers') and ViT-22B/14 (ViT-22B's sizes, built from the standard pre-LN
+block) for memory planning and pretraining only (no released .npz exists for them), and the fields that our
+VisionTransformer adds (`head_bias_init`, and `resnet=None` for pure ViTs).
+"""
+import ml_collections
+
+# Width name -> (hidden_size, num_layers, mlp_dim, num_heads).
+WIDTHS = {
+    'testing': (10, 1, 10, 2),
+    'Ti': (192, 12, 768, 3),
+    'S': (384, 12, 1536, 6),
+    'B': (768, 12, 3072, 12),
+    'L': (1024, 24, 4096, 16),
+    'H': (1280, 32, 5120, 16),
+    'g': (1408, 40, 6144, 16),
+    '22B': (6144, 48, 24576, 48),
+}
+
+# name -> (width, patch size, ResNet stage sizes or None for a pure ViT, dropout_rate, classifier, getter suffix).
+# The getter suffix names vision_transformer's getter: 'b16' -> get_b16_config().
+PRESETS = {
+    'testing': ('testing', 16, None, 0.1, 'token', 'testing'),
+    'testing-unpooled': ('testing', 16, None, 0.1, 'unpooled', 'testing_unpooled'),
+    'ViT-Ti_16': ('Ti', 16, None, 0.0, 'token', 'ti16'),
+    'ViT-S_16': ('S', 16, None, 0.0, 'token', 's16'),
+    'ViT-B_16': ('B', 16, None, 0.0, 'token', 'b16'),
+    'ViT-L_16': ('L', 16, None, 0.1, 'token', 'l16'),
+    'ViT-H_14': ('H', 14, None, 0.1, 'token', 'h14'),
+    'ViT-S_16-gap-norep': ('S', 16, None, 0.0, 'gap', 's16_gap_norep'),
+    'ViT-B_16-gap-norep': ('B', 16, None, 0.0, 'gap', 'b16_gap_norep'),
+    'ViT-B_8': ('B', 8, None, 0.0, 'token', 'b8'),
+    'ViT-S_32': ('S', 32, None, 0.0, 'token', 's32'),
+    'ViT-B_32': ('B', 32, None, 0.0, 'token', 'b32'),
+    'ViT-L_32': ('L', 32, None, 0.0, 'token', 'l32'),
+    'ViT-S_32-gap-norep': ('S', 32, None, 0.0, 'gap', 's32_gap_norep'),
+    'ViT-B_32-gap-norep': ('B', 32, None, 0.0, 'gap', 'b32_gap_norep'),
+    # Hybrids: patch 1 on the stem's output; the stem down-samples 4 * 2**(stages - 1) (4 for the stem-only R+Ti).
+    'R+ViT-Ti_16': ('Ti', 8, (), 0.0, 'token', 'r_ti16'),
+    'R50+ViT-B_16': ('B', 1, (3, 4, 9), 0.1, 'token', 'r50_b16'),
+    'R26+ViT-B_32': ('B', 1, (2, 2, 2, 2), 0.0, 'token', 'r26_b32'),
+    'R26+ViT-S_32': ('S', 1, (2, 2, 2, 2), 0.0, 'token', 'r26_s32'),
+    'R50+ViT-L_32': ('L', 1, (3, 4, 6, 3), 0.1, 'token', 'r50_l32'),
+    # Ours only.
+    'ViT-g_14': ('g', 14, None, 0.0, 'token', 'g14'),
+    'ViT-22B_14': ('22B', 14, None, 0.0, 'token', '22b14'),
+}
+MODEL_NAMES = tuple(PRESETS)
+
+
+def get_model_config(name: str) -> ml_collections.ConfigDict:
+  """The model ConfigDict of a preset, e.g. 'ViT-B_16' or 'R50+ViT-B_16'; fields are VisionTransformer's args."""
+  if name not in PRESETS:
+    raise ValueError(f'Unknown model {name!r}; valid names: {", ".join(MODEL_NAMES)}.')
+  width, patch, resnet_layers, dropout, classifier, _ = PRESETS[name]
+  hidden, layers, mlp, heads = WIDTHS[width]
+  config = ml_collections.ConfigDict()
+  config.model_name = name
+  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
+  config.hidden_size = hidden
+  config.transformer = ml_collections.ConfigDict({
+      'num_layers': layers, 'mlp_dim': mlp, 'num_heads': heads, 'dropout_rate': dropout,
+      'attention_dropout_rate': 0.0})
+  config.classifier = classifier
+  config.representation_size = None
+  config.head_bias_init = 0.0  # E.g. -10 with the sigmoid loss (ImageNet-21k pretraining).
+  config.resnet = None
+  if resnet_layers is not None:
+    config.resnet = ml_collections.ConfigDict({'num_layers': resnet_layers, 'width_factor': 1})
+  return config
