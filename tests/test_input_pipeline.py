@@ -91,7 +91,8 @@ def test_digits_builds_with_the_documented_split(digits_dir, tmp_path):
 
 def test_digits_is_built_on_first_use(tmp_path):
   info = input_pipeline.get_info(_digits_config(str(tmp_path), train_split='train[:98%]'))
-  assert info == input_pipeline.DatasetInfo(num_classes=10, num_train=1408, num_eval=DIGITS_TEST)
+  assert info == input_pipeline.DatasetInfo(num_classes=10, num_train=1408, num_eval=DIGITS_TEST,
+                                            class_names=tuple('0123456789'))
   assert tfds.builder('sklearn_digits', data_dir=str(tmp_path)).is_prepared()
 
 
@@ -275,7 +276,7 @@ def test_mock_cifar10():
   with tfds.testing.mock_data(num_examples=10):
     # Mocking ignores split slicing: every split (and every process part) yields all 10 examples.
     info = input_pipeline.get_info(config)
-    assert info == input_pipeline.DatasetInfo(num_classes=10, num_train=10, num_eval=10)
+    assert info == input_pipeline.DatasetInfo(num_classes=10, num_train=10, num_eval=10, class_names=tuple('0123456789'))
     batches = _take(input_pipeline.train_dataset(config, local_batch_size=4), 4)  # Crosses an epoch end.
     assert all(b['image'].shape == (4, 16, 16, 3) and b['label'].shape == (4,) for b in batches)
     images = np.stack([b['image'] for b in batches])
@@ -317,7 +318,8 @@ def image_folder(tmp_path):
 
 def test_image_folder_train_and_eval(image_folder):
   config = _config(dataset='image_folder', image_folder=image_folder)
-  assert input_pipeline.get_info(config) == input_pipeline.DatasetInfo(num_classes=3, num_train=12, num_eval=4)
+  assert input_pipeline.get_info(config) == input_pipeline.DatasetInfo(num_classes=3, num_train=12, num_eval=4,
+                                                                                   class_names=('ant', 'bee', 'cat'))
   (batch,) = _take(input_pipeline.train_dataset(config, local_batch_size=12), 1)  # One epoch.
   assert batch['image'].shape == (12, 16, 16, 3)
   assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0

@@ -4,6 +4,7 @@ With no flags it trains the offline digits demo (vit_jax/configs/default.py) int
 """
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -13,7 +14,7 @@ from ml_collections import config_flags
 # The offline demo config, inside the package so that an installed vit_jax (no clone) runs it too.
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
 
-_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (path[:args]).', lock_config=True)
+_CONFIG = None  # The --config flag's holder, defined by parse_flags (defining it loads the config and overrides).
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the config go '
                                '(default: ./runs/<config file name>).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for clusters that '
@@ -23,6 +24,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (with
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume the run in --workdir even though its config.json differs from --config '
     '(the old config is kept as config.<n>.json). Without it, such a workdir is refused.')
+_REEVALUATE = flags.DEFINE_bool(
+    'reevaluate', False, 'For a run that is already complete: evaluate its checkpoint again (logged; nothing is '
+    'written). Without it, rerunning a complete run says so and exits.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                                  "jax.distributed.initialize: 'auto' when a cluster is detected or flags are given.")
 
@@ -53,6 +57,13 @@ def _default_workdir(config_path: str) -> str:
   return os.path.join('runs', name)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+  from vit_jax import checkpoint, input_pipeline, train, workdir  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+  return (check.UnknownFieldError, workdir.ConfigChangedError, workdir.WorkdirError, train.CheckpointMismatchError,
+          train.NonFiniteError, checkpoint.CheckpointError, input_pipeline.DatasetNotPreparedError)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -69,8 +80,52 @@ def main(argv):
       'JAX %s: process %d of %d, %d local / %d global devices (%s). Workdir %s.', jax.__version__,
       jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
       jax.devices()[0].platform, workdir)
-  train.train_and_evaluate(_CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                             reevaluate=_REEVALUATE.value)
+  except _user_errors() as e:  # Clear messages that need no traceback: the input, not the code, is wrong.
+    std_logging.getLogger('vit_jax.main').error('%s: %s', type(e).__name__, e)
+    sys.exit(1)
+  except KeyboardInterrupt:  # A second Ctrl-C (the first one saves and stops cleanly).
+    std_logging.getLogger('vit_jax.main').warning(
+        'Aborted by a second Ctrl-C: the steps since the last checkpoint in %s are lost; rerun the same command to '
+        'resume from it.', workdir)
+    sys.exit(130)
+
+
+def _flag_of(error: Exception) -> str:
+  text = str(error)
+  return text.split(': ', 1)[0] if text.startswith('flag --') else 'flags'
+
+
+def _override_names(argv) -> list[str]:
+  return [a.split('=', 1)[0][len('--config.'):] for a in argv if a.startswith('--config.')]
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with each config error as one line (the unknown field and the closest valid ones, or the
+  override that failed and why) instead of chained tracebacks; exits with status 2 like other usage errors."""
+  global _CONFIG
+  try:
+    _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (path[:args]).',
+                                              lock_config=True, sys_argv=argv)
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # A config file that failed to load raises here (config_flags defers that error).
+    return rest
+  except Exception as e:  # pylint: disable=broad-except  (config_flags raises many kinds; all are usage errors)
+    from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+    unknown = [n for n in _override_names(argv) if not check.is_known(n)]
+    if unknown:
+      lines = [check.unknown_message(n) for n in unknown]
+    else:
+      root = e
+      while root.__cause__ or root.__context__:  # The config file's own error, not config_flags' wrappers.
+        root = root.__cause__ or root.__context__
+      message = ' '.join(str(root).split()) or '(no message)'  # One line.
+      lines = [f'Bad command line ({_flag_of(e)}): {type(root).__name__}: {message}']
+    sys.stderr.write('\n'.join(f'{os.path.basename(argv[0])}: {line}' for line in lines) + '\n')
+    sys.exit(2)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

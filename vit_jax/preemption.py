@@ -1,14 +1,19 @@
-"""Preemption notices: SIGTERM (one process) or JAX's multi-host preemption sync point (all hosts agree on a step).
+"""Preemption notices and Ctrl-C: SIGTERM or a first SIGINT (one process), or JAX's multi-host preemption sync point.
 
 With `jax.distributed` initialised, JAX's preemption service already listens for SIGTERM (the notice Cloud TPU
 maintenance events, SLURM and Kubernetes send) on every host; `reached_preemption_sync_point(step)` turns true on all
 hosts at the same step, the one after the largest step any host had reached. A single process has no such service, so
 a SIGTERM handler sets a flag that the next step sees.
 
+Ctrl-C (SIGINT) does what SIGTERM does: the first one finishes the step, saves and stops (with several processes it
+is passed on as a SIGTERM to this process, which JAX's preemption service relays to all hosts); a second one aborts
+at once (KeyboardInterrupt).
+
 Usage: `with PreemptionWatch() as watch: ... if watch.reached(step): save and stop`. `reached` is called once every
 step on every process (the sync protocol needs that); it does no device work and no host sync.
 """
 import logging
+import os
 import signal
 import threading
 
@@ -27,24 +32,38 @@ class PreemptionWatch:
 
   def __init__(self):
     self._flag = threading.Event()
-    self._previous = None
-    self.signal_step = None  # The step at which the notice was seen (single process).
+    self._previous = {}  # signal -> the handler to put back on exit.
+    self.interrupted = False  # True once Ctrl-C asked for the stop.
 
   def __enter__(self):
-    # The SIGTERM handler is ours only without a preemption service (which has its own), and only where Python
-    # allows handlers: the main thread.
-    if not _multihost() and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+    # Handlers only where Python allows them: the main thread. The SIGTERM handler is ours only without a preemption
+    # service (which has its own).
+    if threading.current_thread() is threading.main_thread():
+      if not _multihost():
+        self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_interrupt)
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
     return False
 
   def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
     self._flag.set()
+
+  def _on_interrupt(self, signum, frame):  # pylint: disable=unused-argument
+    if self.interrupted:  # The second Ctrl-C: abort now.
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt
+    self.interrupted = True
+    log.warning('Ctrl-C: finishing this step, saving a checkpoint and stopping (press Ctrl-C again to abort at once, '
+                'losing the steps since the last checkpoint).')
+    if _multihost():
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service tells every host.
+    else:
+      self._flag.set()
 
   def request(self) -> None:
     """Asks for a stop at the next step, as a SIGTERM would (single process)."""

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from vit_jax import augreg, checkpoint, evaluate, flops, input_pipeline, losses, metrics, models, optim, preemption
-from vit_jax import sharding
+from vit_jax import sharding, utils
 from vit_jax import workdir as workdir_lib
 from vit_jax.configs import check as config_check
 
@@ -124,7 +124,29 @@ def _checkpoint_manager(config, workdir) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep, save_interval_steps=config.checkpoint_every_steps,
       enable_async_checkpointing=config.async_checkpoints)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
+  directory = workdir_lib.join(workdir if '://' in workdir else os.path.abspath(workdir), 'checkpoints')
+  return ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
+
+
+class CheckpointMismatchError(ValueError):
+  """The run's checkpoint does not fit the model and optimiser of the config (e.g. a changed width)."""
+
+
+def check_checkpoint_fits(manager, step: int, target) -> None:
+  """Raises CheckpointMismatchError naming every array whose stored shape differs from `target`'s (or that one side
+  lacks), before a restore is attempted."""
+  stored = {utils.path_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(
+      manager.item_metadata(step)) if hasattr(m, 'shape')}
+  wanted = {utils.path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+  problems = [f'{name}: checkpoint {stored.get(name, "absent")} vs config {wanted.get(name, "absent")}'
+              for name in sorted(stored.keys() | wanted.keys(), key=lambda n: (not n.startswith('params/'), n))
+              if stored.get(name) != wanted.get(name)]  # Parameters first, then their optimiser state.
+  if problems:
+    listed = '; '.join(problems[:8]) + (f'; and {len(problems) - 8} more' if len(problems) > 8 else '')
+    raise CheckpointMismatchError(
+        f'The checkpoint at step {step} in {manager.directory} does not fit the model of this config '
+        f'({len(problems)} array(s) differ: {listed}). The config changes the architecture, so this run cannot resume '
+        'under it: use a new --workdir (to start from these weights, set config.pretrained_path to its params.npz).')
 
 
 def state_layout(config, model, tx, mesh):
@@ -175,6 +197,7 @@ def _restore_or_init(config, model, tx, mesh, manager):
   log.info('Resuming from %s at step %d.', manager.directory, latest)
   _, abstract, shardings = state_layout(config, model, tx, mesh)
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  check_checkpoint_fits(manager, latest, target)
   return manager.restore(latest, args=ocp.args.StandardRestore(target)), shardings
 
 
@@ -188,13 +211,15 @@ def check_nonfinite_policy(config) -> None:
                      f'{", ".join(NONFINITE_POLICIES)}.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       allow_config_change: bool = False) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
+                       reevaluate: bool = False) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics.
 
-  On a preemption notice (SIGTERM, or JAX's multi-host preemption sync point) it saves a checkpoint at the step all
-  processes agree on and returns {'preempted_at_step': step}; the same call then resumes from there. A workdir that
-  holds a run of another config is refused unless `allow_config_change` (see vit_jax/workdir.py).
+  On a preemption notice (SIGTERM, a first Ctrl-C, or JAX's multi-host preemption sync point) it saves a checkpoint
+  at the step all processes agree on and returns {'preempted_at_step': step}; the same call then resumes from there.
+  A workdir that holds a run of another config is refused unless `allow_config_change` (see vit_jax/workdir.py).
+  A run that is already complete is left as it is: its last evaluation is returned and nothing is written; with
+  `reevaluate` its checkpoint is evaluated again (logged and returned, still nothing written).
   """
   config_check.check_fields(config)  # Before anything is read or written: no field is silently ignored.
   is_main = jax.process_index() == 0
@@ -202,9 +227,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_batch_sizes(config, mesh)
   check_image_size(config)
   check_nonfinite_policy(config)
+  changes = workdir_lib.check_config(config, workdir, allow_change=allow_config_change)
+  manager = _checkpoint_manager(config, workdir)
+  latest = manager.latest_step()
+  if latest is not None and latest >= config.total_steps and not reevaluate:
+    manager.close()
+    log.info('The run in %s is complete (step %d of total_steps=%d): nothing to do. Raise config.total_steps to '
+             'train on, or pass --reevaluate to evaluate its checkpoint again.', workdir, latest, config.total_steps)
+    return metrics.last_eval(workdir)
   info = input_pipeline.get_info(config)
-  workdir_lib.check_and_record_config(config, workdir, allow_change=allow_config_change)
-  workdir_lib.record_class_names(workdir, info.class_names)
   num_classes = config.num_classes if config.num_classes > 0 else info.num_classes
   log.info('Dataset %s: %d classes, %d train / %d eval examples. Mesh %s.', config.dataset, num_classes,
            info.num_train, info.num_eval, dict(mesh.shape))
@@ -212,13 +243,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   speed = metrics.Speed(flops.train_flops(config.model, config.image_size, num_classes), jax.device_count(),
                         flops.peak_tflops(jax.devices()[0].device_kind, config.dtype))
   tx, schedule = optim.make_optimizer(config)
-  writer = metrics.create_writer(workdir, is_main)
-  manager = _checkpoint_manager(config, workdir)
 
   try:  # However the loop ends, an async save already under way completes.
     with jax.set_mesh(mesh), preemption.PreemptionWatch() as watch:
       state, shardings = _restore_or_init(config, model, tx, mesh, manager)
       start_step, nonfinite_seen = (int(x) for x in jax.device_get((state['step'], state['nonfinite']['count'])))
+      # The run has started: only now is the config recorded, so a refused or failed start changes nothing.
+      workdir_lib.record_config(config, workdir, changes)
+      workdir_lib.record_class_names(workdir, info.class_names)
+      if is_main and not reevaluate and metrics.drop_records_after(workdir, start_step):
+        log.info('Dropped the metrics.jsonl records after step %d: the resumed run writes them again.', start_step)
+      writer = metrics.create_writer(workdir, is_main and not reevaluate)
 
       batch_shard = sharding.batch_sharding(mesh)
       micro_shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
@@ -263,19 +298,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         check_finite()  # Never save over a good checkpoint after a non-finite step under 'stop'.
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
+      if reevaluate and start_step >= config.total_steps:
+        return run_eval(start_step)
       result, preempted_at = {}, None
-      if start_step >= config.total_steps:
-        log.info('Already trained for %d >= total_steps=%d steps.', start_step, config.total_steps)
-        result = run_eval(start_step)
-      else:
-        train_ds = input_pipeline.train_dataset(config, local_batch_size=config.batch_size // processes,
-                                                process_index=jax.process_index(), process_count=processes,
-                                                start_step=start_step)
-        batches = input_pipeline.prefetch_to_device(train_ds.as_numpy_iterator(), config.prefetch, batch_shard)
-        progress = metrics.Progress(config.total_steps, start_step, enabled=is_main)
+      train_ds = input_pipeline.train_dataset(config, local_batch_size=config.batch_size // processes,
+                                              process_index=jax.process_index(), process_count=processes,
+                                              start_step=start_step)
+      batches = input_pipeline.prefetch_to_device(train_ds.as_numpy_iterator(), config.prefetch, batch_shard)
+      progress = metrics.Progress(config.total_steps, start_step, enabled=is_main)
+      try:
         window_start, window_time = start_step, time.monotonic()
         for step in range(start_step + 1, config.total_steps + 1):
           state, stats = train_step(state, next(batches))  # No host sync here.
+          progress.step(step)
           last = step == config.total_steps
           if step % config.log_every_steps == 0 or last:
             check_finite()
@@ -303,18 +338,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               save(step)
             preempted_at = step
             break
+      finally:
         progress.close()
       manager.wait_until_finished()
       writer.flush()
       if preempted_at is not None:
-        log.warning('Preempted: saved a checkpoint at step %d in %s; rerun the same command to resume.',
-                    preempted_at, manager.directory)
+        log.warning('%s: saved a checkpoint at step %d in %s; rerun the same command to resume.',
+                    'Stopped by Ctrl-C' if watch.interrupted else 'Preempted', preempted_at, manager.directory)
         return {'preempted_at_step': preempted_at}
       if config.export_npz:
         params = jax.tree.map(
             lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), state['params'])
         if is_main:
-          checkpoint.save_npz(os.path.join(workdir, 'params.npz'), params)
+          checkpoint.save_npz(workdir_lib.join(workdir, 'params.npz'), params)
     return result
   finally:
     manager.close()

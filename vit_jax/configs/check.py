@@ -69,8 +69,9 @@ def known_fields() -> frozenset[str]:
   return frozenset(known)
 
 
-def _is_known(name: str, known: frozenset[str]) -> bool:
-  # A known leaf, or inside a known subtree that a preset may fill (e.g. model.resnet when the default is None).
+def is_known(name: str) -> bool:
+  """A known leaf (dotted name), or a known subtree that a preset may fill (e.g. model.resnet, None by default)."""
+  known = known_fields()
   return name in known or any(k.startswith(name + '.') for k in known)
 
 
@@ -101,7 +102,6 @@ def unknown_message(name: str) -> str:
 
 def check_fields(config: Any) -> None:
   """Raises UnknownFieldError naming every field of `config` that the shared defaults do not define."""
-  known = known_fields()
-  unknown = [name for name in flat_keys(config) if not _is_known(name, known)]
+  unknown = [name for name in flat_keys(config) if not is_known(name)]
   if unknown:
     raise UnknownFieldError('\n'.join(unknown_message(name) for name in unknown))

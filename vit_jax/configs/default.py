@@ -2,8 +2,7 @@
 
 `python -m vit_jax.main` with no flags runs this config into ./runs/default (configs/default.py imports it).
 """
-import ml_collections
-
+from vit_jax import models
 from vit_jax.configs import common
 
 
@@ -17,17 +16,11 @@ def get_config():
   config.pp.crop = 'resize'  # 8x8 digits: no random crop, no flip (a flipped digit is another glyph).
   config.pp.flip = False
 
-  config.model = ml_collections.ConfigDict({
-      'model_name': 'ViT-digits',
-      'patches': {'size': (2, 2)},  # 4x4 grid of 2x2 patches.
-      'hidden_size': 128,
-      'transformer': {'num_layers': 3, 'mlp_dim': 256, 'num_heads': 4, 'dropout_rate': 0.2,
-                      'attention_dropout_rate': 0.0},
-      'classifier': 'token',
-      'representation_size': None,
-      'head_bias_init': 0.0,
-      'resnet': None,
-  })
+  config.model = models.get_model_config('ViT-Ti_16')
+  config.model.model_name = 'ViT-digits'
+  config.model.patches.size = (2, 2)  # 4x4 grid of 2x2 patches.
+  config.model.hidden_size = 128
+  config.model.transformer.update(num_layers=3, mlp_dim=256, num_heads=4, dropout_rate=0.2)
 
   config.batch_size = 128
   config.eval_batch_size = 360 // 8 * 8 + 8  # 368: the whole test split in one padded batch.

@@ -9,6 +9,7 @@ block) for memory planning and pretraining only (no released .npz exists for the
 VisionTransformer adds (`head_bias_init`, and `resnet=None` for pure ViTs).
 """
 import ml_collections
+from ml_collections import config_dict
 
 # Width name -> (hidden_size, num_layers, mlp_dim, num_heads).
 WIDTHS = {
@@ -67,9 +68,9 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
       'num_layers': layers, 'mlp_dim': mlp, 'num_heads': heads, 'dropout_rate': dropout,
       'attention_dropout_rate': 0.0})
   config.classifier = classifier
-  config.representation_size = None
+  config.representation_size = config_dict.placeholder(int)  # None; typed, so the command line can set it.
   config.head_bias_init = 0.0  # E.g. -10 with the sigmoid loss (ImageNet-21k pretraining).
   config.resnet = None
   if resnet_layers is not None:
-    config.resnet = ml_collections.ConfigDict({'num_layers': resnet_layers, 'width_factor': 1})
+    config.resnet = ml_collections.ConfigDict({'num_layers': resnet_layers, 'width_factor': 1.0})  # A float: 0.5 too.
   return config

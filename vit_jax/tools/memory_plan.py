@@ -26,14 +26,21 @@ one transformer block saves
 and the whole network
   --remat=none:  L * A_block                   + b*s*(T*D + 3*S*S)
   --remat=full:  L * b*s*T*D + A_block         + b*s*(T*D + 3*S*S)
-(with full remat only each block's input is kept and one block is recomputed at a time; the last term is the
-patch-embedding output and the input images). It is an estimate, not XLA's peak: it leaves out temporaries of
+  --remat=dots:  L * b*s*(3*T*D + (3*T*D + T*M)/t) + A_block + b*s*(T*D + 3*S*S)
+(with full remat only each block's input is kept and one block is recomputed at a time; with 'dots' the outputs of
+the matmuls without batch dimensions are kept too: q, k, v (3*T*D/t), the attention out projection and the second
+MLP matmul (2*T*D, summed over 'model'), the first MLP matmul (T*M/t); the last term is the patch-embedding output
+and the input images). It is an estimate, not XLA's peak: it leaves out temporaries of
 the backward pass (activation gradients), fusion choices (XLA may keep more copies of the T*T scores, or fewer),
 dropout masks (presets B/L/H have dropout 0.1), a hybrid's ResNet stem, the logits, and under FSDP the
 all-gathered weights (and their gradients) of the block being computed. Check against XLA (CPU compile of the
 ViT-B/16 gradient in float32, temp bytes per extra block): 1.12x the estimate at 112 px, where the T*D and T*M
 terms dominate, and 1.65x at 224 px, where the CPU backend kept ~5 copies of the T*T scores; GPU/TPU fuse more.
---remat=full plans for the model's `remat_policy='full'` (`nn.remat` around each encoder block).
+--remat=full / dots plan for the model's `remat_policy='full'` / `'dots'` (`nn.remat` around each encoder block).
+
+With --hbm_gib (or --device_kind, e.g. 'TPU v4' or 'H100', whose HBM is in HBM_GIB) the plan ends with a verdict:
+whether the total fits and the largest per-device batch that does (reach a larger global batch with
+config.accum_steps).
 """
 import functools
 import json
@@ -51,7 +58,10 @@ from vit_jax.configs import common
 from vit_jax import models, optim, sharding
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-REMAT = ('none', 'full')
+REMAT = ('none', 'full', 'dots')
+# HBM per JAX device (GiB), by device kind as jax.devices()[0].device_kind names it (matched as in vit_jax.flops).
+HBM_GIB = {'TPU v2': 8, 'TPU v3': 16, 'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5p': 95, 'TPU v5': 95,
+           'TPU v6 lite': 32, 'A100': 80, 'H100': 80, 'H100 NVL': 94, 'H200': 141, 'B200': 180}
 GIB = 2**30
 PARTS = ('params', 'opt_state', 'grads', 'activations')
 
@@ -119,6 +129,8 @@ def activation_bytes(model_config, image_size: int, batch: int, tp: int, dtype: 
   stem = batch * s * (tokens * d + 3 * image_size * image_size)
   if remat == 'full':
     return layers * batch * s * tokens * d + block + stem
+  if remat == 'dots':
+    return layers * batch * s * (3 * tokens * d + (3 * tokens * d + tokens * m) // tp) + block + stem
   return layers * block + stem
 
 
@@ -171,6 +183,26 @@ def format_plan(p: dict) -> str:
   return '\n'.join(lines)
 
 
+def hbm_gib(device_kind: str) -> float:
+  """HBM GiB per device of `device_kind` (longest matching HBM_GIB key); ValueError naming the known kinds."""
+  kind = device_kind.lower()
+  for key in sorted(HBM_GIB, key=len, reverse=True):
+    if key.lower() in kind:
+      return HBM_GIB[key]
+  raise ValueError(f'Unknown device kind {device_kind!r}; known: {", ".join(HBM_GIB)} (or give --hbm_gib).')
+
+
+def verdict(p: dict, hbm: float) -> str:
+  """One line: whether the plan fits `hbm` GiB per device, and the largest per-device batch that does."""
+  total, largest = p['bytes_per_device']['total'], max_batch_per_device(p, int(hbm * GIB))
+  if total <= hbm * GIB:
+    return (f'fits in {hbm:g} GiB per device ({total / GIB:.2f} GiB, {100 * total / (hbm * GIB):.0f}%); the '
+            f'largest per-device batch that fits is {largest}.')
+  advice = (f'the largest per-device batch that fits is {largest} (use config.accum_steps to reach the global batch)'
+            if largest else 'even one example per device does not fit: shard further (fsdp, tp) or use remat')
+  return f'does NOT fit in {hbm:g} GiB per device ({total / GIB:.2f} GiB); {advice}.'
+
+
 def max_batch_per_device(p: dict, hbm_bytes: int) -> int:
   """Largest per-device (micro-)batch whose estimate fits `hbm_bytes` (activations are linear in the batch)."""
   sizes = p['bytes_per_device']
@@ -209,9 +241,13 @@ _STRATEGY = flags.DEFINE_enum('strategy', 'replicate', list(sharding.STRATEGIES)
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Training image size (pixels per side).')
 _OPTIMIZER = flags.DEFINE_enum('optimizer', 'adamw', list(optim.OPTIMIZERS), 'Optimizer (vit_jax/configs/common.py defaults).')
 _DTYPE = flags.DEFINE_enum('dtype', 'bfloat16', list(DTYPES), 'Compute dtype (params stay float32).')
-_REMAT = flags.DEFINE_enum('remat', 'none', list(REMAT), "'full': only encoder-block inputs are kept for backward.")
+_REMAT = flags.DEFINE_enum('remat', 'none', list(REMAT), "'full': only encoder-block inputs are kept for backward; "
+                           "'dots': matmul outputs too.")
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier outputs.')
 _FORMAT = flags.DEFINE_enum('format', 'table', ['table', 'json'], 'Human-readable table or JSON (raw bytes).')
+_HBM_GIB = flags.DEFINE_float('hbm_gib', None, 'HBM per device in GiB: adds a verdict (fits or not, largest batch).')
+_DEVICE_KIND = flags.DEFINE_string('device_kind', None, "Instead of --hbm_gib: a device kind such as 'TPU v4' or "
+                                   f"'H100' ({', '.join(HBM_GIB)}).")
 _TABLE = flags.DEFINE_bool('table', False, 'Print the README markdown table (uses --image_size/--optimizer/--dtype).')
 
 
@@ -224,9 +260,15 @@ def main(argv):
       return
     p = plan(_MODEL.value, _BATCH.value, _MESH.value, _DEVICES.value, _STRATEGY.value, image_size=_IMAGE_SIZE.value,
              optimizer=_OPTIMIZER.value, dtype=_DTYPE.value, remat=_REMAT.value, num_classes=_NUM_CLASSES.value)
+    hbm = _HBM_GIB.value if _HBM_GIB.value is not None else hbm_gib(_DEVICE_KIND.value) if _DEVICE_KIND.value else None
   except ValueError as e:
     sys.exit(f'memory_plan: error: {e}')
-  print(json.dumps(p, indent=2) if _FORMAT.value == 'json' else format_plan(p))
+  if hbm is not None:
+    p['hbm_gib'] = hbm
+    p['fits'] = p['bytes_per_device']['total'] <= hbm * GIB
+    p['max_per_device_batch'] = max_batch_per_device(p, int(hbm * GIB))
+  text = json.dumps(p, indent=2) if _FORMAT.value == 'json' else format_plan(p)
+  print(text + (f'\nverdict: {verdict(p, hbm)}' if hbm is not None and _FORMAT.value != 'json' else ''))
 
 
 if __name__ == '__main__':
