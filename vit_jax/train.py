@@ -11,10 +11,11 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vit_jax import augreg, checkpoint, evaluate, flops, input_pipeline, losses, metrics, models, optim, preemption
+from vit_jax import augreg, checkpoint, evaluators, flops, input_pipeline, losses, metrics, models, optim, preemption
 from vit_jax import sharding, utils
 from vit_jax import workdir as workdir_lib
 from vit_jax.configs import check as config_check
+from vit_jax.configs import durations
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
   check_image_size(config)
   check_nonfinite_policy(config)
   changes = workdir_lib.check_config(config, workdir, allow_change=allow_config_change)
+  user_config = config  # What config.json records; `config` below has every duration in steps.
+  info = input_pipeline.get_info(evaluators.primary(config))
+  config = durations.resolved(config, info.num_train)
   manager = _checkpoint_manager(config, workdir)
   latest = manager.latest_step()
   if latest is not None and latest >= config.total_steps and not reevaluate:
@@ -235,7 +239,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
     log.info('The run in %s is complete (step %d of total_steps=%d): nothing to do. Raise config.total_steps to '
              'train on, or pass --reevaluate to evaluate its checkpoint again.', workdir, latest, config.total_steps)
     return metrics.last_eval(workdir)
-  info = input_pipeline.get_info(config)
   num_classes = config.num_classes if config.num_classes > 0 else info.num_classes
   log.info('Dataset %s: %d classes, %d train / %d eval examples. Mesh %s.', config.dataset, num_classes,
            info.num_train, info.num_eval, dict(mesh.shape))
@@ -249,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
       state, shardings = _restore_or_init(config, model, tx, mesh, manager)
       start_step, nonfinite_seen = (int(x) for x in jax.device_get((state['step'], state['nonfinite']['count'])))
       # The run has started: only now is the config recorded, so a refused or failed start changes nothing.
-      workdir_lib.record_config(config, workdir, changes)
+      workdir_lib.record_config(user_config, workdir, changes)
       workdir_lib.record_class_names(workdir, info.class_names)
       if is_main and not reevaluate and metrics.drop_records_after(workdir, start_step):
         log.info('Dropped the metrics.jsonl records after step %d: the resumed run writes them again.', start_step)
@@ -260,21 +263,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
       train_step = jax.jit(make_train_step(model, tx, schedule, config, micro_shard),
                            in_shardings=(shardings, batch_shard), out_shardings=(shardings, sharding.replicated(mesh)),
                            donate_argnums=0)
-      eval_step = jax.jit(evaluate.make_eval_step(model, loss=config.loss),
-                          in_shardings=(shardings['params'], batch_shard), out_shardings=sharding.replicated(mesh))
-
       processes = jax.process_count()
+      evals = evaluators.build(config, model, mesh)
 
-      def eval_batches():
-        ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
-                                         process_index=jax.process_index(), process_count=processes)
-        return input_pipeline.prefetch_to_device(ds.as_numpy_iterator(), config.prefetch, batch_shard)
-
-      def run_eval(step):
-        result = evaluate.evaluate(eval_step, state['params'], eval_batches())
-        writer.write_scalars(step, {k: v for k, v in result.items() if k != 'eval/num_examples'})
-        log.info('step %d: eval accuracy %.4f, loss %.4f on %d examples', step, result['eval/accuracy'],
-                 result['eval/loss'], result['eval/num_examples'])
+      def run_evals(step, due=lambda ev: True):
+        """Runs the evaluators that are due at `step`; writes and logs their metrics; returns them."""
+        result = {}
+        for ev in evals:
+          if due(ev):
+            result.update(ev.run(state['params']))
+        if result:
+          writer.write_scalars(step, {k: v for k, v in result.items() if not k.endswith('num_examples')})
+          log.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items())
+                                                  if not k.endswith('num_examples')))
         return result
 
       def check_finite():
@@ -299,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
       if reevaluate and start_step >= config.total_steps:
-        return run_eval(start_step)
+        return run_evals(start_step)
       result, preempted_at = {}, None
       train_ds = input_pipeline.train_dataset(config, local_batch_size=config.batch_size // processes,
                                               process_index=jax.process_index(), process_count=processes,
@@ -327,8 +328,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
             writer.write_scalars(step, scalars)
             progress.report(step, scalars.get('train/loss', float('nan')), img_per_sec, scalars.get('train/mfu'))
             window_start, window_time = step, time.monotonic()
-          if step % config.eval_every_steps == 0 or last:
-            result = run_eval(step)
+          ran = run_evals(step, lambda ev: step % ev.every_steps == 0 or last)  # pylint: disable=cell-var-from-loop
+          if ran:
+            result = ran
             window_time = time.monotonic()  # Keep evaluation out of img/s.
           saved = step % config.checkpoint_every_steps == 0 or last
           if saved:

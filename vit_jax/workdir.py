@@ -26,9 +26,9 @@ CONFIG_FILE = 'config.json'
 CLASS_NAMES_FILE = 'class_names.json'  # The dataset's label names in label order, for predict/export.
 # Fields whose change keeps the run the same run (a field, or a group and everything under it).
 RESUMABLE_FIELDS = (
-    'total_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep', 'async_checkpoints',
+    'total_steps', 'total_epochs', 'total_examples', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep', 'async_checkpoints',
     'export_npz', 'prefetch', 'eval_batch_size', 'mesh', 'sharding_strategy', 'fsdp_min_size', 'tfds_data_dir',
-    'tfds_manual_dir', 'image_folder', 'augreg_index', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
+    'tfds_manual_dir', 'image_folder', 'augreg_index', 'eval_split', 'fewshot', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
 )
 
 

@@ -4,6 +4,7 @@ Other config files start from `get_config()` here and override fields. Every fie
 is listed here, so a locked config rejects typos on the command line.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from vit_jax import models
 
@@ -50,6 +51,16 @@ def get_config():
   config.pp.flip = True  # Random horizontal flip at train time.
   config.pp.eval_crop_fraction = 1.0  # <1: resize to image_size / fraction, then central crop.
 
+  # Evaluation: `eval_split` is one split ('test') or named splits ('minival=train[99%:],val=validation'), all
+  # evaluated exactly every eval_every_steps (the first as eval/*, the others as eval/<name>/*; vit_jax/evaluators).
+  # Few-shot linear probes on the pre-logits features (big_vision's): 'name:train_split:test_split,...' ('' = none).
+  config.fewshot = ml_collections.ConfigDict()
+  config.fewshot.datasets = ''
+  config.fewshot.shots = (1, 5, 10, 25)  # Training examples per class.
+  config.fewshot.seeds = 3  # Draws of the shots per k; the metric is the mean over them.
+  config.fewshot.l2_reg = 2.0**10  # Ridge regularisation.
+  config.fewshot.every_steps = 0  # 0: with the evaluation (eval_every_steps).
+
   # Loss.
   config.loss = 'softmax'  # 'softmax' or 'sigmoid' (sigmoid cross-entropy, ImageNet-21k style).
   config.label_smoothing = 0.0
@@ -59,6 +70,9 @@ def get_config():
   config.eval_batch_size = 512
   config.accum_steps = 1  # Micro-batches per step; batch_size must divide by it.
   config.total_steps = 10_000
+  # Or the same duration in passes over the train split / examples (one of the two; it replaces total_steps).
+  config.total_epochs = config_dict.placeholder(float)
+  config.total_examples = config_dict.placeholder(int)
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'sgd'  # 'sgd' (momentum), 'adam' or 'adamw'.
   config.optimizer.momentum = 0.9  # SGD.
@@ -71,6 +85,8 @@ def get_config():
   config.schedule = ml_collections.ConfigDict()
   config.schedule.base_lr = 0.03
   config.schedule.warmup_steps = 500
+  config.schedule.warmup_epochs = config_dict.placeholder(float)  # Or in epochs / examples (replaces warmup_steps).
+  config.schedule.warmup_examples = config_dict.placeholder(int)
   config.schedule.decay_type = 'cosine'  # 'cosine', 'linear', 'constant' or 'rsqrt'.
   config.schedule.end_lr = 0.0  # Final value for 'linear' (and floor for 'cosine').
   config.schedule.rsqrt_timescale = 10_000  # 'rsqrt': lr = base_lr * sqrt(timescale / max(step, timescale)).

@@ -1,0 +1,78 @@
+"""Few-shot linear probes on frozen pre-logits features, as big_vision evaluates pretraining.
+
+For each dataset of `config.fewshot.datasets` ('name:train_split:test_split', comma separated, e.g.
+'cifar100:train:test,dtd:train:test'), the pre-logits features (the model without its head) of both splits are
+computed with the evaluation preprocessing, exactly once per example on any number of hosts (padded, masked
+batches, gathered to every process). Then for each seed and each k in `config.fewshot.shots`, k training examples per
+class are drawn (seeded per class) and a closed-form ridge probe (vit_jax/evaluators/ridge.py, l2 =
+`config.fewshot.l2_reg`) is scored on the whole test split. Metric `fewshot/<name>_<k>shot` is the mean test accuracy
+over the seeds. The same computation runs on every process, so every process holds the same result.
+"""
+import jax
+import numpy as np
+
+from vit_jax import input_pipeline, sharding
+from vit_jax.evaluators import ridge
+
+
+def parse_datasets(spec: str) -> list[tuple[str, str, str]]:
+  """'cifar100:train:test,dtd:train[:50%]:test' -> [('cifar100', 'train', 'test'), ...]."""
+  out = []
+  for part in (p.strip() for p in spec.split(',') if p.strip()):
+    fields = part.split(':')
+    if len(fields) != 3 or not all(fields):
+      raise ValueError(f'config.fewshot.datasets entry {part!r} is not name:train_split:test_split '
+                       '(e.g. cifar100:train:test).')
+    out.append(tuple(fields))
+  return out
+
+
+class FewShotEvaluator:
+  """Every `config.fewshot.every_steps` steps (0: on the evaluation cadence)."""
+
+  name = 'fewshot'
+
+  def __init__(self, *, config, model, mesh):
+    from vit_jax import evaluators  # pylint: disable=g-import-not-at-top  (the package imports this module)
+    fs = config.fewshot
+    self.every_steps = fs.every_steps or config.eval_every_steps
+    self._datasets = parse_datasets(fs.datasets)
+    self._shots, self._seeds, self._l2 = tuple(fs.shots), int(fs.seeds), float(fs.l2_reg)
+    if self._seeds < 1 or not self._shots or min(self._shots) < 1:
+      raise ValueError(f'config.fewshot needs seeds >= 1 and shots >= 1, got seeds={fs.seeds}, shots={fs.shots}.')
+    self._configs = {
+        (name, split): evaluators.with_split(config, split, dataset=name, image_folder='')
+        for name, train_split, test_split in self._datasets for split in (train_split, test_split)}
+    features = model.clone(num_classes=0)  # Pre-logits: the same parameters, the head unused.
+    self._batch_shard = sharding.batch_sharding(mesh)
+
+    def encode(params, batch):
+      return features.apply({'params': params}, batch['image'], train=False), batch['label'], batch['mask']
+
+    self._encode = jax.jit(encode, out_shardings=sharding.replicated(mesh))
+
+  def _features(self, params, config):
+    processes = jax.process_count()
+    ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
+                                     process_index=jax.process_index(), process_count=processes)
+    xs, ys = [], []
+    for batch in input_pipeline.prefetch_to_device(ds.as_numpy_iterator(), config.prefetch, self._batch_shard):
+      x, y, mask = jax.device_get(self._encode(params, batch))
+      keep = mask > 0
+      xs.append(np.asarray(x, np.float32)[keep])
+      ys.append(np.asarray(y)[keep])
+    return np.concatenate(xs), np.concatenate(ys)
+
+  def run(self, params) -> dict[str, float]:
+    out = {}
+    for name, train_split, test_split in self._datasets:
+      num_classes = input_pipeline.get_info(self._configs[name, train_split]).num_classes
+      train_x, train_y = self._features(params, self._configs[name, train_split])
+      test_x, test_y = self._features(params, self._configs[name, test_split])
+      for k in self._shots:
+        accuracies = []
+        for seed in range(self._seeds):
+          idx = ridge.draw_shots(train_y, num_classes, k, seed)
+          accuracies.append(ridge.accuracy(train_x[idx], train_y[idx], test_x, test_y, num_classes, self._l2))
+        out[f'fewshot/{name}_{k}shot'] = float(np.mean(accuracies))
+    return out
