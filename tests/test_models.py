@@ -154,5 +154,5 @@ def test_image_size_not_multiple_of_patch_is_clear_error():
 
 def test_unknown_classifier_lists_valid_ones():
   model = models.VisionTransformer(num_classes=4, **tiny.vit_config('cls'))
-  with pytest.raises(ValueError, match=r"'cls'.*token, gap, unpooled, token_unpooled"):
+  with pytest.raises(ValueError, match=r"'cls'.*token, gap, map, unpooled, token_unpooled"):
     model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))

@@ -4,8 +4,9 @@
   * the original release files (pre-Linen names `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`);
   * Linen-layout files (AugReg, and `save_npz` output);
   * `opt/target/` or `params/` prefixes; GroupNorm params stored as (1, 1, 1, C); bfloat16 stored as 2-byte void;
-  * big_vision files (top-level `pos_embedding` added before the class token, which has none; stacked
-    `Transformer/encoderblock/...` when saved from a scanned model).
+  * big_vision files (top-level `pos_embedding` added before the class token, which has none; none at all for
+    sincos2d models; a `MAPHead_0` head under its own names; stacked `Transformer/encoderblock/...` when saved from
+    a scanned model).
 Files are read into, and written from, the per-layer release names; a scanned model (`scan=True`) loads them by
 stacking the blocks along a leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
 """
@@ -134,8 +135,6 @@ def _canonical_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _from_big_vision(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """big_vision adds `pos_embedding` to the patches only; prepend a zero row for the class token if it has one."""
-  if any(k.startswith('MAPHead') for k in flat):
-    raise CheckpointError("big_vision 'map' pooling (MAPHead) is not supported; use a 'tok' or 'gap' checkpoint.")
   posemb = flat.pop('pos_embedding')
   if 'cls' in flat:
     posemb = np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
@@ -236,7 +235,8 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
                     strict: bool = True):
   """Loads a release `.npz` into the structure of `init_params` for fine-tuning.
 
-  * `head` keeps its fresh init (a new task); `pre_logits` is dropped when the model has no representation layer.
+  * `head` keeps its fresh init (a new task); `pre_logits` is dropped when the model has no representation layer;
+    a `map` pooling head missing from the file (e.g. fine-tuning a 'token' checkpoint with 'map') keeps its init.
   * Position embeddings are resampled when the token count differs (grid from `image_size`, square by default).
   * Missing and extra keys are logged by name; with `strict`, any missing key other than head/pre_logits is an
     error, and so is any shape that cannot be reconciled (the error names the key and both shapes).
@@ -254,7 +254,7 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
     log.info('Keys in the model but not in %s (left at init): %s', pretrained_path, missing)
   if extra:
     log.info('Keys in %s but not in the model (ignored): %s', pretrained_path, extra)
-  hard_missing = [k for k in missing if not k.startswith(('head/', 'pre_logits/'))]
+  hard_missing = [k for k in missing if not k.startswith(('head/', 'pre_logits/', 'MAPHead_0/'))]
   if strict and hard_missing:
     raise CheckpointError(f'{pretrained_path} lacks {len(hard_missing)} parameters of the model (is it a checkpoint of '
                           f'another architecture?): {hard_missing[:20]}'

@@ -96,7 +96,8 @@ def forward_flops(model_config, image_size, num_classes: int | None) -> float:
 
   Counts the matrix products and convolutions: a hybrid's ResNet stem convolutions, the patch-embedding conv, per
   encoder block the q/k/v/out projections, the attention logits q k^T and the weighted sum weights v and the two MLP
-  layers, then pre_logits and the head (per token for the unpooled classifiers). Elementwise ops (LayerNorm,
+  layers, a `map` head's attention pooling and MLP, then pre_logits and the head (per token for the unpooled
+  classifiers). Elementwise ops (LayerNorm,
   GroupNorm, GELU, tanh, softmax, biases, residual adds, pooling) are not counted: they are a few percent of the
   total and not what the matrix units' peak measures. `image_size` is an int or (h, w); `num_classes` 0 or None
   means no head.
@@ -113,6 +114,10 @@ def forward_flops(model_config, image_size, num_classes: int | None) -> float:
   tokens = math.prod(grid) + (classifier in ('token', 'token_unpooled'))
   layers = model_config.transformer.num_layers
   flops += layers * encoder_block_flops(tokens, hidden, model_config.transformer.mlp_dim)
+  mlp_dim = model_config.transformer.mlp_dim
+  if classifier == 'map':  # MAPHead: one probe query over all tokens, out projection, MLP on the pooled token.
+    flops += (2 * _dense(1, hidden, hidden) + 2 * _dense(tokens, hidden, hidden) + 2 * _dense(1, hidden, tokens)
+              + 2 * _dense(1, hidden, mlp_dim))
   pooled = tokens if classifier in ('unpooled', 'token_unpooled') else 1
   features = hidden
   if model_config.get('representation_size') is not None:

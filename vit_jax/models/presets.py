@@ -66,8 +66,9 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   config.hidden_size = hidden
   config.transformer = ml_collections.ConfigDict({
       'num_layers': layers, 'mlp_dim': mlp, 'num_heads': heads, 'dropout_rate': dropout,
-      'attention_dropout_rate': 0.0})
-  config.classifier = classifier
+      'attention_dropout_rate': 0.0, 'drop_path_rate': 0.0})  # Stochastic depth (the deepest block's rate).
+  config.classifier = classifier  # 'token', 'gap', 'map', 'unpooled' or 'token_unpooled'.
+  config.posemb = 'learn'  # Or 'sincos2d' (fixed, no parameter).
   config.representation_size = config_dict.placeholder(int)  # None; typed, so the command line can set it.
   config.head_bias_init = 0.0  # E.g. -10 with the sigmoid loss (ImageNet-21k pretraining).
   config.resnet = None

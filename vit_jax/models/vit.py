@@ -9,6 +9,18 @@ and for hybrids conv_root, gn_root, block{i}/unit{j}/... (see resnet.py). With `
 `Transformer/encoderblock/...` tree whose arrays have a leading layer axis (big_vision's layout); `checkpoint.py`
 stacks and unstacks it, so release files load and save unchanged.
 
+Options (model config fields) for pretraining recipes, off by default so release checkpoints load unchanged:
+  posemb          'learn' (a learned (1, tokens, D) table including the class token's row, the release layout) or
+                  'sincos2d' (fixed 2-D sin-cos embeddings as big_vision defines them, added to the patch tokens
+                  before the class token, which gets none; no parameter).
+  classifier      'token' (class token), 'gap' (mean over tokens), 'map' (multi-head attention pooling, big_vision's
+                  MAPHead: a learned probe attends to the tokens, then LayerNorm + MLP with a residual), or
+                  'unpooled' / 'token_unpooled' (all tokens). Optional `representation_size` (pre-logits Dense +
+                  tanh); the head kernel is zero-initialised, its bias `head_bias_init`.
+  transformer.drop_path_rate
+                  stochastic depth: block i of L drops each residual branch per example with rate
+                  drop_path_rate * i / (L - 1) (0 for the first block), scaling kept ones by 1 / (1 - rate).
+
 Fast paths, all off by default (none was faster on CPU; figures in the README's Fast paths). Every combination
 gives the plain path's numbers:
   scan          nn.scan over the blocks: one compiled block instead of `num_layers` copies.
@@ -18,144 +30,38 @@ gives the plain path's numbers:
                 logits and softmax in float32 for bfloat16 inputs; 'cudnn' needs a GPU and bfloat16/float16).
                 Attention dropout (> 0, train=True) always takes the plain path: the library call has no dropout.
   fused_qkv     one (hidden, 3, heads, head_dim) matmul for query, key and value; the parameters stay separate.
+Attention maps: apply with `mutable=['intermediates']` to get every layer's weights (models/blocks.py), stacked
+over layers under `scan`.
 """
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
 from vit_jax import sharding
 from vit_jax.models import resnet
+from vit_jax.models.blocks import (ATTENTIONS, REMAT_POLICIES, Encoder1DBlock, MlpBlock,  # noqa: F401
+                                   MultiHeadDotProductAttention, check_fast_paths)
 
-CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
-ATTENTIONS = ('plain', 'xla', 'cudnn')
-REMAT_POLICIES = ('none', 'full', 'dots')
-
-
-def check_fast_paths(attention: str, remat_policy: str, dtype) -> None:
-  """Raises ValueError for an unknown switch value, or for cuDNN attention where it cannot run."""
-  if remat_policy not in REMAT_POLICIES:
-    raise ValueError(f'Unknown remat_policy {remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}.')
-  if attention not in ATTENTIONS:
-    raise ValueError(f'Unknown attention {attention!r}; valid: {", ".join(ATTENTIONS)}.')
-  if attention != 'cudnn':
-    return
-  if jax.default_backend() != 'gpu':
-    raise ValueError(f"attention='cudnn' needs a GPU, but the JAX backend is {jax.default_backend()!r}; "
-                     "use attention='xla' or 'plain'.")
-  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-    raise ValueError(f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN flash attention), not "
-                     f"{jnp.dtype(dtype).name}; use attention='xla' for float32.")
+CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+POSEMBS = ('learn', 'sincos2d')
 
 
-class MlpBlock(nn.Module):
-  """Dense -> GELU (tanh approximation) -> dropout -> Dense -> dropout."""
-  mlp_dim: int
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+def posemb_sincos_2d(rows: int, cols: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 2-D sin-cos position embeddings (1, rows * cols, width), tokens in row-major order.
 
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    dense = lambda features, name: nn.Dense(
-        features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6), name=name)
-    y = nn.gelu(sharding.constrain(dense(self.mlp_dim, 'Dense_0')(x), 'batch', None, 'model'), approximate=True)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    y = dense(x.shape[-1], 'Dense_1')(y)
-    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-
-
-class ProjectionParams(nn.Module):
-  """The kernel (in, *features) and bias (*features) that nn.DenseGeneral(features) creates, returned unapplied.
-
-  Same names, shapes, initialisers and RNG use as nn.DenseGeneral, so a fused projection has the parameters (and
-  the init) of separate ones.
+  Channels are [sin(x w), cos(x w), sin(y w), cos(y w)], each width/4 wide, with x the column, y the row and
+  w = 1 / temperature**(arange(width/4) / (width/4 - 1)) (big_vision's and MoCo v3's convention).
   """
-  features: tuple[int, ...]
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, in_features: int):
-    xavier = nn.initializers.xavier_uniform()
-    flat_init = lambda rng, shape, dtype: xavier(rng, (shape[0], math.prod(shape[1:])), dtype).reshape(shape)
-    kernel = self.param('kernel', flat_init, (in_features,) + self.features, self.param_dtype)
-    bias = self.param('bias', nn.initializers.zeros, self.features, self.param_dtype)
-    return kernel, bias
-
-
-def fused_projection(x, num_heads: int, head_dim: int, dtype, param_dtype):
-  """query, key, value [batch, tokens, heads, head_dim] from one matmul with the three kernels stacked."""
-  params = [ProjectionParams((num_heads, head_dim), param_dtype, name=name)(x.shape[-1])
-            for name in ('query', 'key', 'value')]
-  kernel = jnp.stack([k for k, _ in params], axis=1).astype(dtype)  # (hidden, 3, heads, head_dim)
-  bias = jnp.stack([b for _, b in params]).astype(dtype)  # (3, heads, head_dim)
-  qkv = jnp.einsum('btd,dkhe->btkhe', x.astype(dtype), kernel) + bias
-  return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-
-
-class MultiHeadDotProductAttention(nn.Module):
-  """Multi-head self-attention, softmax(q k^T / sqrt(head_dim)) v, with release-layout parameters.
-
-  query/key/value kernels are (hidden, heads, head_dim); the out kernel is (heads, head_dim, hidden).
-  `attention` and `fused_qkv` pick how it is computed (see the module doc), not what.
-  """
-  num_heads: int
-  attention_dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  attention: str = 'plain'
-  fused_qkv: bool = False
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    hidden = x.shape[-1]
-    if hidden % self.num_heads:
-      raise ValueError(f'hidden_size {hidden} is not divisible by num_heads {self.num_heads}.')
-    head_dim = hidden // self.num_heads
-    if self.fused_qkv:
-      q, k, v = fused_projection(x, self.num_heads, head_dim, self.dtype, self.param_dtype)
-    else:
-      project = lambda name: nn.DenseGeneral(
-          (self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
-          kernel_init=nn.initializers.xavier_uniform(), name=name)(x)
-      q, k, v = (project(name) for name in ('query', 'key', 'value'))
-    q, k, v = (sharding.constrain(t, 'batch', None, 'model', None) for t in (q, k, v))  # [b, tokens, heads, hd]
-    if self.attention == 'plain' or (train and self.attention_dropout_rate > 0):
-      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-      weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
-      out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    else:
-      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
-    return nn.DenseGeneral(hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-                           kernel_init=nn.initializers.xavier_uniform(), name='out')(out)
-
-
-class Encoder1DBlock(nn.Module):
-  """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
-  mlp_dim: int
-  num_heads: int
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  attention: str = 'plain'
-  fused_qkv: bool = False
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=self.param_dtype, name=name)
-    y = norm('LayerNorm_0')(x)
-    y = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
-                                     param_dtype=self.param_dtype, attention=self.attention,
-                                     fused_qkv=self.fused_qkv, name='MultiHeadDotProductAttention_0')(y, train=train)
-    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    y = norm('LayerNorm_1')(x)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='MlpBlock_0')(y, train=train)
-    return sharding.constrain(x + y, 'batch', None, None)
+  if width % 4:
+    raise ValueError(f"posemb='sincos2d' needs a hidden size divisible by 4, got {width}.")
+  y, x = np.mgrid[:rows, :cols]
+  omega = 1.0 / temperature**(np.arange(width // 4) / max(width // 4 - 1, 1))
+  x = x.reshape(-1)[:, None] * omega[None]
+  y = y.reshape(-1)[:, None] * omega[None]
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
 
 
 class AddPositionEmbs(nn.Module):
@@ -167,6 +73,11 @@ class AddPositionEmbs(nn.Module):
     posemb = self.param('pos_embedding', nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:],
                         self.param_dtype)
     return x + posemb.astype(x.dtype)
+
+
+def drop_path_rates(rate: float, num_layers: int) -> np.ndarray:
+  """Stochastic-depth rate of each block: rising linearly from 0 (the first block) to `rate` (the last)."""
+  return rate * np.arange(num_layers) / max(num_layers - 1, 1)
 
 
 def remat_policy_fn(name: str):
@@ -183,6 +94,8 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
+  learned_posemb: bool = True
   scan: bool = False
   remat_policy: str = 'none'
   attention: str = 'plain'
@@ -190,25 +103,52 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
+    if self.learned_posemb:
+      x = AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      raise ValueError(f'transformer.drop_path_rate must be in [0, 1), got {self.drop_path_rate}.')
     block = lambda name: Encoder1DBlock(
         self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate, dtype=self.dtype,
-        param_dtype=self.param_dtype, attention=self.attention, fused_qkv=self.fused_qkv, name=name)
+        param_dtype=self.param_dtype, attention=self.attention, fused_qkv=self.fused_qkv,
+        drop_path_enabled=self.drop_path_rate > 0, name=name)
+    rates = drop_path_rates(self.drop_path_rate, self.num_layers)
 
-    def apply(module, x):  # `train` is closed over: a Python bool, not traced by remat.
-      return module(x, train=train)
+    def apply(module, x, rate):  # `train` is closed over: a Python bool, not traced by remat.
+      return module(x, rate, train=train)
 
     if self.remat_policy != 'none':
       apply = nn.remat(apply, policy=remat_policy_fn(self.remat_policy), prevent_cse=not self.scan)
     if self.scan:
-      scanned = nn.scan(lambda module, carry, _: (apply(module, carry), None), variable_axes={'params': 0},
+      scanned = nn.scan(lambda module, carry, rate: (apply(module, carry, rate), None),
+                        variable_axes={'params': 0, 'intermediates': 0},
                         split_rngs={'params': True, 'dropout': True}, length=self.num_layers)
-      x, _ = scanned(block('encoderblock'), x, None)
+      x, _ = scanned(block('encoderblock'), x, jnp.asarray(rates, jnp.float32))
     else:
       for i in range(self.num_layers):
-        x = apply(block(f'encoderblock_{i}'), x)
+        x = apply(block(f'encoderblock_{i}'), x, float(rates[i]))
     return nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=self.param_dtype, name='encoder_norm')(x)
+
+
+class MAPHead(nn.Module):
+  """Multi-head attention pooling (big_vision's MAPHead): a learned probe token attends to all tokens (no mask),
+  then x + MLP(LayerNorm(x)); returns [batch, hidden]. Parameters: probe, MultiHeadDotProductAttention_0,
+  LayerNorm_0, MlpBlock_0 (big_vision's names)."""
+  mlp_dim: int
+  num_heads: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    n, _, d = x.shape
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
+    probe = jnp.tile(probe.astype(x.dtype), (n, 1, 1))
+    y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                                     name='MultiHeadDotProductAttention_0')(probe, train=train, inputs_kv=x)
+    z = nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=self.param_dtype, name='LayerNorm_0')(y)
+    y = y + MlpBlock(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='MlpBlock_0')(z, train=train)
+    return y[:, 0]
 
 
 class VisionTransformer(nn.Module):
@@ -226,6 +166,7 @@ class VisionTransformer(nn.Module):
   hidden_size: int
   transformer: Any
   classifier: str = 'token'
+  posemb: str = 'learn'
   representation_size: int | None = None
   resnet: Any = None
   head_bias_init: float = 0.0
@@ -241,6 +182,8 @@ class VisionTransformer(nn.Module):
   def __call__(self, inputs, *, train: bool = False):
     if self.classifier not in CLASSIFIERS:
       raise ValueError(f'Unknown classifier {self.classifier!r}; valid: {", ".join(CLASSIFIERS)}.')
+    if self.posemb not in POSEMBS:
+      raise ValueError(f'Unknown posemb {self.posemb!r}; valid: {", ".join(POSEMBS)}.')
     check_fast_paths(self.attention, self.remat_policy, self.dtype)
     x = inputs.astype(self.dtype)
     if self.resnet is not None:
@@ -254,16 +197,21 @@ class VisionTransformer(nn.Module):
                 param_dtype=self.param_dtype, name='embedding')(x)
     n, h, w, c = x.shape
     x = sharding.constrain(jnp.reshape(x, (n, h * w, c)), 'batch', None, None)
+    if self.posemb == 'sincos2d':  # Before the class token, which gets none.
+      x = x + jnp.asarray(posemb_sincos_2d(h, w, c), x.dtype)
     if self.classifier in ('token', 'token_unpooled'):
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
     x = Encoder(dtype=self.dtype, param_dtype=self.param_dtype, scan=self.scan, remat_policy=self.remat_policy,
-                attention=self.attention, fused_qkv=self.fused_qkv, name='Transformer', **self.transformer)(
-                    x, train=train)
+                attention=self.attention, fused_qkv=self.fused_qkv, learned_posemb=self.posemb == 'learn',
+                name='Transformer', **self.transformer)(x, train=train)
     if self.classifier == 'token':
       x = x[:, 0]
     elif self.classifier == 'gap':
       x = jnp.mean(x, axis=1)
+    elif self.classifier == 'map':
+      x = MAPHead(self.transformer['mlp_dim'], self.transformer['num_heads'], dtype=self.dtype,
+                  param_dtype=self.param_dtype, name='MAPHead_0')(x, train=train)
     if self.representation_size is not None:
       x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, param_dtype=self.param_dtype,
                             name='pre_logits')(x))
