@@ -11,15 +11,19 @@ setuptools.setup(
         "absl-py>=2.1,<3",
         "clu>=0.0.12,<0.1",
         "flax>=0.12.0,<0.13",
+        "grain>=0.2.10,<0.3",  # Random-access input pipelines (index shuffle, worker processes).
         "importlib_resources>=6",  # tensorflow-datasets needs it to prepare datasets but does not declare it.
         "jax>=0.8.0,<0.11",
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
+        "opencv-python-headless>=4.8,<6",  # Fast bilinear resizes of training crops.
         "optax>=0.2.5,<0.3",
         "pandas>=2,<4",  # The AugReg checkpoint index.
         "orbax-checkpoint>=0.11.0,<0.13",
+        "pillow>=10",
         "scikit-learn>=1.5,<2",
         "scipy>=1.13,<2",
+        "simplejpeg>=1.7,<2",  # libjpeg-turbo with DCT-domain downscaling.
         "tensorboard>=2.18,<3",
         "tensorflow-cpu>=2.18,<2.22; platform_machine == 'x86_64'",
         "tensorflow>=2.18,<2.22; platform_machine != 'x86_64'",

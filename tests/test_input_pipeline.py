@@ -1,17 +1,21 @@
-"""vit_jax.input_pipeline and the local sklearn_digits TFDS dataset."""
+"""vit_jax.input_pipeline and vit_jax.sources: the index-based training stream (global shuffle, O(1) exact resume,
+the same global batches for any process count), exact padded evaluation, TFDS / image-folder sources, the local
+sklearn_digits dataset."""
+import io
+import logging
 import os
 import shutil
 
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 from sklearn import datasets as sk_datasets
 
-from vit_jax.configs import common
 import tiny
-from vit_jax import input_pipeline
+from vit_jax import input_pipeline, sources
+from vit_jax.configs import common
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360
 
@@ -19,14 +23,14 @@ DIGITS_TRAIN, DIGITS_TEST = 1437, 360
 def _config(**overrides):
   config = common.get_config()
   config.image_size = 16
-  config.shuffle_buffer = 4096
+  config.input_threads = 2
   return tiny.override(config, {k.replace('__', '.'): v for k, v in overrides.items()})
 
 
 @pytest.fixture(scope='session')
 def digits_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  tfds.builder('sklearn_digits', data_dir=data_dir).download_and_prepare()
+  tfds.builder('sklearn_digits', data_dir=data_dir).download_and_prepare(file_format='array_record')
   return data_dir
 
 
@@ -39,26 +43,32 @@ def _identity_config(data_dir, **overrides):
   return _digits_config(data_dir, image_size=8, pp__crop='resize', pp__flip=False, **overrides)
 
 
-def _raw(images):
-  """float32 [-1, 1] RGB batch -> uint8 single channel, undoing to_float."""
-  return np.round((images[..., 0] + 1.0) * 127.5).astype(np.uint8)
-
-
 def _rows(images, labels):
   """Sorted (image bytes + label) rows: a multiset of examples, comparable with ==."""
+  images = np.asarray(images)
   rows = np.concatenate([images.reshape(len(images), -1), np.asarray(labels).reshape(-1, 1)], axis=1)
   return rows[np.lexsort(rows.T[::-1])]
 
 
-def _take(ds, n):
-  it = ds.as_numpy_iterator()
+def _take(ds, n, start=0):
+  it = iter(ds)
   return [next(it) for _ in range(n)]
 
 
 def _digits_split(data_dir, split):
-  ds = tfds.builder('sklearn_digits', data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
-  examples = list(ds.as_numpy_iterator())
-  return np.stack([e['image'][..., 0] for e in examples]), np.array([e['label'] for e in examples])
+  """(uint8 [N, 8, 8], labels) of a split, decoded independently of the pipeline."""
+  records = sources.open_split(_digits_config(data_dir), split).records
+  images = [np.asarray(Image.open(io.BytesIO(records[i]['image']))) for i in range(len(records))]
+  return np.stack(images), np.array([records[i]['label'] for i in range(len(records))])
+
+
+def _stream(config, steps, batch=8, process_count=1, start=0):
+  """The global batches [start, start + steps) assembled from `process_count` processes."""
+  parts = [_take(input_pipeline.train_dataset(config, local_batch_size=batch // process_count, process_index=p,
+                                              process_count=process_count, start_step=start), steps)
+           for p in range(process_count)]
+  return [{k: np.concatenate([parts[p][i][k] for p in range(process_count)]) for k in ('image', 'label')}
+          for i in range(steps)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -67,12 +77,11 @@ def _digits_split(data_dir, split):
 
 def test_digits_builds_with_the_documented_split(digits_dir, tmp_path):
   builder = tfds.builder('sklearn_digits', data_dir=digits_dir)
-  assert str(builder.version) == '1.0.0'
+  assert str(builder.version) == '1.1.0' and builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
   assert builder.info.splits['train'].num_examples == DIGITS_TRAIN
   assert builder.info.splits['test'].num_examples == DIGITS_TEST
   assert builder.info.features['label'].names == [str(d) for d in range(10)]
   assert builder.info.features['image'].shape == (8, 8, 1)
-
   digits = sk_datasets.load_digits()
   expected_images = np.round(digits.images * 255 / 16).astype(np.uint8)
   perm = np.random.default_rng(0).permutation(1797)
@@ -80,13 +89,11 @@ def test_digits_builds_with_the_documented_split(digits_dir, tmp_path):
     images, labels = _digits_split(digits_dir, split)
     assert images.dtype == np.uint8 and images.max() == 255 and images.min() == 0
     np.testing.assert_array_equal(_rows(images, labels), _rows(expected_images[idx], digits.target[idx]))
-
   # A second build stores the same examples in the same order.
   other_dir = str(tmp_path / 'again')
-  tfds.builder('sklearn_digits', data_dir=other_dir).download_and_prepare()
-  for split in ('train', 'test'):
-    for a, b in zip(_digits_split(digits_dir, split), _digits_split(other_dir, split)):
-      np.testing.assert_array_equal(a, b)
+  tfds.builder('sklearn_digits', data_dir=other_dir).download_and_prepare(file_format='array_record')
+  for a, b in zip(_digits_split(digits_dir, 'test'), _digits_split(other_dir, 'test')):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_digits_is_built_on_first_use(tmp_path):
@@ -100,125 +107,86 @@ def test_digits_is_built_on_first_use(tmp_path):
 # Training stream.
 
 
-def test_train_batches(digits_dir):
-  config = _digits_config(digits_dir)
-  batches = _take(input_pipeline.train_dataset(config, local_batch_size=8), 3)
-  for b in batches:
-    assert b['image'].shape == (8, 16, 16, 3) and b['image'].dtype == np.float32
-    assert b['label'].shape == (8,) and b['label'].dtype == np.int32
-    assert -1.0 <= b['image'].min() and b['image'].max() <= 1.0
-    assert set(b['label']) <= set(range(10))
-  images = np.stack([b['image'] for b in batches])
-  assert images.min() == -1.0 and images.max() > 0.9  # Black background, bright strokes.
-  # Grayscale repeated into RGB.
-  np.testing.assert_array_equal(images[..., 0], images[..., 2])
+def test_train_batches_are_uint8_with_labels(digits_dir):
+  (batch,) = _take(input_pipeline.train_dataset(_digits_config(digits_dir), local_batch_size=8), 1)
+  assert batch['image'].shape == (8, 16, 16, 3) and batch['image'].dtype == np.uint8
+  assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
+  assert batch['image'].std() > 10
 
 
-def test_train_resume_matches_uninterrupted_stream(digits_dir):
-  """Batch k after start_step=s equals batch s + k, also across epoch ends (200 / 32: in batches 6 and 12)."""
-  config = _digits_config(digits_dir, train_split='train[:200]', pp__inception_min_area=0.3)
-  full = _take(input_pipeline.train_dataset(config, local_batch_size=32), 15)
-  for start in (2, 6, 7, 12, 13):
-    resumed = _take(input_pipeline.train_dataset(config, local_batch_size=32, start_step=start), 2)
-    for k, batch in enumerate(resumed):
-      np.testing.assert_array_equal(batch['label'], full[start + k]['label'])
-      np.testing.assert_array_equal(batch['image'], full[start + k]['image'])
-  # Another seed gives another stream.
-  config.seed = 1
-  other = _take(input_pipeline.train_dataset(config, local_batch_size=32), 1)
-  assert np.mean(other[0]['label'] != full[0]['label']) > 0.5
+def test_every_position_of_an_epoch_is_visited_once_and_epochs_differ(digits_dir):
+  config = _identity_config(digits_dir, train_split='train[:40]')
+  batches = _stream(config, 10)  # Two epochs of 40.
+  images, labels = _digits_split(digits_dir, 'train[:40]')
+  as_rgb = np.repeat(images[..., None], 3, axis=-1)
+  for epoch in (batches[:5], batches[5:]):
+    got = np.concatenate([b['image'] for b in epoch]), np.concatenate([b['label'] for b in epoch])
+    np.testing.assert_array_equal(_rows(*got), _rows(as_rgb, labels))  # A permutation of the split.
+  first = np.concatenate([b['label'] for b in batches[:5]])
+  second = np.concatenate([b['label'] for b in batches[5:]])
+  assert not np.array_equal(first, second)  # Reshuffled.
+  assert not np.array_equal(first, labels)  # Shuffled at all.
 
 
-def test_train_epochs_are_permutations_reshuffled_each_epoch(digits_dir):
-  config = _identity_config(digits_dir)
-  (batch,) = _take(input_pipeline.train_dataset(config, local_batch_size=2 * DIGITS_TRAIN), 1)
-  images, labels = _raw(batch['image']), batch['label']
-  expected = _rows(*_digits_split(digits_dir, 'train'))
-  epochs = [slice(0, DIGITS_TRAIN), slice(DIGITS_TRAIN, None)]
-  for e in epochs:
-    np.testing.assert_array_equal(_rows(images[e], labels[e]), expected)
-  assert np.mean(labels[epochs[0]] != labels[epochs[1]]) > 0.5
+@pytest.mark.parametrize('start', [2, 5, 23])  # In the first epoch, at an epoch boundary, deep in a later epoch.
+def test_resume_at_step_s_equals_the_uninterrupted_stream(digits_dir, start):
+  config = _digits_config(digits_dir, train_split='train[:40]', pp__randaugment_layers=2,
+                          pp__randaugment_magnitude=15.0)  # Crop, flip and RandAugment draws too.
+  whole = _stream(config, start + 3)
+  resumed = _stream(config, 3, start=start)
+  for k in range(3):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(resumed[k][key], whole[start + k][key])
 
 
-def test_two_processes_read_disjoint_halves(digits_dir):
-  config = _identity_config(digits_dir)
-  counts = (719, 718)  # tfds.even_splits of 1437 in 2.
-  parts = []
-  for index, count in enumerate(counts):
-    (batch,) = _take(input_pipeline.train_dataset(
-        config, local_batch_size=count, process_index=index, process_count=2), 1)
-    parts.append((_raw(batch['image']), batch['label']))
-  union = _rows(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-  np.testing.assert_array_equal(union, _rows(*_digits_split(digits_dir, 'train')))
-  # The same halves as the eval pipeline reads, in another order.
-  for index, (images, labels) in enumerate(parts):
-    batches = list(input_pipeline.eval_dataset(
-        _identity_config(digits_dir, eval_split='train'), local_batch_size=1000,
-        process_index=index, process_count=2).as_numpy_iterator())
-    assert len(batches) == 1
-    real = batches[0]['mask'] == 1
-    np.testing.assert_array_equal(_rows(_raw(batches[0]['image'][real]), batches[0]['label'][real]),
-                                  _rows(images, labels))
+@pytest.mark.parametrize('processes', [2, 4])
+def test_global_batches_are_the_same_for_any_process_count(digits_dir, processes):
+  config = _digits_config(digits_dir, train_split='train[:40]')
+  one = _stream(config, 7)
+  many = _stream(config, 7, process_count=processes)
+  for a, b in zip(one, many):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
 
 
-def _global_batches(config, batch_size, process_count, n, start_step=0):
-  """The first n global batches: each process's local batches concatenated in process order."""
-  parts = [_take(input_pipeline.train_dataset(config, local_batch_size=batch_size // process_count,
-                                              process_index=p, process_count=process_count,
-                                              start_step=start_step), n) for p in range(process_count)]
-  return [{k: np.concatenate([part[i][k] for part in parts]) for k in ('image', 'label')} for i in range(n)]
+def test_stream_is_a_function_of_the_seed(digits_dir):
+  config = _digits_config(digits_dir, train_split='train[:40]')
+  a, b = _stream(config, 2), _stream(config, 2)
+  c = _stream(_digits_config(digits_dir, train_split='train[:40]', seed=1), 2)
+  np.testing.assert_array_equal(a[1]['image'], b[1]['image'])
+  assert not np.array_equal(a[1]['image'], c[1]['image'])
 
 
-def test_input_shards_make_global_batches_independent_of_process_count(digits_dir):
-  # 202 / 4 shards = 51, 51, 50, 50 examples, 16 per shard and step: epochs end inside batches 3 and 6.
-  config = _digits_config(digits_dir, train_split='train[:202]', input_shards=4, pp__inception_min_area=0.3)
-  single = _global_batches(config, 16 * 4, 1, 8)
-  for processes in (2, 4):
-    for a, b in zip(single, _global_batches(config, 16 * 4, processes, 8)):
-      np.testing.assert_array_equal(a['label'], b['label'])
-      np.testing.assert_array_equal(a['image'], b['image'])
-  for start in (3, 6):  # Resuming on another process count continues the same global stream.
-    for k, b in enumerate(_global_batches(config, 16 * 4, 2, 2, start_step=start)):
-      np.testing.assert_array_equal(b['label'], single[start + k]['label'])
-      np.testing.assert_array_equal(b['image'], single[start + k]['image'])
-  # Shard 2's part of the global batch is the stream of process 2 of 4 with the default one shard per process.
-  config.input_shards = 0
-  (shard,) = _take(input_pipeline.train_dataset(config, local_batch_size=16, process_index=2, process_count=4), 1)
-  np.testing.assert_array_equal(shard['image'], single[0]['image'][32:48])
+class _CountingRecords:
+  def __init__(self, records):
+    self.records, self.reads = records, 0
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return self.records[i]
 
 
-def test_input_shards_cover_the_split_once_per_epoch(digits_dir):
-  config = _identity_config(digits_dir, train_split='train[:1436]', input_shards=4)  # 359 per shard.
-  (batch,) = _take(input_pipeline.train_dataset(config, local_batch_size=1436), 1)
-  np.testing.assert_array_equal(_rows(_raw(batch['image']), batch['label']),
-                                _rows(*_digits_split(digits_dir, 'train[:1436]')))
+def test_resuming_far_into_training_reads_only_the_batch_it_returns(digits_dir, monkeypatch):
+  records = _CountingRecords(sources.open_split(_digits_config(digits_dir), 'train').records)
+  monkeypatch.setattr(input_pipeline, 'open_split', lambda *a, **k: sources.Split(records, 10, tuple('0123456789')))
+  config = _digits_config(digits_dir, input_threads=1)
+  it = iter(input_pipeline.train_dataset(config, local_batch_size=8, start_step=10**9))  # Epoch ~5.6 million.
+  next(it)
+  assert records.reads <= 8 + 64  # The batch, plus what the reader prefetched: nothing before the start.
 
 
-def test_input_shards_equal_to_process_count_is_the_default(digits_dir):
-  for index in range(2):
-    default, fixed = (_take(input_pipeline.train_dataset(
-        _digits_config(digits_dir, input_shards=k), local_batch_size=8, process_index=index, process_count=2), 2)
-                      for k in (0, 2))
-    for a, b in zip(default, fixed):
-      np.testing.assert_array_equal(a['image'], b['image'])
-
-
-def test_input_shards_of_image_folder(image_folder):
-  config = _config(dataset='image_folder', image_folder=image_folder, input_shards=2)
-  one, = _global_batches(config, 6, 1, 1)
-  two, = _global_batches(config, 6, 2, 1)
-  np.testing.assert_array_equal(one['image'], two['image'])
-  np.testing.assert_array_equal(one['label'], two['label'])
-
-
-def test_bad_input_shards_are_clear_errors(digits_dir):
-  with pytest.raises(ValueError, match=r'config.input_shards=3 must be .* multiple of the process count 2'):
-    input_pipeline.train_dataset(_digits_config(digits_dir, input_shards=3), local_batch_size=8, process_count=2)
-  with pytest.raises(ValueError, match=r'config.input_shards=-2 must be'):
-    input_pipeline.train_dataset(_digits_config(digits_dir, input_shards=-2), local_batch_size=8)
-  with pytest.raises(ValueError, match=r'local batch size 6 does not split over the 4 input shards of each process '
-                                       r'\(config.input_shards=8 over 2 processes\)'):
-    input_pipeline.train_dataset(_digits_config(digits_dir, input_shards=8), local_batch_size=6, process_count=2)
+def test_multiprocess_workers_give_the_same_batches(digits_dir):
+  config = _digits_config(digits_dir, train_split='train[:40]')
+  threads = _take(input_pipeline.train_dataset(config, local_batch_size=8, start_step=3), 3)
+  workers = input_pipeline.train_dataset(_digits_config(digits_dir, train_split='train[:40]', input_processes=2),
+                                         local_batch_size=8, start_step=3)
+  it = iter(workers)
+  for expected in threads:
+    np.testing.assert_array_equal(next(it)['image'], expected['image'])
+  it.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,11 +197,10 @@ def test_eval_pads_and_counts_each_example_once(digits_dir):
   config = _identity_config(digits_dir, eval_split='test[:101]')
   per_process = []
   for index in range(2):  # 51 + 50 examples, batches of 16: 4 batches each.
-    batches = list(input_pipeline.eval_dataset(
-        config, local_batch_size=16, process_index=index, process_count=2).as_numpy_iterator())
+    batches = list(input_pipeline.eval_dataset(config, local_batch_size=16, process_index=index, process_count=2))
     assert len(batches) == 4
     for b in batches:
-      assert b['image'].shape == (16, 8, 8, 3) and b['image'].dtype == np.float32
+      assert b['image'].shape == (16, 8, 8, 3) and b['image'].dtype == np.uint8
       assert b['label'].dtype == np.int32 and b['mask'].dtype == np.float32
     per_process.append({k: np.concatenate([b[k] for b in batches]) for k in ('image', 'label', 'mask')})
   assert [p['mask'].sum() for p in per_process] == [51.0, 50.0]
@@ -241,7 +208,7 @@ def test_eval_pads_and_counts_each_example_once(digits_dir):
     n = int(p['mask'].sum())
     assert np.all(p['mask'][:n] == 1) and np.all(p['mask'][n:] == 0)
     assert np.all(p['image'][n:] == 0) and np.all(p['label'][n:] == 0)
-  real = [(_raw(p['image'][p['mask'] == 1]), p['label'][p['mask'] == 1]) for p in per_process]
+  real = [(p['image'][p['mask'] == 1][..., 0], p['label'][p['mask'] == 1]) for p in per_process]
   images, labels = _digits_split(digits_dir, 'test[:101]')
   np.testing.assert_array_equal(
       _rows(np.concatenate([r[0] for r in real]), np.concatenate([r[1] for r in real])), _rows(images, labels))
@@ -251,40 +218,82 @@ def test_eval_extra_padding_batches_when_processes_differ(digits_dir):
   # 5 examples over 4 processes: 2, 1, 1, 1 -> every process yields one batch of 2.
   config = _identity_config(digits_dir, eval_split='test[:5]')
   masks = [[b['mask'].tolist() for b in input_pipeline.eval_dataset(
-      config, local_batch_size=2, process_index=i, process_count=4).as_numpy_iterator()] for i in range(4)]
+      config, local_batch_size=2, process_index=i, process_count=4)] for i in range(4)]
   assert masks == [[[1.0, 1.0]], [[1.0, 0.0]], [[1.0, 0.0]], [[1.0, 0.0]]]
-  # Batches of 1: process 0 needs 2 batches, so the others get an all-padding batch.
   masks = [[b['mask'].tolist() for b in input_pipeline.eval_dataset(
-      config, local_batch_size=1, process_index=i, process_count=4).as_numpy_iterator()] for i in range(4)]
+      config, local_batch_size=1, process_index=i, process_count=4)] for i in range(4)]
   assert masks == [[[1.0], [1.0]], [[1.0], [0.0]], [[1.0], [0.0]], [[1.0], [0.0]]]
 
 
-def test_eval_central_crop(digits_dir):
+def test_eval_image_is_the_pipelines_eval_preprocessing(digits_dir):
   config = _digits_config(digits_dir, image_size=8, eval_split='test[:4]', pp__eval_crop_fraction=0.5)
-  (batch,) = input_pipeline.eval_dataset(config, local_batch_size=4).as_numpy_iterator()
+  (batch,) = list(input_pipeline.eval_dataset(config, local_batch_size=4))
   images, _ = _digits_split(digits_dir, 'test[:4]')
-  resized = tf.image.resize(images[..., None], [16, 16]).numpy()[:, 4:12, 4:12, 0]
-  np.testing.assert_array_equal(_raw(batch['image']), np.round(resized).astype(np.uint8))
+  for image, got in zip(images, batch['image']):
+    expected = input_pipeline.eval_image(image[..., None], config)
+    assert expected.dtype == np.float32 and expected.shape == (8, 8, 3)
+    np.testing.assert_allclose(expected, got / 127.5 - 1.0, atol=1e-6)
+    big = np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR))  # fraction 0.5: 16 px, centre 8.
+    np.testing.assert_array_equal(got[..., 0], big[4:12, 4:12])
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# tfds.testing.mock_data.
+# TFDS datasets (prepared for real from random examples).
 
 
-def test_mock_cifar10():
-  config = _config(dataset='cifar10', train_split='train[:50%]')
-  with tfds.testing.mock_data(num_examples=10):
-    # Mocking ignores split slicing: every split (and every process part) yields all 10 examples.
-    info = input_pipeline.get_info(config)
-    assert info == input_pipeline.DatasetInfo(num_classes=10, num_train=10, num_eval=10, class_names=tuple('0123456789'))
-    batches = _take(input_pipeline.train_dataset(config, local_batch_size=4), 4)  # Crosses an epoch end.
-    assert all(b['image'].shape == (4, 16, 16, 3) and b['label'].shape == (4,) for b in batches)
-    images = np.stack([b['image'] for b in batches])
-    assert images.min() >= -1.0 and images.max() <= 1.0 and images.std() > 0.1
-    eval_batches = list(input_pipeline.eval_dataset(config, local_batch_size=4).as_numpy_iterator())
-    assert len(eval_batches) == 3
-    assert [b['mask'].sum() for b in eval_batches] == [4.0, 4.0, 2.0]
-    assert eval_batches[0]['image'].shape == (4, 16, 16, 3)
+@pytest.fixture(scope='module')
+def cifar_dir(tmp_path_factory):
+  return tiny.fake_tfds('cifar10', tmp_path_factory.mktemp('cifar'), {'train': 30, 'test': 10},
+                        file_format='array_record')
+
+
+def test_tfds_dataset_with_sliced_splits(cifar_dir):
+  config = _config(dataset='cifar10', tfds_data_dir=cifar_dir, train_split='train[:50%]')
+  info = input_pipeline.get_info(config)
+  assert (info.num_classes, info.num_train, info.num_eval) == (10, 15, 10)
+  assert info.class_names == tuple('0123456789')  # cifar10 names its labels while preparing from its download.
+  batches = _take(input_pipeline.train_dataset(config, local_batch_size=4), 5)  # Crosses an epoch end.
+  assert all(b['image'].shape == (4, 16, 16, 3) for b in batches)
+  eval_batches = list(input_pipeline.eval_dataset(config, local_batch_size=4))
+  assert [b['mask'].sum() for b in eval_batches] == [4.0, 4.0, 2.0]
+
+
+def test_a_tfrecord_dataset_is_refused_with_the_command_that_prepares_it(tmp_path):
+  data_dir = tiny.fake_tfds('cifar10', tmp_path, {'train': 4, 'test': 4}, file_format='tfrecord')
+  with pytest.raises(input_pipeline.DatasetNotPreparedError,
+                     match=rf'(?s)prepared as tfrecord.*tfds build cifar10 --data_dir={data_dir} '
+                           r'--file_format=array_record'):
+    input_pipeline.get_info(_config(dataset='cifar10', tfds_data_dir=data_dir))
+
+
+def test_offline_a_dataset_that_is_not_prepared_fails_at_once(tmp_path, monkeypatch):
+  monkeypatch.setattr(sources, '_reachable', lambda *a, **k: False)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
+                      lambda *a, **k: pytest.fail('must not try to download'))
+  with pytest.raises(input_pipeline.DatasetNotPreparedError) as error:
+    input_pipeline.get_info(_config(dataset='mnist', tfds_data_dir=str(tmp_path)))
+  message = str(error.value)
+  assert message.splitlines()[0] == (f"TFDS dataset 'mnist' is not prepared in data_dir={tmp_path} and the network is "
+                                     'unreachable from here (no answer from storage.googleapis.com in 3 s).')
+  assert f'tfds build mnist --data_dir={tmp_path} --file_format=array_record' in message
+  assert 'manual' not in message  # Advice about manual downloads only for datasets that need them.
+  assert error.value.__cause__ is None
+
+
+def test_manual_download_dataset_advice(tmp_path, monkeypatch):
+  def failing(self, **kwargs):
+    raise AssertionError('Manual directory does not exist')
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', failing)
+  manual = str(tmp_path / 'manual')
+  config = _config(dataset='imagenet2012', tfds_data_dir=str(tmp_path), tfds_manual_dir=manual)
+  with pytest.raises(input_pipeline.DatasetNotPreparedError) as error:
+    input_pipeline.eval_dataset(config, local_batch_size=2)
+  message = str(error.value)
+  assert 'AssertionError: Manual directory does not exist' in message
+  assert f'--manual_dir={manual}' in message and 'ILSVRC2012_img_train.tar' in message
+  with pytest.raises(input_pipeline.DatasetNotPreparedError, match='downloading is off'):
+    input_pipeline.get_info(config, download=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,13 +305,8 @@ def _write_images(folder, n, seed, size=(12, 10)):
   rng = np.random.default_rng(seed)
   for i in range(n):
     kind = ('png', 'jpeg', 'gray')[i % 3]
-    pixels = rng.integers(0, 256, (*size, 1 if kind == 'gray' else 3), dtype=np.uint8)
-    if kind == 'jpeg':
-      data, name = tf.io.encode_jpeg(pixels).numpy(), f'{i}.JPG'
-    else:
-      data, name = tf.io.encode_png(pixels).numpy(), f'{i}.png'
-    with open(os.path.join(folder, name), 'wb') as f:
-      f.write(data)
+    pixels = rng.integers(0, 256, size + ((3,) if kind != 'gray' else ()), dtype=np.uint8)
+    Image.fromarray(pixels).save(os.path.join(folder, f'{i}.JPG' if kind == 'jpeg' else f'{i}.png'))
   with open(os.path.join(folder, 'notes.txt'), 'w') as f:  # Ignored.
     f.write('not an image')
 
@@ -319,19 +323,28 @@ def image_folder(tmp_path):
 def test_image_folder_train_and_eval(image_folder):
   config = _config(dataset='image_folder', image_folder=image_folder)
   assert input_pipeline.get_info(config) == input_pipeline.DatasetInfo(num_classes=3, num_train=12, num_eval=4,
-                                                                                   class_names=('ant', 'bee', 'cat'))
+                                                                       class_names=('ant', 'bee', 'cat'))
   (batch,) = _take(input_pipeline.train_dataset(config, local_batch_size=12), 1)  # One epoch.
-  assert batch['image'].shape == (12, 16, 16, 3)
-  assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+  assert batch['image'].shape == (12, 16, 16, 3) and batch['image'].dtype == np.uint8
   assert sorted(batch['label'].tolist()) == [0] * 3 + [1] * 4 + [2] * 5
-  (batch,) = input_pipeline.eval_dataset(config, local_batch_size=6).as_numpy_iterator()
-  assert batch['label'].tolist() == [0, 0, 2, 2, 0, 0]
-  assert batch['mask'].tolist() == [1, 1, 1, 1, 0, 0]
-  # Two processes take alternate files.
-  parts = [next(input_pipeline.eval_dataset(config, local_batch_size=2, process_index=i,
-                                            process_count=2).as_numpy_iterator()) for i in range(2)]
-  assert [p['label'].tolist() for p in parts] == [[0, 2], [0, 2]]
-  assert not np.array_equal(parts[0]['image'], parts[1]['image'])
+  (batch,) = list(input_pipeline.eval_dataset(config, local_batch_size=6))
+  assert sorted(batch['label'][:4].tolist()) == [0, 0, 2, 2] and batch['mask'].tolist() == [1, 1, 1, 1, 0, 0]
+  parts = [next(iter(input_pipeline.eval_dataset(config, local_batch_size=2, process_index=i, process_count=2)))
+           for i in range(2)]
+  assert sorted(parts[0]['label'].tolist() + parts[1]['label'].tolist()) == [0, 0, 2, 2]
+
+
+def test_image_folder_takes_tfds_style_slices(image_folder):
+  """The fine-tuning presets' 'train[:98%]' works on folders: a fixed pseudo-random subset of the train folder."""
+  config = _config(dataset='image_folder', image_folder=image_folder, train_split='train[:50%]',
+                   eval_split='train[50%:]+test')
+  info = input_pipeline.get_info(config)
+  assert (info.num_train, info.num_eval) == (6, 10)
+  first = sources.open_split(config, 'train[:50%]').records
+  rest = sources.open_split(config, 'train[50%:]').records
+  paths = {first.path(i) for i in range(len(first))} | {rest.path(i) for i in range(len(rest))}
+  assert len(paths) == 12  # The two halves partition the folder.
+  assert len({os.path.basename(os.path.dirname(first.path(i))) for i in range(len(first))}) >= 2  # Not by class.
 
 
 def test_image_folder_errors(image_folder, tmp_path):
@@ -341,47 +354,25 @@ def test_image_folder_errors(image_folder, tmp_path):
     input_pipeline.get_info(config)
   os.makedirs(os.path.join(image_folder, 'train', 'dog'))
   with pytest.raises(ValueError, match=r'train/dog holds no'):
-    input_pipeline.get_info(config)
+    input_pipeline.get_info(_config(dataset='image_folder', image_folder=image_folder, train_split='train[:99%]'))
   shutil.rmtree(os.path.join(image_folder, 'train', 'dog'))
   shutil.rmtree(os.path.join(image_folder, 'test', 'dog'))
-  assert input_pipeline.get_info(config).num_eval == 4
-  with pytest.raises(ValueError, match=r'missing.*val'):
+  with pytest.raises(ValueError, match=r"split 'val' is missing.*splits are subfolders of .*: test, train"):
     input_pipeline.get_info(_config(dataset='image_folder', image_folder=image_folder, eval_split='val'))
   with pytest.raises(ValueError, match='nowhere/train'):
     input_pipeline.train_dataset(_config(dataset='image_folder', image_folder=str(tmp_path / 'nowhere')),
                                  local_batch_size=2)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Errors for TFDS datasets and arguments.
-
-
-def test_not_prepared_without_download(tmp_path):
-  config = _config(dataset='mnist', tfds_data_dir=str(tmp_path))
-  with pytest.raises(input_pipeline.DatasetNotPreparedError, match=f'tfds build mnist --data_dir={tmp_path}'):
-    input_pipeline.get_info(config, download=False)
-  with pytest.raises(input_pipeline.DatasetNotPreparedError):
-    input_pipeline.train_dataset(config, local_batch_size=2, download=False)
-
-
-def test_not_prepared_when_download_fails(tmp_path, monkeypatch):
-  calls = []
-
-  def failing_download(self, **kwargs):
-    calls.append((self.name, kwargs['download_config'].manual_dir))
-    raise ConnectionError('no network')
-
-  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', failing_download)
-  manual = str(tmp_path / 'manual')
-  config = _config(dataset='imagenet2012', tfds_data_dir=str(tmp_path), tfds_manual_dir=manual)
-  with pytest.raises(input_pipeline.DatasetNotPreparedError) as error:
-    input_pipeline.eval_dataset(config, local_batch_size=2)
-  assert calls == [('imagenet2012', manual)]
-  assert isinstance(error.value.__cause__, ConnectionError)
-  message = str(error.value)
-  assert 'ConnectionError: no network' in message
-  assert f'tfds build imagenet2012 --data_dir={tmp_path}' in message
-  assert f'manual_dir={manual}' in message and 'ILSVRC2012_img_train.tar' in message
+def test_skip_warning_for_bad_images_is_logged_once(image_folder, caplog):
+  with open(os.path.join(image_folder, 'train', 'ant', 'broken.jpg'), 'wb') as f:
+    f.write(b'\xff\xd8 not really a jpeg')
+  config = _config(dataset='image_folder', image_folder=image_folder, on_bad_image='skip')
+  with caplog.at_level(logging.WARNING, logger='vit_jax'):
+    assert input_pipeline.get_info(config).num_train == 12
+    _take(input_pipeline.train_dataset(config, local_batch_size=4), 1)
+    input_pipeline.get_info(config)
+  assert caplog.text.count('skipping 1 undecodable file(s)') == 1
 
 
 def test_unknown_dataset_and_bad_arguments(digits_dir):
@@ -401,6 +392,8 @@ def test_unknown_dataset_and_bad_arguments(digits_dir):
     input_pipeline.train_dataset(config, local_batch_size=2, start_step=-1)
   with pytest.raises(ValueError, match='pp.crop'):
     input_pipeline.train_dataset(_digits_config(digits_dir, pp__crop='random'), local_batch_size=2)
+  with pytest.raises(ValueError, match="Unknown config.pp.eval_resize 'nearest'"):
+    input_pipeline.eval_dataset(_digits_config(digits_dir, pp__eval_resize='nearest'), local_batch_size=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -415,18 +408,15 @@ def _data_sharding():
 def test_make_global_batch_shards_over_data():
   assert jax.device_count() == 8
   sharding = _data_sharding()
-  local = {'image': np.arange(16 * 2 * 2 * 3, dtype=np.float32).reshape(16, 2, 2, 3),
+  local = {'image': np.arange(16 * 2 * 2 * 3, dtype=np.uint8).reshape(16, 2, 2, 3),
            'label': np.arange(16, dtype=np.int32)}
   batch = input_pipeline.make_global_batch(local, sharding)
   assert batch['image'].shape == (16 * jax.process_count(), 2, 2, 3)
-  assert batch['label'].dtype == np.int32
   for name, array in batch.items():
     assert isinstance(array, jax.Array) and array.sharding == sharding
-    assert len(array.addressable_shards) == 8
     for shard in array.addressable_shards:
       assert shard.data.shape[0] == 2
       np.testing.assert_array_equal(np.asarray(shard.data), local[name][shard.index])
-    np.testing.assert_array_equal(np.asarray(array), local[name])
 
 
 def test_prefetch_to_device(digits_dir):
@@ -444,9 +434,7 @@ def test_prefetch_to_device(digits_dir):
   assert pulled == [0, 1, 2]  # Two batches ahead of the one handed out.
   rest = list(stream)
   assert [int(b['label'][0]) for b in [first] + rest] == [0, 1, 2, 3, 4]
-  assert all(b['label'].sharding == sharding for b in rest)
-  # From a tf.data pipeline.
   ds = input_pipeline.eval_dataset(_identity_config(digits_dir, eval_split='test[:20]'), local_batch_size=8)
-  batches = list(input_pipeline.prefetch_to_device(ds.as_numpy_iterator(), 2, sharding))
+  batches = list(input_pipeline.prefetch_to_device(iter(ds), 2, sharding))
   assert [b['image'].shape for b in batches] == [(8, 8, 8, 3)] * 3
   assert sum(float(b['mask'].sum()) for b in batches) == 20.0

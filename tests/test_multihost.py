@@ -22,7 +22,7 @@ SMALL = ['--config.model.hidden_size=32', '--config.model.transformer.num_layers
          '--config.model.transformer.mlp_dim=64', '--config.model.transformer.num_heads=2',
          '--config.model.transformer.dropout_rate=0.0', '--config.batch_size=16', '--config.eval_batch_size=16',
          f'--config.total_steps={STEPS}', '--config.log_every_steps=1', f'--config.eval_every_steps={STEPS}',
-         f'--config.checkpoint_every_steps={STEPS}', '--config.schedule.warmup_steps=1', '--config.input_shards=2']
+         f'--config.checkpoint_every_steps={STEPS}', '--config.schedule.warmup_steps=1']
 
 
 @pytest.fixture(scope='module')

@@ -1,87 +1,105 @@
-"""vit_jax.preprocess: shapes, seeds and geometry of the tf image ops."""
+"""vit_jax.preprocess: decoding (JPEG at a reduced DCT scale only where the crop allows), crops, resizes, flips."""
+import io
+
 import numpy as np
 import pytest
-import tensorflow as tf
+from PIL import Image
 
 from vit_jax import preprocess
 
 
-def _random_image(h, w, c=3, seed=0):
-  return tf.constant(np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8))
+def _image(h, w, seed=0):
+  """A smooth random RGB image (JPEG keeps it close)."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
 
 
-def _seed(a, b):
-  return tf.constant([a, b], tf.int64)
+def _encode(image, fmt='JPEG', mode=None):
+  buffer = io.BytesIO()
+  pil = Image.fromarray(image)
+  (pil.convert(mode) if mode else pil).save(buffer, fmt, quality=95)
+  return buffer.getvalue()
 
 
-def test_inception_crop_size_and_dtype():
-  out = preprocess.inception_crop(_random_image(40, 60), _seed(0, 1), min_area=0.05, size=16)
-  assert out.shape == (16, 16, 3)
-  assert out.dtype == tf.uint8
-  out = preprocess.inception_crop(_random_image(40, 60), _seed(0, 1), min_area=0.05, size=(12, 20))
-  assert out.shape == (12, 20, 3)
+def test_decode_formats_to_rgb():
+  image = _image(30, 40)
+  for data in (_encode(image), _encode(image, 'PNG'), _encode(image, mode='CMYK'), _encode(image, mode='L'),
+               _encode(image, 'PNG', mode='L')):
+    out = preprocess.decode(data)
+    assert out.shape == (30, 40, 3) and out.dtype == np.uint8
+  assert preprocess.image_shape(_encode(image)) == (30, 40) == preprocess.image_shape(_encode(image, 'PNG'))
+  np.testing.assert_array_equal(preprocess.decode(_encode(image, 'PNG')), image)
+  assert np.abs(preprocess.decode(_encode(image)).astype(int) - image).mean() < 3
 
 
-def test_inception_crop_is_a_function_of_the_seed():
-  image = _random_image(64, 48)
-  crop = lambda seed: preprocess.inception_crop(image, seed, min_area=0.05, size=16).numpy()
-  np.testing.assert_array_equal(crop(_seed(3, 4)), crop(_seed(3, 4)))
-  others = [crop(_seed(s, 7)) for s in range(5)]
-  assert sum(not np.array_equal(crop(_seed(3, 4)), o) for o in others) >= 4
+def test_jpeg_decodes_at_a_reduced_scale_only_when_the_window_allows():
+  data = _encode(_image(400, 600))
+  assert preprocess.decode(data, min_size=(90, 130)).shape == (100, 150, 3)  # 1/4 scale still covers the need.
+  assert preprocess.decode(data, min_size=(210, 200)).shape == (400, 600, 3)  # 1/2 would be too small.
+  assert preprocess.decode(_encode(_image(400, 600), 'PNG'), min_size=(90, 130)).shape == (400, 600, 3)
 
 
-def test_inception_crop_with_full_area_is_a_resize():
-  image = _random_image(20, 20)
-  out = preprocess.inception_crop(image, _seed(0, 0), min_area=1.0, size=20)
-  np.testing.assert_array_equal(out.numpy(), image.numpy())
+def test_sample_inception_box_geometry():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    top, left, h, w = preprocess.sample_inception_box(60, 80, rng, min_area=0.05)
+    assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80
+    assert 0.05 * 4800 * 0.9 <= h * w <= 4800
+    assert 3 / 4 * 0.8 <= w / h <= 4 / 3 * 1.25
+  assert preprocess.sample_inception_box(10, 10, rng, min_area=1.0, aspect_range=(1.0, 1.0)) == (0, 0, 10, 10)
+
+
+def test_decode_inception_crop_is_a_function_of_the_rng_and_matches_a_full_decode():
+  data = _encode(_image(300, 400))
+  crop = lambda seed: preprocess.decode_inception_crop(data, np.random.default_rng(seed), size=32, min_area=0.05)
+  np.testing.assert_array_equal(crop(3), crop(3))
+  assert crop(3).shape == (32, 32, 3) and crop(3).dtype == np.uint8
+  assert sum(not np.array_equal(crop(3), crop(s)) for s in range(5)) >= 4
+  # The scaled decode gives (nearly) what a full decode, slice and resize give.
+  rng = np.random.default_rng(7)
+  box = preprocess.sample_inception_box(300, 400, np.random.default_rng(7), min_area=0.05)
+  full = preprocess.resize(preprocess.decode(data), 32, box=box)
+  assert np.abs(preprocess.decode_inception_crop(data, rng, size=32, min_area=0.05).astype(int) - full).mean() < 4
 
 
 def test_resize_keeps_uint8_and_constant_images():
-  image = tf.fill([10, 30, 3], tf.constant(200, tf.uint8))
-  out = preprocess.resize(image, 7)
-  assert out.shape == (7, 7, 3) and out.dtype == tf.uint8
-  assert np.all(out.numpy() == 200)
+  out = preprocess.resize(np.full((10, 30, 3), 200, np.uint8), 7)
+  assert out.shape == (7, 7, 3) and out.dtype == np.uint8 and np.all(out == 200)
 
 
 def test_to_float_range():
-  out = preprocess.to_float(tf.constant([[[0, 255, 51]]], tf.uint8)).numpy()
+  out = preprocess.to_float(np.array([[[0, 255, 51]]], np.uint8))
   assert out.dtype == np.float32
-  assert out[0, 0, 0] == -1.0 and out[0, 0, 1] == 1.0
-  assert out[0, 0, 2] == pytest.approx(-0.6)
+  assert out[0, 0, 0] == -1.0 and out[0, 0, 1] == 1.0 and out[0, 0, 2] == pytest.approx(-0.6)
+  floats = np.zeros((1, 2, 3), np.float32)
+  assert preprocess.to_float(floats) is floats
 
 
 def test_central_crop_geometry():
-  image = tf.constant(np.arange(64, dtype=np.uint8).reshape(8, 8, 1))
-  # fraction 0.5: resize to 8 (identity here), keep the central 4x4.
-  out = preprocess.central_crop(image, 4, 0.5).numpy()
-  np.testing.assert_array_equal(out, image.numpy()[2:6, 2:6])
-  # fraction 1: a plain resize.
-  np.testing.assert_array_equal(preprocess.central_crop(image, 8, 1.0).numpy(), image.numpy())
-  # Non-square input: resized to 5x5, window [0:4] (offset (5 - 4) // 2 = 0).
-  assert preprocess.central_crop(_random_image(10, 30), 4, 0.875).shape == (4, 4, 3)
+  image = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=-1)
+  np.testing.assert_array_equal(preprocess.central_crop(image, 8, 1.0), image)  # A plain resize (identity here).
+  big = preprocess.resize(image, 16, antialias=True)
+  np.testing.assert_array_equal(preprocess.central_crop(image, 8, 0.5), big[4:12, 4:12])
+  wide = _image(20, 40)
+  out = preprocess.central_crop(wide, 8, 0.5, 'shorter_side')  # Shorter side to 16 -> 16 x 32, centre 8 x 8.
+  np.testing.assert_array_equal(out, preprocess.resize(wide, (16, 32), antialias=True)[4:12, 12:20])
   with pytest.raises(ValueError, match='fraction'):
     preprocess.central_crop(image, 4, 0.0)
 
 
-def test_random_flip_is_seeded():
-  image = _random_image(4, 6)
-  flipped = image.numpy()[:, ::-1]
-  outs = [preprocess.random_flip(image, _seed(s, 0)).numpy() for s in range(16)]
-  n_flipped = sum(np.array_equal(o, flipped) for o in outs)
-  n_same = sum(np.array_equal(o, image.numpy()) for o in outs)
-  assert n_flipped + n_same == 16 and n_flipped >= 1 and n_same >= 1
-  np.testing.assert_array_equal(preprocess.random_flip(image, _seed(5, 0)).numpy(), outs[5])
+def test_pad_crop_and_flip_are_seeded():
+  image = _image(16, 16)
+  outs = [preprocess.pad_crop(image, np.random.default_rng(s), pad=4, size=16) for s in range(8)]
+  assert all(o.shape == (16, 16, 3) for o in outs) and len({o.tobytes() for o in outs}) > 4
+  flips = [preprocess.random_flip(image, np.random.default_rng(s)) for s in range(16)]
+  n_flipped = sum(np.array_equal(f, image[:, ::-1]) for f in flips)
+  assert 1 <= n_flipped <= 15 and n_flipped + sum(np.array_equal(f, image) for f in flips) == 16
 
 
 def test_to_rgb():
-  gray = _random_image(3, 5, c=1)
-  rgb = preprocess.to_rgb(gray).numpy()
-  assert rgb.shape == (3, 5, 3)
-  for c in range(3):
-    np.testing.assert_array_equal(rgb[..., c], gray.numpy()[..., 0])
-  color = _random_image(3, 5)
-  np.testing.assert_array_equal(preprocess.to_rgb(color).numpy(), color.numpy())
-  # Channels only known at run time.
-  dynamic = tf.function(preprocess.to_rgb, input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
-  assert dynamic(gray).shape == (3, 5, 3)
-  assert dynamic(color).shape == (3, 5, 3)
+  gray = np.arange(15, dtype=np.uint8).reshape(3, 5)
+  assert preprocess.to_rgb(gray).shape == (3, 5, 3)
+  np.testing.assert_array_equal(preprocess.to_rgb(gray[..., None])[..., 2], gray)
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  assert preprocess.to_rgb(rgba).shape == (2, 2, 3)

@@ -9,10 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 import tiny
-from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, sharding, train
+from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, preprocess, sharding, train
 from vit_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -81,7 +80,7 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
   shard = sharding.batch_sharding(mesh)
   with jax.set_mesh(mesh):
     ds = input_pipeline.eval_dataset(config, local_batch_size=8)
-    batches = list(ds.as_numpy_iterator())
+    batches = list(ds)
     params = jax.device_get(state['params'])
     params['head']['kernel'] = np.random.default_rng(0).normal(size=params['head']['kernel'].shape)
     result = evaluate.evaluate(jax.jit(evaluate.make_eval_step(model)), params,
@@ -89,7 +88,7 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
   real = [(b['image'][b['mask'] > 0], b['label'][b['mask'] > 0]) for b in batches]
   images = np.concatenate([r[0] for r in real])
   labels = np.concatenate([r[1] for r in real])
-  logits = np.asarray(model.apply({'params': params}, images))
+  logits = np.asarray(model.apply({'params': params}, preprocess.to_float(images)))
   assert len(batches) == 2 and len(labels) == 9 and result['eval/num_examples'] == 9
   assert result['eval/accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == labels), abs=1e-7)
   log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
@@ -103,29 +102,27 @@ def _steps(records, key):
   return [r['step'] for r in records if key in r]
 
 
-def test_end_to_end_mock_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
+def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
-  # mock_data briefly patches the whole file system (a MockFs) while the pipeline opens the dataset; an async Orbax
-  # save in flight at that moment would write into the mock. Synchronous saves keep the two apart.
-  config = tiny.train_config(async_checkpoints=False)
-  with tfds.testing.mock_data(num_examples=32):
-    result = train.train_and_evaluate(config, workdir)
-    records = metrics.read_jsonl(workdir)
-    assert _steps(records, 'train/loss') == [2, 4]
-    assert _steps(records, 'eval/accuracy') == [4]
-    assert 0.0 <= result['eval/accuracy'] <= 1.0 and 0.0 <= result['eval/top5'] <= 1.0
-    assert {'train/learning_rate', 'train/img_per_sec'} <= set(records[0])
-    per_image = flops.train_flops(config.model, config.image_size, 10)
-    assert records[0]['train/img_per_sec_per_device'] == pytest.approx(records[0]['train/img_per_sec'] / 8)
-    assert records[0]['train/tflops_per_device'] == pytest.approx(
-        records[0]['train/img_per_sec_per_device'] * per_image / 1e12)
-    assert 'train/mfu' not in records[0]  # No known peak for a CPU.
-    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
-    assert json.load(open(os.path.join(workdir, 'config.json')))['total_steps'] == 4
-    assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
+  config = tiny.train_config(tfds_data_dir=data_dir)
+  result = train.train_and_evaluate(config, workdir)
+  records = metrics.read_jsonl(workdir)
+  assert _steps(records, 'train/loss') == [2, 4]
+  assert _steps(records, 'eval/accuracy') == [4]
+  assert 0.0 <= result['eval/accuracy'] <= 1.0 and 0.0 <= result['eval/top5'] <= 1.0
+  assert {'train/learning_rate', 'train/img_per_sec'} <= set(records[0])
+  per_image = flops.train_flops(config.model, config.image_size, 10)
+  assert records[0]['train/img_per_sec_per_device'] == pytest.approx(records[0]['train/img_per_sec'] / 8)
+  assert records[0]['train/tflops_per_device'] == pytest.approx(
+      records[0]['train/img_per_sec_per_device'] * per_image / 1e12)
+  assert 'train/mfu' not in records[0]  # No known peak for a CPU.
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert json.load(open(os.path.join(workdir, 'config.json')))['total_steps'] == 4
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
 
-    # The same run with more steps resumes at step 4: nothing before it is recomputed or lost.
-    train.train_and_evaluate(tiny.train_config(total_steps=6, async_checkpoints=False), workdir)
+  # The same run with more steps resumes at step 4: nothing before it is recomputed or lost.
+  train.train_and_evaluate(tiny.train_config(total_steps=6, tfds_data_dir=data_dir), workdir)
   records = metrics.read_jsonl(workdir)
   assert _steps(records, 'train/loss') == [2, 4, 6]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']

@@ -25,13 +25,13 @@ def hybrid_config(num_layers=(1, 1), **kw):
 
 
 def train_config(**overrides):
-  """A tiny, fast training config (16 px, width 32, depth 2) on mock cifar10; keys 'a.b' override nested fields."""
+  """A tiny, fast training config (16 px, width 32, depth 2) on cifar10 (give tfds_data_dir=fake_tfds(...), or another
+  dataset); keys 'a.b' override nested fields."""
   from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   config = common.get_config()
   config.model = vit_config()
   config.dataset = 'cifar10'
   config.image_size = 16
-  config.shuffle_buffer = 64
   config.pp.crop = 'inception'
   config.batch_size = 16
   config.eval_batch_size = 16
@@ -44,6 +44,7 @@ def train_config(**overrides):
   config.checkpoint_every_steps = 2
   config.keep = 2
   config.prefetch = 1
+  config.input_threads = 2
   return override(config, overrides)
 
 
@@ -110,7 +111,7 @@ def pre_linen(flat, prefix='opt/target/'):
   return out
 
 
-def fake_tfds(name, data_dir, sizes=None, seed=0, file_format='tfrecord'):
+def fake_tfds(name, data_dir, sizes=None, seed=0, file_format='array_record'):
   """Prepares TFDS dataset `name` in `data_dir` for real (`file_format` files and dataset info) from random examples of
   its features, instead of its download: {'train': 40, 'test': 20} by default. Labels cycle 0, 1, 2, ... Returns
   data_dir."""

@@ -4,14 +4,14 @@ from typing import Callable, Iterable
 import jax
 import jax.numpy as jnp
 
-from vit_jax import losses
+from vit_jax import losses, preprocess
 
 
 def make_eval_step(model, *, loss: str = 'softmax') -> Callable:
   """(params, batch) -> masked sums {'correct', 'correct_top5', 'loss', 'count'} for one batch."""
 
   def eval_step(params, batch):
-    logits = model.apply({'params': params}, batch['image'], train=False)
+    logits = model.apply({'params': params}, preprocess.to_float(batch['image']), train=False)
     labels, mask = batch['label'], batch['mask']
     num_classes = logits.shape[-1]
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)

@@ -1,4 +1,4 @@
-"""Classification losses over integer labels (per example, float32)."""
+"""Classification losses (per example, float32) over integer labels or soft targets (e.g. from mixup)."""
 import jax
 import jax.numpy as jnp
 
@@ -6,9 +6,10 @@ LOSSES = ('softmax', 'sigmoid')
 
 
 def targets(labels, num_classes: int, label_smoothing: float = 0.0):
-  """One-hot targets, smoothed: (1 - s) * onehot + s / num_classes."""
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+  """Targets [B, C], smoothed: (1 - s) * y + s / num_classes, where y is one-hot of integer labels [B] or the soft
+  targets [B, C] given."""
+  y = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return y * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 
 def per_example_loss(logits, labels, *, kind: str = 'softmax', label_smoothing: float = 0.0):

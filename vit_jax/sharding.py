@@ -72,7 +72,12 @@ def batch_axes(mesh) -> tuple[str, ...]:
 
 
 def batch_size_per_step(mesh) -> int:
-  """How many shards the batch dimension is split into."""
+  """How many shards the batch dimension is split into (mesh None: the abstract mesh of the current context, one
+  shard outside any)."""
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      return 1
   return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 
 

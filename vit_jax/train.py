@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from vit_jax import augreg, checkpoint, evaluators, flops, input_pipeline, losses, metrics, models, optim, preemption
+from vit_jax import preprocess
 from vit_jax import sharding, utils
 from vit_jax import workdir as workdir_lib
 from vit_jax.configs import check as config_check
@@ -39,11 +40,6 @@ def check_batch_sizes(config, mesh) -> None:
     if size <= 0 or size % shards or size % processes:
       raise ValueError(f'config.{name}={size} must be a positive multiple of the {shards} batch shards of the mesh '
                        f'{dict(mesh.shape)} and of the {processes} processes; e.g. {shards * processes * 8}.')
-  shards_per_process = (config.input_shards or processes) // processes
-  if config.input_shards % processes or config.batch_size // processes % shards_per_process:
-    raise ValueError(f'config.input_shards={config.input_shards} must be 0 or a multiple of the {processes} processes '
-                     f'whose share ({shards_per_process} per process) divides the per-process batch '
-                     f'{config.batch_size // processes}.')
   if config.accum_steps < 1 or config.batch_size % (config.accum_steps * shards):
     raise ValueError(f'config.batch_size={config.batch_size} must divide into accum_steps={config.accum_steps} '
                      f'micro-batches of a multiple of {shards} (the batch shards).')
@@ -58,6 +54,22 @@ def check_image_size(config) -> None:
 
 
 NONFINITE_POLICIES = ('stop', 'skip')
+MIXUP_STREAM = 0x6D6978  # Folded into the seed for mixup's keys, apart from dropout's.
+
+
+def mixup(images, targets, key, p: float, num_shards: int):
+  """AugReg's mixup: a ~ Beta(p, p), a = max(a, 1 - a); each example mixed with the next one of the same shard of
+  `num_shards` contiguous shards of the batch (the last with the first), so no data crosses devices:
+  a * x + (1 - a) * roll(x), a * y + (1 - a) * roll(y). Returns (images, soft targets)."""
+  a = jax.random.beta(key, p, p)
+  a = jnp.maximum(a, 1.0 - a)
+
+  def mix(x):
+    shards = x.reshape((num_shards, x.shape[0] // num_shards) + x.shape[1:])
+    partner = jnp.roll(shards, 1, axis=1).reshape(x.shape)
+    return (a * x + (1.0 - a) * partner).astype(x.dtype)
+
+  return mix(images), mix(targets)
 
 
 def make_train_step(model, tx, schedule, config, batch_shard):
@@ -69,6 +81,8 @@ def make_train_step(model, tx, schedule, config, batch_shard):
   uninterrupted one would.
   """
   accum = config.accum_steps
+  if config.mixup_p < 0:
+    raise ValueError(f'config.mixup_p must be >= 0 (0: off), got {config.mixup_p}.')
 
   def loss_fn(params, images, labels, rng):
     logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
@@ -80,6 +94,12 @@ def make_train_step(model, tx, schedule, config, batch_shard):
   def train_step(state, batch):
     step = state['step']
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
+    batch = {'image': preprocess.to_float(batch['image']), 'label': batch['label']}  # uint8 travels; float here.
+    if config.mixup_p > 0:
+      num_classes = model.num_classes
+      mix_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), MIXUP_STREAM), step)
+      batch['image'], batch['label'] = mixup(batch['image'], jax.nn.one_hot(batch['label'], num_classes),
+                                             mix_key, config.mixup_p, sharding.batch_size_per_step(None))
     if accum == 1:
       loss, grads = grad_fn(state['params'], batch['image'], batch['label'], rng)
     else:
@@ -305,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
       train_ds = input_pipeline.train_dataset(config, local_batch_size=config.batch_size // processes,
                                               process_index=jax.process_index(), process_count=processes,
                                               start_step=start_step)
-      batches = input_pipeline.prefetch_to_device(train_ds.as_numpy_iterator(), config.prefetch, batch_shard)
+      batches = input_pipeline.prefetch_to_device(iter(train_ds), config.prefetch, batch_shard)
       progress = metrics.Progress(config.total_steps, start_step, enabled=is_main)
       try:
         window_start, window_time = start_step, time.monotonic()

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from vit_jax.configs import check
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = 'config.json'
@@ -73,7 +75,8 @@ def _defaults() -> dict:
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
   """(field, old value, new value) for every field that differs and is not in RESUMABLE_FIELDS.
 
-  A field absent from `old` whose new value is its shared default is no change (the code gained the field).
+  A field absent from `old` whose new value is its shared default is no change (the code gained the field), and
+  neither is a field of `old` that the code no longer knows (the code dropped it).
   """
   old, new = _flatten(old), _flatten(new)
   missing = object()
@@ -83,6 +86,8 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
       continue
     a, b = old.get(key, missing), new.get(key, missing)
     if a is missing and key in _defaults() and b == _defaults()[key]:
+      continue
+    if b is missing and not check.is_known(key):  # A field the code no longer has (e.g. input_shards).
       continue
     if a != b:
       changes.append((key, '<absent>' if a is missing else a, '<absent>' if b is missing else b))

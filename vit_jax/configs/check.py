@@ -29,6 +29,11 @@ REFERENCE_NAMES = {
     'pp.test': 'eval_split',
     'trainer': 'nothing: vit_jax.main always trains',
 }
+# Fields that vit_jax had and dropped -> why nothing replaces them.
+REMOVED = {
+    'input_shards': 'nothing: the global batch sequence is the same for any process count by construction',
+    'shuffle_buffer': 'nothing: every epoch is a global shuffle of all examples',
+}
 # Common names from other codebases -> ours.
 ALIASES = {
     'learning_rate': 'schedule.base_lr',
@@ -79,6 +84,8 @@ def suggestion(name: str) -> str:
   """What to write instead of the unknown field `name` (dotted), as a phrase."""
   if name in REFERENCE_NAMES:
     return f'use {REFERENCE_NAMES[name]} (vision_transformer calls it {name!r})'
+  if name in REMOVED:
+    return f'the field was removed; use {REMOVED[name]}'
   leaf = name.rsplit('.', 1)[-1]
   if name in ALIASES or leaf in ALIASES:
     return f'did you mean {ALIASES.get(name) or ALIASES[leaf]}?'

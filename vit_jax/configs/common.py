@@ -34,22 +34,26 @@ def get_config():
   config.image_folder = ''  # DIR with DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.
   config.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS default.
   config.tfds_manual_dir = ml_collections.FieldReference(None, field_type=str)  # For datasets like imagenet2012.
+  # Splits (TFDS syntax, slices too: 'train[:98%]'; image folders take the same syntax over their split folders).
   config.train_split = 'train'
   config.eval_split = 'test'
   config.image_size = 384
-  config.shuffle_buffer = 50_000
   config.on_bad_image = 'error'  # An undecodable image in an image folder: 'error' (names the files) or 'skip'.
   config.prefetch = 2  # Batches prefetched to the devices.
-  # Training data shards (see vit_jax/input_pipeline.py); 0 = one per process. Fixing it (e.g. to 8) makes the data
-  # order independent of the number of processes/hosts: a job can resume on another host count, and multi-host runs
-  # reproduce single-host ones. Must be a multiple of the process count; batch_size a multiple of it.
-  config.input_shards = 0
+  config.input_threads = 0  # Threads that read and decode examples (0: one per CPU core).
+  config.input_processes = 0  # Worker processes for that as well (0: none; Grain mp_prefetch, same order).
   config.pp = ml_collections.ConfigDict()
   config.pp.crop = 'inception'  # Train crop: 'inception' (random area/aspect), 'pad_crop' (random shift), 'resize'.
   config.pp.inception_min_area = 0.05  # Smallest area fraction for the Inception crop.
   config.pp.pad_pixels = 4  # 'pad_crop': zero padding on each side before the random crop.
   config.pp.flip = True  # Random horizontal flip at train time.
+  config.pp.randaugment_layers = 0  # RandAugment ops per image (0: off); vit_jax/randaugment.py.
+  config.pp.randaugment_magnitude = 10.0  # Their magnitude (AugReg: 10, 15 or 20).
   config.pp.eval_crop_fraction = 1.0  # <1: resize to image_size / fraction, then central crop.
+  config.pp.eval_resize = 'square'  # 'square' resize, or 'shorter_side' (keep the aspect ratio; antialiased).
+  # Mixup (on device, in the train step): images and labels mixed with the batch rolled by one within each device's
+  # shard, a ~ Beta(p, p) per step, a = max(a, 1 - a); 0 turns it off. Presets: vit_jax/configs/augreg.py.
+  config.mixup_p = 0.0
 
   # Evaluation: `eval_split` is one split ('test') or named splits ('minival=train[99%:],val=validation'), all
   # evaluated exactly every eval_every_steps (the first as eval/*, the others as eval/<name>/*; vit_jax/evaluators).

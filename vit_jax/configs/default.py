@@ -12,7 +12,6 @@ def get_config():
   config.train_split = 'train'  # 1,437 examples.
   config.eval_split = 'test'  # 360 examples.
   config.image_size = 8
-  config.shuffle_buffer = 2_000
   config.pp.crop = 'resize'  # 8x8 digits: no random crop, no flip (a flipped digit is another glyph).
   config.pp.flip = False
 

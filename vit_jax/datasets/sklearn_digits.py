@@ -8,8 +8,8 @@ Nothing is downloaded: the examples come from `sklearn.datasets.load_digits()`, 
 * Split (fixed, identical on every build): `perm = numpy.random.default_rng(0).permutation(1797)`;
   train = the examples `perm[:1437]`, test = `perm[1437:]` (1,437 / 360, an 80/20 split).
 
-Build it with `tfds.builder('sklearn_digits', data_dir=...).download_and_prepare()` (`vit_jax.input_pipeline` does
-this by itself when the dataset is not prepared yet).
+Build it with `tfds.builder('sklearn_digits', data_dir=...).download_and_prepare(file_format='array_record')`
+(`vit_jax.sources` does this by itself when the dataset is not prepared yet).
 """
 from etils import epath
 import numpy as np
@@ -34,11 +34,16 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 8x8 handwritten digits, with a fixed seeded train/test split."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: 1,437 train / 360 test, split by default_rng(0).'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release: 1,437 train / 360 test, split by default_rng(0).',
+                   '1.1.0': 'The same examples, built as ArrayRecord for random access.'}
   # TFDS 4.9.x works out a builder's source file through `importlib_resources`, which it only declares as a
   # dependency for Python < 3.9, so `download_and_prepare` fails on 3.11 without it. Naming the file skips that.
   code_path = epath.Path(__file__)
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # ArrayRecord by default: the input pipeline reads records by index.
+    super().__init__(file_format=file_format or tfds.core.FileFormat.ARRAY_RECORD, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -18,7 +18,7 @@ class ClassificationEvaluator:
     config, processes = self._config, jax.process_count()
     ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
                                      process_index=jax.process_index(), process_count=processes)
-    return input_pipeline.prefetch_to_device(ds.as_numpy_iterator(), config.prefetch, self._batch_shard)
+    return input_pipeline.prefetch_to_device(iter(ds), config.prefetch, self._batch_shard)
 
   def run(self, params) -> dict[str, float]:
     result = evaluate.evaluate(self._step, params, self.batches())

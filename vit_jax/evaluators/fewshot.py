@@ -11,7 +11,7 @@ over the seeds. The same computation runs on every process, so every process hol
 import jax
 import numpy as np
 
-from vit_jax import input_pipeline, sharding
+from vit_jax import input_pipeline, preprocess, sharding
 from vit_jax.evaluators import ridge
 
 
@@ -47,7 +47,8 @@ class FewShotEvaluator:
     self._batch_shard = sharding.batch_sharding(mesh)
 
     def encode(params, batch):
-      return features.apply({'params': params}, batch['image'], train=False), batch['label'], batch['mask']
+      images = preprocess.to_float(batch['image'])
+      return features.apply({'params': params}, images, train=False), batch['label'], batch['mask']
 
     self._encode = jax.jit(encode, out_shardings=sharding.replicated(mesh))
 
@@ -56,7 +57,7 @@ class FewShotEvaluator:
     ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
                                      process_index=jax.process_index(), process_count=processes)
     xs, ys = [], []
-    for batch in input_pipeline.prefetch_to_device(ds.as_numpy_iterator(), config.prefetch, self._batch_shard):
+    for batch in input_pipeline.prefetch_to_device(iter(ds), config.prefetch, self._batch_shard):
       x, y, mask = jax.device_get(self._encode(params, batch))
       keep = mask > 0
       xs.append(np.asarray(x, np.float32)[keep])

@@ -1,0 +1,328 @@
+"""Random-access data sources: `open_split(config, split)` -> records {'image': encoded bytes, 'label': int} by index.
+
+Sources (`config.dataset`):
+* a TFDS name, read from `config.tfds_data_dir` through `tfds.data_source` (ArrayRecord files: any record in O(1)).
+  `sklearn_digits` (vit_jax.datasets) is built locally on first use. Another dataset that is not prepared is
+  downloaded (`download=True`) when the network answers; offline, or when preparing fails, it is a
+  `DatasetNotPreparedError` within seconds, with the `tfds build` command (and, for datasets with manual downloads,
+  the files to place in `config.tfds_manual_dir`). A dataset prepared only as TFRecord (sequential files) is refused
+  with the command that rebuilds it as ArrayRecord (`--file_format=array_record`).
+* 'image_folder' (or a `config.dataset` that is itself a directory): `<root>/<split>/<class>/*.{jpg,jpeg,png}`;
+  classes are the sorted subfolders of the train split's folder. A split may be sliced like a TFDS split
+  ('train[:98%]', 'train[100:200]', 'train+test'): the files of a split folder are in a fixed pseudo-random order
+  (by a hash of their path relative to the folder) before slicing, so a slice is a random subset that is the same
+  on every machine. Every file of a split is decoded once (in parallel threads) when the split is first opened:
+  undecodable ones are an error that names them, or with `config.on_bad_image='skip'` are left out (logged once).
+"""
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+import socket
+import types
+from typing import Any, Sequence
+
+from vit_jax import preprocess
+
+IMAGE_FOLDER = 'image_folder'
+LOCAL_TFDS_DATASETS = ('sklearn_digits',)  # Built from local data, never downloaded.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+BAD_IMAGE_POLICIES = ('error', 'skip')
+DOWNLOAD_PROBE = ('storage.googleapis.com', 443)  # TFDS tries its GCS mirror first; unreachable = offline.
+
+log = logging.getLogger(__name__)
+
+
+class DatasetNotPreparedError(RuntimeError):
+  """A TFDS dataset is not in its data_dir (or not readable by index) and could not be prepared here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train: int  # Examples in config.train_split (all processes).
+  num_eval: int  # Examples in config.eval_split (all processes).
+  class_names: tuple[str, ...]  # Label i's name: TFDS label names, an image folder's class folders, or 'i'.
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of a dataset: `records[i]` is {'image': encoded bytes, 'label': int}."""
+  records: Sequence[dict[str, Any]]
+  num_classes: int
+  class_names: tuple[str, ...]
+
+
+def _read_bytes(path: str) -> bytes:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only for remote file systems)
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      return f.read()
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TFDS.
+
+
+class _TfdsRecords:
+  """A TFDS data source as {'image': bytes, 'label': int} records (picklable, for worker processes)."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    record = self._source[index]
+    return {'image': record['image'], 'label': int(record['label'])}
+
+
+def _reachable(address=DOWNLOAD_PROBE, timeout: float = 3.0) -> bool:
+  try:
+    socket.create_connection(address, timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _not_prepared_message(builder, config, reason: str) -> str:
+  name, data_dir = builder.name, config.tfds_data_dir or builder.data_dir_root
+  lines = [f'TFDS dataset {name!r} is not prepared in data_dir={data_dir} and {reason}.']
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    manual = config.tfds_manual_dir or '<config.tfds_manual_dir>'
+    lines += [f'{name} needs files that you download yourself: {" ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}',
+              f'Place them in {manual}, then prepare it:',
+              f'  tfds build {name} --data_dir={data_dir} --manual_dir={manual} --file_format=array_record']
+  else:
+    lines += [f'Prepare it on a machine with internet access, then copy {data_dir}/{name} here:',
+              f'  tfds build {name} --data_dir={data_dir} --file_format=array_record']
+  return '\n'.join(lines)
+
+
+def _tfds_builder(config, download: bool):
+  """The prepared builder of config.dataset; prepares it when possible (see module doc)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from vit_jax import datasets as _local  # pylint: disable=g-import-not-at-top,unused-import  (registers builders)
+  try:
+    builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)
+  except tfds.core.DatasetNotFoundError as e:
+    raise ValueError(f'Unknown dataset {config.dataset!r}: config.dataset must be a TFDS name (see '
+                     f'tfds.list_builders()), one of {LOCAL_TFDS_DATASETS}, {IMAGE_FOLDER!r}, or the path of an image '
+                     'folder (DIR/train/<class>/*.jpg).') from e
+  if not builder.is_prepared():
+    if config.dataset in LOCAL_TFDS_DATASETS:
+      builder.download_and_prepare(file_format='array_record')
+    elif not download:
+      raise DatasetNotPreparedError(_not_prepared_message(builder, config, 'downloading is off (download=False)'))
+    elif not builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not _reachable():
+      raise DatasetNotPreparedError(_not_prepared_message(
+          builder, config, f'the network is unreachable from here (no answer from {DOWNLOAD_PROBE[0]} in 3 s)'))
+    else:
+      try:
+        builder.download_and_prepare(file_format='array_record', download_config=tfds.download.DownloadConfig(
+            manual_dir=config.tfds_manual_dir))
+      except Exception as e:  # pylint: disable=broad-except  (network, missing manual files, ...: the same advice)
+        reason = f'preparing it failed with {type(e).__name__}: {" ".join(str(e).split())[:300]}'
+        raise DatasetNotPreparedError(_not_prepared_message(builder, config, reason)) from None
+  formats = {builder.info.file_format} | set(getattr(builder.info, 'alternative_file_formats', ()) or ())
+  if tfds.core.FileFormat.ARRAY_RECORD not in formats:
+    data_dir = config.tfds_data_dir or builder.data_dir_root
+    raise DatasetNotPreparedError(
+        f'TFDS dataset {builder.name!r} in {builder.data_dir} is prepared as {builder.info.file_format.value}, which '
+        'can only be read in sequence; vit_jax reads records by index (an exact resume at any step takes O(1)). '
+        f'Prepare it as ArrayRecord once (into another data_dir, or after moving the old copy away):\n'
+        f'  tfds build {builder.name} --data_dir={data_dir} --file_format=array_record'
+        + (' --manual_dir=<config.tfds_manual_dir>' if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else ''))
+  return builder
+
+
+def _tfds_split(config, split: str, download: bool) -> Split:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _tfds_builder(config, download)
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise ValueError(f'TFDS dataset {config.dataset!r} needs features "image" and "label", has {list(features)}.')
+  source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  label = features['label']
+  names = tuple(label.names) if label.names else tuple(str(i) for i in range(label.num_classes))
+  return Split(_TfdsRecords(source), label.num_classes, names)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image folders.
+
+
+def folder_root(config) -> str | None:
+  """The image folder a config reads: config.image_folder for 'image_folder', or config.dataset when it is the path
+  of a directory (vision_transformer's convention); None for a TFDS dataset."""
+  if config.dataset == IMAGE_FOLDER:
+    if not config.image_folder:
+      raise ValueError(f'config.dataset is {IMAGE_FOLDER!r} but config.image_folder is empty.')
+    return config.image_folder
+  if config.dataset and _isdir(config.dataset):
+    return config.dataset
+  return None
+
+
+def _isdir(path: str) -> bool:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.isdir(path)
+  return os.path.isdir(path)
+
+
+def _listdir(path: str) -> list[str]:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return [n.rstrip('/') for n in tf.io.gfile.listdir(path)]
+  return os.listdir(path)
+
+
+def _subfolders(path: str) -> list[str]:
+  return sorted(n for n in _listdir(path) if _isdir(os.path.join(path, n)))
+
+
+def _split_folder(root: str, name: str) -> str:
+  path = os.path.join(root, name)
+  if not _isdir(path):
+    present = ', '.join(_subfolders(root)) if _isdir(root) else f'{root} does not exist either'
+    raise ValueError(f'Image folder split {name!r} is missing: {path} is not a directory (splits are subfolders of '
+                     f'{root}: {present or "none"}).')
+  return path
+
+
+@functools.lru_cache(maxsize=16)
+def folder_classes(root: str, train_split: str) -> tuple[str, ...]:
+  """The class names of an image folder: the sorted subfolders of its train split's folder."""
+  path = _split_folder(root, _folder_names(train_split)[0])
+  classes = _subfolders(path)
+  if not classes:
+    raise ValueError(f'Image folder {path} has no class subfolders.')
+  return tuple(classes)
+
+
+def _folder_names(split: str) -> list[str]:
+  """The split folders a (possibly sliced) split names: 'train[:98%]+test' -> ['train', 'test']."""
+  names = []
+  for part in split.split('+'):
+    name = part.split('[', 1)[0].strip()
+    if not name:
+      raise ValueError(f'Bad split {split!r}: expected name, name[slice] or a + of them (e.g. train[:98%]).')
+    if name not in names:
+      names.append(name)
+  return names
+
+
+def _order_key(root: str, path: str) -> str:
+  return hashlib.sha1(os.path.relpath(path, root).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=32)
+def _folder_files(root: str, name: str, classes: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+  """((path, label), ...) of one split folder in the fixed pseudo-random order of the module doc."""
+  path = _split_folder(root, name)
+  unknown = sorted(set(_subfolders(path)) - set(classes))
+  if unknown:
+    raise ValueError(f'Image folder {path} has classes that the train folder lacks: '
+                     f'{[os.path.join(path, c) for c in unknown]}.')
+  files = []
+  for label, class_name in enumerate(classes):
+    class_dir = os.path.join(path, class_name)
+    if not _isdir(class_dir):
+      continue  # An eval split may lack classes.
+    names = [f for f in _listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not names:
+      raise ValueError(f'Image folder class {class_dir} holds no {"/".join(IMAGE_EXTENSIONS)} files.')
+    files += [(os.path.join(class_dir, f), label) for f in names]
+  return tuple(sorted(files, key=lambda f: _order_key(path, f[0])))
+
+
+def _decodable(path: str) -> bool:
+  try:
+    preprocess.decode(_read_bytes(path))
+    return True
+  except Exception:  # pylint: disable=broad-except  (any decoding failure means: not an image we can use)
+    return False
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_files(root: str, name: str, classes: tuple[str, ...], on_bad_image: str):
+  """`_folder_files` less undecodable images: an error naming them ('error'), or left out with one warning."""
+  files = _folder_files(root, name, classes)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 2)) as pool:
+    ok = list(pool.map(_decodable, [p for p, _ in files]))
+  bad = sorted(p for (p, _), good in zip(files, ok) if not good)
+  if not bad:
+    return files
+  listed, more = bad[:10], f' and {len(bad) - 10} more' if len(bad) > 10 else ''
+  where = os.path.join(root, name)
+  if on_bad_image == 'error':
+    raise ValueError(f'Image folder {where} holds {len(bad)} file(s) that cannot be decoded as an image: {listed}'
+                     f'{more}. Remove or repair them, or set config.on_bad_image=skip to leave them out.')
+  log.warning('Image folder %s: skipping %d undecodable file(s) (config.on_bad_image=skip): %s%s', where, len(bad),
+              listed, more)
+  return tuple(f for f, good in zip(files, ok) if good)
+
+
+class _FolderRecords:
+  """(path, label) pairs read as {'image': bytes, 'label': int} records (picklable, for worker processes)."""
+
+  def __init__(self, files):
+    self._files = tuple(files)
+
+  def __len__(self):
+    return len(self._files)
+
+  def __getitem__(self, index):
+    path, label = self._files[index]
+    return {'image': _read_bytes(path), 'label': label}
+
+  def path(self, index) -> str:
+    return self._files[index][0]
+
+
+def _folder_split(config, root: str, split: str) -> Split:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if config.on_bad_image not in BAD_IMAGE_POLICIES:
+    raise ValueError(f'Unknown config.on_bad_image {config.on_bad_image!r}; valid: {", ".join(BAD_IMAGE_POLICIES)}.')
+  classes = folder_classes(root, config.train_split)
+  per_folder = {name: _checked_files(root, name, classes, config.on_bad_image) for name in _folder_names(split)}
+  sizes = {n: types.SimpleNamespace(num_examples=len(f), shard_lengths=[len(f)]) for n, f in per_folder.items()}
+  absolute = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
+  files = []
+  for part in absolute:
+    files += per_folder[part.splitname][part.from_:part.to]
+  return Split(_FolderRecords(files), len(classes), classes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def open_split(config, split: str, *, download: bool = True) -> Split:
+  """The records of `split` of config.dataset (see module doc)."""
+  if not config.dataset:
+    raise ValueError(f'config.dataset is empty: set a TFDS name, {IMAGE_FOLDER!r}, or an image folder path.')
+  root = folder_root(config)
+  if root is None:
+    return _tfds_split(config, split, download)
+  if config.dataset != IMAGE_FOLDER:
+    _log_folder_once(config.dataset)
+  return _folder_split(config, root, split)
+
+
+@functools.cache
+def _log_folder_once(path: str) -> None:
+  log.info('config.dataset %r is a directory: reading it as an image folder.', path)
+
+
+def get_info(config, *, download: bool = True) -> DatasetInfo:
+  """Number of classes and of examples in config.train_split and config.eval_split, and the class names."""
+  train = open_split(config, config.train_split, download=download)
+  evaluation = open_split(config, config.eval_split, download=download)
+  return DatasetInfo(num_classes=train.num_classes, num_train=len(train.records), num_eval=len(evaluation.records),
+                     class_names=train.class_names)
