@@ -13,12 +13,14 @@ setuptools.setup(
         "flax>=0.12.0,<0.13",
         "importlib_resources>=6",  # tensorflow-datasets needs it to prepare datasets but does not declare it.
         "jax>=0.8.0,<0.11",
+        "matplotlib>=3.8,<4",  # vit_jax.visualize: attention maps and training curves.
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
         "optax>=0.2.5,<0.3",
         "pandas>=2,<4",  # The AugReg checkpoint index.
         "orbax-checkpoint>=0.11.0,<0.13",
         "scikit-learn>=1.5,<2",
+        "safetensors>=0.4,<1",  # vit_jax.export: Hugging Face model files, written from NumPy (no torch needed).
         "scipy>=1.13,<2",
         "tensorboard>=2.18,<3",
         "tensorflow-cpu>=2.18,<2.22; platform_machine == 'x86_64'",

@@ -18,6 +18,10 @@ gives the plain path's numbers:
                 logits and softmax in float32 for bfloat16 inputs; 'cudnn' needs a GPU and bfloat16/float16).
                 Attention dropout (> 0, train=True) always takes the plain path: the library call has no dropout.
   fused_qkv     one (hidden, 3, heads, head_dim) matmul for query, key and value; the parameters stay separate.
+
+Attention maps: with `apply(..., mutable='intermediates')` every block sows its softmax weights (float32, by the
+plain formula on every fast path; stacked per layer under `scan`) as `.../attention_weights`; otherwise nothing is
+sown or computed (see vit_jax/attention_maps.py).
 """
 import math
 from typing import Any
@@ -122,10 +126,15 @@ class MultiHeadDotProductAttention(nn.Module):
           kernel_init=nn.initializers.xavier_uniform(), name=name)(x)
       q, k, v = (project(name) for name in ('query', 'key', 'value'))
     q, k, v = (sharding.constrain(t, 'batch', None, 'model', None) for t in (q, k, v))  # [b, tokens, heads, hd]
-    if self.attention == 'plain' or (train and self.attention_dropout_rate > 0):
+    plain = self.attention == 'plain' or (train and self.attention_dropout_rate > 0)
+    if plain or self.is_mutable_collection('intermediates'):
       logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-      weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      # Attention maps (float32, [b, heads, query, key]) for `apply(..., mutable='intermediates')`; every fast path
+      # sows these plain-formula weights, and only when asked.
+      self.sow('intermediates', 'attention_weights', weights)
+    if plain:
+      weights = nn.Dropout(self.attention_dropout_rate)(weights.astype(self.dtype), deterministic=not train)
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     else:
       out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention)
@@ -202,7 +211,8 @@ class Encoder(nn.Module):
     if self.remat_policy != 'none':
       apply = nn.remat(apply, policy=remat_policy_fn(self.remat_policy), prevent_cse=not self.scan)
     if self.scan:
-      scanned = nn.scan(lambda module, carry, _: (apply(module, carry), None), variable_axes={'params': 0},
+      scanned = nn.scan(lambda module, carry, _: (apply(module, carry), None),
+                        variable_axes={'params': 0, 'intermediates': 0},  # Sown attention maps: stacked per layer.
                         split_rngs={'params': True, 'dropout': True}, length=self.num_layers)
       x, _ = scanned(block('encoderblock'), x, None)
     else:
