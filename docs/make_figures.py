@@ -1,7 +1,7 @@
 """Regenerates the README's "After training" figures from real runs: python docs/make_figures.py.
 
 1. Writes a small image folder, runs/shapes_data/{train,test}/{circle,square,triangle}/*.png: one filled shape of
-   random size, position and colour on a noisy background of another colour, 32x32 px (seeded; 600 train and 100
+   random size, position and colour on a noisy background of another colour, 32x32 px (seeded; 1,500 train and 100
    test images per class).
 2. Trains the offline default model (configs/default.py: 3 layers, width 128) on it at 32 px with 4x4 patches, at two
    learning rates (runs/shapes and runs/shapes_lr3e-3), with the same `python -m vit_jax.main` a user runs.
@@ -47,7 +47,7 @@ def shape_image(rng: np.random.Generator, kind: str) -> Image.Image:
   return image
 
 
-def write_shapes(root: str, *, train_per_class: int = 600, test_per_class: int = 100, seed: int = 0) -> None:
+def write_shapes(root: str, *, train_per_class: int = 1500, test_per_class: int = 100, seed: int = 0) -> None:
   rng = np.random.default_rng(seed)
   for split, n in (('train', train_per_class), ('test', test_per_class)):
     for kind in CLASSES:
@@ -64,10 +64,10 @@ def run(*args: str) -> None:
 
 def train(workdir: str, base_lr: float) -> None:
   run('-m', 'vit_jax.main', f'--workdir={workdir}', f'--config.dataset={DATA}', f'--config.image_size={SIZE}',
-      '--config.model.patches.size=(4,4)', '--config.total_steps=600', '--config.batch_size=64',
-      '--config.eval_batch_size=304', '--config.eval_every_steps=200', '--config.log_every_steps=50',
-      '--config.checkpoint_every_steps=200', '--config.pp.flip=True', f'--config.schedule.base_lr={base_lr}',
-      '--config.schedule.warmup_steps=50')
+      '--config.model.patches.size=(4,4)', '--config.model.transformer.dropout_rate=0.0',
+      '--config.total_steps=1500', '--config.batch_size=64', '--config.eval_batch_size=304',
+      '--config.eval_every_steps=250', '--config.log_every_steps=50', '--config.checkpoint_every_steps=500',
+      '--config.pp.flip=True', f'--config.schedule.base_lr={base_lr}', '--config.schedule.warmup_steps=100')
 
 
 def main() -> None:

@@ -132,10 +132,10 @@ def rollout_figure(image: np.ndarray, rollout: np.ndarray, title: str):
 
 
 def heads_figure(image: np.ndarray, heads: np.ndarray, title: str):
-  """The input, then the last layer's map of every head overlaid on it, in a grid of up to 4 columns."""
+  """The input, then the last layer's map of every head overlaid on it: one row up to 6 panels, else a grid."""
   panels = 1 + len(heads)
-  cols = min(4, panels)
-  rows = math.ceil(panels / cols)
+  rows = math.ceil(panels / 6)
+  cols = math.ceil(panels / rows)
   fig = _figure(2.2 * cols, 2.3 * rows)
   axes = np.asarray(fig.subplots(rows, cols)).ravel()
   pixels = _to_pixels(image)
@@ -162,6 +162,11 @@ def _stems(paths: Sequence[str]) -> list[str]:
   return out
 
 
+def _short(path: str) -> str:
+  """The file name with its folder's name (often the class): 'cat/0.jpg'."""
+  return '/'.join(os.path.normpath(path).split(os.sep)[-2:])
+
+
 def write_attention(trained: inference.Trained, paths: Sequence[str], out_dir: str, *,
                     batch_size: int = 16) -> tuple[list[str], list[tuple[str, str]]]:
   """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path, error)])."""
@@ -176,7 +181,7 @@ def write_attention(trained: inference.Trained, paths: Sequence[str], out_dir: s
     probs = predict.probabilities(logits[:len(indices)], trained.config.get('loss', 'softmax'))
     for j, i in enumerate(indices):
       best = int(np.argmax(probs[j]))
-      title = f'{os.path.basename(paths[i])}: {trained.label(best)} {probs[j, best]:.2f}'
+      title = f'{_short(paths[i])}: {trained.label(best)} {probs[j, best]:.2f}'
       for kind, fig in (('rollout', rollout_figure(images[j], rollouts[j], title)),
                         ('heads', heads_figure(images[j], heads[j], title))):
         path = os.path.join(out_dir, f'{stems[i]}_{kind}.png')
