@@ -14,6 +14,7 @@ setuptools.setup(
         "grain>=0.2.10,<0.3",  # Random-access input pipelines (index shuffle, worker processes).
         "importlib_resources>=6",  # tensorflow-datasets needs it to prepare datasets but does not declare it.
         "jax>=0.8.0,<0.11",
+        "matplotlib>=3.8,<4",  # vit_jax.visualize: attention maps and training curves.
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
         "opencv-python-headless>=4.8,<6",  # Fast bilinear resizes of training crops.
@@ -22,6 +23,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.11.0,<0.13",
         "pillow>=10",
         "scikit-learn>=1.5,<2",
+        "safetensors>=0.4,<1",  # vit_jax.export: Hugging Face model files, written from NumPy (no torch needed).
         "scipy>=1.13,<2",
         "simplejpeg>=1.7,<2",  # libjpeg-turbo with DCT-domain downscaling.
         "tensorboard>=2.18,<3",

@@ -144,3 +144,32 @@ def fake_tfds(name, data_dir, sizes=None, seed=0, file_format='array_record'):
   builder._split_generators = lambda dl_manager: {s: examples(n) for s, n in sizes.items()}  # pylint: disable=protected-access
   builder.download_and_prepare(file_format=file_format)
   return str(data_dir)
+
+
+def params_with_head(model, *, size=16, seed=0, qk_scale=1.0):
+  """Init params of `model` at `size` px with a random (not zero) head, so logits differ between inputs; query and
+  key kernels scaled by `qk_scale` (> 1 makes attention peaked rather than near uniform)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vit_jax import utils  # pylint: disable=g-import-not-at-top
+  params = jax.jit(lambda: model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), train=False))()['params']
+  flat = {k: np.asarray(v) for k, v in utils.flatten_dict(params).items()}
+  rng = np.random.default_rng(seed)
+  flat['head/kernel'] = rng.normal(0, 1, flat['head/kernel'].shape).astype(np.float32)
+  flat['head/bias'] = rng.normal(0, 0.1, flat['head/bias'].shape).astype(np.float32)
+  for name in flat:
+    if name.endswith(('query/kernel', 'key/kernel')):
+      flat[name] = flat[name] * qk_scale
+  return utils.unflatten_dict(flat)
+
+
+def fitted_run(root, *, steps=40, **overrides):
+  """Trains a tiny model on `image_folder(root)` until it fits the train images; returns (workdir, image folder)."""
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  folder = image_folder(root)
+  workdir = str(root / 'run')
+  config = train_config(**{'dataset': 'image_folder', 'image_folder': folder, 'total_steps': steps,
+                           'eval_every_steps': steps, 'checkpoint_every_steps': steps, 'log_every_steps': 10,
+                           'pp.crop': 'resize', 'pp.flip': False, 'schedule.base_lr': 3e-3, **overrides})
+  train.train_and_evaluate(config, workdir)
+  return workdir, folder

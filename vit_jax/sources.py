@@ -55,7 +55,8 @@ class Split:
   class_names: tuple[str, ...]
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+  """The bytes of a local or remote (gs://, through tf.io.gfile) file."""
   if '://' in path:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only for remote file systems)
     with tf.io.gfile.GFile(path, 'rb') as f:
@@ -244,7 +245,7 @@ def _folder_files(root: str, name: str, classes: tuple[str, ...]) -> tuple[tuple
 
 def _decodable(path: str) -> bool:
   try:
-    preprocess.decode(_read_bytes(path))
+    preprocess.decode(read_bytes(path))
     return True
   except Exception:  # pylint: disable=broad-except  (any decoding failure means: not an image we can use)
     return False
@@ -280,7 +281,7 @@ class _FolderRecords:
 
   def __getitem__(self, index):
     path, label = self._files[index]
-    return {'image': _read_bytes(path), 'label': label}
+    return {'image': read_bytes(path), 'label': label}
 
   def path(self, index) -> str:
     return self._files[index][0]

@@ -1,0 +1,67 @@
+"""vit_jax.visualize: training curves of several runs, and attention-map PNGs of a trained run."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import visualize
+
+
+def _write_metrics(workdir, records):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records)
+
+
+def _train(step, loss, lr=1e-3):
+  return {'step': step, 'train/loss': loss, 'train/learning_rate': lr, 'train/img_per_sec': 100.0 + step}
+
+
+def test_a_repeated_step_keeps_its_last_record(tmp_path):
+  run = str(tmp_path / 'resumed')
+  # Crash after step 20's log, resume from the step-10 checkpoint: steps 20 is trained and logged again.
+  _write_metrics(run, [_train(10, 2.0), _train(20, 1.5), {'step': 20, 'eval/accuracy': 0.4}, _train(20, 1.4),
+                       _train(30, 1.0), {'step': 30, 'eval/accuracy': 0.6}])
+  curves = visualize.read_curves(run)
+  np.testing.assert_array_equal(curves['train/loss'][0], [10, 20, 30])
+  np.testing.assert_array_equal(curves['train/loss'][1], [2.0, 1.4, 1.0])
+  np.testing.assert_array_equal(curves['eval/accuracy'][0], [20, 30])  # Eval records share steps with train ones.
+  np.testing.assert_array_equal(curves['eval/accuracy'][1], [0.4, 0.6])
+
+
+def test_curves_png_of_two_runs_one_with_a_repeated_step(tmp_path):
+  a, b = str(tmp_path / 'lr1e-3'), str(tmp_path / 'lr3e-3')
+  _write_metrics(a, [_train(s, 2.0 / s) for s in (10, 20, 20, 30)] + [{'step': 30, 'eval/accuracy': 0.8}])
+  _write_metrics(b, [_train(s, 1.0 / s, lr=3e-3) for s in (10, 20, 30, 40)])  # No evaluation yet.
+  out = str(tmp_path / 'plots' / 'curves.png')
+  assert visualize.main(['curves', a, b, f'--out={out}']) == 0
+  with Image.open(out) as image:
+    image.load()
+    assert image.format == 'PNG' and image.size == (1000, 650)
+  assert visualize.run_names([a, b]) == ['lr1e-3', 'lr3e-3']
+  assert visualize.run_names(['x/run', 'y/run']) == ['x/run', 'y/run']  # Same folder names: paths.
+
+
+def test_curves_of_a_folder_without_metrics_is_an_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    visualize.main(['curves', str(tmp_path), f'--out={tmp_path}/c.png'])
+  assert e.value.code == 2 and 'has no metrics.jsonl' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    visualize.main(['curves', str(tmp_path), '--names=a,b'])
+
+
+def test_attention_pngs_of_a_run_decode(fitted_run, tmp_path, capsys):
+  workdir, folder = fitted_run
+  images = [os.path.join(folder, 'test', c, '0.jpg') for c in ('cat', 'eel')]
+  bad = tmp_path / 'broken.jpg'
+  bad.write_bytes(b'\xff\xd8 truncated')
+  out = str(tmp_path / 'maps')
+  assert visualize.main(['attention', f'--workdir={workdir}', *images, str(bad), f'--out={out}']) == 1
+  assert sorted(os.listdir(out)) == ['cat_0_heads.png', 'cat_0_rollout.png', 'eel_0_heads.png', 'eel_0_rollout.png']
+  for name in os.listdir(out):
+    with Image.open(os.path.join(out, name)) as image:
+      image.load()
+      assert image.format == 'PNG' and min(image.size) > 100
+  assert f'{bad}\tERROR cannot decode' in capsys.readouterr().out
