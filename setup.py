@@ -6,6 +6,7 @@ setuptools.setup(
     version="0.1.0",
     description="Vision Transformers in JAX/Flax: release-checkpoint compatible training at scale.",
     packages=setuptools.find_packages(include=["vit_jax", "vit_jax.*"]),  # No top-level `configs` package.
+    package_data={"vit_jax.datasets": ["imagenet21k_goog_synsets.txt"]},
     python_requires=">=3.11,<3.13",
     install_requires=[
         "absl-py>=2.1,<3",
