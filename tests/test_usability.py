@@ -26,7 +26,8 @@ from vit_jax.tools import memory_plan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every config file with the arguments to load it (a file added to configs/ must be listed here).
-CONFIG_FILES = {'default.py': [''], 'vit.py': ['ViT-B_16,cifar10', 'R50+ViT-B_16,oxford_iiit_pet']}
+CONFIG_FILES = {'default.py': [''], 'vit.py': ['ViT-B_16,cifar10', 'R50+ViT-B_16,oxford_iiit_pet'],
+                'pretrain_i21k.py': ['ViT-B_16'], 'pretrain_i1k.py': ['ViT-S_16,epochs=150']}
 MAIN_FLAGS = ['--config.dataset=image_folder', '--config.image_size=16', '--config.model.hidden_size=32',
               '--config.model.transformer.num_layers=1', '--config.model.transformer.mlp_dim=64',
               '--config.model.transformer.num_heads=2', '--config.batch_size=8', '--config.eval_batch_size=8',

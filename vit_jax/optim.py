@@ -80,7 +80,8 @@ def weight_decay_mask(params):
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns (optax transformation, learning-rate schedule) for `config.optimizer.name`.
 
-  - 'sgd': momentum `optimizer.momentum` (no Nesterov), momentum buffer in `accumulator_dtype`;
+  - 'sgd': momentum `optimizer.momentum` (no Nesterov), momentum buffer in `accumulator_dtype` (also Adam's first
+    moment);
     weight decay as L2 (wd * param added to the clipped gradient, kernels only) before the momentum.
   - 'adam': Adam(b1, b2, eps); weight decay as L2 added to the gradient before Adam, kernels only.
   - 'adamw': decoupled weight decay on kernels only, as optax.adamw(mask=...): wd * param is added to
@@ -102,19 +103,19 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   parts = []
   if opt.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+  dtype_name = opt.get('accumulator_dtype', 'float32')
+  if dtype_name not in ACCUMULATOR_DTYPES:
+    raise ValueError(f'Unknown optimizer.accumulator_dtype {dtype_name!r}; valid: {", ".join(ACCUMULATOR_DTYPES)}.')
+  accumulator = ACCUMULATOR_DTYPES[dtype_name]
+  adam = lambda: optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), mu_dtype=accumulator)
   if name == 'sgd':
-    dtype_name = opt.get('accumulator_dtype', 'float32')
-    if dtype_name not in ACCUMULATOR_DTYPES:
-      raise ValueError(f'Unknown optimizer.accumulator_dtype {dtype_name!r}; '
-                       f'valid: {", ".join(ACCUMULATOR_DTYPES)}.')
     parts += decay
-    parts.append(optax.trace(decay=float(opt.momentum), nesterov=False,
-                             accumulator_dtype=ACCUMULATOR_DTYPES[dtype_name]))
+    parts.append(optax.trace(decay=float(opt.momentum), nesterov=False, accumulator_dtype=accumulator))
   elif name == 'adam':
     parts += decay
-    parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps)))
+    parts.append(adam())
   else:  # adamw
-    parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps)))
+    parts.append(adam())
     parts += decay
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts), schedule

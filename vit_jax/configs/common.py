@@ -80,7 +80,7 @@ def get_config():
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'sgd'  # 'sgd' (momentum), 'adam' or 'adamw'.
   config.optimizer.momentum = 0.9  # SGD.
-  config.optimizer.accumulator_dtype = 'float32'  # SGD momentum dtype: 'float32' or 'bfloat16'.
+  config.optimizer.accumulator_dtype = 'float32'  # SGD momentum / Adam first moment: 'float32' or 'bfloat16'.
   config.optimizer.b1 = 0.9  # Adam(W).
   config.optimizer.b2 = 0.999  # Adam(W).
   config.optimizer.eps = 1e-8  # Adam(W).

@@ -2,8 +2,9 @@
 
 `total_steps` may instead be given as `total_epochs` (passes over the train split) or `total_examples`, and
 `schedule.warmup_steps` as `schedule.warmup_epochs` or `schedule.warmup_examples`. At most one of the epochs/examples
-forms may be set per duration; when one is set it replaces the steps value (epochs use the train split's size, both
-round to the nearest step with the global batch size).
+forms may be set (not None and not 0) per duration; when one is set it replaces the steps value (epochs use the train
+split's size, both round to the nearest step with the global batch size). So a config in epochs runs for a number of
+steps given on the command line with `--config.total_epochs=0 --config.total_steps=N`.
 """
 import copy
 
@@ -30,7 +31,7 @@ def _set(config, path, value):
 def steps_of(config, duration: str, num_train: int) -> int:
   """The number of steps that `duration` ('total' or 'warmup') of `config` stands for."""
   steps_field, epochs_field, examples_field = DURATIONS[duration]
-  epochs, examples = _get(config, epochs_field), _get(config, examples_field)
+  epochs, examples = _get(config, epochs_field) or None, _get(config, examples_field) or None  # 0 = unset.
   if epochs is not None and examples is not None:
     raise ValueError(f'config.{epochs_field}={epochs} and config.{examples_field}={examples} are both set; give one '
                      f'(or config.{steps_field}).')

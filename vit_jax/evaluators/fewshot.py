@@ -40,8 +40,8 @@ class FewShotEvaluator:
     self._shots, self._seeds, self._l2 = tuple(fs.shots), int(fs.seeds), float(fs.l2_reg)
     if self._seeds < 1 or not self._shots or min(self._shots) < 1:
       raise ValueError(f'config.fewshot needs seeds >= 1 and shots >= 1, got seeds={fs.seeds}, shots={fs.shots}.')
-    self._configs = {
-        (name, split): evaluators.with_split(config, split, dataset=name, image_folder='')
+    self._configs = {  # Its own dataset and splits (an image folder's classes come from its train split).
+        (name, split): evaluators.with_split(config, split, dataset=name, image_folder='', train_split=train_split)
         for name, train_split, test_split in self._datasets for split in (train_split, test_split)}
     features = model.clone(num_classes=0)  # Pre-logits: the same parameters, the head unused.
     self._batch_shard = sharding.batch_sharding(mesh)
@@ -67,7 +67,7 @@ class FewShotEvaluator:
   def run(self, params) -> dict[str, float]:
     out = {}
     for name, train_split, test_split in self._datasets:
-      num_classes = input_pipeline.get_info(self._configs[name, train_split]).num_classes
+      num_classes = input_pipeline.open_split(self._configs[name, train_split], train_split).num_classes
       train_x, train_y = self._features(params, self._configs[name, train_split])
       test_x, test_y = self._features(params, self._configs[name, test_split])
       for k in self._shots:
