@@ -13,6 +13,7 @@ setuptools.setup(
         "flax>=0.12.0,<0.13",
         "importlib_resources>=6",  # tensorflow-datasets needs it to prepare datasets but does not declare it.
         "jax>=0.8.0,<0.11",
+        "matplotlib>=3.8,<4",  # launch.sweep results: the sweep's plot.
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
         "optax>=0.2.5,<0.3",
@@ -26,5 +27,10 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.7,<5",
         "tqdm>=4.66,<5",
     ],
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        "tpu": ["jax[tpu]>=0.8.0,<0.11"],  # Cloud TPU VMs (libtpu).
+        "cuda": ["jax[cuda13]>=0.8.0,<0.11"],  # NVIDIA GPUs: CUDA 13 wheels, JAX's default pairing.
+        "cuda12": ["jax[cuda12]>=0.8.0,<0.11"],  # NVIDIA GPUs whose driver is too old for CUDA 13.
+    },
 )
