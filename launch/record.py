@@ -68,6 +68,8 @@ class Record:
     return [(s, m[metric]) for s, m in self.steps.items() if metric in m]
 
   def finished(self, total_steps: int | None) -> bool:
+    if not self.steps:
+      return False
     if total_steps is None:  # Unknown target: the trainer writes params.npz once the run is complete.
       return self.has_params
     return any(s >= total_steps and any(k.startswith('eval/') for k in m) for s, m in self.steps.items())

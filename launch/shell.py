@@ -23,9 +23,14 @@ class CommandError(RuntimeError):
 
 
 def shell_line(argv, stdin: str | None = None) -> str:
-  """The command as one line a POSIX shell runs unchanged (stdin, if any, piped in with printf)."""
+  """The command as one line a POSIX shell runs unchanged (stdin, if any, piped in with printf, line by line)."""
   line = shlex.join(argv)
-  return line if stdin is None else f'printf %s {shlex.quote(stdin)} | {line}'
+  if stdin is None:
+    return line
+  *lines, last = stdin.split('\n')
+  feed = [f"printf '%s\\n' {' '.join(shlex.quote(x) for x in lines)}"] if lines else []
+  feed += [f'printf %s {shlex.quote(last)}'] if last or not lines else []
+  return f'{feed[0]} | {line}' if len(feed) == 1 else f'{{ {"; ".join(feed)}; }} | {line}'
 
 
 @dataclasses.dataclass

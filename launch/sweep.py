@@ -113,7 +113,10 @@ def record_sweep(sweep_dir: str, config_spec: str, fixed: dict, runs: list[Run],
     known[run.name] = {'name': run.name, 'overrides': run.overrides, 'workdir': run.workdir}
   sweep = {'config': config_spec, 'fixed': fixed, 'backend': backend, 'updated': record.now(),
            'runs': list(known.values())}
-  shell.write_text(shell.join(sweep_dir, SWEEP_FILE), json.dumps(sweep, indent=2) + '\n', runner)
+  if runner.dry_run:
+    runner.note(f'(a real run writes {shell.join(sweep_dir, SWEEP_FILE)})')
+  else:
+    shell.write_text(shell.join(sweep_dir, SWEEP_FILE), json.dumps(sweep, indent=2) + '\n', runner)
   return sweep
 
 
@@ -140,7 +143,9 @@ def run_local(runs: list[Run], *, parallel: int, gpus: list[str], runner: shell.
   """Runs `runs` on this machine, `parallel` at a time (one GPU each when `gpus`); returns {name: exit status}.
 
   Each run writes its output to WORKDIR/run.log and launch.json (command, commit, host, pid; its exit status once it
-  ends). Ctrl-C sends each run SIGTERM (it saves a checkpoint and exits 0) and waits for them.
+  ends). The first run starts alone and the others once it has written its config.json (its dataset is prepared
+  by then), so that parallel runs never race to download or build one dataset. Ctrl-C sends each run SIGTERM (it
+  saves a checkpoint and exits 0) and waits for them.
   """
   slots = list(gpus) if gpus else [None] * max(1, parallel)
   if gpus and parallel:
@@ -156,12 +161,17 @@ def run_local(runs: list[Run], *, parallel: int, gpus: list[str], runner: shell.
       print(shell.shell_line([*env, *shell.main_command(run.args, python=python)]), file=runner.out)
     return {}
   pending, active, codes = list(runs), {}, {}  # active: slot index -> (run, Popen, log file)
+  first = None  # (run, Popen) of the first run, until it has prepared its dataset.
   try:
     while pending or active:
+      if first and (first[1].poll() is not None or os.path.exists(os.path.join(first[0].workdir, 'config.json'))):
+        first = None
       for slot in range(len(slots)):
-        if slot not in active and pending:
+        if slot not in active and pending and not first:
           run = pending.pop(0)
           active[slot] = _start(run, slots[slot], commit, python)
+          if len(codes) + len(active) == 1:
+            first = active[slot][:2]
       for slot, (run, proc, log) in list(active.items()):
         if proc.poll() is not None:
           log.close()

@@ -232,3 +232,43 @@ def test_a_sweep_dir_of_another_config_is_refused(tmp_path, capsys):
   sweep.record_sweep(str(tmp_path), 'configs/vit.py', {}, [], 'local', shell.Runner())
   assert sweep.main(['--config=configs/default.py', *args]) == 2
   assert 'holds a sweep of --config=configs/vit.py' in capsys.readouterr().err
+
+
+def test_slurm_backend_submits_one_array_job(tmp_path, capsys):
+  assert sweep.main(['--config=configs/default.py', f'--sweep_dir={tmp_path}/sw', '--sweep', 'config.seed=1,2,3',
+                     '--backend=slurm', '--gpus_per_node=4', '--parallel=2', '--dry-run']) == 0
+  out = capsys.readouterr().out
+  assert '#SBATCH --array=0-2%2' in out and '#SBATCH --gpus-per-node=4' in out
+  assert f"  2) WORKDIR={tmp_path}/sw/seed=3; ARGS=(--config=configs/default.py --workdir={tmp_path}/sw/seed=3 " \
+         "--config.seed=3) ;;" in out
+  assert out.rstrip().endswith(f'sbatch --parsable {tmp_path}/sw/slurm.sbatch')
+
+
+def test_results_of_a_gcs_sweep_read_through_gcloud_storage(tmp_path, monkeypatch):
+  from launch_fakes import FakeGcloud  # pylint: disable=g-import-not-at-top
+  fake = FakeGcloud(tmp_path, monkeypatch)
+  spec = {'config': 'c.py', 'fixed': {}, 'runs': [{'name': 'seed=1', 'overrides': {'seed': 1},
+                                                   'workdir': 'gs://b/sw/seed=1'}]}
+  missing = [{'rc': 1, 'stderr': 'ERROR: The following URLs matched no objects or files\n'}]
+  fake.script([(['cat', 'gs://b/sw/sweep.json'], [json.dumps(spec)]),
+               (['cat', 'gs://b/sw/seed=1/config.json'], [json.dumps({'total_steps': 2})]),
+               (['cat', 'gs://b/sw/seed=1/metrics.jsonl'], ['{"step": 2, "eval/accuracy": 0.5, "eval/loss": 1.0}\n']),
+               (['cat'], missing), (['ls'], missing)])
+  rows = results.write('gs://b/sw', out=str(tmp_path / 'out'))
+  assert [(r['run'], r['status'], r['final eval/accuracy']) for r in rows] == [('seed=1', 'finished', 0.5)]
+  assert (tmp_path / 'out' / 'results.md').exists() and (tmp_path / 'out' / 'results.png').exists()
+  assert ['storage', 'cat', 'gs://b/sw/seed=1/metrics.jsonl'] in fake.calls()
+
+
+def test_local_backend_starts_the_others_once_the_first_run_has_its_config(tmp_path):
+  """The first run prepares the dataset alone: parallel runs never build one dataset at the same time."""
+  fake_python = tmp_path / 'python'
+  fake_python.write_text('#!/bin/sh\nfor a; do case "$a" in --workdir=*) w="${a#--workdir=}";; esac; done\n'
+                         'date +%s.%N > "$w/started"; sleep 0.5; echo {} > "$w/config.json"; '
+                         'date +%s.%N > "$w/configured"; sleep 0.3\n')
+  fake_python.chmod(0o755)
+  runs = sweep.plan('c.py', str(tmp_path / 'sw'), [{'seed': i} for i in range(3)], {})
+  sweep.run_local(runs, parallel=3, gpus=[], runner=shell.Runner(echo=False), python=str(fake_python), poll_s=0.05)
+  times = [{n: float((pathlib.Path(r.workdir) / n).read_text()) for n in ('started', 'configured')} for r in runs]
+  assert all(t['started'] >= times[0]['configured'] for t in times[1:])
+  assert abs(times[1]['started'] - times[2]['started']) < 0.4  # Then together.

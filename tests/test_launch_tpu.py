@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from launch import gcloud, node as node_lib, shell, supervise, tpu
+from launch import gcloud, node as node_lib, shell, supervise, sweep, tpu
 from launch_fakes import FakeGcloud, git_clone, workers
 
 ARGS = ['--config=configs/default.py', '--workdir=gs://bucket/runs/s16', '--config.total_steps=10']
@@ -276,3 +276,48 @@ def test_a_bad_name_or_missing_workdir_is_a_clear_error(fake, clone, capsys):
   assert tpu.main(['run', '--name=ok', '--zones=z', '--', '--config=configs/default.py']) == 2
   assert 'Give the run a --workdir' in capsys.readouterr().err
   assert fake.calls() == []
+
+
+def _sweep_flags(clone, *extra):
+  return ['--config=configs/default.py', '--sweep_dir=gs://bucket/sw', '--sweep', 'config.seed=1,2', '--gpus=',
+          '--backend=tpu', '--name=sw', '--zones=us-central2-b', '--accelerator=v4-8', f'--code_dir={clone[0]}',
+          '--poll=0', *extra]
+
+
+def test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node(fake, clone):
+  missing = [{'rc': 1, 'stderr': 'ERROR: The following URLs matched no objects or files\n'}]
+  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
+  assert sweep.main(_sweep_flags(clone, '--tpu_mode=one_vm')) == 0
+  calls = fake.calls()
+  storage = [c[1] for c in calls if c[0] == 'storage']
+  assert storage == ['cat', 'cat', 'cat', 'ls'] * 2 + ['cat', 'cp']  # Each run's record, then sweep.json.
+  calls = _without_polls([c for c in calls if c[0] == 'compute'])
+  tpu_calls = [c for c in calls if c[0] == 'compute']
+  assert [c[3] for c in tpu_calls].count('create') == 1 and tpu_calls[-1][3] == 'delete'
+  runs = [shlex.split(c[-1][len('--command='):]) for c in tpu_calls if 'setsid' in c[-1]]
+  assert [next(a for a in shlex.split(r[r.index('-c') + 1]) if a.startswith('--workdir')) for r in runs] == [
+      '--workdir=gs://bucket/sw/seed=1', '--workdir=gs://bucket/sw/seed=2']
+
+
+def test_sweep_with_a_vm_per_run_launches_a_supervised_node_for_each(fake, clone, capsys):
+  missing = [{'rc': 1, 'stderr': 'matched no objects\n'}]
+  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']),
+               ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
+  assert sweep.main(_sweep_flags(clone, '--dry-run')) == 0
+  lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if not line.startswith('#')]
+  assert [line[1:5] for line in lines] == [['-m', 'launch.tpu', 'launch', f'--name=sw-{i}'] for i in (0, 1)]
+  assert lines[1][lines[1].index('--') + 1:] == ['--config=configs/default.py', '--workdir=gs://bucket/sw/seed=2',
+                                                  '--config.seed=2']
+  assert sweep.main(_sweep_flags(clone)) == 0
+  calls = [c for c in fake.calls() if c[0] == 'compute']
+  assert sorted(c[4] for c in calls if c[3] == 'create') == ['sw-0', 'sw-1']
+  assert sorted(c[4] for c in calls if c[3] == 'delete') == ['sw-0', 'sw-1']
+
+
+def test_run_refuses_a_node_with_a_running_job_and_status_shows_each_worker(fake, clone, capsys):
+  fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('running', 'exited 1')])])
+  assert tpu.main(['run', *_flags(clone)[:5], '--', *ARGS]) == 2
+  assert 'A job is running on TPU VM vit-s16 in us-central2-b; stop it first' in capsys.readouterr().err
+  assert tpu.main(['status', *_flags(clone)[:5]]) == 0
+  assert capsys.readouterr().out.splitlines() == ['TPU VM vit-s16 (us-central2-b): READY',
+                                                  'job: worker 0 running, worker 1 exited 1']
