@@ -127,7 +127,7 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
       ax.plot([s for s, _ in series], [v for _, v in series], marker='.', label=name)
   ax.set_xlabel('step')
   ax.set_ylabel(metric)
-  ax.set_title('runs', fontsize='medium')
+  ax.set_title(f'{metric} during each run', fontsize='medium')
   if any(curves.values()):
     ax.legend(fontsize='x-small')
   ax.grid(alpha=0.3)
