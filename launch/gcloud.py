@@ -131,6 +131,7 @@ def run_script(main_args) -> str:
   return (f'mkdir -p {RUN} && cd {HOME} && rm -f {RUN}/exit_code {RUN}/pid; '
           f'echo "=== $(date -u +%FT%TZ) vit_jax.main "{shlex.quote(shlex.join(main_args))} >> {RUN}/worker.log; '
           f'setsid nohup bash -c {shlex.quote(inner)} >> {RUN}/worker.log 2>&1 < /dev/null & '
+          f'for _ in $(seq 50); do [ -f {RUN}/pid ] && break; sleep 0.2; done; '  # Started before we return.
           f'echo "{STATUS_MARK} started"')
 
 

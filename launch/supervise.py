@@ -71,7 +71,8 @@ class Supervisor:
         self.say(f'Deleted {where}.')
       return 0
     except node_lib.NoCapacity as e:
-      self.say(str(e))
+      self.say(str(e) + ('. The run is not finished: launch the same command again later and it resumes from its '
+                         'last checkpoint.' if self.started else ''))
       return 1
     except GiveUp as e:
       self.say(f'Giving up: {e}')
@@ -100,10 +101,13 @@ class Supervisor:
 
   def _supervise(self, job, workdir: str) -> None:
     self._start(job)
-    unreachable = 0
+    unreachable = unknown = 0
     while True:
       self.tpu.sleep(self.settings.poll_s)
       health, state = self.tpu.health()
+      unknown = unknown + 1 if health == 'unknown' else 0
+      if unknown and unknown % 10 == 0:
+        self.say(f'The state of {self.tpu.where()} could not be read {unknown} times in a row: {state}')
       if health == 'lost':
         self._preempted(f'{self.tpu.node.kind()} state {state}', job, recreate=True)
         unreachable = 0
