@@ -96,18 +96,19 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
   column = f'final {metric}'
   for ax, k in zip(axes[0], swept):
     others = [o for o in swept if o != k]
-    groups: dict[str, list] = {}
+    groups: dict[tuple, list] = {}  # The other fields' values (numbers sort as numbers) -> runs.
     for row in rows:
       if not math.isnan(row.get(column, math.nan)):
-        label = ', '.join(f'{o}={row[o]}' for o in others) or None
-        groups.setdefault(label, []).append(row)
+        key = tuple((0, float(row[o]), row[o]) if _numeric([row[o]]) else (1, 0.0, row[o]) for o in others)
+        groups.setdefault(key, []).append(row)
     values = sorted({r[k] for r in rows})
     numeric = _numeric(values)
     if numeric:
       values = sorted(values, key=float)
-    for label, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for key, group in sorted(groups.items()):
       group = sorted(group, key=lambda r: float(r[k]) if numeric else values.index(r[k]))
       xs = [float(r[k]) if numeric else values.index(r[k]) for r in group]
+      label = ', '.join(f'{o}={v}' for o, (_, _, v) in zip(others, key)) or None
       ax.plot(xs, [r[column] for r in group], marker='o', label=label)
     if numeric and all(float(v) > 0 for v in values) and max(map(float, values)) >= 10 * min(map(float, values)):
       ax.set_xscale('log')
