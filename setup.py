@@ -30,7 +30,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "tpu": ["jax[tpu]>=0.8.0,<0.11"],  # Cloud TPU VMs (libtpu).
-        "cuda": ["jax[cuda13]>=0.8.0,<0.11"],  # NVIDIA GPUs: CUDA 13 wheels, JAX's default pairing.
+        "cuda": ["jax[cuda13]>=0.8.0,<0.11"],  # NVIDIA GPUs: CUDA 13 wheels, what JAX's install guide leads with.
         "cuda12": ["jax[cuda12]>=0.8.0,<0.11"],  # NVIDIA GPUs whose driver is too old for CUDA 13.
     },
 )

@@ -21,6 +21,7 @@ class Tpu:
     self.node, self.runner, self.zone = node, runner, zone
     self.sleep, self.clock = sleep, clock
     self.commit = None
+    self.creating = None  # The zone of a create command in flight (an interrupted one may still make the node).
 
   def where(self) -> str:
     return f'{self.node.kind()} {self.node.name} in {self.zone}'
@@ -49,7 +50,9 @@ class Tpu:
           else:
             self.runner.note(f'if {self.node.zones[i - 1]} has no capacity: {shell.shell_line(argv)}')
           continue
+        self.creating = zone
         done = self.runner.run(argv, check=False)
+        self.creating = None
         if done.returncode == 0:
           self.zone = zone
           if not self.node.queued:
@@ -96,6 +99,20 @@ class Tpu:
         self.zone = zone
         return zone
     raise ValueError(f'{self.node.kind()} {self.node.name} not found in {", ".join(self.node.zones)}.')
+
+  def adopt_interrupted_create(self) -> bool:
+    """After Ctrl-C during a create command: whether the node it asked for exists (then `zone` is set to its zone).
+
+    The server finishes a create that gcloud stopped waiting for, so a node that answers at all counts.
+    """
+    if self.zone is not None or self.creating is None:
+      return self.zone is not None
+    zone, self.creating = self.creating, None
+    done = self.runner.query(gcloud.describe(self.node, zone))
+    if done.returncode != 0 and gcloud.NOT_FOUND.search(done.stderr):
+      return False
+    self.zone = zone
+    return True
 
   # State.
 

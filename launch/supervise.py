@@ -9,8 +9,9 @@ Every `poll_s` it reads the node's (or queued resource's) state and each worker'
   * a worker's job exited non-zero on a healthy node: a genuine failure. The job is stopped and rerun.
 Preemptions and failures have separate budgets (`max_preemptions`, `max_failures`); past one, it gives up. The run is
 finished once worker 0 sees its final evaluation in the workdir (launch.record status); then the node is deleted
-unless `keep`. Ctrl-C asks whether to delete the node (after stopping the job, which saves a checkpoint); it never
-leaves a node or queued resource behind without printing the command that deletes it.
+unless `keep`. Ctrl-C asks whether to delete the node (after stopping the job, which saves a checkpoint), also one
+that an interrupted create command had asked for; it never leaves a node or queued resource behind without printing
+the command that deletes it.
 """
 import dataclasses
 import sys
@@ -174,7 +175,7 @@ class Supervisor:
       self.say(f'Deleted {self.tpu.node.kind()} {self.tpu.node.name}.')
 
   def _interrupted(self) -> int:
-    if self.tpu.zone is None:
+    if not self.tpu.adopt_interrupted_create():
       self.say('Interrupted; nothing is left running.')
       return 130
     where, delete = self.tpu.where(), shell.shell_line(self._delete_argv())

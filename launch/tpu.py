@@ -137,7 +137,7 @@ def main(argv=None) -> int:
   ours, main_args = shell.split_args(argv)
   parser = _parser()
   args = parser.parse_args(ours)
-  runner = shell.Runner(dry_run=args.dry_run)
+  runner, tpu = shell.Runner(dry_run=args.dry_run), None
   try:
     tpu = node_lib.Tpu(node_from(args), runner)
     if args.subcommand in ('run', 'launch'):
@@ -148,6 +148,11 @@ def main(argv=None) -> int:
   except (ValueError, shell.CommandError, node_lib.NoCapacity) as e:
     print(f'launch.tpu {args.subcommand}: {e}', file=sys.stderr)
     return 2 if isinstance(e, ValueError) else 1
+  except KeyboardInterrupt:  # (`launch` asks what to do itself.)
+    if args.subcommand == 'create' and tpu and tpu.adopt_interrupted_create():
+      print(f'\nlaunch.tpu create: interrupted; {tpu.where()} exists and holds capacity (and quota) until it is '
+            f'deleted:\n  {shell.shell_line(gcloud.delete(tpu.node, tpu.zone))}', file=sys.stderr)
+    return 130
 
 
 def _dispatch(args, tpu: node_lib.Tpu, main_args) -> int:

@@ -230,6 +230,46 @@ def test_ctrl_c_answered_no_keeps_the_node_and_prints_how_to_delete_it(fake, clo
          '--quiet' in err
 
 
+def _interrupting_create(run):
+  """Runner.run, but Ctrl-C arrives while the create command runs (after the fake gcloud has seen it)."""
+
+  def wrapped(self, argv, **kw):
+    done = run(self, argv, **kw)
+    if 'create' in argv:
+      raise KeyboardInterrupt
+    return done
+
+  return wrapped
+
+
+@pytest.mark.parametrize('exists', [True, False])
+def test_ctrl_c_during_create_deletes_the_node_the_server_still_makes(fake, clone, capsys, monkeypatch, exists):
+  fake.script([(['describe'], ['CREATING\n' if exists else {'rc': 1, 'stderr': 'ERROR: NOT_FOUND: vit-s16\n'}])])
+  monkeypatch.setattr(shell.Runner, 'run', _interrupting_create(shell.Runner.run))
+  node = gcloud.Node('vit-s16', 'v4-32', ('us-central2-b',), project='my-proj', provisioning='spot')
+  asked = []
+  sup = supervise.Supervisor(node_lib.Tpu(node, shell.Runner(echo=False)), [ARGS],
+                             supervise.Settings(poll_s=0, code_dir=clone[0]), ask=lambda q: asked.append(q) or 'y')
+  assert sup.launch() == 130
+  calls = fake.calls()
+  assert [c[3] for c in calls] == ['create', 'describe'] + (['delete'] if exists else [])
+  assert bool(asked) == exists
+  if exists:
+    assert calls[-1] == [*VM, 'delete', 'vit-s16', *WHERE, '--quiet']
+  else:
+    assert 'nothing is left running' in capsys.readouterr().err
+
+
+def test_ctrl_c_during_the_create_subcommand_prints_how_to_delete_the_node(fake, clone, capsys, monkeypatch):
+  fake.script([(['describe'], ['CREATING\n'])])
+  monkeypatch.setattr(shell.Runner, 'run', _interrupting_create(shell.Runner.run))
+  assert tpu.main(['create', *_flags(clone)[:5]]) == 130
+  assert [c[3] for c in fake.calls()] == ['create', 'describe']
+  err = capsys.readouterr().err
+  assert 'interrupted; TPU VM vit-s16 in us-central2-b exists' in err
+  assert 'gcloud compute tpus tpu-vm delete vit-s16 --zone=us-central2-b --project=my-proj --quiet' in err
+
+
 def test_sigint_to_a_launch_process_deletes_after_asking(fake, clone, tmp_path):
   """The real thing: `python -m launch.tpu launch` in a process, SIGINT while it polls, 'y' on its stdin."""
   fake.script([(['describe'], ['ACTIVE\n']), ([STATUS], [workers('running')])])
