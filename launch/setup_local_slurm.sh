@@ -24,8 +24,9 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     || ! command -v sbatch >/dev/null; then
   say "installing slurm-wlm and munge (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends slurm-wlm munge
+  apt=(apt-get -q -o Acquire::Retries=1 -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30)  # Fail soon offline.
+  "${apt[@]}" update
+  "${apt[@]}" install -y --no-install-recommends slurm-wlm munge
 fi
 
 # munge: a key, then the daemon (as the munge user).
