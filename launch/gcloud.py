@@ -112,7 +112,7 @@ def setup_script(archive: str, marker: str, *, pip_spec: str | None = None, pyth
   return '; '.join([
       'set -e', f'mkdir -p {HOME}', f'cd {HOME}',
       f'if [ "$(cat .installed 2>/dev/null)" = {shlex.quote(marker)} ]; then '
-      f'echo "vit_jax set-up: already at {marker}"; rm -f ~/{archive}; exit 0; fi',
+      f'echo vit_jax set-up: already at {shlex.quote(marker)}; rm -f ~/{archive}; exit 0; fi',
       'find . -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +',
       f'tar -xzf ~/{archive}', f'rm -f ~/{archive}',
       'export PATH="$HOME/.local/bin:$PATH"',
@@ -120,7 +120,7 @@ def setup_script(archive: str, marker: str, *, pip_spec: str | None = None, pyth
       '(curl -LsSf https://astral.sh/uv/install.sh | sh)',
       f'test -x .venv/bin/python || uv venv -q --python {shlex.quote(python)} .venv',
       install,
-      f'echo {shlex.quote(marker)} > .installed', f'echo "vit_jax set-up: installed {marker}"'])
+      f'echo {shlex.quote(marker)} > .installed', f'echo vit_jax set-up: installed {shlex.quote(marker)}'])
 
 
 def run_script(main_args) -> str:

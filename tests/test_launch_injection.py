@@ -98,6 +98,22 @@ def test_tpu_commands_keep_every_value_inert(tmp_path, monkeypatch, sandbox, cap
   assert not (tmp_path / 'pwned').exists()
 
 
+def test_pip_setup_keeps_the_spec_inert_when_installing_and_when_installed(tmp_path, sandbox):
+  home, run, recorded = sandbox
+  nasty = _nasty(tmp_path)
+  spec = f'vit_jax[tpu] @ git+https://example.com/{nasty[0]}{nasty[1]}{nasty[2]}{nasty[5]}'
+  marker = f'abc {spec}'
+  subprocess.run(['tar', '-czf', str(home / 'code.tar.gz'), '-T', '/dev/null'], check=True)
+  script = gcloud.setup_script('code.tar.gz', marker, pip_spec=spec)
+  first, second = run(script), run(script)
+  assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
+  assert first.stdout.strip() == f'vit_jax set-up: installed {marker}'
+  assert second.stdout.strip() == f'vit_jax set-up: already at {marker}'
+  assert [c['argv'] for c in recorded()] == [['uv', 'pip', 'install', '-q', '--python', '.venv/bin/python', spec]]
+  assert (home / 'vit_jax' / '.installed').read_text() == marker + '\n'
+  assert not (tmp_path / 'pwned').exists()
+
+
 def test_sbatch_script_keeps_every_value_inert(tmp_path, sandbox):
   nasty, main_args = _nasty(tmp_path), _main_args(tmp_path)
   workdir = f'/shared/{nasty[4]}/{nasty[0]}'
