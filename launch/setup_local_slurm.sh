@@ -24,7 +24,8 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     || ! command -v sbatch >/dev/null; then
   say "installing slurm-wlm and munge (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
-  apt=(apt-get -q -o Acquire::Retries=1 -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30)  # Fail soon offline.
+  # Bounded timeouts: an offline machine fails soon.
+  apt=(apt-get -q -o Acquire::Retries=1 -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30)
   "${apt[@]}" update
   "${apt[@]}" install -y --no-install-recommends slurm-wlm munge
 fi

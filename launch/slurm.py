@@ -95,7 +95,8 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
     lines += [f'WORKDIR={shlex.quote(workdir)}', f'ARGS=({shlex.join(main_args)})']
   task_log = f'{log_dir}/{out_name}-%t.out'
   lines += [
-      f'srun --kill-on-bad-exit=1 --open-mode=append --output={shlex.quote(task_log)} python -m vit_jax.main "${{ARGS[@]}}"',
+      f'srun --kill-on-bad-exit=1 --open-mode=append --output={shlex.quote(task_log)} '
+      'python -m vit_jax.main "${ARGS[@]}"',
       'rc=$?',
       '# Stopped before the end (SIGTERM before the time limit, or a preemption) with a saved checkpoint: requeue.',
       'if [ "$rc" = 0 ] && ! python -m launch.record status "$WORKDIR"; then',

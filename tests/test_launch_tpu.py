@@ -326,7 +326,8 @@ def _sweep_flags(clone, *extra):
 
 def test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node(fake, clone):
   missing = [{'rc': 1, 'stderr': 'ERROR: The following URLs matched no objects or files\n'}]
-  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
+  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']),
+               ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
   assert sweep.main(_sweep_flags(clone, '--tpu_mode=one_vm')) == 0
   calls = fake.calls()
   storage = [c[1] for c in calls if c[0] == 'storage']
