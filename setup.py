@@ -15,7 +15,7 @@ setuptools.setup(
         "grain>=0.2.10,<0.3",  # Random-access input pipelines (index shuffle, worker processes).
         "importlib_resources>=6",  # tensorflow-datasets needs it to prepare datasets but does not declare it.
         "jax>=0.8.0,<0.11",
-        "matplotlib>=3.8,<4",  # vit_jax.visualize: attention maps and training curves.
+        "matplotlib>=3.8,<4",  # vit_jax.visualize and launch.sweep results: figures.
         "ml-collections>=1.0,<2",
         "numpy>=1.26,<3",
         "opencv-python-headless>=4.8,<6",  # Fast bilinear resizes of training crops.
@@ -33,5 +33,10 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.7,<5",
         "tqdm>=4.66,<5",
     ],
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        "tpu": ["jax[tpu]>=0.8.0,<0.11"],  # Cloud TPU VMs (libtpu).
+        "cuda": ["jax[cuda13]>=0.8.0,<0.11"],  # NVIDIA GPUs: CUDA 13 wheels, what JAX's install guide leads with.
+        "cuda12": ["jax[cuda12]>=0.8.0,<0.11"],  # NVIDIA GPUs whose driver is too old for CUDA 13.
+    },
 )

@@ -3,6 +3,8 @@
 The published ViT fine-tuning recipe: SGD with momentum 0.9, global batch 512, gradient clipping at norm 1.0,
 500 warmup steps then cosine decay, at 384 px, with the pretrained head replaced. Set `--config.pretrained_path`
 to a release .npz (e.g. gs://vit_models/imagenet21k/ViT-B_16.npz, or a local copy).
+
+`get_sweep` is the fine-tuning grid for launch.sweep: python -m launch.sweep --config=configs/vit.py:ViT-B_16,cifar10
 """
 from vit_jax.configs import common
 from vit_jax import models
@@ -17,6 +19,11 @@ DATASETS = {
 }
 # (model, dataset) pairs whose published learning rate differs from the dataset's.
 LEARNING_RATE_EXCEPTIONS = {('ViT-B_16', 'cifar10'): 0.01}
+# The sweep: the fine-tuning learning rates of the ViT paper (Table 4) x two durations per dataset, its steps above
+# and a shorter one (a longer one for the 500-step datasets).
+SWEEP_LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)
+SWEEP_STEPS = {'cifar10': (2_500, 10_000), 'cifar100': (2_500, 10_000), 'imagenet2012': (10_000, 20_000),
+               'oxford_iiit_pet': (500, 2_500), 'oxford_flowers102': (500, 2_500)}
 
 
 def get_config(arg: str = 'ViT-B_16,cifar10'):
@@ -51,3 +58,12 @@ def get_config(arg: str = 'ViT-B_16,cifar10'):
   config.eval_every_steps = max(total_steps // 10, 100)
   config.checkpoint_every_steps = 1_000
   return config
+
+
+def get_sweep(h, arg: str = 'ViT-B_16,cifar10'):
+  """8 runs: every learning rate of SWEEP_LEARNING_RATES for each duration of SWEEP_STEPS[dataset] (launch/hyper.py)."""
+  dataset = arg.split(',')[-1]
+  if dataset not in SWEEP_STEPS:
+    raise ValueError(f'Unknown dataset {dataset!r} for configs/vit.py; valid: {", ".join(SWEEP_STEPS)}.')
+  return h.product([h.sweep('config.schedule.base_lr', SWEEP_LEARNING_RATES),
+                    h.sweep('config.total_steps', SWEEP_STEPS[dataset])])

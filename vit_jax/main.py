@@ -38,17 +38,29 @@ def _cluster_detected() -> bool:
           env.get('MEGASCALE_COORDINATOR_ADDRESS'))
 
 
+def skypilot_cluster(env=os.environ) -> tuple[str, int, int] | None:
+  """(coordinator address, process count, process id) on a multi-node SkyPilot cluster, one process per node (all
+  its GPUs): node 0 of SKYPILOT_NODE_IPS coordinates, on port JAX_COORDINATOR_PORT (default 8476) as for JAX's own
+  cluster detection. None elsewhere (a TPU pod is one SkyPilot node; its hosts find each other)."""
+  nodes, ips = int(env.get('SKYPILOT_NUM_NODES') or 1), env.get('SKYPILOT_NODE_IPS', '').split()
+  if nodes <= 1 or not ips or env.get('SKYPILOT_NODE_RANK') is None:
+    return None
+  return f'{ips[0]}:{env.get("JAX_COORDINATOR_PORT", "8476")}', nodes, int(env['SKYPILOT_NODE_RANK'])
+
+
 def _maybe_initialize_distributed(jax) -> None:
   explicit = _COORDINATOR.value is not None
-  if _DISTRIBUTED.value == 'off' or (_DISTRIBUTED.value == 'auto' and not explicit and not _cluster_detected()):
+  sky = None if explicit else skypilot_cluster()
+  if _DISTRIBUTED.value == 'off' or (_DISTRIBUTED.value == 'auto' and not explicit and not sky and
+                                     not _cluster_detected()):
     return
   if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
     raise app.UsageError('--coordinator_address needs --num_processes and --process_id.')
+  address, num_processes, process_id = sky or (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from vit_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.use_gloo_on_cpu()
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                             process_id=_PROCESS_ID.value)
-  distributed.check_process_count(_NUM_PROCESSES.value)
+  jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id)
+  distributed.check_process_count(num_processes)
   distributed.check_same_config(_CONFIG.value)
 
 

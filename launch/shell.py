@@ -1,0 +1,162 @@
+"""Running commands (or, in a dry run, printing them one per line), files that may live on gs://, the clone's commit.
+
+Commands are argv lists, never strings for a local shell: a user's value is one argv element and stays inert. Where a
+remote shell reads a command (ssh), the caller builds it with `shlex.join`/`shlex.quote`.
+"""
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+from typing import TextIO
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The clone that holds launch/.
+
+
+class CommandError(RuntimeError):
+  """A command exited non-zero; the message names it and ends with its stderr."""
+
+  def __init__(self, argv, returncode, stderr):
+    tail = '\n'.join((stderr or '').strip().splitlines()[-15:])
+    super().__init__(f'Command failed (exit {returncode}): {shlex.join(argv)}' + (f'\n{tail}' if tail else ''))
+    self.argv, self.returncode, self.stderr = argv, returncode, stderr or ''
+
+
+def shell_line(argv, stdin: str | None = None) -> str:
+  """The command as one line a POSIX shell runs unchanged (stdin, if any, piped in with printf, line by line)."""
+  line = shlex.join(argv)
+  if stdin is None:
+    return line
+  *lines, last = stdin.split('\n')
+  feed = [f"printf '%s\\n' {' '.join(shlex.quote(x) for x in lines)}"] if lines else []
+  feed += [f'printf %s {shlex.quote(last)}'] if last or not lines else []
+  return f'{feed[0]} | {line}' if len(feed) == 1 else f'{{ {"; ".join(feed)}; }} | {line}'
+
+
+@dataclasses.dataclass
+class Runner:
+  """Runs commands; with `dry_run`, prints each one instead (to `out`) and pretends it succeeded with no output.
+
+  `run` is for what a subcommand does (printed in a dry run); `query` is for read-only look-ups that decide what to
+  do, and always runs. With `echo`, each command that `run` executes is shown on stderr as `+ command`.
+  """
+  dry_run: bool = False
+  echo: bool = True
+  out: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
+
+  def run(self, argv, *, stdin: str | None = None, check: bool = True, capture: bool = True,
+          quiet: bool = False) -> subprocess.CompletedProcess:
+    argv = [str(a) for a in argv]
+    if self.dry_run:
+      print(shell_line(argv, stdin), file=self.out, flush=True)
+      return subprocess.CompletedProcess(argv, 0, '', '')
+    if self.echo and not quiet:
+      print('+ ' + shlex.join(argv), file=sys.stderr, flush=True)
+    return self._execute(argv, stdin, check, capture)
+
+  def query(self, argv, *, check: bool = False) -> subprocess.CompletedProcess:
+    return self._execute([str(a) for a in argv], None, check, True)
+
+  def note(self, text: str) -> None:
+    """A comment: `# text` among the commands of a dry run, else a line on stderr."""
+    print(f'# {text}', file=self.out if self.dry_run else sys.stderr, flush=True)
+
+  @staticmethod
+  def _execute(argv, stdin, check, capture):
+    try:
+      done = subprocess.run(argv, input=stdin, text=True, check=False,
+                            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
+    except FileNotFoundError as e:
+      raise CommandError(argv, 127, f'{argv[0]}: not found on PATH ({e}).') from None
+    if check and done.returncode != 0:
+      raise CommandError(argv, done.returncode, done.stderr)
+    return done
+
+
+def is_gcs(path: str) -> bool:
+  return path.startswith('gs://')
+
+
+def join(base: str, *names: str) -> str:
+  """os.path.join that keeps gs:// URLs intact."""
+  return '/'.join([base.rstrip('/'), *names]) if is_gcs(base) else os.path.join(base, *names)
+
+
+def read_text(path: str, runner: Runner | None = None) -> str | None:
+  """The text of a local or gs:// file, or None when there is no such file."""
+  if not is_gcs(path):
+    if not os.path.isfile(path):
+      return None
+    with open(path, encoding='utf-8') as f:
+      return f.read()
+  done = (runner or Runner()).query(['gcloud', 'storage', 'cat', path])
+  if done.returncode == 0:
+    return done.stdout
+  if 'matched no objects' in done.stderr or 'No URLs matched' in done.stderr or 'not found' in done.stderr.lower():
+    return None
+  raise CommandError(done.args, done.returncode, done.stderr)
+
+
+def write_text(path: str, text: str, runner: Runner | None = None) -> None:
+  """Writes a local file atomically (creating its folder), or a gs:// object through `gcloud storage cp -`."""
+  runner = runner or Runner()
+  if is_gcs(path):
+    runner.run(['gcloud', 'storage', 'cp', '-', path], stdin=text)
+    return
+  if runner.dry_run:
+    runner.note(f'write {path}')
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def git_commit(repo: str = REPO) -> str:
+  """HEAD's commit of the clone `repo`; a clear error when it is not a git clone."""
+  done = Runner().query(['git', '-C', repo, 'rev-parse', 'HEAD'])
+  if done.returncode != 0:
+    raise CommandError(done.args, done.returncode, f'{repo} is not a git clone with a commit: {done.stderr.strip()}')
+  return done.stdout.strip()
+
+
+def git_dirty(repo: str = REPO) -> bool:
+  """Whether tracked files differ from HEAD (those changes are not in a `git archive` of HEAD)."""
+  return bool(Runner().query(['git', '-C', repo, 'status', '--porcelain', '--untracked-files=no']).stdout.strip())
+
+
+def main_command(args, *, python: str = 'python') -> list[str]:
+  """The training command every launcher runs: `python -m vit_jax.main ARGS`."""
+  return [python, '-m', 'vit_jax.main', *args]
+
+
+def workdir_of(main_args) -> str:
+  """The --workdir of vit_jax.main arguments (required: a launched run is its workdir)."""
+  for i, arg in enumerate(main_args):
+    if arg.startswith('--workdir='):
+      return arg.split('=', 1)[1]
+    if arg == '--workdir' and i + 1 < len(main_args):
+      return main_args[i + 1]
+  raise ValueError('Give the run a --workdir among the vit_jax.main arguments after "--" (gs://BUCKET/PATH on '
+                   'Cloud TPU, a shared path on SLURM): a run resumes from its workdir and records its launch there.')
+
+
+def split_args(argv) -> tuple[list[str], list[str]]:
+  """(the launcher's own arguments, vit_jax.main's): the two sides of the first '--'."""
+  argv = list(argv)
+  if '--' not in argv:
+    return argv, []
+  i = argv.index('--')
+  return argv[:i], argv[i + 1:]
+
+
+def parse_env(items) -> dict[str, str]:
+  """['KEY=VALUE', ...] (from --env flags) -> {KEY: VALUE}; a clear error for anything else."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep or not key.isidentifier():
+      raise ValueError(f'Bad --env {item!r}: expected KEY=VALUE.')
+    out[key] = value
+  return out

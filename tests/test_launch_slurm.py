@@ -1,0 +1,115 @@
+"""launch.slurm: the sbatch script (N nodes x G GPUs, one task per GPU, requeue, the signal before the time limit,
+array jobs for sweeps), and a real job on a one-node local SLURM (launch/setup_local_slurm.sh): 2 tasks x 2 CPU
+devices join one jax.distributed run whose losses equal a 1-process run with 4 devices."""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from launch import record, shell, slurm
+from test_multihost import SMALL, _by_step, _run, tfds_dir  # noqa: F401  (tfds_dir: a fixture)
+from vit_jax import metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SETUP = REPO / 'launch' / 'setup_local_slurm.sh'
+
+
+def _args(*argv):
+  parser = argparse.ArgumentParser()
+  slurm.add_flags(parser)
+  return parser.parse_args(list(argv))
+
+
+def test_script_for_two_nodes_of_eight_gpus():
+  text = slurm.script(_args('--nodes=2', '--gpus_per_node=8', '--time=12:00:00', '--partition=gpu', '--venv=/v',
+                            '--env=NCCL_DEBUG=WARN'), [('/shared/w', ['--config=c.py', '--workdir=/shared/w'])],
+                      '/shared/logs')
+  lines = text.splitlines()
+  for directive in ('--nodes=2', '--ntasks-per-node=8', '--gpus-per-node=8', '--time=12:00:00', '--partition=gpu',
+                    '--requeue', '--signal=TERM@300', '--output=/shared/logs/%x-%j.out', '--open-mode=append'):
+    assert f'#SBATCH {directive}' in lines, directive
+  assert 'source /v/bin/activate' in lines and 'export NCCL_DEBUG=WARN' in lines
+  assert "ARGS=(--config=c.py --workdir=/shared/w)" in lines
+  assert any(line.startswith('srun --kill-on-bad-exit=1 --open-mode=append --output=/shared/logs/%x-%j-%t.out '
+                             'python -m vit_jax.main "${ARGS[@]}"') for line in lines)
+  assert 'scontrol requeue "$SLURM_JOB_ID" && exit 0' in text and '-lt 20 ]' in text
+  assert not any('--array' in line for line in lines)
+
+
+def test_sweep_is_one_array_job_with_a_run_per_index():
+  jobs = [(f'/s/r{i}', ['--config=c.py', f'--workdir=/s/r{i}', f'--config.seed={i}']) for i in range(3)]
+  text = slurm.script(_args('--gpus_per_node=0', '--tasks_per_node=2'), jobs, '/s', parallel=2)
+  assert '#SBATCH --array=0-2%2' in text and '#SBATCH --output=/s/%x-%A_%a.out' in text
+  assert '#SBATCH --gpus-per-node' not in text and '#SBATCH --ntasks-per-node=2' in text
+  for i in range(3):
+    assert f"  {i}) WORKDIR=/s/r{i}; ARGS=(--config=c.py --workdir=/s/r{i} --config.seed={i}) ;;" in text
+
+
+def test_one_word_directives_and_a_workdir_are_required(capsys):
+  with pytest.raises(ValueError, match="Bad --job_name 'a b'"):
+    slurm.script(_args('--job_name=a b'), [('/w', ['--workdir=/w'])], '/l')
+  with pytest.raises(ValueError, match='one line only'):
+    slurm.script(_args('--sbatch_arg=--x=1\nrm -rf /'), [('/w', ['--workdir=/w'])], '/l')
+  assert slurm.main(['--dry-run', '--', '--config=c.py']) == 2
+  assert 'Give the run a --workdir' in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_script_and_submits_nothing(tmp_path, capsys):
+  assert slurm.main(['--dry-run', f'--log_dir={tmp_path}/logs', '--', '--config=c.py', f'--workdir={tmp_path}/w']) == 0
+  out = capsys.readouterr().out
+  assert out.startswith(f'# {tmp_path}/logs/vit_jax.sbatch:\n#!/bin/bash\n')
+  assert out.rstrip().endswith(f'sbatch --parsable {tmp_path}/logs/vit_jax.sbatch')
+  assert not (tmp_path / 'logs').exists() and not (tmp_path / 'w').exists()
+
+
+def _local_slurm() -> str | None:
+  """None when the local SLURM takes jobs (set up by launch/setup_local_slurm.sh, run here as root), else why not."""
+  if not shutil.which('sbatch') and os.geteuid() != 0:
+    return 'SLURM is not installed and this is not root: run sudo launch/setup_local_slurm.sh'
+  if os.geteuid() == 0:
+    done = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+      return f'launch/setup_local_slurm.sh failed: {(done.stdout + done.stderr).strip()[-500:]}'
+  state = subprocess.run(['sinfo', '-h', '-n', 'localhost', '-o', '%t'], capture_output=True, text=True, check=False)
+  if not state.stdout.strip().startswith(('idle', 'mix', 'alloc')):
+    return f'the local SLURM node is not up (sinfo: {state.stdout.strip() or state.stderr.strip()})'
+  return None
+
+
+def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, tfds_dir):  # noqa: F811
+  """The real thing (~45 s): sbatch of a 2-task job on the local SLURM, against a 1-process run with 4 devices."""
+  reason = _local_slurm()
+  if reason:
+    pytest.skip(reason)
+  common = [f'--config={REPO}/configs/default.py', f'--config.tfds_data_dir={tfds_dir}', *SMALL]
+  w1, w2, logs = tmp_path / 'w1', tmp_path / 'w2', tmp_path / 'logs'
+  ((rc, out),) = _run(tmp_path, 'single', 4, [common + [f'--workdir={w1}']])
+  assert rc == 0, out[-3000:]
+
+  done = subprocess.run(
+      [sys.executable, '-m', 'launch.slurm', '--nodes=1', '--tasks_per_node=2', '--gpus_per_node=0',
+       '--cpus_per_task=1', '--time=00:10:00', f'--log_dir={logs}', f'--venv={sys.prefix}', '--job_name=vit_jax_test',
+       '--env=XLA_FLAGS=--xla_force_host_platform_device_count=2', '--env=JAX_PLATFORMS=cpu', '--wait', '--',
+       *common, f'--workdir={w2}'], capture_output=True, text=True, cwd=REPO, timeout=600,
+      env={**os.environ, 'PYTHONPATH': str(REPO)})
+  task_logs = sorted(logs.glob('vit_jax_test-*-*.out'))
+  log_text = '\n'.join(f'--- {p.name}\n{p.read_text()[-3000:]}' for p in sorted(logs.glob('*.out')))
+  assert done.returncode == 0, done.stderr[-2000:] + log_text
+  assert [p.name.rsplit('-', 1)[1] for p in task_logs] == ['0.out', '1.out'], log_text
+  assert 'process 1 of 2, 2 local / 4 global devices (cpu)' in task_logs[1].read_text(), log_text
+
+  one, two = metrics.read_jsonl(str(w1)), metrics.read_jsonl(str(w2))
+  np.testing.assert_allclose(list(_by_step(two, 'train/loss').values()), list(_by_step(one, 'train/loss').values()),
+                             rtol=1e-5)
+  assert list(_by_step(two, 'train/loss')) == list(range(1, 6))
+  assert _by_step(two, 'eval/accuracy') == _by_step(one, 'eval/accuracy')
+  info = json.loads((w2 / 'launch.json').read_text())
+  assert info['backend'] == 'slurm' and info['returncode'] == 0 and info['job_id'].isdigit()
+  assert record.status(record.read(str(w2))) == 'finished'
+  assert shell.read_text(str(logs / 'vit_jax_test.sbatch')).startswith('#!/bin/bash')
