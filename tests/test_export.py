@@ -12,15 +12,33 @@ from vit_jax.configs import common
 HIDDEN, HEADS, LAYERS = 32, 2, 2
 
 
-@pytest.fixture(scope='module')
-def trained():
-  """A tiny model with a random (non-zero) head and peaked attention, as `inference` would load it."""
+def _trained(posemb='learn'):
+  """A tiny model with a random (non-zero) head and peaked attention, as `inference` would load it (with every model
+  field a run's config.json has)."""
   config = common.get_config()
   config.model = tiny.vit_config()
+  config.model.posemb = posemb
+  config.model.transformer.drop_path_rate = 0.1  # Training only: exported as if absent.
   config.image_size = 16
   model = models.VisionTransformer(num_classes=3, **config.model)
   params = tiny.params_with_head(model, qk_scale=3.0)
   return inference.Trained(config, model, params, ['cat', 'dog', 'eel'], 'test')
+
+
+@pytest.fixture(scope='module')
+def trained():
+  return _trained()
+
+
+def test_fixed_sincos_position_embeddings_become_the_hf_table():
+  sincos = _trained('sincos2d')
+  assert 'Transformer' not in sincos.params or 'posembed_input' not in sincos.params['Transformer']
+  with pytest.raises(ValueError, match='image_size'):
+    export.hf_state_dict(sincos.params, sincos.config.model)
+  table = export.hf_state_dict(sincos.params, sincos.config.model, 16)['vit.embeddings.position_embeddings']
+  assert table.shape == (1, 17, 32)
+  np.testing.assert_array_equal(table[0, 0], 0.0)  # The class token gets none.
+  np.testing.assert_allclose(table[0, 1:], models.vit.posemb_sincos_2d(4, 4, 32).reshape(16, 32), rtol=1e-6)
 
 
 def test_tensor_names_shapes_and_transposes(trained):
@@ -77,8 +95,12 @@ def test_what_hf_vit_cannot_express_is_refused_by_name(config, message, trained)
 
 def test_unknown_model_fields_and_stray_parameters_are_refused(trained):
   config = tiny.vit_config()
-  config.posemb = 'sincos2d'  # A field this export does not know: never silently dropped.
-  with pytest.raises(export.UnsupportedModelError, match="model.posemb='sincos2d'"):
+  config.register_tokens = 4  # A field this export does not know: never silently dropped.
+  with pytest.raises(export.UnsupportedModelError, match="model.register_tokens=4, which this export does not"):
+    export.hf_state_dict(trained.params, config)
+  config = tiny.vit_config()
+  config.posemb = 'rope'
+  with pytest.raises(export.UnsupportedModelError, match="posemb='rope': HF ViT adds one position embedding"):
     export.hf_state_dict(trained.params, config)
   params = {**trained.params, 'extra': {'kernel': np.zeros((2, 2))}}
   with pytest.raises(export.UnsupportedModelError, match=r"no place for the parameters \['extra/kernel'\]"):
@@ -116,17 +138,18 @@ def test_export_cli_writes_a_loadable_folder_from_a_run(fitted_run, tmp_path):
       'ViTForImageClassification']
 
 
-def test_transformers_vit_gives_our_logits(trained, tmp_path):
+@pytest.mark.parametrize('posemb', ['learn', 'sincos2d'])
+def test_transformers_vit_gives_our_logits(posemb, tmp_path):
+  trained = _trained(posemb)
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   export.export_hf(trained, str(tmp_path))
   hf, info = transformers.ViTForImageClassification.from_pretrained(str(tmp_path), output_loading_info=True)
   assert not any(info.values()), info  # No missing, unexpected or mismatched tensors.
   pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-  images = np.stack([input_pipeline.eval_image(tf.constant(p), trained.config).numpy() for p in pixels])
+  images = np.stack([input_pipeline.eval_image(p, trained.config) for p in pixels])
   ours = np.asarray(trained.model.apply({'params': trained.params}, images, train=False))
   with torch.no_grad():
     theirs = hf.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
@@ -138,3 +161,24 @@ def test_transformers_vit_gives_our_logits(trained, tmp_path):
   processed = processor(images=[Image.fromarray(p) for p in pixels], return_tensors='np')['pixel_values']
   np.testing.assert_allclose(processed.transpose(0, 2, 3, 1), images, atol=1e-6)
   assert hf.config.id2label[2] == 'eel'
+
+
+@pytest.mark.parametrize('crop,resize', [(1.0, 'square'), (0.875, 'square'), (0.875, 'shorter_side')])
+def test_transformers_image_processor_gives_our_eval_inputs(crop, resize, tmp_path):
+  pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  with open(tmp_path / 'preprocessor_config.json', 'w') as f:
+    json.dump(export.preprocessor_config(24, crop, resize), f)
+  processor = transformers.AutoImageProcessor.from_pretrained(str(tmp_path))
+  config = tiny.train_config(**{'image_size': 24, 'pp.eval_crop_fraction': crop, 'pp.eval_resize': resize})
+  rng = np.random.default_rng(1)
+  for shape in ((60, 80, 3), (75, 50, 3)):  # Smooth images, so a pixel's shift moves values little.
+    coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize(shape[1::-1], Image.BICUBIC))
+    ours = input_pipeline.eval_image(image, config)
+    theirs = processor(images=[Image.fromarray(image)], return_tensors='np')['pixel_values'][0].transpose(1, 2, 0)
+    assert theirs.shape == ours.shape
+    tolerance = 2 / 127.5 if resize == 'square' else 0.25  # Rounding of uint8 resizes; a pixel's shift of the crop.
+    np.testing.assert_allclose(theirs, ours, atol=tolerance)

@@ -15,9 +15,9 @@ names `gelu_pytorch_tanh`, so the logits match ours (tested against transformers
 
 `preprocessor_config.json` reproduces our input scaling: rescale by 1/255, then mean 0.5 and std 0.5 give
 x / 127.5 - 1, our [-1, 1]; images are resized bilinearly to the run's image size (centre-cropped after a resize to
-image_size / eval_crop_fraction when the run evaluated with a crop fraction below 1). Resizing is the one step that
-is not bit-identical: Transformers resizes with PIL/torchvision (antialiased when shrinking), our evaluation with
-tf.image.resize.
+image_size / eval_crop_fraction when the run evaluated with a crop fraction below 1, or after a shorter-side resize
+for `pp.eval_resize='shorter_side'`). Both sides resize with PIL's antialiased bilinear filter; Transformers rounds
+the longer side of a shorter-side resize down where we round it, which can move the crop by a pixel.
 
 Refused, with what is unsupported named (ViTForImageClassification classifies the final class token through one
 Linear and has nothing else): hybrid ResNet stems, pooling other than the class token (`gap`, unpooled), a
@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import checkpoint, inference, utils
+from vit_jax import checkpoint, inference, models, utils
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ LAYER_NORM_EPS = 1e-6  # vit_jax.models.vit's LayerNorms.
 HIDDEN_ACT = 'gelu_pytorch_tanh'  # nn.gelu(approximate=True): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 # Model config fields the export reads (all others must be absent, None, False or 0: see `unsupported`).
 KNOWN_FIELDS = ('model_name', 'patches', 'hidden_size', 'transformer', 'classifier', 'representation_size',
-                'head_bias_init', 'resnet')
-KNOWN_TRANSFORMER_FIELDS = ('num_layers', 'mlp_dim', 'num_heads', 'dropout_rate', 'attention_dropout_rate')
+                'head_bias_init', 'resnet', 'posemb')
+KNOWN_TRANSFORMER_FIELDS = ('num_layers', 'mlp_dim', 'num_heads', 'dropout_rate', 'attention_dropout_rate',
+                            'drop_path_rate')  # Dropouts and stochastic depth: training only.
 
 
 class UnsupportedModelError(ValueError):
@@ -57,6 +58,8 @@ def unsupported(model_config, params) -> list[str]:
   if model_config.get('classifier', 'token') != 'token':
     problems.append(f"classifier={model_config['classifier']!r}: HF ViT classifies the class token only "
                     "(classifier='token')")
+  if model_config.get('posemb', 'learn') not in ('learn', 'sincos2d'):
+    problems.append(f"posemb={model_config['posemb']!r}: HF ViT adds one position embedding table")
   if model_config.get('representation_size'):
     problems.append(f"a pre-logits layer (representation_size={model_config['representation_size']}): "
                     'ViTForImageClassification has no layer between the class token and the classifier (its '
@@ -77,8 +80,22 @@ def _linear(kernel: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(kernel.T)
 
 
-def hf_state_dict(params, model_config) -> dict[str, np.ndarray]:
+def _position_embeddings(model_config, image_size, take) -> np.ndarray:
+  if model_config.get('posemb', 'learn') == 'learn':
+    return take('Transformer/posembed_input/pos_embedding')
+  if not image_size:
+    raise ValueError("hf_state_dict needs image_size for a model with posemb='sincos2d'.")
+  rows, cols = models.token_grid(model_config, image_size)
+  table = models.vit.posemb_sincos_2d(rows, cols, model_config['hidden_size'])
+  return np.concatenate([np.zeros((1, 1, table.shape[-1]), np.float32), table.reshape(1, rows * cols, -1)],
+                        axis=1).astype(np.float32)
+
+
+def hf_state_dict(params, model_config, image_size: int | None = None) -> dict[str, np.ndarray]:
   """Our parameter tree (per-layer or stacked) -> {HF ViTForImageClassification tensor name: float32 array}.
+
+  A model with fixed sin-cos position embeddings (posemb='sincos2d', no parameter) gets them as the HF table at
+  `image_size` (required then): zeros for the class token, which gets none, then the patches' embeddings.
 
   Raises UnsupportedModelError listing what cannot be expressed, including parameters left without a place.
   """
@@ -95,7 +112,7 @@ def hf_state_dict(params, model_config) -> dict[str, np.ndarray]:
 
   out = {
       'vit.embeddings.cls_token': take('cls'),
-      'vit.embeddings.position_embeddings': take('Transformer/posembed_input/pos_embedding'),
+      'vit.embeddings.position_embeddings': _position_embeddings(model_config, image_size, take),
       # (kh, kw, in, out) -> (out, in, kh, kw).
       'vit.embeddings.patch_embeddings.projection.weight': take('embedding/kernel').transpose(3, 2, 0, 1),
       'vit.embeddings.patch_embeddings.projection.bias': take('embedding/bias'),
@@ -161,8 +178,10 @@ def hf_config(model_config, *, image_size: int, num_classes: int, class_names: S
   }
 
 
-def preprocessor_config(image_size: int, eval_crop_fraction: float = 1.0) -> dict:
-  """A ViTImageProcessor config giving our evaluation inputs: bilinear resize, x / 127.5 - 1 (see module doc)."""
+def preprocessor_config(image_size: int, eval_crop_fraction: float = 1.0, eval_resize: str = 'square') -> dict:
+  """An image processor config giving our evaluation inputs (preprocess.central_crop, then x / 127.5 - 1): a
+  ViTImageProcessor for a plain resize, DeiT's for a square resize and centre crop, CLIP's for a shorter-side resize
+  and centre crop (see module doc)."""
   size = {'height': image_size, 'width': image_size}
   config = {
       'image_processor_type': 'ViTImageProcessor',
@@ -175,8 +194,11 @@ def preprocessor_config(image_size: int, eval_crop_fraction: float = 1.0) -> dic
       'image_mean': [0.5, 0.5, 0.5],
       'image_std': [0.5, 0.5, 0.5],
   }
-  if eval_crop_fraction < 1.0:  # Resize to image_size / fraction, keep the centre: as preprocess.central_crop.
-    big = max(image_size, int(round(image_size / eval_crop_fraction)))
+  big = max(image_size, int(round(image_size / eval_crop_fraction)))
+  if eval_resize == 'shorter_side':  # Shorter side to image_size / fraction, keep the centre square.
+    config.update(image_processor_type='CLIPImageProcessor', size={'shortest_edge': big}, do_center_crop=True,
+                  crop_size=size, do_convert_rgb=True)
+  elif eval_crop_fraction < 1.0:  # Resize to image_size / fraction, keep the centre.
     config.update(image_processor_type='DeiTImageProcessor', size={'height': big, 'width': big},
                   do_center_crop=True, crop_size=size)
   return config
@@ -187,15 +209,16 @@ def export_hf(trained: inference.Trained, out_dir: str) -> list[str]:
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gs:// too)
   model_config = trained.config.model
-  tensors = hf_state_dict(trained.params, model_config)
+  tensors = hf_state_dict(trained.params, model_config, trained.config.image_size)
   config = hf_config(model_config, image_size=trained.config.image_size, num_classes=trained.num_classes,
                      class_names=trained.class_names, loss=trained.config.get('loss', 'softmax'))
-  crop = trained.config.get('pp', {}).get('eval_crop_fraction', 1.0)
+  pp = trained.config.get('pp', {})
+  crop, resize = pp.get('eval_crop_fraction', 1.0), pp.get('eval_resize', 'square')
   tf.io.gfile.makedirs(out_dir)
   files = {'model.safetensors': safetensors_numpy.save(tensors, metadata={'format': 'pt'}),
            'config.json': json.dumps(config, indent=2) + '\n',
-           'preprocessor_config.json': json.dumps(preprocessor_config(trained.config.image_size, crop), indent=2)
-                                       + '\n'}
+           'preprocessor_config.json': json.dumps(preprocessor_config(trained.config.image_size, crop, resize),
+                                                  indent=2) + '\n'}
   written = []
   for name, content in files.items():
     path = os.path.join(out_dir, name)
