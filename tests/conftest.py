@@ -1,13 +1,27 @@
-"""Test set-up: 8 CPU devices, quiet TensorFlow, no GPU grabbed by TF."""
+"""Test set-up: 8 CPU devices, quiet TensorFlow, no GPU grabbed by TF, one XLA compilation cache per test run."""
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests (and the processes they start, which inherit this) compile the same tiny train steps: JAX's persistent
+# cache, shared by the xdist workers of one run, compiles each once. Keyed by the program and the XLA flags, so a hit
+# is the same executable.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # The first process (xdist's controller): its workers inherit it.
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_WE_MADE = tempfile.mkdtemp(prefix="vit_jax_tests_xla_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
+
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402  (after the environment above)
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  if "_CACHE_WE_MADE" in globals():
+    shutil.rmtree(_CACHE_WE_MADE, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
