@@ -7,7 +7,7 @@
    learning rates (runs/shapes and runs/shapes_lr3e-3), with the same `python -m vit_jax.main` a user runs.
 3. Runs the after-training tools on them as a user would (predict, visualize attention and curves, export hf) and
    copies the pictures into docs/.
-Takes about 10 minutes on the 2-core development machine.
+Takes about 15 minutes on the 2-core development machine (two runs of 1,500 steps at ~190 img/s).
 """
 import os
 import shutil
