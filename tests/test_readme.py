@@ -9,6 +9,7 @@ breaks, or a new one that nothing runs, fails this file.
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -141,16 +142,16 @@ def _prepare(module: str, args: list[str], cwd, tfds_dir: str) -> list[str]:
 
 def _shapes_runs(cwd, env) -> None:
   """The runs of docs/make_figures.py that "After training" uses (runs/shapes, runs/shapes_lr3e-3 on the generated
-  runs/shapes_data), made the same way but tiny: 4 images per class, 6 steps."""
+  runs/shapes_data), made the same way but tiny: 4 images per class, 6 steps, and one run copied as the other."""
   sys.path.insert(0, os.path.join(ROOT, 'docs'))
   import make_figures  # pylint: disable=g-import-not-at-top
   sys.path.pop(0)
   make_figures.write_shapes(str(cwd / make_figures.DATA), train_per_class=4, test_per_class=2)
-  for workdir, lr in (('runs/shapes', '1e-3'), ('runs/shapes_lr3e-3', '3e-3')):
-    args = [f'--workdir={workdir}', f'--config.dataset={make_figures.DATA}', *TINY, '--config.total_steps=6',
-            '--config.eval_every_steps=3', f'--config.schedule.base_lr={lr}']
-    subprocess.run([sys.executable, '-m', 'vit_jax.main', *args], cwd=cwd, env=env, check=True, capture_output=True,
-                   timeout=600)
+  args = ['--workdir=runs/shapes', f'--config.dataset={make_figures.DATA}', *TINY, '--config.total_steps=6',
+          '--config.eval_every_steps=3']
+  subprocess.run([sys.executable, '-m', 'vit_jax.main', *args], cwd=cwd, env=env, check=True, capture_output=True,
+                 timeout=600)
+  shutil.copytree(cwd / 'runs/shapes', cwd / 'runs/shapes_lr3e-3')  # Only its curves are read: the same will do.
 
 
 SETUPS = {'runs/shapes': _shapes_runs}  # Runs a README command reads that no README command trains.
