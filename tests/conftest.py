@@ -6,9 +6,6 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# TensorFlow imports Keras eagerly (3.5 s of every process's start here); vit_jax never uses tf.keras. With the legacy
-# switch on and tf_keras not installed, TF skips that import.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Many tests (and the processes they start, which inherit this) compile the same tiny train steps: JAX's persistent
 # cache, shared by the xdist workers of one run, compiles each once. Keyed by the program and the XLA flags, so a hit
 # is the same executable.
