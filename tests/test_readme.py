@@ -15,8 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 from PIL import Image
 
 import tiny
@@ -72,13 +70,8 @@ def _vit_jax_part(command: str) -> tuple[str, list[str]]:
 
 def _parse(args: list[str]):
   """The config `python -m vit_jax.main args` builds (absl + config_flags, in this process)."""
-  values = flags.FlagValues()
   path = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), 'configs/default.py')
-  argv = ['main', f'--config={path}', *[a for a in args if a.startswith('--config.')]]
-  config_flags.DEFINE_config_file('config', os.path.join(ROOT, path) if not path.startswith('/') else path,
-                                  '', flag_values=values, lock_config=True, sys_argv=argv)
-  values(argv)
-  return values.config
+  return tiny.main_config(os.path.join(ROOT, path), [a for a in args if a.startswith('--config.')])
 
 
 def _local(args: list[str]) -> list[str]:
@@ -96,14 +89,10 @@ def _flag(args, name):
 
 def _write_checkpoint(path: str, model_config, num_classes: int, image_size: int) -> None:
   """A release-layout .npz of `model_config` with a head of `num_classes` (as a pretrained or fine-tuned file)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from vit_jax import checkpoint, models  # pylint: disable=g-import-not-at-top
   model = models.VisionTransformer(num_classes=num_classes, **model_config)
-  params = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-                                      train=False))()['params']
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  checkpoint.save_npz(path, params)
+  checkpoint.save_npz(path, tiny.params_with_head(model, size=image_size))
 
 
 def _photo(path: str, seed: int) -> None:

@@ -13,8 +13,6 @@ import sys
 import time
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
 from ml_collections.config_dict import FieldReference
 
 import tiny
@@ -33,15 +31,6 @@ MAIN_FLAGS = ['--config.dataset=image_folder', '--config.image_size=16', '--conf
               '--config.model.transformer.num_heads=2', '--config.batch_size=8', '--config.eval_batch_size=8',
               '--config.total_steps=4', '--config.log_every_steps=2', '--config.eval_every_steps=4',
               '--config.checkpoint_every_steps=2', '--config.schedule.warmup_steps=1', '--config.prefetch=1']
-
-
-def _parse(path, args=()):
-  """The config that `python -m vit_jax.main --config=path args...` would get (absl + config_flags, no process)."""
-  values = flags.FlagValues()
-  argv = ['main', f'--config={path}', *args]
-  config_flags.DEFINE_config_file('config', path, '', flag_values=values, lock_config=True, sys_argv=argv)
-  values(argv)
-  return values.config
 
 
 def _field_type(config, name):
@@ -77,7 +66,7 @@ def test_every_config_file_is_listed():
 @pytest.mark.parametrize('path', [f'{REPO}/configs/{f}' + (f':{a}' if a else '') for f, args in CONFIG_FILES.items()
                                   for a in args])
 def test_every_field_of_every_config_file_round_trips_through_the_command_line(path):
-  base = _parse(path)
+  base = tiny.main_config(path)
   fields = check.flat_keys(base)
   assert len(fields) > 50
   for name in fields:
@@ -87,12 +76,12 @@ def test_every_field_of_every_config_file_round_trips_through_the_command_line(p
       continue
     new = _other_value(_get(base, name), kind)
     text = repr(new) if kind is tuple else str(new)
-    assert _get(_parse(path, [f'--config.{name}={text}']), name) == new, name
+    assert _get(tiny.main_config(path, [f'--config.{name}={text}']), name) == new, name
 
 
 def test_none_and_wider_typed_fields_take_their_real_type():
   path = f'{REPO}/configs/vit.py:R26+ViT-S_32,cifar10'
-  config = _parse(path, ['--config.model.representation_size=48', '--config.model.resnet.width_factor=0.5',
+  config = tiny.main_config(path, ['--config.model.representation_size=48', '--config.model.resnet.width_factor=0.5',
                          '--config.tfds_data_dir=/data'])
   assert (config.model.representation_size, config.model.resnet.width_factor, config.tfds_data_dir) == (
       48, 0.5, '/data')

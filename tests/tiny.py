@@ -48,6 +48,17 @@ def train_config(**overrides):
   return override(config, overrides)
 
 
+def main_config(path, args=()):
+  """The config that `python -m vit_jax.main --config=path args...` would get (absl + config_flags, no process)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  argv = ['main', f'--config={path}', *args]
+  config_flags.DEFINE_config_file('config', path, '', flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
 def override(config, overrides):
   """Sets {'a.b': value} fields of a ConfigDict in place; returns it."""
   for key, value in overrides.items():

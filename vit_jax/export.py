@@ -85,10 +85,8 @@ def _position_embeddings(model_config, image_size, take) -> np.ndarray:
     return take('Transformer/posembed_input/pos_embedding')
   if not image_size:
     raise ValueError("hf_state_dict needs image_size for a model with posemb='sincos2d'.")
-  rows, cols = models.token_grid(model_config, image_size)
-  table = models.vit.posemb_sincos_2d(rows, cols, model_config['hidden_size'])
-  return np.concatenate([np.zeros((1, 1, table.shape[-1]), np.float32), table.reshape(1, rows * cols, -1)],
-                        axis=1).astype(np.float32)
+  table = models.vit.posemb_sincos_2d(*models.token_grid(model_config, image_size), model_config['hidden_size'])
+  return np.concatenate([np.zeros_like(table[:, :1]), table], axis=1)  # The class token gets none.
 
 
 def hf_state_dict(params, model_config, image_size: int | None = None) -> dict[str, np.ndarray]:
