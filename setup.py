@@ -12,6 +12,7 @@ setuptools.setup(
         "absl-py>=2.1,<3",
         "clu>=0.0.12,<0.1",
         "flax>=0.12.0,<0.13",
+        "gcsfs>=2024.6",  # gs:// for vit_jax.io (through etils.epath and fsspec), without TensorFlow.
         "grain>=0.2.10,<0.3",  # Random-access input pipelines (index shuffle, worker processes).
         "importlib_resources>=6",  # tensorflow-datasets needs it to prepare datasets but does not declare it.
         "jax>=0.8.0,<0.11",

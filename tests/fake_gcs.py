@@ -1,0 +1,45 @@
+"""A local stand-in for gs:// (no network here): gs://BUCKET/PATH is ROOT/BUCKET/PATH on disk.
+
+`install(root)` registers it with fsspec for the 'gs' and 'gcs' protocols, which etils.epath (and so vit_jax.io)
+uses for gs:// URLs; paths come back as gcsfs gives them ('BUCKET/PATH'). Processes that tests start get it from
+`env(root)`: PYTHONPATH gains tests/fake_gcs_site, whose sitecustomize calls `install` when FAKE_GCS_ROOT is set.
+"""
+import os
+
+import fsspec
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fake_gcs_site')
+
+
+class FakeGCS(DirFileSystem):
+  protocol = ('gs', 'gcs')
+  root = None  # Set by install().
+
+  def __init__(self, *args, **kwargs):  # pylint: disable=unused-argument  (gcsfs options such as finalize_on_close)
+    os.makedirs(FakeGCS.root, exist_ok=True)
+    super().__init__(path=FakeGCS.root, fs=LocalFileSystem(auto_mkdir=True))  # GCS has no folders to make.
+
+  @classmethod
+  def _strip_protocol(cls, path):
+    path = path[0] if isinstance(path, list) else str(path)
+    for prefix in ('gs://', 'gcs://'):
+      if path.startswith(prefix):
+        path = path[len(prefix):]
+    return path.rstrip('/')
+
+
+def install(root) -> None:
+  from etils.epath import backend  # pylint: disable=g-import-not-at-top
+  FakeGCS.root = str(root)
+  FakeGCS.clear_instance_cache()
+  for protocol in FakeGCS.protocol:
+    fsspec.register_implementation(protocol, FakeGCS, clobber=True)
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+def env(root) -> dict[str, str]:
+  """Environment variables that give a child process the fake, rooted at `root`."""
+  path = os.environ.get('PYTHONPATH', '')
+  return {'FAKE_GCS_ROOT': str(root), 'PYTHONPATH': SITE + (os.pathsep + path if path else '')}
