@@ -15,6 +15,7 @@ from vit_jax.configs import check as config_check
 from vit_jax.configs import common
 from vit_jax.configs import models as model_configs
 from vit_jax.models import resnet
+from vit_jax import state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = np.asarray(jax.random.uniform(jax.random.key(3), (2, 32, 32, 3), minval=-1, maxval=1))
@@ -241,7 +242,7 @@ def test_augreg_index_and_names(tmp_path):
 
 def test_finetune_from_an_augreg_name(tmp_path):
   config = tiny.train_config(dataset=tiny.image_folder(tmp_path), total_steps=1, eval_every_steps=1)
-  model = train.build_model(config, 3)
+  model = state.build_model(config, 3)
   params = model.init(jax.random.key(9), jnp.zeros((1, 16, 16, 3)))['params']
   name = 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0'
   checkpoint.save_npz(str(tmp_path / f'{name}.npz'), params)

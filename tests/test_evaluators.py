@@ -4,6 +4,8 @@ import pytest
 import tiny
 from vit_jax import evaluators, metrics, sharding, train
 from vit_jax.configs import durations
+from vit_jax import workdir as workdir_lib
+from vit_jax import state
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +30,7 @@ def test_named_splits_and_fewshot_run_on_their_cadences(tmp_path, data_dir):
       'eval_split': 'minival=train[:10],val=test', 'fewshot.datasets': 'cifar10:train:test',
       'fewshot.shots': (1, 3), 'fewshot.seeds': 2, 'fewshot.every_steps': 4})
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  records = metrics.read_jsonl(str(tmp_path / 'run'))
+  records = workdir_lib.read_metrics(str(tmp_path / 'run'))
   by_step = {r['step']: r for r in records if 'eval/accuracy' in r}
   assert sorted(by_step) == [2, 4]
   assert {'eval/accuracy', 'eval/loss', 'eval/top5', 'eval/val/accuracy', 'eval/val/loss'} <= set(by_step[2])
@@ -41,7 +43,7 @@ def test_named_splits_and_fewshot_run_on_their_cadences(tmp_path, data_dir):
 def test_fewshot_bad_dataset_spec_is_clear():
   config = tiny.train_config(**{'fewshot.datasets': 'cifar10:train'})
   with pytest.raises(ValueError, match="'cifar10:train' is not name:train_split:test_split"):
-    evaluators.build(config, train.build_model(config, 10), sharding.make_mesh(config.mesh))
+    evaluators.build(config, state.build_model(config, 10), sharding.make_mesh(config.mesh))
 
 
 def test_durations_in_epochs_and_examples():

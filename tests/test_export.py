@@ -8,6 +8,7 @@ import pytest
 import tiny
 from vit_jax import checkpoint, export, inference, models, utils
 from vit_jax.configs import common
+from vit_jax import inference
 
 HIDDEN, HEADS, LAYERS = 32, 2, 2
 
@@ -149,7 +150,7 @@ def test_transformers_vit_gives_our_logits(posemb, tmp_path):
   hf, info = transformers.ViTForImageClassification.from_pretrained(str(tmp_path), output_loading_info=True)
   assert not any(info.values()), info  # No missing, unexpected or mismatched tensors.
   pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
-  images = np.stack([input_pipeline.eval_image(p, trained.config) for p in pixels])
+  images = np.stack([inference.model_input(p, trained.config) for p in pixels])
   ours = np.asarray(trained.model.apply({'params': trained.params}, images, train=False))
   with torch.no_grad():
     theirs = hf.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
@@ -177,7 +178,7 @@ def test_transformers_image_processor_gives_our_eval_inputs(crop, resize, tmp_pa
   for shape in ((60, 80, 3), (75, 50, 3)):  # Smooth images, so a pixel's shift moves values little.
     coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     image = np.asarray(Image.fromarray(coarse).resize(shape[1::-1], Image.BICUBIC))
-    ours = input_pipeline.eval_image(image, config)
+    ours = inference.model_input(image, config)
     theirs = processor(images=[Image.fromarray(image)], return_tensors='np')['pixel_values'][0].transpose(1, 2, 0)
     assert theirs.shape == ours.shape
     tolerance = 2 / 127.5 if resize == 'square' else 0.25  # Rounding of uint8 resizes; a pixel's shift of the crop.

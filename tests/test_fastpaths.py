@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 import tiny
 from vit_jax import checkpoint, models, sharding, train, utils
+from vit_jax import state
 
 X = jax.random.uniform(jax.random.key(7), (2, 16, 16, 3), minval=-1, maxval=1)
 WEIGHTS = jax.random.normal(jax.random.key(8), (2, 5))  # Loss = mean(logits * WEIGHTS): every logit matters.
@@ -188,7 +189,7 @@ def test_scanned_param_specs_are_the_unrolled_ones_behind_a_none_layer_axis(stra
   mesh = sharding.make_mesh(config.mesh)
   specs = {}
   for scan in (False, True):
-    params = _abstract_params(train.build_model(tiny.override(config, {'scan_layers': scan}), 5))
+    params = _abstract_params(state.build_model(tiny.override(config, {'scan_layers': scan}), 5))
     specs[scan] = utils.flatten_dict(sharding.param_specs(params, mesh, strategy, config.fsdp_min_size))
   stacked = {k: v for k, v in specs[True].items() if k.startswith('Transformer/encoderblock/')}
   assert len(stacked) == 16
@@ -217,7 +218,7 @@ def _two_step_losses(config, params):
 
 def test_scanned_remat_train_step_under_fsdp_tp_matches_unrolled_replicate():
   reference = _train_config('replicate', (('data', -1),))
-  params = jax.jit(lambda: train.build_model(reference, 10).init(jax.random.key(0), X[:1]))()['params']
+  params = jax.jit(lambda: state.build_model(reference, 10).init(jax.random.key(0), X[:1]))()['params']
   fast = _train_config('fsdp+tp', (('fsdp', 2), ('model', 4)), scan_layers=True, remat_policy='full',
                        attention='xla', fused_qkv=True)
   want = _two_step_losses(reference, params)

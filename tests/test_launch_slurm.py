@@ -15,6 +15,8 @@ import pytest
 from launch import record, shell, slurm
 from test_multihost import SMALL, _by_step, _run, tfds_dir  # noqa: F401  (tfds_dir: a fixture)
 from vit_jax import metrics
+from vit_jax import workdir as workdir_lib
+from vit_jax import state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETUP = REPO / 'launch' / 'setup_local_slurm.sh'
@@ -104,7 +106,7 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, tfds
   assert [p.name.rsplit('-', 1)[1] for p in task_logs] == ['0.out', '1.out'], log_text
   assert 'process 1 of 2, 2 local / 4 global devices (cpu)' in task_logs[1].read_text(), log_text
 
-  one, two = metrics.read_jsonl(str(w1)), metrics.read_jsonl(str(w2))
+  one, two = workdir_lib.read_metrics(str(w1)), workdir_lib.read_metrics(str(w2))
   np.testing.assert_allclose(list(_by_step(two, 'train/loss').values()), list(_by_step(one, 'train/loss').values()),
                              rtol=1e-5)
   assert list(_by_step(two, 'train/loss')) == list(range(1, 6))

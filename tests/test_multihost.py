@@ -13,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vit_jax import checkpoint, datasets, metrics  # pylint: disable=unused-import  (datasets: sklearn_digits)
+from vit_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
@@ -96,7 +97,7 @@ def test_two_processes_reproduce_one_process(tmp_path, tfds_dir):
   assert 'process 1 of 2, 2 local / 4 global devices (cpu)' in results[1][1]
   print(f'\n1 process x 4 devices: {t1 - t0:.1f} s; 2 processes x 2 devices: {t2 - t1:.1f} s')
 
-  one, two = metrics.read_jsonl(str(w1)), metrics.read_jsonl(str(w2))
+  one, two = workdir_lib.read_metrics(str(w1)), workdir_lib.read_metrics(str(w2))
   assert [r['step'] for r in two] == [r['step'] for r in one]  # One writer: each record once.
   loss1, loss2 = _by_step(one, 'train/loss'), _by_step(two, 'train/loss')
   assert list(loss1) == list(loss2) == list(range(1, STEPS + 1))
@@ -154,7 +155,7 @@ def test_sigterm_to_one_process_makes_all_save_at_one_step_and_resume(tmp_path, 
   try:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and all(p.poll() is None for p in procs) and not (
-        os.path.exists(workdir / 'metrics.jsonl') and len(metrics.read_jsonl(str(workdir))) >= 3):
+        os.path.exists(workdir / 'metrics.jsonl') and len(workdir_lib.read_metrics(str(workdir))) >= 3):
       time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
@@ -181,5 +182,5 @@ def test_sigterm_to_one_process_makes_all_save_at_one_step_and_resume(tmp_path, 
   for i, (rc, out) in enumerate(results):
     assert rc == 0, f'process {i}:\n{out[-3000:]}'
     assert f'at step {step}' in out
-  losses = [r['step'] for r in metrics.read_jsonl(str(workdir)) if 'train/loss' in r]
+  losses = [r['step'] for r in workdir_lib.read_metrics(str(workdir)) if 'train/loss' in r]
   assert losses[-3:] == [step, step + 1, step + 2]

@@ -40,7 +40,8 @@ def test_an_undecodable_file_is_reported_by_name_and_the_others_still_predicted(
   rows = list(csv.DictReader(open(out)))
   errors = {r['file']: r['error'] for r in rows if r['error']}
   assert sorted(errors) == sorted([str(bad), str(tmp_path / 'missing.jpg')])
-  assert errors[str(bad)].startswith('cannot decode as an image: ')
+  assert errors[str(bad)].startswith('cannot read it as an image: not an image format that can be decoded')
+  assert 'BytesIO' not in errors[str(bad)]
   assert errors[str(tmp_path / 'missing.jpg')] == 'no such file'
   ranked = [(r['file'], r['rank'], r['label']) for r in rows if not r['error']]
   assert [(f, k) for f, k, _ in ranked] == [(good[0], '1'), (good[0], '2'), (good[-1], '1'), (good[-1], '2')]
@@ -84,7 +85,7 @@ def test_release_npz_with_a_preset_name(tmp_path):
       'pos_embedding'].shape == (1, 10, 10)  # Resampled to a 3x3 grid.
   with pytest.raises(ValueError, match='--num_classes=5, but the head of .* has 4 classes'):
     inference.load_npz(path, model_name='testing', num_classes=5)
-  with pytest.raises(checkpoint.CheckpointError, match='do not fit the model'):
+  with pytest.raises(checkpoint.CheckpointError, match='does not fit the model'):
     inference.load_npz(path, model_name='ViT-Ti_16')
 
 
@@ -92,11 +93,13 @@ def test_bad_model_arguments_are_one_line_errors(tmp_path, capsys):
   for argv, message in [(['x.png'], 'exactly one of --workdir'),
                         (['--checkpoint=a.npz', 'x.png'], '--checkpoint needs --model'),
                         ([f'--workdir={tmp_path}', '--model=testing', 'x.png'], '--model go with --checkpoint'),
-                        ([f'--workdir={tmp_path}', 'x.png'], 'holds no config.json'),
                         (['--workdir=w', '--output=p.txt', 'x.png'], 'must end in .json or .csv')]:
     with pytest.raises(SystemExit) as e:
       predict.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+  assert predict.main([f'--workdir={tmp_path}', 'x.png']) == 1  # Not a run: a user error, one line.
+  err = capsys.readouterr().err
+  assert 'holds no config.json' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1
 
 
 def test_expand_inputs_reads_folders_globs_and_files(tmp_path):

@@ -11,6 +11,7 @@ from configs import pretrain_i1k, pretrain_i21k
 from test_reliability import _comparable, _on_train_batch
 from vit_jax import checkpoint, metrics, train
 from vit_jax.configs import durations
+from vit_jax import workdir as workdir_lib
 
 TINY = {'model.hidden_size': 32, 'model.transformer.num_layers': 1, 'model.transformer.mlp_dim': 64,
         'model.transformer.num_heads': 2, 'model.patches.size': (4, 4), 'image_size': 16, 'batch_size': 16,
@@ -84,7 +85,7 @@ def _run_and_resume(tmp_path, make_config):
   a, b = (checkpoint.read_npz(os.path.join(w, 'params.npz')) for w in (whole, parts))
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert _comparable(metrics.read_jsonl(parts)) == _comparable(metrics.read_jsonl(whole))
+  assert _comparable(workdir_lib.read_metrics(parts)) == _comparable(workdir_lib.read_metrics(whole))
   return result
 
 

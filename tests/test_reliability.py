@@ -15,6 +15,7 @@ import tiny
 from vit_jax import checkpoint, input_pipeline, metrics, train
 from vit_jax import workdir as workdir_lib
 from vit_jax.configs import augmentation
+from vit_jax import state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMING_KEYS = ('train/img_per_sec', 'train/img_per_sec_per_device', 'train/tflops_per_device', 'train/mfu')
@@ -75,8 +76,8 @@ def test_sigterm_then_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, monk
   assert sorted(a) == sorted(b)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert _comparable(metrics.read_jsonl(parts)) == _comparable(metrics.read_jsonl(whole))
-  assert [r['step'] for r in metrics.read_jsonl(parts) if 'train/loss' in r] == [2, 4, 6, 7]
+  assert _comparable(workdir_lib.read_metrics(parts)) == _comparable(workdir_lib.read_metrics(whole))
+  assert [r['step'] for r in workdir_lib.read_metrics(parts) if 'train/loss' in r] == [2, 4, 6, 7]
 
 
 def test_medium2_augmentation_run_resumes_exactly_after_sigterm(tmp_path, monkeypatch):
@@ -98,7 +99,7 @@ def test_medium2_augmentation_run_resumes_exactly_after_sigterm(tmp_path, monkey
   a, b = _params(whole), _params(parts)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert _comparable(metrics.read_jsonl(parts)) == _comparable(metrics.read_jsonl(whole))
+  assert _comparable(workdir_lib.read_metrics(parts)) == _comparable(workdir_lib.read_metrics(whole))
 
 
 def _poison(at_steps):
@@ -113,10 +114,10 @@ def test_nonfinite_stop_names_the_step_and_last_good_checkpoint_and_saves_nothin
   root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
   _on_train_batch(monkeypatch, _poison({5}))
-  with pytest.raises(train.NonFiniteError, match=r'at step 5 .*last good checkpoint is step 4'):
+  with pytest.raises(state.NonFiniteError, match=r'at step 5 .*last good checkpoint is step 4'):
     train.train_and_evaluate(_config(root, checkpoint_every_steps=2, async_checkpoints=False), workdir)
   assert ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).all_steps() == [2, 4]
-  assert [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r] == [2, 4]
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r] == [2, 4]
 
 
 def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(tmp_path, monkeypatch):
@@ -124,7 +125,7 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(tmp_path, monkeyp
   workdir = str(tmp_path / 'run')
   _on_train_batch(monkeypatch, _poison({3, 6}))
   train.train_and_evaluate(_config(root, nonfinite_policy='skip', checkpoint_every_steps=1, keep=10), workdir)
-  records = [r for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
+  records = [r for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert [r['step'] for r in records] == [2, 4, 6, 7]
   assert [r.get('train/nonfinite_steps', 0) for r in records] == [0, 1, 2, 2]
   assert all(np.isfinite(r['train/loss']) and np.isfinite(r['train/grad_norm']) for r in records)
@@ -147,7 +148,7 @@ def test_unknown_nonfinite_policy_is_clear_error(tmp_path):
 
 def _fake_run(workdir, config):
   workdir_lib.check_and_record_config(config, workdir)
-  with open(os.path.join(workdir, metrics.METRICS_FILE), 'w', encoding='utf-8') as f:
+  with open(os.path.join(workdir, workdir_lib.METRICS_FILE), 'w', encoding='utf-8') as f:
     f.write('{"step": 1}\n')
 
 
@@ -263,7 +264,7 @@ def test_sigkill_during_async_save_falls_back_to_last_complete_checkpoint(tmp_pa
   proc = _start_main(tmp_path, root, workdir, 400)
   deadline = time.monotonic() + 240
   while time.monotonic() < deadline and not any(
-      r['step'] > complete[-1] + 1 for r in (metrics.read_jsonl(workdir) if os.path.exists(
+      r['step'] > complete[-1] + 1 for r in (workdir_lib.read_metrics(workdir) if os.path.exists(
           os.path.join(workdir, 'metrics.jsonl')) else [])):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
@@ -277,6 +278,6 @@ def test_sigkill_during_async_save_falls_back_to_last_complete_checkpoint(tmp_pa
   # And the finish, with the total shortened (a resumable change).
   proc = _start_main(tmp_path, root, workdir, stopped + 2)
   assert proc.wait(timeout=240) == 0, (tmp_path / 'main.log').read_text(encoding='utf-8')[-3000:]
-  steps = [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
+  steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert steps[-1] == stopped + 2 and set(range(1, stopped + 3)) <= set(steps)
   assert all(np.isfinite(v).all() for v in _params(workdir).values())

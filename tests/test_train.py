@@ -13,13 +13,15 @@ import pytest
 import tiny
 from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, preprocess, sharding, train
 from vit_jax import workdir as workdir_lib
+from vit_jax import state
+from vit_jax.configs import check
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _setup(config):
-  mesh, state, step, _ = tiny.train_setup(config)
-  return mesh, train.build_model(config, 10), state, step
+  mesh, train_state, step, _ = tiny.train_setup(config)
+  return mesh, state.build_model(config, 10), train_state, step
 
 
 def _batch(n=16, size=16, seed=0):
@@ -107,7 +109,7 @@ def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
   data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
   config = tiny.train_config(tfds_data_dir=data_dir)
   result = train.train_and_evaluate(config, workdir)
-  records = metrics.read_jsonl(workdir)
+  records = workdir_lib.read_metrics(workdir)
   assert _steps(records, 'train/loss') == [2, 4]
   assert _steps(records, 'eval/accuracy') == [4]
   assert 0.0 <= result['eval/accuracy'] <= 1.0 and 0.0 <= result['eval/top5'] <= 1.0
@@ -123,7 +125,7 @@ def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
 
   # The same run with more steps resumes at step 4: nothing before it is recomputed or lost.
   train.train_and_evaluate(tiny.train_config(total_steps=6, tfds_data_dir=data_dir), workdir)
-  records = metrics.read_jsonl(workdir)
+  records = workdir_lib.read_metrics(workdir)
   assert _steps(records, 'train/loss') == [2, 4, 6]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
   params = checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
@@ -157,16 +159,15 @@ def test_speed_scalars_give_per_device_tflops_and_mfu_against_the_peak():
 
 
 def test_batch_size_that_does_not_split_over_devices_is_clear_error():
-  mesh = sharding.make_mesh((('data', -1),))
-  with pytest.raises(ValueError, match=r'config.batch_size=12 must be a positive multiple of the 8 batch shards'):
-    train.check_batch_sizes(tiny.train_config(batch_size=12), mesh)
-  with pytest.raises(ValueError, match=r'accum_steps=4'):
-    train.check_batch_sizes(tiny.train_config(batch_size=16, accum_steps=4), mesh)
+  with pytest.raises(check.ConfigError, match=r'config.batch_size=12 must be a multiple of the 8 batch shards'):
+    check.validate(tiny.train_config(batch_size=12), devices=8, files=False)
+  with pytest.raises(check.ConfigError, match=r'accum_steps=4'):
+    check.validate(tiny.train_config(batch_size=16, accum_steps=4), devices=8, files=False)
 
 
 def test_image_size_not_multiple_of_patch_is_clear_error():
-  with pytest.raises(ValueError, match=r'config.image_size=18 is not a multiple of the 4 px per token'):
-    train.check_image_size(tiny.train_config(image_size=18))
+  with pytest.raises(check.ConfigError, match=r'config.image_size=18 is not a multiple of the 4 px per token'):
+    check.validate(tiny.train_config(image_size=18), files=False)
 
 
 def test_finetune_presets_and_their_errors():
@@ -194,7 +195,7 @@ def test_main_trains_default_config_with_overrides(tmp_path):
                     f'--config.tfds_data_dir={tmp_path}/tfds', '--config.total_steps=3', '--config.log_every_steps=1',
                     '--config.eval_every_steps=3', '--config.schedule.warmup_steps=1'], tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  records = metrics.read_jsonl(f'{tmp_path}/w')
+  records = workdir_lib.read_metrics(f'{tmp_path}/w')
   assert _steps(records, 'train/loss') == [1, 2, 3]
   assert [r['eval/accuracy'] for r in records if 'eval/accuracy' in r][0] >= 0.0
   assert 'step 3/3' in proc.stderr and 'ETA' in proc.stderr
@@ -209,7 +210,7 @@ def test_main_rejects_unknown_config_key(tmp_path):
 
 def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
   root = tiny.image_folder(tmp_path)
-  source = train.build_model(tiny.train_config(), 7)
+  source = state.build_model(tiny.train_config(), 7)
   params = source.init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)))['params']  # 2x2 grid: resampled to 4x4.
   checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)
   config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 1,

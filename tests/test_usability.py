@@ -132,7 +132,7 @@ def test_incompatible_allowed_change_is_one_clear_error_and_changes_nothing(tmp_
   assert _snapshot(workdir) == before  # config.json untouched: the original command still resumes.
   rerun = _main(args + ['--config.total_steps=6'], tmp_path)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
-  assert [r['step'] for r in metrics.read_jsonl(str(workdir)) if 'train/loss' in r] == [2, 4, 6]
+  assert [r['step'] for r in workdir_lib.read_metrics(str(workdir)) if 'train/loss' in r] == [2, 4, 6]
 
 
 def test_first_ctrl_c_saves_and_stops_and_the_run_resumes(tmp_path, monkeypatch):
@@ -151,7 +151,7 @@ def test_first_ctrl_c_saves_and_stops_and_the_run_resumes(tmp_path, monkeypatch)
   assert workdir_lib.holds_run(workdir) and not os.path.exists(os.path.join(workdir, 'params.npz'))
   result = train.train_and_evaluate(_config(root), workdir)
   assert result['eval/num_examples'] == 6
-  assert [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r] == [2, 4, 6, 7]
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r] == [2, 4, 6, 7]
 
 
 def test_ctrl_c_on_the_command_line_exits_0_with_a_checkpoint_and_says_how_to_resume(tmp_path):
@@ -163,7 +163,7 @@ def test_ctrl_c_on_the_command_line_exits_0_with_a_checkpoint_and_says_how_to_re
   proc = subprocess.Popen([sys.executable, '-m', 'vit_jax.main', *args], cwd=tmp_path, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   deadline = time.monotonic() + 240
-  while time.monotonic() < deadline and not metrics.read_jsonl(str(workdir)):
+  while time.monotonic() < deadline and not workdir_lib.read_metrics(str(workdir)):
     time.sleep(0.2)
   proc.send_signal(signal.SIGINT)
   out, _ = proc.communicate(timeout=240)
@@ -254,9 +254,9 @@ def test_steps_trained_again_after_a_crash_are_recorded_once(tmp_path, monkeypat
     _on_train_batch(m, crash_at)
     with pytest.raises(RuntimeError, match='simulated crash'):
       train.train_and_evaluate(config, workdir)
-  assert max(r['step'] for r in metrics.read_jsonl(workdir)) == 5  # Step 5 ran but was never saved.
+  assert max(r['step'] for r in workdir_lib.read_metrics(workdir)) == 5  # Step 5 ran but was never saved.
   train.train_and_evaluate(config, workdir)
-  steps = [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
+  steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert steps == list(range(1, 8))
 
 

@@ -11,8 +11,9 @@ def vit_config(classifier='token', *, hidden=32, layers=2, heads=2, mlp=64, patc
       'patches': {'size': (patch, patch)},
       'hidden_size': hidden,
       'transformer': {'num_layers': layers, 'mlp_dim': mlp, 'num_heads': heads, 'dropout_rate': dropout,
-                      'attention_dropout_rate': dropout},
+                      'attention_dropout_rate': dropout, 'drop_path_rate': 0.0},
       'classifier': classifier,
+      'posemb': 'learn',
       'representation_size': representation_size,
       'head_bias_init': 0.0,
       'resnet': resnet,
@@ -84,23 +85,17 @@ def image_folder(tmp_path, train_per_class=4, test_per_class=2, classes=('cat', 
 
 
 def train_setup(config, num_classes=10, params=None):
-  """(mesh, state, jitted train step, batch sharding) as the trainer builds them; `params` replace the init."""
+  """(mesh, state, jitted train step, batch sharding) as the trainer builds them (vit_jax.state.Setup); `params`
+  replace the init."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import optim, sharding, train  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding, state  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config.mesh)
-  model = train.build_model(config, num_classes)
-  tx, schedule = optim.make_optimizer(config)
-  batch_shard = sharding.batch_sharding(mesh)
+  setup = state.Setup.create(config, num_classes, mesh)
   with jax.set_mesh(mesh):
-    state, shardings = train.init_state(config, model, tx, mesh)
+    train_state = setup.init()
     if params is not None:
-      params = jax.device_put(params, shardings['params'])
-      state = {**state, 'params': params,
-               'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)}
-  micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
-  step = jax.jit(train.make_train_step(model, tx, schedule, config, micro), in_shardings=(shardings, batch_shard),
-                 out_shardings=(shardings, sharding.replicated(mesh)))
-  return mesh, state, step, batch_shard
+      train_state = setup.with_params(train_state, params)
+  return mesh, train_state, setup.train_step(donate=False), setup.batch_sharding
 
 
 def random_batch(seed, n=16, size=16, num_classes=10):

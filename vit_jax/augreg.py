@@ -16,8 +16,11 @@ row per fine-tuning run: the pretraining columns (`name` e.g. 'B/16', `ds` 'i1k'
                        'augreg:B_16:ds=="i21k" and aug=="medium2"'. If the query names an `adapt_` column, the best
                        fine-tuned file by `adapt_final_val`, else the best pretrained file by `final_val`.
 """
+import io as io_text
 import logging
 import posixpath
+
+from vit_jax import errors
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +28,18 @@ PREFIX = 'augreg:'
 DEFAULT_INDEX = 'gs://vit_models/augreg/index.csv'
 
 
+class AugRegError(errors.UserError, ValueError):
+  """An 'augreg:' name that the index does not resolve, or an index that cannot be read."""
+
+
 def augreg_index(path: str = DEFAULT_INDEX):
   """The AugReg index as a pandas DataFrame (local or gs:// path)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f'AugReg index {path!r} does not exist; the release has it at {DEFAULT_INDEX} '
+  from vit_jax import io  # pylint: disable=g-import-not-at-top
+  if not io.exists(path):
+    raise AugRegError(f'AugReg index {path!r} does not exist; the release has it at {DEFAULT_INDEX} '
                             '(config.augreg_index names a local copy).')
-  with tf.io.gfile.GFile(path) as f:
-    return pd.read_csv(f)
+  return pd.read_csv(io_text.StringIO(io.read_text(path)))
 
 
 def _model_key(model: str) -> str:
@@ -47,19 +53,19 @@ def select(df, spec: str) -> str:
   if not query and '-' in model.replace('ViT-', ''):
     names = set(df['filename']) | set(df['adapt_filename'])
     if model not in names:
-      raise ValueError(f'AugReg file {model!r} is not in the index ({len(names)} files; e.g. '
+      raise AugRegError(f'AugReg file {model!r} is not in the index ({len(names)} files; e.g. '
                        f'{sorted(df["filename"])[0]!r}).')
     return model
   key = _model_key(model)
   rows = df[df['filename'].str.split('-').str[0] == key]
   if rows.empty:
     models = sorted(set(df['filename'].str.split('-').str[0]))
-    raise ValueError(f'No AugReg checkpoint of model {model!r} (as {key!r}); models in the index: {models}.')
+    raise AugRegError(f'No AugReg checkpoint of model {model!r} (as {key!r}); models in the index: {models}.')
   adapt = 'adapt_' in query
   query = query or 'ds == "i21k"'
   rows = rows.query(query)
   if rows.empty:
-    raise ValueError(f'The AugReg query {query!r} selects no checkpoint of {key}.')
+    raise AugRegError(f'The AugReg query {query!r} selects no checkpoint of {key}.')
   column, metric = ('adapt_filename', 'adapt_final_val') if adapt else ('filename', 'final_val')
   best = rows.sort_values(metric, kind='stable').iloc[-1]
   log.info('AugReg %r -> %s (%s %.4f).', spec, best[column], metric, best[metric])

@@ -10,7 +10,8 @@
 Files are read into, and written from, the per-layer release names; a scanned model (`scan=True`) loads them by
 stacking the blocks along a leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
 """
-import io
+import dataclasses
+import io as bytes_io
 import logging
 import re
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from vit_jax import errors
+from vit_jax import io
 from vit_jax import utils
 from vit_jax.augreg import augreg_index  # noqa: F401  (vision_transformer's checkpoint.get_augreg_df)
 
@@ -31,30 +34,73 @@ _BLOCK = re.compile(r'Transformer/encoderblock_(\d+)/(.+)')
 _STACKED = 'Transformer/encoderblock/'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError, ValueError):
   """A checkpoint that cannot be read or does not fit the model."""
 
 
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (heavy; only needed for I/O)
-  return tf.io.gfile
+class CheckpointMismatchError(CheckpointError):
+  """A checkpoint whose arrays do not fit the model (another architecture)."""
+
+
+# Leading bytes of files that people mistake for checkpoints -> what they are.
+_NOT_NPZ = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG', 'a PNG image'), (b'GIF8', 'a GIF image'),
+            (b'\x93NUMPY', 'a single .npy array'), (b'\x1f\x8b', 'a gzip file'), (b'{', 'JSON text'),
+            (b'[', 'JSON text'))
+_ORBAX_MARKERS = ('_CHECKPOINT_METADATA', '_METADATA', 'commit_success.txt')
+
+
+def describe_file(path: str) -> str:
+  """What `path` is, for 'is not a checkpoint' messages: 'a JPEG image', 'text', 'a folder', ..."""
+  if io.isdir(path):
+    return 'a folder'
+  head = io.read_bytes(path)[:512]
+  for magic, what in _NOT_NPZ:
+    if head.startswith(magic):
+      return what
+  if not head:
+    return 'an empty file'
+  try:
+    head.decode('utf-8')
+    return 'text'
+  except UnicodeDecodeError:
+    return 'not an .npz file'
+
+
+def recognise(path: str) -> str:
+  """'npz' for a release-layout .npz file, 'orbax' for an Orbax checkpoint folder (one step of a run), else a
+  CheckpointError that says what the path is instead; it opens only the file's first bytes or the folder's names."""
+  if not io.exists(path):
+    raise CheckpointError(f'Checkpoint {path!r} does not exist.')
+  if io.isdir(path):
+    names = set(io.listdir(path))
+    if names & set(_ORBAX_MARKERS):
+      return 'orbax'
+    hint = (' It looks like a run\'s workdir: use its params.npz.' if 'params.npz' in names
+            else ' It looks like a run\'s checkpoints folder: use the run\'s params.npz.' if any(
+                n.isdigit() for n in names) else '')
+    raise CheckpointError(f'{path!r} is a folder, not a checkpoint (an .npz file in the release layout).{hint}')
+  if io.read_bytes(path)[:4] != b'PK\x03\x04':  # An .npz is a zip archive.
+    raise CheckpointError(f'{path!r} is not a checkpoint: it is {describe_file(path)}, not an .npz file of arrays '
+                          '(the release layout, e.g. gs://vit_models/imagenet21k/ViT-B_16.npz).')
+  return 'npz'
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
   """Reads a flat {name: array} dict from a local or gs:// `.npz`, refusing pickled objects."""
-  gfile = _gfile()
-  if not gfile.exists(path):
-    raise FileNotFoundError(f'Checkpoint {path!r} does not exist.')
-  with gfile.GFile(path, 'rb') as f:
-    data = f.read()
+  recognise(path)
   try:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-      flat = {name: npz[name] for name in npz.files}
-  except ValueError as e:
-    raise CheckpointError(f'Checkpoint {path!r} holds pickled objects, which are refused for safety; '
-                          f'only plain numeric arrays can be loaded ({e}).') from e
-  except Exception as e:
-    raise CheckpointError(f'Checkpoint {path!r} is not a readable .npz file: {e}') from e
+    with np.load(bytes_io.BytesIO(io.read_bytes(path)), allow_pickle=False) as npz:
+      flat = {}
+      for name in npz.files:
+        try:
+          flat[name] = npz[name]
+        except ValueError as e:  # Object arrays: only loadable by unpickling, which can run code.
+          raise CheckpointError(f'Checkpoint {path!r} holds pickled objects (array {name!r}), which are refused '
+                                'for safety; only plain numeric arrays are loaded.') from e
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (a damaged zip: the reader's own message)
+    raise CheckpointError(f'Checkpoint {path!r} is not a readable .npz file: {type(e).__name__}: {e}') from e
   return {name: _to_numeric(name, arr) for name, arr in flat.items()}
 
 
@@ -102,16 +148,9 @@ def save_npz(path: str, params) -> None:
   """
   flat = {name: np.asarray(jax.device_get(v), dtype=np.float32) for name, v in utils.flatten_dict(params).items()}
   flat = unstack_blocks(flat)
-  buf = io.BytesIO()
+  buf = bytes_io.BytesIO()
   np.savez(buf, **flat)
-  gfile = _gfile()
-  parent = path.rsplit('/', 1)[0] if '/' in path else ''
-  if parent:
-    gfile.makedirs(parent)
-  tmp = path + '.tmp'
-  with gfile.GFile(tmp, 'wb') as f:
-    f.write(buf.getvalue())
-  gfile.rename(tmp, path, overwrite=True)
+  io.write_bytes(path, buf.getvalue())
 
 
 def _canonical_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -162,21 +201,65 @@ def load(path: str) -> dict:
   return utils.unflatten_dict(_canonical_flat(path))
 
 
+def _shapes(tree) -> dict[str, tuple]:
+  """{'/'-joined name: shape} of a tree or flat dict of arrays, ShapeDtypeStructs or Orbax metadata."""
+  flat = tree if all(isinstance(k, str) and not hasattr(v, 'items') for k, v in tree.items()) else None
+  if flat is None:
+    flat = {utils.path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {name: tuple(x.shape) for name, x in flat.items() if hasattr(x, 'shape')}
+
+
+@dataclasses.dataclass
+class Fit:
+  """How a checkpoint's arrays fit a model's: names on one side only, and shapes that differ."""
+  missing: list[str]  # In the model, not in the checkpoint.
+  extra: list[str]  # In the checkpoint, not in the model.
+  mismatched: list[tuple[str, tuple, tuple]]  # (name, checkpoint shape, model shape).
+
+  def lines(self, optional=(), extra_ok: bool = False) -> list[str]:
+    """One line per problem; names starting with an `optional` prefix may be missing (e.g. a new head), and with
+    `extra_ok` the checkpoint may hold arrays the model does not use."""
+    out = [f'{n!r}: checkpoint {a} vs model {b}' for n, a, b in self.mismatched]
+    out += [f'{n!r}: missing from the checkpoint' for n in self.missing if not n.startswith(tuple(optional))]
+    return out + ([] if extra_ok else [f'{n!r}: not in the model' for n in self.extra])
+
+
+def compare(have, want) -> Fit:
+  """The one "does this checkpoint fit the model" comparison: `have` (the checkpoint) against `want` (the model's
+  parameters or state, abstract or concrete), as trees or flat {name: array} dicts. Parameters come first in the
+  lists, then anything else (optimizer state)."""
+  have, want = _shapes(have), _shapes(want)
+  first = lambda names: sorted(names, key=lambda n: '/' in n and not n.startswith('params/'))  # Stable: tree order.
+  return Fit(missing=first(n for n in want if n not in have), extra=first(n for n in have if n not in want),
+             mismatched=[(n, have[n], want[n]) for n in first(want) if n in have and have[n] != want[n]])
+
+
+def check_fits(have, want, *, source: str, hint: str = '', optional=(), extra_ok: bool = False) -> Fit:
+  """CheckpointMismatchError naming every array of `source` that does not fit (see `compare` and `Fit.lines`), the
+  first 20 listed; returns the Fit when it fits."""
+  fit = compare(have, want)
+  problems = fit.lines(optional, extra_ok)
+  if problems:
+    listed = '\n  '.join(problems[:20]) + (f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else '')
+    raise CheckpointMismatchError(f'{source} does not fit the model ({len(problems)} array(s) differ; is it a '
+                                  f'checkpoint of another architecture?):\n  {listed}' + (f'\n{hint}' if hint else ''))
+  return fit
+
+
 def inspect_params(*, params, expected, fail_if_extra: bool = True, fail_if_missing: bool = True):
   """Checks that `params` has the keys of `expected` (a tree, e.g. a model init); returns `params` unchanged.
 
   Missing and extra keys are logged by name; with `fail_if_missing` / `fail_if_extra` either kind is a
   `CheckpointError` (a ValueError) that lists both.
   """
-  have, want = utils.flatten_dict(params), utils.flatten_dict(expected)
-  missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
-  if missing:
-    log.info('inspect_params: missing keys: %s', missing)
-  if extra:
-    log.info('inspect_params: extra keys: %s', extra)
-  if (missing and fail_if_missing) or (extra and fail_if_extra):
-    raise CheckpointError(f'The parameters do not match the expected tree: {len(missing)} missing '
-                          f'{missing}; {len(extra)} extra {extra}.')
+  fit = compare(params, expected)
+  if fit.missing:
+    log.info('inspect_params: missing keys: %s', fit.missing)
+  if fit.extra:
+    log.info('inspect_params: extra keys: %s', fit.extra)
+  if (fit.missing and fail_if_missing) or (fit.extra and fail_if_extra):
+    raise CheckpointError(f'The parameters do not match the expected tree: {len(fit.missing)} missing '
+                          f'{sorted(fit.missing)}; {len(fit.extra)} extra {sorted(fit.extra)}.')
   return params
 
 
@@ -248,38 +331,28 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
   init_flat = utils.flatten_dict(init_params)
   if any(name.startswith(_STACKED) for name in init_flat):
     flat = stack_blocks(flat)
-  missing = sorted(k for k in init_flat if k not in flat)
-  extra = sorted(k for k in flat if k not in init_flat)
-  if missing:
-    log.info('Keys in the model but not in %s (left at init): %s', pretrained_path, missing)
-  if extra:
-    log.info('Keys in %s but not in the model (ignored): %s', pretrained_path, extra)
-  hard_missing = [k for k in missing if not k.startswith(('head/', 'pre_logits/', 'MAPHead_0/'))]
-  if strict and hard_missing:
-    raise CheckpointError(f'{pretrained_path} lacks {len(hard_missing)} parameters of the model (is it a checkpoint of '
-                          f'another architecture?): {hard_missing[:20]}'
-                          + (f' ... and {len(hard_missing) - 20} more' if len(hard_missing) > 20 else '')
-                          + f'. Keys it has but the model lacks: {extra[:20]}.')
-  has_class_token = model_config.get('classifier', 'token') in ('token', 'token_unpooled')
-  out, mismatched = {}, []
+  posemb = 'Transformer/posembed_input/pos_embedding'
+  if posemb in flat and posemb in init_flat and flat[posemb].shape != tuple(init_flat[posemb].shape):
+    new_grid = None
+    if image_size is not None:
+      from vit_jax.models import token_grid  # pylint: disable=g-import-not-at-top
+      new_grid = token_grid(model_config, image_size)
+    has_class_token = model_config.get('classifier', 'token') in ('token', 'token_unpooled')
+    flat[posemb] = interpolate_posembed(flat[posemb], init_flat[posemb].shape[1], has_class_token, new_grid=new_grid)
+  flat = {k: v for k, v in flat.items() if not k.startswith('head/')}  # A new task: the head keeps its init.
+  fresh = ('head/', 'pre_logits/', 'MAPHead_0/') if strict else ('',)  # What may be missing (keeps its init).
+  fit = check_fits(flat, init_flat, source=pretrained_path, optional=fresh, extra_ok=True)
+  if fit.missing:
+    log.info('Keys in the model but not in %s (left at init): %s', pretrained_path, fit.missing)
+  if fit.extra:
+    log.info('Keys in %s but not in the model (ignored): %s', pretrained_path, fit.extra)
+  out = {}
   for name, init in init_flat.items():
-    if name.startswith('head/') or name not in flat:
+    value = flat.get(name)
+    if value is None:
       if isinstance(init, jax.ShapeDtypeStruct):
         raise CheckpointError(f'{name!r} keeps its init, but init_params are abstract; pass concrete params.')
       out[name] = init
-      continue
-    value = flat[name]
-    if name.endswith('posembed_input/pos_embedding') and value.shape != tuple(init.shape):
-      new_grid = None
-      if image_size is not None:
-        from vit_jax.models import token_grid  # pylint: disable=g-import-not-at-top
-        new_grid = token_grid(model_config, image_size)
-      value = interpolate_posembed(value, init.shape[1], has_class_token, new_grid=new_grid)
-    if value.shape != tuple(init.shape):
-      mismatched.append(f'{name!r}: checkpoint {value.shape} vs model {tuple(init.shape)}')
-      continue
-    out[name] = _place_like(value, init)
-  if mismatched:
-    raise CheckpointError(f'{pretrained_path} does not fit the model; shape mismatch for {len(mismatched)} '
-                          'parameters (is it a checkpoint of another architecture?):\n  ' + '\n  '.join(mismatched))
+    else:
+      out[name] = _place_like(value, init)
   return utils.unflatten_dict(out)

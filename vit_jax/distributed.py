@@ -5,8 +5,30 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from vit_jax import errors
 
-class ProcessMismatchError(RuntimeError):
+
+def on_main(fn):
+  """Runs `fn()` on process 0 only and makes every process share its outcome: if it raised, every process raises
+  (process 0 its own error, the others one that points to it); else all go on. Returns fn's result on process 0 and
+  None elsewhere. (With one process: just `fn()`.)"""
+  if jax.process_count() == 1:
+    return fn()
+  result, error = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below, after telling the others)
+      error = e
+  failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+  if error is not None:
+    raise error
+  if failed:
+    raise ProcessMismatchError('Process 0 stopped the run before it started: its log says why.')
+  return result
+
+
+class ProcessMismatchError(errors.UserError, RuntimeError):
   """Processes of one job disagree (config or process count)."""
 
 

@@ -27,13 +27,14 @@ for.
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Sequence
 
 import numpy as np
 
-from vit_jax import checkpoint, inference, models, utils
+from vit_jax import cli
+from vit_jax import errors
+from vit_jax import io
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ KNOWN_TRANSFORMER_FIELDS = ('num_layers', 'mlp_dim', 'num_heads', 'dropout_rate'
                             'drop_path_rate')  # Dropouts and stochastic depth: training only.
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(errors.UserError, ValueError):
   """The model has something that ViTForImageClassification cannot express."""
 
 
@@ -81,6 +82,7 @@ def _linear(kernel: np.ndarray) -> np.ndarray:
 
 
 def _position_embeddings(model_config, image_size, take) -> np.ndarray:
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
   if model_config.get('posemb', 'learn') == 'learn':
     return take('Transformer/posembed_input/pos_embedding')
   if not image_size:
@@ -97,6 +99,7 @@ def hf_state_dict(params, model_config, image_size: int | None = None) -> dict[s
 
   Raises UnsupportedModelError listing what cannot be expressed, including parameters left without a place.
   """
+  from vit_jax import checkpoint, utils  # pylint: disable=g-import-not-at-top
   problems = unsupported(model_config, params)
   if problems:
     raise UnsupportedModelError('Cannot export to ViTForImageClassification: ' + '; '.join(problems) + '.')
@@ -192,7 +195,8 @@ def preprocessor_config(image_size: int, eval_crop_fraction: float = 1.0, eval_r
       'image_mean': [0.5, 0.5, 0.5],
       'image_std': [0.5, 0.5, 0.5],
   }
-  big = max(image_size, int(round(image_size / eval_crop_fraction)))
+  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  big = preprocess.eval_resize_size(image_size, eval_crop_fraction)
   if eval_resize == 'shorter_side':  # Shorter side to image_size / fraction, keep the centre square.
     config.update(image_processor_type='CLIPImageProcessor', size={'shortest_edge': big}, do_center_crop=True,
                   crop_size=size, do_convert_rgb=True)
@@ -202,26 +206,23 @@ def preprocessor_config(image_size: int, eval_crop_fraction: float = 1.0, eval_r
   return config
 
 
-def export_hf(trained: inference.Trained, out_dir: str) -> list[str]:
-  """Writes model.safetensors, config.json and preprocessor_config.json of `trained` into out_dir; returns them."""
+def export_hf(trained, out_dir: str) -> list[str]:
+  """Writes model.safetensors, config.json and preprocessor_config.json of `trained` (a vit_jax.inference.Trained)
+  into out_dir; returns them."""
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gs:// too)
   model_config = trained.config.model
   tensors = hf_state_dict(trained.params, model_config, trained.config.image_size)
   config = hf_config(model_config, image_size=trained.config.image_size, num_classes=trained.num_classes,
-                     class_names=trained.class_names, loss=trained.config.get('loss', 'softmax'))
-  pp = trained.config.get('pp', {})
-  crop, resize = pp.get('eval_crop_fraction', 1.0), pp.get('eval_resize', 'square')
-  tf.io.gfile.makedirs(out_dir)
+                     class_names=trained.class_names, loss=trained.config.loss)
+  crop, resize = trained.config.pp.eval_crop_fraction, trained.config.pp.eval_resize
   files = {'model.safetensors': safetensors_numpy.save(tensors, metadata={'format': 'pt'}),
            'config.json': json.dumps(config, indent=2) + '\n',
            'preprocessor_config.json': json.dumps(preprocessor_config(trained.config.image_size, crop, resize),
                                                   indent=2) + '\n'}
   written = []
   for name, content in files.items():
-    path = os.path.join(out_dir, name)
-    with tf.io.gfile.GFile(path, 'wb' if isinstance(content, bytes) else 'w') as f:
-      f.write(content)
+    path = io.join(out_dir, name)
+    io.write_bytes(path, content if isinstance(content, bytes) else content.encode('utf-8'))
     written.append(path)
   log.info('Exported %s (%d tensors, %d parameters) to %s.', trained.source, len(tensors),
            sum(v.size for v in tensors.values()), out_dir)
@@ -233,16 +234,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   formats = parser.add_subparsers(dest='format', required=True)
   hf = formats.add_parser('hf', help='Hugging Face Transformers ViTForImageClassification (safetensors).')
-  inference.add_model_args(hf)
+  cli.add_model_args(hf)
   hf.add_argument('--out', required=True, help='Output folder (local or gs://).')
   args = parser.parse_args(argv)
-  inference.setup_cli()
-  trained = inference.load_from_args(args, hf)
-  try:
-    for path in export_hf(trained, args.out):
-      print(path)
-  except UnsupportedModelError as e:
-    hf.exit(2, f'{hf.prog}: error: {e}\n')
+  cli.check_model_args(args, hf)
+  return cli.run(lambda: _export(args), prog=hf.prog, argv=argv)
+
+
+def _export(args) -> int:
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  for path in export_hf(inference.load_from_args(args), args.out):
+    print(path)
   return 0
 
 

@@ -1,15 +1,14 @@
 """A trained model for the after-training tools (predict, visualize, export): config, model, params, class names.
 
 Two sources, the same result (`Trained`):
-  * a run's workdir (`load_run`): its config.json, the parameters of its latest Orbax checkpoint or of its
-    params.npz, whichever was written last (only the parameters are restored: no optimiser state is read), and its
-    class_names.json;
+  * a run's workdir (`load_run`): its config (config.json over the current defaults: vit_jax/workdir.py), the
+    parameters of its latest Orbax checkpoint or of its params.npz, whichever was written last (only the parameters
+    are restored: no optimiser state is read), and its class_names.json;
   * a release-layout `.npz` with a preset name (`load_npz`): the shared config defaults with that model.
-The model is built as the trainer builds it (`train.build_model`), fast paths included, and the parameters are put
-in its layout (stacked blocks for `scan_layers`). Images go through the run's own evaluation preprocessing
-(`input_pipeline.eval_image`), never a copy of it (`image_batches`).
+The model is built as the trainer builds it (vit_jax/state.py), fast paths included, and the parameters are put in
+its layout (stacked blocks for `scan_layers`). Images go through the evaluation preprocessing
+(`preprocess.eval_image`, the one function the evaluators use too) in `image_batches`.
 """
-import argparse
 import concurrent.futures
 import dataclasses
 import json
@@ -19,26 +18,20 @@ import os
 from typing import Any, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, input_pipeline, models, preprocess, sources, train, utils
+from vit_jax import checkpoint, io, models, preprocess, state, utils
 from vit_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
-
-PARAMS_FILE = 'params.npz'
-CHECKPOINTS_DIR = 'checkpoints'
-# What a folder given as input contributes (an explicitly named file is tried whatever its name).
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
 @dataclasses.dataclass
 class Trained:
   """A model ready for inference: `model.apply({'params': params}, images, train=False)`."""
-  config: ml_collections.ConfigDict  # At least model, image_size, dtype, pp.eval_crop_fraction, loss.
-  model: models.VisionTransformer
+  config: ml_collections.ConfigDict  # A whole config (every field; vit_jax/configs/common.py).
+  model: Any
   params: Any
   class_names: list[str] | None  # Label names in label order, or None (then labels are indices).
   source: str  # Where the parameters came from, for messages.
@@ -51,104 +44,42 @@ class Trained:
     return self.class_names[index] if self.class_names else str(index)
 
 
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (heavy; only needed for I/O)
-  return tf.io.gfile
-
-
-def _mtime(path: str) -> float:
-  return _gfile().stat(path).mtime_nsec / 1e9
-
-
-def _inference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _for_this_backend(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The run's config with attention='cudnn' replaced by 'xla' where cuDNN cannot run (the same numbers)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.get('attention') == 'cudnn' and jax.default_backend() != 'gpu':
+  if config.attention == 'cudnn' and jax.default_backend() != 'gpu':
     log.info("The run used attention='cudnn'; using 'xla' on this %s backend.", jax.default_backend())
     config.attention = 'xla'
   return config
 
 
 def _in_model_layout(flat: dict[str, np.ndarray], config) -> dict:
-  """Release-layout (per-layer) flat params -> the tree of `build_model(config)` (stacked under scan_layers)."""
-  if config.get('scan_layers', False):
+  """Release-layout (per-layer) flat params -> the tree of the config's model (stacked under scan_layers)."""
+  if config.scan_layers:
     flat = checkpoint.stack_blocks(flat)
   return utils.unflatten_dict(flat)
 
 
-def _check_fits(model, params, image_size: int, source: str) -> None:
-  """Raises a CheckpointError naming every key and shape where `params` differ from the model's parameters."""
-  dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  expected = utils.flatten_dict(jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
-                                ['params'])
-  have = utils.flatten_dict(params)
-  problems = [f'{k}: missing' for k in sorted(expected.keys() - have.keys())]
-  problems += [f'{k}: not in the model' for k in sorted(have.keys() - expected.keys())]
-  problems += [f'{k}: {tuple(have[k].shape)} vs the model\'s {tuple(v.shape)}' for k, v in sorted(expected.items())
-               if k in have and tuple(have[k].shape) != tuple(v.shape)]
-  if problems:
-    raise checkpoint.CheckpointError(f'The parameters of {source} do not fit the model:\n  ' + '\n  '.join(problems))
-
-
-def _latest_checkpoint(workdir: str):
-  """(manager, step) of the run's latest complete Orbax checkpoint, or (None, None)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(workdir, CHECKPOINTS_DIR)
-  if not _gfile().isdir(directory):
-    return None, None
-  if '://' not in directory:
-    directory = os.path.abspath(directory)
-  absl_log = logging.getLogger('absl')
-  level = absl_log.level
-  absl_log.setLevel(logging.ERROR)  # Not Orbax's "Given directory is read only" warning: that is the point.
-  try:
-    manager = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler(),
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                                                         save_interval_steps=0))
-  finally:
-    absl_log.setLevel(level)
-  return manager, manager.latest_step()
-
-
-def _restore_params(manager, step: int, model, image_size: int):
-  """The 'params' subtree of a train state saved by the trainer, as NumPy arrays (a partial restore)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)['params']
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      item={'params': abstract}, restore_args={'params': restore_args}, partial_restore=True))
-  return restored['params']
-
-
 def load_run(workdir: str) -> Trained:
   """The trained model of a run's workdir (see the module doc); a clear error when the workdir holds none."""
-  gfile = _gfile()
-  config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
-  if not gfile.exists(config_path):
-    raise FileNotFoundError(f'{workdir} holds no {workdir_lib.CONFIG_FILE}: pass the --workdir of a training run '
-                            '(python -m vit_jax.main --workdir=...), or --checkpoint=X.npz with --model.')
-  with gfile.GFile(config_path, 'r') as f:
-    config = _inference_config(ml_collections.ConfigDict(json.load(f)))
-  npz_path = os.path.join(workdir, PARAMS_FILE)
-  manager, step = _latest_checkpoint(workdir)
-  has_npz = gfile.exists(npz_path)
+  config = _for_this_backend(workdir_lib.load_config(workdir))
+  npz_path = workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
+  step, has_npz = workdir_lib.latest_step(workdir), io.exists(npz_path)
   if step is None and not has_npz:
-    raise FileNotFoundError(f'{workdir} holds neither a checkpoint ({CHECKPOINTS_DIR}/<step>) nor {PARAMS_FILE}: '
-                            'has the run saved anything yet?')
-  use_checkpoint = step is not None and (not has_npz or _mtime(
-      os.path.join(str(manager.directory), str(step), '_CHECKPOINT_METADATA')) > _mtime(npz_path))
-  if use_checkpoint:
+    raise workdir_lib.WorkdirError(f'{workdir} holds neither a checkpoint ({workdir_lib.CHECKPOINTS_DIR}/<step>) nor '
+                                   f'{workdir_lib.PARAMS_FILE}: has the run saved anything yet?')
+  step_dir = io.join(workdir_lib.checkpoints_dir(workdir), str(step))
+  if step is not None and (not has_npz or io.mtime(step_dir) > io.mtime(npz_path)):
     source = f'{workdir}: checkpoint at step {step}'
-    head = manager.item_metadata(step)['params']['head']['bias']
-    model = train.build_model(config, int(head.shape[-1]))
-    params = _restore_params(manager, step, model, config.image_size)
+    checkpoints = state.Checkpoints(workdir, read_only=True)
+    head = checkpoints.stored_shapes(step)['params']['head']['bias']
+    model = state.build_model(config, int(head.shape[-1]))
+    params = checkpoints.restore_params(step, state.abstract_params(model, config.image_size))
   else:
     source = npz_path
     flat = checkpoint.read_npz(npz_path)
-    model = train.build_model(config, int(flat['head/bias'].shape[-1]))
+    model = state.build_model(config, int(flat['head/bias'].shape[-1]))
     params = _in_model_layout(flat, config)
-  _check_fits(model, params, config.image_size, source)
+  checkpoint.check_fits(params, state.abstract_params(model, config.image_size), source=source)
   log.info('Loaded %s.', source)
   return Trained(config, model, params, workdir_lib.read_class_names(workdir), source)
 
@@ -185,115 +116,105 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
   from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   config = common.get_config()
   config.model = models.get_model_config(model_name)
+  config.dataset = 'none'  # A whole config (validated below); the dataset is never read.
+  if model_name not in models.MODEL_NAMES:
+    raise checkpoint.CheckpointError(f'Unknown model {model_name!r}; valid: {", ".join(models.MODEL_NAMES)}.')
   params = checkpoint.load(path)
   if 'head' not in params:
     raise checkpoint.CheckpointError(f'{path} has no classification head (head/kernel): it cannot classify.')
   head = int(params['head']['bias'].shape[-1])
   if num_classes is not None and num_classes != head:
-    raise ValueError(f'--num_classes={num_classes}, but the head of {path} has {head} classes.')
+    raise checkpoint.CheckpointError(f'--num_classes={num_classes}, but the head of {path} has {head} classes.')
   if class_names is not None and len(class_names) != head:
-    raise ValueError(f'{len(class_names)} class names for a head of {head} classes ({path}).')
+    raise checkpoint.CheckpointError(f'{len(class_names)} class names for a head of {head} classes ({path}).')
   config.image_size = image_size or checkpoint_image_size(params, config.model)
   params = _posemb_for(params, config.model, config.image_size)
-  model = train.build_model(config, head)
-  _check_fits(model, params, config.image_size, path)
+  model = state.build_model(config, head)
+  checkpoint.check_fits(params, state.abstract_params(model, config.image_size), source=path)
   return Trained(config, model, params, list(class_names) if class_names else None, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Command-line model selection, shared by predict, visualize and export.
+# Command-line model selection (the arguments: vit_jax/cli.py).
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-  """--workdir, or --checkpoint with --model [--num_classes --image_size --class_names]."""
-  group = parser.add_argument_group('model (a run, or a release .npz)')
-  group.add_argument('--workdir', help='A training run: its config.json and latest checkpoint or params.npz.')
-  group.add_argument('--checkpoint', help='A release-layout .npz (local or gs://), with --model.')
-  group.add_argument('--model', help=f'Preset of --checkpoint: {", ".join(models.MODEL_NAMES)}.')
-  group.add_argument('--num_classes', type=int, help='Classes of --checkpoint (checked against its head).')
-  group.add_argument('--image_size', type=int, help='Input size for --checkpoint (default: what it was trained at).')
-  group.add_argument('--class_names', help='For --checkpoint: a JSON list of label names in label order.')
-
-
-def load_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Trained:
-  """The Trained model that `add_model_args`' arguments select; bad arguments or files exit with a one-line error."""
-  if bool(args.workdir) == bool(args.checkpoint):
-    parser.error('pass exactly one of --workdir=RUN and --checkpoint=X.npz (with --model).')
+def load_from_args(args) -> Trained:
+  """The Trained model that `cli.add_model_args`' arguments select (checked by `cli.check_model_args`)."""
   if args.workdir:
-    extra = [f'--{k}' for k in ('model', 'num_classes', 'image_size', 'class_names') if getattr(args, k)]
-    if extra:
-      parser.error(f'{", ".join(extra)} go with --checkpoint; a --workdir run has its own.')
-  elif args.model not in models.MODEL_NAMES:
-    parser.error(f'--checkpoint needs --model, one of: {", ".join(models.MODEL_NAMES)} (got {args.model!r}).')
-  try:
-    if args.workdir:
-      return load_run(args.workdir)
-    class_names = None
-    if args.class_names:
-      with _gfile().GFile(args.class_names, 'r') as f:
-        class_names = json.load(f)
-    return load_npz(args.checkpoint, model_name=args.model, num_classes=args.num_classes,
-                    image_size=args.image_size, class_names=class_names)
-  except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError.
-    parser.exit(2, f'{parser.prog}: error: {e}\n')
+    return load_run(args.workdir)
+  class_names = json.loads(io.read_text(args.class_names)) if args.class_names else None
+  return load_npz(args.checkpoint, model_name=args.model, num_classes=args.num_classes, image_size=args.image_size,
+                  class_names=class_names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs.
 
 
+def _why(e: Exception) -> str:
+  """One line for an input that cannot be used."""
+  if isinstance(e, FileNotFoundError):
+    return 'no such file'
+  if isinstance(e, IsADirectoryError):
+    return 'a folder, not an image file'
+  return ' '.join(str(e).split())[:300] or type(e).__name__
+
+
 def expand_inputs(patterns: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-  """(image files, [(argument, error)]) from files, folders (searched recursively) and globs, local or gs://."""
-  gfile = _gfile()
+  """(image files, [(argument, why it gave none)]) from files, folders (searched recursively for
+  io.IMAGE_EXTENSIONS) and globs, local or gs://. An argument that cannot be read at all (an unsupported URL, an
+  unreachable bucket) is one of the second list; the others still count."""
   files, missing = [], []
   for pattern in patterns:
-    if gfile.isdir(pattern):
-      found = sorted(os.path.join(root, name) for root, _, names in gfile.walk(pattern) for name in names
-                     if name.lower().endswith(IMAGE_EXTENSIONS))
-      why = f'the folder holds no {"/".join(IMAGE_EXTENSIONS)} file'
-    elif any(c in pattern for c in '*?['):
-      found, why = sorted(p for p in gfile.glob(pattern) if not gfile.isdir(p)), 'no file matches'
-    else:
-      found, why = ([pattern] if gfile.exists(pattern) else []), 'no such file'
+    try:
+      if io.isdir(pattern):
+        found = sorted(io.join(root, name) for root, _, names in io.walk(pattern) for name in names
+                       if io.is_image_file(name))
+        why = f'the folder holds no {"/".join(io.IMAGE_EXTENSIONS)} file'
+      elif any(c in pattern for c in '*?['):
+        found, why = [p for p in io.glob(pattern) if not io.isdir(p)], 'no file matches'
+      else:
+        found, why = ([pattern] if io.exists(pattern) else []), 'no such file'
+    except Exception as e:  # pylint: disable=broad-except  (reported for this argument; the others go on)
+      found, why = [], _why(e)
     if not found:
       missing.append((pattern, why))
     files += found
   return list(dict.fromkeys(files)), missing
 
 
-def _read_and_decode(path: str) -> np.ndarray:
-  return preprocess.decode(sources.read_bytes(path))
+def model_input(image, config) -> np.ndarray:
+  """An image (encoded bytes, or decoded uint8 [H, W(, C)]) as a model input of `config`: its evaluation
+  preprocessing (`preprocess.eval_image`), float32 [S, S, 3] in [-1, 1]."""
+  return preprocess.to_float(preprocess.eval_image(image, image_size=config.image_size,
+                                                   crop_fraction=config.pp.eval_crop_fraction,
+                                                   resize_mode=config.pp.eval_resize))
 
 
-def decode_error(path: str) -> str:
-  """Why `path` cannot be read as an image (the decoder's own message), or '' when it can."""
+def prepare(path: str, config) -> np.ndarray:
+  """The image file at `path` as a model input of `config` (`model_input`)."""
+  return model_input(io.read_bytes(path), config)
+
+
+def _prepared(path: str, config) -> np.ndarray | str:
   try:
-    _read_and_decode(path)
-  except Exception as e:  # pylint: disable=broad-except  (any failure is reported by name, not raised)
-    return f'cannot decode as an image: {type(e).__name__}: {" ".join(str(e).split())[:200]}'
-  return ''
+    return prepare(path, config)
+  except Exception as e:  # pylint: disable=broad-except  (any failure is this input's error line, not the command's)
+    return f'cannot read it as an image: {_why(e)}'
 
 
-def _prepared(path: str, config) -> np.ndarray | None:
-  try:
-    return input_pipeline.eval_image(_read_and_decode(path), config)
-  except Exception:  # pylint: disable=broad-except  (reported by `decode_error`)
-    return None
-
-
-def image_batches(paths: Sequence[str], config, batch_size: int) -> Iterator[tuple[list[int], np.ndarray]]:
-  """Batches (indices into `paths`, float32 [n, S, S, 3] in [-1, 1]) of the images that decode, in order.
-
-  Each image goes through the run's evaluation preprocessing (`input_pipeline.eval_image`), in a thread pool. Files
-  that cannot be read or decoded are left out of the batches: their indices never appear (see `decode_error`).
-  """
+def image_batches(paths: Sequence[str], config, batch_size: int
+                  ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+  """(indices into `paths`, float32 [n, S, S, 3] in [-1, 1], [(index, error)]) per chunk of `batch_size` paths, in
+  order: each image prepared by `prepare` in a thread pool; one that cannot be read or decoded is left out of the
+  batch and named, with why, in the errors."""
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
     for start in range(0, len(paths), batch_size):
       chunk = list(range(start, min(start + batch_size, len(paths))))
-      images = list(pool.map(lambda i: _prepared(paths[i], config), chunk))
-      kept = [(i, image) for i, image in zip(chunk, images) if image is not None]
-      if kept:
-        yield [i for i, _ in kept], np.stack([image for _, image in kept])
+      prepared = list(pool.map(lambda i: _prepared(paths[i], config), chunk))
+      kept = [(i, x) for i, x in zip(chunk, prepared) if not isinstance(x, str)]
+      images = np.stack([x for _, x in kept]) if kept else np.zeros((0,), np.float32)
+      yield [i for i, _ in kept], images, [(i, x) for i, x in zip(chunk, prepared) if isinstance(x, str)]
 
 
 def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -301,10 +222,3 @@ def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
   if len(images) == batch_size:
     return images
   return np.concatenate([images, np.zeros((batch_size - len(images),) + images.shape[1:], images.dtype)])
-
-
-def setup_cli() -> None:
-  """What every after-training command does first: quiet TensorFlow (kept off the GPUs), vit_jax notes on stderr."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  logging.basicConfig(level=logging.WARNING, format='%(message)s')
-  logging.getLogger('vit_jax').setLevel(logging.INFO)

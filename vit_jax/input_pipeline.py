@@ -32,23 +32,9 @@ from vit_jax import preprocess, randaugment
 from vit_jax.sources import (  # noqa: F401  (the input pipeline's public names)
     IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, folder_root, get_info, open_split)
 
-TRAIN_CROPS = preprocess.TRAIN_CROPS
-
-
 def _seed(config_seed: int, purpose: int) -> int:
   """A 32-bit seed for one use (shuffle, augmentation) derived from config.seed."""
   return int(np.random.SeedSequence([config_seed, purpose]).generate_state(1)[0])
-
-
-def eval_image(image: np.ndarray, config) -> np.ndarray:
-  """Decoded uint8 [H, W, C] (numpy) -> float32 [S, S, 3] in [-1, 1]: the evaluation preprocessing of `config`
-  (the same function the eval pipeline and `vit_jax.predict` use)."""
-  return preprocess.to_float(_eval_uint8(preprocess.to_rgb(image), config))
-
-
-def _eval_uint8(image: np.ndarray, config) -> np.ndarray:
-  return preprocess.central_crop(image, config.image_size, config.pp.eval_crop_fraction,
-                                 config.pp.get('eval_resize', 'square'))
 
 
 class TrainExample:
@@ -56,11 +42,6 @@ class TrainExample:
 
   def __init__(self, config):
     pp = config.pp
-    if pp.crop not in TRAIN_CROPS:
-      raise ValueError(f'config.pp.crop must be one of {TRAIN_CROPS}, got {pp.crop!r}.')
-    if pp.randaugment_layers < 0 or pp.randaugment_magnitude < 0:
-      raise ValueError(f'config.pp.randaugment_layers and _magnitude must be >= 0, got {pp.randaugment_layers} and '
-                       f'{pp.randaugment_magnitude}.')
     self.size, self.crop, self.min_area, self.pad = config.image_size, pp.crop, pp.inception_min_area, pp.pad_pixels
     self.flip, self.ra_layers, self.ra_magnitude = pp.flip, pp.randaugment_layers, pp.randaugment_magnitude
 
@@ -137,16 +118,15 @@ class _EvalExample:
 
   def __init__(self, records, config, process_index: int, process_count: int, count: int):
     self.records, self.process_index, self.process_count, self.count = records, process_index, process_count, count
-    self.size, self.fraction, self.mode = config.image_size, config.pp.eval_crop_fraction, config.pp.get(
-        'eval_resize', 'square')
-    preprocess.central_crop(np.zeros((1, 1, 3), np.uint8), self.size, self.fraction, self.mode)  # Checks the args.
+    self.size, self.fraction, self.mode = config.image_size, config.pp.eval_crop_fraction, config.pp.eval_resize
 
   def __call__(self, k: int) -> dict[str, Any]:
     if k >= self.count:
       return {'image': np.zeros((self.size, self.size, 3), np.uint8), 'label': np.int32(0),
               'mask': np.float32(0.0)}
     record = self.records[self.process_index + k * self.process_count]
-    image = preprocess.central_crop(preprocess.decode(record['image']), self.size, self.fraction, self.mode)
+    image = preprocess.eval_image(record['image'], image_size=self.size, crop_fraction=self.fraction,
+                                  resize_mode=self.mode)
     return {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
 
 

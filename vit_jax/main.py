@@ -29,6 +29,7 @@ _REEVALUATE = flags.DEFINE_bool(
     'written). Without it, rerunning a complete run says so and exits.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                                  "jax.distributed.initialize: 'auto' when a cluster is detected or flags are given.")
+flags.DEFINE_bool('verbose', False, 'Show the traceback of user errors too (they are one line without it).')
 
 
 def _cluster_detected() -> bool:
@@ -69,40 +70,27 @@ def _default_workdir(config_path: str) -> str:
   return os.path.join('runs', name)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-  from vit_jax import checkpoint, input_pipeline, train, workdir  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
-  return (check.UnknownFieldError, workdir.ConfigChangedError, workdir.WorkdirError, train.CheckpointMismatchError,
-          train.NonFiniteError, checkpoint.CheckpointError, input_pipeline.DatasetNotPreparedError)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep the accelerators for JAX.
+  from vit_jax import errors  # pylint: disable=g-import-not-at-top
+  sys.exit(errors.run(_train, prog='vit_jax.main', argv=sys.argv))
+
+
+def _train() -> int:
   import jax  # pylint: disable=g-import-not-at-top
   _maybe_initialize_distributed(jax)
   from vit_jax import train  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)  # Library chatter (Orbax, TF) only from warnings up.
+  logging.set_verbosity(logging.WARNING)  # Library chatter (Orbax, TFDS) only from warnings up.
   std_logging.getLogger('vit_jax').setLevel(std_logging.INFO)  # Our progress lines and notes.
   workdir = _WORKDIR.value or _default_workdir(flags.FLAGS['config'].config_filename)
   std_logging.getLogger('vit_jax.main').info(
       'JAX %s: process %d of %d, %d local / %d global devices (%s). Workdir %s.', jax.__version__,
       jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
       jax.devices()[0].platform, workdir)
-  try:
-    train.train_and_evaluate(_CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
-                             reevaluate=_REEVALUATE.value)
-  except _user_errors() as e:  # Clear messages that need no traceback: the input, not the code, is wrong.
-    std_logging.getLogger('vit_jax.main').error('%s: %s', type(e).__name__, e)
-    sys.exit(1)
-  except KeyboardInterrupt:  # A second Ctrl-C (the first one saves and stops cleanly).
-    std_logging.getLogger('vit_jax.main').warning(
-        'Aborted by a second Ctrl-C: the steps since the last checkpoint in %s are lost; rerun the same command to '
-        'resume from it.', workdir)
-    sys.exit(130)
+  train.train_and_evaluate(_CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+                           reevaluate=_REEVALUATE.value)
+  return 0
 
 
 def _flag_of(error: Exception) -> str:

@@ -1,105 +1,80 @@
-"""Metric writers (TensorBoard events + WORKDIR/metrics.jsonl) and training progress output."""
+"""Metric writers (WORKDIR/metrics.jsonl and TensorBoard event files, no TensorFlow) and training progress output."""
 import datetime
-import json
 import logging
 import math
+import os
+import socket
+import struct
 import sys
 import time
 from typing import Any, Mapping
 
-from clu import metric_writers
 import numpy as np
+
+from vit_jax import io
+from vit_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = 'metrics.jsonl'
 
+class EventsFile:
+  """A TensorBoard event file of scalars, written with TensorBoard's own protos and record framing (no TensorFlow).
 
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (heavy; only needed for I/O)
-  return tf.io.gfile
-
-
-def _path(workdir: str) -> str:
-  from vit_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  return workdir_lib.join(workdir, METRICS_FILE)
-
-
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends one JSON object {"step": s, name: value, ...} per `write_scalars` call (local or gs://)."""
-
-  def __init__(self, path: str):
-    self._path = path
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    record = {'step': int(step)}
-    record.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    with _gfile().GFile(self._path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
-
-
-def create_writer(workdir: str, is_main: bool) -> metric_writers.MetricWriter:
-  """TensorBoard events in `workdir` and `workdir/metrics.jsonl` on the main process; nothing elsewhere."""
-  if not is_main:
-    return metric_writers.MultiWriter([])
-  return metric_writers.MultiWriter([metric_writers.SummaryWriter(workdir), JsonlWriter(_path(workdir))])
-
-
-def read_jsonl(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl in file order ([] when there is none)."""
-  if not _gfile().exists(_path(workdir)):
-    return []
-  with _gfile().GFile(_path(workdir)) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def drop_records_after(workdir: str, step: int) -> int:
-  """Removes the records of steps after `step` from metrics.jsonl (a resumed run writes them again); returns how many.
-
-  Called when a run resumes from its checkpoint at `step`: records of later steps were written by the attempt that
-  crashed after that checkpoint, and the resumed run writes them again, so readers never see a step twice.
+  Locally records are appended on `flush`; on gs:// (no appends) the whole file is rewritten on `flush`.
   """
-  records = read_jsonl(workdir)
-  kept = [r for r in records if r['step'] <= step]
-  if len(kept) < len(records):
-    tmp = _path(workdir) + '.tmp'
-    with _gfile().GFile(tmp, 'w') as f:
-      f.write(''.join(json.dumps(r) + '\n' for r in kept))
-    _gfile().rename(tmp, _path(workdir), overwrite=True)
-  return len(records) - len(kept)
+
+  def __init__(self, workdir: str):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    name = f'{workdir_lib.EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0.v2'
+    self.path = io.join(workdir, name)
+    self._written, self._pending = b'', []
+    self._append(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _append(self, event) -> None:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # pylint: disable=g-import-not-at-top
+    data = event.SerializeToString()
+    header = struct.pack('<Q', len(data))
+    self._pending.append(header + struct.pack('<I', masked_crc32c(header)) + data +
+                         struct.pack('<I', masked_crc32c(data)))
+
+  def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._append(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
+
+  def flush(self) -> None:
+    if not self._pending:
+      return
+    new = b''.join(self._pending)
+    self._pending = []
+    if io.is_remote(self.path):
+      self._written += new
+      io.write_bytes(self.path, self._written)
+    else:
+      with open(self.path, 'ab') as f:
+        f.write(new)
 
 
-def last_eval(workdir: str) -> dict[str, float]:
-  """The latest evaluation record of a run (its eval/* values and step), or {} when it has none."""
-  evals = [r for r in read_jsonl(workdir) if any(k.startswith('eval/') for k in r)]
-  return evals[-1] if evals else {}
+class Writer:
+  """Scalars to metrics.jsonl (one JSON object per call, {"step": s, name: value...}) and to TensorBoard; on
+  processes other than the main one (or when disabled) it writes nothing."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.workdir, self.enabled = workdir, enabled
+    self._events = EventsFile(workdir) if enabled else None
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    workdir_lib.append_metrics(self.workdir, {'step': int(step), **values})
+    self._events.scalars(step, values)
+    self._events.flush()
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._events.flush()
 
 
 class Speed:

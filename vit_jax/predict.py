@@ -3,24 +3,24 @@
   python -m vit_jax.predict --workdir=runs/default digits/*.png [--top_k=3] [--output=predictions.json|.csv]
   python -m vit_jax.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 [--num_classes=1000] photos/
 
-Inputs are image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.gif) and globs, local or gs://.
-Each image goes through the run's evaluation preprocessing (`input_pipeline.eval_image`), in batches of
---batch_size. Labels are the run's class names (WORKDIR/class_names.json) or, without them, class indices.
-Probabilities are the softmax of the logits (the sigmoid for a run trained with `loss='sigmoid'`). A file that
-cannot be read or decoded gets an `error` instead of predictions, and the others are still classified; the
-command then exits with status 1.
+Inputs are image files, folders (searched recursively for vit_jax.io.IMAGE_EXTENSIONS) and globs, local or gs://.
+Each image goes through the run's evaluation preprocessing (`preprocess.eval_image`), in batches of --batch_size.
+Labels are the run's class names (WORKDIR/class_names.json) or, without them, class indices. Probabilities are the
+softmax of the logits (the sigmoid for a run trained with `loss='sigmoid'`). An input that cannot be read or decoded
+(a missing file, an unsupported URL, an unreachable bucket, a file that is not an image) gets an `error` instead of
+predictions, and the others are still classified; the command then exits with status 1.
 """
 import argparse
 import csv
+import io as text_io
 import json
 import logging
 import sys
 from typing import Sequence
 
-import jax
 import numpy as np
 
-from vit_jax import inference
+from vit_jax import cli
 
 log = logging.getLogger(__name__)
 
@@ -36,46 +36,45 @@ def probabilities(logits: np.ndarray, loss: str = 'softmax') -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def predict(trained: inference.Trained, paths: Sequence[str], *, top_k: int = 5,
-            batch_size: int = 64) -> list[dict]:
+def predict(trained, paths: Sequence[str], *, top_k: int = 5, batch_size: int = 64) -> list[dict]:
   """One record per path, in order: {'file', 'predictions': [{'label', 'index', 'probability'}] best first}, or
-  {'file', 'error'} for a file that cannot be read or decoded."""
+  {'file', 'error'} for a file that cannot be read or decoded. `trained` is a vit_jax.inference.Trained."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top
   if top_k < 1 or batch_size < 1:
     raise ValueError(f'top_k ({top_k}) and batch_size ({batch_size}) must be positive.')
   top_k = min(top_k, trained.num_classes)
   apply = jax.jit(lambda params, images: trained.model.apply({'params': params}, images, train=False))
   params = jax.device_put(trained.params)
-  loss = trained.config.get('loss', 'softmax')
   records: list[dict | None] = [None] * len(paths)
-  for indices, images in inference.image_batches(paths, trained.config, batch_size):
+  for indices, images, failed in inference.image_batches(paths, trained.config, batch_size):
+    for i, why in failed:
+      records[i] = {'file': paths[i], 'error': why}
+    if not indices:
+      continue
     logits = np.asarray(apply(params, inference.pad_batch(images, batch_size)))[:len(indices)]
-    probs = probabilities(logits, loss)
-    for i, row in zip(indices, probs):
+    for i, row in zip(indices, probabilities(logits, trained.config.loss)):
       best = np.argsort(-row, kind='stable')[:top_k]
       records[i] = {'file': paths[i], 'predictions': [
           {'label': trained.label(int(c)), 'index': int(c), 'probability': float(row[c])} for c in best]}
-  for i, record in enumerate(records):
-    if record is None:
-      records[i] = {'file': paths[i], 'error': inference.decode_error(paths[i]) or 'cannot be preprocessed'}
   return records
 
 
 def write_output(records: Sequence[dict], path: str) -> None:
   """Writes records as JSON (a list of records) or CSV (one row per file and rank; errors in their own rows)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gs:// too)
+  from vit_jax import io  # pylint: disable=g-import-not-at-top
   if path.endswith('.json'):
-    with tf.io.gfile.GFile(path, 'w') as f:
-      json.dump(list(records), f, indent=1)
-      f.write('\n')
+    io.write_text(path, json.dumps(list(records), indent=1) + '\n')
   elif path.endswith('.csv'):
-    with tf.io.gfile.GFile(path, 'w') as f:
-      writer = csv.DictWriter(f, CSV_FIELDS, lineterminator='\n')
-      writer.writeheader()
-      for r in records:
-        if 'error' in r:
-          writer.writerow({'file': r['file'], 'error': r['error']})
-        for rank, p in enumerate(r.get('predictions', ()), 1):
-          writer.writerow({'file': r['file'], 'rank': rank, **p})
+    out = text_io.StringIO()
+    writer = csv.DictWriter(out, CSV_FIELDS, lineterminator='\n')
+    writer.writeheader()
+    for r in records:
+      if 'error' in r:
+        writer.writerow({'file': r['file'], 'error': r['error']})
+      for rank, p in enumerate(r.get('predictions', ()), 1):
+        writer.writerow({'file': r['file'], 'rank': rank, **p})
+    io.write_text(path, out.getvalue())
   else:
     raise ValueError(f'--output={path!r}: the file name must end in .json or .csv.')
 
@@ -90,15 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m vit_jax.predict', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('inputs', nargs='+', help='Image files, folders or globs (local or gs://).')
-  inference.add_model_args(parser)
+  cli.add_model_args(parser)
   parser.add_argument('--top_k', type=int, default=5, help='Labels per image (default 5).')
   parser.add_argument('--batch_size', type=int, default=64, help='Images per forward pass (default 64).')
   parser.add_argument('--output', help='Also write the results to this .json or .csv file.')
   args = parser.parse_args(argv)
   if args.output and not args.output.endswith(('.json', '.csv')):
     parser.error(f'--output={args.output!r}: the file name must end in .json or .csv.')
-  inference.setup_cli()
-  trained = inference.load_from_args(args, parser)
+  if args.top_k < 1 or args.batch_size < 1:
+    parser.error(f'--top_k ({args.top_k}) and --batch_size ({args.batch_size}) must be positive.')
+  cli.check_model_args(args, parser)
+  return cli.run(lambda: _predict(args), prog=parser.prog, argv=argv)
+
+
+def _predict(args) -> int:
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  trained = inference.load_from_args(args)
   paths, missing = inference.expand_inputs(args.inputs)
   records = [{'file': p, 'error': why} for p, why in missing]
   records += predict(trained, paths, top_k=args.top_k, batch_size=args.batch_size) if paths else []

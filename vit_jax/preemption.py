@@ -5,9 +5,11 @@ maintenance events, SLURM and Kubernetes send) on every host; `reached_preemptio
 hosts at the same step, the one after the largest step any host had reached. A single process has no such service, so
 a SIGTERM handler sets a flag that the next step sees.
 
-Ctrl-C (SIGINT) does what SIGTERM does: the first one finishes the step, saves and stops (with several processes it
-is passed on as a SIGTERM to this process, which JAX's preemption service relays to all hosts); a second one aborts
-at once (KeyboardInterrupt).
+Ctrl-C (SIGINT) during training does what SIGTERM does: the first one finishes the step, saves and stops (with
+several processes it is passed on as a SIGTERM to this process, which JAX's preemption service relays to all hosts); a
+second one aborts at once (KeyboardInterrupt naming the last checkpoint). Before training has started (`training`
+not yet called: the dataset is being prepared, the model built) there is nothing to save, so the first Ctrl-C aborts
+at once, saying so.
 
 Usage: `with PreemptionWatch() as watch: ... if watch.reached(step): save and stop`. `reached` is called once every
 step on every process (the sync protocol needs that); it does no device work and no host sync.
@@ -34,6 +36,7 @@ class PreemptionWatch:
     self._flag = threading.Event()
     self._previous = {}  # signal -> the handler to put back on exit.
     self.interrupted = False  # True once Ctrl-C asked for the stop.
+    self._start_step = None  # The step training started from, once it has (`training`).
 
   def __enter__(self):
     # Handlers only where Python allows them: the main thread. The SIGTERM handler is ours only without a preemption
@@ -53,10 +56,19 @@ class PreemptionWatch:
   def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
     self._flag.set()
 
+  def training(self, start_step: int) -> None:
+    """Training starts now, from `start_step`: from here on a first Ctrl-C saves and stops."""
+    self._start_step = start_step
+
   def _on_interrupt(self, signum, frame):  # pylint: disable=unused-argument
+    if self._start_step is None:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt('before training started (while preparing the data or the model): nothing was trained '
+                              'or lost; rerun the same command to start again')
     if self.interrupted:  # The second Ctrl-C: abort now.
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      raise KeyboardInterrupt
+      raise KeyboardInterrupt('during training: the steps since the last checkpoint are lost; rerun the same command '
+                              'to resume from it')
     self.interrupted = True
     log.warning('Ctrl-C: finishing this step, saving a checkpoint and stopping (press Ctrl-C again to abort at once, '
                 'losing the steps since the last checkpoint).')

@@ -25,6 +25,7 @@ import math
 import cv2
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
 try:  # libjpeg-turbo with DCT-domain scaling; PIL decodes everything when it is missing.
   import simplejpeg
@@ -67,8 +68,12 @@ def decode(data: bytes, *, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
                                     min_width=min_size[1], min_factor=2.0 if scalable else 1.0)
     except ValueError:  # E.g. CMYK, which libjpeg-turbo cannot turn into RGB: PIL can.
       pass
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image.convert('RGB'))
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return np.asarray(image.convert('RGB'))
+  except UnidentifiedImageError:  # Its message shows a BytesIO's repr; say what it means instead.
+    raise ValueError(f'not an image format that can be decoded ({len(data)} bytes starting {bytes(data[:8])!r})'
+                     ) from None
 
 
 def sample_inception_box(height: int, width: int, rng: np.random.Generator, *, min_area: float,
@@ -128,13 +133,14 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return image
 
 
+def eval_resize_size(image_size: int, crop_fraction: float) -> int:
+  """The side the evaluation resize goes to before the central crop: round(S / f), at least S (module doc)."""
+  return max(image_size, int(round(image_size / crop_fraction)))
+
+
 def central_crop(image: np.ndarray, size: int, fraction: float, mode: str = 'square') -> np.ndarray:
   """The eval crop of the module doc: uint8 [H, W, 3] -> [size, size, 3]."""
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f'config.pp.eval_crop_fraction must be in (0, 1], got {fraction}.')
-  if mode not in EVAL_RESIZES:
-    raise ValueError(f'Unknown config.pp.eval_resize {mode!r}; valid: {", ".join(EVAL_RESIZES)}.')
-  big = max(size, int(round(size / fraction)))
+  big = eval_resize_size(size, fraction)
   if mode == 'square':
     image = resize(image, big, antialias=True)
   else:
@@ -143,6 +149,14 @@ def central_crop(image: np.ndarray, size: int, fraction: float, mode: str = 'squ
     image = resize(image, (max(size, int(round(h * scale))), max(size, int(round(w * scale)))), antialias=True)
   top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
   return image[top:top + size, left:left + size]
+
+
+def eval_image(image, *, image_size: int, crop_fraction: float = 1.0, resize_mode: str = 'square') -> np.ndarray:
+  """THE evaluation preprocessing (config.image_size, config.pp.eval_crop_fraction, config.pp.eval_resize) of one
+  image, encoded bytes or decoded [H, W(, C)] uint8: RGB, then `central_crop`; uint8 [S, S, 3]. The evaluators,
+  `vit_jax.predict`, the attention maps and the Hugging Face export's image processor all follow it."""
+  image = decode(image) if isinstance(image, (bytes, bytearray, memoryview)) else to_rgb(image)
+  return central_crop(image, image_size, crop_fraction, resize_mode)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -7,12 +7,16 @@ Sources (`config.dataset`):
   `DatasetNotPreparedError` within seconds, with the `tfds build` command (and, for datasets with manual downloads,
   the files to place in `config.tfds_manual_dir`). A dataset prepared only as TFRecord (sequential files) is refused
   with the command that rebuilds it as ArrayRecord (`--file_format=array_record`).
-* 'image_folder' (or a `config.dataset` that is itself a directory): `<root>/<split>/<class>/*.{jpg,jpeg,png}`;
+* 'image_folder' (or a `config.dataset` that is itself a directory): `<root>/<split>/<class>/<image>` (an image is a
+  file with one of vit_jax.io.IMAGE_EXTENSIONS);
   classes are the sorted subfolders of the train split's folder. A split may be sliced like a TFDS split
   ('train[:98%]', 'train[100:200]', 'train+test'): the files of a split folder are in a fixed pseudo-random order
   (by a hash of their path relative to the folder) before slicing, so a slice is a random subset that is the same
   on every machine. Every file of a split is decoded once (in parallel threads) when the split is first opened:
   undecodable ones are an error that names them, or with `config.on_bad_image='skip'` are left out (logged once).
+
+Reading a prepared TFDS dataset needs no TensorFlow (array_record and TFDS's NumPy decoding); TensorFlow is imported
+only to *prepare* one (`_prepare`), with its logs quiet and the GPUs hidden from it (they are JAX's).
 """
 import concurrent.futures
 import dataclasses
@@ -24,19 +28,24 @@ import socket
 import types
 from typing import Any, Sequence
 
+from vit_jax import errors
+from vit_jax import io
 from vit_jax import preprocess
 
 IMAGE_FOLDER = 'image_folder'
 LOCAL_TFDS_DATASETS = ('sklearn_digits',)  # Built from local data, never downloaded.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 BAD_IMAGE_POLICIES = ('error', 'skip')
 DOWNLOAD_PROBE = ('storage.googleapis.com', 443)  # TFDS tries its GCS mirror first; unreachable = offline.
 
 log = logging.getLogger(__name__)
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(errors.UserError, RuntimeError):
   """A TFDS dataset is not in its data_dir (or not readable by index) and could not be prepared here."""
+
+
+class DataError(errors.UserError, ValueError):
+  """A dataset that cannot be used as it is: an unknown name, a missing split or class, undecodable images."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +62,6 @@ class Split:
   records: Sequence[dict[str, Any]]
   num_classes: int
   class_names: tuple[str, ...]
-
-
-def read_bytes(path: str) -> bytes:
-  """The bytes of a local or remote (gs://, through tf.io.gfile) file."""
-  if '://' in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only for remote file systems)
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      return f.read()
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,12 +111,12 @@ def _tfds_builder(config, download: bool):
   try:
     builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)
   except tfds.core.DatasetNotFoundError as e:
-    raise ValueError(f'Unknown dataset {config.dataset!r}: config.dataset must be a TFDS name (see '
+    raise DataError(f'Unknown dataset {config.dataset!r}: config.dataset must be a TFDS name (see '
                      f'tfds.list_builders()), one of {LOCAL_TFDS_DATASETS}, {IMAGE_FOLDER!r}, or the path of an image '
                      'folder (DIR/train/<class>/*.jpg).') from e
   if not builder.is_prepared():
     if config.dataset in LOCAL_TFDS_DATASETS:
-      builder.download_and_prepare(file_format='array_record')
+      _prepare(builder)
     elif not download:
       raise DatasetNotPreparedError(_not_prepared_message(builder, config, 'downloading is off (download=False)'))
     elif not builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not _reachable():
@@ -125,8 +124,7 @@ def _tfds_builder(config, download: bool):
           builder, config, f'the network is unreachable from here (no answer from {DOWNLOAD_PROBE[0]} in 3 s)'))
     else:
       try:
-        builder.download_and_prepare(file_format='array_record', download_config=tfds.download.DownloadConfig(
-            manual_dir=config.tfds_manual_dir))
+        _prepare(builder, download_config=tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir))
       except Exception as e:  # pylint: disable=broad-except  (network, missing manual files, ...: the same advice)
         reason = f'preparing it failed with {type(e).__name__}: {" ".join(str(e).split())[:300]}'
         raise DatasetNotPreparedError(_not_prepared_message(builder, config, reason)) from None
@@ -142,12 +140,21 @@ def _tfds_builder(config, download: bool):
   return builder
 
 
+def _prepare(builder, **kwargs) -> None:
+  """Builds a TFDS dataset as ArrayRecord: the one place where TensorFlow is imported (module doc)."""
+  log.info('Preparing TFDS dataset %s in %s (once).', builder.name, builder.data_dir)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  builder.download_and_prepare(file_format='array_record', **kwargs)
+
+
 def _tfds_split(config, split: str, download: bool) -> Split:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(config, download)
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
-    raise ValueError(f'TFDS dataset {config.dataset!r} needs features "image" and "label", has {list(features)}.')
+    raise DataError(f'TFDS dataset {config.dataset!r} needs features "image" and "label", has {list(features)}.')
   source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
   label = features['label']
   names = tuple(label.names) if label.names else tuple(str(i) for i in range(label.num_classes))
@@ -162,37 +169,21 @@ def folder_root(config) -> str | None:
   """The image folder a config reads: config.image_folder for 'image_folder', or config.dataset when it is the path
   of a directory (vision_transformer's convention); None for a TFDS dataset."""
   if config.dataset == IMAGE_FOLDER:
-    if not config.image_folder:
-      raise ValueError(f'config.dataset is {IMAGE_FOLDER!r} but config.image_folder is empty.')
     return config.image_folder
-  if config.dataset and _isdir(config.dataset):
+  if config.dataset and io.isdir(config.dataset):
     return config.dataset
   return None
 
 
-def _isdir(path: str) -> bool:
-  if '://' in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.io.gfile.isdir(path)
-  return os.path.isdir(path)
-
-
-def _listdir(path: str) -> list[str]:
-  if '://' in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return [n.rstrip('/') for n in tf.io.gfile.listdir(path)]
-  return os.listdir(path)
-
-
 def _subfolders(path: str) -> list[str]:
-  return sorted(n for n in _listdir(path) if _isdir(os.path.join(path, n)))
+  return [n for n in io.listdir(path) if io.isdir(io.join(path, n))]
 
 
 def _split_folder(root: str, name: str) -> str:
-  path = os.path.join(root, name)
-  if not _isdir(path):
-    present = ', '.join(_subfolders(root)) if _isdir(root) else f'{root} does not exist either'
-    raise ValueError(f'Image folder split {name!r} is missing: {path} is not a directory (splits are subfolders of '
+  path = io.join(root, name)
+  if not io.isdir(path):
+    present = ', '.join(_subfolders(root)) if io.isdir(root) else f'{root} does not exist either'
+    raise DataError(f'Image folder split {name!r} is missing: {path} is not a directory (splits are subfolders of '
                      f'{root}: {present or "none"}).')
   return path
 
@@ -203,7 +194,7 @@ def folder_classes(root: str, train_split: str) -> tuple[str, ...]:
   path = _split_folder(root, _folder_names(train_split)[0])
   classes = _subfolders(path)
   if not classes:
-    raise ValueError(f'Image folder {path} has no class subfolders.')
+    raise DataError(f'Image folder {path} has no class subfolders.')
   return tuple(classes)
 
 
@@ -213,7 +204,7 @@ def _folder_names(split: str) -> list[str]:
   for part in split.split('+'):
     name = part.split('[', 1)[0].strip()
     if not name:
-      raise ValueError(f'Bad split {split!r}: expected name, name[slice] or a + of them (e.g. train[:98%]).')
+      raise DataError(f'Bad split {split!r}: expected name, name[slice] or a + of them (e.g. train[:98%]).')
     if name not in names:
       names.append(name)
   return names
@@ -229,23 +220,23 @@ def _folder_files(root: str, name: str, classes: tuple[str, ...]) -> tuple[tuple
   path = _split_folder(root, name)
   unknown = sorted(set(_subfolders(path)) - set(classes))
   if unknown:
-    raise ValueError(f'Image folder {path} has classes that the train folder lacks: '
-                     f'{[os.path.join(path, c) for c in unknown]}.')
+    raise DataError(f'Image folder {path} has classes that the train folder lacks: '
+                    f'{[io.join(path, c) for c in unknown]}.')
   files = []
   for label, class_name in enumerate(classes):
-    class_dir = os.path.join(path, class_name)
-    if not _isdir(class_dir):
+    class_dir = io.join(path, class_name)
+    if not io.isdir(class_dir):
       continue  # An eval split may lack classes.
-    names = [f for f in _listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    names = [f for f in io.listdir(class_dir) if io.is_image_file(f)]
     if not names:
-      raise ValueError(f'Image folder class {class_dir} holds no {"/".join(IMAGE_EXTENSIONS)} files.')
-    files += [(os.path.join(class_dir, f), label) for f in names]
+      raise DataError(f'Image folder class {class_dir} holds no {"/".join(io.IMAGE_EXTENSIONS)} files.')
+    files += [(io.join(class_dir, f), label) for f in names]
   return tuple(sorted(files, key=lambda f: _order_key(path, f[0])))
 
 
 def _decodable(path: str) -> bool:
   try:
-    preprocess.decode(read_bytes(path))
+    preprocess.decode(io.read_bytes(path))
     return True
   except Exception:  # pylint: disable=broad-except  (any decoding failure means: not an image we can use)
     return False
@@ -261,9 +252,9 @@ def _checked_files(root: str, name: str, classes: tuple[str, ...], on_bad_image:
   if not bad:
     return files
   listed, more = bad[:10], f' and {len(bad) - 10} more' if len(bad) > 10 else ''
-  where = os.path.join(root, name)
+  where = io.join(root, name)
   if on_bad_image == 'error':
-    raise ValueError(f'Image folder {where} holds {len(bad)} file(s) that cannot be decoded as an image: {listed}'
+    raise DataError(f'Image folder {where} holds {len(bad)} file(s) that cannot be decoded as an image: {listed}'
                      f'{more}. Remove or repair them, or set config.on_bad_image=skip to leave them out.')
   log.warning('Image folder %s: skipping %d undecodable file(s) (config.on_bad_image=skip): %s%s', where, len(bad),
               listed, more)
@@ -281,7 +272,7 @@ class _FolderRecords:
 
   def __getitem__(self, index):
     path, label = self._files[index]
-    return {'image': read_bytes(path), 'label': label}
+    return {'image': io.read_bytes(path), 'label': label}
 
   def path(self, index) -> str:
     return self._files[index][0]
@@ -289,8 +280,6 @@ class _FolderRecords:
 
 def _folder_split(config, root: str, split: str) -> Split:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if config.on_bad_image not in BAD_IMAGE_POLICIES:
-    raise ValueError(f'Unknown config.on_bad_image {config.on_bad_image!r}; valid: {", ".join(BAD_IMAGE_POLICIES)}.')
   classes = folder_classes(root, config.train_split)
   per_folder = {name: _checked_files(root, name, classes, config.on_bad_image) for name in _folder_names(split)}
   sizes = {n: types.SimpleNamespace(num_examples=len(f), shard_lengths=[len(f)]) for n, f in per_folder.items()}
@@ -306,8 +295,6 @@ def _folder_split(config, root: str, split: str) -> Split:
 
 def open_split(config, split: str, *, download: bool = True) -> Split:
   """The records of `split` of config.dataset (see module doc)."""
-  if not config.dataset:
-    raise ValueError(f'config.dataset is empty: set a TFDS name, {IMAGE_FOLDER!r}, or an image folder path.')
   root = folder_root(config)
   if root is None:
     return _tfds_split(config, split, download)

@@ -6,7 +6,8 @@
 `attention` writes two PNGs per image into --out (default RUN/attention): NAME_rollout.png, the input (after the
 run's evaluation preprocessing) beside it with the attention rollout overlaid, titled with the top prediction; and
 NAME_heads.png, the last layer's attention of every head over the patches (see vit_jax/attention_maps.py).
-The model comes from --workdir or --checkpoint/--model, as for vit_jax.predict.
+The model comes from --workdir or --checkpoint/--model, as for vit_jax.predict. Runs, images and outputs may be
+local or gs:// (vit_jax/io.py).
 
 `curves` writes one PNG of train loss, learning rate, eval accuracy and training img/s against the step, read from
 each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --names). Where a step was written twice
@@ -14,7 +15,7 @@ each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --name
 """
 import argparse
 import collections
-import io
+import io as bytes_io
 import logging
 import math
 import os
@@ -23,7 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import attention_maps, inference, metrics, models
+from vit_jax import cli
+from vit_jax import io
+from vit_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +43,9 @@ def _figure(width: float, height: float):
 
 def save_png(fig, path: str) -> None:
   """Saves a matplotlib figure as PNG, locally or to gs://."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  buf = io.BytesIO()
+  buf = bytes_io.BytesIO()
   fig.savefig(buf, format='png')
-  parent = os.path.dirname(path)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(buf.getvalue())
+  io.write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -55,24 +53,22 @@ def save_png(fig, path: str) -> None:
 
 
 def read_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{key: (steps, values)} of a run's metrics.jsonl, sorted by step; a step written twice keeps its last value."""
-  path = os.path.join(workdir, metrics.METRICS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir} has no {metrics.METRICS_FILE}: is it the workdir of a training run?')
+  """{key: (steps, values)} of a run's metrics, sorted by step; a step written twice keeps its last value."""
+  if not io.exists(workdir_lib.path(workdir, workdir_lib.METRICS_FILE)):
+    raise workdir_lib.WorkdirError(f'{workdir} has no {workdir_lib.METRICS_FILE}: is it the workdir of a training '
+                                   'run?')
   series: dict[str, dict[int, float]] = {}
-  for record in metrics.read_jsonl(workdir):
-    step = int(record['step'])
-    for key, value in record.items():
-      if key != 'step':
-        series.setdefault(key, {})[step] = value  # A later record of the same step replaces the earlier one.
-  return {key: (np.array(sorted(by_step)), np.array([by_step[s] for s in sorted(by_step)], np.float64))
+  for step, values in workdir_lib.merged_metrics(workdir).items():
+    for key, value in values.items():
+      series.setdefault(key, {})[step] = value
+  return {key: (np.array(list(by_step)), np.array(list(by_step.values()), np.float64))
           for key, by_step in series.items()}
 
 
 def run_names(workdirs: Sequence[str]) -> list[str]:
   """Short names for runs: folder names, or the paths where two folder names are the same."""
-  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
-  return names if len(set(names)) == len(names) else [os.path.normpath(w) for w in workdirs]
+  names = [io.basename(w) for w in workdirs]
+  return names if len(set(names)) == len(names) else [w.rstrip('/') for w in workdirs]
 
 
 def plot_curves(workdirs: Sequence[str], out: str, *, names: Sequence[str] | None = None) -> str:
@@ -167,28 +163,30 @@ def _short(path: str) -> str:
   return '/'.join(os.path.normpath(path).split(os.sep)[-2:])
 
 
-def write_attention(trained: inference.Trained, paths: Sequence[str], out_dir: str, *,
+def write_attention(trained, paths: Sequence[str], out_dir: str, *,
                     batch_size: int = 16) -> tuple[list[str], list[tuple[str, str]]]:
-  """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path, error)])."""
-  from vit_jax import predict  # pylint: disable=g-import-not-at-top
+  """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path, error)]).
+  `trained` is a vit_jax.inference.Trained."""
+  from vit_jax import attention_maps, inference, models, predict  # pylint: disable=g-import-not-at-top
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
   stems = _stems(paths)
-  written, done = [], set()
-  for indices, images in inference.image_batches(paths, trained.config, batch_size):
+  written, errors = [], []
+  for indices, images, failed in inference.image_batches(paths, trained.config, batch_size):
+    errors += [(paths[i], why) for i, why in failed]
+    if not indices:
+      continue
     logits, weights = attention(trained.params, inference.pad_batch(images, batch_size))
     rollouts, heads = attention_maps.maps(weights[:, :len(indices)], grid)
-    probs = predict.probabilities(logits[:len(indices)], trained.config.get('loss', 'softmax'))
+    probs = predict.probabilities(logits[:len(indices)], trained.config.loss)
     for j, i in enumerate(indices):
       best = int(np.argmax(probs[j]))
       title = f'{_short(paths[i])}: {trained.label(best)} {probs[j, best]:.2f}'
       for kind, fig in (('rollout', rollout_figure(images[j], rollouts[j], title)),
                         ('heads', heads_figure(images[j], heads[j], title))):
-        path = os.path.join(out_dir, f'{stems[i]}_{kind}.png')
+        path = io.join(out_dir, f'{stems[i]}_{kind}.png')
         save_png(fig, path)
         written.append(path)
-      done.add(i)
-  errors = [(p, inference.decode_error(p) or 'cannot be preprocessed') for i, p in enumerate(paths) if i not in done]
   return written, errors
 
 
@@ -202,13 +200,14 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
   commands = parser.add_subparsers(dest='command', required=True)
   attention = commands.add_parser('attention', help='Attention rollout and per-head maps of images.')
   attention.add_argument('inputs', nargs='+', help='Image files, folders or globs (local or gs://).')
-  inference.add_model_args(attention)
+  cli.add_model_args(attention)
   attention.add_argument('--out', help='Output folder (default: WORKDIR/attention, or ./attention).')
   attention.add_argument('--batch_size', type=int, default=16, help='Images per forward pass (default 16).')
   curves = commands.add_parser('curves', help='Training curves of runs, overlaid.')
   curves.add_argument('runs', nargs='+', help='Workdirs of training runs (each with a metrics.jsonl).')
   curves.add_argument('--out', default='curves.png', help='Output PNG (default: curves.png).')
   curves.add_argument('--names', help='Comma-separated legend names, one per run (default: folder names).')
+  cli.add_verbose(curves)
   return parser, {'attention': attention, 'curves': curves}
 
 
@@ -220,15 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.names.split(',') if args.names else None
     if names and len(names) != len(args.runs):
       command.error(f'--names has {len(names)} names for {len(args.runs)} runs.')
-    logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    try:
-      print(plot_curves(args.runs, args.out, names=names))
-    except FileNotFoundError as e:
-      command.exit(2, f'{command.prog}: error: {e}\n')
-    return 0
-  inference.setup_cli()
-  trained = inference.load_from_args(args, command)
-  out_dir = args.out or os.path.join(args.workdir or '.', 'attention')
+    return cli.run(lambda: print(plot_curves(args.runs, args.out, names=names)), prog=command.prog, argv=argv)
+  cli.check_model_args(args, command)
+  return cli.run(lambda: _attention(args), prog=command.prog, argv=argv)
+
+
+def _attention(args) -> int:
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  trained = inference.load_from_args(args)
+  out_dir = args.out or io.join(args.workdir or '.', workdir_lib.ATTENTION_DIR)
   paths, missing = inference.expand_inputs(args.inputs)
   written, errors = write_attention(trained, paths, out_dir, batch_size=args.batch_size) if paths else ([], [])
   for path in written:

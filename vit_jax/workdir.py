@@ -1,55 +1,177 @@
-"""The workdir's record of its run: `config.json`, `class_names.json`, and the refusal to resume another config.
+"""THE run directory: the name of every file of a run, reading them, the "complete" rule and a run's config.
 
-A workdir is a local path or a gs:// URL (all I/O goes through tf.io.gfile). It "holds a run" once it has a
-checkpoint or a `metrics.jsonl`. Rerunning into it resumes that run, so the config must be the same, except for
-fields that change how the run is carried out but not what it computes (`RESUMABLE_FIELDS`: cadences, mesh,
-total_steps, ...). A field that an older config.json lacks counts as unchanged when the new config has its shared
-default (a field added to the code since). Any other difference is refused with the list of changed fields,
-unless the caller passes `allow_change=True` (`--allow_config_change` in main).
+A run is its workdir (a local path or gs://; all I/O through vit_jax.io). This module imports no JAX, so launch/
+reads runs through it too. Every file name below is spelled here and nowhere else:
+  config.json          the run's config as given (durations unresolved), written once the run has started
+  config.<n>.json      a config replaced under --allow_config_change
+  class_names.json     label names in label order (predict, export)
+  dataset.json         {num_train, num_eval, num_classes} of the run's dataset (a duration in epochs needs num_train)
+  metrics.jsonl        one JSON object per write, {"step": s, name: value, ...}; training and evaluation write separate
+                       records of one step: per step and name the last record wins (`merged_metrics`)
+  events.out.tfevents.*  the same scalars for TensorBoard (vit_jax/metrics.py writes them)
+  checkpoints/<step>/  Orbax checkpoints; a step counts once finalised: locally its folder has the bare step as name
+                       (Orbax renames it when complete), on gs:// it holds commit_success.txt
+  params.npz           the final parameters in the release layout
+  launch.json          the launchers' record of the job (launch/record.py)
+  lock.json            the live writer (vit_jax/lock.py)
+  attention/           default output folder of `vit_jax.visualize attention`
 
-Checking and recording are two steps: `check_config` before anything is written, `record_config` only once the
-run has started (its checkpoint restored), so a refused or failed start leaves config.json as it was. The replaced
-config is kept as `config.<n>.json`, so nothing written before is lost.
+A workdir *holds a run* once it has a checkpoint or a metrics.jsonl. A run is *complete* when it has a checkpoint at
+its target step or later (`target_step`: config.total_steps, or total_epochs / total_examples in steps) and, when
+config.export_npz, its params.npz. `is_complete` is that rule; the trainer and the launchers both use it.
+
+Resuming a run needs the same config, except fields that change how the run is carried out but not what it computes
+(`RESUMABLE_FIELDS`). `config_changes` lists the others; a field that an older config.json lacks is no change when the
+new config has its shared default (the code gained the field), nor is a field the code no longer knows.
 """
-import functools
 import json
 import logging
-import os
 
-import jax
-import numpy as np
-from jax.experimental import multihost_utils
-
-from vit_jax.configs import check
+from vit_jax import errors
+from vit_jax import io
+from vit_jax.configs import durations
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = 'config.json'
-CLASS_NAMES_FILE = 'class_names.json'  # The dataset's label names in label order, for predict/export.
+CLASS_NAMES_FILE = 'class_names.json'
+DATASET_FILE = 'dataset.json'
+METRICS_FILE = 'metrics.jsonl'
+EVENTS_PREFIX = 'events.out.tfevents.'
+CHECKPOINTS_DIR = 'checkpoints'
+COMMIT_FILE = 'commit_success.txt'  # Orbax's marker of a finalised checkpoint on object stores.
+PARAMS_FILE = 'params.npz'
+LAUNCH_FILE = 'launch.json'
+LOCK_FILE = 'lock.json'
+ATTENTION_DIR = 'attention'
+
 # Fields whose change keeps the run the same run (a field, or a group and everything under it).
 RESUMABLE_FIELDS = (
-    'total_steps', 'total_epochs', 'total_examples', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep', 'async_checkpoints',
-    'export_npz', 'prefetch', 'eval_batch_size', 'mesh', 'sharding_strategy', 'fsdp_min_size', 'tfds_data_dir',
-    'tfds_manual_dir', 'image_folder', 'augreg_index', 'eval_split', 'fewshot', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
+    'total_steps', 'total_epochs', 'total_examples', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+    'keep', 'async_checkpoints', 'export_npz', 'prefetch', 'input_threads', 'input_processes', 'eval_batch_size',
+    'mesh', 'sharding_strategy', 'fsdp_min_size', 'tfds_data_dir', 'tfds_manual_dir', 'image_folder', 'augreg_index',
+    'eval_split', 'fewshot', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
 )
 
 
-class ConfigChangedError(ValueError):
+class WorkdirError(errors.UserError, OSError):
+  """The workdir cannot be used: a file, a location that cannot be reached or written, or no run where one is
+  needed."""
+
+
+class ConfigChangedError(errors.UserError, ValueError):
   """The workdir holds a run of another config."""
 
 
-class WorkdirError(OSError):
-  """The workdir cannot be used: a file, or a location that cannot be reached."""
+def path(workdir: str, name: str) -> str:
+  """WORKDIR/name (local or gs://)."""
+  return io.join(workdir, name)
 
 
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (heavy; only needed for I/O)
-  return tf.io.gfile
+def checkpoints_dir(workdir: str) -> str:
+  """WORKDIR/checkpoints as an absolute path or URL (Orbax wants one)."""
+  return io.abspath(path(workdir, CHECKPOINTS_DIR))
 
 
-def join(workdir: str, name: str) -> str:
-  """WORKDIR/name, for a local workdir or a gs:// one."""
-  return f'{workdir.rstrip("/")}/{name}' if '://' in workdir else os.path.join(workdir, name)
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the run's finalised checkpoints, in order (see module doc)."""
+  return finalised_steps(path(workdir, CHECKPOINTS_DIR))
+
+
+def finalised_steps(folder: str) -> list[int]:
+  """The steps of the finalised checkpoints in a checkpoints folder, in order (see module doc)."""
+  if not io.isdir(folder):
+    return []
+  steps = sorted(int(n) for n in io.listdir(folder) if n.isdigit())
+  if io.is_remote(folder):
+    steps = [s for s in steps if io.exists(io.join(folder, str(s), COMMIT_FILE))]
+  return steps
+
+
+def latest_step(workdir: str) -> int | None:
+  steps = checkpoint_steps(workdir)
+  return steps[-1] if steps else None
+
+
+def check_usable(workdir: str) -> None:
+  """A WorkdirError for a workdir that is a file or cannot be reached (a gs:// bucket offline, say)."""
+  try:
+    is_file = io.isfile(workdir)
+  except io.StorageError as e:
+    raise WorkdirError(f'Cannot reach the workdir: {e}') from e
+  if is_file:
+    raise WorkdirError(f"The workdir {workdir} is a file, not a directory; give --workdir a directory (new or a run's).")
+
+
+def holds_run(workdir: str) -> bool:
+  return bool(checkpoint_steps(workdir)) or io.exists(path(workdir, METRICS_FILE))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.jsonl
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of metrics.jsonl in file order ([] when there is none)."""
+  text = io.read_text_or_none(path(workdir, METRICS_FILE)) or ''
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def merge(records) -> dict[int, dict[str, float]]:
+  """{step: {name: value}} in step order; per step and name the last record wins."""
+  steps: dict[int, dict[str, float]] = {}
+  for record in records:
+    record = dict(record)
+    steps.setdefault(int(record.pop('step')), {}).update(record)
+  return dict(sorted(steps.items()))
+
+
+def merged_metrics(workdir: str) -> dict[int, dict[str, float]]:
+  return merge(read_metrics(workdir))
+
+
+def last_eval(workdir: str) -> dict[str, float]:
+  """The latest evaluation of a run ({'step': s, 'eval/...': v, ...}), or {} when it has none."""
+  evals = [{'step': s, **{k: v for k, v in m.items() if k.startswith('eval/')}}
+           for s, m in merged_metrics(workdir).items() if any(k.startswith('eval/') for k in m)]
+  return evals[-1] if evals else {}
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+  io.append_text(path(workdir, METRICS_FILE), json.dumps(record) + '\n')
+
+
+def drop_records_after(workdir: str, step: int) -> int:
+  """Removes the records of steps after `step` from metrics.jsonl; returns how many.
+
+  A run that resumes from its checkpoint at `step` writes the later steps again (the attempt that crashed after that
+  checkpoint wrote them once), so readers never see a step trained twice.
+  """
+  records = read_metrics(workdir)
+  kept = [r for r in records if r['step'] <= step]
+  if len(kept) < len(records):
+    io.write_text(path(workdir, METRICS_FILE), ''.join(json.dumps(r) + '\n' for r in kept))
+  return len(records) - len(kept)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run's config and dataset.
+
+
+def read_json(workdir: str, name: str):
+  text = io.read_text_or_none(path(workdir, name))
+  return None if text is None else json.loads(text)
+
+
+def load_config(workdir: str):
+  """The run's config: its config.json overlaid on the current defaults (vit_jax/configs/common.py), so a field
+  added to the code since has its default and every reader sees every field. A WorkdirError without config.json."""
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top  (presets; no JAX)
+  stored = read_json(workdir, CONFIG_FILE)
+  if stored is None:
+    raise WorkdirError(f'{workdir} holds no {CONFIG_FILE}: pass the --workdir of a training run (python -m '
+                       'vit_jax.main --workdir=...), or --checkpoint=X.npz with --model.')
+  return common.from_dict(stored)
 
 
 def _flatten(tree, prefix=''):
@@ -62,22 +184,15 @@ def _flatten(tree, prefix=''):
   return out
 
 
-def _config_dict(config) -> dict:
+def as_dict(config) -> dict:
+  """A ConfigDict as plain JSON data (tuples become lists), as config.json holds it."""
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-@functools.cache
-def _defaults() -> dict:
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  return _flatten(_config_dict(common.get_config()))
-
-
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
-  """(field, old value, new value) for every field that differs and is not in RESUMABLE_FIELDS.
-
-  A field absent from `old` whose new value is its shared default is no change (the code gained the field), and
-  neither is a field of `old` that the code no longer knows (the code dropped it).
-  """
+  """(field, old value, new value) for every field that differs and is not in RESUMABLE_FIELDS (module doc)."""
+  from vit_jax.configs import check, common  # pylint: disable=g-import-not-at-top
+  defaults = _flatten(as_dict(common.get_config()))
   old, new = _flatten(old), _flatten(new)
   missing = object()
   changes = []
@@ -85,7 +200,7 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
     if any(key == f or key.startswith(f + '.') for f in RESUMABLE_FIELDS):
       continue
     a, b = old.get(key, missing), new.get(key, missing)
-    if a is missing and key in _defaults() and b == _defaults()[key]:
+    if a is missing and key in defaults and b == defaults[key]:
       continue
     if b is missing and not check.is_known(key):  # A field the code no longer has (e.g. input_shards).
       continue
@@ -94,108 +209,78 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
   return changes
 
 
-def _check_usable(workdir: str) -> None:
-  """A clear error for a workdir that is a file or cannot be reached (a gs:// bucket offline, say)."""
-  gfile = _gfile()
-  try:
-    exists, is_dir = gfile.exists(workdir), gfile.isdir(workdir)
-  except Exception as e:  # pylint: disable=broad-except  (TF raises several kinds for unreachable file systems)
-    hint = (' Check the network, the credentials (gcloud auth application-default login) and the bucket name.'
-            if '://' in workdir else '')
-    raise WorkdirError(f'Cannot reach the workdir {workdir}: {type(e).__name__}: {" ".join(str(e).split())}.'
-                       f'{hint}') from e
-  if exists and not is_dir:
-    raise WorkdirError(f'The workdir {workdir} is a file, not a directory; give --workdir a directory (new or a '
-                       'run\'s).')
-
-
-def holds_run(workdir: str) -> bool:
-  gfile = _gfile()
-  ckpt = join(workdir, 'checkpoints')
-  has_checkpoint = gfile.isdir(ckpt) and any(n.rstrip('/').isdigit() for n in gfile.listdir(ckpt))
-  return has_checkpoint or gfile.exists(join(workdir, 'metrics.jsonl'))
-
-
-def read_config(workdir: str) -> dict | None:
-  """The config.json of a workdir as a dict, or None."""
-  path = join(workdir, CONFIG_FILE)
-  if not _gfile().exists(path):
-    return None
-  with _gfile().GFile(path) as f:
-    return json.load(f)
-
-
 def check_config(config, workdir: str, *, allow_change: bool = False) -> list[tuple[str, object, object]]:
-  """Refuses a workdir that holds a run of another config (see module doc); writes nothing. Returns the changes
-  that `allow_change` let through, for `record_config`.
-
-  Process 0 reads; its decision reaches every process (a collective when there are several), so all of them raise
-  together.
-  """
-  _check_usable(workdir)
-  changes = []
-  if jax.process_index() == 0 and holds_run(workdir):
-    old = read_config(workdir)
-    if old is not None:
-      changes = config_changes(old, _config_dict(config))
-  refuse = bool(changes) and not allow_change
-  if jax.process_count() > 1:
-    refuse = bool(multihost_utils.broadcast_one_to_all(np.int32(refuse)))
-  if refuse:
-    listed = '\n  '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in changes) or '(see process 0)'
-    raise ConfigChangedError(
-        f'{workdir} holds a run of a different config; these fields differ from {join(workdir, CONFIG_FILE)}:\n'
-        f'  {listed}\nUse a new --workdir for a new run, or pass --allow_config_change (train_and_evaluate(..., '
-        'allow_config_change=True)) to resume this run with the new values; the old config is then kept as '
-        'config.<n>.json.')
+  """Refuses (ConfigChangedError) a workdir that holds a run of another config, unless `allow_change`; writes
+  nothing. Returns the changes to pass to `record_config`."""
+  check_usable(workdir)
+  old = read_json(workdir, CONFIG_FILE) if holds_run(workdir) else None
+  changes = config_changes(old, as_dict(config)) if old is not None else []
+  if changes and not allow_change:
+    raise ConfigChangedError(changed_message(workdir, changes))
   return changes
 
 
-def _keep_old(path: str) -> str:
-  gfile, stem = _gfile(), path[:-len('.json')]
-  n = 1
-  while gfile.exists(f'{stem}.{n}.json'):
+def changed_message(workdir: str, changes) -> str:
+  listed = '\n  '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in changes) or '(see process 0)'
+  return (f'{workdir} holds a run of a different config; these fields differ from {path(workdir, CONFIG_FILE)}:\n'
+          f'  {listed}\nUse a new --workdir for a new run, or pass --allow_config_change (train_and_evaluate(..., '
+          'allow_config_change=True)) to resume this run with the new values; the old config is then kept as '
+          'config.<n>.json.')
+
+
+def _keep_old(config_path: str) -> str:
+  stem, n = config_path[:-len('.json')], 1
+  while io.exists(f'{stem}.{n}.json'):
     n += 1
-  gfile.rename(path, f'{stem}.{n}.json')
+  io.rename(config_path, f'{stem}.{n}.json')
   return f'{stem}.{n}.json'
 
 
-def _write_json(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with _gfile().GFile(tmp, 'w') as f:
-    f.write(text)
-  _gfile().rename(tmp, path, overwrite=True)
-
-
 def record_config(config, workdir: str, changes=()) -> None:
-  """Writes WORKDIR/config.json (process 0), keeping a replaced one as config.<n>.json when `changes` are given."""
-  if jax.process_index() != 0:
-    return
-  _gfile().makedirs(workdir)
-  path = join(workdir, CONFIG_FILE)
-  if changes and _gfile().exists(path):
+  """Writes config.json, keeping a replaced one as config.<n>.json when `changes` are given."""
+  config_path = path(workdir, CONFIG_FILE)
+  if changes and io.exists(config_path):
     log.warning('Resuming %s with a changed config (%s); the old one is kept as %s.', workdir,
-                ', '.join(k for k, _, _ in changes), _keep_old(path))
-  _write_json(path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+                ', '.join(k for k, _, _ in changes), _keep_old(config_path))
+  io.write_text(config_path, config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
 def check_and_record_config(config, workdir: str, *, allow_change: bool = False) -> None:
-  """`check_config`, then `record_config`."""
   record_config(config, workdir, check_config(config, workdir, allow_change=allow_change))
 
 
-def record_class_names(workdir: str, class_names) -> None:
-  """Writes WORKDIR/class_names.json (process 0): the label names of the run's dataset, index = label."""
-  if jax.process_index() != 0:
-    return
-  _gfile().makedirs(workdir)
-  _write_json(join(workdir, CLASS_NAMES_FILE), json.dumps(list(class_names), indent=0) + '\n')
+def record_dataset(workdir: str, *, class_names, num_train: int, num_eval: int) -> None:
+  """Writes class_names.json and dataset.json."""
+  io.write_text(path(workdir, CLASS_NAMES_FILE), json.dumps(list(class_names), indent=0) + '\n')
+  io.write_text(path(workdir, DATASET_FILE), json.dumps(
+      {'num_train': int(num_train), 'num_eval': int(num_eval), 'num_classes': len(class_names)}) + '\n')
 
 
 def read_class_names(workdir: str) -> list[str] | None:
-  """The label names a run recorded, or None for a workdir without them."""
-  path = join(workdir, CLASS_NAMES_FILE)
-  if not _gfile().exists(path):
+  return read_json(workdir, CLASS_NAMES_FILE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Complete.
+
+
+def target_step(config, num_train: int | None = None) -> int | None:
+  """The run's last step: its total duration in steps; None when it is in epochs and `num_train` is unknown."""
+  epochs = durations.value(config, durations.DURATIONS['total'][1])
+  if epochs and num_train is None:
     return None
-  with _gfile().GFile(path) as f:
-    return json.load(f)
+  return durations.steps_of(config, 'total', num_train or 0)
+
+
+def reached_target(workdir: str, config, *, num_train: int | None = None) -> bool:
+  """Whether the run has a checkpoint at its target step or later. `num_train` defaults to dataset.json's."""
+  if num_train is None:
+    num_train = (read_json(workdir, DATASET_FILE) or {}).get('num_train')
+  target, latest = target_step(config, num_train), latest_step(workdir)
+  return target is not None and latest is not None and latest >= target
+
+
+def is_complete(workdir: str, config=None) -> bool:
+  """The module doc's rule; `config` defaults to the run's own (pass another to ask about a changed duration)."""
+  config = config if config is not None else load_config(workdir)
+  return reached_target(workdir, config) and (not config.export_npz or io.exists(path(workdir, PARAMS_FILE)))

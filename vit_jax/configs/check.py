@@ -1,4 +1,9 @@
-"""Config fields are checked against the shared defaults: an unknown field is an error, never silently ignored.
+"""Whether a config is valid: `validate` checks a whole config before anything is read, downloaded or compiled.
+
+It raises UnknownFieldError for fields no part of vit_jax reads, else ConfigError listing every bad value: its field,
+the value, and what would be valid (each module's own tuple of accepted values, with the closest one for a typo),
+shapes such as a patch size that must be a pair, cross-field rules (warmup within the total, batch sizes that split
+over the mesh and the processes, an image size that the patches tile) and files that must exist.
 
 The known fields are those of `common.get_config()`, and under `model.` those of every preset (so a hybrid's
 `model.resnet.*` is known although the default model has `resnet=None`). A field that google-research/
@@ -7,7 +12,10 @@ gets the closest known names.
 """
 import difflib
 import functools
+import math
 from typing import Any
+
+from vit_jax import errors
 
 # vision_transformer's config fields -> what to set here.
 REFERENCE_NAMES = {
@@ -48,8 +56,12 @@ ALIASES = {
 }
 
 
-class UnknownFieldError(AttributeError, ValueError):
+class UnknownFieldError(errors.UserError, AttributeError, ValueError):
   """A config holds a field that no part of vit_jax reads."""
+
+
+class ConfigError(errors.UserError, ValueError):
+  """A config value that vit_jax cannot use."""
 
 
 def flat_keys(config, prefix: str = '') -> list[str]:
@@ -112,3 +124,223 @@ def check_fields(config: Any) -> None:
   unknown = [name for name in flat_keys(config) if not is_known(name)]
   if unknown:
     raise UnknownFieldError('\n'.join(unknown_message(name) for name in unknown))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values.
+
+
+def _choice(problems, name, value, valid) -> None:
+  if value not in valid:
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    problems.append(f'config.{name}={value!r} is not one of {", ".join(map(repr, valid))}{hint}.')
+
+
+def _number(problems, name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False) -> None:
+  kinds = (int,) if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, kinds) or (isinstance(value, float) and math.isnan(value)):
+    problems.append(f'config.{name}={value!r} must be {"an integer" if integer else "a number"}.')
+    return
+  bad_low = low is not None and (value <= low if low_open else value < low)
+  bad_high = high is not None and (value >= high if high_open else value > high)
+  if bad_low or bad_high:
+    lo = '' if low is None else f'{"(" if low_open else "["}{low}'
+    hi = '' if high is None else f'{high}{")" if high_open else "]"}'
+    where = (f'in {lo}, {hi}' if low is not None and high is not None else
+             f'{">" if low_open else ">="} {low}' if low is not None else f'{"<" if high_open else "<="} {high}')
+    problems.append(f'config.{name}={value!r} must be {where}.')
+
+
+def _model_problems(model, image_size, problems) -> None:
+  from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
+  size = model.patches.size
+  if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+      isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+    problems.append(f'config.model.patches.size={size!r} must be a pair of positive integers (height, width), e.g. '
+                    '(16, 16); on the command line --config.model.patches.size="(16, 16)".')
+    size = None
+  _number(problems, 'model.hidden_size', model.hidden_size, low=1, integer=True)
+  t = model.transformer
+  for field in ('num_layers', 'mlp_dim', 'num_heads'):
+    _number(problems, f'model.transformer.{field}', t[field], low=1, integer=True)
+  if isinstance(t.num_heads, int) and t.num_heads > 0 and isinstance(model.hidden_size, int) and (
+      model.hidden_size % t.num_heads):
+    problems.append(f'config.model.hidden_size={model.hidden_size} must be a multiple of '
+                    f'config.model.transformer.num_heads={t.num_heads}.')
+  for field in ('dropout_rate', 'attention_dropout_rate', 'drop_path_rate'):
+    _number(problems, f'model.transformer.{field}', t[field], low=0, high=1, high_open=True)
+  _choice(problems, 'model.classifier', model.classifier, vit.CLASSIFIERS)
+  _choice(problems, 'model.posemb', model.posemb, vit.POSEMBS)
+  if model.representation_size is not None:
+    _number(problems, 'model.representation_size', model.representation_size, low=1, integer=True)
+  if model.resnet is not None:
+    layers = model.resnet.num_layers
+    if not isinstance(layers, (tuple, list)) or not all(isinstance(n, int) and n > 0 for n in layers):
+      problems.append(f'config.model.resnet.num_layers={layers!r} must be a tuple of positive integers.')
+      size = None
+    _number(problems, 'model.resnet.width_factor', model.resnet.width_factor, low=0, low_open=True)
+  if size is not None and isinstance(image_size, int) and image_size > 0:
+    px = vit.token_pixels(model)
+    if image_size % px:
+      problems.append(f'config.image_size={image_size} is not a multiple of the {px} px per token of '
+                      f'{model.get("model_name") or "the model"} (patch size times any ResNet stride); e.g. use '
+                      f'{max(px, image_size // px * px)}.')
+
+
+def _durations(config, problems) -> None:
+  from vit_jax.configs import durations  # pylint: disable=g-import-not-at-top
+  for duration, (steps, epochs, examples) in durations.DURATIONS.items():
+    e, x = durations.value(config, epochs), durations.value(config, examples)
+    if e and x:
+      problems.append(f'config.{epochs}={e} and config.{examples}={x} are both set; give one (or config.{steps}).')
+    for name, v in ((epochs, e), (examples, x)):
+      if v is not None:
+        _number(problems, name, v, low=0, integer=name == examples)
+    _number(problems, steps, durations.value(config, steps), low=0 if duration == 'warmup' or e or x else 1,
+            integer=True)
+  total, warmup = config.total_steps, config.schedule.warmup_steps
+  if not (config.total_epochs or config.total_examples or config.schedule.warmup_epochs or
+          config.schedule.warmup_examples) and isinstance(total, int) and isinstance(warmup, int) and warmup > total:
+    problems.append(f'config.schedule.warmup_steps={warmup} is more than config.total_steps={total}: the warmup '
+                    'must fit in the run.')
+  if config.total_epochs and config.schedule.warmup_epochs and config.schedule.warmup_epochs > config.total_epochs:
+    problems.append(f'config.schedule.warmup_epochs={config.schedule.warmup_epochs} is more than '
+                    f'config.total_epochs={config.total_epochs}: the warmup must fit in the run.')
+
+
+def _optimisation(config, problems) -> None:
+  from vit_jax import losses, optim, state  # pylint: disable=g-import-not-at-top
+  opt, sched = config.optimizer, config.schedule
+  _choice(problems, 'optimizer.name', opt.name, optim.OPTIMIZERS)
+  _choice(problems, 'optimizer.accumulator_dtype', opt.accumulator_dtype, tuple(optim.ACCUMULATOR_DTYPES))
+  _choice(problems, 'schedule.decay_type', sched.decay_type, optim.DECAY_TYPES)
+  _choice(problems, 'loss', config.loss, losses.LOSSES)
+  _choice(problems, 'dtype', config.dtype, tuple(state.DTYPES))
+  _choice(problems, 'nonfinite_policy', config.nonfinite_policy, state.NONFINITE_POLICIES)
+  _number(problems, 'label_smoothing', config.label_smoothing, low=0, high=1, high_open=True)
+  _number(problems, 'mixup_p', config.mixup_p, low=0)
+  _number(problems, 'schedule.base_lr', sched.base_lr, low=0)
+  _number(problems, 'schedule.end_lr', sched.end_lr, low=0)
+  _number(problems, 'schedule.rsqrt_timescale', sched.rsqrt_timescale, low=0, low_open=True)
+  _number(problems, 'optimizer.weight_decay', opt.weight_decay, low=0)
+  _number(problems, 'optimizer.momentum', opt.momentum, low=0, high=1, high_open=True)
+  _number(problems, 'optimizer.b1', opt.b1, low=0, high=1, high_open=True)
+  _number(problems, 'optimizer.b2', opt.b2, low=0, high=1, high_open=True)
+  _number(problems, 'optimizer.eps', opt.eps, low=0, low_open=True)
+  _number(problems, 'optimizer.grad_clip_norm', opt.grad_clip_norm)
+
+
+def _data(config, problems) -> None:
+  from vit_jax import evaluators, preprocess, sources  # pylint: disable=g-import-not-at-top
+  from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
+  pp = config.pp
+  if not config.dataset:
+    problems.append(f'config.dataset is empty: set a TFDS name (e.g. cifar10), {sources.IMAGE_FOLDER!r} with '
+                    'config.image_folder, or the path of an image folder.')
+  elif config.dataset == sources.IMAGE_FOLDER and not config.image_folder:
+    problems.append(f'config.dataset is {sources.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a folder '
+                    'DIR with DIR/train/<class>/*.jpg.')
+  if not str(config.train_split).strip():
+    problems.append('config.train_split is empty: give a split such as train or train[:98%].')
+  for parse, value in ((evaluators.parse_splits, config.eval_split), (fewshot.parse_datasets, config.fewshot.datasets)):
+    try:
+      parse(value)
+    except ValueError as e:
+      problems.append(str(e))
+  _number(problems, 'image_size', config.image_size, low=1, integer=True)
+  _choice(problems, 'pp.crop', pp.crop, preprocess.TRAIN_CROPS)
+  _choice(problems, 'pp.eval_resize', pp.eval_resize, preprocess.EVAL_RESIZES)
+  _choice(problems, 'on_bad_image', config.on_bad_image, sources.BAD_IMAGE_POLICIES)
+  _number(problems, 'pp.eval_crop_fraction', pp.eval_crop_fraction, low=0, high=1, low_open=True)
+  _number(problems, 'pp.inception_min_area', pp.inception_min_area, low=0, high=1, low_open=True)
+  _number(problems, 'pp.pad_pixels', pp.pad_pixels, low=0, integer=True)
+  _number(problems, 'pp.randaugment_layers', pp.randaugment_layers, low=0, integer=True)
+  _number(problems, 'pp.randaugment_magnitude', pp.randaugment_magnitude, low=0)
+  for name in ('prefetch', 'input_threads', 'input_processes'):
+    _number(problems, name, config[name], low=0, integer=True)
+  fs = config.fewshot
+  if fs.datasets:
+    _number(problems, 'fewshot.seeds', fs.seeds, low=1, integer=True)
+    _number(problems, 'fewshot.l2_reg', fs.l2_reg, low=0, low_open=True)
+    _number(problems, 'fewshot.every_steps', fs.every_steps, low=0, integer=True)
+    if not fs.shots or not all(isinstance(k, int) and k >= 1 for k in fs.shots):
+      problems.append(f'config.fewshot.shots={fs.shots!r} must be positive integers, e.g. (1, 5, 10, 25).')
+
+
+def _loop_and_mesh(config, problems, devices, process_count) -> None:
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep', 'accum_steps', 'batch_size',
+               'eval_batch_size'):
+    _number(problems, name, config[name], low=1, integer=True)
+  _number(problems, 'fsdp_min_size', config.fsdp_min_size, low=0, integer=True)
+  if config.num_classes != -1:
+    _number(problems, 'num_classes', config.num_classes, low=1, integer=True)
+  _choice(problems, 'sharding_strategy', config.sharding_strategy, sharding.STRATEGIES)
+  try:
+    names, sizes = sharding.mesh_shape(config.mesh, devices or 1)
+  except (TypeError, ValueError) as e:
+    problems.append(f'{e} (config.mesh is a tuple of (axis, size) pairs, e.g. ((\'fsdp\', -1),); {devices} devices)')
+    return
+  if not devices or any(p.startswith(('config.batch_size', 'config.eval_batch_size', 'config.accum')) for p in problems):
+    return
+  shards = math.prod(s for n, s in zip(names, sizes) if n in sharding.BATCH_AXES)
+  split = True
+  for name in ('batch_size', 'eval_batch_size'):
+    if config[name] % shards or config[name] % process_count:
+      problems.append(f'config.{name}={config[name]} must be a multiple of the {shards} batch shards of the mesh '
+                      f'{dict(zip(names, sizes))} and of the {process_count} processes; e.g. '
+                      f'{shards * process_count * 8}.')
+      split = split and name != 'batch_size'
+  if split and config.batch_size % (config.accum_steps * shards):
+    problems.append(f'config.batch_size={config.batch_size} must divide into accum_steps={config.accum_steps} '
+                    f'micro-batches of a multiple of {shards} (the batch shards).')
+
+
+def _files(config, problems) -> None:
+  from vit_jax import augreg, checkpoint, io  # pylint: disable=g-import-not-at-top
+  if config.pretrained_path and not config.pretrained_path.startswith(augreg.PREFIX):
+    try:
+      checkpoint.recognise(config.pretrained_path)
+    except checkpoint.CheckpointError as e:
+      problems.append(f'config.pretrained_path: {e}')
+  if config.dataset == 'image_folder' and config.image_folder and not io.isdir(config.image_folder):
+    problems.append(f'config.image_folder={config.image_folder!r} is not a folder (it should hold '
+                    'train/<class>/*.jpg).')
+
+
+def validate(config, *, devices: int | None = None, process_count: int = 1, files: bool = True):
+  """Checks the whole config (module doc); returns it. `devices` (the number of JAX devices) enables the checks that
+  need the mesh; `files=False` skips those that touch files (pretrained_path, image_folder)."""
+  check_fields(config)
+  problems: list[str] = []
+  _model_problems(config.model, config.image_size, problems)
+  _durations(config, problems)
+  _optimisation(config, problems)
+  _data(config, problems)
+  _loop_and_mesh(config, problems, devices, process_count)
+  for name in ('scan_layers', 'fused_qkv', 'async_checkpoints', 'export_npz', 'pp.flip'):
+    value = config.pp.flip if name == 'pp.flip' else config[name]
+    if not isinstance(value, bool):
+      problems.append(f'config.{name}={value!r} must be True or False.')
+  from vit_jax.models import blocks  # pylint: disable=g-import-not-at-top
+  _choice(problems, 'remat_policy', config.remat_policy, blocks.REMAT_POLICIES)
+  _choice(problems, 'attention', config.attention, blocks.ATTENTIONS)
+  if files and not problems:
+    _files(config, problems)
+  if problems:
+    raise ConfigError(problems[0] if len(problems) == 1 else
+                      f'{len(problems)} config values are wrong:\n  ' + '\n  '.join(problems))
+  return config
+
+
+def validate_durations(resolved):
+  """The durations once resolved into steps (epochs need the dataset's size): the warmup within the total."""
+  total, warmup = resolved.total_steps, resolved.schedule.warmup_steps
+  if total < 1:
+    raise ConfigError(f'The run has {total} steps (config.total_epochs/total_examples in steps at batch size '
+                      f'{resolved.batch_size}); give a longer duration.')
+  if warmup > total:
+    raise ConfigError(f'The warmup ({warmup} steps) is longer than the run ({total} steps); shorten '
+                      'config.schedule.warmup_* or lengthen the run.')
+  return resolved

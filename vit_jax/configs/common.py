@@ -3,10 +3,14 @@
 Other config files start from `get_config()` here and override fields. Every field that any part of the code reads
 is listed here, so a locked config rejects typos on the command line.
 """
+import logging
+
 import ml_collections
 from ml_collections import config_dict
 
 from vit_jax import models
+
+log = logging.getLogger(__name__)
 
 
 def get_config():
@@ -111,3 +115,41 @@ def get_config():
   config.nonfinite_policy = 'stop'
   config.export_npz = True  # Write WORKDIR/params.npz (release layout) at the end.
   return config.lock()  # Unknown fields are errors (see vit_jax/configs/check.py).
+
+
+def _tuples(value):
+  """JSON lists -> tuples, recursively (config values hold tuples: patch sizes, mesh axes, shots)."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def _overlay(node: ml_collections.ConfigDict, stored: dict, prefix: str, dropped: list[str]) -> None:
+  for key, value in stored.items():
+    if key not in node:
+      dropped.append(prefix + key)
+    elif isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      _overlay(node[key], value, f'{prefix}{key}.', dropped)
+    elif isinstance(value, dict):  # A subtree over a None default (a hybrid's model.resnet).
+      node[key] = ml_collections.ConfigDict(_tuples(value))
+    else:
+      node[key] = _tuples(value)
+
+
+def from_dict(stored: dict) -> ml_collections.ConfigDict:
+  """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it lacks keeps its
+  default, a field the code no longer has is left out (logged). The model's defaults are its preset's when
+  `model.model_name` names one, else the default model's."""
+  config = get_config()
+  stored = dict(stored)
+  model = dict(stored.pop('model', {}))
+  if model.get('model_name') in models.MODEL_NAMES:
+    config.model = models.get_model_config(model['model_name'])
+  dropped = []
+  _overlay(config.model, model, 'model.', dropped)
+  _overlay(config, stored, '', dropped)
+  if dropped:
+    log.info('Fields of the stored config that this version does not have (left out): %s.', ', '.join(dropped))
+  return config

@@ -15,7 +15,8 @@ DURATIONS = {
 }
 
 
-def _get(config, path):
+def value(config, path: str):
+  """config['a']['b'] for path 'a.b' (a ConfigDict or a plain dict)."""
   for part in path.split('.'):
     config = config[part]
   return config
@@ -31,7 +32,7 @@ def _set(config, path, value):
 def steps_of(config, duration: str, num_train: int) -> int:
   """The number of steps that `duration` ('total' or 'warmup') of `config` stands for."""
   steps_field, epochs_field, examples_field = DURATIONS[duration]
-  epochs, examples = _get(config, epochs_field) or None, _get(config, examples_field) or None  # 0 = unset.
+  epochs, examples = value(config, epochs_field) or None, value(config, examples_field) or None  # 0 = unset.
   if epochs is not None and examples is not None:
     raise ValueError(f'config.{epochs_field}={epochs} and config.{examples_field}={examples} are both set; give one '
                      f'(or config.{steps_field}).')
@@ -42,8 +43,8 @@ def steps_of(config, duration: str, num_train: int) -> int:
   if examples is not None:
     if examples < 0:
       raise ValueError(f'The {duration} duration must not be negative, got {examples} examples.')
-    return int(round(examples / config.batch_size))
-  return int(_get(config, steps_field))
+    return int(round(examples / config['batch_size']))
+  return int(value(config, steps_field))
 
 
 def resolved(config, num_train: int):

@@ -1,0 +1,105 @@
+"""vit_jax/configs/check.py: a whole config is validated before any I/O, each bad value named with what is valid."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tiny
+from vit_jax import checkpoint
+from vit_jax.configs import check
+
+
+def _problem(**overrides):
+  with pytest.raises(check.ConfigError) as e:
+    check.validate(tiny.train_config(**overrides), devices=8)
+  return str(e.value)
+
+
+def test_a_valid_config_passes_and_is_returned():
+  config = tiny.train_config()
+  assert check.validate(config, devices=8) is config
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.patches.size': (4,)}, 'config.model.patches.size=(4,) must be a pair of positive integers'),
+    ({'model.patches.size': (4, 0)}, 'config.model.patches.size=(4, 0) must be a pair of positive integers'),
+    ({'schedule.warmup_steps': 9}, 'config.schedule.warmup_steps=9 is more than config.total_steps=4'),
+    ({'schedule.decay_type': 'cosin'}, "config.schedule.decay_type='cosin' is not one of 'cosine', 'linear', "
+                                       "'constant', 'rsqrt' (did you mean 'cosine'?)"),
+    ({'pp.eval_resize': 'shorter'}, "config.pp.eval_resize='shorter' is not one of 'square', 'shorter_side' (did you "
+                                    "mean 'shorter_side'?)"),
+    ({'pp.crop': 'random'}, "config.pp.crop='random' is not one of 'inception', 'pad_crop', 'resize'"),
+    ({'pp.eval_crop_fraction': 0.0}, 'config.pp.eval_crop_fraction=0.0 must be in (0, 1]'),
+    ({'optimizer.name': 'lamb'}, "config.optimizer.name='lamb' is not one of 'sgd', 'adam', 'adamw'"),
+    ({'nonfinite_policy': 'ignore'}, "config.nonfinite_policy='ignore' is not one of 'stop', 'skip'"),
+    ({'on_bad_image': 'drop'}, "config.on_bad_image='drop' is not one of 'error', 'skip'"),
+    ({'dtype': 'float16'}, "config.dtype='float16' is not one of 'float32', 'bfloat16'"),
+    ({'mixup_p': -0.1}, 'config.mixup_p=-0.1 must be >= 0'),
+    ({'label_smoothing': 1.0}, 'config.label_smoothing=1.0 must be in [0, 1)'),
+    ({'model.hidden_size': 33}, 'config.model.hidden_size=33 must be a multiple of config.model.transformer.num_heads=2'),
+    ({'image_size': 18}, 'config.image_size=18 is not a multiple of the 4 px per token'),
+    ({'batch_size': 12}, 'config.batch_size=12 must be a multiple of the 8 batch shards'),
+    ({'mesh': (('dat', -1),)}, "unknown or repeated axes ['dat']"),
+    ({'dataset': ''}, 'config.dataset is empty'),
+    ({'dataset': 'image_folder'}, "config.dataset is 'image_folder' but config.image_folder is empty"),
+    ({'eval_split': 'minival=train[99%:],minival=test'}, 'config.eval_split repeats a name'),
+    ({'fewshot.datasets': 'cifar100:train'}, "config.fewshot.datasets entry 'cifar100:train' is not "
+                                             'name:train_split:test_split'),
+    ({'total_epochs': 2.0, 'total_examples': 100}, 'config.total_epochs=2.0 and config.total_examples=100 are both set'),
+    ({'log_every_steps': 0}, 'config.log_every_steps=0 must be >= 1'),
+])
+def test_each_bad_value_is_named_with_what_is_valid(overrides, message):
+  assert message in _problem(**overrides)
+
+
+def test_every_problem_is_listed_at_once():
+  text = _problem(**{'schedule.decay_type': 'cos', 'pp.crop': 'x', 'batch_size': 12})
+  assert text.startswith('3 config values are wrong:')
+  assert 'decay_type' in text and 'pp.crop' in text and 'batch_size=12' in text
+
+
+def test_unknown_fields_come_first_with_a_suggestion():
+  config = tiny.train_config()
+  config.unlock()
+  config.learning_rate = 0.1
+  with pytest.raises(check.UnknownFieldError, match="'learning_rate'.*did you mean schedule.base_lr"):
+    check.validate(config)
+
+
+def test_warmup_and_total_in_epochs_are_checked_once_resolved():
+  config = tiny.train_config(**{'total_epochs': 1.0, 'schedule.warmup_epochs': 2.0})
+  with pytest.raises(check.ConfigError, match='warmup_epochs=2.0 is more than config.total_epochs=1.0'):
+    check.validate(config)
+  resolved = tiny.train_config(**{'total_steps': 3, 'schedule.warmup_steps': 5})
+  with pytest.raises(check.ConfigError, match=r'The warmup \(5 steps\) is longer than the run \(3 steps\)'):
+    check.validate_durations(resolved)
+
+
+@pytest.mark.parametrize('kind, write, said', [
+    ('text', lambda p: p.write_text('hello'), 'it is text, not an .npz file'),
+    ('jpeg', lambda p: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p, format='JPEG'), 'it is a JPEG image'),
+    ('json', lambda p: p.write_text(json.dumps({'model': {}})), 'it is JSON text'),
+    ('empty', lambda p: p.write_bytes(b''), 'it is an empty file'),
+])
+def test_a_pretrained_path_that_is_not_a_checkpoint_says_what_it_is(tmp_path, kind, write, said):
+  path = tmp_path / f'{kind}.npz'
+  write(path)
+  text = _problem(pretrained_path=str(path))
+  assert said in text and 'pickle' not in text
+
+
+def test_only_a_real_npz_with_object_arrays_gets_the_pickle_refusal(tmp_path):
+  path = str(tmp_path / 'pickled.npz')
+  np.savez(path, a=np.array([{'x': 1}], dtype=object))
+  with pytest.raises(checkpoint.CheckpointError, match="holds pickled objects \\(array 'a'\\)"):
+    checkpoint.read_npz(path)
+  assert checkpoint.recognise(path) == 'npz'  # It is an .npz: validation lets it through to the loader.
+
+
+def test_a_folder_or_a_missing_file_as_pretrained_path(tmp_path):
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'params.npz').write_bytes(b'PK\x03\x04')
+  assert "is a folder, not a checkpoint" in _problem(pretrained_path=str(tmp_path / 'run'))
+  assert 'use its params.npz' in _problem(pretrained_path=str(tmp_path / 'run'))
+  assert 'does not exist' in _problem(pretrained_path=str(tmp_path / 'nope.npz'))
