@@ -156,6 +156,29 @@ def test_load_pretrained_replaces_only_the_head():
         np.testing.assert_array_equal(loaded[name], release[name], err_msg=name)
 
 
+def test_load_pretrained_at_another_resolution_says_the_mixer_fixes_it(tmp_path):
+  small = models.MlpMixer(num_classes=3, **tiny_mixer_config())
+  checkpoint.save_npz(str(tmp_path / 'sq.npz'), _init(small, (1, 16, 16, 3)))
+  init = _init(small, (1, 32, 32, 3))
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'Mixer for 16 tokens \(16x16 px at patch 4x4\), but the model has 64: the token-mixing'):
+    checkpoint.load_pretrained(pretrained_path=str(tmp_path / 'sq.npz'), init_params=init,
+                               model_config=tiny_mixer_config())
+
+
+def test_load_pretrained_of_another_width_and_resolution_lists_every_mismatched_shape(tmp_path):
+  wide = models.MlpMixer(num_classes=3, **tiny_mixer_config(hidden=48))
+  checkpoint.save_npz(str(tmp_path / 'wide.npz'), _init(wide, (1, 16, 16, 3)))
+  narrow = models.MlpMixer(num_classes=3, **tiny_mixer_config())
+  init = _init(narrow, (1, 32, 32, 3))
+  # Not only the token count differs, so no resolution advice: the generic error with every mismatch.
+  with pytest.raises(checkpoint.CheckpointError, match='shape mismatch for 24 parameters') as error:
+    checkpoint.load_pretrained(pretrained_path=str(tmp_path / 'wide.npz'), init_params=init,
+                               model_config=tiny_mixer_config())
+  assert "'stem/kernel': checkpoint (4, 4, 3, 48) vs model (4, 4, 3, 32)" in str(error.value)
+  assert "'MixerBlock_1/token_mixing/Dense_0/kernel': checkpoint (16, 24) vs model (64, 24)" in str(error.value)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The module's contracts.
 
