@@ -66,6 +66,37 @@ def test_vit_b16_matches_the_published_17_6_giga_multiply_adds():
   assert macs == pytest.approx(17.6e9, rel=0.01)
 
 
+MIXER = {'model_name': 'tiny-mixer', 'patches': {'size': (4, 4)}, 'hidden_dim': 64, 'num_blocks': 2,
+         'tokens_mlp_dim': 32, 'channels_mlp_dim': 256}
+
+
+def test_mixer_one_block_by_hand():
+  config = {**MIXER, 'num_blocks': 1}
+  tokens = 2 * 3  # 8 x 12 px / patch 4 = 2 x 3 patches.
+  stem = 2 * tokens * (4 * 4 * 3) * 64
+  token_mixing = 2 * 2 * 64 * tokens * 32  # Per channel: tokens -> 32 -> tokens.
+  channel_mixing = 2 * 2 * tokens * 64 * 256  # Per token: 64 -> 256 -> 64.
+  head = 2 * 64 * 10
+  assert flops.forward_flops(config, (8, 12), 10) == stem + token_mixing + channel_mixing + head == 480_512
+  assert flops.train_flops(config, (8, 12), 10) == 3 * 480_512
+  assert flops.forward_flops(config, (8, 12), None) == 480_512 - head
+
+
+def test_mixer_forward_count_is_within_10_percent_of_xla_cost_analysis():
+  model = models.MlpMixer(num_classes=10, **MIXER)
+  images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(images.shape))['params'])
+  xla = _xla_flops(lambda p, x: model.apply({'params': p}, x), params, images)
+  assert 0.9 < xla / (2 * flops.forward_flops(MIXER, 32, 10)) < 1.1
+
+
+@pytest.mark.parametrize('name,gmacs', [('Mixer-B_16', 12.6), ('Mixer-L_16', 44.6)])
+def test_mixer_presets_match_the_published_multiply_adds(name, gmacs):
+  # timm's model cards (mixer_b16_224, mixer_l16_224): GMACs at 224 px.
+  macs = flops.forward_flops(models.get_model_config(name), 224, 1000) / 2
+  assert macs == pytest.approx(gmacs * 1e9, rel=0.01)
+
+
 @pytest.mark.parametrize('kind,dtype,expected', [
     ('TPU v5 lite', 'bfloat16', 197.0),  # v5e, not v5p.
     ('TPU v5', 'bfloat16', 459.0),

@@ -34,7 +34,7 @@ def test_preset_parameter_count_equals_published_figure(name):
   assert _count(model) == PUBLISHED_COUNTS[name]
 
 
-@pytest.mark.parametrize('name', [n for n in models.MODEL_NAMES if '+' not in n])
+@pytest.mark.parametrize('name', [n for n in models.MODEL_NAMES if '+' not in n and not n.startswith('Mixer-')])
 def test_pure_vit_preset_count_equals_analytic_count(name):
   cfg = models.get_model_config(name)
   assert _count(models.VisionTransformer(num_classes=1000, **cfg)) == _analytic_vit_count(cfg)

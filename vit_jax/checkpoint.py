@@ -6,7 +6,8 @@
   * `opt/target/` or `params/` prefixes; GroupNorm params stored as (1, 1, 1, C); bfloat16 stored as 2-byte void;
   * big_vision files (top-level `pos_embedding` added before the class token, which has none; none at all for
     sincos2d models; a `MAPHead_0` head under its own names; stacked `Transformer/encoderblock/...` when saved from
-    a scanned model).
+    a scanned model);
+  * MLP-Mixer release files (gs://mixer_models/..., `MixerBlock_{i}/...`: the names of models.MlpMixer as they are).
 Files are read into, and written from, the per-layer release names; a scanned model (`scan=True`) loads them by
 stacking the blocks along a leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
 """
@@ -229,7 +230,7 @@ def compare(have, want) -> Fit:
   parameters or state, abstract or concrete), as trees or flat {name: array} dicts. Parameters come first in the
   lists, then anything else (optimizer state)."""
   have, want = _shapes(have), _shapes(want)
-  first = lambda names: sorted(names, key=lambda n: '/' in n and not n.startswith('params/'))  # Stable: tree order.
+  first = lambda names: sorted(names, key=lambda n: not n.startswith('params/'))  # Stable: else in tree order.
   return Fit(missing=first(n for n in want if n not in have), extra=first(n for n in have if n not in want),
              mismatched=[(n, have[n], want[n]) for n in first(want) if n in have and have[n] != want[n]])
 
@@ -326,6 +327,8 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
   * The result has `init_params`' dtypes and, where `init_params` are sharded jax.Arrays or ShapeDtypeStructs,
     their shardings (nothing is materialised whole on one device).
   * A scanned model (stacked `Transformer/encoderblock/...` in `init_params`) gets the blocks stacked.
+  * An MLP-Mixer (release files from gs://mixer_models load as they are) has no position embeddings: only its head
+    is replaced. Its token-mixing weights fix the number of tokens, so another resolution is an error saying so.
   """
   flat = _canonical_flat(pretrained_path)
   init_flat = utils.flatten_dict(init_params)
@@ -341,6 +344,9 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
     flat[posemb] = interpolate_posembed(flat[posemb], init_flat[posemb].shape[1], has_class_token, new_grid=new_grid)
   flat = {k: v for k, v in flat.items() if not k.startswith('head/')}  # A new task: the head keeps its init.
   fresh = ('head/', 'pre_logits/', 'MAPHead_0/') if strict else ('',)  # What may be missing (keeps its init).
+  hint = _token_mixing_hint(compare(flat, init_flat).mismatched, flat, init_flat, model_config)
+  if hint:
+    raise CheckpointMismatchError(hint)
   fit = check_fits(flat, init_flat, source=pretrained_path, optional=fresh, extra_ok=True)
   if fit.missing:
     log.info('Keys in the model but not in %s (left at init): %s', pretrained_path, fit.missing)
@@ -356,3 +362,25 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
     else:
       out[name] = _place_like(value, init)
   return utils.unflatten_dict(out)
+
+
+def _token_mixing_hint(mismatched, flat, init_flat, model_config) -> str:
+  """The error for a Mixer checkpoint of another token count ('' unless that is the only mismatch).
+
+  A Mixer's token-mixing MLP is sized by the number of patches, so its weights fix the resolution. The reference
+  (vision_transformer's load_pretrained) has no conversion either: it loads the weights unchecked and Flax fails
+  on the first apply (ScopeParamShapeError); its Mixer fine-tuning config (mixer_base16_cifar10) trains at 224 px,
+  the release resolution.
+  """
+  key = 'MixerBlock_0/token_mixing/Dense_0/kernel'
+  if (key not in flat or key not in init_flat or flat[key].shape[0] == init_flat[key].shape[0]
+      or not all('/token_mixing/' in name for name, _, _ in mismatched)):
+    return ''
+  have, want = flat[key].shape[0], init_flat[key].shape[0]
+  ph, pw = model_config['patches']['size']
+  side = int(round(np.sqrt(have)))
+  at = f' ({side * ph}x{side * pw} px at patch {ph}x{pw})' if side * side == have else ''
+  return (f'The checkpoint is a Mixer for {have} tokens{at}, but the model has {want}: the token-mixing MLP is '
+          'sized by the number of patches, so a Mixer fine-tunes at the resolution it was trained at (as '
+          f'vision_transformer does: Mixer-B/16 on CIFAR-10 at 224 px). Set the image size to give {have} tokens; '
+          'resizing token-mixing weights is not supported.')

@@ -1,10 +1,12 @@
-"""Analytic FLOPs of the ViT family and accelerator peak FLOP/s, for model FLOP utilisation (MFU).
+"""Analytic FLOPs of the ViT family and of MLP-Mixers, and accelerator peak FLOP/s, for model FLOP utilisation (MFU).
 
 MFU = (examples per second x `train_flops`) / (devices x peak FLOP/s). The FLOPs are those of the model, not of the
 program XLA runs: 2 x the multiply-adds of every matrix product and convolution of one example; elementwise work
 (LayerNorm, GroupNorm, GELU, softmax, biases, residual adds, pooling) is left out, as is remat recomputation.
 """
 import math
+
+from vit_jax.models.presets import is_mixer
 
 # Dense peak TFLOP/s per JAX device: {device kind substring: {compute dtype: TFLOP/s}}. Figures from the vendors'
 # spec sheets, without 2:4 sparsity. `peak_tflops` matches the longest key first ('TPU v5 lite' before 'TPU v5').
@@ -91,8 +93,28 @@ def encoder_block_flops(tokens: int, hidden: int, mlp_dim: int) -> float:
   return projections + attention + mlp
 
 
+def mixer_block_flops(tokens: int, hidden: int, tokens_mlp_dim: int, channels_mlp_dim: int) -> float:
+  """One Mixer block: the token-mixing MLP (for each of `hidden` channels: tokens -> tokens_mlp_dim -> tokens) and
+  the channel-mixing MLP (for each token: hidden -> channels_mlp_dim -> hidden)."""
+  return 2 * _dense(hidden, tokens, tokens_mlp_dim) + 2 * _dense(tokens, hidden, channels_mlp_dim)
+
+
+def mixer_forward_flops(model_config, image_size, num_classes: int | None) -> float:
+  """FLOPs of one example's forward pass through MlpMixer(**model_config): the stem convolution, per block the two
+  layers of each of the token-mixing and channel-mixing MLPs, and the head on the pooled features (LayerNorm, GELU,
+  biases, residual adds and the token mean are elementwise and not counted)."""
+  hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  ph, pw = model_config['patches']['size']
+  grid = (hw[0] // ph, hw[1] // pw)
+  hidden = model_config['hidden_dim']
+  block = mixer_block_flops(math.prod(grid), hidden, model_config['tokens_mlp_dim'], model_config['channels_mlp_dim'])
+  flops = _conv(grid, (ph, pw), 3, hidden) + model_config['num_blocks'] * block
+  return flops + (_dense(1, hidden, num_classes) if num_classes else 0.0)
+
+
 def forward_flops(model_config, image_size, num_classes: int | None) -> float:
-  """FLOPs (2 x multiply-adds) of one example's forward pass through VisionTransformer(**model_config).
+  """FLOPs (2 x multiply-adds) of one example's forward pass through VisionTransformer(**model_config), or through
+  MlpMixer(**model_config) for a Mixer's config (`mixer_forward_flops`).
 
   Counts the matrix products and convolutions: a hybrid's ResNet stem convolutions, the patch-embedding conv, per
   encoder block the q/k/v/out projections, the attention logits q k^T and the weighted sum weights v and the two MLP
@@ -102,6 +124,8 @@ def forward_flops(model_config, image_size, num_classes: int | None) -> float:
   total and not what the matrix units' peak measures. `image_size` is an int or (h, w); `num_classes` 0 or None
   means no head.
   """
+  if is_mixer(model_config):
+    return mixer_forward_flops(model_config, image_size, num_classes)
   hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
   flops, channels = 0.0, 3
   if model_config.get('resnet') is not None:

@@ -5,10 +5,10 @@ the value, and what would be valid (each module's own tuple of accepted values, 
 shapes such as a patch size that must be a pair, cross-field rules (warmup within the total, batch sizes that split
 over the mesh and the processes, an image size that the patches tile) and files that must exist.
 
-The known fields are those of `common.get_config()`, and under `model.` those of every preset (so a hybrid's
-`model.resnet.*` is known although the default model has `resnet=None`). A field that google-research/
-vision_transformer's configs use gets the field to use here instead (`REFERENCE_NAMES`); any other unknown field
-gets the closest known names.
+The known fields are those of `common.get_config()`, and under `model.` those of every ViT preset (so a hybrid's
+`model.resnet.*` is known although the default model has `resnet=None`); an MLP-Mixer's own fields are refused with
+a note saying so, until training builds Mixers. A field that google-research/vision_transformer's configs use gets
+the field to use here instead (`REFERENCE_NAMES`); any other unknown field gets the closest known names.
 """
 import difflib
 import functools
@@ -76,14 +76,24 @@ def flat_keys(config, prefix: str = '') -> list[str]:
   return out
 
 
+def _preset_fields(mixer: bool) -> set[str]:
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  configs = [models.get_model_config(name) for name in models.MODEL_NAMES]
+  return {f for c in configs if models.is_mixer(c) == mixer for f in flat_keys(c, 'model.')}
+
+
 @functools.cache
 def known_fields() -> frozenset[str]:
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  """The shared defaults' fields and every ViT preset's `model.` fields (not yet the MLP-Mixers': `mixer_fields`)."""
   from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  known = set(flat_keys(common.get_config()))
-  for name in models.MODEL_NAMES:
-    known.update(flat_keys(models.get_model_config(name), 'model.'))
-  return frozenset(known)
+  return frozenset(set(flat_keys(common.get_config())) | _preset_fields(mixer=False))
+
+
+@functools.cache
+def mixer_fields() -> frozenset[str]:
+  """The `model.` fields only an MlpMixer has: training reads VisionTransformer's fields only, so a Mixer config
+  is refused by name until training builds Mixers (issue 23, phase 2)."""
+  return frozenset(_preset_fields(mixer=True) - known_fields())
 
 
 def is_known(name: str) -> bool:
@@ -98,6 +108,9 @@ def suggestion(name: str) -> str:
     return f'use {REFERENCE_NAMES[name]} (vision_transformer calls it {name!r})'
   if name in REMOVED:
     return f'the field was removed; use {REMOVED[name]}'
+  if name in mixer_fields():
+    return ('it is an MLP-Mixer field: training Mixers from a config is not supported yet (vit_jax.models.get_model '
+            'builds one for inference)')
   leaf = name.rsplit('.', 1)[-1]
   if name in ALIASES or leaf in ALIASES:
     return f'did you mean {ALIASES.get(name) or ALIASES[leaf]}?'

@@ -2,8 +2,9 @@
 
 `MODEL_CONFIGS[name]` (locked ConfigDicts), `AUGREG_CONFIGS[augreg_name]` (the models with AugReg checkpoints, keyed
 as their file names start, e.g. 'B_16', 'R_Ti_16', 'R26_S_32'), and one getter per preset: `get_b16_config()`,
-`get_r50_b16_config()`, `get_testing_config()`, ... Each getter returns a new unlocked ConfigDict, as in the
-reference. The table itself is `vit_jax.models.presets.PRESETS`.
+`get_r50_b16_config()`, `get_testing_config()`, `get_mixer_b16_config()`, ... Each getter returns a new unlocked
+ConfigDict, as in the reference. The tables themselves are `vit_jax.models.presets.PRESETS` and `MIXER_PRESETS` (Mixers have no AugReg
+checkpoints, so they are in MODEL_CONFIGS only).
 """
 import ml_collections
 
@@ -22,7 +23,7 @@ def _getter(name: str):
   def get_config() -> ml_collections.ConfigDict:
     return presets.get_model_config(name)
 
-  get_config.__name__ = f'get_{presets.PRESETS[name][-1]}_config'
+  get_config.__name__ = f'get_{presets.getter_suffix(name)}_config'
   get_config.__doc__ = f'Returns the {name} configuration.'
   return get_config
 
@@ -33,6 +34,6 @@ for _name in presets.MODEL_NAMES:
   _get = _getter(_name)
   globals()[_get.__name__] = _get
   MODEL_CONFIGS[_name] = _get().lock()
-  if _name not in _NOT_AUGREG:
+  if _name not in _NOT_AUGREG and _name not in presets.MIXER_PRESETS:
     AUGREG_CONFIGS[augreg_name(_name)] = MODEL_CONFIGS[_name]
 del _name, _get

@@ -1,29 +1,37 @@
-"""Model family: `VisionTransformer`, the preset registry and `get_model` (vision_transformer's API).
+"""ViT and MLP-Mixer models: `VisionTransformer`, `MlpMixer`, the preset registry and `get_model`
+(vision_transformer's API).
 
 The preset table needs no JAX; the Flax modules are imported on first use (PEP 562), so configs and launch/ can read
 presets without loading JAX.
 """
 import importlib
 
-from vit_jax.models.presets import MODEL_NAMES, get_model_config
+from vit_jax.models.presets import MODEL_NAMES, get_model_config, is_mixer
 
-_FROM_VIT = ('CLASSIFIERS', 'POSEMBS', 'VisionTransformer', 'token_grid', 'token_pixels')
-_SUBMODULES = ('vit', 'blocks', 'resnet')
+_ATTRIBUTES = {'CLASSIFIERS': 'vit', 'POSEMBS': 'vit', 'VisionTransformer': 'vit', 'token_grid': 'vit',
+               'token_pixels': 'vit', 'MlpMixer': 'mixer'}
+_SUBMODULES = ('vit', 'blocks', 'resnet', 'mixer')
 
 
 def __getattr__(name):
-  if name in _FROM_VIT:
-    return getattr(importlib.import_module('vit_jax.models.vit'), name)
+  if name in _ATTRIBUTES:
+    return getattr(importlib.import_module(f'vit_jax.models.{_ATTRIBUTES[name]}'), name)
   if name in _SUBMODULES:
     return importlib.import_module(f'vit_jax.models.{name}')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
+def model_class(model_config):
+  """The module class that takes `model_config`'s fields: MlpMixer for a Mixer's config, else VisionTransformer."""
+  return __getattr__('MlpMixer' if is_mixer(model_config) else 'VisionTransformer')
+
+
 def get_model(name: str, **kw):
-  """The VisionTransformer of preset `name` (e.g. 'ViT-B_16'); `kw` are further arguments such as num_classes."""
-  from vit_jax.models.vit import VisionTransformer  # pylint: disable=g-import-not-at-top
-  return VisionTransformer(**get_model_config(name), **kw)
+  """The model of preset `name` (e.g. 'ViT-B_16', or 'Mixer-B_16': an MlpMixer); `kw` are further arguments such
+  as num_classes."""
+  config = get_model_config(name)
+  return model_class(config)(**config, **kw)
 
 
-__all__ = ['CLASSIFIERS', 'MODEL_NAMES', 'POSEMBS', 'VisionTransformer', 'get_model', 'get_model_config',
-           'token_grid', 'token_pixels']
+__all__ = ['CLASSIFIERS', 'MODEL_NAMES', 'MlpMixer', 'POSEMBS', 'VisionTransformer', 'get_model', 'get_model_config',
+           'is_mixer', 'model_class', 'token_grid', 'token_pixels']

@@ -8,7 +8,7 @@ and sows them as `attention_weights` [batch, heads, queries, keys] (float32), wh
 for visualisation come from the model itself.
 """
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -37,17 +37,23 @@ def check_fast_paths(attention: str, remat_policy: str, dtype) -> None:
 
 
 class MlpBlock(nn.Module):
-  """Dense -> GELU (tanh approximation) -> dropout -> Dense -> dropout."""
+  """Dense -> GELU (tanh approximation) -> dropout -> Dense -> dropout, over the last axis.
+
+  The initialisers default to ViT's (Xavier-uniform kernels, normal(1e-6) biases); MLP-Mixer passes Flax's
+  defaults (LeCun-normal, zeros), as vision_transformer's models_mixer.py has them.
+  """
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.xavier_uniform()
+  bias_init: Callable = nn.initializers.normal(stddev=1e-6)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     dense = lambda features, name: nn.Dense(
-        features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6), name=name)
+        features, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+        bias_init=self.bias_init, name=name)
     y = nn.gelu(sharding.constrain(dense(self.mlp_dim, 'Dense_0')(x), 'batch', None, 'model'), approximate=True)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = dense(x.shape[-1], 'Dense_1')(y)

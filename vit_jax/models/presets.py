@@ -7,6 +7,10 @@ project's values (dropout included), so a config or checkpoint name from there m
 Extra here: ViT-g/14 ('Scaling Vision Transformers') and ViT-22B/14 (ViT-22B's sizes, built from the standard pre-LN
 block) for memory planning and pretraining only (no released .npz exists for them), and the fields that our
 VisionTransformer adds (`head_bias_init`, and `resnet=None` for pure ViTs).
+
+MLP-Mixers (`MIXER_PRESETS`, names 'Mixer-...') have the reference's fields exactly (MlpMixer's arguments:
+model_name, patches, hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim); `is_mixer` tells the families
+apart by those fields, so it works on any model config, a preset's or a config file's.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -51,11 +55,43 @@ PRESETS = {
     'ViT-g_14': ('g', 14, None, 0.0, 'token', 'g14'),
     'ViT-22B_14': ('22B', 14, None, 0.0, 'token', '22b14'),
 }
-MODEL_NAMES = tuple(PRESETS)
+# MLP-Mixer width name -> (hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim) (the Mixer paper's Table 1).
+MIXER_WIDTHS = {
+    'B': (768, 12, 384, 3072),
+    'L': (1024, 24, 512, 4096),
+}
+# name -> (width, patch size, getter suffix), as vision_transformer's configs/models.py has them.
+MIXER_PRESETS = {
+    'Mixer-B_16': ('B', 16, 'mixer_b16'),
+    'Mixer-B_32': ('B', 32, 'mixer_b32'),
+    'Mixer-L_16': ('L', 16, 'mixer_l16'),
+}
+MODEL_NAMES = tuple(PRESETS) + tuple(MIXER_PRESETS)
+
+
+def is_mixer(model_config) -> bool:
+  """Whether a model config (ConfigDict or dict) is an MlpMixer's (it has `num_blocks`), not a VisionTransformer's."""
+  return 'num_blocks' in model_config
+
+
+def getter_suffix(name: str) -> str:
+  """The suffix of vision_transformer's getter of preset `name`: 'ViT-B_16' -> 'b16' (get_b16_config())."""
+  return MIXER_PRESETS[name][-1] if name in MIXER_PRESETS else PRESETS[name][-1]
+
+
+def _mixer_config(name: str) -> ml_collections.ConfigDict:
+  width, patch, _ = MIXER_PRESETS[name]
+  hidden, blocks, tokens_mlp, channels_mlp = MIXER_WIDTHS[width]
+  return ml_collections.ConfigDict({
+      'model_name': name, 'patches': {'size': (patch, patch)}, 'hidden_dim': hidden, 'num_blocks': blocks,
+      'tokens_mlp_dim': tokens_mlp, 'channels_mlp_dim': channels_mlp})
 
 
 def get_model_config(name: str) -> ml_collections.ConfigDict:
-  """The model ConfigDict of a preset, e.g. 'ViT-B_16' or 'R50+ViT-B_16'; fields are VisionTransformer's args."""
+  """The model ConfigDict of a preset, e.g. 'ViT-B_16', 'R50+ViT-B_16' or 'Mixer-B_16'; its fields are the
+  arguments of VisionTransformer, or of MlpMixer for a Mixer (see `is_mixer`)."""
+  if name in MIXER_PRESETS:
+    return _mixer_config(name)
   if name not in PRESETS:
     raise ValueError(f'Unknown model {name!r}; valid names: {", ".join(MODEL_NAMES)}.')
   width, patch, resnet_layers, dropout, classifier, _ = PRESETS[name]
