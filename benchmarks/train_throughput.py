@@ -4,10 +4,10 @@
       [--scan] [--remat=none|full|dots] [--attention=plain|xla|cudnn] [--fused_qkv] [--steps=N --warmup=M] \
       [--peak_tflops=X] [--no_baseline] [--compile_only]
 
-Prints one JSON line per variant. The step is `vit_jax.train.make_train_step` on `train.build_model`, configured
-from vit_jax/configs/common.py (AdamW, 1000 classes) overridden by the flags, jitted on the trainer's mesh and shardings
-with the state donated, as vit_jax/train.py does it; the batch is random (no input pipeline). Each variant runs in
-its own process, so its compile time, host RSS and device peak memory are its own.
+Prints one JSON line per variant. The step is the trainer's own (`vit_jax.state.Setup`: model, optimizer, layout and
+the jitted train step with the state donated), configured from vit_jax/configs/common.py (AdamW, 1000 classes)
+overridden by the flags; the batch is random (no input pipeline). Each variant runs in its own process, so its
+compile time, host RSS and device peak memory are its own.
 
 Unless --no_baseline, a plain baseline (unrolled blocks, attention='plain', fused_qkv=False, float32, no remat,
 otherwise the same flags) runs too, and the fast variant's line gets `speedup_vs_baseline` (img/s ratio) and
@@ -40,11 +40,8 @@ import time
 import jax
 import numpy as np
 
-from vit_jax.configs import common
-from vit_jax import flops, models, optim, sharding
-
-# vit_jax.train and vit_jax.input_pipeline load TensorFlow (seconds): they are imported where a variant runs, so the
-# parent process, which only starts the variants, stays light.
+from vit_jax.configs import check, common
+from vit_jax import flops, input_pipeline, models, sharding, state
 
 NUM_CLASSES = 1000
 # Fast-path switches: flag name -> (config field, baseline value).
@@ -139,7 +136,6 @@ def matmul_tflops(dtype: str, steps: int = 3, warmup: int = 1, min_seconds: floa
 
 def _place(args, mesh):
   """A random global batch of images in [-1, 1] and labels, sharded like the trainer's batches."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   local = args.batch // jax.process_count()
   rng = np.random.default_rng(jax.process_index())
   batch = {'image': rng.uniform(-1, 1, (local, args.image_size, args.image_size, 3)).astype(np.float32),
@@ -149,45 +145,36 @@ def _place(args, mesh):
 
 def run_variant(args) -> dict:
   """Compiles (and unless --compile_only, times) the trainer's train step for `args`; returns the JSON fields."""
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
   config = make_config(args)
+  config.dataset = 'random'  # No data is read: the batches are random.
+  check.validate(config, devices=jax.device_count(), files=False)
   mesh = sharding.make_mesh(config.mesh)
-  train.check_batch_sizes(config, mesh)
-  train.check_image_size(config)
-  model = train.build_model(config, NUM_CLASSES)
-  tx, schedule = optim.make_optimizer(config)
+  setup = state.Setup.create(config, NUM_CLASSES, mesh)
   devices = jax.devices()
   result = {'variant': args.variant, 'model': args.model, 'image_size': args.image_size, 'batch': args.batch,
             'options': variant_options(args), 'device_kind': devices[0].device_kind, 'device_count': len(devices),
             'backend': jax.default_backend()}
   with jax.set_mesh(mesh):
-    batch_shard = sharding.batch_sharding(mesh)
-    micro_shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_shard.spec))
-    _, abstract, shardings = train.state_layout(config, model, tx, mesh)
-    step = jax.jit(train.make_train_step(model, tx, schedule, config, micro_shard),
-                   in_shardings=(shardings, batch_shard), out_shardings=(shardings, sharding.replicated(mesh)),
-                   donate_argnums=0)
-    state_spec = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    state_spec = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), setup.abstract,
+                              setup.shardings)
     image_spec = jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size, 3), 'float32',
-                                      sharding=batch_shard)
-    label_spec = jax.ShapeDtypeStruct((args.batch,), 'int32', sharding=batch_shard)
+                                      sharding=setup.batch_sharding)
+    label_spec = jax.ShapeDtypeStruct((args.batch,), 'int32', sharding=setup.batch_sharding)
     start = time.perf_counter()
-    lowered = step.lower(state_spec, {'image': image_spec, 'label': label_spec})
+    lowered = setup.train_step().lower(state_spec, {'image': image_spec, 'label': label_spec})
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     end = time.perf_counter()
     result.update(compile_s=end - start, xla_compile_s=end - lowered_at)
     if not args.compile_only:
-      result.update(_time_steps(args, config, model, tx, mesh, compiled))
+      result.update(_time_steps(args, config, setup, compiled))
   result.update(host_peak_rss_mib=host_peak_rss_mib(), device_peak_mib=device_peak_mib())
   return result
 
 
-def _time_steps(args, config, model, tx, mesh, compiled) -> dict:
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  state, _ = train.init_state(config, model, tx, mesh)
-  batch = _place(args, mesh)
-  holder = [state]
+def _time_steps(args, config, setup, compiled) -> dict:
+  batch = _place(args, setup.mesh)
+  holder = [setup.init()]
 
   def one_step():
     holder[0], stats = compiled(holder[0], batch)

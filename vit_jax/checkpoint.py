@@ -23,6 +23,7 @@ import numpy as np
 from vit_jax import errors
 from vit_jax import io
 from vit_jax import utils
+from vit_jax import workdir
 from vit_jax.augreg import augreg_index  # noqa: F401  (vision_transformer's checkpoint.get_augreg_df)
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class CheckpointMismatchError(CheckpointError):
 _NOT_NPZ = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG', 'a PNG image'), (b'GIF8', 'a GIF image'),
             (b'\x93NUMPY', 'a single .npy array'), (b'\x1f\x8b', 'a gzip file'), (b'{', 'JSON text'),
             (b'[', 'JSON text'))
-_ORBAX_MARKERS = ('_CHECKPOINT_METADATA', '_METADATA', 'commit_success.txt')
+_ORBAX_MARKERS = ('_CHECKPOINT_METADATA', '_METADATA', workdir.COMMIT_FILE)
 
 
 def describe_file(path: str) -> str:
@@ -76,8 +77,9 @@ def recognise(path: str) -> str:
     names = set(io.listdir(path))
     if names & set(_ORBAX_MARKERS):
       return 'orbax'
-    hint = (' It looks like a run\'s workdir: use its params.npz.' if 'params.npz' in names
-            else ' It looks like a run\'s checkpoints folder: use the run\'s params.npz.' if any(
+    params = workdir.PARAMS_FILE
+    hint = (f' It looks like a run\'s workdir: use its {params}.' if params in names
+            else f' It looks like a run\'s checkpoints folder: use the run\'s {params}.' if any(
                 n.isdigit() for n in names) else '')
     raise CheckpointError(f'{path!r} is a folder, not a checkpoint (an .npz file in the release layout).{hint}')
   if io.read_bytes(path)[:4] != b'PK\x03\x04':  # An .npz is a zip archive.

@@ -55,10 +55,11 @@ import numpy as np
 from jax.sharding import AbstractMesh
 
 from vit_jax.configs import common
-from vit_jax import models, optim, sharding
+from vit_jax import models, optim, sharding, state
+from vit_jax.models import blocks
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-REMAT = ('none', 'full', 'dots')
+DTYPES = state.DTYPES
+REMAT = blocks.REMAT_POLICIES
 # HBM per JAX device (GiB), by device kind as jax.devices()[0].device_kind names it (matched as in vit_jax.flops).
 HBM_GIB = {'TPU v2': 8, 'TPU v3': 16, 'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5p': 95, 'TPU v5': 95,
            'TPU v6 lite': 32, 'A100': 80, 'H100': 80, 'H100 NVL': 94, 'H200': 141, 'B200': 180}
@@ -96,16 +97,14 @@ def abstract_mesh(spec: str, devices: int) -> AbstractMesh:
 
 
 @functools.lru_cache(maxsize=16)
-def _abstract_state(model_name, image_size, num_classes, dtype, optimizer):
-  """(model config, abstract params, abstract optimizer state), from eval_shape only."""
-  model_config = models.get_model_config(model_name)
-  model = models.VisionTransformer(num_classes=num_classes, dtype=DTYPES[dtype], **model_config)
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False)['params'], images)
+def _setup(model_name, image_size, num_classes, dtype, optimizer, mesh, strategy, fsdp_min_size) -> state.Setup:
+  """The trainer's own model, optimizer and state layout (vit_jax.state.Setup) on an abstract mesh: shapes and
+  shardings from eval_shape only."""
   config = common.get_config()
+  config.model = models.get_model_config(model_name)
+  config.update(image_size=image_size, dtype=dtype, sharding_strategy=strategy, fsdp_min_size=fsdp_min_size)
   config.optimizer.name = optimizer
-  tx, _ = optim.make_optimizer(config)
-  return model_config, params, jax.eval_shape(tx.init, params)
+  return state.Setup.create(config, num_classes, mesh)
 
 
 def _device_bytes(tree, shardings) -> int:
@@ -141,10 +140,9 @@ def plan(model_name: str, batch: int, mesh_spec: str, devices: int, strategy: st
   if dtype not in DTYPES:
     raise ValueError(f'Unknown dtype {dtype!r}; valid: {", ".join(DTYPES)}.')
   mesh = abstract_mesh(mesh_spec, devices)
-  model_config, params, opt_state = _abstract_state(model_name, image_size, num_classes, dtype, optimizer)
-  specs = sharding.param_specs(params, mesh, strategy, fsdp_min_size)
-  param_shardings = sharding.to_shardings(specs, mesh)
-  opt_shardings = sharding.follow_params(opt_state, param_shardings, mesh)
+  setup = _setup(model_name, image_size, num_classes, dtype, optimizer, mesh, strategy, fsdp_min_size)
+  model_config, params, opt_state = setup.config.model, setup.abstract['params'], setup.abstract['opt_state']
+  param_shardings, opt_shardings = setup.shardings['params'], setup.shardings['opt_state']
   shards = sharding.batch_size_per_step(mesh)
   if batch <= 0 or batch % shards:
     raise ValueError(f'Global batch {batch} does not split evenly over the {shards} batch shards (data * fsdp) '
