@@ -223,7 +223,7 @@ def run_sweep(args, runs, todo, runner: shell.Runner) -> int:
   """launch.sweep's tpu backend: a supervised node per run (in parallel), or the runs in turn on one node."""
   if not args.name or not args.zones:
     raise ValueError('The tpu backend needs --name (the node, or the prefix of each run\'s node) and --zones.')
-  bad = [r.workdir for r in todo if not shell.is_gcs(r.workdir)]
+  bad = [r.workdir for r in todo if not r.workdir.startswith('gs://')]
   if bad:
     raise ValueError(f'The tpu backend needs a gs:// --sweep_dir (the workers write there; `results` reads it), '
                      f'not {bad[0]}.')

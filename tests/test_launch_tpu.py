@@ -12,7 +12,7 @@ import time
 import pytest
 
 from launch import gcloud, node as node_lib, shell, supervise, sweep, tpu
-from launch_fakes import FakeGcloud, git_clone, workers
+from launch_fakes import FakeGcloud, gcs, git_clone, workers  # noqa: F401  (gcs: a fixture)
 
 ARGS = ['--config=configs/default.py', '--workdir=gs://bucket/runs/s16', '--config.total_steps=10']
 RUN_ARGS = ['--distributed=on', *ARGS]
@@ -324,26 +324,22 @@ def _sweep_flags(clone, *extra):
           '--poll=0', *extra]
 
 
-def test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node(fake, clone):
-  missing = [{'rc': 1, 'stderr': 'ERROR: The following URLs matched no objects or files\n'}]
-  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']),
-               ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
+def test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node(fake, clone, gcs):
+  fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
   assert sweep.main(_sweep_flags(clone, '--tpu_mode=one_vm')) == 0
   calls = fake.calls()
-  storage = [c[1] for c in calls if c[0] == 'storage']
-  assert storage == ['cat', 'cat', 'cat', 'ls'] * 2 + ['cat', 'cp']  # Each run's record, then sweep.json.
-  calls = _without_polls([c for c in calls if c[0] == 'compute'])
-  tpu_calls = [c for c in calls if c[0] == 'compute']
+  assert {c[0] for c in calls} == {'compute'}  # The sweep dir is read and written through vit_jax.io, not gcloud.
+  assert [r['name'] for r in json.loads((gcs / 'bucket' / 'sw' / 'sweep.json').read_text())['runs']] == [
+      'seed=1', 'seed=2']
+  tpu_calls = _without_polls(calls)
   assert [c[3] for c in tpu_calls].count('create') == 1 and tpu_calls[-1][3] == 'delete'
   runs = [shlex.split(c[-1][len('--command='):]) for c in tpu_calls if 'setsid' in c[-1]]
   assert [next(a for a in shlex.split(r[r.index('-c') + 1]) if a.startswith('--workdir')) for r in runs] == [
       '--workdir=gs://bucket/sw/seed=1', '--workdir=gs://bucket/sw/seed=2']
 
 
-def test_sweep_with_a_vm_per_run_launches_a_supervised_node_for_each(fake, clone, capsys):
-  missing = [{'rc': 1, 'stderr': 'matched no objects\n'}]
-  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']),
-               ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
+def test_sweep_with_a_vm_per_run_launches_a_supervised_node_for_each(fake, clone, capsys, gcs):
+  fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
   assert sweep.main(_sweep_flags(clone, '--dry-run')) == 0
   lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if not line.startswith('#')]
   assert [line[1:5] for line in lines] == [['-m', 'launch.tpu', 'launch', f'--name=sw-{i}'] for i in (0, 1)]
