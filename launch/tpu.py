@@ -14,7 +14,8 @@
   launch   create + setup + run, then supervise until the run is finished, recreating the node after preemptions
            (launch/supervise.py); then delete unless --keep
 Every subcommand takes --dry-run: it prints the commands it would run, one per line, and runs nothing. ARGS (after
-"--") are vit_jax.main's, with paths relative to the clone's root and a gs:// --workdir, e.g.
+"--") are vit_jax.main's, with paths relative to the clone's root and a gs:// --workdir (a local one is on the VM's
+own disk, deleted with the node; `run` and `launch` refuse it unless --allow_local_workdir), e.g.
 
   python -m launch.tpu launch --name=vit-s16 --accelerator=v4-32 --zones=us-central2-b --spot -- \
       --config=configs/pretrain_i1k.py:ViT-S_16 --workdir=gs://my-bucket/runs/vit_s16
@@ -84,6 +85,16 @@ def add_sweep_flags(parser) -> None:
   _launch_flags(g)
 
 
+def check_workdir(main_args, *, allow_local: bool = False) -> str:
+  """The run's --workdir; a ValueError (one line: why, and what to give) for a local one, unless `allow_local`."""
+  workdir = shell.workdir_of(main_args)
+  if not workdir.startswith('gs://') and not allow_local:
+    raise ValueError(f"--workdir={workdir} is on the TPU VM's own disk, which is deleted with the node (on a "
+                     'preemption, and at the end): give --workdir=gs://BUCKET/PATH, or pass --allow_local_workdir '
+                     'for a single-host experiment you accept losing.')
+  return workdir
+
+
 def node_from(args) -> gcloud.Node:
   zones = tuple(z.strip() for z in (args.zones or '').split(',') if z.strip())
   provisioning = 'spot' if args.spot else 'reserved' if args.reserved else 'on-demand'
@@ -120,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
       _setup_flags(p)
     if name == 'launch':
       _launch_flags(p)
+    if name in ('run', 'launch'):
+      p.add_argument('--allow_local_workdir', action='store_true', help="Accept a local --workdir: the VM's own "
+                     'disk, deleted with the node, so a preemption or the final delete loses the run (single host '
+                     'only; a pod needs gs://).')
     if name == 'logs':
       p.add_argument('-f', '--follow', action='store_true')
       p.add_argument('--lines', type=int, default=100)
@@ -141,7 +156,7 @@ def main(argv=None) -> int:
   try:
     tpu = node_lib.Tpu(node_from(args), runner)
     if args.subcommand in ('run', 'launch'):
-      shell.workdir_of(main_args)
+      check_workdir(main_args, allow_local=args.allow_local_workdir)
     elif main_args:
       raise ValueError(f'{args.subcommand} takes no vit_jax.main arguments (got {shell.shell_line(main_args)}).')
     return _dispatch(args, tpu, with_distributed(main_args))

@@ -358,3 +358,15 @@ def test_run_refuses_a_node_with_a_running_job_and_status_shows_each_worker(fake
   assert tpu.main(['status', *_flags(clone)[:5]]) == 0
   assert capsys.readouterr().out.splitlines() == ['TPU VM vit-s16 (us-central2-b): READY',
                                                   'job: worker 0 running, worker 1 exited 1']
+
+
+@pytest.mark.parametrize('sub', ['launch', 'run'])
+def test_a_local_workdir_is_refused_in_one_line_unless_allowed(fake, clone, capsys, sub):
+  args, flags = ['--config=configs/default.py', '--workdir=runs/s16'], _flags(clone)[:5 if sub == 'run' else None]
+  assert tpu.main([sub, *flags, '--', *args]) == 2
+  assert capsys.readouterr().err.splitlines() == [
+      f"launch.tpu {sub}: --workdir=runs/s16 is on the TPU VM's own disk, which is deleted with the node (on a "
+      'preemption, and at the end): give --workdir=gs://BUCKET/PATH, or pass --allow_local_workdir for a single-host '
+      'experiment you accept losing.']
+  assert fake.calls() == []
+  assert tpu.main([sub, '--dry-run', '--allow_local_workdir', *flags, '--', *args]) == 0
