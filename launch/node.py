@@ -1,12 +1,9 @@
 """One TPU node's operations through gcloud: create (walking the zones), state, ship and install the code, start the
 job, its per-worker state, stop, delete, logs. launch/tpu.py is the command line; launch/supervise.py the loop."""
 import json
-import os
-import sys
-import tempfile
 import time
 
-from launch import gcloud, record, shell
+from launch import code as code_lib, gcloud, record, shell
 
 
 class NoCapacity(RuntimeError):
@@ -140,24 +137,14 @@ class Tpu:
 
   # Actions.
 
-  def setup(self, *, code: str = 'git', code_dir: str = shell.REPO, python: str = '3.11') -> None:
-    """Ships HEAD of `code_dir` (`code='git'`), or installs `code='pip:SPEC'` with HEAD's configs/ and launch/, on
-    every worker, into a venv with the TPU extra (see gcloud.setup_script)."""
-    self.commit = shell.git_commit(code_dir)
-    if code == 'git' and shell.git_dirty(code_dir):
-      print(f'Warning: {code_dir} has uncommitted changes; they are not shipped (a git archive of HEAD '
-            f'{self.commit[:12]} is).', file=sys.stderr)
-    pip_spec = code[len('pip:'):] if code.startswith('pip:') else None
-    if code != 'git' and not pip_spec:
-      raise ValueError(f"Bad --code {code!r}: 'git' (ship HEAD) or 'pip:SPEC' (e.g. pip:'vit_jax[tpu] @ git+URL').")
-    archive = f'vit_jax-{self.commit[:12]}.tar.gz'
-    local = os.path.join(tempfile.gettempdir(), archive)
-    self.runner.run(['git', '-C', code_dir, 'archive', '--format=tar.gz', '-o', local, self.commit,
-                     *(['configs', 'launch'] if pip_spec else [])])
-    self.runner.run(gcloud.scp(self.node, self.zone, local, archive))
-    marker = self.commit + (f' {pip_spec}' if pip_spec else '')
-    self.runner.run(gcloud.ssh(self.node, self.zone, gcloud.setup_script(archive, marker, pip_spec=pip_spec,
-                                                                         python=python)), capture=False)
+  def setup(self, code: code_lib.Code, *, python: str = '3.11') -> None:
+    """Ships `code` (launch/code.py) to every worker and installs it, with the TPU extra, into a venv (see
+    gcloud.setup_script)."""
+    self.commit = code.commit
+    self.runner.run(gcloud.scp(self.node, self.zone, code.archive, code.name))
+    self.runner.run(gcloud.ssh(self.node, self.zone, gcloud.setup_script(code.name, code.marker,
+                                                                         pip_spec=code.pip_spec, python=python)),
+                    capture=False)
 
   def run(self, main_args, *, attempt: int = 1) -> None:
     """Starts the job detached on every worker, then writes WORKDIR/launch.json from worker 0."""

@@ -16,7 +16,7 @@ the command that deletes it.
 import dataclasses
 import sys
 
-from launch import gcloud, node as node_lib, shell
+from launch import code as code_lib, gcloud, node as node_lib, shell
 
 
 class GiveUp(RuntimeError):
@@ -46,6 +46,7 @@ class Supervisor:
     self.tpu, self.jobs, self.settings, self.ask, self._out = tpu, [list(j) for j in jobs], settings, ask, out
     self.preemptions = self.failures = self.attempt = 0
     self.started, self.current, self.last_code = False, None, None
+    self.code: code_lib.Code | None = None
 
   @property
   def out(self):
@@ -55,10 +56,16 @@ class Supervisor:
     print(f'[launch {self.tpu.node.name}] {text}', file=self.out, flush=True)
 
   def launch(self) -> int:
-    """0 when every job finished; 1 when a budget ran out or no capacity was found; 130 after Ctrl-C."""
-    if self.tpu.runner.dry_run:
-      self._print_plan()
-      return 0
+    """0 when every job finished; 1 when a budget ran out or no capacity was found; 130 after Ctrl-C. The code is
+    packed once, before the node is created, and its archive removed at the end (launch/code.py)."""
+    s = self.settings
+    with code_lib.packed(s.code, s.code_dir, self.tpu.runner) as self.code:
+      if self.tpu.runner.dry_run:
+        self._print_plan()
+        return 0
+      return self._launch()
+
+  def _launch(self) -> int:
     try:
       self._bring_up()
       for job in self.jobs:
@@ -92,7 +99,7 @@ class Supervisor:
     self.tpu.create(capacity_wait_s=s.capacity_wait_s, queue_wait_s=s.queue_wait_s, retry_s=s.retry_s,
                     poll_s=min(s.poll_s, 30))
     self.say(f'Created {self.tpu.where()}; setting up.')
-    self.tpu.setup(code=s.code, code_dir=s.code_dir, python=s.python)
+    self.tpu.setup(self.code, python=s.python)
 
   def _start(self, job) -> None:
     self.attempt += 1
@@ -145,7 +152,7 @@ class Supervisor:
       self.tpu.delete()
       self._bring_up()
     else:
-      self.tpu.setup(code=self.settings.code, code_dir=self.settings.code_dir, python=self.settings.python)
+      self.tpu.setup(self.code, python=self.settings.python)
     self._start(job)
 
   def _failed(self, codes, job) -> None:
@@ -204,7 +211,7 @@ class Supervisor:
   def _print_plan(self) -> None:
     tpu, r, s = self.tpu, self.tpu.runner, self.settings
     tpu.create()
-    tpu.setup(code=s.code, code_dir=s.code_dir, python=s.python)
+    tpu.setup(self.code, python=s.python)
     for i, job in enumerate(self.jobs):
       if i:
         r.note('when the run above has finished, the next one:')

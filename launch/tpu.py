@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from launch import gcloud, node as node_lib, shell, supervise
+from launch import code as code_lib, gcloud, node as node_lib, shell, supervise
 
 SUBCOMMANDS = ('create', 'setup', 'run', 'logs', 'status', 'ssh', 'stop', 'delete', 'launch')
 
@@ -181,7 +181,8 @@ def _dispatch(args, tpu: node_lib.Tpu, main_args) -> int:
     return 0 if zone else 1
   tpu.locate()
   if command == 'setup':
-    tpu.setup(code=args.code, code_dir=args.code_dir, python=args.python)
+    with code_lib.packed(args.code, args.code_dir, runner) as code:
+      tpu.setup(code, python=args.python)
   elif command == 'run':
     states = None if runner.dry_run else tpu.job_states()
     if states and 'running' in states:

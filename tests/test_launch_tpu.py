@@ -2,6 +2,7 @@
 and a queued resource, zone fallback, recreation after PREEMPTED/SUSPENDED, the failure budget, Ctrl-C."""
 import json
 import os
+import pathlib
 import shlex
 import signal
 import subprocess
@@ -44,10 +45,19 @@ def _launch(clone, *extra, zones='us-central2-b', args=ARGS):
   return tpu.main(['launch', *_flags(clone, *extra, zones=zones), '--', *args])
 
 
-def _setup_calls(clone, tmp_path, where=WHERE):
+def _archive(calls, tmp_path) -> str:
+  """The local archive that the launch shipped: in a private folder of the temporary directory, gone afterwards."""
+  local = pathlib.Path(next(c[4] for c in calls if c[3] == 'scp'))
+  assert local.parent.parent == tmp_path and local.parent.name.startswith('vit_jax-launch-'), local
+  assert not local.parent.exists()
+  return str(local)
+
+
+def _setup_calls(clone, local, where=WHERE):
   commit = clone[1]
   archive = f'vit_jax-{commit[:12]}.tar.gz'
-  return [[*VM, 'scp', str(tmp_path / archive), f'vit-s16:{archive}', *where, '--worker=all'],
+  assert os.path.basename(local) == archive
+  return [[*VM, 'scp', local, f'vit-s16:{archive}', *where, '--worker=all'],
           [*VM, 'ssh', 'vit-s16', *where, '--worker=all', '--command=' + gcloud.setup_script(archive, commit)]]
 
 
@@ -78,7 +88,7 @@ def test_launch_on_a_pod_runs_the_exact_commands_and_deletes_at_the_end(fake, cl
   calls = fake.calls()
   assert calls[0] == [*VM, 'create', 'vit-s16', '--accelerator-type=v4-32', '--version=tpu-ubuntu2204-base', *WHERE,
                       '--spot']
-  assert calls[1:4] == _setup_calls(clone, tmp_path) + _run_calls()
+  assert calls[1:4] == _setup_calls(clone, _archive(calls, tmp_path)) + _run_calls()
   write = calls[4]
   assert write[:8] == [*VM, 'ssh', 'vit-s16', *WHERE, '--worker=0']
   info = _launch_json(write)
@@ -102,7 +112,7 @@ def test_launch_through_a_queued_resource_waits_for_active_and_deletes_it(fake, 
                       '--runtime-version=tpu-ubuntu2204-base', *WHERE, '--spot']
   assert [c[3] for c in calls[1:4]] == ['describe'] * 3
   assert calls[1] == [*QR, 'describe', 'vit-s16', *WHERE, '--format=value(state.state)']
-  assert calls[4:7] == _setup_calls(clone, tmp_path) + _run_calls()
+  assert calls[4:7] == _setup_calls(clone, _archive(calls, tmp_path)) + _run_calls()
   assert calls[-1] == [*QR, 'delete', 'vit-s16', *WHERE, '--force', '--quiet']
 
 
@@ -115,7 +125,7 @@ def test_create_tries_the_next_zone_after_a_capacity_error(fake, clone, tmp_path
   assert _launch(clone, zones='us-central2-b,europe-west4-a') == 0
   calls = fake.calls()
   assert [_zone(c) for c in calls[:2]] == ['--zone=us-central2-b', '--zone=europe-west4-a']
-  assert calls[2:5] == _setup_calls(clone, tmp_path, where_b) + _run_calls(where_b)
+  assert calls[2:5] == _setup_calls(clone, _archive(calls, tmp_path), where_b) + _run_calls(where_b)
   assert _launch_json(calls[5])['zone'] == 'europe-west4-a'
   assert calls[-1] == [*VM, 'delete', 'vit-s16', *where_b, '--quiet']
 
@@ -295,10 +305,10 @@ def test_dry_run_prints_commands_and_runs_none(fake, clone, capsys):
   assert fake.calls() == []
   lines = capsys.readouterr().out.splitlines()
   commands = [line for line in lines if not line.startswith('#')]
-  assert commands[0].startswith('gcloud compute tpus queued-resources create vit-s16 ')
+  assert commands[0].startswith(f'git -C {clone[0]} archive --format=tar.gz')  # Packed before a node is paid for.
+  assert commands[1].startswith('gcloud compute tpus queued-resources create vit-s16 ')
   assert any(line.startswith('# if us-central2-b has no capacity: gcloud compute tpus queued-resources create')
              for line in lines)
-  assert commands[1].startswith(f'git -C {clone[0]} archive --format=tar.gz')
   assert commands[-1] == 'gcloud compute tpus queued-resources delete vit-s16 --zone=us-central2-b ' \
                          '--project=my-proj --force --quiet'
   for sub in ('create', 'setup', 'status', 'stop', 'delete', 'logs', 'ssh'):
