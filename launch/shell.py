@@ -14,12 +14,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The clone 
 
 
 class CommandError(RuntimeError):
-  """A command exited non-zero; the message names it and ends with its stderr."""
+  """A command exited non-zero; the message names it and ends with its stderr, `brief` says it in one line."""
 
   def __init__(self, argv, returncode, stderr):
     tail = '\n'.join((stderr or '').strip().splitlines()[-15:])
     super().__init__(f'Command failed (exit {returncode}): {shlex.join(argv)}' + (f'\n{tail}' if tail else ''))
     self.argv, self.returncode, self.stderr = argv, returncode, stderr or ''
+    self.shown = stderr is None  # Its output went to the terminal (not captured).
+
+  @property
+  def brief(self) -> str:
+    """'`gcloud compute tpus tpu-vm ssh NAME` exited 255: <its last line of stderr>'."""
+    words = []
+    for word in self.argv:
+      if word.startswith('-') or len(words) == 6:
+        break
+      words.append(word)
+    last = (self.stderr.strip().splitlines() or ['(its output is above)' if self.shown else '(no error output)'])[-1]
+    return f'`{shlex.join(words)}` exited {self.returncode}: {last.strip()}'
 
 
 def shell_line(argv, stdin: str | None = None) -> str:

@@ -166,7 +166,7 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:  # (`launch` asks what to do itself.)
     if args.subcommand == 'create' and tpu and tpu.adopt_interrupted_create():
       print(f'\nlaunch.tpu create: interrupted; {tpu.where()} exists and holds capacity (and quota) until it is '
-            f'deleted:\n  {shell.shell_line(gcloud.delete(tpu.node, tpu.zone))}', file=sys.stderr)
+            f'deleted:\n  {tpu.delete_command()}', file=sys.stderr)
     return 130
 
 
@@ -191,36 +191,19 @@ def _dispatch(args, tpu: node_lib.Tpu, main_args) -> int:
     tpu.run(main_args)
   elif command == 'logs':
     try:
-      runner.run(gcloud.ssh(tpu.node, tpu.zone, gcloud.logs_script(follow=args.follow, lines=args.lines,
-                                                                   prefix=args.worker == 'all'), worker=args.worker),
-                 capture=False)
+      tpu.logs(follow=args.follow, lines=args.lines, worker=args.worker)
     except KeyboardInterrupt:
       pass
   elif command == 'status':
-    _status(tpu)
+    for line in tpu.status_lines():
+      print(line)
   elif command == 'ssh':
-    runner.run(gcloud.ssh(tpu.node, tpu.zone, args.command, worker=args.worker), capture=False)
+    tpu.shell(args.command, worker=args.worker)
   elif command == 'stop':
     tpu.stop(args.grace)
   elif command == 'delete':
     tpu.delete()
   return 0
-
-
-def _status(tpu: node_lib.Tpu) -> None:
-  runner = tpu.runner
-  describes = [gcloud.describe(tpu.node, tpu.zone)] + ([gcloud.describe(tpu.node, tpu.zone, vm=True)]
-                                                       if tpu.node.queued else [])
-  for argv in describes:
-    done = runner.run(argv, check=False, quiet=True)
-    if not runner.dry_run:
-      what = 'queued resource' if 'queued-resources' in argv else 'TPU VM'
-      print(f'{what} {tpu.node.name} ({tpu.zone}): {done.stdout.strip() or done.stderr.strip()}')
-  done = runner.run(gcloud.ssh(tpu.node, tpu.zone, gcloud.status_script()), check=False, quiet=True)
-  if not runner.dry_run:
-    states = gcloud.job_states(done.stdout)
-    print('job: ' + (', '.join(f'worker {i} {s}' for i, s in enumerate(states)) if states else
-                     f'no answer from the workers ({done.stderr.strip()[-200:]})'))
 
 
 def node_argv(args, name: str) -> list[str]:

@@ -3,6 +3,7 @@ and a queued resource, zone fallback, recreation after PREEMPTED/SUSPENDED, the 
 import json
 import os
 import pathlib
+import re
 import shlex
 import signal
 import subprocess
@@ -22,6 +23,7 @@ VM = ['compute', 'tpus', 'tpu-vm']
 QR = ['compute', 'tpus', 'queued-resources']
 STATUS = gcloud.status_script()
 FINISHED = gcloud.record_script('status', 'gs://bucket/runs/s16')
+CHECKPOINT = gcloud.launch_script('outcome', 'checkpoint', 'gs://bucket/runs/s16')
 
 
 @pytest.fixture
@@ -168,7 +170,7 @@ def test_launch_recreates_the_node_and_reruns_the_same_command_after_a_preemptio
 
 def test_launch_reruns_on_the_node_when_the_job_stopped_before_its_last_step(fake, clone):
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0'), workers('exited 0')]),
-               ([FINISHED], [{'rc': 3}, {'rc': 0}])])
+               ([FINISHED], [{'rc': 3}, {'rc': 0}]), ([CHECKPOINT], ['vit_jax-checkpoint: 4\n'])])
   assert _launch(clone) == 0
   calls = _without_polls(fake.calls())
   assert sum(c[3] == 'create' for c in calls) == 1
@@ -380,3 +382,12 @@ def test_a_local_workdir_is_refused_in_one_line_unless_allowed(fake, clone, caps
       'experiment you accept losing.']
   assert fake.calls() == []
   assert tpu.main([sub, '--dry-run', '--allow_local_workdir', *flags, '--', *args]) == 0
+
+
+def test_gcloud_command_lines_are_made_only_by_node_and_gcloud_modules():
+  """node.Tpu runs and prints every gcloud command, from launch/gcloud.py's builders; gs:// files go through
+  vit_jax.io, never `gcloud storage`."""
+  spelled = re.compile(r'gcloud\.(?:create|describe|delete|ssh|scp)\(|[\'"]gcloud[\'"]')
+  found = {p.name: spelled.findall(p.read_text()) for p in (pathlib.Path(shell.REPO) / 'launch').glob('*.py')
+           if p.name not in ('gcloud.py', 'node.py')}
+  assert {name: hits for name, hits in found.items() if hits} == {}
