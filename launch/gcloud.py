@@ -2,8 +2,10 @@
 
 Every value is one argv element; the scripts a worker's shell reads quote every value with shlex. The GA `gcloud`
 surface only: `gcloud compute tpus tpu-vm create|describe|delete|ssh|scp`, `gcloud compute tpus queued-resources
-create|describe|delete`. States: a node is CREATING, READY, ..., PREEMPTED, TERMINATED; a queued resource ACCEPTED,
-WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, SUSPENDING, SUSPENDED, FAILED, DELETING (tpu v2 API).
+create|describe|delete`. States (tpu v2 API): a node is CREATING, READY, ..., PREEMPTED, TERMINATED; a queued
+resource ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, SUSPENDING, SUSPENDED, FAILED, DELETING. Each known
+state is up, waiting or lost; any other (a state added to the API since, say) is unknown, and the supervisor polls
+it again before it treats the node as lost.
 """
 import dataclasses
 import re
@@ -13,7 +15,9 @@ PROVISIONING = ('on-demand', 'spot', 'reserved')
 NODE_UP = ('READY',)
 NODE_WAIT = ('CREATING', 'STARTING', 'RESTARTING', 'REPAIRING', 'REIMAGING', 'UNHIDING', 'STATE_UNSPECIFIED')
 QUEUED_UP = ('ACTIVE',)
+NODE_LOST = ('PREEMPTED', 'TERMINATED', 'STOPPING', 'STOPPED', 'DELETING')
 QUEUED_WAIT = ('CREATING', 'ACCEPTED', 'WAITING_FOR_RESOURCES', 'PROVISIONING', 'STATE_UNSPECIFIED')
+QUEUED_LOST = ('SUSPENDING', 'SUSPENDED', 'FAILED', 'DELETING')
 # Errors after which another zone (or a later try) may succeed: capacity, stock-outs, quota, a type not offered there.
 CAPACITY_ERROR = re.compile(r'capacity|RESOURCE_EXHAUSTED|resource_availability|STOCKOUT|not have enough resources|'
                             r'quota|not (?:available|supported|offered) in|unavailable in', re.IGNORECASE)
@@ -163,9 +167,14 @@ def logs_script(*, follow: bool, lines: int, prefix: bool) -> str:
   return f'{worker}; {tail} | sed -u "s/^/[worker $w] /"'
 
 
+def launch_script(module: str, *words: str) -> str:
+  """`python -m launch.MODULE WORDS` in the shipped code on a worker (worker 0 reads and writes the workdir)."""
+  return f'cd {HOME} && .venv/bin/python -m launch.{module} {shlex.join(words)}'
+
+
 def record_script(*words: str) -> str:
-  """`python -m launch.record WORDS` in the shipped code on a worker (worker 0 reads and writes the workdir)."""
-  return f'cd {HOME} && .venv/bin/python -m launch.record {shlex.join(words)}'
+  """`python -m launch.record WORDS` on a worker: `status WORKDIR`, `exit WORKDIR CODE`, `write WORKDIR JSON`."""
+  return launch_script('record', *words)
 
 
 def job_states(output: str) -> list[str]:

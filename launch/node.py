@@ -1,12 +1,11 @@
 """One TPU node's operations through gcloud: create (walking the zones), state, ship and install the code, start the
-job, its per-worker state, stop, delete, logs. launch/tpu.py is the command line; launch/supervise.py the loop."""
+job, its per-worker state, the run's progress, stop, delete, logs. launch/tpu.py is the command line;
+launch/supervise.py the loop. Every gcloud command that the launchers run or print is made here (from launch/gcloud.py's
+argv builders), so no other module spells one."""
 import json
-import os
-import sys
-import tempfile
 import time
 
-from launch import gcloud, record, shell
+from launch import code as code_lib, gcloud, outcome, record, shell
 
 
 class NoCapacity(RuntimeError):
@@ -50,10 +49,10 @@ class Tpu:
           else:
             self.runner.note(f'if {self.node.zones[i - 1]} has no capacity: {shell.shell_line(argv)}')
           continue
-        self.creating = zone
+        self.creating = zone  # Until the outcome is known: a create that failed otherwise may still make the node.
         done = self.runner.run(argv, check=False)
-        self.creating = None
         if done.returncode == 0:
+          self.creating = None
           self.zone = zone
           if not self.node.queued:
             return zone
@@ -65,6 +64,7 @@ class Tpu:
           continue
         if not gcloud.CAPACITY_ERROR.search(done.stderr):
           raise shell.CommandError(argv, done.returncode, done.stderr)
+        self.creating = None
         errors[zone] = (done.stderr.strip().splitlines() or ['no capacity'])[-1]
         self.runner.note(f'No capacity in {zone}: {errors[zone]}')
       if self.runner.dry_run:
@@ -101,7 +101,8 @@ class Tpu:
     raise ValueError(f'{self.node.kind()} {self.node.name} not found in {", ".join(self.node.zones)}.')
 
   def adopt_interrupted_create(self) -> bool:
-    """After Ctrl-C during a create command: whether the node it asked for exists (then `zone` is set to its zone).
+    """Whether the node exists: it was created, or a create command that did not complete (Ctrl-C, an error other
+    than capacity) made it after all (then `zone` is set to its zone).
 
     The server finishes a create that gcloud stopped waiting for, so a node that answers at all counts.
     """
@@ -117,15 +118,17 @@ class Tpu:
   # State.
 
   def health(self) -> tuple[str, str]:
-    """('up' | 'waiting' | 'lost' | 'unknown', the state or error)."""
+    """(health, the state or the error): 'up', 'waiting' or 'lost' for the states of launch/gcloud.py (and 'lost'
+    when the node is not found); 'unknown' for any other state; 'unreadable' when describe itself failed."""
     done = self.runner.query(gcloud.describe(self.node, self.zone))
     if done.returncode != 0:
       if gcloud.NOT_FOUND.search(done.stderr):
         return 'lost', 'NOT_FOUND'
-      return 'unknown', (done.stderr.strip().splitlines() or [''])[-1]
+      return 'unreadable', (done.stderr.strip().splitlines() or [''])[-1]
     state = done.stdout.strip()
-    up, wait = (gcloud.QUEUED_UP, gcloud.QUEUED_WAIT) if self.node.queued else (gcloud.NODE_UP, gcloud.NODE_WAIT)
-    return ('up' if state in up else 'waiting' if state in wait else 'lost'), state
+    groups = ((gcloud.QUEUED_UP, gcloud.QUEUED_WAIT, gcloud.QUEUED_LOST) if self.node.queued else
+              (gcloud.NODE_UP, gcloud.NODE_WAIT, gcloud.NODE_LOST))
+    return next((h for h, states in zip(('up', 'waiting', 'lost'), groups) if state in states), 'unknown'), state
 
   def job_states(self) -> list[str] | None:
     """Each worker's job state ('running', 'exited N', 'none'), or None when the workers could not be reached."""
@@ -138,26 +141,30 @@ class Tpu:
     done = self.runner.query(gcloud.ssh(self.node, self.zone, gcloud.record_script('status', workdir), worker='0'))
     return done.returncode == 0
 
+  def latest_checkpoint(self, workdir: str) -> int | None:
+    """The step of the run's latest checkpoint, as worker 0 sees it (launch/outcome.py); None when it has none. A
+    CommandError when worker 0 does not answer."""
+    done = self.runner.query(gcloud.ssh(self.node, self.zone, gcloud.launch_script('outcome', 'checkpoint', workdir),
+                                        worker='0'))
+    answered, step = outcome.parse_checkpoint(done.stdout)
+    if done.returncode != 0 or not answered:
+      raise shell.CommandError(done.args, done.returncode, done.stderr or f'no "{outcome.CHECKPOINT_MARK}" answer')
+    return step
+
+  def record_exit(self, workdir: str, code: int) -> None:
+    """Writes the job's exit status into WORKDIR/launch.json from worker 0 (best effort: `results` shows it)."""
+    self.runner.query(gcloud.ssh(self.node, self.zone, gcloud.record_script('exit', workdir, str(code)), worker='0'))
+
   # Actions.
 
-  def setup(self, *, code: str = 'git', code_dir: str = shell.REPO, python: str = '3.11') -> None:
-    """Ships HEAD of `code_dir` (`code='git'`), or installs `code='pip:SPEC'` with HEAD's configs/ and launch/, on
-    every worker, into a venv with the TPU extra (see gcloud.setup_script)."""
-    self.commit = shell.git_commit(code_dir)
-    if code == 'git' and shell.git_dirty(code_dir):
-      print(f'Warning: {code_dir} has uncommitted changes; they are not shipped (a git archive of HEAD '
-            f'{self.commit[:12]} is).', file=sys.stderr)
-    pip_spec = code[len('pip:'):] if code.startswith('pip:') else None
-    if code != 'git' and not pip_spec:
-      raise ValueError(f"Bad --code {code!r}: 'git' (ship HEAD) or 'pip:SPEC' (e.g. pip:'vit_jax[tpu] @ git+URL').")
-    archive = f'vit_jax-{self.commit[:12]}.tar.gz'
-    local = os.path.join(tempfile.gettempdir(), archive)
-    self.runner.run(['git', '-C', code_dir, 'archive', '--format=tar.gz', '-o', local, self.commit,
-                     *(['configs', 'launch'] if pip_spec else [])])
-    self.runner.run(gcloud.scp(self.node, self.zone, local, archive))
-    marker = self.commit + (f' {pip_spec}' if pip_spec else '')
-    self.runner.run(gcloud.ssh(self.node, self.zone, gcloud.setup_script(archive, marker, pip_spec=pip_spec,
-                                                                         python=python)), capture=False)
+  def setup(self, code: code_lib.Code, *, python: str = '3.11') -> None:
+    """Ships `code` (launch/code.py) to every worker and installs it, with the TPU extra, into a venv (see
+    gcloud.setup_script)."""
+    self.commit = code.commit
+    self.runner.run(gcloud.scp(self.node, self.zone, code.archive, code.name))
+    self.runner.run(gcloud.ssh(self.node, self.zone, gcloud.setup_script(code.name, code.marker,
+                                                                         pip_spec=code.pip_spec, python=python)),
+                    capture=False)
 
   def run(self, main_args, *, attempt: int = 1) -> None:
     """Starts the job detached on every worker, then writes WORKDIR/launch.json from worker 0."""
@@ -174,10 +181,51 @@ class Tpu:
     self.runner.run(gcloud.ssh(self.node, self.zone, gcloud.stop_script(grace_s)))
 
   def delete(self) -> None:
+    """Deletes the node (with `queued`, the queued resource and its node); one already gone is no error."""
     done = self.runner.run(gcloud.delete(self.node, self.zone), check=False)
     if done.returncode != 0 and not gcloud.NOT_FOUND.search(done.stderr):
       raise shell.CommandError(done.args, done.returncode, done.stderr)
     self.zone = None if not self.runner.dry_run else self.zone
+
+  def delete_command(self) -> str:
+    """The command that deletes the node, as a line to paste into a shell."""
+    return shell.shell_line(gcloud.delete(self.node, self.zone))
+
+  # For the command line and the dry-run plan.
+
+  def logs(self, *, follow: bool, lines: int, worker: str) -> None:
+    """A worker's log (with worker 'all', every worker's lines prefixed with its number) on this terminal."""
+    self.runner.run(gcloud.ssh(self.node, self.zone, gcloud.logs_script(follow=follow, lines=lines,
+                                                                        prefix=worker == 'all'), worker=worker),
+                    capture=False)
+
+  def shell(self, command: str | None, *, worker: str) -> None:
+    """`command` on a worker, or an interactive shell when None."""
+    self.runner.run(gcloud.ssh(self.node, self.zone, command, worker=worker), capture=False)
+
+  def status_lines(self) -> list[str]:
+    """The node's (and queued resource's) state and each worker's job state, one line each (a dry run prints the
+    commands instead and returns nothing)."""
+    lines = []
+    for vm in ([False, True] if self.node.queued else [False]):
+      done = self.runner.run(gcloud.describe(self.node, self.zone, vm=vm), check=False, quiet=True)
+      what = 'queued resource' if self.node.queued and not vm else 'TPU VM'
+      lines.append(f'{what} {self.node.name} ({self.zone}): {done.stdout.strip() or done.stderr.strip()}')
+    done = self.runner.run(gcloud.ssh(self.node, self.zone, gcloud.status_script()), check=False, quiet=True)
+    states = gcloud.job_states(done.stdout)
+    lines.append('job: ' + (', '.join(f'worker {i} {s}' for i, s in enumerate(states)) if states else
+                            f'no answer from the workers ({done.stderr.strip()[-200:]})'))
+    return [] if self.runner.dry_run else lines
+
+  def poll_commands(self, workdir: str) -> list[tuple[str, str]]:
+    """(when, command line) of the read-only commands that supervising a run in `workdir` polls with."""
+    return [('every poll, the state', shell.shell_line(gcloud.describe(self.node, self.zone))),
+            ("every poll, each worker's job state", shell.shell_line(gcloud.ssh(self.node, self.zone,
+                                                                                gcloud.status_script()))),
+            ('once every worker exited 0, whether the run is finished', shell.shell_line(gcloud.ssh(
+                self.node, self.zone, gcloud.record_script('status', workdir), worker='0'))),
+            ('if not, whether it has a checkpoint to resume from', shell.shell_line(gcloud.ssh(
+                self.node, self.zone, gcloud.launch_script('outcome', 'checkpoint', workdir), worker='0')))]
 
   def log_tail(self, lines: int = 30) -> str:
     done = self.runner.query(gcloud.ssh(self.node, self.zone, gcloud.logs_script(follow=False, lines=lines,

@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 
-from launch import shell
+from vit_jax import io
 
 LAUNCH_FILE = 'launch.json'
 STATUSES = ('finished', 'running', 'stopped', 'failed', 'not started')
@@ -75,17 +75,14 @@ class Record:
     return any(s >= total_steps and any(k.startswith('eval/') for k in m) for s, m in self.steps.items())
 
 
-def read(workdir: str, runner: shell.Runner | None = None) -> Record:
-  """The record of the run in `workdir` (local or gs://); an absent workdir reads as a run not started."""
+def read(workdir: str) -> Record:
+  """The record of the run in `workdir` (local or gs://, through vit_jax.io); an absent workdir reads as a run not
+  started."""
   def load(name):
-    return shell.read_text(shell.join(workdir, name), runner)
+    return io.read_text_or_none(io.join(workdir, name))
 
   config, metrics, launch = load('config.json'), load('metrics.jsonl'), load(LAUNCH_FILE)
-  if shell.is_gcs(workdir):
-    has_params = (runner or shell.Runner()).query(
-        ['gcloud', 'storage', 'ls', shell.join(workdir, 'params.npz')]).returncode == 0
-  else:
-    has_params = os.path.exists(os.path.join(workdir, 'params.npz'))
+  has_params = io.exists(io.join(workdir, 'params.npz'))
   return Record(workdir, json.loads(config) if config else None, merge_metrics(metrics or ''),
                 json.loads(launch) if launch else None, has_params)
 
@@ -136,15 +133,15 @@ def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='milliseconds')
 
 
-def write_launch(workdir: str, info: dict, runner: shell.Runner | None = None) -> None:
-  shell.write_text(shell.join(workdir, LAUNCH_FILE), json.dumps(info, indent=2) + '\n', runner)
+def write_launch(workdir: str, info: dict) -> None:
+  io.write_text(io.join(workdir, LAUNCH_FILE), json.dumps(info, indent=2) + '\n')
 
 
-def record_exit(workdir: str, returncode: int, runner: shell.Runner | None = None) -> None:
+def record_exit(workdir: str, returncode: int) -> None:
   """Adds the job's exit status (and the time) to WORKDIR/launch.json."""
-  text = shell.read_text(shell.join(workdir, LAUNCH_FILE), runner)
+  text = io.read_text_or_none(io.join(workdir, LAUNCH_FILE))
   info = json.loads(text) if text else {}
-  write_launch(workdir, {**info, 'returncode': int(returncode), 'ended': now()}, runner)
+  write_launch(workdir, {**info, 'returncode': int(returncode), 'ended': now()})
 
 
 def main(argv=None) -> int:

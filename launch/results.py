@@ -8,12 +8,12 @@ other fields joined by a line) and every run's metric against the step.
 """
 import argparse
 import csv
-import io
+import io as io_lib
 import math
-import os
 import sys
 
-from launch import hyper, record, shell
+from launch import hyper, record
+from vit_jax import io
 
 FIXED_COLUMNS = ('status', 'step', 'final eval/accuracy', 'best eval/accuracy', 'final eval/loss', 'best eval/loss',
                  'final train/loss')
@@ -23,13 +23,13 @@ def default_mode(metric: str) -> str:
   return 'min' if 'loss' in metric or 'error' in metric else 'max'
 
 
-def collect(sweep: dict, metric: str, runner=None) -> tuple[list[str], list[dict], dict[str, list]]:
+def collect(sweep: dict, metric: str) -> tuple[list[str], list[dict], dict[str, list]]:
   """(swept keys, one row per run, {run name: [(step, metric value)]})."""
   keys = sorted({k for run in sweep['runs'] for k in run['overrides']})
   mode = default_mode(metric)
   rows, curves = [], {}
   for run in sweep['runs']:
-    rec = record.read(run['workdir'], runner)
+    rec = record.read(run['workdir'])
     row = {'run': run['name'], **{k: hyper.format_value(run['overrides'][k]) if k in run['overrides'] else ''
                                   for k in keys},
            **record.summary(rec, overrides={**sweep.get('fixed', {}), **run['overrides']})}
@@ -61,7 +61,7 @@ def _cell(value) -> str:
 
 
 def to_csv(rows: list[dict], columns: list[str]) -> str:
-  out = io.StringIO()
+  out = io_lib.StringIO()
   writer = csv.writer(out, lineterminator='\n')
   writer.writerow(columns)
   for row in rows:
@@ -133,35 +133,29 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
     ax.legend(fontsize='x-small')
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  buffer = io.BytesIO()
+  buffer = io_lib.BytesIO()
   fig.savefig(buffer, format='png', dpi=80)
   plt.close(fig)
-  if shell.is_gcs(path):
-    import subprocess  # pylint: disable=g-import-not-at-top
-    subprocess.run(['gcloud', 'storage', 'cp', '-', path], input=buffer.getvalue(), check=True)
-  else:
-    with open(path, 'wb') as f:
-      f.write(buffer.getvalue())
+  io.write_bytes(path, buffer.getvalue())
 
 
-def write(sweep_dir: str, *, metric: str = 'eval/accuracy', mode: str | None = None, out: str | None = None,
-          runner=None) -> list[dict]:
-  """Writes results.csv, results.md and results.png into `out` (default: the sweep dir); returns the sorted rows."""
+def write(sweep_dir: str, *, metric: str = 'eval/accuracy', mode: str | None = None,
+          out: str | None = None) -> list[dict]:
+  """Writes results.csv, results.md and results.png into `out` (default: the sweep dir), local or gs:// (through
+  vit_jax.io); returns the sorted rows."""
   from launch import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
-  sweep = sweep_lib.read_sweep(sweep_dir, runner)
+  sweep = sweep_lib.read_sweep(sweep_dir)
   if sweep is None:
     raise ValueError(f'No {sweep_lib.SWEEP_FILE} in {sweep_dir}: not a sweep dir (python -m launch.sweep writes it).')
-  keys, rows, curves = collect(sweep, metric, runner)
+  keys, rows, curves = collect(sweep, metric)
   rows = sort_rows(rows, metric, mode or default_mode(metric))
   columns = ['run', *keys, *FIXED_COLUMNS]
   if metric not in ('eval/accuracy', 'eval/loss'):
     columns += [f'final {metric}', f'best {metric}']
   out = out or sweep_dir
-  shell.write_text(shell.join(out, 'results.csv'), to_csv(rows, columns), runner)
-  shell.write_text(shell.join(out, 'results.md'), to_markdown(rows, columns), runner)
-  if not shell.is_gcs(out):
-    os.makedirs(out, exist_ok=True)
-  plot(shell.join(out, 'results.png'), keys, rows, curves, metric)
+  io.write_text(io.join(out, 'results.csv'), to_csv(rows, columns))
+  io.write_text(io.join(out, 'results.md'), to_markdown(rows, columns))
+  plot(io.join(out, 'results.png'), keys, rows, curves, metric)
   return rows
 
 
@@ -176,11 +170,11 @@ def main(argv) -> int:
   args = parser.parse_args(argv)
   try:
     rows = write(args.sweep_dir, metric=args.metric, mode=args.mode, out=args.out)
-  except (ValueError, shell.CommandError) as e:
+  except (ValueError, io.StorageError) as e:
     print(f'launch.sweep results: {e}', file=sys.stderr)
     return 2
   out = args.out or args.sweep_dir
-  print(shell.read_text(shell.join(out, 'results.md')) if not shell.is_gcs(out) else '', end='')
+  print(io.read_text(io.join(out, 'results.md')), end='')
   counts = {s: sum(r['status'] == s for r in rows) for s in record.STATUSES}
   print(', '.join(f'{n} {s}' for s, n in counts.items() if n) + f'. Wrote results.csv, results.md, results.png to '
         f'{out}.')

@@ -1,4 +1,4 @@
-"""Running commands (or, in a dry run, printing them one per line), files that may live on gs://, the clone's commit.
+"""Running commands (or, in a dry run, printing them one per line), the clone's commit, the launchers' arguments.
 
 Commands are argv lists, never strings for a local shell: a user's value is one argv element and stays inert. Where a
 remote shell reads a command (ssh), the caller builds it with `shlex.join`/`shlex.quote`.
@@ -14,12 +14,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The clone 
 
 
 class CommandError(RuntimeError):
-  """A command exited non-zero; the message names it and ends with its stderr."""
+  """A command exited non-zero; the message names it and ends with its stderr, `brief` says it in one line."""
 
   def __init__(self, argv, returncode, stderr):
     tail = '\n'.join((stderr or '').strip().splitlines()[-15:])
     super().__init__(f'Command failed (exit {returncode}): {shlex.join(argv)}' + (f'\n{tail}' if tail else ''))
     self.argv, self.returncode, self.stderr = argv, returncode, stderr or ''
+    self.shown = stderr is None  # Its output went to the terminal (not captured).
+
+  @property
+  def brief(self) -> str:
+    """'`gcloud compute tpus tpu-vm ssh NAME` exited 255: <its last line of stderr>'."""
+    words = []
+    for word in self.argv:
+      if word.startswith('-') or len(words) == 6:
+        break
+      words.append(word)
+    last = (self.stderr.strip().splitlines() or ['(its output is above)' if self.shown else '(no error output)'])[-1]
+    return f'`{shlex.join(words)}` exited {self.returncode}: {last.strip()}'
 
 
 def shell_line(argv, stdin: str | None = None) -> str:
@@ -71,46 +83,6 @@ class Runner:
     if check and done.returncode != 0:
       raise CommandError(argv, done.returncode, done.stderr)
     return done
-
-
-def is_gcs(path: str) -> bool:
-  return path.startswith('gs://')
-
-
-def join(base: str, *names: str) -> str:
-  """os.path.join that keeps gs:// URLs intact."""
-  return '/'.join([base.rstrip('/'), *names]) if is_gcs(base) else os.path.join(base, *names)
-
-
-def read_text(path: str, runner: Runner | None = None) -> str | None:
-  """The text of a local or gs:// file, or None when there is no such file."""
-  if not is_gcs(path):
-    if not os.path.isfile(path):
-      return None
-    with open(path, encoding='utf-8') as f:
-      return f.read()
-  done = (runner or Runner()).query(['gcloud', 'storage', 'cat', path])
-  if done.returncode == 0:
-    return done.stdout
-  if 'matched no objects' in done.stderr or 'No URLs matched' in done.stderr or 'not found' in done.stderr.lower():
-    return None
-  raise CommandError(done.args, done.returncode, done.stderr)
-
-
-def write_text(path: str, text: str, runner: Runner | None = None) -> None:
-  """Writes a local file atomically (creating its folder), or a gs:// object through `gcloud storage cp -`."""
-  runner = runner or Runner()
-  if is_gcs(path):
-    runner.run(['gcloud', 'storage', 'cp', '-', path], stdin=text)
-    return
-  if runner.dry_run:
-    runner.note(f'write {path}')
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def git_commit(repo: str = REPO) -> str:

@@ -16,6 +16,7 @@ import shlex
 import sys
 
 from launch import gcloud, shell
+from vit_jax import io
 
 
 def _scalar(value) -> str:
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
   if args.out == '-':
     sys.stdout.write(text)
   else:
-    shell.write_text(args.out, text)
+    io.write_text(args.out, text)
     print(f'Wrote {args.out}. Launch it with: sky jobs launch {shlex.quote(args.out)}', file=sys.stderr)
   return 0
 

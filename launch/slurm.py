@@ -20,6 +20,7 @@ import sys
 import time
 
 from launch import record, shell
+from vit_jax import io
 
 
 def add_flags(parser, *, sweep: bool = False) -> None:
@@ -122,7 +123,7 @@ def submit(args, jobs, log_dir: str, runner: shell.Runner, *, parallel: int = 0,
     runner.note(f'{path}:')
     print(text, end='', file=runner.out)
   else:
-    shell.write_text(path, text)
+    io.write_text(path, text)
     try:
       commit = shell.git_commit()
     except shell.CommandError:
@@ -137,7 +138,7 @@ def submit(args, jobs, log_dir: str, runner: shell.Runner, *, parallel: int = 0,
   if done.returncode != 0 or not job_id:
     raise shell.CommandError(done.args, done.returncode, done.stderr)
   for i, (workdir, _) in enumerate(jobs):  # Merged: the job may have started and written to it already.
-    info = json.loads(shell.read_text(shell.join(workdir, record.LAUNCH_FILE)) or '{}')
+    info = json.loads(io.read_text_or_none(io.join(workdir, record.LAUNCH_FILE)) or '{}')
     record.write_launch(workdir, {**info, 'job_id': f'{job_id}_{i}' if len(jobs) > 1 else job_id})
   print(f'Submitted job {job_id}: {path}; logs in {log_dir}', file=sys.stderr)
   if not args.wait:
@@ -168,7 +169,7 @@ def wait(job_id: str, *, poll_s: float = 1.0) -> int:
 
 
 def run_sweep(args, todo, sweep_dir: str, runner: shell.Runner) -> int:
-  if shell.is_gcs(sweep_dir):
+  if io.is_remote(sweep_dir):
     raise SystemExit('launch.sweep: the slurm backend needs a --sweep_dir on the shared filesystem, not gs://.')
   return submit(args, [(run.workdir, list(run.args)) for run in todo], args.log_dir or sweep_dir, runner,
                 parallel=args.parallel, name='slurm')

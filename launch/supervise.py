@@ -1,22 +1,28 @@
 """`launch.tpu launch`: create, set up, run, and supervise until the run is finished, through preemptions.
 
-Every `poll_s` it reads the node's (or queued resource's) state and each worker's job state:
-  * node lost (PREEMPTED, TERMINATED; queued resource SUSPENDING, SUSPENDED, FAILED; or gone): a preemption. The node
-    is deleted and created again (walking the zones from the first), set up, and the identical command rerun: the
-    trainer resumes from its last checkpoint.
-  * job gone from a healthy node (restarted), or ended with status 0 before its last step (the trainer saves and
-    exits 0 on SIGTERM): also a preemption; the command is rerun on the node.
-  * a worker's job exited non-zero on a healthy node: a genuine failure. The job is stopped and rerun.
-Preemptions and failures have separate budgets (`max_preemptions`, `max_failures`); past one, it gives up. The run is
-finished once worker 0 sees its final evaluation in the workdir (launch.record status); then the node is deleted
-unless `keep`. Ctrl-C asks whether to delete the node (after stopping the job, which saves a checkpoint), also one
-that an interrupted create command had asked for; it never leaves a node or queued resource behind without printing
-the command that deletes it.
+The code is packed once, before the node is created (launch/code.py). Every `poll_s` the supervisor reads the node's
+(or queued resource's) state and each worker's job state, and sorts each end of the job (launch/outcome.py):
+  * finished: every worker exited 0 and worker 0 sees the run complete in its workdir. The next job, or the end.
+  * preempted: the node is lost (a lost state of launch/gcloud.py, or not found; a state the launcher does not know,
+    `unknown_polls` polls in a row; workers that answer no ssh for `unreachable_polls` polls), or the job stopped to
+    be resumed (every worker exited 0 before the last step, or the job vanished from a worker) with a checkpoint to
+    resume from. A lost node is deleted and created again (walking the zones from the first) and set up; then the
+    identical command is rerun and resumes from the checkpoint. Counts against `max_preemptions`.
+  * failed: a worker's job exited non-zero (the job's own error line is shown), or the job ended before the run had
+    any checkpoint, or a command on a node that is still up failed (set-up, start, stop, a worker that ssh cannot
+    reach). The job is stopped, set up if it was not, and started again. Counts against `max_failures`.
+A job killed by a signal (exit status over 128, not 130) gets one more poll of the node's state: if the node is lost
+by then, it was a preemption. Past a budget it gives up.
+
+However the launch ends (finished, gave up, no capacity, Ctrl-C, any error), the node does not outlive it unless
+asked: it is deleted, except with `keep` (then its delete command is printed), or when the user answers no after
+Ctrl-C (likewise). A node that cannot be deleted gets its exact delete command printed. The same holds for a queued
+resource, and for a node that a create command which did not complete (Ctrl-C, an error) made after all.
 """
 import dataclasses
 import sys
 
-from launch import gcloud, node as node_lib, shell
+from launch import code as code_lib, node as node_lib, outcome, shell
 
 
 class GiveUp(RuntimeError):
@@ -36,7 +42,8 @@ class Settings:
   code_dir: str = shell.REPO
   python: str = '3.11'
   stop_grace_s: int = 120
-  unreachable_polls: int = 5  # Consecutive polls with no answer from the workers before the job counts as gone.
+  unreachable_polls: int = 5  # Consecutive polls with no answer from the workers before the node counts as lost.
+  unknown_polls: int = 3  # Consecutive polls in a state the launcher does not know before the node counts as lost.
 
 
 class Supervisor:
@@ -46,6 +53,8 @@ class Supervisor:
     self.tpu, self.jobs, self.settings, self.ask, self._out = tpu, [list(j) for j in jobs], settings, ask, out
     self.preemptions = self.failures = self.attempt = 0
     self.started, self.current, self.last_code = False, None, None
+    self.code: code_lib.Code | None = None
+    self.installed = False  # Whether the code is set up on the current node.
 
   @property
   def out(self):
@@ -55,130 +64,171 @@ class Supervisor:
     print(f'[launch {self.tpu.node.name}] {text}', file=self.out, flush=True)
 
   def launch(self) -> int:
-    """0 when every job finished; 1 when a budget ran out or no capacity was found; 130 after Ctrl-C."""
-    if self.tpu.runner.dry_run:
-      self._print_plan()
-      return 0
+    """0 when every job finished and the node is gone (or kept as asked); 1 when a budget ran out, no capacity was
+    found or the node could not be deleted; 130 after Ctrl-C. Errors before
+    a node exists (a clone that is not a git repository, a bad --code) raise; any other error raises after the node
+    is released (see the module doc)."""
+    s = self.settings
+    with code_lib.packed(s.code, s.code_dir, self.tpu.runner) as self.code:
+      if self.tpu.runner.dry_run:
+        self._print_plan()
+        return 0
+      return self._launch()
+
+  def _launch(self) -> int:
     try:
-      self._bring_up()
+      self._create()
       for job in self.jobs:
-        self._supervise(job, shell.workdir_of(job))
+        self._run(job)
       self.say(f'All {len(self.jobs)} run(s) finished.')
-      if self.settings.keep:
-        self.say(f'Kept {self.tpu.where()} (--keep). Delete it with: {shell.shell_line(self._delete_argv())}')
-      else:
-        where = self.tpu.where()
-        self.tpu.delete()
-        self.say(f'Deleted {where}.')
-      return 0
+      return 0 if self._release(keep=self.settings.keep, why='kept (--keep)') else 1
     except node_lib.NoCapacity as e:
       self.say(str(e) + ('. The run is not finished: launch the same command again later and it resumes from its '
                          'last checkpoint.' if self.started else ''))
+      self._release(keep=self.settings.keep, why='kept (--keep)')
       return 1
     except GiveUp as e:
       self.say(f'Giving up: {e}')
-      if self.tpu.zone is not None and self.last_code is not None:  # The failed job's status, for `results`.
-        self.tpu.runner.query(gcloud.ssh(self.tpu.node, self.tpu.zone, gcloud.record_script(
-            'exit', shell.workdir_of(self.current), str(self.last_code)), worker='0'))
-      self._release('kept for debugging (--keep)')
+      if self.tpu.zone is not None and self.last_code:  # The failed job's status, for `results`.
+        self.tpu.record_exit(shell.workdir_of(self.current), self.last_code)
+      self._release(keep=self.settings.keep, why='kept for debugging (--keep)')
       return 1
     except KeyboardInterrupt:
       return self._interrupted()
+    except BaseException as e:  # A create that failed, a bug: the node must not outlive the launcher either way.
+      if not isinstance(e, shell.CommandError):
+        self.say(f'Stopped by an unexpected {type(e).__name__}.')
+      self._release(keep=self.settings.keep, why='kept (--keep)')
+      raise
 
   # Steps.
 
-  def _bring_up(self) -> None:
+  def _create(self) -> None:
     s = self.settings
     self.tpu.create(capacity_wait_s=s.capacity_wait_s, queue_wait_s=s.queue_wait_s, retry_s=s.retry_s,
                     poll_s=min(s.poll_s, 30))
-    self.say(f'Created {self.tpu.where()}; setting up.')
-    self.tpu.setup(code=s.code, code_dir=s.code_dir, python=s.python)
+    self.installed = False
+    self.say(f'Created {self.tpu.where()}.')
+
+  def _run(self, job) -> None:
+    """Starts `job` and acts on each end of it (see the module doc) until its run is finished."""
+    self.current, workdir, then = job, shell.workdir_of(job), 'start'
+    while True:
+      try:
+        if then == 'recreate':
+          self.tpu.delete()
+          self._create()
+        elif then == 'restart':
+          self.tpu.stop(self.settings.stop_grace_s)
+        if not self.installed:
+          self.say(f'Setting up {self.tpu.where()}.')
+          self.tpu.setup(self.code, python=self.settings.python)
+          self.installed = True
+        self._start(job)
+        ending = self._watch(workdir)
+      except shell.CommandError as e:
+        ending = self._after_command_error(e)
+      if ending.kind == 'finished':
+        self.say(f'Finished: {workdir} has its final evaluation.')
+        return
+      self._count(ending)
+      then = 'recreate' if ending.recreate else 'restart'
 
   def _start(self, job) -> None:
     self.attempt += 1
-    self.current, self.started, self.last_code = job, True, None
+    self.started, self.last_code = True, None
     self.tpu.run(job, attempt=self.attempt)
     self.say(f'Started attempt {self.attempt}: {shell.shell_line(shell.main_command(job))}')
 
-  def _supervise(self, job, workdir: str) -> None:
-    self._start(job)
-    unreachable = unknown = 0
+  def _watch(self, workdir: str) -> outcome.Ending:
+    """Polls until the job ends or the node is lost; how it ended."""
+    s, tpu = self.settings, self.tpu
+    unreachable = unknown = unreadable = 0
     while True:
-      self.tpu.sleep(self.settings.poll_s)
-      health, state = self.tpu.health()
+      tpu.sleep(s.poll_s)
+      health, state = tpu.health()
       unknown = unknown + 1 if health == 'unknown' else 0
-      if unknown and unknown % 10 == 0:
-        self.say(f'The state of {self.tpu.where()} could not be read {unknown} times in a row: {state}')
-      if health == 'lost':
-        self._preempted(f'{self.tpu.node.kind()} state {state}', job, recreate=True)
-        unreachable = 0
-        continue
+      unreadable = unreadable + 1 if health == 'unreadable' else 0
+      if health == 'lost' or unknown >= s.unknown_polls:
+        return self._lost(state + (f' (a state the launcher does not know, {unknown} polls in a row)' if unknown
+                                   else ''))
+      if unknown:
+        self.say(f'{tpu.where()} is in state {state}, which the launcher does not know: polling again '
+                 f'({unknown}/{s.unknown_polls}).')
+      if unreadable and unreadable % 10 == 0:
+        self.say(f'The state of {tpu.where()} could not be read {unreadable} times in a row: {state}')
       if health != 'up':
         continue
-      states = self.tpu.job_states()
+      states = tpu.job_states()
+      unreachable = 0 if states is not None else unreachable + 1
+      if unreachable >= s.unreachable_polls:
+        return outcome.Ending('preempted', f'the workers did not answer {unreachable} polls', recreate=True)
       if states is None:
-        unreachable += 1
-        if unreachable >= self.settings.unreachable_polls:
-          self._preempted(f'the workers did not answer {unreachable} polls', job, recreate=True)
-          unreachable = 0
         continue
-      unreachable = 0
-      codes = [int(s.split()[1]) for s in states if s.startswith('exited')]
-      if any(codes):
-        self._failed(codes, job)
-      elif 'none' in states:
-        self._preempted('the job is gone from the node (restarted?)', job, recreate=False)
-      elif len(codes) == len(states):  # Every worker exited 0.
-        if self.tpu.finished(workdir):
-          self.say(f'Finished: {workdir} has its final evaluation.')
-          return
-        self._preempted('the job stopped before its last step (a preemption notice)', job, recreate=False)
+      ending = outcome.classify(states, finished=lambda: tpu.finished(workdir),
+                                checkpoint=lambda: tpu.latest_checkpoint(workdir), log=tpu.log_tail)
+      if ending is not None and ending.code is not None and ending.code > 128 and ending.code != 130:
+        tpu.sleep(s.poll_s)  # Killed by a signal: maybe the node going down. Its state decides.
+        health, state = tpu.health()
+        if health == 'lost':
+          return self._lost(state)
+      if ending is not None:
+        return ending
 
-  def _preempted(self, reason: str, job, *, recreate: bool) -> None:
-    self.preemptions += 1
-    if self.preemptions > self.settings.max_preemptions:
-      raise GiveUp(f'{reason}: preemption {self.preemptions} is past --max_preemptions='
-                   f'{self.settings.max_preemptions}.')
-    self.say(f'Preemption {self.preemptions}/{self.settings.max_preemptions}: {reason}. '
-             + ('Deleting and recreating the node.' if recreate else 'Rerunning the job.'))
-    if recreate:
-      self.tpu.delete()
-      self._bring_up()
+  def _lost(self, state: str) -> outcome.Ending:
+    return outcome.Ending('preempted', f'{self.tpu.node.kind()} state {state}', recreate=True)
+
+  def _after_command_error(self, error: shell.CommandError) -> outcome.Ending:
+    """A command on the node failed: a preemption if the node is lost by the next poll, else a failure."""
+    if self.tpu.zone is None:  # No node (a create that failed otherwise than for capacity): nothing to retry.
+      raise error
+    self.tpu.sleep(self.settings.poll_s)
+    health, state = self.tpu.health()
+    if health == 'lost':
+      return self._lost(f'{state}, after: {error.brief}')
+    return outcome.Ending('failed', error.brief)
+
+  def _count(self, ending: outcome.Ending) -> None:
+    """Counts a preemption or a failure against its budget (GiveUp past it) and says what happens next."""
+    s = self.settings
+    if ending.kind == 'preempted':
+      self.preemptions += 1
+      n, budget, flag = self.preemptions, s.max_preemptions, 'max_preemptions'
+      then = 'Deleting and recreating the node.' if ending.recreate else 'Rerunning the job.'
     else:
-      self.tpu.setup(code=self.settings.code, code_dir=self.settings.code_dir, python=self.settings.python)
-    self._start(job)
-
-  def _failed(self, codes, job) -> None:
-    self.failures += 1
-    self.last_code = next(c for c in codes if c)
-    tail = self.tpu.log_tail()
-    if self.failures > self.settings.max_failures:
-      raise GiveUp(f'the job failed (exit status {sorted(set(codes))}) on a healthy node {self.failures} times, '
-                   f'past --max_failures={self.settings.max_failures}. The end of worker 0\'s log:\n{tail}')
-    self.say(f'The job failed (exit status {sorted(set(codes))}) on a healthy node: rerun '
-             f'{self.failures}/{self.settings.max_failures}. The end of worker 0\'s log:\n{tail}')
-    self.tpu.stop(self.settings.stop_grace_s)
-    self._start(job)
+      self.failures += 1
+      self.last_code = ending.code
+      n, budget, flag = self.failures, s.max_failures, 'max_failures'
+      then = 'Stopping it and running it again.'
+    if n > budget:
+      raise GiveUp(f'{ending.reason}. {ending.kind.capitalize()} {n} is past --{flag}={budget}.')
+    self.say(f'{"Preemption" if ending.kind == "preempted" else "Failure"} {n}/{budget}: {ending.reason}. {then}')
 
   # Leaving.
 
-  def _delete_argv(self):
-    return gcloud.delete(self.tpu.node, self.tpu.zone)
-
-  def _release(self, kept_reason: str) -> None:
-    if self.tpu.zone is None:
-      return
-    if self.settings.keep:
-      self.say(f'{self.tpu.where()} {kept_reason}; delete it with: {shell.shell_line(self._delete_argv())}')
-    else:
+  def _release(self, *, keep: bool, why: str) -> bool:
+    """Deletes the node, if there is one, unless `keep`; prints its delete command when kept or not deleted. False
+    when it could not be deleted."""
+    if not self.tpu.adopt_interrupted_create():
+      return True
+    where, command = self.tpu.where(), self.tpu.delete_command()
+    if keep:
+      self.say(f'{where} {why}; it holds TPU capacity (and quota) until deleted:\n  {command}')
+      return True
+    try:
       self.tpu.delete()
-      self.say(f'Deleted {self.tpu.node.kind()} {self.tpu.node.name}.')
+    except (shell.CommandError, KeyboardInterrupt) as e:
+      brief = e.brief if isinstance(e, shell.CommandError) else 'interrupted'
+      self.say(f'Could not delete {where} ({brief}). It holds TPU capacity (and quota) until deleted:\n  {command}')
+      return False
+    self.say(f'Deleted {where}.')
+    return True
 
   def _interrupted(self) -> int:
     if not self.tpu.adopt_interrupted_create():
       self.say('Interrupted; nothing is left running.')
       return 130
-    where, delete = self.tpu.where(), shell.shell_line(self._delete_argv())
+    where, delete = self.tpu.where(), self.tpu.delete_command()
     print(file=self.out)
     self.say(f'Interrupted. {where} still exists and holds TPU capacity (and quota) until it is deleted.')
     try:
@@ -191,32 +241,31 @@ class Supervisor:
     if answer.strip().lower() not in ('', 'y', 'yes'):
       self.say(f'Kept {where}. It holds capacity until you delete it:\n  {delete}')
       return 130
-    try:
-      if self.started:
-        self.say('Stopping the job (it saves a checkpoint), then deleting.')
+    if self.started:
+      self.say('Stopping the job (it saves a checkpoint), then deleting.')
+      try:
         self.tpu.stop(self.settings.stop_grace_s)
-      self.tpu.delete()
-      self.say(f'Deleted {where}.')
-    except (KeyboardInterrupt, shell.CommandError) as e:
-      self.say(f'Deleting did not complete ({type(e).__name__}). Delete it with:\n  {delete}')
+      except shell.CommandError as e:
+        self.say(f'Could not stop the job ({e.brief}); deleting anyway.')
+      except KeyboardInterrupt:
+        self.say(f'Not deleted (interrupted). Delete it with:\n  {delete}')
+        return 130
+    self._release(keep=False, why='')
     return 130
 
   def _print_plan(self) -> None:
     tpu, r, s = self.tpu, self.tpu.runner, self.settings
     tpu.create()
-    tpu.setup(code=s.code, code_dir=s.code_dir, python=s.python)
+    tpu.setup(self.code, python=s.python)
     for i, job in enumerate(self.jobs):
       if i:
         r.note('when the run above has finished, the next one:')
       tpu.run(job)
-      r.note(f'then every {s.poll_s:g} s, the state and each worker\'s job state:')
-      r.note(shell.shell_line(gcloud.describe(tpu.node, tpu.zone)))
-      r.note(shell.shell_line(gcloud.ssh(tpu.node, tpu.zone, gcloud.status_script())))
-      r.note('once every worker exited 0, whether the run is finished:')
-      r.note(shell.shell_line(gcloud.ssh(tpu.node, tpu.zone, gcloud.record_script('status', shell.workdir_of(job)),
-                                         worker='0')))
+      r.note(f'then every {s.poll_s:g} s until the run is finished:')
+      for when, command in tpu.poll_commands(shell.workdir_of(job)):
+        r.note(f'{when}: {command}')
     if s.keep:
-      r.note(f'--keep: not deleted. {shell.shell_line(self._delete_argv())}')
+      r.note(f'--keep: not deleted. {tpu.delete_command()}')
     else:
       r.note('at the end:')
       tpu.delete()

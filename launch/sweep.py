@@ -27,6 +27,7 @@ import sys
 import time
 
 from launch import hyper, record, shell
+from vit_jax import io
 
 SWEEP_FILE = 'sweep.json'
 RUN_LOG = 'run.log'  # A local run's output, in its workdir (appended across resumes).
@@ -90,21 +91,21 @@ def plan(config_spec: str, sweep_dir: str, sweeps: list[dict], fixed: dict) -> l
     if name in seen:
       raise ValueError(f'The sweep lists the run {name!r} twice ({seen[name]} and {overrides}).')
     seen[name] = overrides
-    workdir = shell.join(sweep_dir, name)
+    workdir = io.join(sweep_dir, name)
     args = (f'--config={config_spec}', f'--workdir={workdir}', *hyper.overrides_args(fixed),
             *hyper.overrides_args(overrides))
     runs.append(Run(name, dict(overrides), workdir, args))
   return runs
 
 
-def read_sweep(sweep_dir: str, runner=None) -> dict | None:
-  text = shell.read_text(shell.join(sweep_dir, SWEEP_FILE), runner)
+def read_sweep(sweep_dir: str) -> dict | None:
+  text = io.read_text_or_none(io.join(sweep_dir, SWEEP_FILE))
   return json.loads(text) if text else None
 
 
 def record_sweep(sweep_dir: str, config_spec: str, fixed: dict, runs: list[Run], backend: str, runner) -> dict:
   """Writes SWEEP_DIR/sweep.json: the config, the fixed overrides, and every run so far (earlier runs are kept)."""
-  old = read_sweep(sweep_dir, runner)
+  old = read_sweep(sweep_dir)
   if old and old['config'] != config_spec:
     raise ValueError(f'{sweep_dir} holds a sweep of --config={old["config"]}, not {config_spec}: use another '
                      '--sweep_dir.')
@@ -114,17 +115,17 @@ def record_sweep(sweep_dir: str, config_spec: str, fixed: dict, runs: list[Run],
   sweep = {'config': config_spec, 'fixed': fixed, 'backend': backend, 'updated': record.now(),
            'runs': list(known.values())}
   if runner.dry_run:
-    runner.note(f'(a real run writes {shell.join(sweep_dir, SWEEP_FILE)})')
+    runner.note(f'(a real run writes {io.join(sweep_dir, SWEEP_FILE)})')
   else:
-    shell.write_text(shell.join(sweep_dir, SWEEP_FILE), json.dumps(sweep, indent=2) + '\n', runner)
+    io.write_text(io.join(sweep_dir, SWEEP_FILE), json.dumps(sweep, indent=2) + '\n')
   return sweep
 
 
-def split_done(runs: list[Run], fixed: dict, runner=None) -> tuple[list[Run], list[Run]]:
+def split_done(runs: list[Run], fixed: dict) -> tuple[list[Run], list[Run]]:
   """(finished runs, runs to start or resume)."""
   done, todo = [], []
   for run in runs:
-    state = record.status(record.read(run.workdir, runner), overrides=run.target_overrides(fixed))
+    state = record.status(record.read(run.workdir), overrides=run.target_overrides(fixed))
     (done if state == 'finished' else todo).append(run)
   return done, todo
 
@@ -259,9 +260,9 @@ def main_run(argv) -> int:
   runner = shell.Runner(dry_run=args.dry_run)
   try:
     runs = plan(args.config, sweep_dir, sweeps, fixed)
-    done, todo = split_done(runs, fixed, runner)
+    done, todo = split_done(runs, fixed)
     record_sweep(sweep_dir, args.config, fixed, runs, args.backend, runner)
-  except (ValueError, shell.CommandError) as e:
+  except (ValueError, io.StorageError) as e:
     print(f'launch.sweep: {e}', file=sys.stderr)
     return 2
   runner.note(f'{len(runs)} runs in {sweep_dir}: {len(done)} finished (skipped), {len(todo)} to run')
@@ -294,7 +295,7 @@ def _run_backend(args, runs, todo, sweep_dir, runner) -> int:
 
 
 def _tail(path: str, lines: int = 15) -> str:
-  text = shell.read_text(path) or ''
+  text = io.read_text_or_none(path) or ''
   return '\n'.join(text.splitlines()[-lines:])
 
 

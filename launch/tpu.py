@@ -14,7 +14,8 @@
   launch   create + setup + run, then supervise until the run is finished, recreating the node after preemptions
            (launch/supervise.py); then delete unless --keep
 Every subcommand takes --dry-run: it prints the commands it would run, one per line, and runs nothing. ARGS (after
-"--") are vit_jax.main's, with paths relative to the clone's root and a gs:// --workdir, e.g.
+"--") are vit_jax.main's, with paths relative to the clone's root and a gs:// --workdir (a local one is on the VM's
+own disk, deleted with the node; `run` and `launch` refuse it unless --allow_local_workdir), e.g.
 
   python -m launch.tpu launch --name=vit-s16 --accelerator=v4-32 --zones=us-central2-b --spot -- \
       --config=configs/pretrain_i1k.py:ViT-S_16 --workdir=gs://my-bucket/runs/vit_s16
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from launch import gcloud, node as node_lib, shell, supervise
+from launch import code as code_lib, gcloud, node as node_lib, shell, supervise
 
 SUBCOMMANDS = ('create', 'setup', 'run', 'logs', 'status', 'ssh', 'stop', 'delete', 'launch')
 
@@ -84,6 +85,16 @@ def add_sweep_flags(parser) -> None:
   _launch_flags(g)
 
 
+def check_workdir(main_args, *, allow_local: bool = False) -> str:
+  """The run's --workdir; a ValueError (one line: why, and what to give) for a local one, unless `allow_local`."""
+  workdir = shell.workdir_of(main_args)
+  if not workdir.startswith('gs://') and not allow_local:
+    raise ValueError(f"--workdir={workdir} is on the TPU VM's own disk, which is deleted with the node (on a "
+                     'preemption, and at the end): give --workdir=gs://BUCKET/PATH, or pass --allow_local_workdir '
+                     'for a single-host experiment you accept losing.')
+  return workdir
+
+
 def node_from(args) -> gcloud.Node:
   zones = tuple(z.strip() for z in (args.zones or '').split(',') if z.strip())
   provisioning = 'spot' if args.spot else 'reserved' if args.reserved else 'on-demand'
@@ -120,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
       _setup_flags(p)
     if name == 'launch':
       _launch_flags(p)
+    if name in ('run', 'launch'):
+      p.add_argument('--allow_local_workdir', action='store_true', help="Accept a local --workdir: the VM's own "
+                     'disk, deleted with the node, so a preemption or the final delete loses the run (single host '
+                     'only; a pod needs gs://).')
     if name == 'logs':
       p.add_argument('-f', '--follow', action='store_true')
       p.add_argument('--lines', type=int, default=100)
@@ -141,7 +156,7 @@ def main(argv=None) -> int:
   try:
     tpu = node_lib.Tpu(node_from(args), runner)
     if args.subcommand in ('run', 'launch'):
-      shell.workdir_of(main_args)
+      check_workdir(main_args, allow_local=args.allow_local_workdir)
     elif main_args:
       raise ValueError(f'{args.subcommand} takes no vit_jax.main arguments (got {shell.shell_line(main_args)}).')
     return _dispatch(args, tpu, with_distributed(main_args))
@@ -151,7 +166,7 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:  # (`launch` asks what to do itself.)
     if args.subcommand == 'create' and tpu and tpu.adopt_interrupted_create():
       print(f'\nlaunch.tpu create: interrupted; {tpu.where()} exists and holds capacity (and quota) until it is '
-            f'deleted:\n  {shell.shell_line(gcloud.delete(tpu.node, tpu.zone))}', file=sys.stderr)
+            f'deleted:\n  {tpu.delete_command()}', file=sys.stderr)
     return 130
 
 
@@ -166,7 +181,8 @@ def _dispatch(args, tpu: node_lib.Tpu, main_args) -> int:
     return 0 if zone else 1
   tpu.locate()
   if command == 'setup':
-    tpu.setup(code=args.code, code_dir=args.code_dir, python=args.python)
+    with code_lib.packed(args.code, args.code_dir, runner) as code:
+      tpu.setup(code, python=args.python)
   elif command == 'run':
     states = None if runner.dry_run else tpu.job_states()
     if states and 'running' in states:
@@ -175,36 +191,19 @@ def _dispatch(args, tpu: node_lib.Tpu, main_args) -> int:
     tpu.run(main_args)
   elif command == 'logs':
     try:
-      runner.run(gcloud.ssh(tpu.node, tpu.zone, gcloud.logs_script(follow=args.follow, lines=args.lines,
-                                                                   prefix=args.worker == 'all'), worker=args.worker),
-                 capture=False)
+      tpu.logs(follow=args.follow, lines=args.lines, worker=args.worker)
     except KeyboardInterrupt:
       pass
   elif command == 'status':
-    _status(tpu)
+    for line in tpu.status_lines():
+      print(line)
   elif command == 'ssh':
-    runner.run(gcloud.ssh(tpu.node, tpu.zone, args.command, worker=args.worker), capture=False)
+    tpu.shell(args.command, worker=args.worker)
   elif command == 'stop':
     tpu.stop(args.grace)
   elif command == 'delete':
     tpu.delete()
   return 0
-
-
-def _status(tpu: node_lib.Tpu) -> None:
-  runner = tpu.runner
-  describes = [gcloud.describe(tpu.node, tpu.zone)] + ([gcloud.describe(tpu.node, tpu.zone, vm=True)]
-                                                       if tpu.node.queued else [])
-  for argv in describes:
-    done = runner.run(argv, check=False, quiet=True)
-    if not runner.dry_run:
-      what = 'queued resource' if 'queued-resources' in argv else 'TPU VM'
-      print(f'{what} {tpu.node.name} ({tpu.zone}): {done.stdout.strip() or done.stderr.strip()}')
-  done = runner.run(gcloud.ssh(tpu.node, tpu.zone, gcloud.status_script()), check=False, quiet=True)
-  if not runner.dry_run:
-    states = gcloud.job_states(done.stdout)
-    print('job: ' + (', '.join(f'worker {i} {s}' for i, s in enumerate(states)) if states else
-                     f'no answer from the workers ({done.stderr.strip()[-200:]})'))
 
 
 def node_argv(args, name: str) -> list[str]:
@@ -223,7 +222,7 @@ def run_sweep(args, runs, todo, runner: shell.Runner) -> int:
   """launch.sweep's tpu backend: a supervised node per run (in parallel), or the runs in turn on one node."""
   if not args.name or not args.zones:
     raise ValueError('The tpu backend needs --name (the node, or the prefix of each run\'s node) and --zones.')
-  bad = [r.workdir for r in todo if not shell.is_gcs(r.workdir)]
+  bad = [r.workdir for r in todo if not r.workdir.startswith('gs://')]
   if bad:
     raise ValueError(f'The tpu backend needs a gs:// --sweep_dir (the workers write there; `results` reads it), '
                      f'not {bad[0]}.')

@@ -1,9 +1,15 @@
-"""Test helpers for launch/: a fake `gcloud` on PATH with a scripted scenario, and a tiny git clone to ship."""
+"""Test helpers for launch/: a fake `gcloud` on PATH with a scripted scenario, a tiny git clone to ship, and the `gcs`
+fixture (gs:// served from a local folder)."""
 import json
 import os
 import pathlib
 import subprocess
 import sys
+
+import fake_gcs
+import pytest
+from etils.epath import backend
+from fsspec.registry import _registry as fsspec_registry  # pylint: disable=protected-access
 
 HERE = pathlib.Path(__file__).resolve().parent
 STATUS = 'vit_jax-job:'
@@ -51,3 +57,16 @@ def git_clone(path: pathlib.Path) -> str:
   subprocess.run([*git, 'add', '.'], check=True)
   subprocess.run([*git, 'commit', '-q', '-m', 'x'], check=True)
   return subprocess.run([*git, 'rev-parse', 'HEAD'], check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def gcs(tmp_path, monkeypatch):
+  """gs://BUCKET/PATH served from tmp_path/gcs/BUCKET/PATH, in this process and the ones it starts (fake_gcs.py)."""
+  root = tmp_path / 'gcs'
+  for protocol in fake_gcs.FakeGCS.protocol:  # Put back whatever served gs:// before, after the test.
+    monkeypatch.setitem(fsspec_registry, protocol, fsspec_registry.get(protocol))
+  fake_gcs.install(root)
+  for key, value in fake_gcs.env(root).items():
+    monkeypatch.setenv(key, value)
+  yield root
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access

@@ -71,7 +71,9 @@ def test_tpu_commands_keep_every_value_inert(tmp_path, monkeypatch, sandbox, cap
   assert calls[0][5:7] == [f'--accelerator-type={nasty[1]}', f'--version={nasty[4]}'] and calls[0][-1] == nasty[5]
 
   home, run, recorded = sandbox
-  shutil.copy(next(tmp_path.glob('vit_jax-*.tar.gz')), home)
+  scp = next(c for c in calls if c[3] == 'scp')  # The launch's own archive is gone: make the same one on the worker.
+  subprocess.run(['git', '-C', str(clone), 'archive', '--format=tar.gz', '-o', str(home / scp[5].split(':', 1)[1]),
+                  'HEAD'], check=True)
   for call in calls:
     command = next((a[len('--command='):] for a in call if a.startswith('--command=')), None)
     if command is not None:
@@ -92,7 +94,9 @@ def test_tpu_commands_keep_every_value_inert(tmp_path, monkeypatch, sandbox, cap
   capsys.readouterr()
   assert tpu.main(['launch', '--dry-run', *flags, '--', *main_args]) == 0
   printed = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith('gcloud')]
-  for line in printed:  # Each printed line is the very argv that runs (launch.json's timestamp aside).
+  for line in printed:  # Each printed line is the very argv that runs (launch.json's timestamp and the private
+    if line[4] == 'scp':  # folder of the archive aside).
+      line[5] = scp[4]
     if 'launch.record write' not in line[-1]:
       assert line[1:] in calls, line
   assert not (tmp_path / 'pwned').exists()

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import record, shell, slurm
+from launch import record, slurm
 from test_multihost import SMALL, _by_step, _run, tfds_dir  # noqa: F401  (tfds_dir: a fixture)
 from vit_jax import metrics
 from vit_jax import workdir as workdir_lib
@@ -114,4 +114,4 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, tfds
   info = json.loads((w2 / 'launch.json').read_text())
   assert info['backend'] == 'slurm' and info['returncode'] == 0 and info['job_id'].isdigit()
   assert record.status(record.read(str(w2))) == 'finished'
-  assert shell.read_text(str(logs / 'vit_jax_test.sbatch')).startswith('#!/bin/bash')
+  assert (logs / 'vit_jax_test.sbatch').read_text().startswith('#!/bin/bash')

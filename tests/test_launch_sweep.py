@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from launch import hyper, record, results, shell, sweep
+from launch_fakes import FakeGcloud, gcs  # noqa: F401  (gcs: a fixture)
 from test_multihost import tfds_dir  # noqa: F401  (the sklearn_digits fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -244,20 +245,19 @@ def test_slurm_backend_submits_one_array_job(tmp_path, capsys):
   assert out.rstrip().endswith(f'sbatch --parsable {tmp_path}/sw/slurm.sbatch')
 
 
-def test_results_of_a_gcs_sweep_read_through_gcloud_storage(tmp_path, monkeypatch):
-  from launch_fakes import FakeGcloud  # pylint: disable=g-import-not-at-top
-  fake = FakeGcloud(tmp_path, monkeypatch)
+def test_results_of_a_gcs_sweep_are_read_and_written_through_vit_jax_io(tmp_path, monkeypatch, gcs):
+  fake = FakeGcloud(tmp_path, monkeypatch)  # On PATH to see any gcloud call.
   spec = {'config': 'c.py', 'fixed': {}, 'runs': [{'name': 'seed=1', 'overrides': {'seed': 1},
                                                    'workdir': 'gs://b/sw/seed=1'}]}
-  missing = [{'rc': 1, 'stderr': 'ERROR: The following URLs matched no objects or files\n'}]
-  fake.script([(['cat', 'gs://b/sw/sweep.json'], [json.dumps(spec)]),
-               (['cat', 'gs://b/sw/seed=1/config.json'], [json.dumps({'total_steps': 2})]),
-               (['cat', 'gs://b/sw/seed=1/metrics.jsonl'], ['{"step": 2, "eval/accuracy": 0.5, "eval/loss": 1.0}\n']),
-               (['cat'], missing), (['ls'], missing)])
-  rows = results.write('gs://b/sw', out=str(tmp_path / 'out'))
+  (gcs / 'b' / 'sw' / 'seed=1').mkdir(parents=True)
+  (gcs / 'b' / 'sw' / 'sweep.json').write_text(json.dumps(spec))
+  (gcs / 'b' / 'sw' / 'seed=1' / 'config.json').write_text(json.dumps({'total_steps': 2}))
+  (gcs / 'b' / 'sw' / 'seed=1' / 'metrics.jsonl').write_text('{"step": 2, "eval/accuracy": 0.5, "eval/loss": 1.0}\n')
+  rows = results.write('gs://b/sw')
   assert [(r['run'], r['status'], r['final eval/accuracy']) for r in rows] == [('seed=1', 'finished', 0.5)]
-  assert (tmp_path / 'out' / 'results.md').exists() and (tmp_path / 'out' / 'results.png').exists()
-  assert ['storage', 'cat', 'gs://b/sw/seed=1/metrics.jsonl'] in fake.calls()
+  assert (gcs / 'b' / 'sw' / 'results.csv').read_text().splitlines()[1].startswith('seed=1,1,finished,2,0.5000')
+  assert (gcs / 'b' / 'sw' / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert fake.calls() == []
 
 
 def test_local_backend_starts_the_others_once_the_first_run_has_its_config(tmp_path):

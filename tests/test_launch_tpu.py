@@ -2,6 +2,8 @@
 and a queued resource, zone fallback, recreation after PREEMPTED/SUSPENDED, the failure budget, Ctrl-C."""
 import json
 import os
+import pathlib
+import re
 import shlex
 import signal
 import subprocess
@@ -12,7 +14,7 @@ import time
 import pytest
 
 from launch import gcloud, node as node_lib, shell, supervise, sweep, tpu
-from launch_fakes import FakeGcloud, git_clone, workers
+from launch_fakes import FakeGcloud, gcs, git_clone, workers  # noqa: F401  (gcs: a fixture)
 
 ARGS = ['--config=configs/default.py', '--workdir=gs://bucket/runs/s16', '--config.total_steps=10']
 RUN_ARGS = ['--distributed=on', *ARGS]
@@ -21,6 +23,7 @@ VM = ['compute', 'tpus', 'tpu-vm']
 QR = ['compute', 'tpus', 'queued-resources']
 STATUS = gcloud.status_script()
 FINISHED = gcloud.record_script('status', 'gs://bucket/runs/s16')
+CHECKPOINT = gcloud.launch_script('outcome', 'checkpoint', 'gs://bucket/runs/s16')
 
 
 @pytest.fixture
@@ -44,10 +47,19 @@ def _launch(clone, *extra, zones='us-central2-b', args=ARGS):
   return tpu.main(['launch', *_flags(clone, *extra, zones=zones), '--', *args])
 
 
-def _setup_calls(clone, tmp_path, where=WHERE):
+def _archive(calls, tmp_path) -> str:
+  """The local archive that the launch shipped: in a private folder of the temporary directory, gone afterwards."""
+  local = pathlib.Path(next(c[4] for c in calls if c[3] == 'scp'))
+  assert local.parent.parent == tmp_path and local.parent.name.startswith('vit_jax-launch-'), local
+  assert not local.parent.exists()
+  return str(local)
+
+
+def _setup_calls(clone, local, where=WHERE):
   commit = clone[1]
   archive = f'vit_jax-{commit[:12]}.tar.gz'
-  return [[*VM, 'scp', str(tmp_path / archive), f'vit-s16:{archive}', *where, '--worker=all'],
+  assert os.path.basename(local) == archive
+  return [[*VM, 'scp', local, f'vit-s16:{archive}', *where, '--worker=all'],
           [*VM, 'ssh', 'vit-s16', *where, '--worker=all', '--command=' + gcloud.setup_script(archive, commit)]]
 
 
@@ -78,7 +90,7 @@ def test_launch_on_a_pod_runs_the_exact_commands_and_deletes_at_the_end(fake, cl
   calls = fake.calls()
   assert calls[0] == [*VM, 'create', 'vit-s16', '--accelerator-type=v4-32', '--version=tpu-ubuntu2204-base', *WHERE,
                       '--spot']
-  assert calls[1:4] == _setup_calls(clone, tmp_path) + _run_calls()
+  assert calls[1:4] == _setup_calls(clone, _archive(calls, tmp_path)) + _run_calls()
   write = calls[4]
   assert write[:8] == [*VM, 'ssh', 'vit-s16', *WHERE, '--worker=0']
   info = _launch_json(write)
@@ -102,7 +114,7 @@ def test_launch_through_a_queued_resource_waits_for_active_and_deletes_it(fake, 
                       '--runtime-version=tpu-ubuntu2204-base', *WHERE, '--spot']
   assert [c[3] for c in calls[1:4]] == ['describe'] * 3
   assert calls[1] == [*QR, 'describe', 'vit-s16', *WHERE, '--format=value(state.state)']
-  assert calls[4:7] == _setup_calls(clone, tmp_path) + _run_calls()
+  assert calls[4:7] == _setup_calls(clone, _archive(calls, tmp_path)) + _run_calls()
   assert calls[-1] == [*QR, 'delete', 'vit-s16', *WHERE, '--force', '--quiet']
 
 
@@ -115,7 +127,7 @@ def test_create_tries_the_next_zone_after_a_capacity_error(fake, clone, tmp_path
   assert _launch(clone, zones='us-central2-b,europe-west4-a') == 0
   calls = fake.calls()
   assert [_zone(c) for c in calls[:2]] == ['--zone=us-central2-b', '--zone=europe-west4-a']
-  assert calls[2:5] == _setup_calls(clone, tmp_path, where_b) + _run_calls(where_b)
+  assert calls[2:5] == _setup_calls(clone, _archive(calls, tmp_path), where_b) + _run_calls(where_b)
   assert _launch_json(calls[5])['zone'] == 'europe-west4-a'
   assert calls[-1] == [*VM, 'delete', 'vit-s16', *where_b, '--quiet']
 
@@ -158,7 +170,7 @@ def test_launch_recreates_the_node_and_reruns_the_same_command_after_a_preemptio
 
 def test_launch_reruns_on_the_node_when_the_job_stopped_before_its_last_step(fake, clone):
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0'), workers('exited 0')]),
-               ([FINISHED], [{'rc': 3}, {'rc': 0}])])
+               ([FINISHED], [{'rc': 3}, {'rc': 0}]), ([CHECKPOINT], ['vit_jax-checkpoint: 4\n'])])
   assert _launch(clone) == 0
   calls = _without_polls(fake.calls())
   assert sum(c[3] == 'create' for c in calls) == 1
@@ -295,10 +307,10 @@ def test_dry_run_prints_commands_and_runs_none(fake, clone, capsys):
   assert fake.calls() == []
   lines = capsys.readouterr().out.splitlines()
   commands = [line for line in lines if not line.startswith('#')]
-  assert commands[0].startswith('gcloud compute tpus queued-resources create vit-s16 ')
+  assert commands[0].startswith(f'git -C {clone[0]} archive --format=tar.gz')  # Packed before a node is paid for.
+  assert commands[1].startswith('gcloud compute tpus queued-resources create vit-s16 ')
   assert any(line.startswith('# if us-central2-b has no capacity: gcloud compute tpus queued-resources create')
              for line in lines)
-  assert commands[1].startswith(f'git -C {clone[0]} archive --format=tar.gz')
   assert commands[-1] == 'gcloud compute tpus queued-resources delete vit-s16 --zone=us-central2-b ' \
                          '--project=my-proj --force --quiet'
   for sub in ('create', 'setup', 'status', 'stop', 'delete', 'logs', 'ssh'):
@@ -324,26 +336,22 @@ def _sweep_flags(clone, *extra):
           '--poll=0', *extra]
 
 
-def test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node(fake, clone):
-  missing = [{'rc': 1, 'stderr': 'ERROR: The following URLs matched no objects or files\n'}]
-  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']),
-               ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
+def test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node(fake, clone, gcs):
+  fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
   assert sweep.main(_sweep_flags(clone, '--tpu_mode=one_vm')) == 0
   calls = fake.calls()
-  storage = [c[1] for c in calls if c[0] == 'storage']
-  assert storage == ['cat', 'cat', 'cat', 'ls'] * 2 + ['cat', 'cp']  # Each run's record, then sweep.json.
-  calls = _without_polls([c for c in calls if c[0] == 'compute'])
-  tpu_calls = [c for c in calls if c[0] == 'compute']
+  assert {c[0] for c in calls} == {'compute'}  # The sweep dir is read and written through vit_jax.io, not gcloud.
+  assert [r['name'] for r in json.loads((gcs / 'bucket' / 'sw' / 'sweep.json').read_text())['runs']] == [
+      'seed=1', 'seed=2']
+  tpu_calls = _without_polls(calls)
   assert [c[3] for c in tpu_calls].count('create') == 1 and tpu_calls[-1][3] == 'delete'
   runs = [shlex.split(c[-1][len('--command='):]) for c in tpu_calls if 'setsid' in c[-1]]
   assert [next(a for a in shlex.split(r[r.index('-c') + 1]) if a.startswith('--workdir')) for r in runs] == [
       '--workdir=gs://bucket/sw/seed=1', '--workdir=gs://bucket/sw/seed=2']
 
 
-def test_sweep_with_a_vm_per_run_launches_a_supervised_node_for_each(fake, clone, capsys):
-  missing = [{'rc': 1, 'stderr': 'matched no objects\n'}]
-  fake.script([(['storage', 'cat'], missing), (['storage', 'ls'], missing), (['describe'], ['READY\n']),
-               ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
+def test_sweep_with_a_vm_per_run_launches_a_supervised_node_for_each(fake, clone, capsys, gcs):
+  fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), (['launch.record status'], [''])])
   assert sweep.main(_sweep_flags(clone, '--dry-run')) == 0
   lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if not line.startswith('#')]
   assert [line[1:5] for line in lines] == [['-m', 'launch.tpu', 'launch', f'--name=sw-{i}'] for i in (0, 1)]
@@ -362,3 +370,24 @@ def test_run_refuses_a_node_with_a_running_job_and_status_shows_each_worker(fake
   assert tpu.main(['status', *_flags(clone)[:5]]) == 0
   assert capsys.readouterr().out.splitlines() == ['TPU VM vit-s16 (us-central2-b): READY',
                                                   'job: worker 0 running, worker 1 exited 1']
+
+
+@pytest.mark.parametrize('sub', ['launch', 'run'])
+def test_a_local_workdir_is_refused_in_one_line_unless_allowed(fake, clone, capsys, sub):
+  args, flags = ['--config=configs/default.py', '--workdir=runs/s16'], _flags(clone)[:5 if sub == 'run' else None]
+  assert tpu.main([sub, *flags, '--', *args]) == 2
+  assert capsys.readouterr().err.splitlines() == [
+      f"launch.tpu {sub}: --workdir=runs/s16 is on the TPU VM's own disk, which is deleted with the node (on a "
+      'preemption, and at the end): give --workdir=gs://BUCKET/PATH, or pass --allow_local_workdir for a single-host '
+      'experiment you accept losing.']
+  assert fake.calls() == []
+  assert tpu.main([sub, '--dry-run', '--allow_local_workdir', *flags, '--', *args]) == 0
+
+
+def test_gcloud_command_lines_are_made_only_by_node_and_gcloud_modules():
+  """node.Tpu runs and prints every gcloud command, from launch/gcloud.py's builders; gs:// files go through
+  vit_jax.io, never `gcloud storage`."""
+  spelled = re.compile(r'gcloud\.(?:create|describe|delete|ssh|scp)\(|[\'"]gcloud[\'"]')
+  found = {p.name: spelled.findall(p.read_text()) for p in (pathlib.Path(shell.REPO) / 'launch').glob('*.py')
+           if p.name not in ('gcloud.py', 'node.py')}
+  assert {name: hits for name, hits in found.items() if hits} == {}

@@ -1,0 +1,116 @@
+"""How a launched job ended: finished, preempted (it saved and can resume) or failed, and the one line that says why.
+
+vit_jax.main's exit statuses: 0 when the run is complete, and also when it stopped early to be resumed (SIGTERM or a
+first Ctrl-C: it saves a checkpoint, then exits 0); 1 for an error (a user error is one `E` log line naming the
+cause; a bug, a traceback); 2 for a bad command line (one line per bad flag); 130 when a second Ctrl-C aborted it.
+A shell reports a process killed by signal N as 128 + N.
+
+The rule (`classify`), for the job on every worker of a node that is up:
+  * any worker exited non-zero: failed;
+  * every worker exited 0 and the run is complete: finished;
+  * every worker exited 0 before the end, or the job vanished from a worker (the VM restarted): preempted when the
+    run has a checkpoint to resume from (SIGTERM-with-resume), else failed (it ended before its first checkpoint:
+    a `--help` among the arguments, say);
+  * otherwise it is still running.
+A lost node is a preemption too; the supervisor (launch/supervise.py) decides that from the node's state.
+
+On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest finalised checkpoint
+(`vit_jax-checkpoint: STEP`, or `none`): WORKDIR/checkpoints/<step>/ as the trainer's Orbax manager writes it,
+renamed to the bare step once complete locally, holding commit_success.txt once complete on gs://. This mirrors the
+workdir module's rule (vit_jax/workdir.py is to own it: use it here once it does).
+"""
+import dataclasses
+import re
+import sys
+
+from vit_jax import io
+
+CHECKPOINT_MARK = 'vit_jax-checkpoint:'
+_ABSL_ERROR = re.compile(r'^[EF]\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)$')  # absl's E/F lines: the message after "] ".
+_ATTEMPT = '=== '  # gcloud.run_script starts each attempt's output with "=== DATE vit_jax.main ARGS".
+MEANINGS = {1: 'an error', 2: 'a bad command line', 130: 'aborted by a second Ctrl-C', 137: 'killed (SIGKILL)',
+            143: 'killed by SIGTERM before it could save'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ending:
+  kind: str  # 'finished', 'preempted' or 'failed'
+  reason: str
+  recreate: bool = False  # preempted: the node itself is lost, so it is deleted and created again.
+  code: int | None = None  # failed: the job's non-zero exit status, when it had one.
+
+
+def exit_codes(states) -> list[int]:
+  """The exit statuses in per-worker job states ('running', 'exited N', 'none')."""
+  return [int(s.split()[1]) for s in states if s.startswith('exited')]
+
+
+def describe_exit(code: int) -> str:
+  meaning = MEANINGS.get(code) or (f'killed by signal {code - 128}' if code > 128 else None)
+  return f'exit status {code}' + (f', {meaning}' if meaning else '')
+
+
+def error_line(log: str) -> str:
+  """The job's own one-line error from the end of its log: the last absl error line's message, else the last line
+  (a traceback's exception, a bad flag), of the last attempt's output."""
+  lines = log.splitlines()
+  starts = [i for i, line in enumerate(lines) if line.startswith(_ATTEMPT)]
+  lines = [line.strip() for line in lines[starts[-1] + 1 if starts else 0:] if line.strip()]
+  for line in reversed(lines):
+    match = _ABSL_ERROR.match(line)
+    if match:
+      return match.group(1)
+  return lines[-1] if lines else '(the log is empty)'
+
+
+def classify(states, *, finished, checkpoint, log) -> Ending | None:
+  """The module doc's rule; None while the job runs. `finished()` (whether the run is complete), `checkpoint()` (its
+  latest checkpoint step or None) and `log()` (the end of its log) are called only when needed."""
+  codes = exit_codes(states)
+  failed = next((c for c in codes if c), None)
+  if failed is not None:
+    return Ending('failed', f'the job ended with {describe_exit(failed)}: {error_line(log())}', code=failed)
+  gone = 'none' in states
+  if not gone and len(codes) < len(states):
+    return None
+  if not gone and finished():
+    return Ending('finished', 'the run is complete')
+  how = 'the job is gone from the node (restarted?)' if gone else 'the job exited 0 before its last step'
+  step = checkpoint()
+  if step is None:
+    return Ending('failed', f'{how}, before its first checkpoint: {error_line(log())}')
+  return Ending('preempted', f'{how}; it resumes from its checkpoint at step {step}')
+
+
+def latest_checkpoint(workdir: str) -> int | None:
+  """The step of the run's latest finalised checkpoint (see the module doc), None when it has none."""
+  folder = io.join(workdir, 'checkpoints')
+  if not io.isdir(folder):
+    return None
+  steps = sorted((int(n) for n in io.listdir(folder) if n.isdigit()), reverse=True)
+  if io.is_remote(folder):
+    steps = [s for s in steps if io.exists(io.join(folder, str(s), 'commit_success.txt'))]
+  return steps[0] if steps else None
+
+
+def parse_checkpoint(output: str) -> tuple[bool, int | None]:
+  """(whether `python -m launch.outcome checkpoint` answered, the step or None) from its output."""
+  for line in output.splitlines():
+    if line.startswith(CHECKPOINT_MARK):
+      value = line[len(CHECKPOINT_MARK):].strip()
+      return True, int(value) if value.isdigit() else None
+  return False, None
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if len(argv) != 2 or argv[0] != 'checkpoint':
+    print('usage: python -m launch.outcome checkpoint WORKDIR', file=sys.stderr)
+    return 2
+  step = latest_checkpoint(argv[1])
+  print(f'{CHECKPOINT_MARK} {"none" if step is None else step}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
