@@ -15,15 +15,13 @@ The rule (`classify`), for the job on every worker of a node that is up:
 A lost node is a preemption too; the supervisor (launch/supervise.py) decides that from the node's state.
 
 On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest finalised checkpoint
-(`vit_jax-checkpoint: STEP`, or `none`): WORKDIR/checkpoints/<step>/ as the trainer's Orbax manager writes it,
-renamed to the bare step once complete locally, holding commit_success.txt once complete on gs://. This mirrors the
-workdir module's rule (vit_jax/workdir.py is to own it: use it here once it does).
+(`vit_jax-checkpoint: STEP`, or `none`), by the rule of vit_jax/workdir.py (`latest_step`).
 """
 import dataclasses
 import re
 import sys
 
-from vit_jax import io
+from vit_jax import workdir as workdir_lib
 
 CHECKPOINT_MARK = 'vit_jax-checkpoint:'
 _ABSL_ERROR = re.compile(r'^[EF]\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)$')  # absl's E/F lines: the message after "] ".
@@ -83,14 +81,8 @@ def classify(states, *, finished, checkpoint, log) -> Ending | None:
 
 
 def latest_checkpoint(workdir: str) -> int | None:
-  """The step of the run's latest finalised checkpoint (see the module doc), None when it has none."""
-  folder = io.join(workdir, 'checkpoints')
-  if not io.isdir(folder):
-    return None
-  steps = sorted((int(n) for n in io.listdir(folder) if n.isdigit()), reverse=True)
-  if io.is_remote(folder):
-    steps = [s for s in steps if io.exists(io.join(folder, str(s), 'commit_success.txt'))]
-  return steps[0] if steps else None
+  """The step of the run's latest finalised checkpoint (vit_jax.workdir's rule), None when it has none."""
+  return workdir_lib.latest_step(workdir)
 
 
 def parse_checkpoint(output: str) -> tuple[bool, int | None]:

@@ -1,15 +1,15 @@
 """What a run's workdir says about the run: its metrics, its status, and a summary row.
 
-A run is its workdir: `config.json`, `metrics.jsonl` (one JSON object per line with `step` and metrics such as
-`train/loss`, `eval/accuracy`, `eval/loss`; training and evaluation write separate records for one step, and a
-resumed run may repeat a step: per step and metric the last value wins), `checkpoints/`, `params.npz`, and
-`launch.json`, which the launchers write (command, commit, backend, ...; `returncode` once the job has ended).
+A run is its workdir, read through vit_jax/workdir.py (which owns every file name, the merging of metrics.jsonl and
+the "complete" rule that the trainer uses too), plus `launch.json`, which the launchers write there (command, commit,
+backend, ...; `returncode` once the job has ended).
 
-Status: `finished` (an evaluation at the last step), `running`, `failed` (ended non-zero, or its local process is
-gone), `stopped` (ended with status 0 before the last step: preempted or interrupted; rerunning resumes it) or
-`not started`. `python -m launch.record status WORKDIR` prints it (exit status 0 only when finished);
-`python -m launch.record exit WORKDIR CODE` records a job's exit status in launch.json (the SLURM script does),
-`python -m launch.record write WORKDIR JSON` writes launch.json (launch.tpu does, on worker 0).
+Status: `finished` (complete, by vit_jax.workdir.is_complete: a checkpoint at its target step and its params.npz),
+`running`, `failed` (ended non-zero, or its local process is gone), `stopped` (ended with status 0 before the last
+step: preempted or interrupted; rerunning resumes it) or `not started`. `python -m launch.record status WORKDIR`
+prints it (exit status 0 only when finished); `python -m launch.record exit WORKDIR CODE` records a job's exit status
+in launch.json (the SLURM script does), `python -m launch.record write WORKDIR JSON` writes launch.json (launch.tpu
+does, on worker 0).
 """
 import argparse
 import dataclasses
@@ -21,44 +21,29 @@ import socket
 import sys
 
 from vit_jax import io
+from vit_jax import workdir as workdir_lib
 
-LAUNCH_FILE = 'launch.json'
+LAUNCH_FILE = workdir_lib.LAUNCH_FILE
 STATUSES = ('finished', 'running', 'stopped', 'failed', 'not started')
 
 
-def merge_metrics(text: str) -> dict[int, dict[str, float]]:
-  """metrics.jsonl text -> {step: {metric: value}} in step order; per step and metric the last record wins."""
-  steps: dict[int, dict[str, float]] = {}
-  for line in text.splitlines():
-    if line.strip():
-      record = json.loads(line)
-      steps.setdefault(int(record.pop('step')), {}).update(record)
-  return dict(sorted(steps.items()))
-
-
-def target_steps(config: dict | None, overrides: dict | None = None) -> int | None:
-  """The run's last step from its config (or from `overrides`, which the next launch applies), None if unknown.
-
-  Durations given in epochs need the dataset's size, so such runs have no known target here.
-  """
-  merged = dict(config or {})
+def with_overrides(config, overrides: dict | None):
+  """A copy of a run's config with the next launch's overrides ({'total_steps': 200, 'schedule.base_lr': ...})."""
+  config = config.copy_and_resolve_references()
   for key, value in (overrides or {}).items():
-    if key in ('total_steps', 'total_epochs', 'total_examples', 'batch_size'):
-      merged[key] = value
-  if merged.get('total_epochs') is not None:
-    return None
-  if merged.get('total_examples') is not None and merged.get('batch_size'):
-    return int(round(float(merged['total_examples']) / int(merged['batch_size'])))
-  return int(merged['total_steps']) if merged.get('total_steps') is not None else None
+    node, (*parents, leaf) = config, key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
 
 
 @dataclasses.dataclass
 class Record:
   workdir: str
-  config: dict | None
-  steps: dict[int, dict[str, float]]
+  config: dict | None  # config.json as stored.
+  steps: dict[int, dict[str, float]]  # vit_jax.workdir.merged_metrics.
   launch: dict | None
-  has_params: bool
 
   @property
   def step(self) -> int:
@@ -67,24 +52,18 @@ class Record:
   def series(self, metric: str) -> list[tuple[int, float]]:
     return [(s, m[metric]) for s, m in self.steps.items() if metric in m]
 
-  def finished(self, total_steps: int | None) -> bool:
-    if not self.steps:
+  def complete(self, overrides: dict | None = None) -> bool:
+    """vit_jax.workdir.is_complete, for the run's config with the next launch's `overrides`."""
+    if self.config is None:
       return False
-    if total_steps is None:  # Unknown target: the trainer writes params.npz once the run is complete.
-      return self.has_params
-    return any(s >= total_steps and any(k.startswith('eval/') for k in m) for s, m in self.steps.items())
+    return workdir_lib.is_complete(self.workdir, with_overrides(workdir_lib.load_config(self.workdir), overrides))
 
 
 def read(workdir: str) -> Record:
-  """The record of the run in `workdir` (local or gs://, through vit_jax.io); an absent workdir reads as a run not
-  started."""
-  def load(name):
-    return io.read_text_or_none(io.join(workdir, name))
-
-  config, metrics, launch = load('config.json'), load('metrics.jsonl'), load(LAUNCH_FILE)
-  has_params = io.exists(io.join(workdir, 'params.npz'))
-  return Record(workdir, json.loads(config) if config else None, merge_metrics(metrics or ''),
-                json.loads(launch) if launch else None, has_params)
+  """The record of the run in `workdir` (local or gs://); an absent workdir reads as a run not started."""
+  launch = io.read_text_or_none(workdir_lib.path(workdir, LAUNCH_FILE))
+  return Record(workdir, workdir_lib.read_json(workdir, workdir_lib.CONFIG_FILE), workdir_lib.merged_metrics(workdir),
+                json.loads(launch) if launch else None)
 
 
 def _alive(pid: int) -> bool:
@@ -99,7 +78,7 @@ def _alive(pid: int) -> bool:
 
 def status(record: Record, *, overrides: dict | None = None) -> str:
   """One of STATUSES (see the module doc); `overrides` are the next launch's, which may move the last step."""
-  if record.finished(target_steps(record.config, overrides)):
+  if record.complete(overrides):
     return 'finished'
   launch = record.launch or {}
   if not record.steps and record.config is None and not launch:

@@ -28,6 +28,7 @@ import time
 
 from launch import hyper, record, shell
 from vit_jax import io
+from vit_jax import workdir as workdir_lib
 
 SWEEP_FILE = 'sweep.json'
 RUN_LOG = 'run.log'  # A local run's output, in its workdir (appended across resumes).
@@ -165,7 +166,7 @@ def run_local(runs: list[Run], *, parallel: int, gpus: list[str], runner: shell.
   first = None  # (run, Popen) of the first run, until it has prepared its dataset.
   try:
     while pending or active:
-      if first and (first[1].poll() is not None or os.path.exists(os.path.join(first[0].workdir, 'config.json'))):
+      if first and (first[1].poll() is not None or os.path.exists(workdir_lib.path(first[0].workdir, workdir_lib.CONFIG_FILE))):
         first = None
       for slot in range(len(slots)):
         if slot not in active and pending and not first:

@@ -28,13 +28,6 @@ def _config(**overrides):
   return tiny.override(config, {k.replace('__', '.'): v for k, v in overrides.items()})
 
 
-@pytest.fixture(scope='session')
-def digits_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  tfds.builder('sklearn_digits', data_dir=data_dir).download_and_prepare(file_format='array_record')
-  return data_dir
-
-
 def _digits_config(data_dir, **overrides):
   return _config(dataset='sklearn_digits', tfds_data_dir=data_dir, **overrides)
 

@@ -179,3 +179,65 @@ def fitted_run(root, *, steps=40, **overrides):
                            'pp.crop': 'resize', 'pp.flip': False, 'schedule.base_lr': 3e-3, **overrides})
   train.train_and_evaluate(config, workdir)
   return workdir, folder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `python -m vit_jax.main` as a user runs it.
+
+REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
+
+
+def main_env(devices=1, **extra):
+  """The environment of a `python -m vit_jax.main` process: CPU, `devices` XLA devices, quiet TensorFlow."""
+  import os  # pylint: disable=g-import-not-at-top
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', **extra}
+
+
+def main_command(*args):
+  import sys  # pylint: disable=g-import-not-at-top
+  return [sys.executable, '-m', 'vit_jax.main', *map(str, args)]
+
+
+def run_main(args, *, cwd=REPO, devices=1, timeout=600, env=None):
+  """Runs `python -m vit_jax.main ARGS` to the end; the CompletedProcess (text stdout/stderr)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  return subprocess.run(main_command(*args), cwd=cwd, env=env or main_env(devices), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def start_main(args, *, cwd=REPO, devices=1, log=None, env=None):
+  """Starts `python -m vit_jax.main ARGS`; output to the open file `log` (else pipes, text). The Popen."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  out = dict(stdout=log, stderr=subprocess.STDOUT) if log else dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  return subprocess.Popen(main_command(*args), cwd=cwd, env=env or main_env(devices), text=True, **out)
+
+
+def tiny_main_args(workdir, tfds_dir, steps=4, **overrides):
+  """Arguments of a fast default run (configs/default.py, 1 layer) in `workdir` with the digits in `tfds_dir`."""
+  flags = {'tfds_data_dir': tfds_dir, 'total_steps': steps, 'log_every_steps': 1, 'eval_every_steps': steps,
+           'checkpoint_every_steps': steps, 'schedule.warmup_steps': 1, 'model.transformer.num_layers': 1,
+           **overrides}
+  return [f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in flags.items())]
+
+
+def mount_tmpfs(path, size):
+  """Mounts a tmpfs of `size` (e.g. '12m') at `path` (root only); pytest.skip with the reason where not allowed."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True,
+                        text=True)
+  if done.returncode:
+    pytest.skip(f'cannot mount a tmpfs here (needs root): {done.stderr.strip()}')
+
+
+def remount(path, options):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  subprocess.run(['mount', '-o', f'remount,{options}', str(path)], check=True)
+
+
+def umount(path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  subprocess.run(['umount', '-l', str(path)], check=False)

@@ -50,11 +50,50 @@ def fault(exc: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno in FAULTS:
       where = f' ({e.filename})' if e.filename else ''
       return f'{os.strerror(e.errno)}{where}: {FAULTS[e.errno]}.'
-  text = ' '.join(str(e) for e in _chain(exc))  # Some libraries keep only the text of the OSError.
+  text = ' '.join(str(e) for e in _chain(exc))  # Some libraries (TensorStore) keep only the OSError's text.
   for code, advice in FAULTS.items():
     if os.strerror(code) in text:
-      return f'{os.strerror(code)} ({" ".join(str(exc).split())[:300]}): {advice}.'
+      return f'{os.strerror(code)}: {advice}.'
   return None
+
+
+class _DropFaultLogs(logging.Filter):
+  def filter(self, record):
+    if record.levelno < logging.ERROR:
+      return True
+    if record.exc_info and record.exc_info[1] is not None and fault(record.exc_info[1]):
+      return False
+    return not any(os.strerror(c) in record.getMessage() for c in FAULTS)
+
+
+class quiet_faults:  # pylint: disable=invalid-name
+  """Within it, a library's own report of an environment fault (Orbax logs the failed writes of its background
+  threads with their tracebacks, and threads that die print theirs) is not printed: the library raises the fault
+  again in the caller, which reports it as one line. Anything else is printed as usual."""
+
+  def __enter__(self):
+    import threading  # pylint: disable=g-import-not-at-top
+    self._threading, self._previous = threading, threading.excepthook
+    self._filter = _DropFaultLogs()
+    self._loggers = [logging.getLogger(), logging.getLogger('absl'), logging.getLogger('asyncio')]
+
+    def hook(args):
+      if args.exc_value is None or fault(args.exc_value) is None:
+        self._previous(args)
+
+    threading.excepthook = hook
+    for logger in self._loggers:
+      logger.addFilter(self._filter)
+      for handler in logger.handlers:
+        handler.addFilter(self._filter)
+    return self
+
+  def __exit__(self, *exc):
+    self._threading.excepthook = self._previous
+    for logger in self._loggers:
+      logger.removeFilter(self._filter)
+      for handler in logger.handlers:
+        handler.removeFilter(self._filter)
 
 
 def user_error(exc: BaseException) -> UserError | None:
@@ -66,8 +105,10 @@ def _verbose(argv) -> bool:
   return '--verbose' in (argv or ()) or os.environ.get('VIT_JAX_VERBOSE', '') not in ('', '0', 'false')
 
 
-def run(main: Callable[[], int | None], *, prog: str, argv=None) -> int:
-  """Runs `main()` inside the boundary; returns the exit status (see module doc)."""
+def run(main: Callable[[], int | None], *, prog: str, argv=None, exit_on_fault: bool = False) -> int:
+  """Runs `main()` inside the boundary; returns the exit status (see module doc). With `exit_on_fault`, an
+  environment fault ends the process at once once reported (os._exit, after flushing): libraries left mid-write
+  (Orbax's and TensorStore's background threads) would otherwise print their own tracebacks while shutting down."""
   try:
     return int(main() or 0)
   except KeyboardInterrupt as e:
@@ -83,4 +124,10 @@ def run(main: Callable[[], int | None], *, prog: str, argv=None) -> int:
       return 1
     text = str(mistake) if mistake is not None else problem
     sys.stderr.write(f'{prog}: error: {text}\n')
+    if problem is not None and not _verbose(argv):  # Libraries' late reports of it (at exit): not again.
+      quiet_faults().__enter__()
+      if exit_on_fault:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # pylint: disable=protected-access
     return 1

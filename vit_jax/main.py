@@ -74,7 +74,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
-  sys.exit(errors.run(_train, prog='vit_jax.main', argv=sys.argv))
+  sys.exit(errors.run(_train, prog='vit_jax.main', argv=sys.argv, exit_on_fault=True))
 
 
 def _train() -> int:
@@ -103,15 +103,15 @@ def _override_names(argv) -> list[str]:
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with each config error as one line (the unknown field and the closest valid ones, or the
-  override that failed and why) instead of chained tracebacks; exits with status 2 like other usage errors."""
+  """absl's flag parsing, with each config error as one line (the unknown field and the closest valid ones, the
+  override that failed and why, or the values that vit_jax/configs/check.py refuses) instead of chained tracebacks;
+  exits with status 2 like other usage errors. Nothing is read or written before that."""
   global _CONFIG
   try:
     _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file (path[:args]).',
                                               lock_config=True, sys_argv=argv)
     rest = flags.FLAGS(argv)
     _CONFIG.value.keys()  # A config file that failed to load raises here (config_flags defers that error).
-    return rest
   except Exception as e:  # pylint: disable=broad-except  (config_flags raises many kinds; all are usage errors)
     from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
     unknown = [n for n in _override_names(argv) if not check.is_known(n)]
@@ -123,8 +123,18 @@ def parse_flags(argv):
         root = root.__cause__ or root.__context__
       message = ' '.join(str(root).split()) or '(no message)'  # One line.
       lines = [f'Bad command line ({_flag_of(e)}): {type(root).__name__}: {message}']
-    sys.stderr.write('\n'.join(f'{os.path.basename(argv[0])}: {line}' for line in lines) + '\n')
-    sys.exit(2)
+    _usage_error(argv, lines)
+  from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+  try:
+    check.validate(_CONFIG.value, files=False)  # Again in train_and_evaluate, with the devices and the files.
+  except check.ConfigError as e:
+    _usage_error(argv, [f'Bad config: {e}'])
+  return rest
+
+
+def _usage_error(argv, lines) -> None:
+  sys.stderr.write('\n'.join(f'{os.path.basename(argv[0])}: {line}' for line in lines) + '\n')
+  sys.exit(2)
 
 
 if __name__ == '__main__':

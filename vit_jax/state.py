@@ -182,7 +182,7 @@ class Checkpoints:
       self._failed(e)
 
   def save(self, step: int, train_state) -> None:
-    self.check()
+    self.wait()  # Orbax waits for the previous save anyway; waiting here names the step of a failed one rightly.
     self._saving = step
     try:
       self.manager.save(step, args=ocp.args.StandardSave(train_state), force=True)

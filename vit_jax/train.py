@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vit_jax import augreg, checkpoint, distributed, evaluators, flops, input_pipeline, io, metrics, preemption
+from vit_jax import augreg, checkpoint, distributed, errors, evaluators, flops, input_pipeline, io, metrics
+from vit_jax import preemption
 from vit_jax import sharding
 from vit_jax import state as state_lib
 from vit_jax import workdir as workdir_lib
@@ -37,7 +38,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
   mesh = sharding.make_mesh(config.mesh)
   is_main = jax.process_index() == 0
   lock = Lock(workdir, enabled=is_main)
-  with preemption.PreemptionWatch() as watch:
+  with preemption.PreemptionWatch() as watch, errors.quiet_faults():
     changes = distributed.on_main(lambda: _start(config, workdir, lock, allow_config_change))
     try:
       info = input_pipeline.get_info(evaluators.primary(config))
