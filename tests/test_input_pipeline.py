@@ -382,8 +382,6 @@ def test_unknown_dataset_and_bad_arguments(digits_dir):
     input_pipeline.train_dataset(config, local_batch_size=2, process_index=2, process_count=2)
   with pytest.raises(ValueError, match='start_step'):
     input_pipeline.train_dataset(config, local_batch_size=2, start_step=-1)
-  with pytest.raises(ValueError, match="Unknown config.pp.eval_resize 'nearest'"):
-    input_pipeline.eval_dataset(_digits_config(digits_dir, pp__eval_resize='nearest'), local_batch_size=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------

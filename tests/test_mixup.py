@@ -51,8 +51,6 @@ def test_train_step_with_mixup_on_the_mesh_and_off_at_zero():
   (plain,), (on, on_uint8) = _step_outputs(0.0, batch), _step_outputs(0.8, batch, uint8)
   assert on != plain  # p > 0 changes the gradients.
   assert np.isfinite(on_uint8)  # uint8 batches become float on the device.
-  with pytest.raises(ValueError, match='mixup_p must be >= 0'):
-    _step_outputs(-0.1, batch)
 
 
 def test_mixup_partners_stay_inside_each_device_shard_under_jit():

@@ -47,7 +47,7 @@ def test_an_undecodable_file_is_reported_by_name_and_the_others_still_predicted(
   assert [(f, k) for f, k, _ in ranked] == [(good[0], '1'), (good[0], '2'), (good[-1], '1'), (good[-1], '2')]
   assert ranked[0][2] == 'cat' and ranked[2][2] == 'eel'
   printed = capsys.readouterr().out
-  assert f'{bad}\tERROR cannot decode' in printed and f'{good[0]}\tcat ' in printed
+  assert f'{bad}\tERROR cannot read it as an image: not an image format' in printed and f'{good[0]}\tcat ' in printed
 
 
 def test_load_run_takes_the_newer_of_checkpoint_and_params_npz(fitted_run):

@@ -125,9 +125,9 @@ def test_incompatible_allowed_change_is_one_clear_error_and_changes_nothing(tmp_
   before = _snapshot(workdir)
   proc = _main(args + ['--config.model.hidden_size=48', '--config.total_steps=8', '--allow_config_change'], tmp_path)
   assert proc.returncode == 1
-  errors = [line for line in proc.stderr.splitlines() if line.startswith('E')]
-  assert len(errors) == 1 and 'CheckpointMismatchError: The checkpoint at step 4' in errors[0]
-  assert 'params/Transformer/encoder_norm/bias: checkpoint (32,) vs config (48,)' in errors[0]
+  error = proc.stderr[proc.stderr.index('vit_jax.main: error: '):]
+  assert error.startswith('vit_jax.main: error: The checkpoint at step 4 in ') and 'does not fit the model' in error
+  assert "'params/Transformer/encoder_norm/bias': checkpoint (32,) vs model (48,)" in error
   assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr
   assert _snapshot(workdir) == before  # config.json untouched: the original command still resumes.
   rerun = _main(args + ['--config.total_steps=6'], tmp_path)

@@ -205,11 +205,12 @@ def load(path: str) -> dict:
 
 
 def _shapes(tree) -> dict[str, tuple]:
-  """{'/'-joined name: shape} of a tree or flat dict of arrays, ShapeDtypeStructs or Orbax metadata."""
+  """{'/'-joined name: shape} of a tree or flat dict of arrays, ShapeDtypeStructs or Orbax metadata (None for a
+  leaf without a shape)."""
   flat = tree if all(isinstance(k, str) and not hasattr(v, 'items') for k, v in tree.items()) else None
   if flat is None:
     flat = {utils.path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-  return {name: tuple(x.shape) for name, x in flat.items() if hasattr(x, 'shape')}
+  return {name: tuple(x.shape) if hasattr(x, 'shape') else None for name, x in flat.items()}
 
 
 @dataclasses.dataclass

@@ -50,8 +50,19 @@ def image_shape(data: bytes) -> tuple[int, int]:
       return h, w
     except ValueError:
       pass
-  w, h = Image.open(io.BytesIO(data)).size
+  with _open(data) as image:
+    w, h = image.size
   return h, w
+
+
+def _open(data: bytes) -> Image.Image:
+  """PIL's image of encoded bytes; a ValueError that says what is wrong when it is no image (PIL's own message shows
+  a BytesIO's repr)."""
+  try:
+    return Image.open(io.BytesIO(data))
+  except UnidentifiedImageError:
+    raise ValueError(f'not an image format that can be decoded ({len(data)} bytes starting {bytes(data[:8])!r})'
+                     ) from None
 
 
 def decode(data: bytes, *, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -68,12 +79,8 @@ def decode(data: bytes, *, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
                                     min_width=min_size[1], min_factor=2.0 if scalable else 1.0)
     except ValueError:  # E.g. CMYK, which libjpeg-turbo cannot turn into RGB: PIL can.
       pass
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image.convert('RGB'))
-  except UnidentifiedImageError:  # Its message shows a BytesIO's repr; say what it means instead.
-    raise ValueError(f'not an image format that can be decoded ({len(data)} bytes starting {bytes(data[:8])!r})'
-                     ) from None
+  with _open(data) as image:
+    return np.asarray(image.convert('RGB'))
 
 
 def sample_inception_box(height: int, width: int, rng: np.random.Generator, *, min_area: float,

@@ -71,6 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
 
 def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
   """Process 0's start: the lock, the changed-config check, and a pretrained file that is really a checkpoint."""
+  workdir_lib.check_usable(workdir)
   lock.acquire()
   try:
     changes = workdir_lib.check_config(config, workdir, allow_change=allow_config_change)
@@ -147,23 +148,19 @@ class Loop:
                                       start_step=self.start)
     return input_pipeline.prefetch_to_device(iter(ds), config.prefetch, self.setup.batch_sharding)
 
-  def compile(self, batch):
-    """The train step compiled for `batch`'s shapes (said before and after: it takes a while on a first run)."""
-    log.info('Compiling the train step...')
-    started = time.monotonic()
-    compiled = self.setup.train_step().lower(self.state, batch).compile()
-    log.info('Compiled the train step in %.1f s.', time.monotonic() - started)
-    return compiled
-
   def run(self) -> dict[str, float]:
     config, result = self.config, {}
-    batches = self.batches()
+    batches, train_step = self.batches(), self.setup.train_step()
     try:
-      first = next(batches)
-      train_step = self.compile(first)
-      self.window = (self.start, time.monotonic())
       for step in range(self.start + 1, config.total_steps + 1):
-        self.state, stats = train_step(self.state, first if step == self.start + 1 else next(batches))  # No sync.
+        batch = next(batches)
+        if step == self.start + 1:  # The first call compiles (said before and after: it takes a while).
+          log.info('Compiling the train step...')
+          compiling = time.monotonic()
+        self.state, stats = train_step(self.state, batch)  # No host sync here.
+        if step == self.start + 1:
+          log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
+          self.window = (self.start, time.monotonic())
         self.progress.step(step)
         last = step == config.total_steps
         if step % config.log_every_steps == 0 or last:
