@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+from vit_jax import workdir as workdir_lib
 from launch import hyper, record, results, shell, sweep
 from launch_fakes import FakeGcloud, gcs  # noqa: F401  (gcs: a fixture)
 from test_multihost import tfds_dir  # noqa: F401  (the sklearn_digits fixture)
@@ -177,17 +178,22 @@ def test_local_backend_gives_each_run_its_own_gpu(tmp_path):
       '0', '0', '1', '1']
 
 
-def _workdir(sweep_dir, name, *, metrics=(), config=None, launch=None, params=False):
+def _workdir(sweep_dir, name, *, metrics=(), config=None, launch=None, checkpoints=(), num_train=None):
+  """A run's workdir as the trainer leaves it: config.json, metrics, checkpoints (with params.npz once any exist,
+  as a complete run has), dataset.json, and the launcher's launch.json."""
   path = sweep_dir / name
   path.mkdir(parents=True)
   if config:
-    (path / 'config.json').write_text(json.dumps(config))
+    (path / workdir_lib.CONFIG_FILE).write_text(json.dumps(config))
   if metrics:
-    (path / 'metrics.jsonl').write_text(''.join(json.dumps(m) + '\n' for m in metrics))
+    (path / workdir_lib.METRICS_FILE).write_text(''.join(json.dumps(m) + '\n' for m in metrics))
   if launch:
-    (path / 'launch.json').write_text(json.dumps(launch))
-  if params:
-    (path / 'params.npz').write_bytes(b'')
+    (path / workdir_lib.LAUNCH_FILE).write_text(json.dumps(launch))
+  for step in checkpoints:
+    (path / workdir_lib.CHECKPOINTS_DIR / str(step)).mkdir(parents=True)
+    (path / workdir_lib.PARAMS_FILE).write_bytes(b'')
+  if num_train:
+    workdir_lib.record_dataset(str(path), class_names=['a'], num_train=num_train, num_eval=1)
   return {'name': name, 'overrides': {'seed': int(name[1:])}, 'workdir': str(path)}
 
 
@@ -195,7 +201,7 @@ def test_results_reads_each_status_keeps_the_last_record_of_a_step_and_sorts(tmp
   sweep_dir = tmp_path / 'sw'
   cfg = {'total_steps': 4, 'batch_size': 8}
   runs = [
-      _workdir(sweep_dir, 's1', config=cfg, launch={'returncode': 0}, metrics=[
+      _workdir(sweep_dir, 's1', config=cfg, launch={'returncode': 0}, checkpoints=[4], metrics=[
           {'step': 2, 'train/loss': 2.0}, {'step': 2, 'eval/accuracy': 0.5, 'eval/loss': 1.5},
           {'step': 4, 'eval/accuracy': 0.4, 'eval/loss': 1.9},  # Repeated step 4: the later record counts.
           {'step': 4, 'train/loss': 1.0}, {'step': 4, 'eval/accuracy': 0.7, 'eval/loss': 1.2}]),
@@ -205,8 +211,8 @@ def test_results_reads_each_status_keeps_the_last_record_of_a_step_and_sorts(tmp
       _workdir(sweep_dir, 's4', config=cfg, launch={'returncode': 0},
                metrics=[{'step': 2, 'eval/accuracy': 0.2, 'eval/loss': 2.0}]),
       {'name': 's5', 'overrides': {'seed': 5}, 'workdir': str(sweep_dir / 's5')},
-      _workdir(sweep_dir, 's6', config={'total_epochs': 1.0, 'total_steps': 4}, params=True,
-               metrics=[{'step': 9, 'eval/accuracy': 0.1, 'eval/loss': 2.5}])]
+      _workdir(sweep_dir, 's6', config={'total_epochs': 1.0, 'total_steps': 4, 'batch_size': 8}, checkpoints=[9],
+               num_train=72, metrics=[{'step': 9, 'eval/accuracy': 0.1, 'eval/loss': 2.5}])]  # 72 / 8 = 9 steps.
   (sweep_dir / 'sweep.json').write_text(json.dumps({'config': 'c.py', 'fixed': {}, 'runs': runs}))
   rows = results.write(str(sweep_dir))
   assert [(r['run'], r['status']) for r in rows] == [('s1', 'finished'), ('s2', 'running'), ('s4', 'stopped'),
@@ -253,6 +259,9 @@ def test_results_of_a_gcs_sweep_are_read_and_written_through_vit_jax_io(tmp_path
   (gcs / 'b' / 'sw' / 'sweep.json').write_text(json.dumps(spec))
   (gcs / 'b' / 'sw' / 'seed=1' / 'config.json').write_text(json.dumps({'total_steps': 2}))
   (gcs / 'b' / 'sw' / 'seed=1' / 'metrics.jsonl').write_text('{"step": 2, "eval/accuracy": 0.5, "eval/loss": 1.0}\n')
+  (gcs / 'b' / 'sw' / 'seed=1' / 'checkpoints' / '2').mkdir(parents=True)
+  (gcs / 'b' / 'sw' / 'seed=1' / 'checkpoints' / '2' / workdir_lib.COMMIT_FILE).write_text('')
+  (gcs / 'b' / 'sw' / 'seed=1' / 'params.npz').write_bytes(b'')
   rows = results.write('gs://b/sw')
   assert [(r['run'], r['status'], r['final eval/accuracy']) for r in rows] == [('seed=1', 'finished', 0.5)]
   assert (gcs / 'b' / 'sw' / 'results.csv').read_text().splitlines()[1].startswith('seed=1,1,finished,2,0.5000')

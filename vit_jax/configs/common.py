@@ -3,6 +3,7 @@
 Other config files start from `get_config()` here and override fields. Every field that any part of the code reads
 is listed here, so a locked config rejects typos on the command line.
 """
+import ast
 import logging
 
 import ml_collections
@@ -153,3 +154,18 @@ def from_dict(stored: dict) -> ml_collections.ConfigDict:
   if dropped:
     log.info('Fields of the stored config that this version does not have (left out): %s.', ', '.join(dropped))
   return config
+
+
+def override(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """Sets the dotted field `key` in place. A string for a field that is not a string (a --config.KEY=VALUE or --sweep
+  value) is read as a Python literal first, as the command line reads it: '32' -> 32, '(16, 16)' -> (16, 16)."""
+  *parents, leaf = key.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  if isinstance(value, str) and not isinstance(node.get(leaf), str):
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+  node[leaf] = value
