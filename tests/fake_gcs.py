@@ -3,6 +3,7 @@
 `install(root)` registers it with fsspec for the 'gs' and 'gcs' protocols, which etils.epath (and so vit_jax.io)
 uses for gs:// URLs; paths come back as gcsfs gives them ('BUCKET/PATH'). Processes that tests start get it from
 `env(root)`: PYTHONPATH gains tests/fake_gcs_site, whose sitecustomize calls `install` when FAKE_GCS_ROOT is set.
+Buckets named in `unreachable` (FAKE_GCS_UNREACHABLE for child processes) fail as a bucket without access does.
 """
 import os
 
@@ -16,10 +17,17 @@ SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fake_gcs_site')
 class FakeGCS(DirFileSystem):
   protocol = ('gs', 'gcs')
   root = None  # Set by install().
+  unreachable = ()
 
   def __init__(self, *args, **kwargs):  # pylint: disable=unused-argument  (gcsfs options such as finalize_on_close)
     os.makedirs(FakeGCS.root, exist_ok=True)
     super().__init__(path=FakeGCS.root, fs=LocalFileSystem(auto_mkdir=True))  # GCS has no folders to make.
+
+  def _join(self, path):
+    for p in [path] if isinstance(path, str) else path:
+      if self._strip_protocol(p).split('/', 1)[0] in FakeGCS.unreachable:
+        raise RuntimeError(f'403 Forbidden: caller does not have storage.objects.get access to {p}')
+    return super()._join(path)
 
   @classmethod
   def _strip_protocol(cls, path):
@@ -30,16 +38,17 @@ class FakeGCS(DirFileSystem):
     return path.rstrip('/')
 
 
-def install(root) -> None:
+def install(root, unreachable=()) -> None:
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
-  FakeGCS.root = str(root)
+  FakeGCS.root, FakeGCS.unreachable = str(root), tuple(unreachable)
   FakeGCS.clear_instance_cache()
   for protocol in FakeGCS.protocol:
     fsspec.register_implementation(protocol, FakeGCS, clobber=True)
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
 
 
-def env(root) -> dict[str, str]:
+def env(root, unreachable=()) -> dict[str, str]:
   """Environment variables that give a child process the fake, rooted at `root`."""
   path = os.environ.get('PYTHONPATH', '')
-  return {'FAKE_GCS_ROOT': str(root), 'PYTHONPATH': SITE + (os.pathsep + path if path else '')}
+  return {'FAKE_GCS_ROOT': str(root), 'FAKE_GCS_UNREACHABLE': ','.join(unreachable),
+          'PYTHONPATH': SITE + (os.pathsep + path if path else '')}

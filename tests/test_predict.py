@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import fake_gcs
 import tiny
 from vit_jax import checkpoint, inference, models, predict, utils
 
@@ -116,3 +117,22 @@ def test_probabilities_softmax_and_sigmoid():
   logits = np.array([[0.0, np.log(3.0)]])
   np.testing.assert_allclose(predict.probabilities(logits), [[0.25, 0.75]])
   np.testing.assert_allclose(predict.probabilities(logits, 'sigmoid'), [[0.5, 0.75]])
+
+
+def test_predict_never_imports_tensorflow_and_reports_each_unreadable_input(fitted_run, tmp_path):
+  workdir, folder = fitted_run
+  good = _images(folder, 'test')[0]
+  out = tmp_path / 'p.json'
+  code, imported, err = tiny.imports_tensorflow(
+      'vit_jax.predict', ['--workdir', workdir, good, 'https://example.com/cat.jpg', 'gs://locked/x.jpg',
+                          f'--output={out}'], env=fake_gcs.env(tmp_path / 'gcs', unreachable=['locked']))
+  assert not imported
+  assert code == 1 and 'Traceback' not in err, err[-2000:]
+  errors = {r['file']: r['error'] for r in json.loads(out.read_text()) if 'error' in r}
+  assert errors == {
+      'https://example.com/cat.jpg': 'Cannot read https://example.com/cat.jpg: vit_jax reads local paths and gs:// '
+                                     'URLs, not https://.',
+      'gs://locked/x.jpg': 'Cannot use gs://locked/x.jpg: RuntimeError: 403 Forbidden: caller does not have '
+                           'storage.objects.get access to gs://locked/x.jpg. Check the network, the credentials (gcloud '
+                           'auth application-default login) and the bucket name.'}
+  assert [r['file'] for r in json.loads(out.read_text()) if 'predictions' in r] == [good]

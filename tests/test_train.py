@@ -222,3 +222,22 @@ def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
   np.testing.assert_allclose(out['Transformer/posembed_input/pos_embedding'],
                              checkpoint.interpolate_posembed(posemb, 17, True), rtol=1e-6)
   np.testing.assert_array_equal(out['head/kernel'], np.zeros((32, 3)))  # New head for 3 classes.
+
+
+def test_training_on_a_prepared_dataset_never_imports_tensorflow(tmp_path, digits_dir):
+  code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w', digits_dir))
+  assert code == 0, err[-3000:]
+  assert not imported  # TensorFlow is for preparing TFDS datasets only (vit_jax/sources.py).
+  code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w2', tmp_path / 'new'))
+  assert code == 0 and imported, err[-3000:]  # Preparing sklearn_digits does import it.
+
+
+def test_total_epochs_0_with_total_steps_is_complete_for_the_trainer_and_the_launchers(tmp_path, digits_dir):
+  from launch import record  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'w')
+  args = tiny.tiny_main_args(workdir, digits_dir, steps=3, total_epochs=0.0)  # The README's recipe override.
+  assert tiny.run_main(args).returncode == 0
+  assert record.status(record.read(workdir)) == 'finished' and workdir_lib.is_complete(workdir)
+  again = tiny.run_main(args)
+  assert again.returncode == 0 and 'is complete (step 3 of total_steps=3): nothing to do' in again.stderr
+  assert record.status(record.read(workdir), overrides={'total_steps': '5'}) != 'finished'  # Raised: trains on.

@@ -1,11 +1,15 @@
 """vit_jax.visualize: training curves of several runs, and attention-map PNGs of a trained run."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import fake_gcs
+import tiny
 from vit_jax import visualize
 
 
@@ -64,3 +68,15 @@ def test_attention_pngs_of_a_run_decode(fitted_run, tmp_path, capsys):
       image.load()
       assert image.format == 'PNG' and min(image.size) > 100
   assert f'{bad}\tERROR cannot read it as an image: not an image format' in capsys.readouterr().out
+
+
+def test_curves_of_a_gcs_run_read_and_write_through_vit_jax_io(tmp_path):
+  root = tmp_path / 'gcs'
+  _write_metrics(str(root / 'bucket' / 'run'), [_train(s, 1.0 / s) for s in (10, 20)])
+  env = {**tiny.main_env(), **fake_gcs.env(root)}
+  done = subprocess.run([sys.executable, '-m', 'vit_jax.visualize', 'curves', 'gs://bucket/run',
+                         '--out=gs://bucket/plots/curves.png'], cwd=tiny.REPO, env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout == 'gs://bucket/plots/curves.png\n'
+  assert (root / 'bucket' / 'plots' / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -241,3 +241,19 @@ def remount(path, options):
 def umount(path):
   import subprocess  # pylint: disable=g-import-not-at-top
   subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+def imports_tensorflow(module, args, *, cwd=REPO, devices=1, timeout=600, env=None):
+  """Runs `python -m MODULE ARGS` and tells whether TensorFlow was imported by its end: (exit status, imported, the
+  process's stderr)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import atexit, runpy, sys\n'
+          'atexit.register(lambda: print("TENSORFLOW", "tensorflow" in sys.modules, flush=True))\n'
+          f'sys.argv = {[module, *map(str, args)]!r}\n'
+          f'runpy.run_module({module!r}, run_name="__main__", alter_sys=True)\n')
+  done = subprocess.run([sys.executable, '-c', code], cwd=cwd, env={**main_env(devices), **(env or {})},
+                        capture_output=True, text=True, timeout=timeout)
+  imported = 'TENSORFLOW True' in done.stdout
+  assert imported or 'TENSORFLOW False' in done.stdout, done.stderr[-3000:]
+  return done.returncode, imported, done.stderr

@@ -106,9 +106,12 @@ def _verbose(argv) -> bool:
 
 
 def run(main: Callable[[], int | None], *, prog: str, argv=None, exit_on_fault: bool = False) -> int:
-  """Runs `main()` inside the boundary; returns the exit status (see module doc). With `exit_on_fault`, an
+  """Runs `main()` inside the boundary; returns the exit status (see module doc). Storage clients' own logs of the
+  failures they retry and then raise (gcsfs) are left to --verbose. With `exit_on_fault`, an
   environment fault ends the process at once once reported (os._exit, after flushing): libraries left mid-write
   (Orbax's and TensorStore's background threads) would otherwise print their own tracebacks while shutting down."""
+  if not _verbose(argv):
+    logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
   try:
     return int(main() or 0)
   except KeyboardInterrupt as e:

@@ -21,6 +21,7 @@ os.environ.setdefault('EPATH_USE_TF', 'false')  # Must precede the first gs:// p
 
 from etils import epath  # noqa: E402  (after the setting above)
 
+SCHEMES = ('gs',)  # Remote locations: gcsfs is a dependency (etils.epath knows s3:// and others, without theirs).
 # Lower-case; every format PIL decodes into RGB (JPEGs through libjpeg-turbo: vit_jax/preprocess.py).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
@@ -67,6 +68,10 @@ def _remote_errors(path: str):
   except Exception as e:  # pylint: disable=broad-except  (gcsfs/aiohttp/google-auth raise many kinds)
     if not is_remote(path) and isinstance(e, OSError):
       raise
+    scheme = str(path).partition('://')[0]
+    if isinstance(e, NotImplementedError) or scheme not in SCHEMES:
+      raise StorageError(f'Cannot read {path}: vit_jax reads local paths and {", ".join(f"{s}://" for s in SCHEMES)} '
+                         f'URLs, not {scheme}://.') from e
     message = ' '.join(str(e).split())[:300] or type(e).__name__
     raise StorageError(f'Cannot use {path}: {type(e).__name__}: {message}. Check the network, the credentials '
                        '(gcloud auth application-default login) and the bucket name.') from e
