@@ -99,6 +99,22 @@ def plan(config_spec: str, sweep_dir: str, sweeps: list[dict], fixed: dict) -> l
   return runs
 
 
+def validate(config_spec: str, runs: list[Run]) -> None:
+  """Every run's config, parsed as vit_jax.main will parse it and checked by vit_jax/configs/check.py, before anything
+  starts (--dry-run too): a ValueError naming each bad run and what is wrong."""
+  from vit_jax.configs import check, common  # pylint: disable=g-import-not-at-top
+  problems = []
+  for run in runs:
+    try:
+      check.validate(common.from_command_line(config_spec, [a for a in run.args if a.startswith('--config.')]),
+                     files=False)
+    except (check.ConfigError, check.UnknownFieldError) as e:
+      problems.append(f'run {run.name}: {e}')
+  if problems:
+    raise ValueError(f'{len(problems)} of {len(runs)} runs have a bad config (nothing was started):\n  '
+                     + '\n  '.join(problems))
+
+
 def read_sweep(sweep_dir: str) -> dict | None:
   text = io.read_text_or_none(io.join(sweep_dir, SWEEP_FILE))
   return json.loads(text) if text else None
@@ -261,6 +277,7 @@ def main_run(argv) -> int:
   runner = shell.Runner(dry_run=args.dry_run)
   try:
     runs = plan(args.config, sweep_dir, sweeps, fixed)
+    validate(args.config, runs)
     done, todo = split_done(runs, fixed)
     record_sweep(sweep_dir, args.config, fixed, runs, args.backend, runner)
   except (ValueError, io.StorageError) as e:

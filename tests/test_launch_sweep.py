@@ -281,3 +281,19 @@ def test_local_backend_starts_the_others_once_the_first_run_has_its_config(tmp_p
   times = [{n: float((pathlib.Path(r.workdir) / n).read_text()) for n in ('started', 'configured')} for r in runs]
   assert all(t['started'] >= times[0]['configured'] for t in times[1:])
   assert abs(times[1]['started'] - times[2]['started']) < 0.4  # Then together.
+
+
+@pytest.mark.parametrize('sweep_flag, said', [
+    ('schedule.base_lrr=0.1,0.2', "run schedule.base_lrr=0.1: Unknown config field 'schedule.base_lrr'"),
+    ('total_steps=abc,2000', "run total_steps=abc: flag --config.total_steps=abc: invalid literal for int() with "
+                             "base 10: 'abc'"),
+    ('schedule.base_lr=fast', "run schedule.base_lr=fast: flag --config.schedule.base_lr=fast: could not convert "
+                              "string to float: 'fast'"),
+    ('schedule.decay_type=cosin', "run schedule.decay_type=cosin: config.schedule.decay_type='cosin' is not one of"),
+])
+def test_every_run_of_a_sweep_is_validated_before_anything_starts_dry_run_included(tmp_path, capsys, sweep_flag,
+                                                                                   said):
+  code = sweep.main(['--config=configs/default.py', f'--sweep_dir={tmp_path}/sw', '--dry-run', '--sweep', sweep_flag])
+  err = capsys.readouterr().err
+  assert code == 2 and said in err and 'nothing was started' in err
+  assert not (tmp_path / 'sw').exists()

@@ -23,6 +23,7 @@ import numpy as np
 
 from vit_jax import checkpoint, io, models, preprocess, state, utils
 from vit_jax import workdir as workdir_lib
+from vit_jax.configs import check
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _in_model_layout(flat: dict[str, np.ndarray], config) -> dict:
 
 def load_run(workdir: str) -> Trained:
   """The trained model of a run's workdir (see the module doc); a clear error when the workdir holds none."""
-  config = _for_this_backend(workdir_lib.load_config(workdir))
+  config = _for_this_backend(check.validate(workdir_lib.load_config(workdir), files=False))
   npz_path = workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
   step, has_npz = workdir_lib.latest_step(workdir), io.exists(npz_path)
   if step is None and not has_npz:
@@ -128,6 +129,7 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
   if class_names is not None and len(class_names) != head:
     raise checkpoint.CheckpointError(f'{len(class_names)} class names for a head of {head} classes ({path}).')
   config.image_size = image_size or checkpoint_image_size(params, config.model)
+  check.validate(config, files=False)
   params = _posemb_for(params, config.model, config.image_size)
   model = state.build_model(config, head)
   checkpoint.check_fits(params, state.abstract_params(model, config.image_size), source=path)

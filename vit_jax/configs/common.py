@@ -169,3 +169,28 @@ def override(config: ml_collections.ConfigDict, key: str, value) -> None:
     except (ValueError, SyntaxError):
       pass
   node[leaf] = value
+
+
+def from_command_line(spec: str, override_args=()) -> ml_collections.ConfigDict:
+  """The config that `python -m vit_jax.main --config=SPEC ARGS...` gets (`override_args` are its --config.KEY=VALUE
+  arguments), parsed by the same ml_collections config_flags, locked. Raises check.UnknownFieldError for an unknown
+  field (with the field to use), check.ConfigError for an override or a config file that does not parse (naming it)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+  unknown = [a.split('=', 1)[0][len('--config.'):] for a in override_args if a.startswith('--config.')]
+  unknown = [name for name in unknown if not check.is_known(name)]
+  if unknown:
+    raise check.UnknownFieldError('\n'.join(check.unknown_message(name) for name in unknown))
+  values = flags.FlagValues()
+  argv = ['vit_jax.main', f'--config={spec}', *override_args]
+  try:
+    config_flags.DEFINE_config_file('config', spec, '', flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    return values.config
+  except Exception as e:  # pylint: disable=broad-except  (config_flags raises many kinds; all are the input's fault)
+    root = e
+    while root.__cause__ or root.__context__:
+      root = root.__cause__ or root.__context__
+    text, cause = ' '.join(str(e).split()), ' '.join(str(root).split())
+    raise check.ConfigError(text if cause in text else f'{text}: {type(root).__name__}: {cause}') from e
