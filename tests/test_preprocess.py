@@ -101,3 +101,12 @@ def test_to_rgb():
   np.testing.assert_array_equal(preprocess.to_rgb(gray[..., None])[..., 2], gray)
   rgba = np.zeros((2, 2, 4), np.uint8)
   assert preprocess.to_rgb(rgba).shape == (2, 2, 3)
+
+
+@pytest.mark.parametrize('mode', ['L', 'RGB', 'RGBA', 'P', 'LA', 'I;16', '1'])
+def test_png_decodes_as_pils_rgb_conversion_whatever_its_mode(mode):
+  pixels = np.random.default_rng(0).integers(0, 255, (7, 9, 4)).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels, 'RGBA').convert(mode).save(buffer, format='PNG')
+  with Image.open(io.BytesIO(buffer.getvalue())) as reference:
+    np.testing.assert_array_equal(preprocess.decode(buffer.getvalue()), np.asarray(reference.convert('RGB')))

@@ -20,6 +20,7 @@ float [-1, 1] on the device (`preprocess.to_float` in the train and eval steps).
 import collections
 import os
 import sys
+import threading
 from typing import Any, Iterable, Iterator
 
 from absl import flags
@@ -28,7 +29,7 @@ import jax
 import numpy as np
 
 from vit_jax import datasets as _local_datasets  # noqa: F401  (registers sklearn_digits with TFDS)
-from vit_jax import preprocess, randaugment
+from vit_jax import preprocess, randaugment, sources
 from vit_jax.sources import (  # noqa: F401  (the input pipeline's public names)
     IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, folder_root, get_info, open_split)
 
@@ -44,6 +45,7 @@ class TrainExample:
     pp = config.pp
     self.size, self.crop, self.min_area, self.pad = config.image_size, pp.crop, pp.inception_min_area, pp.pad_pixels
     self.flip, self.ra_layers, self.ra_magnitude = pp.flip, pp.randaugment_layers, pp.randaugment_magnitude
+    self.random = self.crop != 'resize' or self.flip or self.ra_layers > 0  # Else the rng is not used.
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     data = record['image']
@@ -60,24 +62,56 @@ class TrainExample:
     return {'image': image, 'label': np.int32(record['label'])}
 
 
-def train_stream(config, records) -> grain.MapDataset:
-  """Position i -> the example of the module doc: a pure function of (config.seed, i), for any i >= 0."""
-  if len(records) == 0:
-    raise ValueError(f'{config.dataset} {config.train_split!r} has no examples.')
-  ds = grain.MapDataset.source(records).shuffle(seed=_seed(config.seed, 0)).repeat()
-  return ds.random_map(TrainExample(config), seed=_seed(config.seed, 1))
+def example_rng(seed: int, position: int, _cache=threading.local()) -> np.random.Generator:
+  """The random generator of the example at `position`: Philox keyed by `seed`, counter (0, 0, 0, position) (Grain's
+  random_map convention, so the draws are those of earlier versions). One generator per thread, reset each time."""
+  rng = getattr(_cache, 'rng', None)
+  if rng is None or _cache.seed != seed:
+    rng, _cache.rng, _cache.seed = np.random.Generator(np.random.Philox(seed)), None, seed
+    _cache.rng = rng
+  state = rng.bit_generator.state
+  state['state']['counter'] = np.array([0, 0, 0, position], dtype=np.uint64)
+  state['buffer'], state['buffer_pos'], state['has_uint32'], state['uinteger'] = np.zeros(4, np.uint64), 4, 0, 0
+  rng.bit_generator.state = state
+  return rng
 
 
-class _LocalExample:
-  """Local index k -> stream position (k // L) * B + p * L + k % L: this process's part of each global batch."""
+class TrainStream:
+  """Position i -> the example of the module doc: a pure function of (config.seed, i), for any i >= 0.
 
-  def __init__(self, stream, global_batch: int, local_batch: int, process_index: int):
+  `stream[i]` is one example; `stream.batch(positions)` the examples at `positions` stacked, with their records read
+  together (one batched read where the source has one, e.g. ArrayRecord)."""
+
+  def __init__(self, config, records):
+    if len(records) == 0:
+      raise sources.DataError(f'{config.dataset} {config.train_split!r} has no examples.')
+    self.records, self.example = records, TrainExample(config)
+    self.order = grain.MapDataset.range(len(records)).shuffle(seed=_seed(config.seed, 0)).repeat()
+    self.seed = _seed(config.seed, 1)
+
+  def _rng(self, position: int):
+    return example_rng(self.seed, int(position)) if self.example.random else None
+
+  def __getitem__(self, position: int) -> dict[str, Any]:
+    return self.example(self.records[self.order[position]], self._rng(position))
+
+  def batch(self, positions) -> dict[str, np.ndarray]:
+    records = sources.read_many(self.records, [self.order[int(p)] for p in positions])
+    examples = [self.example(r, self._rng(p)) for r, p in zip(records, positions)]
+    return {'image': np.stack([e['image'] for e in examples]), 'label': np.array([e['label'] for e in examples],
+                                                                                 np.int32)}
+
+
+class _LocalBatch:
+  """Local batch b -> positions [b*B + p*L, b*B + (p+1)*L) of the stream: this process's part of global batch b."""
+
+  def __init__(self, stream: TrainStream, global_batch: int, local_batch: int, process_index: int):
     self.stream, self.global_batch, self.local_batch, self.process_index = (
         stream, global_batch, local_batch, process_index)
 
-  def __call__(self, k: int):
-    batch, offset = divmod(k, self.local_batch)
-    return self.stream[batch * self.global_batch + self.process_index * self.local_batch + offset]
+  def __call__(self, b: int) -> dict[str, np.ndarray]:
+    first = b * self.global_batch + self.process_index * self.local_batch
+    return self.stream.batch(range(first, first + self.local_batch))
 
 
 def _check_process_args(local_batch_size: int, process_index: int, process_count: int):
@@ -87,18 +121,15 @@ def _check_process_args(local_batch_size: int, process_index: int, process_count
     raise ValueError(f'process_index must be in [0, process_count={process_count}), got {process_index}.')
 
 
-def _read_options(config, batch_size: int) -> grain.ReadOptions:
+def _parallel(config, batches: grain.MapDataset) -> grain.IterDataset:
+  """Batches made ahead in config.input_threads threads (and config.input_processes processes), in order."""
   threads = config.input_threads or os.cpu_count() or 1
-  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * batch_size, threads))
-
-
-def _parallel(config, examples: grain.MapDataset, batch_size: int) -> grain.IterDataset:
-  ds = examples.to_iter_dataset(_read_options(config, batch_size))
+  ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, threads)))
   if config.input_processes:
     if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; in the Python API nobody parsed them.
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.input_processes))
-  return ds.batch(batch_size, drop_remainder=True)
+  return ds
 
 
 def train_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,
@@ -107,27 +138,30 @@ def train_dataset(config, *, local_batch_size: int, process_index: int = 0, proc
   _check_process_args(local_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  stream = train_stream(config, open_split(config, config.train_split, download=download).records)
-  local = _LocalExample(stream, local_batch_size * process_count, local_batch_size, process_index)
-  examples = grain.MapDataset.range(start_step * local_batch_size, sys.maxsize).map(local)
-  return _parallel(config, examples, local_batch_size)
+  stream = TrainStream(config, open_split(config, config.train_split, download=download).records)
+  local = _LocalBatch(stream, local_batch_size * process_count, local_batch_size, process_index)
+  return _parallel(config, grain.MapDataset.range(start_step, sys.maxsize).map(local))
 
 
-class _EvalExample:
-  """Local index k -> {'image', 'label', 'mask'}: record process_index + k * process_count, or padding past the end."""
+class _EvalBatch:
+  """Local batch b -> records process_index + k * process_count for k in [b*L, (b+1)*L), with padding (zeros, mask 0)
+  past this process's last record."""
 
-  def __init__(self, records, config, process_index: int, process_count: int, count: int):
+  def __init__(self, records, config, process_index: int, process_count: int, count: int, local_batch: int):
     self.records, self.process_index, self.process_count, self.count = records, process_index, process_count, count
     self.size, self.fraction, self.mode = config.image_size, config.pp.eval_crop_fraction, config.pp.eval_resize
+    self.local_batch = local_batch
 
-  def __call__(self, k: int) -> dict[str, Any]:
-    if k >= self.count:
-      return {'image': np.zeros((self.size, self.size, 3), np.uint8), 'label': np.int32(0),
-              'mask': np.float32(0.0)}
-    record = self.records[self.process_index + k * self.process_count]
-    image = preprocess.eval_image(record['image'], image_size=self.size, crop_fraction=self.fraction,
-                                  resize_mode=self.mode)
-    return {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
+  def __call__(self, b: int) -> dict[str, np.ndarray]:
+    ks = range(b * self.local_batch, min((b + 1) * self.local_batch, self.count))
+    records = sources.read_many(self.records, [self.process_index + k * self.process_count for k in ks])
+    images = np.zeros((self.local_batch, self.size, self.size, 3), np.uint8)
+    labels, mask = np.zeros(self.local_batch, np.int32), np.zeros(self.local_batch, np.float32)
+    for j, record in enumerate(records):
+      images[j] = preprocess.eval_image(record['image'], image_size=self.size, crop_fraction=self.fraction,
+                                        resize_mode=self.mode)
+      labels[j], mask[j] = record['label'], 1.0
+    return {'image': images, 'label': labels, 'mask': mask}
 
 
 def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,
@@ -137,8 +171,8 @@ def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, proce
   records = open_split(config, config.eval_split, download=download).records
   counts = [len(range(p, len(records), process_count)) for p in range(process_count)]
   num_batches = -(-max(counts) // local_batch_size)
-  example = _EvalExample(records, config, process_index, process_count, counts[process_index])
-  return _parallel(config, grain.MapDataset.range(num_batches * local_batch_size).map(example), local_batch_size)
+  batch = _EvalBatch(records, config, process_index, process_count, counts[process_index], local_batch_size)
+  return _parallel(config, grain.MapDataset.range(num_batches).map(batch))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ INCEPTION_ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 TRAIN_CROPS = ('inception', 'pad_crop', 'resize')
 EVAL_RESIZES = ('square', 'shorter_side')
 _JPEG_MAGIC = b'\xff\xd8'
+_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -79,8 +80,23 @@ def decode(data: bytes, *, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
                                     min_width=min_size[1], min_factor=2.0 if scalable else 1.0)
     except ValueError:  # E.g. CMYK, which libjpeg-turbo cannot turn into RGB: PIL can.
       pass
+  if bytes(data[:8]) == _PNG_MAGIC:
+    image = _decode_png(data)
+    if image is not None:
+      return image
   with _open(data) as image:
     return np.asarray(image.convert('RGB'))
+
+
+def _decode_png(data: bytes) -> np.ndarray | None:
+  """An 8-bit PNG through OpenCV (3x faster than PIL for small images), as PIL's convert('RGB') gives it (alpha
+  dropped, palettes and grey expanded); None for what OpenCV does not give that way (16-bit, damaged)."""
+  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if image is None or image.dtype != np.uint8:
+    return None
+  if image.ndim == 2:
+    return np.repeat(image[..., None], 3, axis=-1)
+  return np.ascontiguousarray(image[..., 2::-1])  # BGR(A) -> RGB.
 
 
 def sample_inception_box(height: int, width: int, rng: np.random.Generator, *, min_area: float,

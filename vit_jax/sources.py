@@ -64,6 +64,12 @@ class Split:
   class_names: tuple[str, ...]
 
 
+def read_many(records, indices) -> list[dict[str, Any]]:
+  """records[i] for each of `indices`, in order; in one batched read where the source has one (ArrayRecord)."""
+  many = getattr(records, 'read_many', None)
+  return many(indices) if many is not None else [records[i] for i in indices]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # TFDS.
 
@@ -80,6 +86,9 @@ class _TfdsRecords:
   def __getitem__(self, index):
     record = self._source[index]
     return {'image': record['image'], 'label': int(record['label'])}
+
+  def read_many(self, indices):
+    return [{'image': r['image'], 'label': int(r['label'])} for r in self._source.__getitems__(list(indices))]
 
 
 def _reachable(address=DOWNLOAD_PROBE, timeout: float = 3.0) -> bool:
