@@ -21,6 +21,7 @@ import socket
 import sys
 
 from vit_jax import io
+from vit_jax import lock
 from vit_jax import workdir as workdir_lib
 
 LAUNCH_FILE = workdir_lib.LAUNCH_FILE
@@ -64,16 +65,6 @@ def read(workdir: str) -> Record:
                 json.loads(launch) if launch else None)
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def status(record: Record, *, overrides: dict | None = None) -> str:
   """One of STATUSES (see the module doc); `overrides` are the next launch's, which may move the last step."""
   if record.complete(overrides):
@@ -83,7 +74,7 @@ def status(record: Record, *, overrides: dict | None = None) -> str:
     return 'not started'
   if 'returncode' in launch:
     return 'stopped' if launch['returncode'] == 0 else 'failed'
-  if launch.get('pid') and launch.get('host') == socket.gethostname() and not _alive(int(launch['pid'])):
+  if launch.get('pid') and launch.get('host') == socket.gethostname() and not lock.pid_alive(int(launch['pid'])):
     return 'failed'  # Its process is gone without recording an exit (killed).
   return 'running'
 

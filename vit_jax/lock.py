@@ -38,7 +38,8 @@ class WorkdirInUseError(errors.UserError, RuntimeError):
   """Another live run holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether process `pid` of this host is alive."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -51,7 +52,7 @@ def _alive(pid: int) -> bool:
 def stale(holder: dict, now: float | None = None) -> bool:
   """Whether a lock's holder is gone (module doc)."""
   now = time.time() if now is None else now
-  if holder.get('host') == socket.gethostname() and not _alive(int(holder.get('pid', -1))):
+  if holder.get('host') == socket.gethostname() and not pid_alive(int(holder.get('pid', -1))):
     return True
   return now - float(holder.get('heartbeat', 0)) > STALE_AFTER
 
