@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import socket
 import sys
 
