@@ -166,7 +166,7 @@ class _CountingRecords:
 def test_resuming_far_into_training_reads_only_the_batch_it_returns(digits_dir, monkeypatch):
   records = _CountingRecords(sources.open_split(_digits_config(digits_dir), 'train').records)
   monkeypatch.setattr(input_pipeline, 'open_split', lambda *a, **k: sources.Split(records, 10, tuple('0123456789')))
-  config = _digits_config(digits_dir, input_threads=1)
+  config = _digits_config(digits_dir, input_threads=1, input_cache_mib=0)  # Read per batch, not decoded ahead.
   it = iter(input_pipeline.train_dataset(config, local_batch_size=8, start_step=10**9))  # Epoch ~5.6 million.
   next(it)
   assert records.reads <= 8 + 64  # The batch, plus what the reader prefetched: nothing before the start.
@@ -442,3 +442,18 @@ def test_every_image_extension_of_vit_jax_io_trains_bmp_included(tmp_path):
   assert input_pipeline.get_info(config).num_train == 8
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert result['eval/num_examples'] == 8
+
+
+@pytest.mark.parametrize('crop', ['resize', 'pad_crop', 'inception'])
+def test_a_split_decoded_once_into_memory_gives_the_same_batches(digits_dir, crop, caplog):
+  def batches(cache_mib):
+    config = _digits_config(digits_dir, input_cache_mib=cache_mib, image_size=8, pp__crop=crop, pp__flip=True)
+    it = iter(input_pipeline.train_dataset(config, local_batch_size=16, start_step=3))
+    return [next(it) for _ in range(2)]
+
+  with caplog.at_level('INFO'):
+    cached = batches(16)
+  assert 'Decoded 1437 images' in caplog.text
+  for a, b in zip(cached, batches(0)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])

@@ -52,9 +52,9 @@ class TrainExample:
     if self.crop == 'inception':
       image = preprocess.decode_inception_crop(data, rng, size=self.size, min_area=self.min_area)
     elif self.crop == 'pad_crop':
-      image = preprocess.pad_crop(preprocess.decode(data), rng, pad=self.pad, size=self.size)
+      image = preprocess.pad_crop(preprocess.as_image(data), rng, pad=self.pad, size=self.size)
     else:
-      image = preprocess.resize(preprocess.decode(data), self.size)
+      image = preprocess.resize(preprocess.as_image(data), self.size)
     if self.flip:
       image = preprocess.random_flip(image, rng)
     if self.ra_layers:
@@ -138,7 +138,8 @@ def train_dataset(config, *, local_batch_size: int, process_index: int = 0, proc
   _check_process_args(local_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  stream = TrainStream(config, open_split(config, config.train_split, download=download).records)
+  records = open_split(config, config.train_split, download=download).records
+  stream = TrainStream(config, sources.decoded(records, config.input_cache_mib * 2**20))
   local = _LocalBatch(stream, local_batch_size * process_count, local_batch_size, process_index)
   return _parallel(config, grain.MapDataset.range(start_step, sys.maxsize).map(local))
 
@@ -168,7 +169,8 @@ def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, proce
                  download: bool = True) -> grain.IterDataset:
   """This process's part of config.eval_split, once, in order, padded (module doc)."""
   _check_process_args(local_batch_size, process_index, process_count)
-  records = open_split(config, config.eval_split, download=download).records
+  records = sources.decoded(open_split(config, config.eval_split, download=download).records,
+                            config.input_cache_mib * 2**20)
   counts = [len(range(p, len(records), process_count)) for p in range(process_count)]
   num_batches = -(-max(counts) // local_batch_size)
   batch = _EvalBatch(records, config, process_index, process_count, counts[process_index], local_batch_size)

@@ -130,9 +130,17 @@ def resize(image: np.ndarray, size, box=None, *, antialias: bool = False) -> np.
   return out if out.ndim == 3 else out[..., None]
 
 
-def decode_inception_crop(data: bytes, rng: np.random.Generator, *, size: int, min_area: float) -> np.ndarray:
+def as_image(data) -> np.ndarray:
+  """RGB uint8 [H, W, 3] of encoded bytes (`decode`) or of decoded pixels (`to_rgb`)."""
+  return to_rgb(data) if isinstance(data, np.ndarray) else decode(data)
+
+
+def decode_inception_crop(data, rng: np.random.Generator, *, size: int, min_area: float) -> np.ndarray:
   """Decode-and-crop: the header's shape, a drawn box, a decode at the smallest DCT scale that keeps the box at
-  least `size` px, then the box resized to `size` x `size`."""
+  least `size` px, then the box resized to `size` x `size`. Decoded pixels (`data` an array) take the same box."""
+  if isinstance(data, np.ndarray):
+    top, left, h, w = sample_inception_box(data.shape[0], data.shape[1], rng, min_area=min_area)
+    return resize(to_rgb(data), size, box=(top, left, h, w))
   height, width = image_shape(data)
   top, left, h, w = sample_inception_box(height, width, rng, min_area=min_area)
   min_size = (math.ceil(height * size / h), math.ceil(width * size / w)) if is_jpeg(data) else (0, 0)

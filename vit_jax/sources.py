@@ -28,6 +28,8 @@ import socket
 import types
 from typing import Any, Sequence
 
+import numpy as np
+
 from vit_jax import errors
 from vit_jax import io
 from vit_jax import preprocess
@@ -68,6 +70,40 @@ def read_many(records, indices) -> list[dict[str, Any]]:
   """records[i] for each of `indices`, in order; in one batched read where the source has one (ArrayRecord)."""
   many = getattr(records, 'read_many', None)
   return many(indices) if many is not None else [records[i] for i in indices]
+
+
+class _Decoded:
+  """Records whose images were decoded once into memory: {'image': uint8 [H, W, 3], 'label': int}."""
+
+  def __init__(self, images, labels):
+    self._images, self._labels = images, labels
+
+  def __len__(self):
+    return len(self._labels)
+
+  def __getitem__(self, index):
+    return {'image': self._images[index], 'label': int(self._labels[index])}
+
+
+def decoded(records, budget_bytes: int):
+  """`records` with their images decoded once into memory, by the same `preprocess.decode` that every example would
+  apply (so every example is the same either way), when their pixels take at most `budget_bytes`; else `records`
+  themselves. JPEGs are never decoded ahead: a JPEG's training crop is decoded at a reduced DCT scale (see
+  vit_jax/preprocess.py), so its pixels depend on the crop. What this saves is the per-image decode and read: the
+  cost that dominates small images (digits, CIFAR)."""
+  if budget_bytes <= 0 or len(records) == 0:
+    return records
+  first = records[0]['image']
+  height, width = preprocess.image_shape(first)
+  if preprocess.is_jpeg(first) or len(records) * height * width * 3 > budget_bytes:
+    return records
+  every = read_many(records, range(len(records)))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    images = list(pool.map(lambda r: preprocess.decode(r['image']), every))
+  if sum(image.nbytes for image in images) > budget_bytes:
+    return records
+  log.info('Decoded %d images (%.1f MiB) into memory once.', len(images), sum(i.nbytes for i in images) / 2**20)
+  return _Decoded(images, np.array([r['label'] for r in every], np.int64))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ ATTENTION_DIR = 'attention'
 # Fields whose change keeps the run the same run (a field, or a group and everything under it).
 RESUMABLE_FIELDS = (
     'total_steps', 'total_epochs', 'total_examples', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-    'keep', 'async_checkpoints', 'export_npz', 'prefetch', 'input_threads', 'input_processes', 'eval_batch_size',
+    'keep', 'async_checkpoints', 'export_npz', 'prefetch', 'input_threads', 'input_processes', 'input_cache_mib',
+    'eval_batch_size',
     'mesh', 'sharding_strategy', 'fsdp_min_size', 'tfds_data_dir', 'tfds_manual_dir', 'image_folder', 'augreg_index',
     'eval_split', 'fewshot', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
 )

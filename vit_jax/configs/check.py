@@ -270,7 +270,7 @@ def _data(config, problems) -> None:
   _number(problems, 'pp.pad_pixels', pp.pad_pixels, low=0, integer=True)
   _number(problems, 'pp.randaugment_layers', pp.randaugment_layers, low=0, integer=True)
   _number(problems, 'pp.randaugment_magnitude', pp.randaugment_magnitude, low=0)
-  for name in ('prefetch', 'input_threads', 'input_processes'):
+  for name in ('prefetch', 'input_threads', 'input_processes', 'input_cache_mib'):
     _number(problems, name, config[name], low=0, integer=True)
   fs = config.fewshot
   if fs.datasets:
