@@ -31,3 +31,15 @@ def test_variant_command_line_round_trips_the_options():
   baseline = train_throughput.parse_args(train_throughput.child_argv(args, 'baseline', train_throughput.BASELINE,
                                                                      None)[2:])
   assert train_throughput.variant_options(baseline) == train_throughput.BASELINE and baseline.hidden == 32
+
+
+def test_input_throughput_prints_both_pipelines_and_the_host_budget():
+  out = subprocess.run([sys.executable, 'benchmarks/input_throughput.py', '--num_images=8', '--batch=4', '--batches=2',
+                        '--warmup=1', '--only=digits,imagenet_jpeg_224', '--markdown'], cwd=ROOT, check=True,
+                       stdout=subprocess.PIPE, text=True, timeout=900).stdout
+  result = json.loads(next(line for line in out.splitlines() if line.startswith('{"threads"')))
+  assert [r['name'] for r in result['rows']] == ['digits', 'imagenet_jpeg_224']
+  for row in result['rows']:
+    assert row['ratio'] > 0 and row['ours']['img_per_sec'] > 0 and row['tf.data']['cpu_ms_per_image'] > 0
+  assert len(result['budget']) == 18 and all(r['vcpus_plain'] > 0 for r in result['budget'])
+  assert '| digits | 8x8 PNG, no crop |' in out and '| ViT-B_16 | TPU v4 (4 chips) |' in out
