@@ -182,7 +182,7 @@ def fitted_run(root, *, steps=40, **overrides):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# `python -m vit_jax.main` as a user runs it.
+# `python -m vit_jax.main` as a user runs it: one process, or several of one multi-process run (SMALL, run_mains).
 
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
 
@@ -219,6 +219,60 @@ def tiny_main_args(workdir, tfds_dir, steps=4, **overrides):
            'checkpoint_every_steps': steps, 'schedule.warmup_steps': 1, 'model.transformer.num_layers': 1,
            **overrides}
   return [f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in flags.items())]
+
+
+SMALL_STEPS = 5
+SMALL = ['--config.model.hidden_size=32', '--config.model.transformer.num_layers=1',
+         '--config.model.transformer.mlp_dim=64', '--config.model.transformer.num_heads=2',
+         '--config.model.transformer.dropout_rate=0.0', '--config.batch_size=16', '--config.eval_batch_size=16',
+         f'--config.total_steps={SMALL_STEPS}', '--config.log_every_steps=1',
+         f'--config.eval_every_steps={SMALL_STEPS}', f'--config.checkpoint_every_steps={SMALL_STEPS}',
+         '--config.schedule.warmup_steps=1']
+
+
+def free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def by_step(records, key):
+  return {r['step']: r[key] for r in records if key in r}
+
+
+def run_mains(tmp_path, name, devices, arg_lists, port=None, *, timeout=300, failed_grace=60):
+  """Starts one `python -m vit_jax.main` per argument list (each in an empty cwd, `devices` XLA devices each) and
+  waits for all; once one fails the others get `failed_grace` seconds to fail too; kills any still running at the
+  timeout. The coordinator binds to 127.0.0.1:`port` where given. Returns [(returncode, stdout + stderr)]."""
+  import os  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  # The coordinator listens on all interfaces ([::]) unless told otherwise.
+  env = main_env(devices, **({} if port is None else {'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'}))
+  procs, logs = [], []
+  for i, args in enumerate(arg_lists):
+    cwd = tmp_path / f'{name}_cwd{i}'
+    cwd.mkdir()
+    logs.append(open(tmp_path / f'{name}_{i}.log', 'w+', encoding='utf-8'))  # pylint: disable=consider-using-with
+    procs.append(start_main(args, cwd=cwd, env=env, log=logs[-1]))
+  deadline = time.monotonic() + timeout
+  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    if any(p.poll() not in (None, 0) for p in procs):  # One failed: the others get a minute to fail too.
+      deadline = min(deadline, time.monotonic() + failed_grace)
+    time.sleep(0.5)
+  hung = [i for i, p in enumerate(procs) if p.poll() is None]
+  for i in hung:
+    procs[i].kill()
+    procs[i].wait()
+  assert not hung, f'{name}: processes {hung} still running at the deadline (hang); killed. Logs in {tmp_path}.'
+  results = []
+  for p, log in zip(procs, logs):
+    log.seek(0)
+    results.append((p.returncode, log.read()))
+    log.close()
+  for i in range(len(arg_lists)):  # Nothing written outside the workdir.
+    assert os.listdir(tmp_path / f'{name}_cwd{i}') == [], f'{name} process {i} wrote into its cwd'
+  return results
 
 
 def mount_tmpfs(path, size):
