@@ -49,6 +49,20 @@ def train_config(**overrides):
   return override(config, overrides)
 
 
+def data_config(**overrides):
+  """The default config at 16 px with 2 input threads, for the input pipeline; keys 'a__b' override nested fields."""
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  config = common.get_config()
+  config.image_size = 16
+  config.input_threads = 2
+  return override(config, {k.replace('__', '.'): v for k, v in overrides.items()})
+
+
+def take(ds, n, start=0):
+  it = iter(ds)
+  return [next(it) for _ in range(n)]
+
+
 def main_config(path, args=()):
   """The config that `python -m vit_jax.main --config=path args...` would get (absl + config_flags, no process)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
