@@ -1,6 +1,6 @@
 """vit_jax/sources.py: TFDS datasets (sliced splits; a TFRecord-only, an unprepared offline or a manual-download
 dataset is one clear error) and image folders (train/eval, TFDS-style slices, folder errors, undecodable files
-skipped)."""
+skipped, a folder path given as the dataset)."""
 import logging
 import os
 import shutil
@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import tiny
-from vit_jax import input_pipeline, sources
+from vit_jax import input_pipeline, sources, train
 
 # ----------------------------------------------------------------------------------------------------------------
 # TFDS datasets (prepared for real from random examples).
@@ -150,3 +150,12 @@ def test_skip_warning_for_bad_images_is_logged_once(image_folder, caplog):
     tiny.take(input_pipeline.train_dataset(config, local_batch_size=4), 1)
     input_pipeline.get_info(config)
   assert caplog.text.count('skipping 1 undecodable file(s)') == 1
+
+
+def test_folder_path_as_dataset_trains_as_an_image_folder(tmp_path, caplog):
+  folder = tiny.image_folder(tmp_path)
+  config = tiny.train_config(dataset=folder, total_steps=2, eval_every_steps=2)
+  with caplog.at_level('INFO', logger='vit_jax'):
+    result = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert result['eval/num_examples'] == 6
+  assert 'is a directory: reading it as an image folder' in caplog.text

@@ -195,6 +195,12 @@ def fitted_run(root, *, steps=40, **overrides):
   return workdir, folder
 
 
+def images(seed, n=2, size=32):
+  """`n` random images in [-1, 1], float32 [n, size, size, 3], from jax.random.key(seed)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return np.asarray(jax.random.uniform(jax.random.key(seed), (n, size, size, 3), minval=-1, maxval=1))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # `python -m vit_jax.main` as a user runs it: one process, or several of one multi-process run (SMALL, run_mains).
 
