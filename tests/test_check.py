@@ -93,6 +93,18 @@ def test_nested_reference_field_is_refused():
   check.check_fields(config)
 
 
+def test_batch_size_that_does_not_split_over_devices_is_clear_error():
+  with pytest.raises(check.ConfigError, match=r'config.batch_size=12 must be a multiple of the 8 batch shards'):
+    check.validate(tiny.train_config(batch_size=12), devices=8, files=False)
+  with pytest.raises(check.ConfigError, match=r'accum_steps=4'):
+    check.validate(tiny.train_config(batch_size=16, accum_steps=4), devices=8, files=False)
+
+
+def test_image_size_not_multiple_of_patch_is_clear_error():
+  with pytest.raises(check.ConfigError, match=r'config.image_size=18 is not a multiple of the 4 px per token'):
+    check.validate(tiny.train_config(image_size=18), files=False)
+
+
 def test_warmup_and_total_in_epochs_are_checked_once_resolved():
   config = tiny.train_config(**{'total_epochs': 1.0, 'schedule.warmup_epochs': 2.0})
   with pytest.raises(check.ConfigError, match='warmup_epochs=2.0 is more than config.total_epochs=1.0'):

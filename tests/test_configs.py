@@ -1,17 +1,94 @@
-"""The config API: vision_transformer's model presets and config API (vit_jax/configs/models.py), and configs/ is not
-installed as a package."""
+"""The config files and the config API: every field of every file in configs/ round-trips through the command line,
+the fine-tuning presets (configs/vit.py), vision_transformer's model presets and config API (vit_jax/configs/models.py),
+and configs/ is not installed as a package."""
+import glob
+import os
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
+from ml_collections.config_dict import FieldReference
 
 import tiny
 from vit_jax import models
+from vit_jax.configs import check
 from vit_jax.configs import models as model_configs
 
 REPO = tiny.REPO
+
+# Every config file with the arguments to load it (a file added to configs/ must be listed here).
+CONFIG_FILES = {'default.py': [''], 'vit.py': ['ViT-B_16,cifar10', 'R50+ViT-B_16,oxford_iiit_pet'],
+                'pretrain_i21k.py': ['ViT-B_16'], 'pretrain_i1k.py': ['ViT-S_16,epochs=150']}
+
+
+def _field_type(config, name):
+  *parents, leaf = name.split('.')
+  for p in parents:
+    config = config[p]
+  raw = config._fields[leaf]  # pylint: disable=protected-access  (the declared type of a None field)
+  return raw.get_type() if isinstance(raw, FieldReference) else type(raw)
+
+
+def _get(config, name):
+  for p in name.split('.'):
+    config = config[p]
+  return config
+
+
+def _other_value(value, kind):
+  if kind is bool:
+    return not value
+  if kind is int:
+    return (value or 0) + 3
+  if kind is float:
+    return (value or 0.0) + 0.25
+  if kind is str:
+    return (value or '') + 'x'
+  return value  # Tuples: the same value, given as a string.
+
+
+def test_every_config_file_is_listed():
+  assert sorted(os.path.basename(p) for p in glob.glob(str(REPO / 'configs' / '*.py'))) == sorted(CONFIG_FILES)
+
+
+@pytest.mark.parametrize('path', [f'{REPO}/configs/{f}' + (f':{a}' if a else '') for f, args in CONFIG_FILES.items()
+                                  for a in args])
+def test_every_field_of_every_config_file_round_trips_through_the_command_line(path):
+  base = tiny.main_config(path)
+  fields = check.flat_keys(base)
+  assert len(fields) > 50
+  for name in fields:
+    kind = _field_type(base, name)
+    if kind is type(None):  # Only a pure ViT's `model.resnet`: choose a hybrid preset instead.
+      assert name == 'model.resnet', name
+      continue
+    new = _other_value(_get(base, name), kind)
+    text = repr(new) if kind is tuple else str(new)
+    assert _get(tiny.main_config(path, [f'--config.{name}={text}']), name) == new, name
+
+
+def test_none_and_wider_typed_fields_take_their_real_type():
+  path = f'{REPO}/configs/vit.py:R26+ViT-S_32,cifar10'
+  config = tiny.main_config(path, ['--config.model.representation_size=48', '--config.model.resnet.width_factor=0.5',
+                         '--config.tfds_data_dir=/data'])
+  assert (config.model.representation_size, config.model.resnet.width_factor, config.tfds_data_dir) == (
+      48, 0.5, '/data')
+
+
+def test_finetune_presets_and_their_errors():
+  from configs import vit as vit_configs  # pylint: disable=g-import-not-at-top
+  config = vit_configs.get_config('ViT-B_16,cifar10')
+  assert (config.schedule.base_lr, config.batch_size, config.total_steps, config.image_size) == (0.01, 512, 10_000, 384)
+  assert (config.optimizer.name, config.optimizer.momentum, config.optimizer.grad_clip_norm) == ('sgd', 0.9, 1.0)
+  assert (config.schedule.warmup_steps, config.schedule.decay_type) == (500, 'cosine')
+  assert vit_configs.get_config('ViT-L_16,imagenet2012').total_steps == 20_000
+  assert vit_configs.get_config('ViT-L_16,cifar100').schedule.base_lr == 0.03
+  with pytest.raises(ValueError, match=r"'ViT-Q_3'.*ViT-B_16"):
+    vit_configs.get_config('ViT-Q_3,cifar10')
+  with pytest.raises(ValueError, match=r"'mnist'.*cifar10, cifar100, imagenet2012, oxford_iiit_pet"):
+    vit_configs.get_config('ViT-B_16,mnist')
 
 
 # ---------------------------------------------------------------------------------------------------------------

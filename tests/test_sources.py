@@ -1,5 +1,5 @@
 """vit_jax/sources.py: TFDS datasets (sliced splits; a TFRecord-only, an unprepared offline or a manual-download
-dataset is one clear error) and image folders (train/eval, TFDS-style slices, folder errors, undecodable files
+dataset is one clear error) and image folders (train/eval, TFDS-style slices, folder errors, undecodable files named or
 skipped, a folder path given as the dataset)."""
 import logging
 import os
@@ -12,6 +12,7 @@ from PIL import Image
 
 import tiny
 from vit_jax import input_pipeline, sources, train
+from vit_jax.configs import check
 
 # ----------------------------------------------------------------------------------------------------------------
 # TFDS datasets (prepared for real from random examples).
@@ -150,6 +151,29 @@ def test_skip_warning_for_bad_images_is_logged_once(image_folder, caplog):
     tiny.take(input_pipeline.train_dataset(config, local_batch_size=4), 1)
     input_pipeline.get_info(config)
   assert caplog.text.count('skipping 1 undecodable file(s)') == 1
+
+
+def test_undecodable_image_is_an_error_naming_the_file_or_is_skipped_and_counted(tmp_path, caplog):
+  root = tiny.image_folder(tmp_path)  # 3 classes x 4 train images.
+  bad = os.path.join(root, 'train', 'dog', 'broken.jpg')
+  with open(bad, 'wb') as f:
+    f.write(b'\xff\xd8\xff\xe0 not really a jpeg')
+  good = open(os.path.join(root, 'train', 'cat', '0.jpg'), 'rb').read()
+  truncated = os.path.join(root, 'train', 'eel', 'truncated.jpg')
+  with open(truncated, 'wb') as f:
+    f.write(good[:len(good) // 3])
+  config = tiny.folder_config(root)
+  with pytest.raises(ValueError, match=r'2 file\(s\) that cannot be decoded.*broken.jpg.*truncated.jpg'):
+    input_pipeline.get_info(config)
+  config.on_bad_image = 'skip'
+  with caplog.at_level('WARNING'):
+    info = input_pipeline.get_info(config)
+  assert info.num_train == 12
+  assert 'skipping 2 undecodable' in caplog.text and 'broken.jpg' in caplog.text
+  batch = next(iter(input_pipeline.train_dataset(config, local_batch_size=12)))
+  assert batch['image'].shape == (12, 16, 16, 3) and batch['image'].dtype == np.uint8
+  with pytest.raises(check.ConfigError, match=r"config.on_bad_image='drop' is not one of 'error', 'skip'"):
+    check.validate(tiny.folder_config(root, on_bad_image='drop'))
 
 
 def test_folder_path_as_dataset_trains_as_an_image_folder(tmp_path, caplog):

@@ -202,6 +202,59 @@ def images(seed, n=2, size=32):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Runs that are interrupted and resumed: a tiny image-folder run, its training batches as the loop draws them, and
+# what it leaves in its workdir.
+
+TIMING_KEYS = ('train/img_per_sec', 'train/img_per_sec_per_device', 'train/tflops_per_device', 'train/mfu')
+
+
+def folder_config(root, **overrides):
+  """Tiny image-folder run: 7 steps, logs every 2, checkpoints every 4, dropout on (the RNG must resume too)."""
+  return train_config(**{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 7,
+                         'log_every_steps': 2, 'eval_every_steps': 4, 'checkpoint_every_steps': 4,
+                         'model.transformer.dropout_rate': 0.1, **overrides})
+
+
+def on_train_batch(monkeypatch, fn):
+  """Passes the k-th training batch (1-based) through fn(k, batch) as the loop draws it (eval batches untouched).
+
+  With config.prefetch=1 the loop draws batch k + 1 while it starts step k.
+  """
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  real = input_pipeline.prefetch_to_device
+
+  def wrapped(iterator, size, shard):
+    def batches():
+      for k, batch in enumerate(iterator, start=1):
+        yield batch if 'mask' in batch else fn(k, batch)
+    return real(batches(), size, shard)
+
+  monkeypatch.setattr(input_pipeline, 'prefetch_to_device', wrapped)
+
+
+def comparable(records):
+  """Metrics records without the timings (which differ between two runs of the same steps)."""
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def exported_params(workdir):
+  """The flat params of a finished run (its params.npz)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  return checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
+
+
+def snapshot(workdir):
+  """{relative path: bytes} of every file under workdir."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in pathlib.Path(workdir).rglob('*'):
+    if path.is_file():
+      out[str(path.relative_to(workdir))] = path.read_bytes()
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # `python -m vit_jax.main` as a user runs it: one process, or several of one multi-process run (SMALL, run_mains).
 
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
@@ -227,7 +280,8 @@ def run_main(args, *, cwd=REPO, devices=1, timeout=600, env=None):
 
 
 def start_main(args, *, cwd=REPO, devices=1, log=None, env=None):
-  """Starts `python -m vit_jax.main ARGS`; output to the open file `log` (else pipes, text). The Popen."""
+  """Starts `python -m vit_jax.main ARGS`; stdout and stderr together to `log` (an open file, or subprocess.PIPE for
+  one pipe), else to two pipes; text. The Popen."""
   import subprocess  # pylint: disable=g-import-not-at-top
   out = dict(stdout=log, stderr=subprocess.STDOUT) if log else dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   return subprocess.Popen(main_command(*args), cwd=cwd, env=env or main_env(devices), text=True, **out)
@@ -255,6 +309,11 @@ def free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def logged_steps(records, key):
+  """The steps of the metrics records that hold `key`."""
+  return [r['step'] for r in records if key in r]
 
 
 def by_step(records, key):
