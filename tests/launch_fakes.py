@@ -1,18 +1,22 @@
-"""Test helpers for launch/: a fake `gcloud` on PATH with a scripted scenario, a tiny git clone to ship, and the `gcs`
-fixture (gs:// served from a local folder)."""
+"""Test helpers for launch/: a fake `gcloud` on PATH with a scripted scenario, a tiny git clone to ship, the `gcs`
+fixture (gs:// served from a local folder), and a `launch.tpu launch` of one run (its arguments, the scripts it sends,
+the `fake` gcloud and `clone` fixtures)."""
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import fake_gcs
 import pytest
 from etils.epath import backend
 from fsspec.registry import _registry as fsspec_registry  # pylint: disable=protected-access
 
+from launch import gcloud, tpu
+
 HERE = pathlib.Path(__file__).resolve().parent
-STATUS = 'vit_jax-job:'
+_JOB_LINE = 'vit_jax-job:'  # What the status script prints on a worker.
 
 
 class FakeGcloud:
@@ -45,7 +49,7 @@ class FakeGcloud:
 
 def workers(*states) -> str:
   """The output of the status script on len(states) workers."""
-  return ''.join(f'{STATUS} {s}\n' for s in states)
+  return ''.join(f'{_JOB_LINE} {s}\n' for s in states)
 
 
 def git_clone(path: pathlib.Path) -> str:
@@ -70,3 +74,48 @@ def gcs(tmp_path, monkeypatch):
     monkeypatch.setenv(key, value)
   yield root
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One run launched by `launch.tpu launch` on the TPU VM vit-s16 (v4-32, spot) in us-central2-b of my-proj.
+
+ARGS = ['--config=configs/default.py', '--workdir=gs://bucket/runs/s16', '--config.total_steps=10']
+RUN_ARGS = ['--distributed=on', *ARGS]
+WHERE = ['--zone=us-central2-b', '--project=my-proj']
+VM = ['compute', 'tpus', 'tpu-vm']
+STATUS = gcloud.status_script()
+FINISHED = gcloud.record_script('status', 'gs://bucket/runs/s16')
+CHECKPOINT = gcloud.launch_script('outcome', 'checkpoint', 'gs://bucket/runs/s16')
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # The code archive goes here.
+  return FakeGcloud(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def clone(tmp_path):
+  path = tmp_path / 'clone'
+  return str(path), git_clone(path)
+
+
+def tpu_flags(clone, *extra, zones='us-central2-b'):
+  return ['--name=vit-s16', '--accelerator=v4-32', f'--zones={zones}', '--project=my-proj', '--spot',
+          f'--code_dir={clone[0]}', '--poll=0', '--retry_interval=0', *extra]
+
+
+def tpu_launch(clone, *extra, zones='us-central2-b', args=ARGS):
+  return tpu.main(['launch', *tpu_flags(clone, *extra, zones=zones), '--', *args])
+
+
+def shipped_archive(calls, tmp_path) -> str:
+  """The local archive that the launch shipped: in a private folder of the temporary directory, gone afterwards."""
+  local = pathlib.Path(next(c[4] for c in calls if c[3] == 'scp'))
+  assert local.parent.parent == tmp_path and local.parent.name.startswith('vit_jax-launch-'), local
+  assert not local.parent.exists()
+  return str(local)
+
+
+def without_polls(calls):
+  return [c for c in calls if not (c[3] == 'describe' or STATUS in c[-1])]

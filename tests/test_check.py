@@ -1,13 +1,15 @@
-"""vit_jax/configs/check.py: a whole config is validated before any I/O, each bad value named with what is valid."""
+"""vit_jax/configs/check.py: a whole config is validated before any I/O, each bad value named with what is valid;
+unknown fields (vision_transformer's names among them) are refused with the field to use, before anything is written."""
 import json
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import tiny
-from vit_jax import checkpoint
-from vit_jax.configs import check
+from vit_jax import checkpoint, models, train
+from vit_jax.configs import check, common
 
 
 def _problem(**overrides):
@@ -65,6 +67,42 @@ def test_unknown_fields_come_first_with_a_suggestion():
   config.learning_rate = 0.1
   with pytest.raises(check.UnknownFieldError, match="'learning_rate'.*did you mean schedule.base_lr"):
     check.validate(config)
+
+
+@pytest.mark.parametrize('field,hint', [('batch', 'use batch_size'), ('pretrained_dir', 'use pretrained_path'),
+                                        ('base_lr', 'use schedule.base_lr'), ('learning_rate', 'schedule.base_lr'),
+                                        ('batch_sise', 'batch_size')])
+def test_unknown_and_reference_fields_are_refused_with_the_field_to_use(tmp_path, field, hint):
+  config = tiny.train_config()
+  with pytest.raises(AttributeError, match='locked'):
+    setattr(config, field, 64)  # The shared defaults are locked, as the command line's are.
+  config.unlock()
+  setattr(config, field, 64)
+  with pytest.raises(check.UnknownFieldError, match=rf"Unknown config field '{field}'.*{hint}"):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')  # Refused before anything is written.
+
+
+def test_nested_reference_field_is_refused():
+  config = common.get_config().unlock()
+  config.pp.train = 'train[:98%]'
+  with pytest.raises(check.UnknownFieldError, match=r"'pp.train'.*use train_split"):
+    check.check_fields(config)
+  config = common.get_config()
+  config.model = models.get_model_config('R50+ViT-B_16')  # Hybrid-only fields are known.
+  check.check_fields(config)
+
+
+def test_batch_size_that_does_not_split_over_devices_is_clear_error():
+  with pytest.raises(check.ConfigError, match=r'config.batch_size=12 must be a multiple of the 8 batch shards'):
+    check.validate(tiny.train_config(batch_size=12), devices=8, files=False)
+  with pytest.raises(check.ConfigError, match=r'accum_steps=4'):
+    check.validate(tiny.train_config(batch_size=16, accum_steps=4), devices=8, files=False)
+
+
+def test_image_size_not_multiple_of_patch_is_clear_error():
+  with pytest.raises(check.ConfigError, match=r'config.image_size=18 is not a multiple of the 4 px per token'):
+    check.validate(tiny.train_config(image_size=18), files=False)
 
 
 def test_warmup_and_total_in_epochs_are_checked_once_resolved():

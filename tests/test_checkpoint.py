@@ -1,4 +1,5 @@
-"""Release .npz import/export: every known layout gives identical logits; resampling matches scipy."""
+"""Release .npz import/export: every known layout gives identical logits (fine-tuned files through `checkpoint.load`,
+the head included); resampling matches scipy; `inspect_params` names missing and extra keys."""
 import logging
 
 import jax
@@ -10,7 +11,7 @@ import scipy.ndimage
 import tiny
 from vit_jax import checkpoint, models, utils
 
-X = np.asarray(jax.random.uniform(jax.random.key(7), (2, 16, 16, 3), minval=-1, maxval=1))
+X = tiny.images(7, size=16)
 
 
 def _model_and_params(config, num_classes=5, seed=0, size=16):
@@ -213,3 +214,41 @@ def test_loads_straight_into_sharded_layout(tmp_path):
   assert kernel.sharding == row_split
   assert kernel.addressable_shards[0].data.shape == (4, 64)
   np.testing.assert_array_equal(kernel, params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel'])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fine-tuned files (a head of their own) through checkpoint.load, and inspect_params.
+
+FINETUNED_X = tiny.images(3)[:, :16, :16]
+
+
+def _finetuned(config, num_classes=4):
+  model = models.VisionTransformer(num_classes=num_classes, **config)
+  params = model.init(jax.random.key(0), FINETUNED_X[:1])['params']
+  rng = np.random.default_rng(5)
+  return model, jax.tree.map(lambda x: np.asarray(rng.normal(0, 0.3, x.shape), np.float32), params)
+
+
+@pytest.mark.parametrize('layout', ['linen', 'pre_linen', 'scanned'])
+def test_load_gives_the_fine_tuned_files_logits_head_included(tmp_path, layout):
+  model, params = _finetuned(tiny.vit_config(representation_size=8))
+  flat = utils.flatten_dict(params)
+  if layout == 'pre_linen':
+    flat = tiny.pre_linen(flat)
+  elif layout == 'scanned':
+    flat = checkpoint.stack_blocks(flat)
+  np.savez(tmp_path / 'ft.npz', **flat)
+  loaded = checkpoint.load(str(tmp_path / 'ft.npz'))
+  np.testing.assert_array_equal(model.apply({'params': loaded}, FINETUNED_X),
+                                model.apply({'params': params}, FINETUNED_X))
+
+
+def test_inspect_params_lists_missing_and_extra_keys():
+  _, params = _finetuned(tiny.vit_config())
+  expected = {**params, 'pre_logits': {'kernel': 0, 'bias': 0}}
+  broken = {k: v for k, v in params.items() if k != 'cls'}
+  with pytest.raises(ValueError, match=r"1 missing \['cls'\].*2 extra \['pre_logits/bias', 'pre_logits/kernel'\]"):
+    checkpoint.inspect_params(params={**broken, 'pre_logits': {'kernel': 0, 'bias': 0}}, expected=params)
+  assert checkpoint.inspect_params(params=params, expected=expected, fail_if_missing=False) is params
+  with pytest.raises(ValueError, match='missing'):
+    checkpoint.inspect_params(params=params, expected=expected)

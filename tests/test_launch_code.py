@@ -6,8 +6,7 @@ import tempfile
 import pytest
 
 from launch import code as code_lib, shell, sweep, tpu
-from launch_fakes import FakeGcloud, gcs, workers  # noqa: F401  (gcs: a fixture)
-from test_launch_tpu import ARGS, STATUS, _flags, clone, fake  # noqa: F401  (clone, fake: fixtures)
+from launch_fakes import ARGS, STATUS, FakeGcloud, clone, fake, gcs, tpu_flags, workers  # noqa: F401  (fixtures)
 
 
 def test_two_packs_of_one_commit_are_separate_files_removed_when_each_ends(clone, tmp_path, monkeypatch):
@@ -46,6 +45,6 @@ def test_a_clone_without_git_or_a_bad_code_fails_before_any_node_is_created(fake
                                                                              status, message):
   (tmp_path / 'nogit').mkdir()
   flag = flag.replace('nogit', str(tmp_path / 'nogit'))
-  assert tpu.main(['launch', *_flags(clone), flag, '--', *ARGS]) == status
+  assert tpu.main(['launch', *tpu_flags(clone), flag, '--', *ARGS]) == status
   assert fake.calls() == []
   assert message in capsys.readouterr().err

@@ -1,14 +1,11 @@
 """launch.sky's task YAML (TPU or GPU, spot, managed-job recovery) and vit_jax.main joining a multi-node SkyPilot
 cluster from SKYPILOT_NODE_IPS / SKYPILOT_NODE_RANK / SKYPILOT_NUM_NODES (two real processes)."""
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
+import tiny
 from launch import sky
-from test_multihost import SMALL, _free_port, tfds_dir  # noqa: F401  (tfds_dir: a fixture)
 from vit_jax import main as vit_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -47,18 +44,17 @@ def test_skypilot_environment_gives_coordinator_process_count_and_rank():
   assert vit_main.skypilot_cluster({}) is None
 
 
-def test_two_processes_join_one_run_from_skypilot_variables(tmp_path, tfds_dir):  # noqa: F811
+def test_two_processes_join_one_run_from_skypilot_variables(tmp_path, digits_dir):
   """Two real processes (~25 s), as SkyPilot starts them on two nodes: only the SKYPILOT_* variables tell them."""
-  port = _free_port()
+  port = tiny.free_port()
   procs = []
   for rank in range(2):
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-           'SKYPILOT_NUM_NODES': '2', 'SKYPILOT_NODE_RANK': str(rank), 'SKYPILOT_NODE_IPS': '127.0.0.1\n127.0.0.2',
-           'JAX_COORDINATOR_PORT': str(port), 'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'}
+    env = tiny.main_env(2, SKYPILOT_NUM_NODES='2', SKYPILOT_NODE_RANK=str(rank),
+                        SKYPILOT_NODE_IPS='127.0.0.1\n127.0.0.2', JAX_COORDINATOR_PORT=str(port),
+                        JAX_COORDINATOR_BIND_ADDRESS=f'127.0.0.1:{port}')
     log = open(tmp_path / f'{rank}.log', 'w+', encoding='utf-8')
-    procs.append((subprocess.Popen([sys.executable, '-m', 'vit_jax.main', f'--config={REPO}/configs/default.py',
-                                    f'--config.tfds_data_dir={tfds_dir}', *SMALL, f'--workdir={tmp_path / "w"}'],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path), log))
+    procs.append((tiny.start_main([f'--config={REPO}/configs/default.py', f'--config.tfds_data_dir={digits_dir}',
+                                   *tiny.SMALL, f'--workdir={tmp_path / "w"}'], cwd=tmp_path, env=env, log=log), log))
   outs = []
   for proc, log in procs:
     try:

@@ -12,11 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+import tiny
 from launch import record, slurm
-from test_multihost import SMALL, _by_step, _run, tfds_dir  # noqa: F401  (tfds_dir: a fixture)
-from vit_jax import metrics
 from vit_jax import workdir as workdir_lib
-from vit_jax import state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETUP = REPO / 'launch' / 'setup_local_slurm.sh'
@@ -84,14 +82,14 @@ def _local_slurm() -> str | None:
   return None
 
 
-def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, tfds_dir):  # noqa: F811
+def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, digits_dir):
   """The real thing (~45 s): sbatch of a 2-task job on the local SLURM, against a 1-process run with 4 devices."""
   reason = _local_slurm()
   if reason:
     pytest.skip(reason)
-  common = [f'--config={REPO}/configs/default.py', f'--config.tfds_data_dir={tfds_dir}', *SMALL]
+  common = [f'--config={REPO}/configs/default.py', f'--config.tfds_data_dir={digits_dir}', *tiny.SMALL]
   w1, w2, logs = tmp_path / 'w1', tmp_path / 'w2', tmp_path / 'logs'
-  ((rc, out),) = _run(tmp_path, 'single', 4, [common + [f'--workdir={w1}']])
+  ((rc, out),) = tiny.run_mains(tmp_path, 'single', 4, [common + [f'--workdir={w1}']])
   assert rc == 0, out[-3000:]
 
   done = subprocess.run(
@@ -107,10 +105,10 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, tfds
   assert 'process 1 of 2, 2 local / 4 global devices (cpu)' in task_logs[1].read_text(), log_text
 
   one, two = workdir_lib.read_metrics(str(w1)), workdir_lib.read_metrics(str(w2))
-  np.testing.assert_allclose(list(_by_step(two, 'train/loss').values()), list(_by_step(one, 'train/loss').values()),
-                             rtol=1e-5)
-  assert list(_by_step(two, 'train/loss')) == list(range(1, 6))
-  assert _by_step(two, 'eval/accuracy') == _by_step(one, 'eval/accuracy')
+  np.testing.assert_allclose(list(tiny.by_step(two, 'train/loss').values()),
+                             list(tiny.by_step(one, 'train/loss').values()), rtol=1e-5)
+  assert list(tiny.by_step(two, 'train/loss')) == list(range(1, 6))
+  assert tiny.by_step(two, 'eval/accuracy') == tiny.by_step(one, 'eval/accuracy')
   info = json.loads((w2 / 'launch.json').read_text())
   assert info['backend'] == 'slurm' and info['returncode'] == 0 and info['job_id'].isdigit()
   assert record.status(record.read(str(w2))) == 'finished'

@@ -4,9 +4,8 @@ command, and each end of the job is a failure or a preemption by the rule of lau
 import pytest
 
 from launch import gcloud, node as node_lib
-from test_launch_tpu import (CHECKPOINT, FINISHED, RUN_ARGS, STATUS, VM, WHERE, _archive, _launch,  # noqa: F401
-                             _without_polls, clone, fake)  # (clone, fake: fixtures)
-from launch_fakes import workers
+from launch_fakes import (CHECKPOINT, FINISHED, RUN_ARGS, STATUS, VM, WHERE, clone, fake,  # noqa: F401  (fixtures)
+                          shipped_archive, tpu_launch, without_polls, workers)
 
 SETUP = 'uv venv'  # A fragment of the set-up script.
 RUN = gcloud.run_script(RUN_ARGS)
@@ -34,21 +33,21 @@ def test_a_set_up_that_keeps_failing_is_retried_within_the_failure_budget_then_t
                                                                                                 tmp_path, queued):
   flags, up, delete = _kinds(queued)
   fake.script([(['describe'], [up]), ([SETUP], [UNRESOLVABLE])])
-  assert _launch(clone, '--max_failures=2', *flags) == 1
+  assert tpu_launch(clone, '--max_failures=2', *flags) == 1
   calls = fake.calls()
   assert _count(calls, SETUP) == 3 and _count(calls, RUN) == 0  # The first try and 2 retries; never started.
   assert ' '.join(['gcloud', *calls[-1]]) == delete
   err = capfd.readouterr().err  # The set-up's own output goes straight to the terminal.
   assert 'past --max_failures=2' in err and err.count('No solution found when resolving dependencies') == 3
   assert 'exited 1: (its output is above)' in err
-  _archive(calls, tmp_path)  # Removed.
+  shipped_archive(calls, tmp_path)  # Removed.
 
 
 def test_ssh_failing_on_one_worker_when_starting_is_a_failure_retried_after_a_stop(fake, clone, capsys):
   fake.script([(['describe'], ['READY\n']), ([RUN], [SSH_255, '']), ([STATUS], [workers('exited 0', 'exited 0')]),
                ([FINISHED], [''])])
-  assert _launch(clone) == 0
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone) == 0
+  calls = without_polls(fake.calls())
   runs = [i for i, c in enumerate(calls) if RUN in c[-1]]
   assert len(runs) == 2 and 'libtpu_lockfile' in calls[runs[1] - 1][-1]  # The job is stopped on every worker first.
   assert calls[-1][3] == 'delete'
@@ -62,7 +61,7 @@ def test_a_delete_that_fails_prints_the_exact_delete_command(fake, clone, capsys
   fake.script([(['describe'], [up]), ([SETUP], [UNRESOLVABLE if not finishes else '']),
                ([STATUS], [workers('exited 0')]), ([FINISHED], ['']),
                (['delete vit-s16'], [{'rc': 1, 'stderr': 'ERROR: PERMISSION_DENIED: tpu.nodes.delete denied\n'}])])
-  assert _launch(clone, '--max_failures=0', *flags) == 1
+  assert tpu_launch(clone, '--max_failures=0', *flags) == 1
   calls = fake.calls()
   assert calls[-1][3] == 'delete' and _count(calls, RUN) == finishes
   err = capsys.readouterr().err
@@ -78,7 +77,7 @@ def test_an_unexpected_error_deletes_the_node_then_raises(fake, clone, monkeypat
 
   monkeypatch.setattr(node_lib.Tpu, 'job_states', bug)
   with pytest.raises(RuntimeError, match='a bug'):
-    _launch(clone)
+    tpu_launch(clone)
   assert fake.calls()[-1] == [*VM, 'delete', 'vit-s16', *WHERE, '--quiet']
 
 
@@ -86,7 +85,7 @@ def test_an_unexpected_error_deletes_the_node_then_raises(fake, clone, monkeypat
 def test_a_create_that_failed_but_made_the_node_deletes_it(fake, clone, capsys, made):
   fake.script([(['create'], [{'rc': 1, 'stderr': 'ERROR: (gcloud.compute.tpus.tpu-vm.create) Operation timed out\n'}]),
                (['describe'], ['CREATING\n' if made else {'rc': 1, 'stderr': 'ERROR: NOT_FOUND: vit-s16\n'}])])
-  assert _launch(clone) == 1
+  assert tpu_launch(clone) == 1
   assert [c[3] for c in fake.calls()] == ['create', 'describe'] + (['delete'] if made else [])
   assert 'Operation timed out' in capsys.readouterr().err
 
@@ -100,8 +99,8 @@ def test_a_job_that_exits_with_a_user_error_is_a_failure_showing_its_one_line_er
          f'=== 2026-11-30T04:18:50Z vit_jax.main {" ".join(RUN_ARGS)}\n'
          'I1130 04:18:52.362956 140086438026112 main.py:91] JAX 0.10.2: process 0 of 4\n' + line + '\n')
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers(f'exited {code}', 'exited 0')]), ([LOG], [log])])
-  assert _launch(clone, '--max_failures=1') == 1
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone, '--max_failures=1') == 1
+  calls = without_polls(fake.calls())
   assert _count(calls, RUN) == 2 and sum(c[3] == 'create' for c in calls) == 1
   assert f'launch.record exit gs://bucket/runs/s16 {code}' in calls[-2][-1]
   err = capsys.readouterr().err
@@ -113,8 +112,8 @@ def test_a_job_that_exits_with_a_user_error_is_a_failure_showing_its_one_line_er
 def test_a_job_that_exits_0_before_its_first_checkpoint_is_a_failure(fake, clone, capsys):
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), ([FINISHED], [{'rc': 3}]),
                ([CHECKPOINT], ['vit_jax-checkpoint: none\n']), ([LOG], ['Flags from main.py: --workdir ...\n'])])
-  assert _launch(clone, '--max_failures=1') == 1
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone, '--max_failures=1') == 1
+  calls = without_polls(fake.calls())
   assert _count(calls, RUN) == 2 and sum(c[3] == 'create' for c in calls) == 1
   err = capsys.readouterr().err
   assert 'before its first checkpoint' in err and 'past --max_failures=1' in err and 'Preemption' not in err
@@ -125,8 +124,8 @@ def test_a_node_state_the_launcher_does_not_know_is_polled_again_before_it_count
                                                                                          strange, creates):
   fake.script([(['describe'], ['READY\n'] + ['MAINTENANCE\n'] * strange + ['READY\n']),
                ([STATUS], [workers('running'), workers('exited 0')]), ([FINISHED], [''])])
-  assert _launch(clone) == 0
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone) == 0
+  calls = without_polls(fake.calls())
   assert sum(c[3] == 'create' for c in calls) == creates and sum(c[3] == 'delete' for c in calls) == creates
   assert 'in state MAINTENANCE, which the launcher does not know: polling again (1/3)' in capsys.readouterr().err
 
@@ -134,8 +133,8 @@ def test_a_node_state_the_launcher_does_not_know_is_polled_again_before_it_count
 def test_a_job_killed_by_sigterm_on_a_node_that_is_then_lost_is_a_preemption(fake, clone, capsys):
   fake.script([(['describe'], ['READY\n', 'PREEMPTED\n', 'READY\n']),
                ([STATUS], [workers('exited 143', 'exited 143'), workers('exited 0', 'exited 0')]), ([FINISHED], [''])])
-  assert _launch(clone, '--max_failures=0') == 0
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone, '--max_failures=0') == 0
+  calls = without_polls(fake.calls())
   assert sum(c[3] == 'create' for c in calls) == 2 and _count(calls, RUN) == 2
   err = capsys.readouterr().err
   assert 'Preemption 1/20: TPU VM state PREEMPTED' in err and 'Failure' not in err

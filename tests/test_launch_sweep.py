@@ -15,7 +15,6 @@ import pytest
 from vit_jax import workdir as workdir_lib
 from launch import hyper, record, results, shell, sweep
 from launch_fakes import FakeGcloud, gcs  # noqa: F401  (gcs: a fixture)
-from test_multihost import tfds_dir  # noqa: F401  (the sklearn_digits fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.model.hidden_size=32', '--config.model.transformer.num_layers=1',
@@ -114,18 +113,18 @@ def test_dry_run_lists_runs_and_commands_and_writes_nothing(tmp_path, capsys):
   assert not sweep_dir.exists()
 
 
-def _sweep(tmp_path, tfds_dir, *extra):
+def _sweep(tmp_path, digits_dir, *extra):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1', 'PYTHONPATH': str(REPO)}
   return subprocess.run(
       [sys.executable, '-m', 'launch.sweep', f'--config={REPO}/configs/default.py', f'--sweep_dir={tmp_path / "sw"}',
        '--sweep', 'config.schedule.base_lr=0.001,0.003', '--sweep', 'config.total_steps=2,4', '--parallel=2',
-       '--gpus=', f'--config.tfds_data_dir={tfds_dir}', *TINY, *extra],
+       '--gpus=', f'--config.tfds_data_dir={digits_dir}', *TINY, *extra],
       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
 
-def test_local_sweep_runs_two_at_a_time_then_results_then_a_rerun_skips(tmp_path, tfds_dir):  # noqa: F811
+def test_local_sweep_runs_two_at_a_time_then_results_then_a_rerun_skips(tmp_path, digits_dir):
   """A real 2x2 sweep of the offline default config (~1 min: 4 processes, 2 at a time)."""
-  done = _sweep(tmp_path, tfds_dir)
+  done = _sweep(tmp_path, digits_dir)
   assert done.returncode == 0, done.stderr[-3000:]
   sweep_dir = tmp_path / 'sw'
   spec = json.loads((sweep_dir / 'sweep.json').read_text())
@@ -159,7 +158,7 @@ def test_local_sweep_runs_two_at_a_time_then_results_then_a_rerun_skips(tmp_path
   assert (sweep_dir / 'results.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
   pids = [json.loads((pathlib.Path(r['workdir']) / 'launch.json').read_text())['pid'] for r in spec['runs']]
-  again = _sweep(tmp_path, tfds_dir)
+  again = _sweep(tmp_path, digits_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   assert '4 finished (skipped), 0 to run' in again.stderr and 'Nothing to run' in again.stderr
   assert [json.loads((pathlib.Path(r['workdir']) / 'launch.json').read_text())['pid'] for r in spec['runs']] == pids

@@ -8,51 +8,15 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 from launch import gcloud, node as node_lib, shell, supervise, sweep, tpu
-from launch_fakes import FakeGcloud, gcs, git_clone, workers  # noqa: F401  (gcs: a fixture)
+from launch_fakes import (ARGS, CHECKPOINT, FINISHED, RUN_ARGS, STATUS, VM, WHERE, clone, fake,  # noqa: F401
+                          gcs, shipped_archive, tpu_flags, tpu_launch, without_polls, workers)  # (fixtures)
 
-ARGS = ['--config=configs/default.py', '--workdir=gs://bucket/runs/s16', '--config.total_steps=10']
-RUN_ARGS = ['--distributed=on', *ARGS]
-WHERE = ['--zone=us-central2-b', '--project=my-proj']
-VM = ['compute', 'tpus', 'tpu-vm']
 QR = ['compute', 'tpus', 'queued-resources']
-STATUS = gcloud.status_script()
-FINISHED = gcloud.record_script('status', 'gs://bucket/runs/s16')
-CHECKPOINT = gcloud.launch_script('outcome', 'checkpoint', 'gs://bucket/runs/s16')
-
-
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # The code archive goes here.
-  return FakeGcloud(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def clone(tmp_path):
-  path = tmp_path / 'clone'
-  return str(path), git_clone(path)
-
-
-def _flags(clone, *extra, zones='us-central2-b'):
-  return ['--name=vit-s16', '--accelerator=v4-32', f'--zones={zones}', '--project=my-proj', '--spot',
-          f'--code_dir={clone[0]}', '--poll=0', '--retry_interval=0', *extra]
-
-
-def _launch(clone, *extra, zones='us-central2-b', args=ARGS):
-  return tpu.main(['launch', *_flags(clone, *extra, zones=zones), '--', *args])
-
-
-def _archive(calls, tmp_path) -> str:
-  """The local archive that the launch shipped: in a private folder of the temporary directory, gone afterwards."""
-  local = pathlib.Path(next(c[4] for c in calls if c[3] == 'scp'))
-  assert local.parent.parent == tmp_path and local.parent.name.startswith('vit_jax-launch-'), local
-  assert not local.parent.exists()
-  return str(local)
 
 
 def _setup_calls(clone, local, where=WHERE):
@@ -78,19 +42,15 @@ def _zone(call) -> str:
   return next(a for a in call if a.startswith('--zone='))
 
 
-def _without_polls(calls):
-  return [c for c in calls if not (c[3] == 'describe' or STATUS in c[-1])]
-
-
 def test_launch_on_a_pod_runs_the_exact_commands_and_deletes_at_the_end(fake, clone, tmp_path):
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('running', 'running', 'running', 'running'),
                                                           workers('exited 0', 'exited 0', 'exited 0', 'exited 0')]),
                ([FINISHED], [''])])
-  assert _launch(clone) == 0
+  assert tpu_launch(clone) == 0
   calls = fake.calls()
   assert calls[0] == [*VM, 'create', 'vit-s16', '--accelerator-type=v4-32', '--version=tpu-ubuntu2204-base', *WHERE,
                       '--spot']
-  assert calls[1:4] == _setup_calls(clone, _archive(calls, tmp_path)) + _run_calls()
+  assert calls[1:4] == _setup_calls(clone, shipped_archive(calls, tmp_path)) + _run_calls()
   write = calls[4]
   assert write[:8] == [*VM, 'ssh', 'vit-s16', *WHERE, '--worker=0']
   info = _launch_json(write)
@@ -108,13 +68,13 @@ def test_launch_on_a_pod_runs_the_exact_commands_and_deletes_at_the_end(fake, cl
 def test_launch_through_a_queued_resource_waits_for_active_and_deletes_it(fake, clone, tmp_path):
   fake.script([([*QR, 'describe'], ['WAITING_FOR_RESOURCES\n', 'PROVISIONING\n', 'ACTIVE\n']),
                ([STATUS], [workers('exited 0', 'exited 0')]), ([FINISHED], [''])])
-  assert _launch(clone, '--queued') == 0
+  assert tpu_launch(clone, '--queued') == 0
   calls = fake.calls()
   assert calls[0] == [*QR, 'create', 'vit-s16', '--node-id=vit-s16', '--accelerator-type=v4-32',
                       '--runtime-version=tpu-ubuntu2204-base', *WHERE, '--spot']
   assert [c[3] for c in calls[1:4]] == ['describe'] * 3
   assert calls[1] == [*QR, 'describe', 'vit-s16', *WHERE, '--format=value(state.state)']
-  assert calls[4:7] == _setup_calls(clone, _archive(calls, tmp_path)) + _run_calls()
+  assert calls[4:7] == _setup_calls(clone, shipped_archive(calls, tmp_path)) + _run_calls()
   assert calls[-1] == [*QR, 'delete', 'vit-s16', *WHERE, '--force', '--quiet']
 
 
@@ -124,10 +84,10 @@ def test_create_tries_the_next_zone_after_a_capacity_error(fake, clone, tmp_path
                                                       'There is no more capacity in the zone "us-central2-b"; you can '
                                                       'try in another zone\n'}]),
                (['describe'], ['READY\n']), ([STATUS], [workers('exited 0')]), ([FINISHED], [''])])
-  assert _launch(clone, zones='us-central2-b,europe-west4-a') == 0
+  assert tpu_launch(clone, zones='us-central2-b,europe-west4-a') == 0
   calls = fake.calls()
   assert [_zone(c) for c in calls[:2]] == ['--zone=us-central2-b', '--zone=europe-west4-a']
-  assert calls[2:5] == _setup_calls(clone, _archive(calls, tmp_path), where_b) + _run_calls(where_b)
+  assert calls[2:5] == _setup_calls(clone, shipped_archive(calls, tmp_path), where_b) + _run_calls(where_b)
   assert _launch_json(calls[5])['zone'] == 'europe-west4-a'
   assert calls[-1] == [*VM, 'delete', 'vit-s16', *where_b, '--quiet']
 
@@ -154,8 +114,8 @@ def test_launch_recreates_the_node_and_reruns_the_same_command_after_a_preemptio
   fake.script([([*kind, 'describe'], [f'{up}\n', f'{lost}\n', f'{up}\n']),
                ([STATUS], [workers('running', 'running'), workers('exited 0', 'exited 0')]), ([FINISHED], [''])])
   flags = ['--queued'] if queued else []
-  assert _launch(clone, *flags, zones='us-central2-b,europe-west4-a') == 0
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone, *flags, zones='us-central2-b,europe-west4-a') == 0
+  calls = without_polls(fake.calls())
   create = [c for c in calls if c[3] == 'create']
   assert len(create) == 2 and create[0] == create[1] and _zone(create[1]) == '--zone=us-central2-b'  # Walks again.
   deletes = [i for i, c in enumerate(calls) if c[3] == 'delete']
@@ -171,8 +131,8 @@ def test_launch_recreates_the_node_and_reruns_the_same_command_after_a_preemptio
 def test_launch_reruns_on_the_node_when_the_job_stopped_before_its_last_step(fake, clone):
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 0'), workers('exited 0')]),
                ([FINISHED], [{'rc': 3}, {'rc': 0}]), ([CHECKPOINT], ['vit_jax-checkpoint: 4\n'])])
-  assert _launch(clone) == 0
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone) == 0
+  calls = without_polls(fake.calls())
   assert sum(c[3] == 'create' for c in calls) == 1
   assert sum(c[-1].startswith('--command=' + gcloud.run_script(RUN_ARGS)) for c in calls) == 2
 
@@ -180,8 +140,8 @@ def test_launch_reruns_on_the_node_when_the_job_stopped_before_its_last_step(fak
 def test_launch_gives_up_after_the_failure_budget_and_deletes(fake, clone, capsys):
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('exited 1', 'exited 0')]),
                ([gcloud.logs_script(follow=False, lines=30, prefix=False)], ['Traceback: ValueError: bad\n'])])
-  assert _launch(clone, '--max_failures=2') == 1
-  calls = _without_polls(fake.calls())
+  assert tpu_launch(clone, '--max_failures=2') == 1
+  calls = without_polls(fake.calls())
   assert sum(c[-1].startswith('--command=' + gcloud.run_script(RUN_ARGS)) for c in calls) == 3  # First + 2 reruns.
   assert sum('libtpu_lockfile' in c[-1] for c in calls) == 2  # Stopped (and the TPU freed) before each rerun.
   assert 'launch.record exit gs://bucket/runs/s16 1' in calls[-2][-1]  # The exit status, for `results`.
@@ -192,7 +152,7 @@ def test_launch_gives_up_after_the_failure_budget_and_deletes(fake, clone, capsy
 
 def test_launch_gives_up_after_the_preemption_budget(fake, clone, capsys):
   fake.script([(['describe'], ['PREEMPTED\n'])])
-  assert _launch(clone, '--max_preemptions=1') == 1
+  assert tpu_launch(clone, '--max_preemptions=1') == 1
   calls = fake.calls()
   assert sum(c[3] == 'create' for c in calls) == 2 and calls[-1][3] == 'delete'
   assert 'past --max_preemptions=1' in capsys.readouterr().err
@@ -275,7 +235,7 @@ def test_ctrl_c_during_create_deletes_the_node_the_server_still_makes(fake, clon
 def test_ctrl_c_during_the_create_subcommand_prints_how_to_delete_the_node(fake, clone, capsys, monkeypatch):
   fake.script([(['describe'], ['CREATING\n'])])
   monkeypatch.setattr(shell.Runner, 'run', _interrupting_create(shell.Runner.run))
-  assert tpu.main(['create', *_flags(clone)[:5]]) == 130
+  assert tpu.main(['create', *tpu_flags(clone)[:5]]) == 130
   assert [c[3] for c in fake.calls()] == ['create', 'describe']
   err = capsys.readouterr().err
   assert 'interrupted; TPU VM vit-s16 in us-central2-b exists' in err
@@ -286,7 +246,7 @@ def test_sigint_to_a_launch_process_deletes_after_asking(fake, clone, tmp_path):
   """The real thing: `python -m launch.tpu launch` in a process, SIGINT while it polls, 'y' on its stdin."""
   fake.script([(['describe'], ['ACTIVE\n']), ([STATUS], [workers('running')])])
   env = {**os.environ, **fake.env, 'PYTHONPATH': shell.REPO}
-  proc = subprocess.Popen([sys.executable, '-m', 'launch.tpu', 'launch', *_flags(clone), '--poll=0.2', '--queued',
+  proc = subprocess.Popen([sys.executable, '-m', 'launch.tpu', 'launch', *tpu_flags(clone), '--poll=0.2', '--queued',
                            '--', *ARGS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=env, cwd=tmp_path)
   try:
@@ -303,7 +263,7 @@ def test_sigint_to_a_launch_process_deletes_after_asking(fake, clone, tmp_path):
 
 
 def test_dry_run_prints_commands_and_runs_none(fake, clone, capsys):
-  assert _launch(clone, '--dry-run', '--queued', zones='us-central2-b,europe-west4-a') == 0
+  assert tpu_launch(clone, '--dry-run', '--queued', zones='us-central2-b,europe-west4-a') == 0
   assert fake.calls() == []
   lines = capsys.readouterr().out.splitlines()
   commands = [line for line in lines if not line.startswith('#')]
@@ -315,10 +275,10 @@ def test_dry_run_prints_commands_and_runs_none(fake, clone, capsys):
                          '--project=my-proj --force --quiet'
   for sub in ('create', 'setup', 'status', 'stop', 'delete', 'logs', 'ssh'):
     capsys.readouterr()
-    assert tpu.main([sub, '--dry-run', *_flags(clone)[:5]]) == 0
+    assert tpu.main([sub, '--dry-run', *tpu_flags(clone)[:5]]) == 0
     assert capsys.readouterr().out.strip(), sub
   assert fake.calls() == []
-  tpu.main(['logs', '--dry-run', '--worker=all', '-f', *_flags(clone)[:5]])
+  tpu.main(['logs', '--dry-run', '--worker=all', '-f', *tpu_flags(clone)[:5]])
   assert '[worker $w]' in capsys.readouterr().out
 
 
@@ -343,7 +303,7 @@ def test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node(fake, clone
   assert {c[0] for c in calls} == {'compute'}  # The sweep dir is read and written through vit_jax.io, not gcloud.
   assert [r['name'] for r in json.loads((gcs / 'bucket' / 'sw' / 'sweep.json').read_text())['runs']] == [
       'seed=1', 'seed=2']
-  tpu_calls = _without_polls(calls)
+  tpu_calls = without_polls(calls)
   assert [c[3] for c in tpu_calls].count('create') == 1 and tpu_calls[-1][3] == 'delete'
   runs = [shlex.split(c[-1][len('--command='):]) for c in tpu_calls if 'setsid' in c[-1]]
   assert [next(a for a in shlex.split(r[r.index('-c') + 1]) if a.startswith('--workdir')) for r in runs] == [
@@ -365,16 +325,16 @@ def test_sweep_with_a_vm_per_run_launches_a_supervised_node_for_each(fake, clone
 
 def test_run_refuses_a_node_with_a_running_job_and_status_shows_each_worker(fake, clone, capsys):
   fake.script([(['describe'], ['READY\n']), ([STATUS], [workers('running', 'exited 1')])])
-  assert tpu.main(['run', *_flags(clone)[:5], '--', *ARGS]) == 2
+  assert tpu.main(['run', *tpu_flags(clone)[:5], '--', *ARGS]) == 2
   assert 'A job is running on TPU VM vit-s16 in us-central2-b; stop it first' in capsys.readouterr().err
-  assert tpu.main(['status', *_flags(clone)[:5]]) == 0
+  assert tpu.main(['status', *tpu_flags(clone)[:5]]) == 0
   assert capsys.readouterr().out.splitlines() == ['TPU VM vit-s16 (us-central2-b): READY',
                                                   'job: worker 0 running, worker 1 exited 1']
 
 
 @pytest.mark.parametrize('sub', ['launch', 'run'])
 def test_a_local_workdir_is_refused_in_one_line_unless_allowed(fake, clone, capsys, sub):
-  args, flags = ['--config=configs/default.py', '--workdir=runs/s16'], _flags(clone)[:5 if sub == 'run' else None]
+  args, flags = ['--config=configs/default.py', '--workdir=runs/s16'], tpu_flags(clone)[:5 if sub == 'run' else None]
   assert tpu.main([sub, *flags, '--', *args]) == 2
   assert capsys.readouterr().err.splitlines() == [
       f"launch.tpu {sub}: --workdir=runs/s16 is on the TPU VM's own disk, which is deleted with the node (on a "

@@ -1,7 +1,6 @@
 """vit_jax/lock.py: one live writer per workdir; a stale lock never blocks a resume."""
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
@@ -10,10 +9,9 @@ import time
 import pytest
 
 import fake_gcs
+import tiny
 from vit_jax import lock as lock_lib
 from vit_jax import workdir as workdir_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _holder(workdir, **fields):
@@ -88,12 +86,7 @@ def test_a_disabled_lock_writes_nothing(tmp_path):
 
 
 def _main(workdir, tmp_path, steps):
-  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
-  args = [sys.executable, '-m', 'vit_jax.main', f'--workdir={workdir}', f'--config.tfds_data_dir={tmp_path}/tfds',
-          f'--config.total_steps={steps}', '--config.log_every_steps=1', f'--config.eval_every_steps={steps}',
-          f'--config.checkpoint_every_steps={steps}', '--config.schedule.warmup_steps=1',
-          '--config.model.transformer.num_layers=1']
-  return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return tiny.start_main(tiny.tiny_main_args(workdir, f'{tmp_path}/tfds', steps))
 
 
 def test_a_second_main_on_a_live_workdir_is_refused_within_seconds_and_the_first_finishes(tmp_path):

@@ -1,14 +1,42 @@
-"""`python -m vit_jax.main` as a user runs it: every mistake and fault is one line with its exit status, before any
-work is wasted, and nothing written before is lost."""
+"""`python -m vit_jax.main` as a user runs it: a default run with overrides; every mistake and fault is one line with
+its exit status, before any work is wasted, and nothing written before is lost; Ctrl-C saves and says how to resume."""
 import os
 import signal
+import subprocess
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import tiny
 from vit_jax import workdir as workdir_lib
+
+REPO = tiny.REPO
+MAIN_FLAGS = ['--config.dataset=image_folder', '--config.image_size=16', '--config.model.hidden_size=32',
+              '--config.model.transformer.num_layers=1', '--config.model.transformer.mlp_dim=64',
+              '--config.model.transformer.num_heads=2', '--config.batch_size=8', '--config.eval_batch_size=8',
+              '--config.total_steps=4', '--config.log_every_steps=2', '--config.eval_every_steps=4',
+              '--config.checkpoint_every_steps=2', '--config.schedule.warmup_steps=1', '--config.prefetch=1']
+
+
+def test_main_trains_default_config_with_overrides(tmp_path):
+  proc = tiny.run_main([f'--config={REPO}/configs/default.py', f'--workdir={tmp_path}/w',
+                        f'--config.tfds_data_dir={tmp_path}/tfds', '--config.total_steps=3',
+                        '--config.log_every_steps=1', '--config.eval_every_steps=3',
+                        '--config.schedule.warmup_steps=1'], cwd=tmp_path, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = workdir_lib.read_metrics(f'{tmp_path}/w')
+  assert tiny.logged_steps(records, 'train/loss') == [1, 2, 3]
+  assert [r['eval/accuracy'] for r in records if 'eval/accuracy' in r][0] >= 0.0
+  assert 'step 3/3' in proc.stderr and 'ETA' in proc.stderr
+
+
+def test_main_rejects_unknown_config_key(tmp_path):
+  proc = tiny.run_main([f'--workdir={tmp_path}/w', '--config.batchsize=3'], cwd=tmp_path, timeout=300)
+  assert proc.returncode != 0
+  assert 'batchsize' in proc.stderr
+  assert not os.path.exists(f'{tmp_path}/w')
 
 
 def _last_line(proc):
@@ -26,6 +54,40 @@ def test_no_flags_help_and_a_bad_value_on_the_command_line(tmp_path):
   assert not (tmp_path / 'w').exists()  # Nothing written: no empty checkpoints/ folder.
   proc = tiny.run_main(['--workdir', tmp_path / 'w', '--config.schedule.warmup_steps=5000'])
   assert proc.returncode == 2 and 'warmup_steps=5000 is more than config.total_steps=1200' in _last_line(proc)
+
+
+@pytest.mark.parametrize('arg,line', [
+    ('--config.learning_rate=0.1', "main.py: Unknown config field 'learning_rate': configs are locked to the fields "
+                                   'of vit_jax/configs/common.py; did you mean schedule.base_lr?'),
+    ('--config.batch=64', "main.py: Unknown config field 'batch': configs are locked to the fields of "
+                          "vit_jax/configs/common.py; use batch_size (vision_transformer calls it 'batch')"),
+    ('--config.total_steps=abc', 'main.py: Bad command line (flag --config.total_steps=abc): ValueError: invalid '
+                                 "literal for int() with base 10: 'abc'"),
+])
+def test_a_bad_override_is_one_line_and_exit_status_2(tmp_path, arg, line):
+  proc = tiny.run_main([arg, f'--workdir={tmp_path}/w'], cwd=tmp_path, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [line]
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_incompatible_allowed_change_is_one_clear_error_and_changes_nothing(tmp_path):
+  root = tiny.image_folder(tmp_path)
+  workdir = tmp_path / 'run'
+  args = [f'--config={REPO}/configs/default.py', f'--workdir={workdir}', f'--config.image_folder={root}', *MAIN_FLAGS]
+  assert tiny.run_main(args, cwd=tmp_path, timeout=300).returncode == 0
+  before = tiny.snapshot(workdir)
+  proc = tiny.run_main(args + ['--config.model.hidden_size=48', '--config.total_steps=8', '--allow_config_change'],
+                       cwd=tmp_path, timeout=300)
+  assert proc.returncode == 1
+  error = proc.stderr[proc.stderr.index('vit_jax.main: error: '):]
+  assert error.startswith('vit_jax.main: error: The checkpoint at step 4 in ') and 'does not fit the model' in error
+  assert "'params/Transformer/encoder_norm/bias': checkpoint (32,) vs model (48,)" in error
+  assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr
+  assert tiny.snapshot(workdir) == before  # config.json untouched: the original command still resumes.
+  rerun = tiny.run_main(args + ['--config.total_steps=6'], cwd=tmp_path, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert [r['step'] for r in workdir_lib.read_metrics(str(workdir)) if 'train/loss' in r] == [2, 4, 6]
 
 
 def _folder(root, *, bad=(), extra_test_class=None):
@@ -121,3 +183,21 @@ def test_ctrl_c_while_the_dataset_is_prepared_says_so_and_exits_130(tmp_path):
       'vit_jax.main: aborted by Ctrl-C before training started (while preparing the data or the model): nothing was '
       'trained or lost; rerun the same command to start again.')
   assert not os.path.exists(tmp_path / 'w' / workdir_lib.LOCK_FILE)  # Released.
+
+
+def test_ctrl_c_on_the_command_line_exits_0_with_a_checkpoint_and_says_how_to_resume(tmp_path):
+  root = tiny.image_folder(tmp_path)
+  workdir = tmp_path / 'run'
+  args = [f'--config={REPO}/configs/default.py', f'--workdir={workdir}', f'--config.image_folder={root}', *MAIN_FLAGS,
+          '--config.total_steps=100000', '--config.log_every_steps=1', '--config.checkpoint_every_steps=100000']
+  proc = tiny.start_main(args, cwd=tmp_path, log=subprocess.PIPE)
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and not workdir_lib.read_metrics(str(workdir)):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out[-2000:]
+  assert 'Ctrl-C: finishing this step, saving a checkpoint and stopping' in out
+  assert 'Stopped by Ctrl-C: saved a checkpoint at step' in out and 'rerun the same command to resume' in out
+  assert 'Traceback' not in out
+  assert workdir_lib.holds_run(str(workdir))

@@ -1,4 +1,5 @@
-"""vit_jax.tools.memory_plan: per-device bytes from eval_shape and the real shardings on abstract meshes."""
+"""vit_jax.tools.memory_plan: per-device bytes from eval_shape and the real shardings on abstract meshes; the verdict
+for a device's memory and the largest per-device batch that fits."""
 import json
 import os
 import subprocess
@@ -104,3 +105,19 @@ def test_cli_error_is_a_message_not_a_traceback():
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1
   assert 'memory_plan: error:' in out.stderr and 'Traceback' not in out.stderr
+
+
+def test_memory_plan_verdict_and_largest_batch():
+  p = memory_plan.plan('ViT-B_16', 512, 'data:-1', 8, 'replicate', remat='dots')
+  largest = memory_plan.max_batch_per_device(p, 3 * memory_plan.GIB)
+  assert memory_plan.verdict(p, 80).startswith('fits in 80 GiB per device')
+  assert memory_plan.verdict(p, 3) == (
+      f'does NOT fit in 3 GiB per device ({p["bytes_per_device"]["total"] / memory_plan.GIB:.2f} GiB); the largest '
+      f'per-device batch that fits is {largest} (use config.accum_steps to reach the global batch).')
+  assert 0 < largest < 64
+  assert memory_plan.hbm_gib('TPU v5p chip') == 95 and memory_plan.hbm_gib('NVIDIA H100 80GB HBM3') == 80
+  with pytest.raises(ValueError, match="Unknown device kind 'CPU'"):
+    memory_plan.hbm_gib('CPU')
+  none, dots, full = (memory_plan.plan('ViT-B_16', 512, 'data:-1', 8, 'replicate', remat=r)['bytes_per_device']
+                      ['activations'] for r in ('none', 'dots', 'full'))
+  assert full < dots < none

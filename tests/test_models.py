@@ -1,11 +1,13 @@
-"""ViT family: output shapes, preset parameter counts, init and dropout behaviour."""
+"""ViT family: output shapes, preset parameter counts, init and dropout behaviour, hybrid weight standardisation as
+vision_transformer's, plain dict configs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import tiny
-from vit_jax import models
+from vit_jax import models, utils
+from vit_jax.models import resnet
 
 # Published parameter counts at 224 px with 1000 classes.
 PUBLISHED_COUNTS = {
@@ -32,6 +34,12 @@ def _analytic_vit_count(cfg, num_classes=1000, size=224):
 def test_preset_parameter_count_equals_published_figure(name):
   model = models.VisionTransformer(num_classes=1000, **models.get_model_config(name))
   assert _count(model) == PUBLISHED_COUNTS[name]
+
+
+@pytest.mark.parametrize('name,count', [('testing', 21_390), ('testing-unpooled', 21_370),
+                                        ('ViT-B_16-gap-norep', 86_566_120)])
+def test_new_preset_parameter_counts(name, count):
+  assert _count(models.get_model(name, num_classes=1000)) == count
 
 
 @pytest.mark.parametrize('name', [n for n in models.MODEL_NAMES if '+' not in n and not n.startswith('Mixer-')])
@@ -134,6 +142,77 @@ def test_weight_standardisation_makes_root_kernel_scale_free():
   np.testing.assert_allclose(model.apply({'params': params}, x), model.apply({'params': scaled}, x), atol=2e-4)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Weight standardisation as vision_transformer's, on kernels of trained scale.
+
+X = tiny.images(3)
+
+
+def _reference_standardize(w, eps=1e-5):
+  """vision_transformer's models_resnet.weight_standardize, in numpy: (w - mean) / (std + eps) over (kh, kw, in)."""
+  w = np.asarray(w, np.float64)
+  w = w - w.mean(axis=(0, 1, 2))
+  return w / (w.std(axis=(0, 1, 2)) + eps)
+
+
+def _old_standardize(w, eps=1e-5):
+  """The form this code used before: divides by sqrt(var + eps)."""
+  w = np.asarray(w, np.float64)
+  w = w - w.mean(axis=(0, 1, 2))
+  return w / np.sqrt(w.var(axis=(0, 1, 2)) + eps)
+
+
+def _trained_scale_hybrid():
+  """A hybrid with every conv kernel rescaled per output channel to stds of 0.001-0.1 (trained kernels' range)."""
+  cfg = tiny.hybrid_config()
+  model = models.VisionTransformer(num_classes=5, **cfg)
+  params = jax.jit(model.init)(jax.random.key(0), X[:1])['params']
+  rng = np.random.default_rng(0)
+
+  def rescale(path, x):
+    x = np.asarray(x)
+    if utils.path_name(path).endswith('kernel') and x.ndim == 4:
+      stds = 10 ** rng.uniform(-3, -1, x.shape[-1])
+      return (x - x.mean((0, 1, 2))) / x.std((0, 1, 2)) * stds + rng.normal(0, 0.01, x.shape[-1])
+    return x + rng.normal(0, 0.1, x.shape)  # Every other parameter random too (head, GroupNorm scales, ...).
+
+  return model, jax.tree_util.tree_map_with_path(rescale, params)
+
+
+def _logits_with_prestandardized_kernels(model, params, standardize):
+  """Logits of `model` with weight standardisation switched off and the kernels standardised by `standardize`."""
+  flat = utils.flatten_dict(params)
+  flat = {k: (standardize(v).astype(np.float32) if k.endswith('kernel') and v.ndim == 4 and 'embedding' not in k
+              else v) for k, v in flat.items()}
+  original = resnet.weight_standardize
+  resnet.weight_standardize = lambda w: w
+  try:
+    return np.asarray(jax.jit(model.apply)({'params': utils.unflatten_dict(flat)}, X))
+  finally:
+    resnet.weight_standardize = original
+
+
+def test_weight_standardize_equals_the_reference_formula_on_trained_scale_kernels():
+  rng = np.random.default_rng(1)
+  for std in (1e-3, 1e-2, 1e-1):
+    w = rng.normal(0.01, std, (3, 3, 16, 8)).astype(np.float32)
+    np.testing.assert_allclose(resnet.weight_standardize(w), _reference_standardize(w), rtol=1e-4, atol=1e-5)
+
+
+def test_hybrid_logits_equal_the_reference_standardisation_on_trained_scale_kernels():
+  model, params = _trained_scale_hybrid()
+  ours = np.asarray(jax.jit(model.apply)({'params': params}, X))
+  reference = _logits_with_prestandardized_kernels(model, params, _reference_standardize)
+  old = _logits_with_prestandardized_kernels(model, params, _old_standardize)
+  scale = np.abs(reference).max()
+  np.testing.assert_allclose(ours, reference, atol=1e-4 * scale)
+  assert np.abs(old - reference).max() > 1e-2 * scale  # The test can tell the two forms apart.
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dtypes, configs and errors.
+
+
 def test_bfloat16_compute_keeps_float32_params():
   model = models.VisionTransformer(num_classes=4, dtype=jnp.bfloat16, **tiny.vit_config())
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
@@ -156,3 +235,11 @@ def test_unknown_classifier_lists_valid_ones():
   model = models.VisionTransformer(num_classes=4, **tiny.vit_config('cls'))
   with pytest.raises(ValueError, match=r"'cls'.*token, gap, map, unpooled, token_unpooled"):
     model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+def test_model_accepts_plain_dict_configs():
+  as_dict = tiny.hybrid_config().to_dict()  # E.g. read back from JSON.
+  model = models.VisionTransformer(num_classes=3, **as_dict)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  assert jax.jit(model.apply)({'params': params}, jnp.zeros((2, 32, 32, 3))).shape == (2, 3)
+  assert models.token_grid(as_dict, 32) == (4, 4)

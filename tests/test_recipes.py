@@ -8,8 +8,7 @@ import pytest
 
 import tiny
 from configs import pretrain_i1k, pretrain_i21k
-from test_reliability import _comparable, _on_train_batch
-from vit_jax import checkpoint, metrics, train
+from vit_jax import checkpoint, train
 from vit_jax.configs import durations
 from vit_jax import workdir as workdir_lib
 
@@ -79,13 +78,13 @@ def _run_and_resume(tmp_path, make_config):
     return batch
 
   with pytest.MonkeyPatch.context() as m:
-    _on_train_batch(m, sigterm_at)
+    tiny.on_train_batch(m, sigterm_at)
     assert train.train_and_evaluate(make_config(), parts) == {'preempted_at_step': 2}
   train.train_and_evaluate(make_config(), parts)
   a, b = (checkpoint.read_npz(os.path.join(w, 'params.npz')) for w in (whole, parts))
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert _comparable(workdir_lib.read_metrics(parts)) == _comparable(workdir_lib.read_metrics(whole))
+  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(workdir_lib.read_metrics(whole))
   return result
 
 

@@ -1,22 +1,23 @@
-"""The training system: train step, gradient accumulation, end-to-end runs with resume, exact eval, config errors."""
+"""The training system (vit_jax/train.py and vit_jax/state.py): train step, gradient accumulation, end-to-end runs with
+resume, exact eval, fine-tuning from a pretrained file; a finished run left alone, steps after a crash recorded once,
+non-finite steps stopped or skipped, a save killed half-way."""
 import json
+import logging
 import os
-import pathlib
-import subprocess
-import sys
+import signal
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import tiny
-from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, preprocess, sharding, train
+from vit_jax import checkpoint, evaluate, flops, input_pipeline, preprocess, sharding, state, train
 from vit_jax import workdir as workdir_lib
-from vit_jax import state
-from vit_jax.configs import check
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = tiny.REPO
 
 
 def _setup(config):
@@ -100,18 +101,14 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
   assert result['eval/top5'] == pytest.approx(np.mean((logits > label_logits).sum(-1) < 5), abs=1e-7)
 
 
-def _steps(records, key):
-  return [r['step'] for r in records if key in r]
-
-
 def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
   data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
   config = tiny.train_config(tfds_data_dir=data_dir)
   result = train.train_and_evaluate(config, workdir)
   records = workdir_lib.read_metrics(workdir)
-  assert _steps(records, 'train/loss') == [2, 4]
-  assert _steps(records, 'eval/accuracy') == [4]
+  assert tiny.logged_steps(records, 'train/loss') == [2, 4]
+  assert tiny.logged_steps(records, 'eval/accuracy') == [4]
   assert 0.0 <= result['eval/accuracy'] <= 1.0 and 0.0 <= result['eval/top5'] <= 1.0
   assert {'train/learning_rate', 'train/img_per_sec'} <= set(records[0])
   per_image = flops.train_flops(config.model, config.image_size, 10)
@@ -126,7 +123,7 @@ def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
   # The same run with more steps resumes at step 4: nothing before it is recomputed or lost.
   train.train_and_evaluate(tiny.train_config(total_steps=6, tfds_data_dir=data_dir), workdir)
   records = workdir_lib.read_metrics(workdir)
-  assert _steps(records, 'train/loss') == [2, 4, 6]
+  assert tiny.logged_steps(records, 'train/loss') == [2, 4, 6]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
   params = checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
   assert params['head/kernel'].shape == (32, 10)
@@ -148,64 +145,6 @@ def test_end_to_end_image_folder_and_resume_restores_state(tmp_path):
   second = checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
   for k in first:
     np.testing.assert_array_equal(first[k], second[k])
-
-
-def test_speed_scalars_give_per_device_tflops_and_mfu_against_the_peak():
-  speed = metrics.Speed(train_flops=3e9, num_devices=4, peak_tflops=100.0)
-  out = speed.scalars(img_per_sec=8000.0)
-  assert out == pytest.approx({'train/img_per_sec': 8000.0, 'train/img_per_sec_per_device': 2000.0,
-                               'train/tflops_per_device': 6.0, 'train/mfu': 0.06})
-  assert 'train/mfu' not in metrics.Speed(3e9, 4, None).scalars(8000.0)
-
-
-def test_batch_size_that_does_not_split_over_devices_is_clear_error():
-  with pytest.raises(check.ConfigError, match=r'config.batch_size=12 must be a multiple of the 8 batch shards'):
-    check.validate(tiny.train_config(batch_size=12), devices=8, files=False)
-  with pytest.raises(check.ConfigError, match=r'accum_steps=4'):
-    check.validate(tiny.train_config(batch_size=16, accum_steps=4), devices=8, files=False)
-
-
-def test_image_size_not_multiple_of_patch_is_clear_error():
-  with pytest.raises(check.ConfigError, match=r'config.image_size=18 is not a multiple of the 4 px per token'):
-    check.validate(tiny.train_config(image_size=18), files=False)
-
-
-def test_finetune_presets_and_their_errors():
-  from configs import vit as vit_configs  # pylint: disable=g-import-not-at-top
-  config = vit_configs.get_config('ViT-B_16,cifar10')
-  assert (config.schedule.base_lr, config.batch_size, config.total_steps, config.image_size) == (0.01, 512, 10_000, 384)
-  assert (config.optimizer.name, config.optimizer.momentum, config.optimizer.grad_clip_norm) == ('sgd', 0.9, 1.0)
-  assert (config.schedule.warmup_steps, config.schedule.decay_type) == (500, 'cosine')
-  assert vit_configs.get_config('ViT-L_16,imagenet2012').total_steps == 20_000
-  assert vit_configs.get_config('ViT-L_16,cifar100').schedule.base_lr == 0.03
-  with pytest.raises(ValueError, match=r"'ViT-Q_3'.*ViT-B_16"):
-    vit_configs.get_config('ViT-Q_3,cifar10')
-  with pytest.raises(ValueError, match=r"'mnist'.*cifar10, cifar100, imagenet2012, oxford_iiit_pet"):
-    vit_configs.get_config('ViT-B_16,mnist')
-
-
-def _run_main(args, tmp_path):
-  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'vit_jax.main', *args], cwd=tmp_path, env=env, capture_output=True,
-                        text=True, timeout=300)
-
-
-def test_main_trains_default_config_with_overrides(tmp_path):
-  proc = _run_main([f'--config={REPO}/configs/default.py', f'--workdir={tmp_path}/w',
-                    f'--config.tfds_data_dir={tmp_path}/tfds', '--config.total_steps=3', '--config.log_every_steps=1',
-                    '--config.eval_every_steps=3', '--config.schedule.warmup_steps=1'], tmp_path)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  records = workdir_lib.read_metrics(f'{tmp_path}/w')
-  assert _steps(records, 'train/loss') == [1, 2, 3]
-  assert [r['eval/accuracy'] for r in records if 'eval/accuracy' in r][0] >= 0.0
-  assert 'step 3/3' in proc.stderr and 'ETA' in proc.stderr
-
-
-def test_main_rejects_unknown_config_key(tmp_path):
-  proc = _run_main([f'--workdir={tmp_path}/w', '--config.batchsize=3'], tmp_path)
-  assert proc.returncode != 0
-  assert 'batchsize' in proc.stderr
-  assert not os.path.exists(f'{tmp_path}/w')
 
 
 def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
@@ -241,3 +180,155 @@ def test_total_epochs_0_with_total_steps_is_complete_for_the_trainer_and_the_lau
   again = tiny.run_main(args)
   assert again.returncode == 0 and 'is complete (step 3 of total_steps=3): nothing to do' in again.stderr
   assert record.status(record.read(workdir), overrides={'total_steps': '5'}) != 'finished'  # Raised: trains on.
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A run stopped and resumed: finished, crashed, non-finite, killed mid-save.
+
+
+def test_rerunning_a_finished_run_writes_nothing(tmp_path, caplog):
+  root = tiny.image_folder(tmp_path)
+  workdir = str(tmp_path / 'run')
+  first = train.train_and_evaluate(tiny.folder_config(root), workdir)
+  before = tiny.snapshot(workdir)
+  with caplog.at_level(logging.INFO, logger='vit_jax'):
+    again = train.train_and_evaluate(tiny.folder_config(root), workdir)
+    evaluated = train.train_and_evaluate(tiny.folder_config(root), workdir, reevaluate=True)
+  assert f'The run in {workdir} is complete (step 7 of total_steps=7): nothing to do' in caplog.text
+  assert again['eval/accuracy'] == evaluated['eval/accuracy'] == first['eval/accuracy']
+  assert again['step'] == 7
+  assert tiny.snapshot(workdir) == before
+
+
+def test_steps_trained_again_after_a_crash_are_recorded_once(tmp_path, monkeypatch):
+  root = tiny.image_folder(tmp_path)
+  workdir = str(tmp_path / 'run')
+  config = tiny.folder_config(root, log_every_steps=1, checkpoint_every_steps=2)
+
+  def crash_at(k, batch):
+    if k == 7:  # Drawn as step 6 starts: steps 1-5 ran and were logged, the last checkpoint is step 4.
+      raise RuntimeError('simulated crash')
+    return batch
+
+  with monkeypatch.context() as m:
+    tiny.on_train_batch(m, crash_at)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+      train.train_and_evaluate(config, workdir)
+  assert max(r['step'] for r in workdir_lib.read_metrics(workdir)) == 5  # Step 5 ran but was never saved.
+  train.train_and_evaluate(config, workdir)
+  steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
+  assert steps == list(range(1, 8))
+
+
+def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
+  (tmp_path / 'f').write_text('not a dir')
+  with pytest.raises(workdir_lib.WorkdirError, match=r'is a file, not a directory; give --workdir a directory'):
+    train.train_and_evaluate(tiny.train_config(), str(tmp_path / 'f'))
+
+
+def _poison(at_steps):
+  def fn(k, batch):
+    if k in at_steps:
+      batch = dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))  # Float images pass as they are.
+    return batch
+  return fn
+
+
+def test_nonfinite_stop_names_the_step_and_last_good_checkpoint_and_saves_nothing_after(tmp_path, monkeypatch):
+  root = tiny.image_folder(tmp_path)
+  workdir = str(tmp_path / 'run')
+  tiny.on_train_batch(monkeypatch, _poison({5}))
+  with pytest.raises(state.NonFiniteError, match=r'at step 5 .*last good checkpoint is step 4'):
+    train.train_and_evaluate(tiny.folder_config(root, checkpoint_every_steps=2, async_checkpoints=False), workdir)
+  assert ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).all_steps() == [2, 4]
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r] == [2, 4]
+
+
+def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(tmp_path, monkeypatch):
+  root = tiny.image_folder(tmp_path)
+  workdir = str(tmp_path / 'run')
+  tiny.on_train_batch(monkeypatch, _poison({3, 6}))
+  train.train_and_evaluate(tiny.folder_config(root, nonfinite_policy='skip', checkpoint_every_steps=1, keep=10),
+                           workdir)
+  records = [r for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
+  assert [r['step'] for r in records] == [2, 4, 6, 7]
+  assert [r.get('train/nonfinite_steps', 0) for r in records] == [0, 1, 2, 2]
+  assert all(np.isfinite(r['train/loss']) and np.isfinite(r['train/grad_norm']) for r in records)
+  assert all(np.isfinite(v).all() for v in tiny.exported_params(workdir).values())
+  restore = ocp.StandardCheckpointer().restore
+  kernels = {s: np.asarray(restore(os.path.join(workdir, 'checkpoints', str(s), 'default'))['params']['head']['kernel'])
+             for s in (2, 3, 4)}
+  np.testing.assert_array_equal(kernels[3], kernels[2])  # Step 3's update was dropped...
+  assert np.abs(kernels[4] - kernels[3]).max() > 0  # ... and step 4's applied.
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real command: SIGKILL while an async save is in flight, then SIGTERM, then the finish.
+
+_MAIN_FLAGS = ['--config.dataset=image_folder', '--config.image_size=16',
+               '--config.model.hidden_size=256', '--config.model.transformer.num_layers=4',
+               '--config.model.transformer.mlp_dim=1024', '--config.model.transformer.num_heads=4',
+               '--config.model.transformer.dropout_rate=0.0', '--config.batch_size=8', '--config.eval_batch_size=8',
+               '--config.total_steps=400', '--config.log_every_steps=1', '--config.eval_every_steps=1000',
+               '--config.checkpoint_every_steps=1', '--config.keep=2', '--config.optimizer.name=adamw',
+               '--config.schedule.warmup_steps=1', '--config.prefetch=1']
+
+
+def _start_main(tmp_path, root, workdir, total_steps):
+  args = [f'--config={REPO}/configs/default.py', f'--workdir={workdir}', f'--config.image_folder={root}', *_MAIN_FLAGS,
+          f'--config.total_steps={total_steps}']
+  log = open(tmp_path / 'main.log', 'a', encoding='utf-8')
+  return tiny.start_main(args, cwd=tmp_path, devices=2, log=log)
+
+
+def _in_flight(ckpt_dir):
+  return [n for n in os.listdir(ckpt_dir) if not n.isdigit()] if os.path.isdir(ckpt_dir) else []
+
+
+def test_sigkill_during_async_save_falls_back_to_last_complete_checkpoint(tmp_path):
+  root = tiny.image_folder(tmp_path, train_per_class=8)
+  workdir = str(tmp_path / 'run')
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  # Every step saves ~40 MB (params + Adam moments) asynchronously; kill the process while a save is unfinished.
+  killed_mid_save = []
+  for _ in range(5):
+    proc = _start_main(tmp_path, root, workdir, 400)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+      partial = _in_flight(ckpt_dir)
+      if partial and any(n.isdigit() for n in os.listdir(ckpt_dir)):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_mid_save = [n for n in _in_flight(ckpt_dir) if n in partial]
+        break
+      time.sleep(0.002)
+    assert proc.poll() is not None, 'no async save was seen in time'
+    if killed_mid_save:
+      break
+  assert killed_mid_save, 'never caught a save in flight'
+  complete = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  manager = ocp.CheckpointManager(ckpt_dir)
+  assert manager.latest_step() == complete[-1]  # The half-written one is not a checkpoint.
+  manager.close()
+
+  # Rerun: it resumes from the last complete checkpoint; a SIGTERM makes it save and exit cleanly.
+  proc = _start_main(tmp_path, root, workdir, 400)
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and not any(
+      r['step'] > complete[-1] + 1 for r in (workdir_lib.read_metrics(workdir) if os.path.exists(
+          os.path.join(workdir, 'metrics.jsonl')) else [])):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0
+  log = (tmp_path / 'main.log').read_text(encoding='utf-8')
+  assert f'Resuming from {ckpt_dir} at step {complete[-1]}' in log
+  assert 'Preempted: saved a checkpoint at step' in log
+  stopped = ocp.CheckpointManager(ckpt_dir).latest_step()
+  assert stopped > complete[-1]
+
+  # And the finish, with the total shortened (a resumable change).
+  proc = _start_main(tmp_path, root, workdir, stopped + 2)
+  assert proc.wait(timeout=240) == 0, (tmp_path / 'main.log').read_text(encoding='utf-8')[-3000:]
+  steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
+  assert steps[-1] == stopped + 2 and set(range(1, stopped + 3)) <= set(steps)
+  assert all(np.isfinite(v).all() for v in tiny.exported_params(workdir).values())

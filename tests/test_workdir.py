@@ -10,6 +10,7 @@ import pytest
 
 import fake_gcs
 import tiny
+from vit_jax import train
 from vit_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -115,3 +116,44 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
   (tmp_path / 'f').write_text('x')
   with pytest.raises(workdir_lib.WorkdirError, match='is a file, not a directory; give --workdir a directory'):
     workdir_lib.check_usable(str(tmp_path / 'f'))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A workdir that holds a run of another config.
+
+
+def _fake_run(workdir, config):
+  workdir_lib.check_and_record_config(config, workdir)
+  with open(os.path.join(workdir, workdir_lib.METRICS_FILE), 'w', encoding='utf-8') as f:
+    f.write('{"step": 1}\n')
+
+
+def test_changed_config_is_refused_and_nothing_is_overwritten(tmp_path):
+  root = tiny.image_folder(tmp_path)
+  workdir = str(tmp_path / 'run')
+  _fake_run(workdir, tiny.folder_config(root))
+  before = open(os.path.join(workdir, 'config.json'), encoding='utf-8').read()
+  with pytest.raises(workdir_lib.ConfigChangedError,
+                     match=r'(?s)schedule.base_lr: 0.001 -> 0.002.*--allow_config_change'):
+    train.train_and_evaluate(tiny.folder_config(root, **{'schedule.base_lr': 0.002}), workdir)
+  assert open(os.path.join(workdir, 'config.json'), encoding='utf-8').read() == before
+  assert sorted(os.listdir(workdir)) == ['config.json', 'metrics.jsonl']
+
+
+def test_resumable_changes_pass_and_an_allowed_change_keeps_the_old_config(tmp_path):
+  workdir = str(tmp_path / 'run')
+  _fake_run(workdir, tiny.train_config())
+  workdir_lib.check_and_record_config(tiny.train_config(total_steps=99, log_every_steps=7, mesh=(('fsdp', -1),)),
+                                      workdir)
+  assert sorted(os.listdir(workdir)) == ['config.json', 'metrics.jsonl']
+  assert json.load(open(os.path.join(workdir, 'config.json')))['total_steps'] == 99
+  workdir_lib.check_and_record_config(tiny.train_config(batch_size=32), workdir, allow_change=True)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['batch_size'] == 32
+  assert json.load(open(os.path.join(workdir, 'config.1.json')))['total_steps'] == 99
+
+
+def test_a_workdir_without_a_run_takes_any_config(tmp_path):
+  workdir = str(tmp_path / 'run')
+  workdir_lib.check_and_record_config(tiny.train_config(), workdir)  # config.json only: an earlier failed start.
+  workdir_lib.check_and_record_config(tiny.train_config(batch_size=32), workdir)
+  assert json.load(open(os.path.join(workdir, 'config.json')))['batch_size'] == 32

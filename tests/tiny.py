@@ -49,6 +49,20 @@ def train_config(**overrides):
   return override(config, overrides)
 
 
+def data_config(**overrides):
+  """The default config at 16 px with 2 input threads, for the input pipeline; keys 'a__b' override nested fields."""
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  config = common.get_config()
+  config.image_size = 16
+  config.input_threads = 2
+  return override(config, {k.replace('__', '.'): v for k, v in overrides.items()})
+
+
+def take(ds, n, start=0):
+  it = iter(ds)
+  return [next(it) for _ in range(n)]
+
+
 def main_config(path, args=()):
   """The config that `python -m vit_jax.main --config=path args...` would get (absl + config_flags, no process)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -181,8 +195,67 @@ def fitted_run(root, *, steps=40, **overrides):
   return workdir, folder
 
 
+def images(seed, n=2, size=32):
+  """`n` random images in [-1, 1], float32 [n, size, size, 3], from jax.random.key(seed)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return np.asarray(jax.random.uniform(jax.random.key(seed), (n, size, size, 3), minval=-1, maxval=1))
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# `python -m vit_jax.main` as a user runs it.
+# Runs that are interrupted and resumed: a tiny image-folder run, its training batches as the loop draws them, and
+# what it leaves in its workdir.
+
+TIMING_KEYS = ('train/img_per_sec', 'train/img_per_sec_per_device', 'train/tflops_per_device', 'train/mfu')
+
+
+def folder_config(root, **overrides):
+  """Tiny image-folder run: 7 steps, logs every 2, checkpoints every 4, dropout on (the RNG must resume too)."""
+  return train_config(**{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 7,
+                         'log_every_steps': 2, 'eval_every_steps': 4, 'checkpoint_every_steps': 4,
+                         'model.transformer.dropout_rate': 0.1, **overrides})
+
+
+def on_train_batch(monkeypatch, fn):
+  """Passes the k-th training batch (1-based) through fn(k, batch) as the loop draws it (eval batches untouched).
+
+  With config.prefetch=1 the loop draws batch k + 1 while it starts step k.
+  """
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  real = input_pipeline.prefetch_to_device
+
+  def wrapped(iterator, size, shard):
+    def batches():
+      for k, batch in enumerate(iterator, start=1):
+        yield batch if 'mask' in batch else fn(k, batch)
+    return real(batches(), size, shard)
+
+  monkeypatch.setattr(input_pipeline, 'prefetch_to_device', wrapped)
+
+
+def comparable(records):
+  """Metrics records without the timings (which differ between two runs of the same steps)."""
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def exported_params(workdir):
+  """The flat params of a finished run (its params.npz)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  return checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
+
+
+def snapshot(workdir):
+  """{relative path: bytes} of every file under workdir."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in pathlib.Path(workdir).rglob('*'):
+    if path.is_file():
+      out[str(path.relative_to(workdir))] = path.read_bytes()
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `python -m vit_jax.main` as a user runs it: one process, or several of one multi-process run (SMALL, run_mains).
 
 REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
 
@@ -207,7 +280,8 @@ def run_main(args, *, cwd=REPO, devices=1, timeout=600, env=None):
 
 
 def start_main(args, *, cwd=REPO, devices=1, log=None, env=None):
-  """Starts `python -m vit_jax.main ARGS`; output to the open file `log` (else pipes, text). The Popen."""
+  """Starts `python -m vit_jax.main ARGS`; stdout and stderr together to `log` (an open file, or subprocess.PIPE for
+  one pipe), else to two pipes; text. The Popen."""
   import subprocess  # pylint: disable=g-import-not-at-top
   out = dict(stdout=log, stderr=subprocess.STDOUT) if log else dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   return subprocess.Popen(main_command(*args), cwd=cwd, env=env or main_env(devices), text=True, **out)
@@ -219,6 +293,65 @@ def tiny_main_args(workdir, tfds_dir, steps=4, **overrides):
            'checkpoint_every_steps': steps, 'schedule.warmup_steps': 1, 'model.transformer.num_layers': 1,
            **overrides}
   return [f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in flags.items())]
+
+
+SMALL_STEPS = 5
+SMALL = ['--config.model.hidden_size=32', '--config.model.transformer.num_layers=1',
+         '--config.model.transformer.mlp_dim=64', '--config.model.transformer.num_heads=2',
+         '--config.model.transformer.dropout_rate=0.0', '--config.batch_size=16', '--config.eval_batch_size=16',
+         f'--config.total_steps={SMALL_STEPS}', '--config.log_every_steps=1',
+         f'--config.eval_every_steps={SMALL_STEPS}', f'--config.checkpoint_every_steps={SMALL_STEPS}',
+         '--config.schedule.warmup_steps=1']
+
+
+def free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def logged_steps(records, key):
+  """The steps of the metrics records that hold `key`."""
+  return [r['step'] for r in records if key in r]
+
+
+def by_step(records, key):
+  return {r['step']: r[key] for r in records if key in r}
+
+
+def run_mains(tmp_path, name, devices, arg_lists, port=None, *, timeout=300, failed_grace=60):
+  """Starts one `python -m vit_jax.main` per argument list (each in an empty cwd, `devices` XLA devices each) and
+  waits for all; once one fails the others get `failed_grace` seconds to fail too; kills any still running at the
+  timeout. The coordinator binds to 127.0.0.1:`port` where given. Returns [(returncode, stdout + stderr)]."""
+  import os  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  # The coordinator listens on all interfaces ([::]) unless told otherwise.
+  env = main_env(devices, **({} if port is None else {'JAX_COORDINATOR_BIND_ADDRESS': f'127.0.0.1:{port}'}))
+  procs, logs = [], []
+  for i, args in enumerate(arg_lists):
+    cwd = tmp_path / f'{name}_cwd{i}'
+    cwd.mkdir()
+    logs.append(open(tmp_path / f'{name}_{i}.log', 'w+', encoding='utf-8'))  # pylint: disable=consider-using-with
+    procs.append(start_main(args, cwd=cwd, env=env, log=logs[-1]))
+  deadline = time.monotonic() + timeout
+  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    if any(p.poll() not in (None, 0) for p in procs):  # One failed: the others get a minute to fail too.
+      deadline = min(deadline, time.monotonic() + failed_grace)
+    time.sleep(0.5)
+  hung = [i for i, p in enumerate(procs) if p.poll() is None]
+  for i in hung:
+    procs[i].kill()
+    procs[i].wait()
+  assert not hung, f'{name}: processes {hung} still running at the deadline (hang); killed. Logs in {tmp_path}.'
+  results = []
+  for p, log in zip(procs, logs):
+    log.seek(0)
+    results.append((p.returncode, log.read()))
+    log.close()
+  for i in range(len(arg_lists)):  # Nothing written outside the workdir.
+    assert os.listdir(tmp_path / f'{name}_cwd{i}') == [], f'{name} process {i} wrote into its cwd'
+  return results
 
 
 def mount_tmpfs(path, size):
