@@ -67,3 +67,21 @@ def test_verbose_shows_the_traceback_of_user_errors_too(capsys):
 def test_ctrl_c_is_status_130_with_what_it_interrupted(capsys):
   status, err = _run(_raise(KeyboardInterrupt('before training started: nothing was lost')), capsys)
   assert (status, err) == (130, 'tool: aborted by Ctrl-C before training started: nothing was lost.\n')
+
+
+def test_within_quiet_faults_library_reports_of_a_fault_print_nothing_and_others_print(capsys):
+  import sys  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+
+  def unraisable(exc):  # What CPython passes to sys.unraisablehook.
+    return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None, object=None)
+
+  with errors.quiet_faults():
+    sys.unraisablehook(unraisable(RuntimeError('Event loop is closed')))
+    died = threading.Thread(target=_raise(OSError(errno.ENOSPC, 'full')))
+    died.start()
+    died.join()
+    sys.unraisablehook(unraisable(ValueError('something else')))
+  err = capsys.readouterr().err
+  assert 'Event loop is closed' not in err and 'full' not in err and 'something else' in err

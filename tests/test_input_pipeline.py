@@ -277,21 +277,6 @@ def test_prefetch_to_device(digits_dir):
   assert sum(float(b['mask'].sum()) for b in batches) == 20.0
 
 
-def test_every_image_extension_of_vit_jax_io_trains_bmp_included(tmp_path):
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  for split in ('train', 'test'):
-    for label, name in enumerate(('dark', 'light')):
-      os.makedirs(tmp_path / 'f' / split / name)
-      for i, ext in enumerate(('bmp', 'BMP', 'webp', 'gif')):
-        pixels = (rng.uniform(0, 1, (10, 12, 3)) * 100 + 120 * label).astype(np.uint8)
-        Image.fromarray(pixels).save(tmp_path / 'f' / split / name / f'{i}.{ext}')
-  config = tiny.train_config(dataset=str(tmp_path / 'f'), image_size=8, batch_size=8, eval_batch_size=8,
-                             total_steps=2, eval_every_steps=2, **{'pp.crop': 'resize', 'model.patches.size': (2, 2)})
-  assert input_pipeline.get_info(config).num_train == 8
-  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert result['eval/num_examples'] == 8
-
 
 @pytest.mark.parametrize('crop', ['resize', 'pad_crop', 'inception'])
 def test_a_split_decoded_once_into_memory_gives_the_same_batches(digits_dir, crop, caplog):

@@ -66,22 +66,34 @@ class _DropFaultLogs(logging.Filter):
     return not any(os.strerror(c) in record.getMessage() for c in FAULTS)
 
 
+def _aftermath(exc) -> bool:
+  """An error that a failed asynchronous write leaves behind in library callbacks (TensorStore's completions
+  reaching the event loop of an Orbax save that already ended): noise after the fault itself."""
+  return isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
+
+
 class quiet_faults:  # pylint: disable=invalid-name
-  """Within it, a library's own report of an environment fault (Orbax logs the failed writes of its background
-  threads with their tracebacks, and threads that die print theirs) is not printed: the library raises the fault
-  again in the caller, which reports it as one line. Anything else is printed as usual."""
+  """Within it, a library's own report of an environment fault is not printed: Orbax logs the failed writes of its
+  background threads with their tracebacks, threads that die print theirs, and TensorStore's completions of the
+  other writes of a failed save find its event loop closed (`_aftermath`). The library raises the fault again in the
+  caller, which reports it as one line. Anything else is printed as usual."""
 
   def __enter__(self):
     import threading  # pylint: disable=g-import-not-at-top
     self._threading, self._previous = threading, threading.excepthook
+    self._unraisable = sys.unraisablehook
     self._filter = _DropFaultLogs()
     self._loggers = [logging.getLogger(), logging.getLogger('absl'), logging.getLogger('asyncio')]
 
-    def hook(args):
-      if args.exc_value is None or fault(args.exc_value) is None:
+    def thread_hook(args):
+      if args.exc_value is None or (fault(args.exc_value) is None and not _aftermath(args.exc_value)):
         self._previous(args)
 
-    threading.excepthook = hook
+    def unraisable_hook(unraisable):
+      if not _aftermath(unraisable.exc_value):
+        self._unraisable(unraisable)
+
+    threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
     for logger in self._loggers:
       logger.addFilter(self._filter)
       for handler in logger.handlers:
@@ -89,7 +101,7 @@ class quiet_faults:  # pylint: disable=invalid-name
     return self
 
   def __exit__(self, *exc):
-    self._threading.excepthook = self._previous
+    self._threading.excepthook, sys.unraisablehook = self._previous, self._unraisable
     for logger in self._loggers:
       logger.removeFilter(self._filter)
       for handler in logger.handlers:
