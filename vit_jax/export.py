@@ -20,9 +20,9 @@ for `pp.eval_resize='shorter_side'`). Both sides resize with PIL's antialiased b
 the longer side of a shorter-side resize down where we round it, which can move the crop by a pixel.
 
 Refused, with what is unsupported named (ViTForImageClassification classifies the final class token through one
-Linear and has nothing else): hybrid ResNet stems, pooling other than the class token (`gap`, unpooled), a
-pre-logits layer (`representation_size`), models without a head, and any parameter or model field it has no place
-for.
+Linear and has nothing else): MLP-Mixers (no attention, no class token: nothing of theirs maps onto it), hybrid
+ResNet stems, pooling other than the class token (`gap`, unpooled), a pre-logits layer (`representation_size`),
+models without a head, and any parameter or model field it has no place for.
 """
 import argparse
 import json
@@ -53,6 +53,10 @@ class UnsupportedModelError(errors.UserError, ValueError):
 
 def unsupported(model_config, params) -> list[str]:
   """What keeps a model (config and parameter tree) from being a ViTForImageClassification; [] when nothing."""
+  from vit_jax.models import presets  # pylint: disable=g-import-not-at-top
+  if presets.is_mixer(model_config):
+    return [f'{model_config.get("model_name") or "the model"} is an MLP-Mixer, and ViTForImageClassification is a '
+            'transformer (attention, a class token, position embeddings) with no place for token-mixing MLPs']
   problems = []
   if model_config.get('resnet'):
     problems.append('a hybrid ResNet stem (model.resnet): HF ViT embeds raw pixel patches only')
@@ -243,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args) -> int:
   from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  problems = unsupported(inference.model_config_from_args(args), {'head': None})  # Before reading any parameters.
+  if problems:
+    raise UnsupportedModelError('Cannot export to ViTForImageClassification: ' + '; '.join(problems) + '.')
   for path in export_hf(inference.load_from_args(args), args.out):
     print(path)
   return 0
