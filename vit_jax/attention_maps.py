@@ -20,6 +20,8 @@ import numpy as np
 from vit_jax import errors, utils
 from vit_jax.models import presets
 
+_WEIGHTS = re.compile(r'Transformer/encoderblock(_(\d+))?/.*attention_weights')
+
 
 class NoAttentionError(errors.UserError, ValueError):
   """Attention maps of a model without attention (an MLP-Mixer)."""
@@ -32,8 +34,6 @@ def check_has_attention(model_config) -> None:
     raise NoAttentionError(f'{name} is an MLP-Mixer, which has no attention (its blocks mix tokens and channels with '
                            'MLPs), so there are no attention maps to draw; attention maps are for ViT runs and '
                            'checkpoints.')
-
-_WEIGHTS = re.compile(r'Transformer/encoderblock(_(\d+))?/.*attention_weights')
 
 
 def _logits_and_weights(model, params, images):

@@ -136,8 +136,9 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
     raise checkpoint.CheckpointError(f'--num_classes={num_classes}, but the head of {path} has {head} classes.')
   if class_names is not None and len(class_names) != head:
     raise checkpoint.CheckpointError(f'{len(class_names)} class names for a head of {head} classes ({path}).')
-  trained_at = checkpoint_image_size(params, config.model) if not image_size or models.is_mixer(config.model) else None
-  if image_size and trained_at and image_size != trained_at:  # Only a Mixer: a ViT's position embeddings resample.
+  mixer = models.is_mixer(config.model)  # A ViT's position embeddings resample to any size, a Mixer's MLPs do not.
+  trained_at = checkpoint_image_size(params, config.model) if mixer or not image_size else None
+  if mixer and image_size and image_size != trained_at:
     raise checkpoint.CheckpointError(
         f'--image_size={image_size}, but {path} is an MLP-Mixer trained at {trained_at} px: its token-mixing MLP is '
         f'sized by the number of patches, so it only takes {trained_at} px (leave out --image_size).')

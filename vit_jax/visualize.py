@@ -7,8 +7,7 @@
 run's evaluation preprocessing) beside it with the attention rollout overlaid, titled with the top prediction; and
 NAME_heads.png, the last layer's attention of every head over the patches (see vit_jax/attention_maps.py).
 The model comes from --workdir or --checkpoint/--model, as for vit_jax.predict; an MLP-Mixer has no attention and
-is refused with one line. Runs, images and outputs may be
-local or gs:// (vit_jax/io.py).
+is refused with one line. Runs, images and outputs may be local or gs:// (vit_jax/io.py).
 
 `curves` writes one PNG of train loss, learning rate, eval accuracy and training img/s against the step, read from
 each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --names). Where a step was written twice

@@ -181,7 +181,8 @@ def override(config: ml_collections.ConfigDict, key: str, value) -> None:
 def from_command_line(spec: str, override_args=()) -> ml_collections.ConfigDict:
   """The config that `python -m vit_jax.main --config=SPEC ARGS...` gets (`override_args` are its --config.KEY=VALUE
   arguments), parsed by the same ml_collections config_flags, locked. Raises check.UnknownFieldError for an unknown
-  field (with the field to use) or a model field of the other family (a ViT's on a Mixer), check.ConfigError for an override or a config file that does not parse (naming it)."""
+  field (with the field to use) or a model field of the other family (a ViT's on a Mixer), check.ConfigError for an
+  override or a config file that does not parse (naming it)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import check, fields  # pylint: disable=g-import-not-at-top
