@@ -4,6 +4,10 @@ The published ViT fine-tuning recipe: SGD with momentum 0.9, global batch 512, g
 500 warmup steps then cosine decay, at 384 px, with the pretrained head replaced. Set `--config.pretrained_path`
 to a release .npz (e.g. gs://vit_models/imagenet21k/ViT-B_16.npz, or a local copy).
 
+An MLP-Mixer (`configs/vit.py:Mixer-B_16,cifar10`) gets the same recipe at 224 px (MIXER_IMAGE_SIZE), as
+vision_transformer's mixer_base16_cifar10.py has it: its token-mixing MLP is sized by the number of patches, so a
+pretrained Mixer fine-tunes at the resolution it was trained at (gs://mixer_models/imagenet21k/Mixer-B_16.npz).
+
 `get_sweep` is the fine-tuning grid for launch.sweep: python -m launch.sweep --config=configs/vit.py:ViT-B_16,cifar10
 """
 from vit_jax.configs import common
@@ -19,6 +23,8 @@ DATASETS = {
 }
 # (model, dataset) pairs whose published learning rate differs from the dataset's.
 LEARNING_RATE_EXCEPTIONS = {('ViT-B_16', 'cifar10'): 0.01}
+IMAGE_SIZE = 384
+MIXER_IMAGE_SIZE = 224  # The release Mixers' resolution (their token-mixing MLPs fix it).
 # The sweep: the fine-tuning learning rates of the ViT paper (Table 4) x two durations per dataset, its steps above
 # and a shorter one (a longer one for the 500-step datasets).
 SWEEP_LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)
@@ -40,7 +46,7 @@ def get_config(arg: str = 'ViT-B_16,cifar10'):
   config.model = models.get_model_config(model)  # Raises with the list of valid names.
   config.dataset = dataset
   config.train_split, config.eval_split = train_split, eval_split
-  config.image_size = 384
+  config.image_size = MIXER_IMAGE_SIZE if models.is_mixer(config.model) else IMAGE_SIZE
   config.pp.crop = 'inception'
   config.pp.flip = True
 

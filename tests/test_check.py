@@ -141,3 +141,42 @@ def test_a_folder_or_a_missing_file_as_pretrained_path(tmp_path):
   assert "is a folder, not a checkpoint" in _problem(pretrained_path=str(tmp_path / 'run'))
   assert 'use its params.npz' in _problem(pretrained_path=str(tmp_path / 'run'))
   assert 'does not exist' in _problem(pretrained_path=str(tmp_path / 'nope.npz'))
+
+
+def _mixer_problem(**overrides):
+  return _problem(**{'model': tiny.mixer_config(), **overrides})
+
+
+def test_a_mixer_config_passes():
+  config = tiny.train_config(model=tiny.mixer_config(), remat_policy='dots')
+  assert check.validate(config, devices=8) is config
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.num_blocks': 0}, 'config.model.num_blocks=0 must be >= 1'),
+    ({'model.hidden_dim': 0}, 'config.model.hidden_dim=0 must be >= 1'),
+    ({'model.tokens_mlp_dim': -4}, 'config.model.tokens_mlp_dim=-4 must be >= 1'),
+    ({'model.channels_mlp_dim': None}, 'config.model.channels_mlp_dim=None must be an integer'),
+    ({'model.patches.size': (4,)}, 'config.model.patches.size=(4,) must be a pair of positive integers'),
+    ({'image_size': 18}, 'config.image_size=18 is not a multiple of the 4x4 patches of tiny-mixer; e.g. use 16'),
+    ({'model.patches.size': (4, 6), 'image_size': 16}, 'the 4x6 patches of tiny-mixer; e.g. use 12'),
+    ({'scan_layers': True}, 'config.scan_layers=True is for ViTs: an MLP-Mixer is built unrolled'),
+    ({'attention': 'xla'}, "config.attention='xla' chooses how a ViT computes attention, and an MLP-Mixer has none"),
+    ({'fused_qkv': True}, 'config.fused_qkv=True fuses the query/key/value matmuls of ViT attention, and an MLP-Mixer'),
+])
+def test_each_bad_mixer_value_is_named_with_what_is_valid(overrides, message):
+  assert message in _mixer_problem(**overrides)
+
+
+def test_the_vit_switches_on_a_mixer_are_one_line_each():
+  text = _mixer_problem(scan_layers=True, attention='cudnn', fused_qkv=True)
+  assert text.startswith('3 config values are wrong:') and len(text.splitlines()) == 4
+
+
+def test_a_model_field_of_the_other_family_is_named_as_such():
+  config = tiny.train_config()
+  config.model.unlock()
+  config.model.tokens_mlp_dim = 32
+  with pytest.raises(check.UnknownFieldError, match=r'config.model.tokens_mlp_dim is an MLP-Mixer field, but '
+                     r'config.model is a ViT \(it has no num_blocks\): start from a Mixer preset'):
+    check.validate(config)

@@ -66,6 +66,49 @@ def test_activation_estimate_matches_the_documented_formula():
   assert memory_plan.activation_bytes(cfg, 224, b, 1, 'float32', 'none') == layers * f32_block + 2 * stem
 
 
+def test_mixer_b16_plans_from_the_command_line_and_tp_splits_its_mlps():
+  cmd = [sys.executable, '-m', 'vit_jax.tools.memory_plan', '--model=Mixer-B_16', '--batch=64', '--mesh=data:2,model:4',
+         '--devices=8', '--strategy=tp', '--format=json']
+  tp = json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout)
+  assert tp['num_params'] == 59_880_472  # vision_transformer's models_test count (224 px, 1000 classes).
+  replicated = _bytes('Mixer-B_16', mesh='data:2,model:4')
+  # The MLP kernels are ~97% of Mixer-B/16; the stem, norms, output biases and head stay whole.
+  assert 0.25 * replicated['params'] < tp['bytes_per_device']['params'] < 0.3 * replicated['params']
+  assert tp['bytes_per_device']['activations'] < 0.5 * replicated['activations']  # Both MLPs' hidden units split.
+
+
+def test_mixer_activation_estimate_matches_the_documented_formula():
+  cfg = models.get_model_config('Mixer-B_16')
+  t, c, dt, dc, layers, b, s = 196, 768, 384, 3072, 12, 4, 2
+  hidden = (c * dt + t * dc) // 2  # Model axis 2.
+  block = b * s * (4 * t * c + 2 * hidden)
+  stem = b * s * (t * c + 3 * 224 * 224)
+  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'none') == layers * block + stem
+  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'full') == layers * b * s * t * c + block + stem
+  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'dots') == (
+      layers * b * s * (3 * t * c + hidden) + block + stem)
+
+
+def test_mixer_estimate_is_below_xla_by_less_than_its_documented_factor():
+  """CPU compile of a tiny Mixer's float32 gradient: XLA's temp bytes per extra block over the estimate's."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  config = lambda blocks: {'model_name': 't', 'patches': {'size': (4, 4)}, 'hidden_dim': 64, 'num_blocks': blocks,
+                           'tokens_mlp_dim': 32, 'channels_mlp_dim': 256}
+
+  def temp_bytes(blocks, batch=8, size=32):
+    model = models.MlpMixer(num_classes=10, **config(blocks))
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))['params']
+    grad = jax.jit(jax.grad(lambda p, x: jnp.mean(model.apply({'params': p}, x, train=True))))
+    return grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
+
+  xla = (temp_bytes(4) - temp_bytes(2)) / 2
+  estimate = (memory_plan.activation_bytes(config(2), 32, 8, 1, 'float32', 'none') -
+              memory_plan.activation_bytes(config(1), 32, 8, 1, 'float32', 'none'))
+  assert 1.0 <= xla / estimate < 1.7, (xla, estimate)
+
+
 def test_large_presets_plan_with_eval_shape_only():
   g = memory_plan.plan('ViT-g_14', 1024, 'fsdp:-1', 128, 'fsdp', remat='full')
   assert 1.00e9 < g['num_params'] < 1.02e9  # 'Scaling Vision Transformers': ViT-g/14 has 1.01B parameters.

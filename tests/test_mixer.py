@@ -231,9 +231,39 @@ def test_image_size_not_multiple_of_patch_is_a_clear_error():
     model.init(jax.random.key(0), jnp.zeros((1, 18, 18, 3)))
 
 
-def test_a_training_config_with_a_mixer_model_is_refused_by_name_until_training_builds_mixers():
+@pytest.mark.parametrize('policy', ['full', 'dots'])
+def test_remat_gives_the_same_loss_and_gradients(policy):
+  x = _io()['images']
+  labels = jax.nn.one_hot(jnp.array([0, 3, 4]), 5)
+  params = checkpoint.load(FIXTURE)
+
+  def loss_and_grads(remat_policy):
+    model = models.MlpMixer(num_classes=5, remat_policy=remat_policy, **tiny_mixer_config())
+    loss = lambda p: -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(model.apply({'params': p}, x, train=True)), -1))
+    return jax.jit(jax.value_and_grad(loss))(params), jax.make_jaxpr(loss)(params)
+
+  (plain_loss, plain_grads), plain_jaxpr = loss_and_grads('none')
+  (loss, grads), jaxpr = loss_and_grads(policy)
+  assert 'remat' in str(jaxpr) and 'remat' not in str(plain_jaxpr)  # The blocks really are rematerialised.
+  assert float(plain_loss) > 0.1
+  np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+  for name, g in utils.flatten_dict(grads).items():
+    np.testing.assert_allclose(g, utils.flatten_dict(plain_grads)[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_an_unknown_remat_policy_is_a_clear_error():
+  model = models.MlpMixer(num_classes=5, remat_policy='some', **tiny_mixer_config())
+  with pytest.raises(ValueError, match=r"Unknown remat_policy 'some'; valid: none, full, dots"):
+    model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+def test_a_training_config_with_a_mixer_model_validates_and_a_vit_field_on_it_is_named():
   config = common.get_config()
   config.model = models.get_model_config('Mixer-B_16')
-  with pytest.raises(config_check.UnknownFieldError, match=r"'model.hidden_dim'.*it is an MLP-Mixer field") as error:
-    config_check.check_fields(config)
-  assert len(str(error.value).splitlines()) == 4  # hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim.
+  config.dataset, config.image_size = 'cifar10', 224
+  assert config_check.validate(config, files=False) is config
+  config.model.unlock()
+  config.model.hidden_size = 768
+  with pytest.raises(config_check.UnknownFieldError, match=r'config.model.hidden_size is a ViT field, but config.model '
+                     r'is an MLP-Mixer \(it has num_blocks\), which takes model.\{channels_mlp_dim, hidden_dim'):
+    config_check.validate(config, files=False)

@@ -27,6 +27,10 @@ TINY = ['--config.image_size=32', '--config.model.hidden_size=32', '--config.mod
         '--config.eval_batch_size=8', '--config.total_steps=2', '--config.schedule.warmup_steps=1',
         '--config.log_every_steps=1', '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
         '--config.prefetch=1', '--config.input_threads=2']
+# The same for an MLP-Mixer's command: its own model fields (patch 16 at 32 px: 4 tokens).
+TINY_MIXER = [a for a in TINY if not a.startswith('--config.model.')] + [
+    '--config.model.hidden_dim=32', '--config.model.num_blocks=1', '--config.model.tokens_mlp_dim=16',
+    '--config.model.channels_mlp_dim=64']
 
 # vit_jax commands that other tests run (with the same config file and arguments), so running them here again would
 # only cost time. Keyed by a fragment of the command.
@@ -35,10 +39,12 @@ COVERED_ELSEWHERE = {
     'configs/<file>.py': 'a template, not a command',
     'configs/pretrain_i21k.py:ViT-B_16,epochs=90': 'test_recipes.py runs configs/pretrain_i21k.py',
     '--num_processes=2': 'test_multihost.py runs main.py as two processes on loopback',
+    '--model=Mixer-B_32': 'test_mixer_training.py predicts with a release-layout Mixer-B_32 .npz (60M parameters)',
 }
 
 DOWNLOADS = {  # What a README command reads from elsewhere -> the stand-in path in the test's directory.
     'gs://vit_models/imagenet21k/ViT-B_16.npz': 'ckpt/release_i21k_B16.npz',
+    'gs://mixer_models/imagenet21k/Mixer-B_16.npz': 'ckpt/release_i21k_Mixer-B16.npz',
     '/ckpt/': 'ckpt/',
     '/data/my_images': 'my_images',
 }
@@ -90,7 +96,7 @@ def _flag(args, name):
 def _write_checkpoint(path: str, model_config, num_classes: int, image_size: int) -> None:
   """A release-layout .npz of `model_config` with a head of `num_classes` (as a pretrained or fine-tuned file)."""
   from vit_jax import checkpoint, models  # pylint: disable=g-import-not-at-top
-  model = models.VisionTransformer(num_classes=num_classes, **model_config)
+  model = models.model_class(model_config)(num_classes=num_classes, **model_config)
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   checkpoint.save_npz(path, tiny.params_with_head(model, size=image_size))
 
@@ -104,7 +110,9 @@ def _photo(path: str, seed: int) -> None:
 def _prepare(module: str, args: list[str], cwd, tfds_dir: str) -> list[str]:
   """Writes what the command reads (checkpoints, images, datasets); returns its args with the test's additions."""
   if module == 'vit_jax.main':
-    args = [*args, *TINY, f'--config.tfds_data_dir={tfds_dir}']
+    from vit_jax import models  # pylint: disable=g-import-not-at-top
+    tiny_args = TINY_MIXER if models.is_mixer(_parse(args).model) else TINY
+    args = [*args, *tiny_args, f'--config.tfds_data_dir={tfds_dir}']
     config = _parse(args)
     if config.dataset == 'image_folder' and not os.path.isdir(cwd / config.image_folder):
       os.rename(tiny.image_folder(cwd / 'tmp_images'), cwd / config.image_folder)

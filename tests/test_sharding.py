@@ -1,4 +1,5 @@
-"""Mesh and sharding strategies: DP, FSDP, TP and FSDP+TP train identically; FSDP splits memory; resharded resume."""
+"""Mesh and sharding strategies: DP, FSDP, TP and FSDP+TP train identically (ViT and MLP-Mixer); FSDP splits memory;
+resharded resume."""
 import jax
 import numpy as np
 import pytest
@@ -61,12 +62,32 @@ def test_parameter_specs_follow_megatron_rules():
   assert moments == [P('fsdp', 'model')] * 2  # Adam's mu and nu follow their parameter.
 
 
-def test_dp_fsdp_tp_and_fsdp_tp_give_the_same_losses():
-  losses = {name: _train(_config(name))[0] for name in STRATEGIES}
+def _mixer_config(name):
+  return _config(name, model=tiny.mixer_config(hidden=32, tokens_mlp=32, channels_mlp=128))
+
+
+@pytest.mark.parametrize('family', ['vit', 'mixer'])
+def test_dp_fsdp_tp_and_fsdp_tp_give_the_same_losses(family):
+  make_config = _mixer_config if family == 'mixer' else _config
+  losses = {name: _train(make_config(name))[0] for name in STRATEGIES}
   reference = np.array(losses['dp'])
   assert reference[-1] < reference[0]  # It trains.
   for name, values in losses.items():
     np.testing.assert_allclose(values, reference, rtol=1e-5, err_msg=name)
+
+
+def test_tp_splits_the_hidden_units_of_both_mixer_mlps():
+  _, state = _train(_mixer_config('fsdp+tp'), steps=1)
+  block = state['params']['MixerBlock_1']
+  token, channel = block['token_mixing'], block['channel_mixing']
+  assert token['Dense_0']['kernel'].sharding.spec == P('fsdp', 'model')  # (16 tokens, 32 hidden units).
+  assert token['Dense_0']['bias'].sharding.spec == P('model')  # Under fsdp_min_size: 'model' only.
+  assert token['Dense_1']['kernel'].sharding.spec == P('model', 'fsdp')
+  assert channel['Dense_0']['kernel'].sharding.spec == P('fsdp', 'model')  # (32 channels, 128 hidden units).
+  assert channel['Dense_1']['kernel'].sharding.spec == P('model', 'fsdp')
+  assert channel['Dense_1']['bias'].sharding.spec == P()  # The output side (the residual stream) stays whole.
+  assert block['LayerNorm_0']['scale'].sharding.spec == P()
+  assert token['Dense_0']['kernel'].addressable_shards[0].data.shape == (8, 8)  # 2 x 4 devices.
 
 
 def _device_param_bytes(params):

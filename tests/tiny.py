@@ -20,6 +20,13 @@ def vit_config(classifier='token', *, hidden=32, layers=2, heads=2, mlp=64, patc
   })
 
 
+def mixer_config(*, patch=4, hidden=32, blocks=2, tokens_mlp=32, channels_mlp=64, name='tiny-mixer'):
+  """A tiny MLP-Mixer's model config (MlpMixer's fields; the MLP widths divide over a 'model' axis of 4)."""
+  return ml_collections.ConfigDict({
+      'model_name': name, 'patches': {'size': (patch, patch)}, 'hidden_dim': hidden, 'num_blocks': blocks,
+      'tokens_mlp_dim': tokens_mlp, 'channels_mlp_dim': channels_mlp})
+
+
 def hybrid_config(num_layers=(1, 1), **kw):
   return vit_config(patch=1, resnet=ml_collections.ConfigDict({'num_layers': num_layers, 'width_factor': 0.5}),
                     **kw)

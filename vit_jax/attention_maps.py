@@ -9,15 +9,31 @@ Attention rollout (Abnar & Zuidema, 2020): per layer, the head-mean weights plus
 connection), rows renormalised to sum to 1, multiplied through the layers (last layer on the left). A map over the
 patches is the class token's row for models with a class token; for models without one (`gap`) the mean of all
 tokens' rows.
+
+An MLP-Mixer has no attention: asking for its maps is a NoAttentionError (a user error), before anything is computed.
 """
 import re
 
 import jax
 import numpy as np
 
-from vit_jax import utils
+from vit_jax import errors, utils
+from vit_jax.models import presets
 
 _WEIGHTS = re.compile(r'Transformer/encoderblock(_(\d+))?/.*attention_weights')
+
+
+class NoAttentionError(errors.UserError, ValueError):
+  """Attention maps of a model without attention (an MLP-Mixer)."""
+
+
+def check_has_attention(model_config) -> None:
+  """Raises NoAttentionError, one line, for an MLP-Mixer's model config (models.is_mixer)."""
+  if presets.is_mixer(model_config):
+    name = model_config.get('model_name') or 'The model'
+    raise NoAttentionError(f'{name} is an MLP-Mixer, which has no attention (its blocks mix tokens and channels with '
+                           'MLPs), so there are no attention maps to draw; attention maps are for ViT runs and '
+                           'checkpoints.')
 
 
 def _logits_and_weights(model, params, images):
@@ -28,7 +44,11 @@ def _logits_and_weights(model, params, images):
 
 def make_attention_fn(model):
   """A compiled (params, images) -> (logits, float32 [layers, batch, heads, tokens, tokens]) in NumPy: the model's
-  output and every encoder block's attention weights (one compilation per input shape: reuse it across batches)."""
+  output and every encoder block's attention weights (one compilation per input shape: reuse it across batches).
+  NoAttentionError for an MlpMixer."""
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  if isinstance(model, models.MlpMixer):
+    check_has_attention({'num_blocks': model.num_blocks, 'model_name': model.model_name})
   run = jax.jit(lambda params, images: _logits_and_weights(model, params, images))
 
   def fn(params, images) -> tuple[np.ndarray, np.ndarray]:

@@ -20,9 +20,9 @@ for `pp.eval_resize='shorter_side'`). Both sides resize with PIL's antialiased b
 the longer side of a shorter-side resize down where we round it, which can move the crop by a pixel.
 
 Refused, with what is unsupported named (ViTForImageClassification classifies the final class token through one
-Linear and has nothing else): hybrid ResNet stems, pooling other than the class token (`gap`, unpooled), a
-pre-logits layer (`representation_size`), models without a head, and any parameter or model field it has no place
-for.
+Linear and has nothing else): MLP-Mixers (no attention, no class token: nothing of theirs maps onto it), hybrid
+ResNet stems, pooling other than the class token (`gap`, unpooled), a pre-logits layer (`representation_size`),
+models without a head, and any parameter or model field it has no place for.
 """
 import argparse
 import json
@@ -51,8 +51,13 @@ class UnsupportedModelError(errors.UserError, ValueError):
   """The model has something that ViTForImageClassification cannot express."""
 
 
-def unsupported(model_config, params) -> list[str]:
-  """What keeps a model (config and parameter tree) from being a ViTForImageClassification; [] when nothing."""
+def unsupported(model_config, params=None) -> list[str]:
+  """What keeps a model (config and parameter tree) from being a ViTForImageClassification; [] when nothing.
+  Without `params`, what the config alone shows."""
+  from vit_jax.models import presets  # pylint: disable=g-import-not-at-top
+  if presets.is_mixer(model_config):
+    return [f'{model_config.get("model_name") or "the model"} is an MLP-Mixer, and ViTForImageClassification is a '
+            'transformer (attention, a class token, position embeddings) with no place for token-mixing MLPs']
   problems = []
   if model_config.get('resnet'):
     problems.append('a hybrid ResNet stem (model.resnet): HF ViT embeds raw pixel patches only')
@@ -71,9 +76,16 @@ def unsupported(model_config, params) -> list[str]:
   for key, value in model_config.get('transformer', {}).items():
     if key not in KNOWN_TRANSFORMER_FIELDS and value not in (None, False, 0, 0.0, ''):
       problems.append(f'model.transformer.{key}={value!r}, which this export does not know how to express')
-  if 'head' not in params:
+  if params is not None and 'head' not in params:
     problems.append('no classification head (head/kernel)')
   return problems
+
+
+def check_exportable(model_config, params=None) -> None:
+  """Raises UnsupportedModelError naming everything `unsupported` finds."""
+  problems = unsupported(model_config, params)
+  if problems:
+    raise UnsupportedModelError('Cannot export to ViTForImageClassification: ' + '; '.join(problems) + '.')
 
 
 def _linear(kernel: np.ndarray) -> np.ndarray:
@@ -100,9 +112,7 @@ def hf_state_dict(params, model_config, image_size: int | None = None) -> dict[s
   Raises UnsupportedModelError listing what cannot be expressed, including parameters left without a place.
   """
   from vit_jax import checkpoint, utils  # pylint: disable=g-import-not-at-top
-  problems = unsupported(model_config, params)
-  if problems:
-    raise UnsupportedModelError('Cannot export to ViTForImageClassification: ' + '; '.join(problems) + '.')
+  check_exportable(model_config, params)
   flat = {k: np.asarray(v, np.float32) for k, v in checkpoint.unstack_blocks(utils.flatten_dict(params)).items()}
   hidden = model_config['hidden_size']
   used = set()
@@ -243,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args) -> int:
   from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  check_exportable(inference.model_config_from_args(args))  # Before reading any parameters.
   for path in export_hf(inference.load_from_args(args), args.out):
     print(path)
   return 0

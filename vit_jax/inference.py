@@ -86,7 +86,10 @@ def load_run(workdir: str) -> Trained:
 
 
 def _posemb_for(params: dict, model_config, image_size: int) -> dict:
-  """Resamples the position embeddings to `image_size` where the checkpoint was trained at another size."""
+  """Resamples the position embeddings to `image_size` where the checkpoint was trained at another size (a ViT's;
+  an MLP-Mixer has none)."""
+  if models.is_mixer(model_config):
+    return params
   posemb = params['Transformer']['posembed_input']['pos_embedding']
   grid = models.token_grid(model_config, image_size)
   has_class_token = 'cls' in params
@@ -98,12 +101,16 @@ def _posemb_for(params: dict, model_config, image_size: int) -> dict:
 
 
 def checkpoint_image_size(params: dict, model_config) -> int:
-  """The (square) image size a checkpoint's position embeddings were trained at."""
-  n = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - int('cls' in params)
+  """The (square) image size a checkpoint was trained at: from a ViT's position embeddings, or from an MLP-Mixer's
+  token-mixing MLP (its first kernel is (tokens, tokens_mlp_dim)); side = sqrt(tokens) x the patch size."""
+  if models.is_mixer(model_config):
+    n, what = params['MixerBlock_0']['token_mixing']['Dense_0']['kernel'].shape[0], 'tokens (token-mixing MLP)'
+  else:
+    n = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - int('cls' in params)
+    what = 'position embeddings'
   side = math.isqrt(n)
   if side * side != n:
-    raise checkpoint.CheckpointError(f'The checkpoint has {n} position embeddings, not a square grid: pass '
-                                     '--image_size.')
+    raise checkpoint.CheckpointError(f'The checkpoint has {n} {what}, not a square grid: pass --image_size.')
   return side * models.token_pixels(model_config)
 
 
@@ -111,8 +118,9 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
              class_names: Sequence[str] | None = None) -> Trained:
   """A release-layout `.npz` (any layout `checkpoint.load` reads) as the preset `model_name`.
 
-  `num_classes`, when given, must equal the checkpoint's head; `image_size` defaults to the size the position
-  embeddings were trained at (other sizes resample them, as fine-tuning does).
+  `num_classes`, when given, must equal the checkpoint's head; `image_size` defaults to the size the checkpoint was
+  trained at (`checkpoint_image_size`); a ViT takes other sizes too (its position embeddings are resampled, as
+  fine-tuning does), an MLP-Mixer only that one.
   """
   from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   config = common.get_config()
@@ -128,7 +136,13 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
     raise checkpoint.CheckpointError(f'--num_classes={num_classes}, but the head of {path} has {head} classes.')
   if class_names is not None and len(class_names) != head:
     raise checkpoint.CheckpointError(f'{len(class_names)} class names for a head of {head} classes ({path}).')
-  config.image_size = image_size or checkpoint_image_size(params, config.model)
+  mixer = models.is_mixer(config.model)  # A ViT's position embeddings resample to any size, a Mixer's MLPs do not.
+  trained_at = checkpoint_image_size(params, config.model) if mixer or not image_size else None
+  if mixer and image_size and image_size != trained_at:
+    raise checkpoint.CheckpointError(
+        f'--image_size={image_size}, but {path} is an MLP-Mixer trained at {trained_at} px: its token-mixing MLP is '
+        f'sized by the number of patches, so it only takes {trained_at} px (leave out --image_size).')
+  config.image_size = image_size or trained_at
   check.validate(config, files=False)
   params = _posemb_for(params, config.model, config.image_size)
   model = state.build_model(config, head)
@@ -138,6 +152,12 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
 
 # ----------------------------------------------------------------------------------------------------------------
 # Command-line model selection (the arguments: vit_jax/cli.py).
+
+
+def model_config_from_args(args):
+  """The model config that `cli.add_model_args`' arguments select, without reading any parameters: the run's
+  (its config.json) or the --model preset's. For refusing a model before loading it (e.g. a Mixer's attention)."""
+  return workdir_lib.load_config(args.workdir).model if args.workdir else models.get_model_config(args.model)
 
 
 def load_from_args(args) -> Trained:

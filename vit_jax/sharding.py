@@ -3,7 +3,8 @@
 Mesh axes (`config.mesh`, a list of (name, size) pairs, -1 = the remaining devices):
   data  - batch split; parameters replicated.
   fsdp  - batch split too, and large parameters (and their optimiser state) sharded over it.
-  model - tensor parallel (Megatron): attention heads and MLP hidden units.
+  model - tensor parallel (Megatron): attention heads and MLP hidden units (for an MLP-Mixer, the hidden units of
+          its token-mixing MLPs, tokens_mlp_dim, and of its channel-mixing MLPs, channels_mlp_dim).
 The batch is split over ('data', 'fsdp'). `model` is the last mesh axis, so jax.make_mesh gives it the most
 closely connected devices.
 
@@ -31,9 +32,10 @@ TP_RULES = (
     (r'.*MultiHeadDotProductAttention_0/(query|key|value)/kernel', P(None, 'model', None)),  # (D, heads, hd)
     (r'.*MultiHeadDotProductAttention_0/(query|key|value)/bias', P('model', None)),  # (heads, hd)
     (r'.*MultiHeadDotProductAttention_0/out/kernel', P('model', None, None)),  # (heads, hd, D)
-    (r'.*MlpBlock_0/Dense_0/kernel', P(None, 'model')),  # (D, mlp)
-    (r'.*MlpBlock_0/Dense_0/bias', P('model')),
-    (r'.*MlpBlock_0/Dense_1/kernel', P('model', None)),  # (mlp, D)
+    # Every MLP: a ViT block's (and a MAP head's), and an MLP-Mixer block's token- and channel-mixing MLPs.
+    (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_0/kernel', P(None, 'model')),  # (in, hidden)
+    (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_0/bias', P('model')),
+    (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_1/kernel', P('model', None)),  # (hidden, out)
 )
 # Parameters of a scanned encoder (VisionTransformer(scan=True)): the rules above describe one layer.
 STACKED = re.compile(r'(.*/)?Transformer/encoderblock/.+')

@@ -40,7 +40,12 @@ class SaveError(errors.UserError, OSError):
 
 
 def build_model(config, num_classes: int):
-  """The model of `config` (fast paths included) with a head of `num_classes`."""
+  """The model of `config` (fast paths included) with a head of `num_classes`: an MlpMixer for a Mixer's model
+  config (models.is_mixer; of the fast paths it takes remat_policy only, check.validate refuses the others), else
+  a VisionTransformer."""
+  if models.is_mixer(config.model):
+    return models.MlpMixer(num_classes=num_classes, dtype=DTYPES[config.dtype], remat_policy=config.remat_policy,
+                           **config.model)
   return models.VisionTransformer(
       num_classes=num_classes, dtype=DTYPES[config.dtype], scan=config.scan_layers, remat_policy=config.remat_policy,
       attention=config.attention, fused_qkv=config.fused_qkv, **config.model)

@@ -6,8 +6,8 @@
 `attention` writes two PNGs per image into --out (default RUN/attention): NAME_rollout.png, the input (after the
 run's evaluation preprocessing) beside it with the attention rollout overlaid, titled with the top prediction; and
 NAME_heads.png, the last layer's attention of every head over the patches (see vit_jax/attention_maps.py).
-The model comes from --workdir or --checkpoint/--model, as for vit_jax.predict. Runs, images and outputs may be
-local or gs:// (vit_jax/io.py).
+The model comes from --workdir or --checkpoint/--model, as for vit_jax.predict; an MLP-Mixer has no attention and
+is refused with one line. Runs, images and outputs may be local or gs:// (vit_jax/io.py).
 
 `curves` writes one PNG of train loss, learning rate, eval accuracy and training img/s against the step, read from
 each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --names). Where a step was written twice
@@ -166,8 +166,9 @@ def _short(path: str) -> str:
 def write_attention(trained, paths: Sequence[str], out_dir: str, *,
                     batch_size: int = 16) -> tuple[list[str], list[tuple[str, str]]]:
   """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path, error)]).
-  `trained` is a vit_jax.inference.Trained."""
+  `trained` is a vit_jax.inference.Trained (attention_maps.NoAttentionError for an MLP-Mixer)."""
   from vit_jax import attention_maps, inference, models, predict  # pylint: disable=g-import-not-at-top
+  attention_maps.check_has_attention(trained.config.model)
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
   stems = _stems(paths)
@@ -225,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _attention(args) -> int:
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  from vit_jax import attention_maps, inference  # pylint: disable=g-import-not-at-top  (JAX loads here)
+  attention_maps.check_has_attention(inference.model_config_from_args(args))  # Before reading any parameters.
   trained = inference.load_from_args(args)
   out_dir = args.out or io.join(args.workdir or '.', workdir_lib.ATTENTION_DIR)
   paths, missing = inference.expand_inputs(args.inputs)

@@ -1,142 +1,22 @@
 """Whether a config is valid: `validate` checks a whole config before anything is read, downloaded or compiled.
 
-It raises UnknownFieldError for fields no part of vit_jax reads, else ConfigError listing every bad value: its field,
-the value, and what would be valid (each module's own tuple of accepted values, with the closest one for a typo),
-shapes such as a patch size that must be a pair, cross-field rules (warmup within the total, batch sizes that split
-over the mesh and the processes, an image size that the patches tile) and files that must exist.
-
-The known fields are those of `common.get_config()`, and under `model.` those of every ViT preset (so a hybrid's
-`model.resnet.*` is known although the default model has `resnet=None`); an MLP-Mixer's own fields are refused with
-a note saying so, until training builds Mixers. A field that google-research/vision_transformer's configs use gets
-the field to use here instead (`REFERENCE_NAMES`); any other unknown field gets the closest known names.
+It raises UnknownFieldError for fields no part of vit_jax reads (vit_jax/configs/fields.py: which fields exist, and
+what to write instead of an unknown one), else ConfigError listing every bad value: its field, the value, and what
+would be valid (each module's own tuple of accepted values, with the closest one for a typo), shapes such as a patch
+size that must be a pair, cross-field rules (warmup within the total, batch sizes that split over the mesh and the
+processes, an image size that the patches tile) and files that must exist. An MLP-Mixer takes one of the model fast
+paths (remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for it, each with its reason.
 """
 import difflib
-import functools
 import math
-from typing import Any
 
 from vit_jax import errors
-
-# vision_transformer's config fields -> what to set here.
-REFERENCE_NAMES = {
-    'batch': 'batch_size',
-    'batch_eval': 'eval_batch_size',
-    'base_lr': 'schedule.base_lr',
-    'decay_type': 'schedule.decay_type',
-    'warmup_steps': 'schedule.warmup_steps',
-    'grad_norm_clip': 'optimizer.grad_clip_norm',
-    'optim_dtype': 'optimizer.accumulator_dtype',
-    'pretrained_dir': 'pretrained_path (the .npz file itself, e.g. DIR/ViT-B_16.npz)',
-    'model_or_filename': "pretrained_path='augreg:<model or file name>' (see vit_jax/augreg.py)",
-    'eval_every': 'eval_every_steps',
-    'progress_every': 'log_every_steps',
-    'checkpoint_every': 'checkpoint_every_steps',
-    'pp.crop': 'image_size',
-    'pp.resize': 'image_size with pp.eval_crop_fraction (eval) and pp.crop (train)',
-    'pp.train': 'train_split',
-    'pp.test': 'eval_split',
-    'trainer': 'nothing: vit_jax.main always trains',
-}
-# Fields that vit_jax had and dropped -> why nothing replaces them.
-REMOVED = {
-    'input_shards': 'nothing: the global batch sequence is the same for any process count by construction',
-    'shuffle_buffer': 'nothing: every epoch is a global shuffle of all examples',
-}
-# Common names from other codebases -> ours.
-ALIASES = {
-    'learning_rate': 'schedule.base_lr',
-    'lr': 'schedule.base_lr',
-    'weight_decay': 'optimizer.weight_decay',
-    'wd': 'optimizer.weight_decay',
-    'num_steps': 'total_steps',
-    'steps': 'total_steps',
-    'warmup': 'schedule.warmup_steps',
-    'grad_clip': 'optimizer.grad_clip_norm',
-    'model_name': 'model.model_name',
-}
-
-
-class UnknownFieldError(errors.UserError, AttributeError, ValueError):
-  """A config holds a field that no part of vit_jax reads."""
+# What other modules use of vit_jax/configs/fields.py, through this module (the one place that says "valid").
+from vit_jax.configs.fields import UnknownFieldError, check_fields, flat_keys, is_known, unknown_message  # noqa: F401
 
 
 class ConfigError(errors.UserError, ValueError):
   """A config value that vit_jax cannot use."""
-
-
-def flat_keys(config, prefix: str = '') -> list[str]:
-  """Dotted names of every leaf of a (nested) ConfigDict or dict; a None subtree is a leaf."""
-  out = []
-  for key, value in config.items():
-    name = f'{prefix}{key}'
-    if hasattr(value, 'items'):
-      out += flat_keys(value, name + '.') or [name]
-    else:
-      out.append(name)
-  return out
-
-
-def _preset_fields(mixer: bool) -> set[str]:
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
-  configs = [models.get_model_config(name) for name in models.MODEL_NAMES]
-  return {f for c in configs if models.is_mixer(c) == mixer for f in flat_keys(c, 'model.')}
-
-
-@functools.cache
-def known_fields() -> frozenset[str]:
-  """The shared defaults' fields and every ViT preset's `model.` fields (not yet the MLP-Mixers': `mixer_fields`)."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  return frozenset(set(flat_keys(common.get_config())) | _preset_fields(mixer=False))
-
-
-@functools.cache
-def mixer_fields() -> frozenset[str]:
-  """The `model.` fields only an MlpMixer has: training reads VisionTransformer's fields only, so a Mixer config
-  is refused by name until training builds Mixers (issue 23, phase 2)."""
-  return frozenset(_preset_fields(mixer=True) - known_fields())
-
-
-def is_known(name: str) -> bool:
-  """A known leaf (dotted name), or a known subtree that a preset may fill (e.g. model.resnet, None by default)."""
-  known = known_fields()
-  return name in known or any(k.startswith(name + '.') for k in known)
-
-
-def suggestion(name: str) -> str:
-  """What to write instead of the unknown field `name` (dotted), as a phrase."""
-  if name in REFERENCE_NAMES:
-    return f'use {REFERENCE_NAMES[name]} (vision_transformer calls it {name!r})'
-  if name in REMOVED:
-    return f'the field was removed; use {REMOVED[name]}'
-  if name in mixer_fields():
-    return ('it is an MLP-Mixer field: training Mixers from a config is not supported yet (vit_jax.models.get_model '
-            'builds one for inference)')
-  leaf = name.rsplit('.', 1)[-1]
-  if name in ALIASES or leaf in ALIASES:
-    return f'did you mean {ALIASES.get(name) or ALIASES[leaf]}?'
-  known = sorted(known_fields())
-  by_leaf = {}
-  for field in known:
-    by_leaf.setdefault(field.rsplit('.', 1)[-1], field)
-  close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-  close += [by_leaf[k] for k in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.75)
-            if by_leaf[k] not in close]
-  if close:
-    return 'did you mean ' + ' or '.join(close[:3]) + '?'
-  return 'the fields are listed, with comments, in vit_jax/configs/common.py'
-
-
-def unknown_message(name: str) -> str:
-  """One line: the unknown field, that configs are locked, and what to use instead."""
-  return (f'Unknown config field {name!r}: configs are locked to the fields of vit_jax/configs/common.py; '
-          f'{suggestion(name)}')
-
-
-def check_fields(config: Any) -> None:
-  """Raises UnknownFieldError naming every field of `config` that the shared defaults do not define."""
-  unknown = [name for name in flat_keys(config) if not is_known(name)]
-  if unknown:
-    raise UnknownFieldError('\n'.join(unknown_message(name) for name in unknown))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,14 +45,44 @@ def _number(problems, name, value, *, low=None, high=None, low_open=False, high_
     problems.append(f'config.{name}={value!r} must be {where}.')
 
 
-def _model_problems(model, image_size, problems) -> None:
-  from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
+def _patch_size(model, problems):
+  """The model's patch size (h, w), or None after naming it in `problems` when it is not a pair of positive ints."""
   size = model.patches.size
   if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
       isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
     problems.append(f'config.model.patches.size={size!r} must be a pair of positive integers (height, width), e.g. '
                     '(16, 16); on the command line --config.model.patches.size="(16, 16)".')
-    size = None
+    return None
+  return tuple(size)
+
+
+def _mixer_problems(config, problems) -> None:
+  """An MLP-Mixer's fields, its image size, and the fast paths that only a ViT has."""
+  model, image_size = config.model, config.image_size
+  size = _patch_size(model, problems)
+  for field in ('hidden_dim', 'num_blocks', 'tokens_mlp_dim', 'channels_mlp_dim'):
+    _number(problems, f'model.{field}', model[field], low=1, integer=True)
+  if size is not None and isinstance(image_size, int) and image_size > 0 and (image_size % size[0] or
+                                                                             image_size % size[1]):
+    px = math.lcm(*size)
+    problems.append(f'config.image_size={image_size} is not a multiple of the {size[0]}x{size[1]} patches of '
+                    f'{model.get("model_name") or "the model"}; e.g. use {max(px, image_size // px * px)} (a '
+                    'pretrained Mixer takes the size it was trained at: its token-mixing MLP is sized by the '
+                    'number of patches).')
+  if config.scan_layers is True:
+    problems.append('config.scan_layers=True is for ViTs: an MLP-Mixer is built unrolled (a scanned model would '
+                    "store its blocks stacked, not in the release files' MixerBlock_<i> layout); set it to False.")
+  if config.attention != 'plain':
+    problems.append(f'config.attention={config.attention!r} chooses how a ViT computes attention, and an MLP-Mixer '
+                    "has none; leave it 'plain'.")
+  if config.fused_qkv is True:
+    problems.append('config.fused_qkv=True fuses the query/key/value matmuls of ViT attention, and an MLP-Mixer has '
+                    'none; set it to False.')
+
+
+def _model_problems(model, image_size, problems) -> None:
+  from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
+  size = _patch_size(model, problems)
   _number(problems, 'model.hidden_size', model.hidden_size, low=1, integer=True)
   t = model.transformer
   for field in ('num_layers', 'mlp_dim', 'num_heads'):
@@ -327,7 +237,11 @@ def validate(config, *, devices: int | None = None, process_count: int = 1, file
   need the mesh; `files=False` skips those that touch files (pretrained_path, image_folder)."""
   check_fields(config)
   problems: list[str] = []
-  _model_problems(config.model, config.image_size, problems)
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  if models.is_mixer(config.model):
+    _mixer_problems(config, problems)
+  else:
+    _model_problems(config.model, config.image_size, problems)
   _durations(config, problems)
   _optimisation(config, problems)
   _data(config, problems)

@@ -13,6 +13,8 @@ from vit_jax import models
 
 log = logging.getLogger(__name__)
 
+MIXER_DEFAULT = 'Mixer-B_16'  # The defaults of a stored MLP-Mixer's model fields that no preset gives.
+
 
 def get_config():
   """Returns the shared defaults (a fine-tuning recipe on an unspecified dataset)."""
@@ -145,12 +147,17 @@ def _overlay(node: ml_collections.ConfigDict, stored: dict, prefix: str, dropped
 def from_dict(stored: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it lacks keeps its
   default, a field the code no longer has is left out (logged). The model's defaults are its preset's when
-  `model.model_name` names one, else the default model's."""
+  `model.model_name` names a preset of the stored model's family (ViT, or MLP-Mixer: models.is_mixer), else that
+  family's default: the default model's, or Mixer-B_16's."""
   config = get_config()
   stored = dict(stored)
   model = dict(stored.pop('model', {}))
-  if model.get('model_name') in models.MODEL_NAMES:
-    config.model = models.get_model_config(model['model_name'])
+  mixer = models.is_mixer(model)
+  name = model.get('model_name')
+  if name in models.MODEL_NAMES and models.is_mixer(models.get_model_config(name)) == mixer:
+    config.model = models.get_model_config(name)
+  elif mixer:
+    config.model = models.get_model_config(MIXER_DEFAULT)
   dropped = []
   _overlay(config.model, model, 'model.', dropped)
   _overlay(config, stored, '', dropped)
@@ -177,10 +184,11 @@ def override(config: ml_collections.ConfigDict, key: str, value) -> None:
 def from_command_line(spec: str, override_args=()) -> ml_collections.ConfigDict:
   """The config that `python -m vit_jax.main --config=SPEC ARGS...` gets (`override_args` are its --config.KEY=VALUE
   arguments), parsed by the same ml_collections config_flags, locked. Raises check.UnknownFieldError for an unknown
-  field (with the field to use), check.ConfigError for an override or a config file that does not parse (naming it)."""
+  field (with the field to use) or a model field of the other family (a ViT's on a Mixer), check.ConfigError for an
+  override or a config file that does not parse (naming it)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import check, fields  # pylint: disable=g-import-not-at-top
   unknown = [a.split('=', 1)[0][len('--config.'):] for a in override_args if a.startswith('--config.')]
   unknown = [name for name in unknown if not check.is_known(name)]
   if unknown:
@@ -195,5 +203,9 @@ def from_command_line(spec: str, override_args=()) -> ml_collections.ConfigDict:
     root = e
     while root.__cause__ or root.__context__:
       root = root.__cause__ or root.__context__
+    names = [a.split('=', 1)[0][len('--config.'):] for a in override_args if a.startswith('--config.model.')]
+    other = fields.other_family(from_command_line(spec).model, names) if names else []
+    if other:  # A known field of the other model family (a ViT's on a Mixer config, say): say so.
+      raise check.UnknownFieldError('\n'.join(other)) from e
     text, cause = ' '.join(str(e).split()), ' '.join(str(root).split())
     raise check.ConfigError(text if cause in text else f'{text}: {type(root).__name__}: {cause}') from e

@@ -20,6 +20,11 @@ ATTENTIONS = ('plain', 'xla', 'cudnn')
 REMAT_POLICIES = ('none', 'full', 'dots')
 
 
+def remat_policy_fn(name: str):
+  """The jax.checkpoint policy of a `remat_policy` name other than 'none' ('full' saves nothing: None)."""
+  return {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
 def check_fast_paths(attention: str, remat_policy: str, dtype) -> None:
   """Raises ValueError for an unknown switch value, or for cuDNN attention where it cannot run."""
   if remat_policy not in REMAT_POLICIES:

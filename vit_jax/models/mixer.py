@@ -12,6 +12,10 @@ Initialisers are Flax's defaults as in the reference (LeCun-normal kernels, zero
 The token-mixing MLP acts along the token axis, so its first kernel is (tokens, tokens_mlp_dim): a Mixer's
 parameters fix its input resolution, tokens = (H / patch) x (W / patch). Images must be a multiple of the patch
 size (the reference's 'SAME'-padded stem would pad a remainder; here it is an error, as for ViT).
+
+`remat_policy` ('none', 'full' or 'dots', as for VisionTransformer) wraps each MixerBlock in nn.remat: 'full' keeps
+only each block's input for the backward pass, 'dots' the outputs of its four Dense matmuls too. Same parameters,
+logits and gradients. There is no scanned variant: a stacked layout would not be the release files' per-block one.
 """
 from typing import Any
 
@@ -19,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_jax import sharding
-from vit_jax.models.blocks import MlpBlock
+from vit_jax.models.blocks import REMAT_POLICIES, MlpBlock, remat_policy_fn
 
 
 class MixerBlock(nn.Module):
@@ -52,7 +56,7 @@ class MlpMixer(nn.Module):
   width are multiples of the patch size (and, for trained parameters, the resolution they were trained at: see the
   module doc). `patches` is a ConfigDict or a plain dict with `size` (h, w). `dtype` is the compute dtype,
   `param_dtype` the parameter dtype; LayerNorm, the token mean and the returned logits are float32.
-  `num_classes` 0 or None returns the pooled [batch, hidden_dim] features.
+  `num_classes` 0 or None returns the pooled [batch, hidden_dim] features. `remat_policy`: see the module doc.
   """
   patches: Any
   num_classes: int | None
@@ -63,9 +67,12 @@ class MlpMixer(nn.Module):
   model_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, inputs, *, train: bool = False):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'Unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}.')
     patch = tuple(self.patches['size'])
     if inputs.shape[1] % patch[0] or inputs.shape[2] % patch[1]:
       raise ValueError(f'Input of spatial size {inputs.shape[1:3]} is not a multiple of the patch size {patch}; '
@@ -74,9 +81,16 @@ class MlpMixer(nn.Module):
                 param_dtype=self.param_dtype, name='stem')(inputs.astype(self.dtype))
     n, h, w, c = x.shape
     x = sharding.constrain(jnp.reshape(x, (n, h * w, c)), 'batch', None, None)
+
+    def apply(module, x):  # `train` is closed over: a Python bool, not traced by remat.
+      return module(x, train=train)
+
+    if self.remat_policy != 'none':
+      apply = nn.remat(apply, policy=remat_policy_fn(self.remat_policy))
     for i in range(self.num_blocks):
-      x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name=f'MixerBlock_{i}')(x, train=train)
+      block = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name=f'MixerBlock_{i}')
+      x = apply(block, x)
     x = nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=self.param_dtype, name='pre_head_layer_norm')(x)
     x = jnp.mean(x, axis=1)
     if not self.num_classes:

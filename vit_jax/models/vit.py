@@ -36,14 +36,14 @@ over layers under `scan`.
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import sharding
 from vit_jax.models import resnet
 from vit_jax.models.blocks import (ATTENTIONS, REMAT_POLICIES, Encoder1DBlock, MlpBlock,  # noqa: F401
-                                   MultiHeadDotProductAttention, check_fast_paths)
+                                   MultiHeadDotProductAttention, check_fast_paths,
+                                   remat_policy_fn)
 
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
 POSEMBS = ('learn', 'sincos2d')
@@ -78,11 +78,6 @@ class AddPositionEmbs(nn.Module):
 def drop_path_rates(rate: float, num_layers: int) -> np.ndarray:
   """Stochastic-depth rate of each block: rising linearly from 0 (the first block) to `rate` (the last)."""
   return rate * np.arange(num_layers) / max(num_layers - 1, 1)
-
-
-def remat_policy_fn(name: str):
-  """The jax.checkpoint policy of a `remat_policy` name other than 'none' ('full' saves nothing: None)."""
-  return {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
 
 
 class Encoder(nn.Module):
