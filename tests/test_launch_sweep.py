@@ -103,13 +103,13 @@ def test_plan_refuses_a_repeated_run_and_a_key_both_swept_and_fixed(tmp_path):
 def test_dry_run_lists_runs_and_commands_and_writes_nothing(tmp_path, capsys):
   sweep_dir = tmp_path / 'sw'
   assert sweep.main(['--config=configs/default.py', f'--sweep_dir={sweep_dir}', '--sweep', 'config.seed=1,2',
-                     '--dry-run', '--gpus=', '--config.total_steps=3']) == 0
+                     '--dry-run', '--gpus=', '--config.total_steps=3', '--config.schedule.warmup_steps=1']) == 0
   out = capsys.readouterr().out
   assert '# 2 runs in' in out and '#   seed=1: to run' in out
   commands = [line for line in out.splitlines() if not line.startswith('#')]
   assert [c.split()[1:] for c in commands] == [
       ['-m', 'vit_jax.main', '--config=configs/default.py', f'--workdir={sweep_dir}/seed={i}',
-       '--config.total_steps=3', f'--config.seed={i}'] for i in (1, 2)]
+       '--config.total_steps=3', '--config.schedule.warmup_steps=1', f'--config.seed={i}'] for i in (1, 2)]
   assert not sweep_dir.exists()
 
 
