@@ -180,3 +180,10 @@ def test_a_model_field_of_the_other_family_is_named_as_such():
   with pytest.raises(check.UnknownFieldError, match=r'config.model.tokens_mlp_dim is an MLP-Mixer field, but '
                      r'config.model is a ViT \(it has no num_blocks\): start from a Mixer preset'):
     check.validate(config)
+
+
+def test_a_tensor_parallel_split_that_does_not_divide_is_named_before_anything_is_built():
+  text = _problem(**{'sharding_strategy': 'tp', 'mesh': (('data', 2), ('model', 4)), 'model.transformer.num_heads': 2})
+  assert "config.sharding_strategy='tp' on config.mesh {'data': 2, 'model': 4}" in text
+  assert "cannot be split over mesh axis 'model' of size 4" in text
+  assert "needs a 'model' mesh axis" in _problem(sharding_strategy='fsdp+tp', mesh=(('fsdp', -1),))

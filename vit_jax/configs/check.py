@@ -218,6 +218,22 @@ def _loop_and_mesh(config, problems, devices, process_count) -> None:
   if split and config.batch_size % (config.accum_steps * shards):
     problems.append(f'config.batch_size={config.batch_size} must divide into accum_steps={config.accum_steps} '
                     f'micro-batches of a multiple of {shards} (the batch shards).')
+  if config.sharding_strategy in sharding.STRATEGIES and config.sharding_strategy != 'replicate' and not problems:
+    _layout_problems(config, names, sizes, problems)
+
+
+def _layout_problems(config, names, sizes, problems) -> None:
+  """The parameter layout of the strategy on this mesh, planned from the model's shapes alone (sharding.py's own
+  rules, on an abstract mesh): an axis the strategy needs, or a dimension that does not split, is named."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding, state  # pylint: disable=g-import-not-at-top
+  params = state.abstract_params(state.build_model(config, max(config.num_classes, 1)), config.image_size)
+  try:
+    sharding.param_specs(params, jax.sharding.AbstractMesh(tuple(sizes), tuple(names)), config.sharding_strategy,
+                         config.fsdp_min_size)
+  except ValueError as e:
+    problems.append(f'config.sharding_strategy={config.sharding_strategy!r} on config.mesh {dict(zip(names, sizes))}: '
+                    f'{e}')
 
 
 def _files(config, problems) -> None:
