@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import tiny
-from test_reliability import _comparable, _on_train_batch
 from vit_jax import checkpoint, export, flops, models, predict, sharding, state, train, utils, visualize
 from vit_jax import workdir as workdir_lib
 from vit_jax.configs import check, common
@@ -41,7 +40,7 @@ def mixer_run(tmp_path_factory):
     return batch
 
   with pytest.MonkeyPatch.context() as m:
-    _on_train_batch(m, sigterm_at)
+    tiny.on_train_batch(m, sigterm_at)
     assert train.train_and_evaluate(_config(root), parts) == {'preempted_at_step': 3}
   assert not os.path.exists(os.path.join(parts, 'params.npz'))
   train.train_and_evaluate(_config(root), parts)
@@ -55,7 +54,7 @@ def test_a_tiny_mixer_trains_and_resumes_exactly_after_sigterm(mixer_run):
   assert a['MixerBlock_1/token_mixing/Dense_0/kernel'].shape == (16, 32)  # The release layout: (tokens, hidden).
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert _comparable(workdir_lib.read_metrics(parts)) == _comparable(workdir_lib.read_metrics(whole))
+  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(workdir_lib.read_metrics(whole))
   losses = [r['train/loss'] for r in workdir_lib.read_metrics(whole) if 'train/loss' in r]
   assert len(losses) == 4 and losses[-1] < losses[0]
   last = workdir_lib.last_eval(whole)

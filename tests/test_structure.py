@@ -22,3 +22,10 @@ def test_tensorflow_is_imported_only_where_a_dataset_is_prepared():
   importers = sorted(str(p.relative_to(REPO)) for p in SOURCES
                      if re.search(r'^\s*(import tensorflow\b|from tensorflow\b)', p.read_text(), re.M))
   assert importers == ['vit_jax/sources.py']  # In sources._prepare, which builds a TFDS dataset.
+
+
+def test_no_test_module_imports_another():
+  """Shared test helpers live in tiny.py, conftest.py and launch_fakes.py; a test module is never imported."""
+  importers = sorted(p.name for p in REPO.glob('tests/*.py')
+                     if re.search(r'^\s*(from|import) test_\w+', p.read_text(), re.M))
+  assert importers == []
