@@ -120,7 +120,7 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
       batch['image'], batch['label'] = mixup(batch['image'], jax.nn.one_hot(batch['label'], model.num_classes),
                                              mix_key, config.mixup_p, sharding.batch_size_per_step(None))
     loss, grads = gradients(state['params'], batch, rng)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
