@@ -40,6 +40,7 @@ COVERED_ELSEWHERE = {
     'configs/pretrain_i21k.py:ViT-B_16,epochs=90': 'test_recipes.py runs configs/pretrain_i21k.py',
     '--num_processes=2': 'test_multihost.py runs main.py as two processes on loopback',
     '--model=Mixer-B_32': 'test_mixer_training.py predicts with a release-layout Mixer-B_32 .npz (60M parameters)',
+    'vit_jax.tools.shrink_images': 'test_shrink_images.py runs both forms: an image folder and a TFDS split',
 }
 
 DOWNLOADS = {  # What a README command reads from elsewhere -> the stand-in path in the test's directory.
