@@ -165,16 +165,22 @@ def test_local_sweep_runs_two_at_a_time_then_results_then_a_rerun_skips(tmp_path
 
 
 def test_local_backend_gives_each_run_its_own_gpu(tmp_path):
+  # Each run holds its GPU as a directory while it runs (mkdir is atomic): a GPU given to two live runs is a clash.
+  # Which free GPU a later run gets depends on which run ends first, so only the first two are fixed.
   fake_python = tmp_path / 'python'
-  fake_python.write_text('#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES" >> "$(dirname "$0")/gpus.txt"; sleep 0.3\n')
+  fake_python.write_text('#!/bin/sh\nd="$(dirname "$0")"; g="$CUDA_VISIBLE_DEVICES"\n'
+                         'mkdir "$d/busy-$g" || echo "$g" >> "$d/clashes.txt"\n'
+                         'echo "$g" >> "$d/gpus.txt"; sleep 0.3; rmdir "$d/busy-$g"\n')
   fake_python.chmod(0o755)
   runs = sweep.plan('c.py', str(tmp_path / 'sw'), [{'seed': i} for i in range(4)], {})
   codes = sweep.run_local(runs, parallel=0, gpus=['0', '1'], runner=shell.Runner(echo=False),
                           python=str(fake_python), poll_s=0.05)
   assert codes == {r.name: 0 for r in runs}
-  assert sorted((tmp_path / 'gpus.txt').read_text().split()) == ['0', '0', '1', '1']
-  assert sorted(json.loads((pathlib.Path(r.workdir) / 'launch.json').read_text())['gpu'] for r in runs) == [
-      '0', '0', '1', '1']
+  assert not (tmp_path / 'clashes.txt').exists()
+  used = (tmp_path / 'gpus.txt').read_text().split()
+  assert len(used) == 4 and set(used) == {'0', '1'}
+  recorded = [json.loads((pathlib.Path(r.workdir) / 'launch.json').read_text())['gpu'] for r in runs]
+  assert recorded[:2] == ['0', '1'] and sorted(recorded) == sorted(used)
 
 
 def _workdir(sweep_dir, name, *, metrics=(), config=None, launch=None, checkpoints=(), num_train=None):
