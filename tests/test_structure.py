@@ -1,4 +1,5 @@
-"""The repository's shape, as shared/DESIGN.md asks: small modules, a short training loop, TensorFlow in one place."""
+"""The repository's shape, as shared/DESIGN.md asks: small modules, a short training loop, TensorFlow only where a
+dataset is built."""
 import ast
 import pathlib
 import re
@@ -21,7 +22,7 @@ def test_train_and_evaluate_is_at_most_60_lines():
 def test_tensorflow_is_imported_only_where_a_dataset_is_prepared():
   importers = sorted(str(p.relative_to(REPO)) for p in SOURCES
                      if re.search(r'^\s*(import tensorflow\b|from tensorflow\b)', p.read_text(), re.M))
-  assert importers == ['vit_jax/sources.py']  # In sources._prepare, which builds a TFDS dataset.
+  assert importers == ['vit_jax/datasets/build.py']  # build.prepare: a TFDS dataset is built there, and only there.
 
 
 def test_no_test_module_imports_another():

@@ -166,7 +166,7 @@ def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
 def test_training_on_a_prepared_dataset_never_imports_tensorflow(tmp_path, digits_dir):
   code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w', digits_dir))
   assert code == 0, err[-3000:]
-  assert not imported  # TensorFlow is for preparing TFDS datasets only (vit_jax/sources.py).
+  assert not imported  # TensorFlow is for preparing TFDS datasets only (vit_jax/datasets/build.py).
   code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w2', tmp_path / 'new'))
   assert code == 0 and imported, err[-3000:]  # Preparing sklearn_digits does import it.
 

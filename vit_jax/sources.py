@@ -16,7 +16,7 @@ Sources (`config.dataset`):
   undecodable ones are an error that names them, or with `config.on_bad_image='skip'` are left out (logged once).
 
 Reading a prepared TFDS dataset needs no TensorFlow (array_record and TFDS's NumPy decoding); TensorFlow is imported
-only to *prepare* one (`_prepare`), with its logs quiet and the GPUs hidden from it (they are JAX's).
+only to *prepare* one, in vit_jax/datasets/build.py.
 """
 import concurrent.futures
 import dataclasses
@@ -152,7 +152,7 @@ def _not_prepared_message(builder, config, reason: str) -> str:
 def _tfds_builder(config, download: bool):
   """The prepared builder of config.dataset; prepares it when possible (see module doc)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from vit_jax import datasets as _local  # pylint: disable=g-import-not-at-top,unused-import  (registers builders)
+  from vit_jax.datasets import build  # pylint: disable=g-import-not-at-top  (the package registers the builders)
   try:
     builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)
   except tfds.core.DatasetNotFoundError as e:
@@ -161,7 +161,7 @@ def _tfds_builder(config, download: bool):
                      'folder (DIR/train/<class>/*.jpg).') from e
   if not builder.is_prepared():
     if config.dataset in LOCAL_TFDS_DATASETS:
-      _prepare(builder)
+      build.prepare(builder)
     elif not download:
       raise DatasetNotPreparedError(_not_prepared_message(builder, config, 'downloading is off (download=False)'))
     elif not builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not _reachable():
@@ -169,7 +169,7 @@ def _tfds_builder(config, download: bool):
           builder, config, f'the network is unreachable from here (no answer from {DOWNLOAD_PROBE[0]} in 3 s)'))
     else:
       try:
-        _prepare(builder, download_config=tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir))
+        build.prepare(builder, download_config=tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir))
       except Exception as e:  # pylint: disable=broad-except  (network, missing manual files, ...: the same advice)
         reason = f'preparing it failed with {type(e).__name__}: {" ".join(str(e).split())[:300]}'
         raise DatasetNotPreparedError(_not_prepared_message(builder, config, reason)) from None
@@ -183,15 +183,6 @@ def _tfds_builder(config, download: bool):
         f'  tfds build {builder.name} --data_dir={data_dir} --file_format=array_record'
         + (' --manual_dir=<config.tfds_manual_dir>' if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else ''))
   return builder
-
-
-def _prepare(builder, **kwargs) -> None:
-  """Builds a TFDS dataset as ArrayRecord: the one place where TensorFlow is imported (module doc)."""
-  log.info('Preparing TFDS dataset %s in %s (once).', builder.name, builder.data_dir)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
-  builder.download_and_prepare(file_format='array_record', **kwargs)
 
 
 def _tfds_split(config, split: str, download: bool) -> Split:
