@@ -168,7 +168,6 @@ def write_attention(trained, paths: Sequence[str], out_dir: str, *,
   """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path, error)]).
   `trained` is a vit_jax.inference.Trained (attention_maps.NoAttentionError for an MLP-Mixer)."""
   from vit_jax import attention_maps, inference, models, predict  # pylint: disable=g-import-not-at-top
-  attention_maps.check_has_attention(trained.config.model)
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
   stems = _stems(paths)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_jax import sharding
-from vit_jax.models.blocks import REMAT_POLICIES, MlpBlock, remat_policy_fn
+from vit_jax.models.blocks import MlpBlock, check_fast_paths, remat_policy_fn
 
 
 class MixerBlock(nn.Module):
@@ -71,8 +71,7 @@ class MlpMixer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, *, train: bool = False):
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f'Unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}.')
+    check_fast_paths('plain', self.remat_policy, self.dtype)  # The ViT's check; a Mixer has no attention.
     patch = tuple(self.patches['size'])
     if inputs.shape[1] % patch[0] or inputs.shape[2] % patch[1]:
       raise ValueError(f'Input of spatial size {inputs.shape[1:3]} is not a multiple of the patch size {patch}; '
