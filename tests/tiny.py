@@ -65,7 +65,7 @@ def data_config(**overrides):
   return override(config, {k.replace('__', '.'): v for k, v in overrides.items()})
 
 
-def take(ds, n, start=0):
+def take(ds, n):
   it = iter(ds)
   return [next(it) for _ in range(n)]
 
@@ -246,9 +246,8 @@ def comparable(records):
 
 def exported_params(workdir):
   """The flat params of a finished run (its params.npz)."""
-  import os  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  return checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
+  from vit_jax import checkpoint, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return checkpoint.read_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
 
 
 def snapshot(workdir):
