@@ -15,6 +15,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 import shutil  # noqa: E402
+import signal  # noqa: E402
+
+# A suite started from a background job (`cmd &` in a script) inherits SIGINT ignored, and so would every process it
+# starts. The Ctrl-C tests need it delivered as on a terminal: Python's own handler here, the default in children.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402  (after the environment above)
 
