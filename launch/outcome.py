@@ -2,11 +2,14 @@
 
 vit_jax.main's exit statuses: 0 when the run is complete, and also when it stopped early to be resumed (SIGTERM or a
 first Ctrl-C: it saves a checkpoint, then exits 0); 1 for an error (a user error is one `E` log line naming the
-cause; a bug, a traceback); 2 for a bad command line (one line per bad flag); 130 when a second Ctrl-C aborted it.
-A shell reports a process killed by signal N as 128 + N.
+cause; a bug, a traceback); 2 for a bad command line (one line per bad flag); 130 when a second Ctrl-C aborted it;
+75 (a process of the job was lost) and 76 (a process hung), both restartable (vit_jax/watchdog.py). A shell reports
+a process killed by signal N as 128 + N.
 
 The rule (`classify`), for the job on every worker of a node that is up:
-  * any worker exited non-zero: failed;
+  * the workers that exited non-zero all exited restartable (75, 76), or were killed by a signal beside one that
+    did (the host that died): preempted, rerun at once from the checkpoint (`restartable`);
+  * any other worker exited non-zero: failed;
   * every worker exited 0 and the run is complete: finished;
   * every worker exited 0 before the end, or the job vanished from a worker (the VM restarted): preempted when the
     run has a checkpoint to resume from (SIGTERM-with-resume), else failed (it ended before its first checkpoint:
@@ -21,13 +24,15 @@ import dataclasses
 import re
 import sys
 
+from vit_jax import errors
 from vit_jax import workdir as workdir_lib
 
 CHECKPOINT_MARK = 'vit_jax-checkpoint:'
 _ABSL_ERROR = re.compile(r'^[EF]\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)$')  # absl's E/F lines: the message after "] ".
 _ATTEMPT = '=== '  # gcloud.run_script starts each attempt's output with "=== DATE vit_jax.main ARGS".
 MEANINGS = {1: 'an error', 2: 'a bad command line', 130: 'aborted by a second Ctrl-C', 137: 'killed (SIGKILL)',
-            143: 'killed by SIGTERM before it could save'}
+            143: 'killed by SIGTERM before it could save', errors.EXIT_LOST_PEER: 'a process of the job was lost',
+            errors.EXIT_HUNG: 'a process hung'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +66,21 @@ def error_line(log: str) -> str:
   return lines[-1] if lines else '(the log is empty)'
 
 
+def restartable(codes) -> bool:
+  """Whether exit statuses of a job's processes mean "run it again": some exited restartable (75, 76) and every other
+  non-zero one was killed by a signal (the process that died or was stopped and killed)."""
+  bad = [c for c in codes if c]
+  return any(c in errors.RESTARTABLE for c in bad) and all(c in errors.RESTARTABLE or (c > 128 and c != 130)
+                                                            for c in bad)
+
+
 def classify(states, *, finished, checkpoint, log) -> Ending | None:
   """The module doc's rule; None while the job runs. `finished()` (whether the run is complete), `checkpoint()` (its
   latest checkpoint step or None) and `log()` (the end of its log) are called only when needed."""
   codes = exit_codes(states)
+  if restartable(codes):
+    code = next(c for c in codes if c in errors.RESTARTABLE)
+    return Ending('preempted', f'the job ended with {describe_exit(code)} (restartable): {error_line(log())}')
   failed = next((c for c in codes if c), None)
   if failed is not None:
     return Ending('failed', f'the job ended with {describe_exit(failed)}: {error_line(log())}', code=failed)

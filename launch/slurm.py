@@ -9,7 +9,8 @@ GPU: each task sees all of its node's GPUs and takes the one of its SLURM_LOCALI
 (appended across requeues), asks for `--requeue`, and for SIGTERM `--signal_s` seconds before the time limit: the
 trainer then saves a checkpoint and exits 0, and the script requeues the job while the run is unfinished (at most
 `--max_requeues` times), so a long run continues in the next allocation from its checkpoint. The job's exit status
-goes to WORKDIR/launch.json. Sweeps (launch.sweep --backend=slurm) submit one array job, a run per index.
+goes to WORKDIR/launch.json. A process that is lost or hangs (exit status 75/76) ends the step (srun's
+--kill-on-bad-exit) and the script runs it again (`--max_restarts`, `--restart_backoff_s`). Sweeps (launch.sweep --backend=slurm) submit one array job, a run per index.
 `--dry-run` prints the script instead of submitting it; `--wait` waits for the job to end.
 """
 import argparse
@@ -20,7 +21,7 @@ import sys
 import time
 
 from launch import record, shell
-from vit_jax import io
+from vit_jax import errors, io
 
 
 def add_flags(parser, *, sweep: bool = False) -> None:
@@ -40,6 +41,9 @@ def add_flags(parser, *, sweep: bool = False) -> None:
                  'sweep dir).')
   g.add_argument('--signal_s', type=int, default=300, help='SIGTERM this many seconds before the time limit.')
   g.add_argument('--max_requeues', type=int, default=20)
+  g.add_argument('--max_restarts', type=int, default=3, help='Reruns of the step within an allocation when a '
+                 'process was lost or hung (exit status 75/76).')
+  g.add_argument('--restart_backoff_s', type=int, default=10, help='Seconds before the first such rerun (doubling).')
   g.add_argument('--env', action='append', default=[], metavar='KEY=VALUE', help='Exported in the script.')
   g.add_argument('--sbatch_arg', action='append', default=[], help='Another #SBATCH line, e.g. --constraint=a100.')
   g.add_argument('--wait', action='store_true', help='Wait until the job ends; exit with its exit status.')
@@ -95,10 +99,23 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
     workdir, main_args = jobs[0]
     lines += [f'WORKDIR={shlex.quote(workdir)}', f'ARGS=({shlex.join(main_args)})']
   task_log = f'{log_dir}/{out_name}-%t.out'
+  restartable = ' '.join(map(str, errors.RESTARTABLE))
   lines += [
-      f'srun --kill-on-bad-exit=1 --open-mode=append --output={shlex.quote(task_log)} '
+      '# A lost or hung process (exit 75/76; srun ends the whole step when one task fails) runs the step again, at',
+      f'# most {args.max_restarts} times, {args.restart_backoff_s} s apart and doubling; the run resumes itself.',
+      'restarts=0',
+      'while true; do',
+      f'  srun --kill-on-bad-exit=1 --open-mode=append --output={shlex.quote(task_log)} '
       'python -m vit_jax.main "${ARGS[@]}"',
-      'rc=$?',
+      '  rc=$?',
+      f'  case " {restartable} " in *" $rc "*) ;; *) break ;; esac',
+      f'  if [ "$restarts" -ge {args.max_restarts} ]; then echo "Exit status $rc again; {args.max_restarts} restarts '
+      'spent: giving up." >&2; break; fi',
+      f'  wait_s=$(( {args.restart_backoff_s} << restarts )); restarts=$((restarts + 1))',
+      '  echo "A process was lost or hung (exit status $rc): running the step again in ${wait_s} s (restart '
+      f'$restarts of {args.max_restarts})." >&2',
+      '  sleep "$wait_s"',
+      'done',
       '# Stopped before the end (SIGTERM before the time limit, or a preemption) with a saved checkpoint: requeue.',
       'if [ "$rc" = 0 ] && ! python -m launch.record status "$WORKDIR"; then',
       f'  if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {args.max_requeues} ]; then',

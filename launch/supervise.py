@@ -6,7 +6,7 @@ The code is packed once, before the node is created (launch/code.py). Every `pol
   * preempted: the node is lost (a lost state of launch/gcloud.py, or not found; a state the launcher does not know,
     `unknown_polls` polls in a row; workers that answer no ssh for `unreachable_polls` polls), or the job stopped to
     be resumed (every worker exited 0 before the last step, or the job vanished from a worker) with a checkpoint to
-    resume from. A lost node is deleted and created again (walking the zones from the first) and set up; then the
+    resume from, or a process of the job was lost or hung (exit status 75 or 76: launch/outcome.py). A lost node is deleted and created again (walking the zones from the first) and set up; then the
     identical command is rerun and resumes from the checkpoint. Counts against `max_preemptions`.
   * failed: a worker's job exited non-zero (the job's own error line is shown), or the job ended before the run had
     any checkpoint, or a command on a node that is still up failed (set-up, start, stop, a worker that ssh cannot

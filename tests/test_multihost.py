@@ -57,7 +57,7 @@ def test_two_processes_reproduce_one_process(tmp_path, digits_dir):
 
   assert layout(w2) == layout(w1) == sorted([
       workdir_lib.CHECKPOINTS_DIR, workdir_lib.CLASS_NAMES_FILE, workdir_lib.CONFIG_FILE, workdir_lib.DATASET_FILE,
-      'events', workdir_lib.METRICS_FILE, workdir_lib.PARAMS_FILE])  # No lock.json: released.
+      'events', workdir_lib.GOODPUT_FILE, workdir_lib.METRICS_FILE, workdir_lib.PARAMS_FILE])  # No lock.json: released.
   # Orbax also keeps the first step it was given (1), besides the interval's.
   assert sorted(os.listdir(w2 / 'checkpoints')) == sorted(os.listdir(w1 / 'checkpoints')) == [str(STEPS)]
   p1, p2 = checkpoint.read_npz(str(w1 / 'params.npz')), checkpoint.read_npz(str(w2 / 'params.npz'))

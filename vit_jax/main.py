@@ -60,7 +60,11 @@ def _maybe_initialize_distributed(jax) -> None:
   address, num_processes, process_id = sky or (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from vit_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.use_gloo_on_cpu()
-  jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id)
+  faults = _CONFIG.value.faults
+  jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id,
+                             initialization_timeout=faults.init_timeout_s,
+                             heartbeat_timeout_seconds=faults.heartbeat_timeout_s,
+                             shutdown_timeout_seconds=faults.shutdown_timeout_s)
   distributed.check_process_count(num_processes)
   distributed.check_same_config(_CONFIG.value)
 

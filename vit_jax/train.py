@@ -12,8 +12,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vit_jax import augreg, checkpoint, distributed, errors, evaluators, flops, input_pipeline, io, metrics
+from vit_jax import augreg, checkpoint, distributed, errors, evaluators, flops, goodput, input_pipeline, io, metrics
 from vit_jax import preemption
+from vit_jax import watchdog as watchdog_lib
 from vit_jax import sharding
 from vit_jax import state as state_lib
 from vit_jax import workdir as workdir_lib
@@ -38,7 +39,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
   mesh = sharding.make_mesh(config.mesh)
   is_main = jax.process_index() == 0
   lock = Lock(workdir, enabled=is_main)
-  with preemption.PreemptionWatch() as watch, errors.quiet_faults():
+  clock = goodput.Clock()  # In 'startup' since this process started.
+  with preemption.PreemptionWatch() as watch, errors.quiet_faults(), _watchdog(clock, config):
     changes = distributed.on_main(lambda: _start(config, workdir, lock, allow_config_change))
     try:
       info = input_pipeline.get_info(evaluators.primary(config))
@@ -58,15 +60,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
                                        num_eval=info.num_eval)
             if workdir_lib.drop_records_after(workdir, start):
               log.info('Dropped the metrics.jsonl records after step %d: the resumed run writes them again.', start)
-          loop = Loop(setup, checkpoints, workdir, watch, train_state, evaluators.build(resolved, setup.model, mesh))
-          result = loop.run()
-          if 'preempted_at_step' not in result:
-            _export(setup, loop.state, workdir)
+          loop = Loop(setup, checkpoints, workdir, watch, train_state, evaluators.build(resolved, setup.model, mesh),
+                      clock)
+          try:
+            result = loop.run()
+            clock.enter('checkpoint')
+            if 'preempted_at_step' not in result:
+              _export(setup, loop.state, workdir)
+          except BaseException:
+            loop.record.write(ended='failed')
+            raise
+          loop.record.write(ended='preempted' if 'preempted_at_step' in result else 'finished')
+          if is_main:
+            log.info('Where the time went: %s (WORKDIR/%s; `python -m vit_jax.visualize goodput %s` draws it).',
+                     goodput.describe(goodput.summary(goodput.read(workdir))), workdir_lib.GOODPUT_FILE, workdir)
           return result
       finally:
         checkpoints.close()
     finally:
       lock.release()
+
+
+def _watchdog(clock, config) -> watchdog_lib.Watchdog:
+  """The hang and lost-peer monitor of this process (vit_jax/watchdog.py)."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (its client: no API)
+  return watchdog_lib.Watchdog(clock, config.faults, process_index=jax.process_index(),
+                               process_count=jax.process_count(), client=jax_distributed.global_state.client)
 
 
 def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
@@ -105,11 +124,10 @@ def _complete(setup, checkpoints, workdir: str, reevaluate: bool) -> dict[str, f
   return workdir_lib.last_eval(workdir)
 
 
-def _evaluate(evals, params, step: int, due=lambda ev: True) -> dict[str, float]:
+def _evaluate(evals, params, step: int) -> dict[str, float]:
   result = {}
   for ev in evals:
-    if due(ev):
-      result.update(ev.run(params))
+    result.update(ev.run(params))
   if result:
     log.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items())
                                             if not k.endswith('num_examples')))
@@ -129,10 +147,14 @@ class Loop:
   """The steps after the train state's step up to config.total_steps: train, log, evaluate, save, and stop early on
   a preemption notice. It holds the loop's state: the train state, the writers and the last log window."""
 
-  def __init__(self, setup, checkpoints, workdir: str, watch, train_state, evals):
+  def __init__(self, setup, checkpoints, workdir: str, watch, train_state, evals, clock):
     self.setup, self.config, self.checkpoints, self.watch, self.evals = setup, setup.config, checkpoints, watch, evals
-    self.state = train_state
+    self.state, self.clock, self.workdir = train_state, clock, workdir
     self.start = int(jax.device_get(train_state['step']))
+    self.record = goodput.Recorder(workdir, clock, resumed_from=self.start, enabled=jax.process_index() == 0)
+    self.record.write(self.start)
+    self.profile = check.profile_range(self.config.profile_steps) if jax.process_index() == 0 else None
+    self.tracing = False
     self.nonfinite_seen = int(jax.device_get(train_state['nonfinite']['count']))
     is_main = jax.process_index() == 0
     self.writer = metrics.Writer(workdir, enabled=is_main)
@@ -153,38 +175,70 @@ class Loop:
     batches, train_step = self.batches(), self.setup.train_step()
     try:
       for step in range(self.start + 1, config.total_steps + 1):
+        self.clock.enter('input', step)
         batch = next(batches)
+        self.profiler(step)
         if step == self.start + 1:  # The first call compiles (said before and after: it takes a while).
           log.info('Compiling the train step...')
+          self.clock.enter('compile')
           compiling = time.monotonic()
+        else:
+          self.clock.enter('train')
         self.state, stats = train_step(self.state, batch)  # No host sync here.
         if step == self.start + 1:
+          self.clock.enter('train')
           log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
           self.window = (self.start, time.monotonic())
         self.progress.step(step)
         last = step == config.total_steps
         if step % config.log_every_steps == 0 or last:
           self.log(step, stats)
-        evaluated = _evaluate(self.evals, self.state['params'], step, lambda ev: step % ev.every_steps == 0 or last)
-        if evaluated:
-          result = evaluated
-          self.writer.write_scalars(step, {k: v for k, v in evaluated.items() if not k.endswith('num_examples')})
+          self.record.write(step)
+        due = [ev for ev in self.evals if step % ev.every_steps == 0 or last]
+        if due:
+          self.clock.enter('eval')
+          result = _evaluate(due, self.state['params'], step)
+          self.writer.write_scalars(step, {k: v for k, v in result.items() if not k.endswith('num_examples')})
           self.window = (self.window[0], time.monotonic())  # Keep evaluation out of img/s.
+          self.record.write(step)
         saved = step % config.checkpoint_every_steps == 0 or last
         if saved:
+          self.clock.enter('checkpoint')
           self.save(step)
+          self.record.write(step)
         if self.watch.reached(step):
+          self.clock.enter('checkpoint')
           if not saved:
             self.save(step)
           self.checkpoints.wait()
+          self.record.write(step)
           log.warning('%s: saved a checkpoint at step %d in %s; rerun the same command to resume.',
                       'Stopped by Ctrl-C' if self.watch.interrupted else 'Preempted', step,
                       self.checkpoints.directory)
           return {'preempted_at_step': step}
     finally:
       self.progress.close()
+      self.profiler(None)
+    self.clock.enter('checkpoint')
     self.checkpoints.wait()
     return result
+
+  def profiler(self, step: int | None) -> None:
+    """Starts the jax.profiler trace of config.profile_steps at its first step, stops it at its end (step None: the
+    loop ended), into WORKDIR/profile (process 0's devices)."""
+    if self.profile is None:
+      return
+    first, end = self.profile
+    if step == first or (step == self.start + 1 and first < step < end):
+      jax.profiler.start_trace(workdir_lib.path(self.workdir, workdir_lib.PROFILE_DIR))
+      self.tracing = True
+    elif self.tracing and (step is None or step >= end):
+      jax.block_until_ready(self.state)
+      jax.profiler.stop_trace()
+      self.tracing = False
+      log.info('Wrote the profile of steps %d-%d to %s: view it with `tensorboard --logdir %s` (Profile tab) or '
+               'https://ui.perfetto.dev.', first, min(end, self.config.total_steps + 1) - 1,
+               workdir_lib.path(self.workdir, workdir_lib.PROFILE_DIR), self.workdir)
 
   def log(self, step: int, stats) -> None:
     self.check_finite()

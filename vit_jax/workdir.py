@@ -13,6 +13,8 @@ reads runs through it too. Every file name below is spelled here and nowhere els
                        (Orbax renames it when complete), on gs:// it holds commit_success.txt
   params.npz           the final parameters in the release layout
   launch.json          the launchers' record of the job (launch/record.py)
+  goodput.json         where the run's wall time went, per attempt (vit_jax/goodput.py)
+  profile/             jax.profiler traces of config.profile_steps (TensorBoard's profile plugin, Perfetto)
   lock.json            the live writer (vit_jax/lock.py)
   attention/           default output folder of `vit_jax.visualize attention`
 
@@ -42,6 +44,8 @@ CHECKPOINTS_DIR = 'checkpoints'
 COMMIT_FILE = 'commit_success.txt'  # Orbax's marker of a finalised checkpoint on object stores.
 PARAMS_FILE = 'params.npz'
 LAUNCH_FILE = 'launch.json'
+GOODPUT_FILE = 'goodput.json'
+PROFILE_DIR = 'profile'
 LOCK_FILE = 'lock.json'
 ATTENTION_DIR = 'attention'
 
@@ -51,7 +55,7 @@ RESUMABLE_FIELDS = (
     'keep', 'async_checkpoints', 'export_npz', 'prefetch', 'input_threads', 'input_processes', 'input_cache_mib',
     'eval_batch_size',
     'mesh', 'sharding_strategy', 'fsdp_min_size', 'tfds_data_dir', 'tfds_manual_dir', 'image_folder', 'augreg_index',
-    'eval_split', 'fewshot', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv',
+    'eval_split', 'fewshot', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv', 'faults', 'profile_steps',
 )
 
 

@@ -248,6 +248,39 @@ def _files(config, problems) -> None:
                     'train/<class>/*.jpg).')
 
 
+def profile_range(spec: str) -> tuple[int, int] | None:
+  """config.profile_steps 'START:END' -> (START, END): the steps START <= step < END are traced; '' -> None."""
+  if not spec:
+    return None
+  start, sep, end = str(spec).partition(':')
+  try:
+    first, last = int(start), int(end)
+  except ValueError:
+    first = last = -1
+  if not sep or first < 1 or last <= first:
+    raise ConfigError(f"config.profile_steps={spec!r} must be 'START:END' with 1 <= START < END (the steps START to "
+                      "END-1 are traced), e.g. '10:15', or '' for no profile.")
+  return first, last
+
+
+def _faults(config, problems) -> None:
+  f = config.faults
+  for name in ('init_timeout_s', 'heartbeat_timeout_s', 'shutdown_timeout_s', 'peer_timeout_s'):
+    _number(problems, f'faults.{name}', f[name], low=1, integer=True)
+  for name in ('hang_floor_s', 'hang_first_s'):
+    _number(problems, f'faults.{name}', f[name], low=0, low_open=True)
+  _number(problems, 'faults.hang_factor', f.hang_factor, low=1)
+  _number(problems, 'faults.hang_timeout_s', f.hang_timeout_s, low=0)
+  if not problems and f.heartbeat_timeout_s <= f.peer_timeout_s:
+    problems.append(f'config.faults.heartbeat_timeout_s={f.heartbeat_timeout_s} must be longer than '
+                    f'faults.peer_timeout_s={f.peer_timeout_s}: our own detection of a lost process must come first '
+                    '(JAX aborts every process with stack dumps when its heartbeat timeout passes).')
+  try:
+    profile_range(config.profile_steps)
+  except ConfigError as e:
+    problems.append(str(e))
+
+
 def validate(config, *, devices: int | None = None, process_count: int = 1, files: bool = True):
   """Checks the whole config (module doc); returns it. `devices` (the number of JAX devices) enables the checks that
   need the mesh; `files=False` skips those that touch files (pretrained_path, image_folder)."""
@@ -262,6 +295,7 @@ def validate(config, *, devices: int | None = None, process_count: int = 1, file
   _optimisation(config, problems)
   _data(config, problems)
   _loop_and_mesh(config, problems, devices, process_count)
+  _faults(config, problems)
   for name in ('scan_layers', 'fused_qkv', 'async_checkpoints', 'export_npz', 'pp.flip'):
     value = config.pp.flip if name == 'pp.flip' else config[name]
     if not isinstance(value, bool):

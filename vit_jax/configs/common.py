@@ -120,6 +120,20 @@ def get_config():
   # checkpoint) at the next log or save step, 'skip' drops it, counts it (train/nonfinite_steps) and goes on.
   config.nonfinite_policy = 'stop'
   config.export_npz = True  # Write WORKDIR/params.npz (release layout) at the end.
+  # A jax.profiler trace of these training steps into WORKDIR/profile ('' for none; 'START:END' steps, END excluded).
+  config.profile_steps = ''
+
+  # Faults at scale (vit_jax/watchdog.py; README, "Faults at scale"): a lost or stuck process ends the job with a
+  # restartable exit status (75 lost peer, 76 hung) instead of waiting forever; launchers rerun it.
+  config.faults = ml_collections.ConfigDict()
+  config.faults.init_timeout_s = 300  # jax.distributed.initialize: how long the processes wait for each other.
+  config.faults.heartbeat_timeout_s = 100  # JAX's coordination service declares a silent process dead after this.
+  config.faults.shutdown_timeout_s = 60  # At the end, how long a process waits for the others to finish too.
+  config.faults.peer_timeout_s = 30  # A process silent this long is lost (< heartbeat_timeout_s).
+  config.faults.hang_floor_s = 120  # A phase (train step, eval, save) may take max(floor, factor x its longest) s ...
+  config.faults.hang_factor = 10
+  config.faults.hang_first_s = 1800  # ... and its first time (it compiles) this long.
+  config.faults.hang_timeout_s = 0  # > 0: this bound for every phase instead.
   return config.lock()  # Unknown fields are errors (see vit_jax/configs/check.py).
 
 
