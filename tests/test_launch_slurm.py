@@ -36,7 +36,7 @@ def test_script_for_two_nodes_of_eight_gpus():
     assert f'#SBATCH {directive}' in lines, directive
   assert 'source /v/bin/activate' in lines and 'export NCCL_DEBUG=WARN' in lines
   assert "ARGS=(--config=c.py --workdir=/shared/w)" in lines
-  assert any(line.startswith('srun --kill-on-bad-exit=1 --open-mode=append --output=/shared/logs/%x-%j-%t.out '
+  assert any(line.strip().startswith('srun --kill-on-bad-exit=1 --open-mode=append --output=/shared/logs/%x-%j-%t.out '
                              'python -m vit_jax.main "${ARGS[@]}"') for line in lines)
   assert 'scontrol requeue "$SLURM_JOB_ID" && exit 0' in text and '-lt 20 ]' in text
   assert not any('--array' in line for line in lines)

@@ -87,7 +87,7 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
     params = jax.device_get(state['params'])
     params['head']['kernel'] = np.random.default_rng(0).normal(size=params['head']['kernel'].shape)
     result = evaluate.evaluate(jax.jit(evaluate.make_eval_step(model)), params,
-                               (input_pipeline.make_global_batch(b, shard) for b in batches))
+                               (input_pipeline.make_global_batch(b, shard) for b in batches), evaluate.zeros(model))
   real = [(b['image'][b['mask'] > 0], b['label'][b['mask'] > 0]) for b in batches]
   images = np.concatenate([r[0] for r in real])
   labels = np.concatenate([r[1] for r in real])
@@ -99,6 +99,24 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
   assert result['eval/loss'] == pytest.approx(-np.mean(log_probs[np.arange(9), labels]), rel=1e-5)
   label_logits = logits[np.arange(9), labels][:, None]
   assert result['eval/top5'] == pytest.approx(np.mean((logits > label_logits).sum(-1) < 5), abs=1e-7)
+
+
+def test_evaluation_runs_one_jitted_program_per_batch_and_nothing_eager(tmp_path, caplog):
+  # Eager ops on global arrays between the eval steps are each a small multi-process program of their own; with
+  # another thread dispatching, processes could run them in different orders and wait forever (issue 31).
+  from vit_jax.evaluators import classification
+  root = tiny.image_folder(tmp_path, train_per_class=2, test_per_class=3)  # 9 test images: 2 batches of 8.
+  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'eval_batch_size': 8})
+  mesh, model, train_state, _ = _setup(config)
+  evaluator = classification.ClassificationEvaluator(name='val', prefix='val/', config=config, model=model, mesh=mesh)
+  with jax.set_mesh(mesh):
+    evaluator.run(train_state['params'])  # Compiles what an evaluation runs.
+    jax.clear_caches()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+      result = evaluator.run(train_state['params'])
+  compiled = sorted({m.split()[1] for m in caplog.messages if m.startswith('Compiling ')})
+  assert compiled == ['jit(eval_step)', 'jit(zeros)'], caplog.messages
+  assert result['val/num_examples'] == 9
 
 
 def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):

@@ -1,4 +1,9 @@
-"""Exact evaluation: padded batches with a mask, so every example counts once; sums stay on device until the end."""
+"""Exact evaluation: padded batches with a mask, so every example counts once; sums stay on device until the end.
+
+The running totals are added inside the jitted step, so each batch is one program on every process, dispatched in
+the same order. (Adding them with eager `jnp.add` outside made each addition its own small multi-process program; a
+process that dispatched another thread's collective between them could wait forever on its peers: issue 31.)
+"""
 from typing import Callable, Iterable
 
 import jax
@@ -7,10 +12,16 @@ import jax.numpy as jnp
 from vit_jax import losses, preprocess
 
 
-def make_eval_step(model, *, loss: str = 'softmax') -> Callable:
-  """(params, batch) -> masked sums {'correct', 'correct_top5', 'loss', 'count'} for one batch."""
+def zeros(model) -> dict[str, jax.Array]:
+  """The totals before the first batch: {'correct', 'loss', 'count'}, and 'correct_top5' for >= 5 classes."""
+  keys = ('correct', 'loss', 'count') + (('correct_top5',) if model.num_classes >= 5 else ())
+  return {key: jnp.zeros((), jnp.float32) for key in keys}
 
-  def eval_step(params, batch):
+
+def make_eval_step(model, *, loss: str = 'softmax') -> Callable:
+  """(params, batch, totals) -> totals plus this batch's masked sums (the keys of `zeros(model)`)."""
+
+  def eval_step(params, batch, totals):
     logits = model.apply({'params': params}, preprocess.to_float(batch['image']), train=False)
     labels, mask = batch['label'], batch['mask']
     num_classes = logits.shape[-1]
@@ -24,18 +35,19 @@ def make_eval_step(model, *, loss: str = 'softmax') -> Callable:
     }
     if num_classes >= 5:
       sums['correct_top5'] = jnp.sum((rank < 5).astype(jnp.float32) * mask)
-    return sums
+    return jax.tree.map(jnp.add, totals, sums)
 
   return eval_step
 
 
-def evaluate(eval_step: Callable, params, batches: Iterable) -> dict[str, float]:
-  """Runs `eval_step` over all batches; returns eval/accuracy, eval/top5 (>= 5 classes) and eval/loss."""
-  totals = None
+def evaluate(eval_step: Callable, params, batches: Iterable, totals: dict) -> dict[str, float]:
+  """Runs `eval_step` over all batches from `totals` (`zeros(model)`); returns eval/accuracy, eval/top5 (>= 5
+  classes), eval/loss and eval/num_examples. Nothing but `eval_step` runs on the devices until the end."""
+  num_batches = 0
   for batch in batches:
-    sums = eval_step(params, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
+    totals = eval_step(params, batch, totals)
+    num_batches += 1
+  if num_batches == 0:
     raise ValueError('The evaluation split yielded no batches.')
   totals = jax.device_get(totals)
   count = float(totals['count'])
