@@ -10,7 +10,9 @@ themselves (the watchdog ends them within its bounds: vit_jax/watchdog.py); any 
 stopped one too), so no process outlives its job. The attempt's exit statuses decide (launch/outcome.py,
 `restartable`): a lost or hung process (75, 76, beside processes killed by a signal) reruns the same command on all
 processes, at most `--max_restarts` times, `--backoff_s` seconds apart and doubling, and the run resumes from its last
-checkpoint; anything else (a bad config, a bug) is not retried. Ctrl-C sends every process SIGTERM: they save a
+checkpoint; anything else (a bad config, a bug) is not retried. When process 0 (the coordinator) dies, JAX aborts the
+others at once with pages of stack dumps (exit 134): each shows one line naming the cause instead, and counts as lost
+(75). Ctrl-C sends every process SIGTERM: they save a
 checkpoint and stop. Exits with the last attempt's status (the first non-zero one, else 0).
 """
 import argparse
@@ -23,6 +25,7 @@ import threading
 import time
 
 from launch import outcome, shell
+from vit_jax import errors
 
 
 def free_port() -> int:
@@ -36,8 +39,12 @@ def process_command(main_args, *, port: int, processes: int, index: int, python:
           f'--num_processes={processes}', f'--process_id={index}']
 
 
-def process_env(index: int, *, devices_per_process: int | None, gpus: list[str] | None, base=None) -> dict:
+def process_env(index: int, *, devices_per_process: int | None, gpus: list[str] | None, port: int,
+                base=None) -> dict:
+  """The environment of process `index`: its devices, and the coordinator (process 0) listening on 127.0.0.1 only
+  (JAX's default is every interface) unless JAX_COORDINATOR_BIND_ADDRESS says otherwise."""
   env = dict(os.environ if base is None else base)
+  env.setdefault('JAX_COORDINATOR_BIND_ADDRESS', f'127.0.0.1:{port}')
   if gpus:
     env['CUDA_VISIBLE_DEVICES'] = gpus[index]
   elif devices_per_process:
@@ -47,10 +54,34 @@ def process_env(index: int, *, devices_per_process: int | None, gpus: list[str] 
   return env
 
 
-def _relay(index: int, stream, out) -> None:
-  for line in stream:
-    out.write(f'[{index}] {line}')
-    out.flush()
+class _Relay(threading.Thread):
+  """Shows process `index`'s output prefixed with `[index]`. When JAX aborts the process because its distributed
+  service failed (launch/outcome.py, JAX_FATAL), shows one line naming the cause instead of the stack dumps that
+  follow (all of them with `full_dumps`) and marks the process lost (`self.lost`)."""
+
+  def __init__(self, index: int, count: int, stream, out, full_dumps: bool):
+    super().__init__(daemon=True)
+    self.index, self.count, self.stream, self.out, self.full_dumps = index, count, stream, out, full_dumps
+    self.lost, self.left_out = False, 0
+
+  def run(self) -> None:
+    for line in self.stream:
+      cause = None if self.lost else outcome.lost_peer_line(self.index, self.count, line)
+      if cause:
+        self.lost, line = True, cause + '\n'
+      elif self.lost and not self.full_dumps:
+        self.left_out += 1
+        continue
+      self.out.write(f'[{self.index}] {line}')
+      self.out.flush()
+    if self.left_out:
+      self.out.write(f'[{self.index}] ({self.left_out} lines of JAX stack dumps left out: --full_dumps shows them)\n')
+      self.out.flush()
+
+
+def _status(proc) -> int:
+  """A finished process's exit status as a shell reports it (128 + N for signal N)."""
+  return 128 - proc.returncode if proc.returncode < 0 else proc.returncode
 
 
 class Attempt:
@@ -58,37 +89,48 @@ class Attempt:
 
   def __init__(self, main_args, args, out):
     port = free_port()
-    self.procs, self.threads, self.out = [], [], out
+    self.procs, self.relays, self.out = [], [], out
     for i in range(args.processes):
       proc = subprocess.Popen(process_command(main_args, port=port, processes=args.processes, index=i),
-                              env=process_env(i, devices_per_process=args.devices_per_process, gpus=args.gpus),
+                              env=process_env(i, devices_per_process=args.devices_per_process, gpus=args.gpus,
+                                              port=port),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
       self.procs.append(proc)
-      thread = threading.Thread(target=_relay, args=(i, proc.stdout, out), daemon=True)
-      thread.start()
-      self.threads.append(thread)
+      relay = _Relay(i, args.processes, proc.stdout, out, args.full_dumps)
+      relay.start()
+      self.relays.append(relay)
       print(f'launch.local: process {i} of {args.processes}: pid {proc.pid}', file=sys.stderr, flush=True)
 
   def wait(self, grace_s: float, poll_s: float = 0.5) -> list[int]:
-    """Waits for every process; after a non-zero exit, at most `grace_s` more, then kills the rest. Exit statuses
-    as a shell reports them (128 + N for a signal)."""
-    deadline = None
-    while any(p.poll() is None for p in self.procs):
-      if deadline is None and any(p.poll() for p in self.procs):
+    """Waits for every process, printing each exit as it happens; after a non-zero exit, at most `grace_s` more,
+    then kills the rest. Exit statuses as a shell reports them (128 + N for a signal), with JAX's abort after a lost
+    peer read as EXIT_LOST_PEER."""
+    codes: dict[int, int] = {}
+    deadline, killed = None, False
+    while len(codes) < len(self.procs):
+      for i, p in enumerate(self.procs):
+        if i not in codes and p.poll() is not None:
+          codes[i] = self._code(i)
+          print(f'launch.local: process {i} exited ({outcome.describe_exit(codes[i])}).', file=sys.stderr,
+                flush=True)
+      if deadline is None and any(codes.values()):
         deadline = time.monotonic() + grace_s
-      if deadline is not None and time.monotonic() > deadline:
+      if not killed and deadline is not None and time.monotonic() > deadline:
+        killed = True
         for i, p in enumerate(self.procs):
           if p.poll() is None:
             print(f'launch.local: process {i} still runs {grace_s:.0f} s after another failed: killing it.',
                   file=sys.stderr, flush=True)
             p.kill()
-        break
-      time.sleep(poll_s)
-    for p in self.procs:
-      p.wait()
-    for t in self.threads:
-      t.join(timeout=5)
-    return [128 - p.returncode if p.returncode < 0 else p.returncode for p in self.procs]
+      if len(codes) < len(self.procs):
+        time.sleep(poll_s)
+    return [codes[i] for i in range(len(self.procs))]
+
+  def _code(self, i: int) -> int:
+    """Process i's exit status, once it has exited (its output read to the end first)."""
+    self.relays[i].join(timeout=5)
+    code = _status(self.procs[i])
+    return errors.EXIT_LOST_PEER if self.relays[i].lost and code == 128 + signal.SIGABRT else code
 
   def terminate(self) -> None:
     for p in self.procs:
@@ -130,6 +172,8 @@ def parser():
   p.add_argument('--gpus', default=None, help='Comma-separated GPU ids, one per process (CUDA_VISIBLE_DEVICES).')
   p.add_argument('--max_restarts', type=int, default=3)
   p.add_argument('--backoff_s', type=float, default=5.0, help='Seconds before the first rerun (doubling).')
+  p.add_argument('--full_dumps', action='store_true', help="Show JAX's C++ and Python stack dumps in full when it "
+                 'aborts a process whose peer was lost (by default one line names the cause).')
   p.add_argument('--grace_s', type=float, default=90.0, help='After a process fails, how long the others may take '
                  'to end by themselves before they are killed.')
   return p

@@ -66,6 +66,26 @@ def error_line(log: str) -> str:
   return lines[-1] if lines else '(the log is empty)'
 
 
+# What JAX prints (an absl FATAL line, then it aborts with C++ and Python stack dumps: exit 134) when its distributed
+# service reports an error: the coordinator (process 0) is gone, or a task was declared dead. The process could not
+# exit by itself first (JAX polls the service and aborts at once), so launchers read it as exit 75 (`lost_peer_line`).
+JAX_FATAL = 'Terminating process because the JAX distributed service detected fatal errors'
+
+
+def lost_peer_line(index: int, count: int, line: str) -> str | None:
+  """For a line of process `index`'s output that is JAX_FATAL: the one line that names the cause (the coordinator,
+  process 0, when JAX says the leader is unreachable), else None."""
+  if JAX_FATAL not in line:
+    return None
+  status = line.split('absl::Status:', 1)[1].strip() if 'absl::Status:' in line else ''
+  if 'Failed to send RPC to coordination service' in status or 'leader task' in status:
+    cause = 'lost the coordinator (process 0): its JAX distributed service stopped answering (died or unreachable)'
+  else:
+    cause = f"lost a peer: JAX's distributed service reports {status[:200] or 'a fatal error'}"
+  return (f'vit_jax.main: error: process {index} of {count} {cause}; JAX aborted it (exit status 134, read as '
+          f'{errors.EXIT_LOST_PEER}: restartable).')
+
+
 def restartable(codes) -> bool:
   """Whether exit statuses of a job's processes mean "run it again": some exited restartable (75, 76) and every other
   non-zero one was killed by a signal (the process that died or was stopped and killed)."""

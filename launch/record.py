@@ -19,6 +19,7 @@ import math
 import socket
 import sys
 
+from vit_jax import goodput as goodput_lib
 from vit_jax import io
 from vit_jax import lock
 from vit_jax import workdir as workdir_lib
@@ -42,6 +43,7 @@ class Record:
   config: dict | None  # config.json as stored.
   steps: dict[int, dict[str, float]]  # vit_jax.workdir.merged_metrics.
   launch: dict | None
+  goodput: list[dict] = dataclasses.field(default_factory=list)  # vit_jax/goodput.py's attempts.
 
   @property
   def step(self) -> int:
@@ -61,7 +63,7 @@ def read(workdir: str) -> Record:
   """The record of the run in `workdir` (local or gs://); an absent workdir reads as a run not started."""
   launch = io.read_text_or_none(workdir_lib.path(workdir, LAUNCH_FILE))
   return Record(workdir, workdir_lib.read_json(workdir, workdir_lib.CONFIG_FILE), workdir_lib.merged_metrics(workdir),
-                json.loads(launch) if launch else None)
+                json.loads(launch) if launch else None, goodput_lib.read(workdir))
 
 
 def status(record: Record, *, overrides: dict | None = None) -> str:
@@ -86,14 +88,16 @@ def _final_best(series, mode):
 
 
 def summary(record: Record, *, overrides: dict | None = None) -> dict:
-  """One results row: status, step, final and best eval accuracy and loss, final train loss."""
+  """One results row: status, step, final and best eval accuracy and loss, final train loss, goodput (the fraction
+  of the run's wall time spent training, over all its attempts: vit_jax/goodput.py)."""
   acc_final, acc_best = _final_best(record.series('eval/accuracy'), 'max')
   loss_final, loss_best = _final_best(record.series('eval/loss'), 'min')
   train_loss = record.series('train/loss')
   return {'status': status(record, overrides=overrides), 'step': record.step,
           'final eval/accuracy': acc_final, 'best eval/accuracy': acc_best,
           'final eval/loss': loss_final, 'best eval/loss': loss_best,
-          'final train/loss': train_loss[-1][1] if train_loss else math.nan}
+          'final train/loss': train_loss[-1][1] if train_loss else math.nan,
+          'goodput': goodput_lib.summary(record.goodput).get('goodput', math.nan)}
 
 
 def now() -> str:

@@ -16,7 +16,7 @@ from launch import hyper, record
 from vit_jax import io
 
 FIXED_COLUMNS = ('status', 'step', 'final eval/accuracy', 'best eval/accuracy', 'final eval/loss', 'best eval/loss',
-                 'final train/loss')
+                 'final train/loss', 'goodput')
 
 
 def default_mode(metric: str) -> str:

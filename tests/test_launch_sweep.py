@@ -219,6 +219,9 @@ def test_results_reads_each_status_keeps_the_last_record_of_a_step_and_sorts(tmp
       _workdir(sweep_dir, 's6', config={'total_epochs': 1.0, 'total_steps': 4, 'batch_size': 8}, checkpoints=[9],
                num_train=72, metrics=[{'step': 9, 'eval/accuracy': 0.1, 'eval/loss': 2.5}])]  # 72 / 8 = 9 steps.
   (sweep_dir / 'sweep.json').write_text(json.dumps({'config': 'c.py', 'fixed': {}, 'runs': runs}))
+  (sweep_dir / 's1' / workdir_lib.GOODPUT_FILE).write_text(json.dumps({'attempts': [  # 6 s of 10 training.
+      {'start': 100.0, 'end': 110.0, 'first_step': 0, 'last_step': 4, 'ended': 'finished',
+       'phases': {'startup': 3.0, 'compile': 1.0, 'train': 6.0}}]}))
   rows = results.write(str(sweep_dir))
   assert [(r['run'], r['status']) for r in rows] == [('s1', 'finished'), ('s2', 'running'), ('s4', 'stopped'),
                                                      ('s6', 'finished'), ('s3', 'failed'), ('s5', 'not started')]
@@ -227,9 +230,9 @@ def test_results_reads_each_status_keeps_the_last_record_of_a_step_and_sorts(tmp
           s1['best eval/loss'], s1['final train/loss']) == (4, 0.7, 0.7, 1.2, 1.2, 1.0)
   text = (sweep_dir / 'results.csv').read_text().splitlines()
   assert text[0] == 'run,seed,status,step,final eval/accuracy,best eval/accuracy,final eval/loss,best eval/loss,' \
-                    'final train/loss'
-  assert text[1] == 's1,1,finished,4,0.7000,0.7000,1.2000,1.2000,1.0000'
-  assert text[-1] == 's5,5,not started,0,,,,,'
+                    'final train/loss,goodput'
+  assert text[1] == 's1,1,finished,4,0.7000,0.7000,1.2000,1.2000,1.0000,0.6000'
+  assert text[-1] == 's5,5,not started,0,,,,,,'
   by_loss = results.write(str(sweep_dir), metric='eval/loss', out=str(tmp_path / 'out'))
   assert [r['run'] for r in by_loss][:3] == ['s2', 's1', 's4'] and (tmp_path / 'out' / 'results.png').exists()
 

@@ -119,6 +119,21 @@ def test_evaluation_runs_one_jitted_program_per_batch_and_nothing_eager(tmp_path
   assert result['val/num_examples'] == 9
 
 
+def test_profile_steps_write_a_trace_and_goodput_accounts_for_the_wall_time(tmp_path):
+  from vit_jax import goodput  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
+  train.train_and_evaluate(tiny.train_config(tfds_data_dir=data_dir, profile_steps='2:4'), workdir)
+  traces = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(workdir, workdir_lib.PROFILE_DIR))
+            for f in files if f.endswith('.xplane.pb')]
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0  # What TensorBoard's profile plugin and Perfetto open.
+  (attempt,) = goodput.read(workdir)
+  assert attempt['ended'] == 'finished' and (attempt['first_step'], attempt['last_step']) == (0, 4)
+  assert sum(attempt['phases'].values()) == pytest.approx(attempt['end'] - attempt['start'], rel=0.02)
+  for part in ('startup', 'compile', 'train', 'eval', 'checkpoint'):
+    assert attempt['phases'][part] > 0, part
+
+
 def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
   data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})

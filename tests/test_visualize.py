@@ -55,6 +55,37 @@ def test_curves_of_a_folder_without_metrics_is_an_error(tmp_path, capsys):
     visualize.main(['curves', str(tmp_path), '--names=a,b'])
 
 
+def _write_goodput(workdir, attempts):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'goodput.json'), 'w') as f:
+    json.dump({'attempts': attempts}, f)
+
+
+def _attempt(start, end, first, last, ended, **phases):
+  return {'start': start, 'end': end, 'first_step': first, 'last_step': last, 'ended': ended, 'phases': phases}
+
+
+def test_goodput_png_has_a_bar_per_run_and_shows_lost_time_only_where_there_was_some(tmp_path):
+  clean, failed = str(tmp_path / 'clean'), str(tmp_path / 'failed')
+  _write_goodput(clean, [_attempt(0, 100, 0, 40, 'finished', startup=10, compile=10, train=70, checkpoint=10)])
+  # As the second attempt leaves it: it resumed from step 20, so the first one's steps 21-30 were lost.
+  _write_goodput(failed, [_attempt(0, 60, 0, 30, 'died', startup=10, compile=10, train=30, lost=10),
+                          _attempt(70, 130, 20, 40, 'finished', startup=10, compile=10, train=40)])
+  assert visualize.read_goodput(failed)['lost'] == 10 and visualize.read_goodput(failed)['gap'] == 10
+  red = np.array([int(visualize.GOODPUT_COLORS['lost'][i:i + 2], 16) for i in (1, 3, 5)])
+
+  def lost_pixels(path):
+    with Image.open(path) as image:
+      pixels = np.asarray(image.convert('RGB')).astype(int)
+    return int((np.abs(pixels - red).sum(-1) < 10).sum())
+
+  both, one = str(tmp_path / 'both.png'), str(tmp_path / 'one.png')
+  assert visualize.main(['goodput', clean, failed, f'--out={both}']) == 0
+  assert visualize.main(['goodput', clean, f'--out={one}']) == 0
+  assert lost_pixels(both) > 100 and lost_pixels(one) == 0
+  assert visualize.main(['goodput', str(tmp_path / 'nothing'), f'--out={one}']) == 1
+
+
 def test_attention_pngs_of_a_run_decode(fitted_run, tmp_path, capsys):
   workdir, folder = fitted_run
   images = [os.path.join(folder, 'test', c, '0.jpg') for c in ('cat', 'eel')]

@@ -2,6 +2,7 @@
 
   python -m vit_jax.visualize attention --workdir=RUN IMAGE... [--out=DIR]
   python -m vit_jax.visualize curves RUN [RUN...] [--out=curves.png]
+  python -m vit_jax.visualize goodput RUN [RUN...] [--out=goodput.png]
 
 `attention` writes two PNGs per image into --out (default RUN/attention): NAME_rollout.png, the input (after the
 run's evaluation preprocessing) beside it with the attention rollout overlaid, titled with the top prediction; and
@@ -12,6 +13,10 @@ is refused with one line. Runs, images and outputs may be local or gs:// (vit_ja
 `curves` writes one PNG of train loss, learning rate, eval accuracy and training img/s against the step, read from
 each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --names). Where a step was written twice
 (a run resumed after a crash trains the lost steps again), the later record is the one plotted.
+
+`goodput` writes one PNG with a stacked horizontal bar per RUN: where its wall time went, over all its attempts, in
+the parts of vit_jax/goodput.py (startup, compile, train, input, eval, checkpoint, lost, gap), read from each RUN's
+goodput.json, with the goodput (train / wall) in the run's label.
 """
 import argparse
 import collections
@@ -25,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from vit_jax import cli
+from vit_jax import goodput
 from vit_jax import io
 from vit_jax import workdir as workdir_lib
 
@@ -93,6 +99,45 @@ def plot_curves(workdirs: Sequence[str], out: str, *, names: Sequence[str] | Non
   for ax in axes[2:]:
     ax.set_xlabel('step')
   axes[0].legend(loc='best', fontsize='small')
+  save_png(fig, out)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Goodput.
+
+GOODPUT_COLORS = {'train': '#2a9d8f', 'startup': '#8d99ae', 'compile': '#e9c46a', 'input': '#f4a261',
+                  'eval': '#457b9d', 'checkpoint': '#a8dadc', 'lost': '#e63946', 'gap': '#6d6875'}
+
+
+def read_goodput(workdir: str) -> dict:
+  """The run's goodput totals (vit_jax/goodput.py `summary`); a clear error for a run without goodput.json."""
+  totals = goodput.summary(goodput.read(workdir))
+  if not totals:
+    raise workdir_lib.WorkdirError(f'{workdir} has no {workdir_lib.GOODPUT_FILE}: is it the workdir of a training '
+                                   'run (one started by this version)?')
+  return totals
+
+
+def plot_goodput(workdirs: Sequence[str], out: str, *, names: Sequence[str] | None = None) -> str:
+  """Writes the goodput PNG of `workdirs` to `out`; returns `out`."""
+  names = list(names) if names else run_names(workdirs)
+  if len(names) != len(workdirs):
+    raise ValueError(f'{len(names)} names for {len(workdirs)} runs.')
+  runs = [read_goodput(w) for w in workdirs]
+  fig = _figure(10, 1.6 + 0.5 * len(runs))
+  ax = fig.subplots()
+  labels = [f'{name} ({100 * t["goodput"]:.0f}%)' for name, t in zip(names, runs)]
+  left = np.zeros(len(runs))
+  for part in goodput.ALL_PARTS:
+    widths = np.array([t.get(part, 0.0) for t in runs])
+    if widths.any():
+      ax.barh(labels, widths, left=left, color=GOODPUT_COLORS[part], label=part)
+      left += widths
+  ax.invert_yaxis()
+  ax.set_xlabel('wall time (s)')
+  ax.set_title('where the time went (goodput = train / wall)')
+  fig.legend(loc='outside lower center', ncol=len(goodput.ALL_PARTS), fontsize='small')
   save_png(fig, out)
   return out
 
@@ -208,18 +253,24 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
   curves.add_argument('--out', default='curves.png', help='Output PNG (default: curves.png).')
   curves.add_argument('--names', help='Comma-separated legend names, one per run (default: folder names).')
   cli.add_verbose(curves)
-  return parser, {'attention': attention, 'curves': curves}
+  bars = commands.add_parser('goodput', help="Where runs' wall time went: a stacked bar per run.")
+  bars.add_argument('runs', nargs='+', help='Workdirs of training runs (each with a goodput.json).')
+  bars.add_argument('--out', default='goodput.png', help='Output PNG (default: goodput.png).')
+  bars.add_argument('--names', help='Comma-separated names, one per run (default: folder names).')
+  cli.add_verbose(bars)
+  return parser, {'attention': attention, 'curves': curves, 'goodput': bars}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser, commands = _parsers()
   args = parser.parse_args(argv)
   command = commands[args.command]
-  if args.command == 'curves':
+  if args.command in ('curves', 'goodput'):
     names = args.names.split(',') if args.names else None
     if names and len(names) != len(args.runs):
       command.error(f'--names has {len(names)} names for {len(args.runs)} runs.')
-    return cli.run(lambda: print(plot_curves(args.runs, args.out, names=names)), prog=command.prog, argv=argv)
+    plot = plot_curves if args.command == 'curves' else plot_goodput
+    return cli.run(lambda: print(plot(args.runs, args.out, names=names)), prog=command.prog, argv=argv)
   cli.check_model_args(args, command)
   return cli.run(lambda: _attention(args), prog=command.prog, argv=argv)
 

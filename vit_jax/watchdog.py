@@ -21,11 +21,13 @@ from here before JAX's coordination service aborts the processes with its stack 
 """
 import concurrent.futures
 import faulthandler
+import io
 import logging
 import os
 import sys
 import threading
 import time
+import traceback
 
 from vit_jax import errors
 
@@ -44,6 +46,16 @@ def bound(settings, phase: str, longest: dict[str, float]) -> float:
   if phase not in longest:
     return float(settings.hang_first_s)
   return max(float(settings.hang_floor_s), settings.hang_factor * longest[phase])
+
+
+def _dump_stacks() -> None:
+  """Every thread's stack to stderr: faulthandler's, or, where stderr is no file (a test's capture), traceback's."""
+  try:
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+  except (AttributeError, ValueError, io.UnsupportedOperation):
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():  # pylint: disable=protected-access
+      sys.stderr.write(f'Thread {names.get(ident, ident)}:\n' + ''.join(traceback.format_stack(frame)))
 
 
 def _exit(code: int, line: str) -> None:
@@ -73,13 +85,25 @@ class Watchdog:
     self._thread.start()
     return self
 
-  def __exit__(self, exc_type, *unused):
+  def __exit__(self, exc_type, exc, unused_tb):
+    if self.client is not None and exc_type is not None and not isinstance(exc, (errors.UserError,
+                                                                                 KeyboardInterrupt)):
+      self._settle_failure(exc)
     self._stop.set()
     self._thread.join()
     if self.client is not None and exc_type is None:
       self._call(self.client.key_value_set, f'{DONE_PREFIX}{self.index}', '1', True)
     self._rpc.shutdown(wait=False)
     return False
+
+  def _settle_failure(self, exc) -> None:
+    """An error escaped the run of a multi-process job. A collective that failed because a peer died is the usual
+    one: keep beating and watching for up to peer_timeout_s + 10 s, so that the loss is found and named (the thread
+    exits EXIT_LOST_PEER); if none is found, the error is this process's own and goes on up."""
+    wait = self.settings.peer_timeout_s + 10
+    log.warning('Process %d: the run failed (%s: %s); checking for %.0f s whether a peer was lost before reporting '
+                'it.', self.index, type(exc).__name__, ' '.join(str(exc).split())[:300], wait)
+    self._thread.join(timeout=wait)  # The thread ends the process (exit_fn) if it finds a lost peer.
 
   # -- the thread
 
@@ -97,7 +121,7 @@ class Watchdog:
     if stayed > limit:
       sys.stderr.write(f'vit_jax.main: process {self.index} made no progress for {stayed:.0f} s; the stacks of its '
                        'threads:\n')
-      faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+      _dump_stacks()
       self.exit_fn(errors.EXIT_HUNG, f'process {self.index} of {self.count} hung: no progress for {stayed:.0f} s in '
                    f'{phase} at step {step} (bound {limit:.0f} s: config.faults.hang_*); exiting with status '
                    f'{errors.EXIT_HUNG} (restartable): rerun the same command to resume from the last checkpoint.')
@@ -142,14 +166,18 @@ class Watchdog:
       return  # Our own store: a slow answer is load, not a loss.
     finished = {int(k.rsplit('/', 1)[1]) for k, _ in done}
     values = {int(k.rsplit('/', 1)[1]): v for k, v in alive}
+    silent = {}  # process -> seconds without a heartbeat, past peer_timeout_s.
     for p in range(1, self.count):
       value = values.get(p)
       last = self._heard.get(p)
       if last is None or last[0] != value:
         self._heard[p] = (value, now)
       elif p not in finished and now - last[1] > self.settings.peer_timeout_s:
-        cause = (f'process {p} of {self.count} stopped responding (no heartbeat for {now - last[1]:.0f} s: dead, '
-                 'stopped or its host unreachable)')
-        self._call(self.client.key_value_set, ABORT_KEY, cause, True)
-        time.sleep(min(5.0, self.settings.peer_timeout_s / 3))  # Time for the others to read why.
-        self._lost(f'process 0 of {self.count} stops: {cause}')
+        silent[p] = now - last[1]
+    if silent:
+      names = ', '.join(map(str, silent))
+      cause = (f'process{"es" if len(silent) > 1 else ""} {names} of {self.count} stopped responding (no heartbeat '
+               f'for {max(silent.values()):.0f} s: dead, stopped or its host unreachable)')
+      self._call(self.client.key_value_set, ABORT_KEY, cause, True)
+      time.sleep(min(5.0, self.settings.peer_timeout_s / 3))  # Time for the others to read why.
+      self._lost(f'process 0 of {self.count} stops: {cause}')
