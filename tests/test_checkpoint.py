@@ -97,13 +97,45 @@ def test_hybrid_with_old_groupnorm_shapes_gives_identical_logits(tmp_path):
   np.testing.assert_array_equal(model.apply({'params': loaded}, x), model.apply({'params': params}, x))
 
 
+def _timm_reads(depth: int) -> list[str]:
+  """The arrays that timm's `_load_weights` (timm/models/vision_transformer.py) reads from a ViT `.npz` without a
+  prefix, which it takes for a vision_transformer release (its `big_vision` branch is for `params/` files):
+  `MultiHeadDotProductAttention_1`, `LayerNorm_2` and `MlpBlock_3` in every block."""
+  names = ['embedding/kernel', 'embedding/bias', 'cls', 'Transformer/posembed_input/pos_embedding',
+           'Transformer/encoder_norm/scale', 'Transformer/encoder_norm/bias', 'head/kernel', 'head/bias']
+  for i in range(depth):
+    block = f'Transformer/encoderblock_{i}/'
+    mha = block + 'MultiHeadDotProductAttention_1/'
+    names += [block + f'LayerNorm_{n}/{w}' for n in (0, 2) for w in ('scale', 'bias')]
+    names += [mha + f'{n}/{w}' for n in ('query', 'key', 'value', 'out') for w in ('kernel', 'bias')]
+    names += [block + f'MlpBlock_3/Dense_{r}/{w}' for r in (0, 1) for w in ('kernel', 'bias')]
+  return names
+
+
+def test_a_saved_file_has_every_array_that_timm_reads_from_a_release_file(tmp_path):
+  # timm, the most used reader of these files, failed on our params.npz with KeyError
+  # 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel' (issue 30).
+  model, params = _model_and_params(tiny.vit_config())
+  path = str(tmp_path / 'params.npz')
+  checkpoint.save_npz(path, params)
+  flat = utils.flatten_dict(params)
+  with np.load(path) as f:
+    assert sorted(f.files) == sorted(_timm_reads(2))  # Exactly those: nothing under another name.
+    assert f['Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel'].shape == (32, 2, 16)
+    np.testing.assert_array_equal(f['Transformer/encoderblock_0/MlpBlock_3/Dense_1/kernel'],
+                                  flat['Transformer/encoderblock_0/MlpBlock_0/Dense_1/kernel'])
+  _, _, loaded = _load(path, tiny.vit_config())
+  loaded = _with_head(loaded, params['head'])
+  np.testing.assert_array_equal(model.apply({'params': loaded}, X), model.apply({'params': params}, X))
+
+
 def test_save_npz_round_trips(tmp_path):
   cfg = tiny.vit_config(representation_size=8)
   model, params = _model_and_params(cfg)
   path = str(tmp_path / 'sub' / 'export.npz')
   checkpoint.save_npz(path, params)
   with np.load(path) as f:
-    assert 'Transformer/encoderblock_1/MultiHeadDotProductAttention_0/query/kernel' in f.files
+    assert 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel' in f.files  # As released.
     assert len(f.files) == len(jax.tree.leaves(params))
   _, _, loaded = _load(path, cfg)
   np.testing.assert_array_equal(loaded['pre_logits']['kernel'], params['pre_logits']['kernel'])  # Sizes match.

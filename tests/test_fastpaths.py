@@ -156,7 +156,7 @@ def test_save_npz_of_scanned_params_equals_the_unrolled_file(tmp_path, reference
   checkpoint.save_npz(str(tmp_path / 'scanned.npz'), _stacked(params))
   with np.load(tmp_path / 'unrolled.npz') as unrolled, np.load(tmp_path / 'scanned.npz') as scanned:
     assert sorted(scanned.files) == sorted(unrolled.files)
-    assert 'Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel' in scanned.files
+    assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel' in scanned.files
     for key in unrolled.files:
       np.testing.assert_array_equal(scanned[key], unrolled[key], err_msg=key)
 

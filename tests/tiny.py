@@ -126,16 +126,9 @@ def random_batch(seed, n=16, size=16, num_classes=10):
 
 
 def pre_linen(flat, prefix='opt/target/'):
-  """Flat per-layer release names -> the original (pre-Linen) release file's names, under `prefix`."""
-  renames = {'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1', 'LayerNorm_1': 'LayerNorm_2',
-             'MlpBlock_0': 'MlpBlock_3'}
-  out = {}
-  for name, v in flat.items():
-    parts = name.split('/')
-    if len(parts) > 2 and parts[1].startswith('encoderblock_'):
-      parts[2] = renames.get(parts[2], parts[2])
-    out[prefix + '/'.join(parts)] = v
-  return out
+  """Flat per-layer names -> the original (pre-Linen) release file's names, under `prefix`."""
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  return {prefix + name: v for name, v in checkpoint.release_names(flat).items()}
 
 
 def fake_tfds(name, data_dir, sizes=None, seed=0, file_format='array_record'):

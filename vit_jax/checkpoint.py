@@ -2,14 +2,16 @@
 
 `load` (the whole tree, head included: inference) and `load_pretrained` (into a model's init: fine-tuning) accept:
   * the original release files (pre-Linen names `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`);
-  * Linen-layout files (AugReg, and `save_npz` output);
+  * Linen-layout files (big_vision's, and files written by older versions of this package);
   * `opt/target/` or `params/` prefixes; GroupNorm params stored as (1, 1, 1, C); bfloat16 stored as 2-byte void;
   * big_vision files (top-level `pos_embedding` added before the class token, which has none; none at all for
     sincos2d models; a `MAPHead_0` head under its own names; stacked `Transformer/encoderblock/...` when saved from
     a scanned model);
   * MLP-Mixer release files (gs://mixer_models/..., `MixerBlock_{i}/...`: the names of models.MlpMixer as they are).
-Files are read into, and written from, the per-layer release names; a scanned model (`scan=True`) loads them by
-stacking the blocks along a leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
+Files are read into the per-layer (Linen) names of our model; `save_npz` writes the original release files' names
+(`release_names`), which every reader of those files expects (timm's `_load_weights` reads a file without a prefix
+as a vision_transformer release, by these names). A scanned model (`scan=True`) loads them by stacking the blocks
+along a leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
 """
 import dataclasses
 import io as bytes_io
@@ -28,9 +30,10 @@ from vit_jax.augreg import augreg_index  # noqa: F401  (vision_transformer's che
 
 log = logging.getLogger(__name__)
 
-# Pre-Linen block children -> Linen names.
+# Pre-Linen block children (the released files' names) -> Linen names (our model's), and back.
 _PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0', 'LayerNorm_2': 'LayerNorm_1',
               'MlpBlock_3': 'MlpBlock_0'}
+_RELEASE = {linen: release for release, linen in _PRE_LINEN.items()}
 _PREFIXES = ('opt/target/', 'params/')
 _BLOCK = re.compile(r'Transformer/encoderblock_(\d+)/(.+)')
 _STACKED = 'Transformer/encoderblock/'
@@ -144,13 +147,31 @@ def unstack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _rename_block_children(flat: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+  """`flat` with the children of `Transformer/encoderblock_N/` renamed by `renames`."""
+  out = {}
+  for name, arr in flat.items():
+    parts = name.split('/')
+    if len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_'):
+      parts[2] = renames.get(parts[2], parts[2])
+    out['/'.join(parts)] = arr
+  return out
+
+
+def release_names(flat: dict[str, Any]) -> dict[str, Any]:
+  """Our per-layer (Linen) names -> the original release files' (`MultiHeadDotProductAttention_1`, `LayerNorm_2`,
+  `MlpBlock_3` in each encoder block); an MLP-Mixer's names are its release names already."""
+  return _rename_block_children(flat, _RELEASE)
+
+
 def save_npz(path: str, params) -> None:
-  """Writes params as a flat float32 `.npz` in the release (Linen) layout, readable by any release-file reader.
+  """Writes params as a flat float32 `.npz` in the layout of the released ViT files (`release_names`), which the
+  reference code, timm and this package read.
 
   A scanned model's stacked blocks are written per layer, so its file equals the unrolled model's.
   """
   flat = {name: np.asarray(jax.device_get(v), dtype=np.float32) for name, v in utils.flatten_dict(params).items()}
-  flat = unstack_blocks(flat)
+  flat = release_names(unstack_blocks(flat))
   buf = bytes_io.BytesIO()
   np.savez(buf, **flat)
   io.write_bytes(path, buf.getvalue())
@@ -165,10 +186,8 @@ def _canonical_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         name = name[len(prefix):]
     stripped[name] = arr
   out = {}
-  for name, arr in unstack_blocks(stripped).items():
+  for name, arr in _rename_block_children(unstack_blocks(stripped), _PRE_LINEN).items():
     parts = name.split('/')
-    if len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_'):
-      parts[2] = _PRE_LINEN.get(parts[2], parts[2])
     if re.fullmatch(r'(gn_root|gn_proj|gn\d)', parts[-2] if len(parts) > 1 else '') and arr.ndim == 4:
       arr = arr.reshape(-1)
     out['/'.join(parts)] = arr
@@ -184,7 +203,7 @@ def _from_big_vision(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return flat
 
 
-def _canonical_flat(path: str) -> dict[str, np.ndarray]:
+def canonical_flat(path: str) -> dict[str, np.ndarray]:
   """The file's arrays under the per-layer release (Linen) names of our unscanned model, whatever its layout."""
   flat = _canonical_names(read_npz(path))
   if 'pos_embedding' in flat:
@@ -201,7 +220,7 @@ def load(path: str) -> dict:
   `model.apply({'params': checkpoint.load(path)}, images, train=False)`. For fine-tuning on a new task use
   `load_pretrained`, which also replaces the head and resamples position embeddings.
   """
-  return utils.unflatten_dict(_canonical_flat(path))
+  return utils.unflatten_dict(canonical_flat(path))
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -333,7 +352,7 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
   * An MLP-Mixer (release files from gs://mixer_models load as they are) has no position embeddings: only its head
     is replaced. Its token-mixing weights fix the number of tokens, so another resolution is an error saying so.
   """
-  flat = _canonical_flat(pretrained_path)
+  flat = canonical_flat(pretrained_path)
   init_flat = utils.flatten_dict(init_params)
   if any(name.startswith(_STACKED) for name in init_flat):
     flat = stack_blocks(flat)

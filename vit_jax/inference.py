@@ -77,7 +77,7 @@ def load_run(workdir: str) -> Trained:
     params = checkpoints.restore_params(step, state.abstract_params(model, config.image_size))
   else:
     source = npz_path
-    flat = checkpoint.read_npz(npz_path)
+    flat = checkpoint.canonical_flat(npz_path)
     model = state.build_model(config, int(flat['head/bias'].shape[-1]))
     params = _in_model_layout(flat, config)
   checkpoint.check_fits(params, state.abstract_params(model, config.image_size), source=source)
