@@ -129,6 +129,21 @@ def test_a_saved_file_has_every_array_that_timm_reads_from_a_release_file(tmp_pa
   np.testing.assert_array_equal(model.apply({'params': loaded}, X), model.apply({'params': params}, X))
 
 
+def test_timm_loads_a_saved_file_to_our_logits(tmp_path):
+  torch = pytest.importorskip('torch')
+  vision_transformer = pytest.importorskip('timm.models.vision_transformer')
+  model, params = _model_and_params(tiny.vit_config())
+  path = str(tmp_path / 'params.npz')
+  checkpoint.save_npz(path, params)
+  theirs = vision_transformer.VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                                                mlp_ratio=2.0, num_classes=5, act_layer='gelu_tanh')
+  vision_transformer._load_weights(theirs, path)  # pylint: disable=protected-access  (what timm's npz loading runs)
+  with torch.no_grad():
+    logits = theirs.eval()(torch.from_numpy(np.asarray(X).transpose(0, 3, 1, 2).copy())).numpy()
+  ours = np.asarray(model.apply({'params': params}, X))
+  assert np.abs(logits - ours).max() / np.abs(ours).max() < 1e-4 and np.ptp(ours) > 0.1
+
+
 def test_save_npz_round_trips(tmp_path):
   cfg = tiny.vit_config(representation_size=8)
   model, params = _model_and_params(cfg)
