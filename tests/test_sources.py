@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import tiny
-from vit_jax import input_pipeline, sources, train
+from vit_jax import inference, input_pipeline, sources, train
 from vit_jax.configs import check
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,6 +122,21 @@ def test_image_folder_takes_tfds_style_slices(image_folder):
   paths = {first.path(i) for i in range(len(first))} | {rest.path(i) for i in range(len(rest))}
   assert len(paths) == 12  # The two halves partition the folder.
   assert len({os.path.basename(os.path.dirname(first.path(i))) for i in range(len(first))}) >= 2  # Not by class.
+
+
+def test_nested_images_count_in_training_evaluation_and_predict_alike(image_folder, caplog):
+  # Real datasets are often nested (train/cat/2019/x.jpg); such files used to be left out of training silently.
+  _write_images(os.path.join(image_folder, 'train', 'cat', '2019', 'deep'), 2, seed=20)
+  _write_images(os.path.join(image_folder, 'test', 'ant', 'more'), 1, seed=21)
+  config = tiny.data_config(dataset='image_folder', image_folder=image_folder)
+  with caplog.at_level(logging.INFO):
+    info = input_pipeline.get_info(config)
+  assert (info.num_train, info.num_eval) == (14, 5)
+  assert 'train: 14 images in 3 classes (ant: 3, bee: 4, cat: 7)' in caplog.text
+  train = sources.open_split(config, 'train').records
+  paths = sorted(train.path(i) for i in range(len(train)))
+  assert paths == inference.expand_inputs([os.path.join(image_folder, 'train')])[0]  # predict's files: the same.
+  assert sum('2019' in p for p in paths) == 2
 
 
 def test_image_folder_errors(image_folder, tmp_path):

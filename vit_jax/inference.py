@@ -190,8 +190,7 @@ def expand_inputs(patterns: Sequence[str]) -> tuple[list[str], list[tuple[str, s
   for pattern in patterns:
     try:
       if io.isdir(pattern):
-        found = sorted(io.join(root, name) for root, _, names in io.walk(pattern) for name in names
-                       if io.is_image_file(name))
+        found = io.image_files(pattern)
         why = f'the folder holds no {"/".join(io.IMAGE_EXTENSIONS)} file'
       elif any(c in pattern for c in '*?['):
         found, why = [p for p in io.glob(pattern) if not io.isdir(p)], 'no file matches'

@@ -136,6 +136,12 @@ def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
       yield (root if is_remote(root) else f'{scheme}://{root}'), sorted(dirs), sorted(files)
 
 
+def image_files(folder: str) -> list[str]:
+  """Every image file (IMAGE_EXTENSIONS) in `folder` and the folders below it, sorted: the one walk of an image
+  folder that training, evaluation and prediction share."""
+  return sorted(join(root, name) for root, _, names in walk(folder) for name in names if is_image_file(name))
+
+
 def makedirs(path: str) -> None:
   with _remote_errors(path):
     if is_remote(path):

@@ -8,7 +8,7 @@ Sources (`config.dataset`):
   the files to place in `config.tfds_manual_dir`). A dataset prepared only as TFRecord (sequential files) is refused
   with the command that rebuilds it as ArrayRecord (`--file_format=array_record`).
 * 'image_folder' (or a `config.dataset` that is itself a directory): `<root>/<split>/<class>/<image>` (an image is a
-  file with one of vit_jax.io.IMAGE_EXTENSIONS);
+  file with one of vit_jax.io.IMAGE_EXTENSIONS, in the class folder or any folder below it: `vit_jax.io.image_files`);
   classes are the sorted subfolders of the train split's folder. A split may be sliced like a TFDS split
   ('train[:98%]', 'train[100:200]', 'train+test'): the files of a split folder are in a fixed pseudo-random order
   (by a hash of their path relative to the folder) before slicing, so a slice is a random subset that is the same
@@ -258,15 +258,19 @@ def _folder_files(root: str, name: str, classes: tuple[str, ...]) -> tuple[tuple
   if unknown:
     raise DataError(f'Image folder {path} has classes that the train folder lacks: '
                     f'{[io.join(path, c) for c in unknown]}.')
-  files = []
+  files, counts = [], {}
   for label, class_name in enumerate(classes):
     class_dir = io.join(path, class_name)
     if not io.isdir(class_dir):
       continue  # An eval split may lack classes.
-    names = [f for f in io.listdir(class_dir) if io.is_image_file(f)]
-    if not names:
-      raise DataError(f'Image folder class {class_dir} holds no {"/".join(io.IMAGE_EXTENSIONS)} files.')
-    files += [(io.join(class_dir, f), label) for f in names]
+    found = io.image_files(class_dir)  # Nested subfolders too (class/2019/x.jpg).
+    if not found:
+      raise DataError(f'Image folder class {class_dir} holds no {"/".join(io.IMAGE_EXTENSIONS)} files (in it or '
+                      'in its subfolders).')
+    files += [(f, label) for f in found]
+    counts[class_name] = len(found)
+  log.info('Image folder %s: %d images in %d classes (%s).', path, len(files), len(counts),
+           ', '.join(f'{c}: {n}' for c, n in counts.items()))
   return tuple(sorted(files, key=lambda f: _order_key(path, f[0])))
 
 
