@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import tiny
-from vit_jax import inference, input_pipeline, sources, train
+from vit_jax import errors, inference, input_pipeline, sources, train
 from vit_jax.configs import check
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -55,6 +55,24 @@ def test_offline_a_dataset_that_is_not_prepared_fails_at_once(tmp_path, monkeypa
   assert f'tfds build mnist --data_dir={tmp_path} --file_format=array_record' in message
   assert 'manual' not in message  # Advice about manual downloads only for datasets that need them.
   assert error.value.__cause__ is None
+
+
+@pytest.mark.parametrize('name,says', [
+    ('cifar-10', "config.dataset='cifar-10' is not a TFDS name (lower-case letters, digits and '_', as in cifar10), "
+                 "'image_folder', or an existing folder; did you mean 'cifar10'?"),
+    ('cifar_10', "config.dataset='cifar_10' is not a TFDS name; did you mean 'cifar10'?"),
+    ('CIFAR100', "did you mean 'cifar100'?"),
+    ('imagenet', "config.dataset='imagenet' is not a TFDS name; did you mean 'imagenet2012'?"),
+    ('cifar10', "TFDS dataset 'cifar10' is not prepared"),  # Offline.
+    ('cifar10_typo', "Unknown dataset 'cifar10_typo'")])
+def test_a_refused_dataset_is_one_clear_error_and_leaves_no_workdir(name, says, tmp_path, monkeypatch):
+  monkeypatch.setattr(sources, '_reachable', lambda *a, **k: False)
+  workdir = tmp_path / 'run'
+  with pytest.raises(Exception) as error:  # pylint: disable=broad-exception-caught  (its kind is checked below)
+    train.train_and_evaluate(tiny.train_config(dataset=name, tfds_data_dir=str(tmp_path / 'tfds')), str(workdir))
+  assert says in str(error.value)
+  assert errors.user_error(error.value) is not None  # One line on the command line, no traceback.
+  assert not workdir.exists()  # Nothing written, not even the folder.
 
 
 def test_manual_download_dataset_advice(tmp_path, monkeypatch):

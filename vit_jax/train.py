@@ -41,9 +41,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
   lock = Lock(workdir, enabled=is_main)
   clock = goodput.Clock()  # In 'startup' since this process started.
   with preemption.PreemptionWatch() as watch, errors.quiet_faults(), _watchdog(clock, config):
+    info = input_pipeline.get_info(evaluators.primary(config))  # The dataset is checked before the workdir is made.
     changes = distributed.on_main(lambda: _start(config, workdir, lock, allow_config_change))
     try:
-      info = input_pipeline.get_info(evaluators.primary(config))
       resolved = check.validate_durations(durations.resolved(config, info.num_train))
       checkpoints = state_lib.Checkpoints(workdir, resolved)
       try:
