@@ -65,12 +65,13 @@ def test_offline_a_dataset_that_is_not_prepared_fails_at_once(tmp_path, monkeypa
     ('imagenet', "config.dataset='imagenet' is not a TFDS name; did you mean 'imagenet2012'?"),
     ('cifar10', "TFDS dataset 'cifar10' is not prepared"),  # Offline.
     ('cifar10_typo', "Unknown dataset 'cifar10_typo'")])
-def test_a_refused_dataset_is_one_clear_error_and_leaves_no_workdir(name, says, tmp_path, monkeypatch):
+def test_a_refused_dataset_is_one_clear_error_and_leaves_no_workdir(name, says, tmp_path, monkeypatch, caplog):
   monkeypatch.setattr(sources, '_reachable', lambda *a, **k: False)
   workdir = tmp_path / 'run'
-  with pytest.raises(Exception) as error:  # pylint: disable=broad-exception-caught  (its kind is checked below)
+  with pytest.raises(Exception) as error, caplog.at_level(logging.INFO):  # pylint: disable=broad-exception-caught
     train.train_and_evaluate(tiny.train_config(dataset=name, tfds_data_dir=str(tmp_path / 'tfds')), str(workdir))
   assert says in str(error.value)
+  assert 'Variant folder' not in caplog.text  # TFDS's note about a version folder that does not exist.
   assert errors.user_error(error.value) is not None  # One line on the command line, no traceback.
   assert not workdir.exists()  # Nothing written, not even the folder.
 

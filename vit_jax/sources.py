@@ -188,10 +188,22 @@ def _not_prepared_message(builder, config, reason: str) -> str:
   return '\n'.join(lines)
 
 
+class _NoVariantFolderNoise(logging.Filter):
+  """Drops TFDS's warnings about the version folders of a dataset that is not prepared ('Variant folder
+  .../cifar10/3.0.2 has no dataset_info.json', about a folder that need not exist): our own error says it better."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Variant folder')
+
+
+_NO_VARIANT_FOLDER_NOISE = _NoVariantFolderNoise()
+
+
 def _tfds_builder(config, download: bool):
   """The prepared builder of config.dataset; prepares it when possible (see module doc)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from vit_jax.datasets import build  # pylint: disable=g-import-not-at-top  (the package registers the builders)
+  logging.getLogger('absl').addFilter(_NO_VARIANT_FOLDER_NOISE)  # Once: adding the same filter again does nothing.
   try:
     builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)
   except tfds.core.DatasetNotFoundError as e:
