@@ -220,3 +220,17 @@ def test_readme_command_runs_as_written(commands, tmp_path):
       assert any(f.endswith('_rollout.png') for f in os.listdir(work / _flag(args, 'workdir') / 'attention'))
     else:
       assert os.path.exists(work / _flag(args, 'out')), proc.stderr[-3000:]
+
+
+def test_the_plain_orbax_snippet_restores_a_checkpoint_saved_on_other_devices(tmp_path, digits_dir):
+  # The README's way to read a run's checkpoint without this package: a run on 2 devices, read on 1, no warnings.
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    (snippet,) = [b for b in re.findall(r'```python\n(.*?)```', f.read(), re.S) if 'ocp.CheckpointManager' in b]
+  workdir = tmp_path / 'runs' / 'default'
+  done = tiny.run_main(tiny.tiny_main_args(workdir, digits_dir, steps=2), devices=2)
+  assert done.returncode == 0, done.stderr[-3000:]
+  read = subprocess.run([sys.executable, '-c', snippet], cwd=tmp_path, env=tiny.main_env(1), capture_output=True,
+                        text=True, timeout=300)
+  assert read.returncode == 0, read.stderr[-3000:]
+  assert read.stdout.split() == ['2', '(128,', '10)']  # The step, and the head's kernel (width 128, 10 digits).
+  assert 'could not be restored' not in read.stderr and 'Topology' not in read.stderr
