@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tiny
-from launch import record, slurm
+from launch import outcome, record, slurm
 from vit_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -113,3 +113,43 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, digi
   assert info['backend'] == 'slurm' and info['returncode'] == 0 and info['job_id'].isdigit()
   assert record.status(record.read(str(w2))) == 'finished'
   assert (logs / 'vit_jax_test.sbatch').read_text().startswith('#!/bin/bash')
+
+
+def _run_script_with_fake_srun(tmp_path, exits, lost_line_on=()):
+  """Runs the sbatch script's body with a fake `srun` that exits with `exits[i]` on call i (writing JAX's abort line
+  into a task log on the calls in `lost_line_on`) and a fake `scontrol`; (srun calls, exit status, stderr)."""
+  bin_dir, logs, workdir = tmp_path / 'bin', tmp_path / 'logs', tmp_path / 'w'
+  bin_dir.mkdir(parents=True)
+  logs.mkdir()
+  calls = tmp_path / 'calls'
+  codes = ' '.join(map(str, exits))
+  lost = ' '.join(str(i) for i in lost_line_on)
+  (bin_dir / 'srun').write_text(f'''#!/bin/bash
+n=$(cat {calls} 2>/dev/null | wc -l); echo call >> {calls}
+codes=({codes}); for i in {lost}; do
+  if [ "$i" = "$n" ]; then echo "F1204 client.h:86] {outcome.JAX_FATAL}. absl::Status: UNAVAILABLE: leader" >> {logs}/job-7-1.out; fi
+done
+exit ${{codes[$n]}}
+''')
+  (bin_dir / 'scontrol').write_text('#!/bin/bash\nexit 0\n')
+  for f in bin_dir.iterdir():
+    f.chmod(0o755)
+  text = slurm.script(_args('--nodes=1', '--gpus_per_node=2', '--max_restarts=2', '--restart_backoff_s=0'),
+                      [(str(workdir), ['--config=c.py', f'--workdir={workdir}'])], str(logs))
+  env = {**os.environ, 'PATH': f'{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ["PATH"]}',
+         'SLURM_JOB_NAME': 'job', 'SLURM_JOB_ID': '7', 'PYTHONPATH': str(REPO)}
+  done = subprocess.run(['bash', '-c', text], env=env, capture_output=True, text=True, timeout=120)
+  return len(calls.read_text().splitlines()), done.returncode, done.stderr
+
+
+def test_the_script_reruns_a_lost_or_hung_step_and_a_coordinator_abort_but_not_an_error(tmp_path):
+  calls, _, err = _run_script_with_fake_srun(tmp_path / 'a', [75, 76, 0])
+  assert calls == 3 and 'restart 2 of 2' in err
+  calls, _, err = _run_script_with_fake_srun(tmp_path / 'b', [134, 0], lost_line_on=[0])  # Task 0 died: JAX aborts.
+  assert calls == 2 and 'lost the coordinator (exit status 134): read as 75' in err
+  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'c', [134, 0])  # An abort of its own: not rerun.
+  assert (calls, code) == (1, 134)
+  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'd', [1, 0])  # A bug or a bad config: not rerun.
+  assert (calls, code) == (1, 1)
+  calls, code, err = _run_script_with_fake_srun(tmp_path / 'e', [75, 75, 75, 0])
+  assert (calls, code) == (3, 75) and '2 restarts spent: giving up' in err
