@@ -231,3 +231,12 @@ def test_an_error_in_a_multi_process_run_waits_for_the_lost_peer_to_be_named(cap
                         'it: exiting with status 75 (restartable): rerun the same command on all processes to resume '
                         'from the last checkpoint.')]
   assert 'checking for 10 s whether a peer was lost' in caplog.text
+
+
+def test_the_process_start_is_the_kernels_but_not_long_before_vit_jax_was_imported(monkeypatch):
+  import vit_jax  # pylint: disable=g-import-not-at-top
+  start = goodput.process_start_time()
+  assert vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S <= start <= vit_jax.IMPORTED_AT  # The interpreter counts.
+  # A process forked long before it ran Python (a shell's last command is exec'd in the shell's own process).
+  monkeypatch.setattr(vit_jax, 'IMPORTED_AT', time.time() + 1000)
+  assert goodput.process_start_time() == pytest.approx(vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S)

@@ -3,7 +3,7 @@
 The clock (`Clock`) is contiguous: at every moment the process is in exactly one phase, so the phases of an attempt
 add up to its wall time by construction. Phases and how each is measured:
   startup     from the process's start (the kernel's start time of the process, so the interpreter and the imports
-              count) until the first training step is dispatched: imports, jax.distributed, the dataset, building the
+              count; `process_start_time`) until the first training step is dispatched: imports, jax.distributed, the dataset, building the
               model, restoring the checkpoint;
   compile     the first training step's call (tracing and compiling it);
   train       the training loop's own time: dispatching steps and waiting for the devices (the host syncs at log
@@ -25,6 +25,7 @@ import os
 import threading
 import time
 
+import vit_jax
 from vit_jax import io
 from vit_jax import workdir as workdir_lib
 
@@ -33,15 +34,22 @@ ALL_PARTS = PHASES + ('lost', 'gap')
 
 
 def process_start_time() -> float:
-  """The wall time this process started (Linux: from /proc; elsewhere: now, i.e. the import of this module)."""
+  """The wall time this process started: the kernel's start time (Linux, /proc), so that the interpreter's start
+  counts; but no earlier than STARTUP_SLACK_S before the process imported vit_jax. (The kernel's time is when the
+  process was forked: a shell that runs a command as its last one, `( pip install ... && python -m vit_jax.main )`,
+  execs it in a process forked long before.) Elsewhere: when vit_jax was imported."""
+  imported = vit_jax.IMPORTED_AT
   try:
     with open('/proc/self/stat') as f:
       ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # Field 22, starttime, in clock ticks after boot.
     with open('/proc/stat') as f:
       boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
-    return boot + ticks / os.sysconf('SC_CLK_TCK')
+    return max(boot + ticks / os.sysconf('SC_CLK_TCK'), imported - STARTUP_SLACK_S)
   except (OSError, ValueError, IndexError, StopIteration):
-    return time.time()
+    return imported
+
+
+STARTUP_SLACK_S = 5.0  # The longest a Python interpreter takes to start before it runs our code.
 
 
 class Clock:
