@@ -25,6 +25,7 @@ from vit_jax import lock
 from vit_jax import workdir as workdir_lib
 
 LAUNCH_FILE = workdir_lib.LAUNCH_FILE
+SWEEP_FILE = 'sweep.json'  # A sweep dir's record of its runs (written by launch/sweep.py).
 STATUSES = ('finished', 'running', 'stopped', 'failed', 'not started')
 
 
@@ -64,6 +65,12 @@ def read(workdir: str) -> Record:
   launch = io.read_text_or_none(workdir_lib.path(workdir, LAUNCH_FILE))
   return Record(workdir, workdir_lib.read_json(workdir, workdir_lib.CONFIG_FILE), workdir_lib.merged_metrics(workdir),
                 json.loads(launch) if launch else None, goodput_lib.read(workdir))
+
+
+def read_sweep(sweep_dir: str) -> dict | None:
+  """A sweep dir's SWEEP_FILE (its config, fixed overrides and runs), or None where there is none."""
+  text = io.read_text_or_none(io.join(sweep_dir, SWEEP_FILE))
+  return json.loads(text) if text else None
 
 
 def status(record: Record, *, overrides: dict | None = None) -> str:

@@ -143,10 +143,9 @@ def write(sweep_dir: str, *, metric: str = 'eval/accuracy', mode: str | None = N
           out: str | None = None) -> list[dict]:
   """Writes results.csv, results.md and results.png into `out` (default: the sweep dir), local or gs:// (through
   vit_jax.io); returns the sorted rows."""
-  from launch import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
-  sweep = sweep_lib.read_sweep(sweep_dir)
+  sweep = record.read_sweep(sweep_dir)
   if sweep is None:
-    raise ValueError(f'No {sweep_lib.SWEEP_FILE} in {sweep_dir}: not a sweep dir (python -m launch.sweep writes it).')
+    raise ValueError(f'No {record.SWEEP_FILE} in {sweep_dir}: not a sweep dir (python -m launch.sweep writes it).')
   keys, rows, curves = collect(sweep, metric)
   rows = sort_rows(rows, metric, mode or default_mode(metric))
   columns = ['run', *keys, *FIXED_COLUMNS]

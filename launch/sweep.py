@@ -30,7 +30,6 @@ from launch import hyper, record, shell
 from vit_jax import io
 from vit_jax import workdir as workdir_lib
 
-SWEEP_FILE = 'sweep.json'
 RUN_LOG = 'run.log'  # A local run's output, in its workdir (appended across resumes).
 
 
@@ -115,14 +114,9 @@ def validate(config_spec: str, runs: list[Run]) -> None:
                      + '\n  '.join(problems))
 
 
-def read_sweep(sweep_dir: str) -> dict | None:
-  text = io.read_text_or_none(io.join(sweep_dir, SWEEP_FILE))
-  return json.loads(text) if text else None
-
-
 def record_sweep(sweep_dir: str, config_spec: str, fixed: dict, runs: list[Run], backend: str, runner) -> dict:
   """Writes SWEEP_DIR/sweep.json: the config, the fixed overrides, and every run so far (earlier runs are kept)."""
-  old = read_sweep(sweep_dir)
+  old = record.read_sweep(sweep_dir)
   if old and old['config'] != config_spec:
     raise ValueError(f'{sweep_dir} holds a sweep of --config={old["config"]}, not {config_spec}: use another '
                      '--sweep_dir.')
@@ -132,9 +126,9 @@ def record_sweep(sweep_dir: str, config_spec: str, fixed: dict, runs: list[Run],
   sweep = {'config': config_spec, 'fixed': fixed, 'backend': backend, 'updated': record.now(),
            'runs': list(known.values())}
   if runner.dry_run:
-    runner.note(f'(a real run writes {io.join(sweep_dir, SWEEP_FILE)})')
+    runner.note(f'(a real run writes {io.join(sweep_dir, record.SWEEP_FILE)})')
   else:
-    io.write_text(io.join(sweep_dir, SWEEP_FILE), json.dumps(sweep, indent=2) + '\n')
+    io.write_text(io.join(sweep_dir, record.SWEEP_FILE), json.dumps(sweep, indent=2) + '\n')
   return sweep
 
 
