@@ -14,6 +14,8 @@ at once, saying so.
 Usage: `with PreemptionWatch() as watch: ... if watch.reached(step): save and stop`. `reached` is called once every
 step on every process (the sync protocol needs that); it does no device work and no host sync.
 """
+import contextlib
+import functools
 import logging
 import os
 import signal
@@ -23,6 +25,25 @@ from jax._src import distributed as _distributed  # The same check jax.experimen
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+
+_deferring = False  # Inside `interrupts_deferred` (main thread only, like signal handlers).
+_pending = None  # The Ctrl-C that came meanwhile: its handler, to run when the block ends.
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+  """Within it, a Ctrl-C waits for the block to end, then does what it does (a KeyboardInterrupt raised in a Python
+  hook that C++ code calls, as while TensorFlow's extension modules load, aborts the process with SIGABRT)."""
+  global _deferring, _pending
+  outer, _deferring = _deferring, True
+  try:
+    yield
+  finally:
+    _deferring = outer
+    if not outer and _pending is not None:
+      pending, _pending = _pending, None
+      pending()
 
 
 def _multihost() -> bool:
@@ -61,6 +82,10 @@ class PreemptionWatch:
     self._start_step = start_step
 
   def _on_interrupt(self, signum, frame):  # pylint: disable=unused-argument
+    global _pending
+    if _deferring:
+      _pending = functools.partial(self._on_interrupt, signum, None)
+      return
     if self._start_step is None:
       signal.signal(signal.SIGINT, signal.default_int_handler)
       raise KeyboardInterrupt('before training started (while preparing the data or the model): nothing was trained '

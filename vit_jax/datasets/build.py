@@ -14,6 +14,10 @@ def prepare(builder, **kwargs) -> None:
   """Builds `builder`'s dataset as ArrayRecord; kwargs go to `download_and_prepare` (e.g. download_config)."""
   log.info('Preparing TFDS dataset %s in %s (once).', builder.name, builder.data_dir)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vit_jax import preemption  # pylint: disable=g-import-not-at-top
+  # Ctrl-C waits until TensorFlow is imported: its C++ module set-up calls Python hooks (filelock's audit hook), and
+  # a KeyboardInterrupt raised in one escapes through C++ and aborts the process (SIGABRT) instead of stopping it.
+  with preemption.interrupts_deferred():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   builder.download_and_prepare(file_format='array_record', **kwargs)
