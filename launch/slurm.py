@@ -11,7 +11,8 @@ trainer then saves a checkpoint and exits 0, and the script requeues the job whi
 `--max_requeues` times), so a long run continues in the next allocation from its checkpoint. The job's exit status
 goes to WORKDIR/launch.json. A process that is lost or hangs (exit status 75/76) ends the step (srun's
 --kill-on-bad-exit) and the script runs it again (`--max_restarts`, `--restart_backoff_s`); so does a step whose
-tasks JAX aborted because the coordinator died (its line in the task logs). Sweeps (launch.sweep --backend=slurm) submit one array job, a run per index.
+tasks JAX aborted because the coordinator died (its line in the task logs). Sweeps (launch.sweep --backend=slurm)
+submit one array job, a run per index.
 `--dry-run` prints the script instead of submitting it; `--wait` waits for the job to end.
 """
 import argparse

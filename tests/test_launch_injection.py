@@ -142,10 +142,10 @@ def test_sweep_commands_keep_every_value_inert(tmp_path, capsys):
   nasty = _nasty(tmp_path)
   sweep_dir = tmp_path / 'sw'
   argv = ['--config=configs/default.py', f'--sweep_dir={sweep_dir}', '--gpus=', '--sweep',  # Two string fields.
-          f'config.dataset={nasty[0]},{nasty[2]}', f'--config.image_folder={nasty[5]}']
+          f'config.tfds_data_dir={nasty[0]},{nasty[2]}', f'--config.image_folder={nasty[5]}']
   assert sweep.main([*argv, '--dry-run']) == 0
   lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if not line.startswith('#')]
-  runs = sweep.plan('configs/default.py', str(sweep_dir), [{'dataset': nasty[0]}, {'dataset': nasty[2]}],
+  runs = sweep.plan('configs/default.py', str(sweep_dir), [{'tfds_data_dir': nasty[0]}, {'tfds_data_dir': nasty[2]}],
                     {'image_folder': nasty[5]})
   assert [line[1:] for line in lines] == [['-m', 'vit_jax.main', *r.args] for r in runs]
   assert all('/' not in r.name and '`' not in r.name and '$' not in r.name for r in runs)

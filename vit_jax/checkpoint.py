@@ -8,10 +8,9 @@
     sincos2d models; a `MAPHead_0` head under its own names; stacked `Transformer/encoderblock/...` when saved from
     a scanned model);
   * MLP-Mixer release files (gs://mixer_models/..., `MixerBlock_{i}/...`: the names of models.MlpMixer as they are).
-Files are read into the per-layer (Linen) names of our model; `save_npz` writes the original release files' names
-(`release_names`), which every reader of those files expects (timm's `_load_weights` reads a file without a prefix
-as a vision_transformer release, by these names). A scanned model (`scan=True`) loads them by stacking the blocks
-along a leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
+Files are read into our model's per-layer (Linen) names; `save_npz` writes the released files' names, which their
+readers expect (timm's `_load_weights`). A scanned model (`scan=True`) loads them by stacking the blocks along a
+leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
 """
 import dataclasses
 import io as bytes_io
@@ -149,27 +148,20 @@ def unstack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
 
 def _rename_block_children(flat: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
   """`flat` with the children of `Transformer/encoderblock_N/` renamed by `renames`."""
-  out = {}
-  for name, arr in flat.items():
-    parts = name.split('/')
-    if len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_'):
-      parts[2] = renames.get(parts[2], parts[2])
-    out['/'.join(parts)] = arr
-  return out
+  def rename(parts):
+    block = len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_')
+    return '/'.join(parts[:2] + [renames.get(parts[2], parts[2])] + parts[3:] if block else parts)
+  return {rename(name.split('/')): arr for name, arr in flat.items()}
 
 
 def release_names(flat: dict[str, Any]) -> dict[str, Any]:
-  """Our per-layer (Linen) names -> the original release files' (`MultiHeadDotProductAttention_1`, `LayerNorm_2`,
-  `MlpBlock_3` in each encoder block); an MLP-Mixer's names are its release names already."""
+  """Our per-layer (Linen) names -> the released ViT files' (`MultiHeadDotProductAttention_1`, `LayerNorm_2`...)."""
   return _rename_block_children(flat, _RELEASE)
 
 
 def save_npz(path: str, params) -> None:
-  """Writes params as a flat float32 `.npz` in the layout of the released ViT files (`release_names`), which the
-  reference code, timm and this package read.
-
-  A scanned model's stacked blocks are written per layer, so its file equals the unrolled model's.
-  """
+  """Writes params as a flat float32 `.npz` in the released ViT files' layout (`release_names`), which the reference
+  code, timm and this package read. A scanned model's blocks are written per layer, as the unrolled model's."""
   flat = {name: np.asarray(jax.device_get(v), dtype=np.float32) for name, v in utils.flatten_dict(params).items()}
   flat = release_names(unstack_blocks(flat))
   buf = bytes_io.BytesIO()

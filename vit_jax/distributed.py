@@ -28,6 +28,15 @@ def on_main(fn):
   return result
 
 
+def barrier(name: str, *, timeout_s: float) -> None:
+  """Waits until every process of the job has reached barrier `name` (the coordination service's barrier: no device
+  work), at most `timeout_s`. Nothing to wait for with one process."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (its client: no API)
+  jax_distributed.global_state.client.wait_at_barrier(f'vit_jax/{name}', int(timeout_s * 1000))
+
+
 class ProcessMismatchError(errors.UserError, RuntimeError):
   """Processes of one job disagree (config or process count)."""
 

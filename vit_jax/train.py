@@ -41,7 +41,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
   lock = Lock(workdir, enabled=is_main)
   clock = goodput.Clock()  # In 'startup' since this process started.
   with preemption.PreemptionWatch() as watch, errors.quiet_faults(), _watchdog(clock, config):
-    info = input_pipeline.get_info(evaluators.primary(config))  # The dataset is checked before the workdir is made.
+    workdir_lib.check_usable(workdir)  # Then the dataset, before the workdir is made (by the lock).
+    info = input_pipeline.get_info(evaluators.primary(config))
     changes = distributed.on_main(lambda: _start(config, workdir, lock, allow_config_change))
     try:
       resolved = check.validate_durations(durations.resolved(config, info.num_train))
@@ -90,7 +91,6 @@ def _watchdog(clock, config) -> watchdog_lib.Watchdog:
 
 def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
   """Process 0's start: the lock, the changed-config check, and a pretrained file that is really a checkpoint."""
-  workdir_lib.check_usable(workdir)
   lock.acquire()
   try:
     changes = workdir_lib.check_config(config, workdir, allow_change=allow_config_change)
@@ -182,6 +182,9 @@ class Loop:
           log.info('Compiling the train step...')
           self.clock.enter('compile')
           compiling = time.monotonic()
+          train_step.lower(self.state, batch).compile()  # The call below reuses it.
+          # Processes start their first collective together, however long each one compiled (gloo gives a peer 30 s).
+          distributed.barrier(f'compiled-{step}', timeout_s=config.faults.hang_first_s)
         else:
           self.clock.enter('train')
         self.state, stats = train_step(self.state, batch)  # No host sync here.

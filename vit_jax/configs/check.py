@@ -155,14 +155,14 @@ def _optimisation(config, problems) -> None:
 
 
 def _data(config, problems) -> None:
-  from vit_jax import evaluators, preprocess, sources  # pylint: disable=g-import-not-at-top
+  from vit_jax import dataset_names, evaluators, preprocess, sources  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
   pp = config.pp
   if not config.dataset:
     problems.append(f'config.dataset is empty: set a TFDS name (e.g. cifar10), {sources.IMAGE_FOLDER!r} with '
                     'config.image_folder, or the path of an image folder.')
-  elif sources.dataset_name_problem(config.dataset):
-    problems.append(sources.dataset_name_problem(config.dataset))
+  elif dataset_names.dataset_name_problem(config.dataset):
+    problems.append(dataset_names.dataset_name_problem(config.dataset))
   elif config.dataset == sources.IMAGE_FOLDER and not config.image_folder:
     problems.append(f'config.dataset is {sources.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a folder '
                     'DIR with DIR/train/<class>/*.jpg.')
