@@ -28,13 +28,17 @@ def on_main(fn):
   return result
 
 
+def client():
+  """The client of JAX's coordination service (key-value store, barriers), or None without jax.distributed."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (no public API for it)
+  return jax_distributed.global_state.client
+
+
 def barrier(name: str, *, timeout_s: float) -> None:
   """Waits until every process of the job has reached barrier `name` (the coordination service's barrier: no device
   work), at most `timeout_s`. Nothing to wait for with one process."""
-  if jax.process_count() == 1:
-    return
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (its client: no API)
-  jax_distributed.global_state.client.wait_at_barrier(f'vit_jax/{name}', int(timeout_s * 1000))
+  if jax.process_count() > 1:
+    client().wait_at_barrier(f'vit_jax/{name}', int(timeout_s * 1000))
 
 
 class ProcessMismatchError(errors.UserError, RuntimeError):

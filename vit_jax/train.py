@@ -84,9 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
 
 def _watchdog(clock, config) -> watchdog_lib.Watchdog:
   """The hang and lost-peer monitor of this process (vit_jax/watchdog.py)."""
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (its client: no API)
   return watchdog_lib.Watchdog(clock, config.faults, process_index=jax.process_index(),
-                               process_count=jax.process_count(), client=jax_distributed.global_state.client)
+                               process_count=jax.process_count(), client=distributed.client())
 
 
 def _start(config, workdir: str, lock: Lock, allow_config_change: bool):

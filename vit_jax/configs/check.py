@@ -161,8 +161,8 @@ def _data(config, problems) -> None:
   if not config.dataset:
     problems.append(f'config.dataset is empty: set a TFDS name (e.g. cifar10), {sources.IMAGE_FOLDER!r} with '
                     'config.image_folder, or the path of an image folder.')
-  elif dataset_names.dataset_name_problem(config.dataset):
-    problems.append(dataset_names.dataset_name_problem(config.dataset))
+  elif name_problem := dataset_names.dataset_name_problem(config.dataset):
+    problems.append(name_problem)
   elif config.dataset == sources.IMAGE_FOLDER and not config.image_folder:
     problems.append(f'config.dataset is {sources.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a folder '
                     'DIR with DIR/train/<class>/*.jpg.')
