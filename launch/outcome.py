@@ -72,13 +72,24 @@ def error_line(log: str) -> str:
 JAX_FATAL = 'Terminating process because the JAX distributed service detected fatal errors'
 
 
+# Signs, in the status of JAX's abort, that the coordination service itself (process 0) stopped answering: the RPC
+# layer's failures (gRPC's UNAVAILABLE rewritten by XLA as "Failed to send RPC...", a closed or refused connection).
+_COORDINATOR_SIGNS = ('failed to send rpc to coordination service', 'leader task', 'socket closed',
+                      'connection refused', 'connection reset', 'failed to connect')
+_TASK = re.compile(r'/task:(\d+)')
+
+
 def lost_peer_line(index: int, count: int, line: str) -> str | None:
-  """For a line of process `index`'s output that is JAX_FATAL: the one line that names the cause (the coordinator,
-  process 0, when JAX says the leader is unreachable), else None."""
+  """For a line of process `index`'s output that is JAX_FATAL: the one line that names the cause (a process that the
+  service declared dead, by its task number; else the coordinator, process 0, when the RPCs to the service failed),
+  else None."""
   if JAX_FATAL not in line:
     return None
   status = line.split('absl::Status:', 1)[1].strip() if 'absl::Status:' in line else ''
-  if 'Failed to send RPC to coordination service' in status or 'leader task' in status:
+  tasks = sorted({int(t) for t in _TASK.findall(status)} - {index})
+  if tasks:
+    cause = f"lost process {', '.join(map(str, tasks))}: JAX's distributed service reports {status[:200]}"
+  elif any(sign in status.lower() for sign in _COORDINATOR_SIGNS):
     cause = 'lost the coordinator (process 0): its JAX distributed service stopped answering (died or unreachable)'
   else:
     cause = f"lost a peer: JAX's distributed service reports {status[:200] or 'a fatal error'}"

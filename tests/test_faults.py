@@ -120,7 +120,8 @@ def _inject(tmp_path, digits_dir, reference, victim: int, sig: int, cause: str, 
   assert last_exit < bound_s, out[-6000:]
   for p, (_, code) in exits.items():
     assert code in (75, 76), f'process {p} exited {code}:\n{out[-6000:]}'
-    assert re.search(rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 .*{cause}', out, re.M), out[-6000:]
+    said = [line for line in out.splitlines() if line.startswith(f'[{p}] ') and re.search(r'error|F\d{4} ', line)]
+    assert re.search(rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 .*{cause}', out, re.M), '\n'.join(said)
   assert 'Traceback' not in out and 'Fatal Python error' not in out, out[-6000:]
 
   # Resumed from the last checkpoint and ended where an uninterrupted run ends.

@@ -192,6 +192,16 @@ JAX_LINE = ('F1204 14:01:45.693004    3580 client.h:86] Terminating process beca
             'Failed to send RPC to coordination service. Either the leader task was preempted/died/restarted')
 
 
+def test_jax_abort_names_the_process_the_service_declared_dead_else_the_coordinator_for_rpc_failures():
+  head = JAX_LINE.split('absl::Status:')[0] + 'absl::Status: '
+  dead = outcome.lost_peer_line(1, 4, head + 'UNAVAILABLE: Task /job:jax_worker/replica:0/task:2 heartbeat timeout.')
+  assert 'process 1 of 4 lost process 2:' in dead
+  for status in ('UNAVAILABLE: Socket closed', 'UNAVAILABLE: failed to connect to all addresses; Connection refused',
+                 'INTERNAL: Connection reset by peer'):
+    assert 'lost the coordinator (process 0)' in outcome.lost_peer_line(1, 4, head + status), status
+  assert 'lost a peer' in outcome.lost_peer_line(1, 4, head + 'INTERNAL: something else')
+
+
 def test_jax_abort_after_the_coordinator_died_becomes_one_line_and_counts_as_lost():
   line = outcome.lost_peer_line(3, 4, JAX_LINE)
   assert line.startswith('vit_jax.main: error: process 3 of 4 lost the coordinator (process 0)')
