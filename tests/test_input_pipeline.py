@@ -233,6 +233,18 @@ def test_unknown_dataset_and_bad_arguments(digits_dir):
     input_pipeline.train_dataset(config, local_batch_size=2, start_step=-1)
 
 
+def test_an_unknown_dataset_name_is_answered_without_the_network(monkeypatch):
+  """The suggestion for an unknown name reads TFDS's own builders only: its community registry is fetched from GCS
+  (two minutes of timeouts on an offline machine before the error)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  asked = []
+  real = tfds.list_builders
+  monkeypatch.setattr(tfds, 'list_builders', lambda **kw: asked.append(kw) or real(with_community_datasets=False))
+  with pytest.raises(ValueError, match="Unknown dataset 'cifar_tem'"):
+    input_pipeline.get_info(tiny.data_config(dataset='cifar_tem'))
+  assert asked == [{'with_community_datasets': False}]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # To devices.
 

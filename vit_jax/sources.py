@@ -33,9 +33,9 @@ import numpy as np
 from vit_jax import errors
 from vit_jax import io
 from vit_jax import preprocess
+from vit_jax.configs.choices import BAD_IMAGE_POLICIES  # noqa: F401  (what config.on_bad_image takes)
 from vit_jax.dataset_names import IMAGE_FOLDER, LOCAL_TFDS_DATASETS, suggest_dataset  # noqa: F401  (their owner)
 
-BAD_IMAGE_POLICIES = ('error', 'skip')
 DOWNLOAD_PROBE = ('storage.googleapis.com', 443)  # TFDS tries its GCS mirror first; unreachable = offline.
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def _tfds_builder(config, download: bool):
   try:
     builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)
   except tfds.core.DatasetNotFoundError as e:
-    guess = suggest_dataset(config.dataset, tfds.list_builders())
+    guess = suggest_dataset(config.dataset, tfds.list_builders(with_community_datasets=False))  # No network.
     raise DataError(f'Unknown dataset {config.dataset!r}' + (f": did you mean {guess!r}? " if guess else ': ') +
                     'config.dataset must be a TFDS name (see tfds.list_builders()), one of '
                     f'{LOCAL_TFDS_DATASETS}, {IMAGE_FOLDER!r}, or the path of an image folder '
