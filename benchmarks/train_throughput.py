@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from vit_jax.configs import check, common
-from vit_jax import flops, input_pipeline, models, sharding, state
+from vit_jax import flops, input_pipeline, models, preflight, sharding, state
 
 NUM_CLASSES = 1000
 # Fast-path switches: flag name -> (config field, baseline value).
@@ -147,7 +147,7 @@ def run_variant(args) -> dict:
   """Compiles (and unless --compile_only, times) the trainer's train step for `args`; returns the JSON fields."""
   config = make_config(args)
   config.dataset = 'random'  # No data is read: the batches are random.
-  check.validate(config, devices=jax.device_count(), files=False)
+  preflight.validate(config, devices=jax.device_count(), files=False)
   mesh = sharding.make_mesh(config.mesh)
   setup = state.Setup.create(config, NUM_CLASSES, mesh)
   devices = jax.devices()

@@ -31,10 +31,10 @@ STATUSES = ('finished', 'running', 'stopped', 'failed', 'not started')
 
 def with_overrides(config, overrides: dict | None):
   """A copy of a run's config with the next launch's overrides ({'total_steps': 200, 'schedule.base_lr': '0.1'})."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import loading  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   for key, value in (overrides or {}).items():
-    common.override(config, key, value)
+    loading.override(config, key, value)
   return config
 
 

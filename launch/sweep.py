@@ -101,12 +101,11 @@ def plan(config_spec: str, sweep_dir: str, sweeps: list[dict], fixed: dict) -> l
 def validate(config_spec: str, runs: list[Run]) -> None:
   """Every run's config, parsed as vit_jax.main will parse it and checked by vit_jax/configs/check.py, before anything
   starts (--dry-run too): a ValueError naming each bad run and what is wrong."""
-  from vit_jax.configs import check, common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import check, loading  # pylint: disable=g-import-not-at-top
   problems = []
   for run in runs:
     try:
-      check.validate(common.from_command_line(config_spec, [a for a in run.args if a.startswith('--config.')]),
-                     files=False)
+      check.validate(loading.from_command_line(config_spec, [a for a in run.args if a.startswith('--config.')]))
     except (check.ConfigError, check.UnknownFieldError) as e:
       problems.append(f'run {run.name}: {e}')
   if problems:

@@ -261,9 +261,9 @@ def test_a_training_config_with_a_mixer_model_validates_and_a_vit_field_on_it_is
   config = common.get_config()
   config.model = models.get_model_config('Mixer-B_16')
   config.dataset, config.image_size = 'cifar10', 224
-  assert config_check.validate(config, files=False) is config
+  assert config_check.validate(config) is config
   config.model.unlock()
   config.model.hidden_size = 768
   with pytest.raises(config_check.UnknownFieldError, match=r'config.model.hidden_size is a ViT field, but config.model '
                      r'is an MLP-Mixer \(it has num_blocks\), which takes model.\{channels_mlp_dim, hidden_dim'):
-    config_check.validate(config, files=False)
+    config_check.validate(config)

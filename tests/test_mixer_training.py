@@ -14,7 +14,7 @@ import pytest
 import tiny
 from vit_jax import checkpoint, export, flops, models, predict, sharding, state, train, utils, visualize
 from vit_jax import workdir as workdir_lib
-from vit_jax.configs import check, common
+from vit_jax.configs import check, common, loading
 
 ONE_LINE = 2  # The error line, and the empty string after its newline.
 
@@ -73,7 +73,7 @@ def test_the_logs_count_the_mixers_flops(mixer_run):
 def test_its_config_json_restores_the_mixer(mixer_run):
   config = workdir_lib.load_config(mixer_run[0])
   assert config.model.to_dict() == tiny.mixer_config().to_dict() and config.remat_policy == 'full'
-  assert check.validate(config, files=False) is config
+  assert check.validate(config) is config
 
 
 def test_it_fine_tunes_from_its_own_params_npz_into_a_new_head(mixer_run, tmp_path):
@@ -165,17 +165,16 @@ def test_a_release_mixer_npz_predicts_at_the_size_its_token_mixing_mlp_fixes(tmp
 
 
 def test_the_reference_mixer_cifar10_recipe_is_configs_vit_mixer_b16_cifar10():
-  config = common.from_command_line('configs/vit.py:Mixer-B_16,cifar10')
-  assert check.validate(config, devices=8, files=False) is config
+  config = loading.from_command_line('configs/vit.py:Mixer-B_16,cifar10')
+  assert check.validate(config, devices=8) is config
   assert config.model.to_dict() == models.get_model_config('Mixer-B_16').to_dict()
   assert (config.optimizer.name, config.optimizer.momentum, config.optimizer.grad_clip_norm) == ('sgd', 0.9, 1.0)
   assert (config.batch_size, config.schedule.base_lr, config.schedule.warmup_steps) == (512, 0.03, 500)
   assert (config.schedule.decay_type, config.total_steps, config.image_size) == ('cosine', 10_000, 224)
   assert (config.dataset, config.train_split, config.eval_split) == ('cifar10', 'train[:98%]', 'test')
-  assert common.from_command_line('configs/vit.py:Mixer-L_16,oxford_iiit_pet').image_size == 224
+  assert loading.from_command_line('configs/vit.py:Mixer-L_16,oxford_iiit_pet').image_size == 224
   with pytest.raises(check.ConfigError, match=r"config.attention='xla' chooses how a ViT computes attention"):
-    check.validate(common.from_command_line('configs/vit.py:Mixer-B_16,cifar10', ['--config.attention=xla']),
-                   files=False)
+    check.validate(loading.from_command_line('configs/vit.py:Mixer-B_16,cifar10', ['--config.attention=xla']))
 
 
 def test_main_trains_a_mixer_from_the_command_line_and_predict_reads_the_run(tmp_path, digits_dir):

@@ -30,3 +30,84 @@ def test_no_test_module_imports_another():
   importers = sorted(p.name for p in REPO.glob('tests/*.py')
                      if re.search(r'^\s*(from|import) test_\w+', p.read_text(), re.M))
   assert importers == []
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = list(path.relative_to(REPO).with_suffix('').parts)
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+  """module -> the modules of vit_jax/ and launch/ it imports, anywhere in its source (lazy imports inside functions
+  too); `from package import name` counts as importing package.name when that is a module."""
+  modules = {_module_name(p): p for p in SOURCES}
+  graph = {}
+  for name, path in modules.items():
+    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ''
+        if node.level:
+          base = '.'.join(package.split('.')[:len(package.split('.')) - node.level + 1] + ([base] if base else []))
+        targets = [f'{base}.{a.name}' if f'{base}.{a.name}' in modules else base for a in node.names]
+      else:
+        continue
+      edges |= {t for t in targets if t in modules and t != name}
+    graph[name] = edges
+  return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """The strongly connected components of more than one module (Tarjan's algorithm), each sorted."""
+  index, low, stack, on_stack, out, counter = {}, {}, [], set(), [], [0]
+
+  def visit(v):
+    index[v] = low[v] = counter[0]
+    counter[0] += 1
+    stack.append(v)
+    on_stack.add(v)
+    for w in graph[v]:
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        out.append(sorted(component))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_the_cycle_finder_finds_a_lazy_cycle():
+  assert cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
+  assert cycles({'a': {'b'}, 'b': set()}) == []
+
+
+def test_no_import_cycle_in_vit_jax_and_launch_lazy_imports_included():
+  graph = import_graph()
+  assert graph['vit_jax.preflight'] >= {'vit_jax.state', 'vit_jax.configs.check'}  # The graph sees imports.
+  assert cycles(graph) == []
+
+
+def test_the_configs_package_imports_nothing_above_it():
+  """configs/ is the layer above the base (io, errors, utils, dataset_names): it never imports models, state,
+  checkpoint, the data layer or anything else of vit_jax."""
+  base = {'vit_jax', 'vit_jax.errors', 'vit_jax.io', 'vit_jax.utils', 'vit_jax.dataset_names'}
+  graph = import_graph()
+  upward = {m: sorted(t for t in targets if not t.startswith('vit_jax.configs') and t not in base)
+            for m, targets in graph.items() if m.startswith('vit_jax.configs')}
+  assert {m: t for m, t in upward.items() if t} == {}

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from vit_jax import errors, utils
-from vit_jax.models import presets
+from vit_jax.configs import presets
 
 _WEIGHTS = re.compile(r'Transformer/encoderblock(_(\d+))?/.*attention_weights')
 

@@ -25,6 +25,7 @@ from vit_jax import errors
 from vit_jax import io
 from vit_jax import utils
 from vit_jax import workdir
+from vit_jax.configs import presets
 from vit_jax.augreg import augreg_index  # noqa: F401  (vision_transformer's checkpoint.get_augreg_df)
 
 log = logging.getLogger(__name__)
@@ -352,10 +353,9 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
   if posemb in flat and posemb in init_flat and flat[posemb].shape != tuple(init_flat[posemb].shape):
     new_grid = None
     if image_size is not None:
-      from vit_jax.models import token_grid  # pylint: disable=g-import-not-at-top
-      new_grid = token_grid(model_config, image_size)
-    has_class_token = model_config.get('classifier', 'token') in ('token', 'token_unpooled')
-    flat[posemb] = interpolate_posembed(flat[posemb], init_flat[posemb].shape[1], has_class_token, new_grid=new_grid)
+      new_grid = presets.token_grid(model_config, image_size)
+    flat[posemb] = interpolate_posembed(flat[posemb], init_flat[posemb].shape[1],
+                                        presets.has_class_token(model_config['classifier']), new_grid=new_grid)
   flat = {k: v for k, v in flat.items() if not k.startswith('head/')}  # A new task: the head keeps its init.
   fresh = ('head/', 'pre_logits/', 'MAPHead_0/') if strict else ('',)  # What may be missing (keeps its init).
   hint = _token_mixing_hint(compare(flat, init_flat).mismatched, flat, init_flat, model_config)
@@ -392,8 +392,8 @@ def _token_mixing_hint(mismatched, flat, init_flat, model_config) -> str:
     return ''
   have, want = flat[key].shape[0], init_flat[key].shape[0]
   ph, pw = model_config['patches']['size']
-  side = int(round(np.sqrt(have)))
-  at = f' ({side * ph}x{side * pw} px at patch {ph}x{pw})' if side * side == have else ''
+  size = presets.image_size_for_tokens(model_config, have)
+  at = f' ({size}x{size} px at patch {ph}x{pw})' if size else ''
   return (f'The checkpoint is a Mixer for {have} tokens{at}, but the model has {want}: the token-mixing MLP is '
           'sized by the number of patches, so a Mixer fine-tunes at the resolution it was trained at (as '
           f'vision_transformer does: Mixer-B/16 on CIFAR-10 at 224 px). Set the image size to give {have} tokens; '

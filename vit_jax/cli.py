@@ -6,7 +6,7 @@ import sys
 from typing import Callable, Sequence
 
 from vit_jax import errors
-from vit_jax.models import presets
+from vit_jax.configs import presets
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

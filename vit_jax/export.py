@@ -54,26 +54,26 @@ class UnsupportedModelError(errors.UserError, ValueError):
 def unsupported(model_config, params=None) -> list[str]:
   """What keeps a model (config and parameter tree) from being a ViTForImageClassification; [] when nothing.
   Without `params`, what the config alone shows."""
-  from vit_jax.models import presets  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import presets  # pylint: disable=g-import-not-at-top
   if presets.is_mixer(model_config):
     return [f'{model_config.get("model_name") or "the model"} is an MLP-Mixer, and ViTForImageClassification is a '
             'transformer (attention, a class token, position embeddings) with no place for token-mixing MLPs']
   problems = []
-  if model_config.get('resnet'):
+  if model_config['resnet']:
     problems.append('a hybrid ResNet stem (model.resnet): HF ViT embeds raw pixel patches only')
-  if model_config.get('classifier', 'token') != 'token':
+  if model_config['classifier'] != 'token':
     problems.append(f"classifier={model_config['classifier']!r}: HF ViT classifies the class token only "
                     "(classifier='token')")
-  if model_config.get('posemb', 'learn') not in ('learn', 'sincos2d'):
+  if model_config['posemb'] not in ('learn', 'sincos2d'):
     problems.append(f"posemb={model_config['posemb']!r}: HF ViT adds one position embedding table")
-  if model_config.get('representation_size'):
+  if model_config['representation_size']:
     problems.append(f"a pre-logits layer (representation_size={model_config['representation_size']}): "
                     'ViTForImageClassification has no layer between the class token and the classifier (its '
                     'ViTModel is built without the pooler)')
   for key, value in model_config.items():
     if key not in KNOWN_FIELDS and value not in (None, False, 0, 0.0, ''):
       problems.append(f'model.{key}={value!r}, which this export does not know how to express')
-  for key, value in model_config.get('transformer', {}).items():
+  for key, value in model_config['transformer'].items():
     if key not in KNOWN_TRANSFORMER_FIELDS and value not in (None, False, 0, 0.0, ''):
       problems.append(f'model.transformer.{key}={value!r}, which this export does not know how to express')
   if params is not None and 'head' not in params:
@@ -95,7 +95,7 @@ def _linear(kernel: np.ndarray) -> np.ndarray:
 
 def _position_embeddings(model_config, image_size, take) -> np.ndarray:
   from vit_jax import models  # pylint: disable=g-import-not-at-top
-  if model_config.get('posemb', 'learn') == 'learn':
+  if model_config['posemb'] == 'learn':
     return take('Transformer/posembed_input/pos_embedding')
   if not image_size:
     raise ValueError("hf_state_dict needs image_size for a model with posemb='sincos2d'.")
@@ -173,8 +173,8 @@ def hf_config(model_config, *, image_size: int, num_classes: int, class_names: S
       'num_attention_heads': transformer['num_heads'],
       'intermediate_size': transformer['mlp_dim'],
       'hidden_act': HIDDEN_ACT,
-      'hidden_dropout_prob': float(transformer.get('dropout_rate') or 0.0),
-      'attention_probs_dropout_prob': float(transformer.get('attention_dropout_rate') or 0.0),
+      'hidden_dropout_prob': float(transformer['dropout_rate'] or 0.0),
+      'attention_probs_dropout_prob': float(transformer['attention_dropout_rate'] or 0.0),
       'layer_norm_eps': LAYER_NORM_EPS,
       'image_size': _size(image_size),
       'patch_size': _size(tuple(model_config['patches']['size'])),

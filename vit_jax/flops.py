@@ -6,7 +6,7 @@ program XLA runs: 2 x the multiply-adds of every matrix product and convolution 
 """
 import math
 
-from vit_jax.models.presets import is_mixer
+from vit_jax.configs.presets import has_class_token, is_mixer
 
 # Dense peak TFLOP/s per JAX device: {device kind substring: {compute dtype: TFLOP/s}}. Figures from the vendors'
 # spec sheets, without 2:4 sparsity. `peak_tflops` matches the longest key first ('TPU v5 lite' before 'TPU v5').
@@ -128,14 +128,14 @@ def forward_flops(model_config, image_size, num_classes: int | None) -> float:
     return mixer_forward_flops(model_config, image_size, num_classes)
   hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
   flops, channels = 0.0, 3
-  if model_config.get('resnet') is not None:
+  if model_config['resnet'] is not None:
     flops, hw, channels = resnet_stem_flops(model_config.resnet, hw)
   ph, pw = model_config.patches.size
   grid = (hw[0] // ph, hw[1] // pw)
   hidden = model_config.hidden_size
   flops += _conv(grid, (ph, pw), channels, hidden)
-  classifier = model_config.get('classifier', 'token')
-  tokens = math.prod(grid) + (classifier in ('token', 'token_unpooled'))
+  classifier = model_config['classifier']
+  tokens = math.prod(grid) + has_class_token(classifier)
   layers = model_config.transformer.num_layers
   flops += layers * encoder_block_flops(tokens, hidden, model_config.transformer.mlp_dim)
   mlp_dim = model_config.transformer.mlp_dim
@@ -144,7 +144,7 @@ def forward_flops(model_config, image_size, num_classes: int | None) -> float:
               + 2 * _dense(1, hidden, mlp_dim))
   pooled = tokens if classifier in ('unpooled', 'token_unpooled') else 1
   features = hidden
-  if model_config.get('representation_size') is not None:
+  if model_config['representation_size'] is not None:
     features = model_config.representation_size
     flops += _dense(pooled, hidden, features)
   if num_classes:

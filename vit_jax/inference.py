@@ -13,7 +13,6 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import math
 import os
 from typing import Any, Iterator, Sequence
 
@@ -62,7 +61,7 @@ def _in_model_layout(flat: dict[str, np.ndarray], config) -> dict:
 
 def load_run(workdir: str) -> Trained:
   """The trained model of a run's workdir (see the module doc); a clear error when the workdir holds none."""
-  config = _for_this_backend(check.validate(workdir_lib.load_config(workdir), files=False))
+  config = _for_this_backend(check.validate(workdir_lib.load_config(workdir)))
   npz_path = workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
   step, has_npz = workdir_lib.latest_step(workdir), io.exists(npz_path)
   if step is None and not has_npz:
@@ -92,7 +91,7 @@ def _posemb_for(params: dict, model_config, image_size: int) -> dict:
     return params
   posemb = params['Transformer']['posembed_input']['pos_embedding']
   grid = models.token_grid(model_config, image_size)
-  has_class_token = 'cls' in params
+  has_class_token = models.has_class_token(model_config['classifier'])
   tokens = grid[0] * grid[1] + int(has_class_token)
   if posemb.shape[1] != tokens:
     params['Transformer']['posembed_input']['pos_embedding'] = checkpoint.interpolate_posembed(
@@ -106,12 +105,13 @@ def checkpoint_image_size(params: dict, model_config) -> int:
   if models.is_mixer(model_config):
     n, what = params['MixerBlock_0']['token_mixing']['Dense_0']['kernel'].shape[0], 'tokens (token-mixing MLP)'
   else:
-    n = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - int('cls' in params)
+    n = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - int(
+        models.has_class_token(model_config['classifier']))
     what = 'position embeddings'
-  side = math.isqrt(n)
-  if side * side != n:
+  size = models.image_size_for_tokens(model_config, n)
+  if size is None:
     raise checkpoint.CheckpointError(f'The checkpoint has {n} {what}, not a square grid: pass --image_size.')
-  return side * models.token_pixels(model_config)
+  return size
 
 
 def load_npz(path: str, *, model_name: str, num_classes: int | None = None, image_size: int | None = None,
@@ -143,7 +143,7 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
         f'--image_size={image_size}, but {path} is an MLP-Mixer trained at {trained_at} px: its token-mixing MLP is '
         f'sized by the number of patches, so it only takes {trained_at} px (leave out --image_size).')
   config.image_size = image_size or trained_at
-  check.validate(config, files=False)
+  check.validate(config)
   params = _posemb_for(params, config.model, config.image_size)
   model = state.build_model(config, head)
   checkpoint.check_fits(params, state.abstract_params(model, config.image_size), source=path)

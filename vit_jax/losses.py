@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-LOSSES = ('softmax', 'sigmoid')
+from vit_jax.configs.choices import LOSSES  # noqa: F401  (what config.loss takes)
 
 
 def targets(labels, num_classes: int, label_smoothing: float = 0.0):

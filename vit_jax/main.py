@@ -130,7 +130,7 @@ def parse_flags(argv):
     _usage_error(argv, lines)
   from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
   try:
-    check.validate(_CONFIG.value, files=False)  # Again in train_and_evaluate, with the devices and the files.
+    check.validate(_CONFIG.value)  # Again in train_and_evaluate, with the mesh and the files (vit_jax/preflight.py).
   except check.ConfigError as e:
     _usage_error(argv, [f'Bad config: {e}'])
   return rest

@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import utils
+from vit_jax.configs.choices import DECAY_TYPES, DTYPES, OPTIMIZERS  # noqa: F401  (the values config takes)
 
-DECAY_TYPES = ('cosine', 'linear', 'constant', 'rsqrt')
-OPTIMIZERS = ('sgd', 'adam', 'adamw')
-ACCUMULATOR_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+ACCUMULATOR_DTYPES = {name: jnp.dtype(name) for name in DTYPES}
 
 # Only Dense / Conv kernels (attention query/key/value/out included) are decayed; biases, norm scales,
 # `cls` and `pos_embedding` are not.
@@ -35,23 +34,16 @@ def make_schedule(config) -> optax.Schedule:
     'rsqrt':    base_lr * sqrt(timescale / max(s, timescale)), on the *global* step s: flat at base_lr
                 until step == rsqrt_timescale, then ~ 1/sqrt(step); it ignores end_lr and does not
                 restart after warmup (so it is below base_lr at warmup end if w > timescale).
-  Steps past T keep the value at T. Pure and jit-able; accepts Python ints or int/float arrays.
+  Steps past T keep the value at T. Pure and jit-able; accepts Python ints or int/float arrays. The config is one
+  that vit_jax/configs/check.py accepted, with its durations in steps (configs/durations.py).
   """
   sched = config.schedule
   total = int(config.total_steps)
   warmup = int(sched.warmup_steps)
   base_lr = float(sched.base_lr)
-  end_lr = float(sched.get('end_lr', 0.0))
+  end_lr = float(sched.end_lr)
   decay_type = sched.decay_type
-  if decay_type not in DECAY_TYPES:
-    raise ValueError(f'Unknown schedule.decay_type {decay_type!r}; valid: {", ".join(DECAY_TYPES)}.')
-  if total <= 0:
-    raise ValueError(f'total_steps must be positive, got {total}.')
-  if not 0 <= warmup <= total:
-    raise ValueError(f'schedule.warmup_steps ({warmup}) must be in [0, total_steps={total}].')
-  timescale = float(sched.get('rsqrt_timescale', 10_000))
-  if decay_type == 'rsqrt' and timescale <= 0:
-    raise ValueError(f'schedule.rsqrt_timescale must be positive, got {timescale}.')
+  timescale = float(sched.rsqrt_timescale)
   decay_steps = max(total - warmup, 1)
 
   def schedule(step):
@@ -88,25 +80,19 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     the Adam direction and then scaled by the learning rate, so the effective per-step decay is
     lr(step) * weight_decay (not weight_decay alone).
   Gradients are first clipped to global norm `grad_clip_norm` (skipped when <= 0). The mask is a
-  callable, so the transformation is built before params exist and works with abstract params.
+  callable, so the transformation is built before params exist and works with abstract params. The config is one
+  that vit_jax/configs/check.py accepted.
   """
   opt = config.optimizer
   name = opt.name
-  if name not in OPTIMIZERS:
-    raise ValueError(f'Unknown optimizer.name {name!r}; valid: {", ".join(OPTIMIZERS)}.')
   schedule = make_schedule(config)
   wd = float(opt.weight_decay)
-  if wd < 0:
-    raise ValueError(f'optimizer.weight_decay must be >= 0, got {wd}.')
   decay = [optax.add_decayed_weights(wd, mask=weight_decay_mask)] if wd > 0 else []
 
   parts = []
   if opt.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
-  dtype_name = opt.get('accumulator_dtype', 'float32')
-  if dtype_name not in ACCUMULATOR_DTYPES:
-    raise ValueError(f'Unknown optimizer.accumulator_dtype {dtype_name!r}; valid: {", ".join(ACCUMULATOR_DTYPES)}.')
-  accumulator = ACCUMULATOR_DTYPES[dtype_name]
+  accumulator = ACCUMULATOR_DTYPES[opt.accumulator_dtype]
   adam = lambda: optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), mu_dtype=accumulator)
   if name == 'sgd':
     parts += decay

@@ -27,14 +27,14 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from vit_jax.configs.choices import EVAL_RESIZES, TRAIN_CROPS  # noqa: F401  (the values config.pp takes)
+
 try:  # libjpeg-turbo with DCT-domain scaling; PIL decodes everything when it is missing.
   import simplejpeg
 except ImportError:  # pragma: no cover
   simplejpeg = None
 
 INCEPTION_ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
-TRAIN_CROPS = ('inception', 'pad_crop', 'resize')
-EVAL_RESIZES = ('square', 'shorter_side')
 _JPEG_MAGIC = b'\xff\xd8'
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 

@@ -15,17 +15,14 @@ blocks, with the layer axis replicated in front.
 """
 import math
 import re
-from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vit_jax import utils
+from vit_jax.configs.choices import AXES, BATCH_AXES, STRATEGIES, mesh_shape  # noqa: F401  (their owner)
 
-AXES = ('data', 'fsdp', 'model')
-BATCH_AXES = ('data', 'fsdp')
-STRATEGIES = ('replicate', 'fsdp', 'tp', 'fsdp+tp')
 
 # Megatron-style tensor parallelism, by parameter name -> PartitionSpec.
 TP_RULES = (
@@ -39,27 +36,6 @@ TP_RULES = (
 )
 # Parameters of a scanned encoder (VisionTransformer(scan=True)): the rules above describe one layer.
 STACKED = re.compile(r'(.*/)?Transformer/encoderblock/.+')
-
-
-def mesh_shape(mesh_config: Sequence[Sequence], num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
-  """Resolves [(name, size), ...] with at most one -1 into (names, sizes) ordered data, fsdp, model."""
-  axes = dict((str(name), int(size)) for name, size in mesh_config)
-  unknown = sorted(set(axes) - set(AXES))
-  if unknown or len(axes) != len(list(mesh_config)):
-    raise ValueError(f'config.mesh has unknown or repeated axes {unknown or list(mesh_config)}; valid axes: {AXES}.')
-  free = [n for n, s in axes.items() if s == -1]
-  if len(free) > 1 or any(s == 0 or s < -1 for s in axes.values()):
-    raise ValueError(f'config.mesh {list(mesh_config)}: sizes must be positive, with at most one -1.')
-  fixed = math.prod(s for s in axes.values() if s != -1)
-  if free:
-    if num_devices % fixed:
-      raise ValueError(f'config.mesh {list(mesh_config)}: {num_devices} devices do not divide by {fixed}.')
-    axes[free[0]] = num_devices // fixed
-  if math.prod(axes.values()) != num_devices:
-    raise ValueError(f'config.mesh {list(mesh_config)} uses {math.prod(axes.values())} devices, '
-                     f'but there are {num_devices}.')
-  names = tuple(n for n in AXES if n in axes)
-  return names, tuple(axes[n] for n in names)
 
 
 def make_mesh(mesh_config=(('data', -1),), devices=None) -> jax.sharding.Mesh:

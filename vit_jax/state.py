@@ -23,11 +23,12 @@ import orbax.checkpoint as ocp
 
 from vit_jax import augreg, checkpoint, errors, losses, models, optim, preprocess, sharding
 from vit_jax import workdir as workdir_lib
+from vit_jax.configs import choices
+from vit_jax.configs.choices import NONFINITE_POLICIES  # noqa: F401  (what config.nonfinite_policy takes)
 
 log = logging.getLogger(__name__)
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-NONFINITE_POLICIES = ('stop', 'skip')
+DTYPES = {name: jnp.dtype(name) for name in choices.DTYPES}
 MIXUP_STREAM = 0x6D6978  # Folded into the seed for mixup's keys, apart from dropout's.
 
 

@@ -1,6 +1,6 @@
 """train_and_evaluate: the training loop, on a device mesh, and nothing else.
 
-What it builds on: the config is checked whole first (vit_jax/configs/check.py); the workdir's lock, config and
+What it builds on: the config is checked whole first (vit_jax/configs/check.py, vit_jax/preflight.py); the workdir's lock, config and
 files (vit_jax/lock.py, vit_jax/workdir.py); the model, train state, checkpoints and train step (vit_jax/state.py);
 batches (vit_jax/input_pipeline.py); evaluators (vit_jax/evaluators/); metric writers (vit_jax/metrics.py).
 """
@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vit_jax import augreg, checkpoint, distributed, errors, evaluators, flops, goodput, input_pipeline, io, metrics
-from vit_jax import preemption
+from vit_jax import preemption, preflight
 from vit_jax import watchdog as watchdog_lib
 from vit_jax import sharding
 from vit_jax import state as state_lib
@@ -35,7 +35,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
   is: its last evaluation is returned and nothing is written; with `reevaluate` its checkpoint is evaluated again
   (logged and returned, still nothing written).
   """
-  check.validate(config, devices=jax.device_count(), process_count=jax.process_count())  # Whole, before any I/O.
+  preflight.validate(config, devices=jax.device_count(), process_count=jax.process_count())  # Whole, before any I/O.
   mesh = sharding.make_mesh(config.mesh)
   is_main = jax.process_index() == 0
   lock = Lock(workdir, enabled=is_main)

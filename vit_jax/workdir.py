@@ -31,7 +31,7 @@ import logging
 
 from vit_jax import errors
 from vit_jax import io
-from vit_jax.configs import durations
+from vit_jax.configs import check, common, durations, loading
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,11 @@ def read_json(workdir: str, name: str):
 def load_config(workdir: str):
   """The run's config: its config.json overlaid on the current defaults (vit_jax/configs/common.py), so a field
   added to the code since has its default and every reader sees every field. A WorkdirError without config.json."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top  (presets; no JAX)
   stored = read_json(workdir, CONFIG_FILE)
   if stored is None:
     raise WorkdirError(f'{workdir} holds no {CONFIG_FILE}: pass the --workdir of a training run (python -m '
                        'vit_jax.main --workdir=...), or --checkpoint=X.npz with --model.')
-  return common.from_dict(stored)
+  return loading.from_dict(stored)
 
 
 def _flatten(tree, prefix=''):
@@ -196,7 +195,6 @@ def as_dict(config) -> dict:
 
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
   """(field, old value, new value) for every field that differs and is not in RESUMABLE_FIELDS (module doc)."""
-  from vit_jax.configs import check, common  # pylint: disable=g-import-not-at-top
   defaults = _flatten(as_dict(common.get_config()))
   old, new = _flatten(old), _flatten(new)
   missing = object()

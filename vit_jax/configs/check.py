@@ -1,16 +1,20 @@
-"""Whether a config is valid: `validate` checks a whole config before anything is read, downloaded or compiled.
+"""Whether a config is valid: `validate` checks a whole config before anything is read, downloaded or compiled, and
+loads no JAX (launch/ validates sweeps with it).
 
 It raises UnknownFieldError for fields no part of vit_jax reads (vit_jax/configs/fields.py: which fields exist, and
 what to write instead of an unknown one), else ConfigError listing every bad value: its field, the value, and what
-would be valid (each module's own tuple of accepted values, with the closest one for a typo), shapes such as a patch
-size that must be a pair, cross-field rules (warmup within the total, batch sizes that split over the mesh and the
-processes, an image size that the patches tile) and files that must exist. An MLP-Mixer takes one of the model fast
-paths (remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for it, each with its reason.
+would be valid (the tuples of vit_jax/configs/choices.py, which the modules acting on the fields use too, with the
+closest one for a typo), shapes such as a patch size that must be a pair, and cross-field rules (warmup within the
+total, batch sizes that split over the mesh and the processes, an image size that the patches tile). An MLP-Mixer
+takes one of the model fast paths (remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for
+it, each with its reason. What needs a model, a mesh or files (the parameter layout, the pretrained file, the image
+folder) is checked by vit_jax/preflight.py.
 """
 import difflib
 import math
 
-from vit_jax import errors
+from vit_jax import dataset_names, errors
+from vit_jax.configs import choices, durations, presets
 # What other modules use of vit_jax/configs/fields.py, through this module (the one place that says "valid").
 from vit_jax.configs.fields import UnknownFieldError, check_fields, flat_keys, is_known, unknown_message  # noqa: F401
 
@@ -81,7 +85,6 @@ def _mixer_problems(config, problems) -> None:
 
 
 def _model_problems(model, image_size, problems) -> None:
-  from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
   size = _patch_size(model, problems)
   _number(problems, 'model.hidden_size', model.hidden_size, low=1, integer=True)
   t = model.transformer
@@ -93,8 +96,8 @@ def _model_problems(model, image_size, problems) -> None:
                     f'config.model.transformer.num_heads={t.num_heads}.')
   for field in ('dropout_rate', 'attention_dropout_rate', 'drop_path_rate'):
     _number(problems, f'model.transformer.{field}', t[field], low=0, high=1, high_open=True)
-  _choice(problems, 'model.classifier', model.classifier, vit.CLASSIFIERS)
-  _choice(problems, 'model.posemb', model.posemb, vit.POSEMBS)
+  _choice(problems, 'model.classifier', model.classifier, choices.CLASSIFIERS)
+  _choice(problems, 'model.posemb', model.posemb, choices.POSEMBS)
   if model.representation_size is not None:
     _number(problems, 'model.representation_size', model.representation_size, low=1, integer=True)
   if model.resnet is not None:
@@ -104,7 +107,7 @@ def _model_problems(model, image_size, problems) -> None:
       size = None
     _number(problems, 'model.resnet.width_factor', model.resnet.width_factor, low=0, low_open=True)
   if size is not None and isinstance(image_size, int) and image_size > 0:
-    px = vit.token_pixels(model)
+    px = presets.token_pixels(model)
     if image_size % px:
       problems.append(f'config.image_size={image_size} is not a multiple of the {px} px per token of '
                       f'{model.get("model_name") or "the model"} (patch size times any ResNet stride); e.g. use '
@@ -112,35 +115,27 @@ def _model_problems(model, image_size, problems) -> None:
 
 
 def _durations(config, problems) -> None:
-  from vit_jax.configs import durations  # pylint: disable=g-import-not-at-top
   for duration, (steps, epochs, examples) in durations.DURATIONS.items():
+    if problem := durations.both_forms_problem(config, duration):
+      problems.append(problem)
     e, x = durations.value(config, epochs), durations.value(config, examples)
-    if e and x:
-      problems.append(f'config.{epochs}={e} and config.{examples}={x} are both set; give one (or config.{steps}).')
     for name, v in ((epochs, e), (examples, x)):
       if v is not None:
         _number(problems, name, v, low=0, integer=name == examples)
     _number(problems, steps, durations.value(config, steps), low=0 if duration == 'warmup' or e or x else 1,
             integer=True)
-  total, warmup = config.total_steps, config.schedule.warmup_steps
-  if not (config.total_epochs or config.total_examples or config.schedule.warmup_epochs or
-          config.schedule.warmup_examples) and isinstance(total, int) and isinstance(warmup, int) and warmup > total:
-    problems.append(f'config.schedule.warmup_steps={warmup} is more than config.total_steps={total}: the warmup '
-                    'must fit in the run.')
-  if config.total_epochs and config.schedule.warmup_epochs and config.schedule.warmup_epochs > config.total_epochs:
-    problems.append(f'config.schedule.warmup_epochs={config.schedule.warmup_epochs} is more than '
-                    f'config.total_epochs={config.total_epochs}: the warmup must fit in the run.')
+  if problem := durations.warmup_problem(config):
+    problems.append(problem)
 
 
 def _optimisation(config, problems) -> None:
-  from vit_jax import losses, optim, state  # pylint: disable=g-import-not-at-top
   opt, sched = config.optimizer, config.schedule
-  _choice(problems, 'optimizer.name', opt.name, optim.OPTIMIZERS)
-  _choice(problems, 'optimizer.accumulator_dtype', opt.accumulator_dtype, tuple(optim.ACCUMULATOR_DTYPES))
-  _choice(problems, 'schedule.decay_type', sched.decay_type, optim.DECAY_TYPES)
-  _choice(problems, 'loss', config.loss, losses.LOSSES)
-  _choice(problems, 'dtype', config.dtype, tuple(state.DTYPES))
-  _choice(problems, 'nonfinite_policy', config.nonfinite_policy, state.NONFINITE_POLICIES)
+  _choice(problems, 'optimizer.name', opt.name, choices.OPTIMIZERS)
+  _choice(problems, 'optimizer.accumulator_dtype', opt.accumulator_dtype, choices.DTYPES)
+  _choice(problems, 'schedule.decay_type', sched.decay_type, choices.DECAY_TYPES)
+  _choice(problems, 'loss', config.loss, choices.LOSSES)
+  _choice(problems, 'dtype', config.dtype, choices.DTYPES)
+  _choice(problems, 'nonfinite_policy', config.nonfinite_policy, choices.NONFINITE_POLICIES)
   _number(problems, 'label_smoothing', config.label_smoothing, low=0, high=1, high_open=True)
   _number(problems, 'mixup_p', config.mixup_p, low=0)
   _number(problems, 'schedule.base_lr', sched.base_lr, low=0)
@@ -155,28 +150,27 @@ def _optimisation(config, problems) -> None:
 
 
 def _data(config, problems) -> None:
-  from vit_jax import dataset_names, evaluators, preprocess, sources  # pylint: disable=g-import-not-at-top
-  from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top
   pp = config.pp
   if not config.dataset:
-    problems.append(f'config.dataset is empty: set a TFDS name (e.g. cifar10), {sources.IMAGE_FOLDER!r} with '
+    problems.append(f'config.dataset is empty: set a TFDS name (e.g. cifar10), {dataset_names.IMAGE_FOLDER!r} with '
                     'config.image_folder, or the path of an image folder.')
   elif name_problem := dataset_names.dataset_name_problem(config.dataset):
     problems.append(name_problem)
-  elif config.dataset == sources.IMAGE_FOLDER and not config.image_folder:
-    problems.append(f'config.dataset is {sources.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a folder '
+  elif config.dataset == dataset_names.IMAGE_FOLDER and not config.image_folder:
+    problems.append(f'config.dataset is {dataset_names.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a folder '
                     'DIR with DIR/train/<class>/*.jpg.')
   if not str(config.train_split).strip():
     problems.append('config.train_split is empty: give a split such as train or train[:98%].')
-  for parse, value in ((evaluators.parse_splits, config.eval_split), (fewshot.parse_datasets, config.fewshot.datasets)):
+  for parse, value in ((choices.parse_splits, config.eval_split),
+                       (choices.parse_fewshot_datasets, config.fewshot.datasets)):
     try:
       parse(value)
     except ValueError as e:
       problems.append(str(e))
   _number(problems, 'image_size', config.image_size, low=1, integer=True)
-  _choice(problems, 'pp.crop', pp.crop, preprocess.TRAIN_CROPS)
-  _choice(problems, 'pp.eval_resize', pp.eval_resize, preprocess.EVAL_RESIZES)
-  _choice(problems, 'on_bad_image', config.on_bad_image, sources.BAD_IMAGE_POLICIES)
+  _choice(problems, 'pp.crop', pp.crop, choices.TRAIN_CROPS)
+  _choice(problems, 'pp.eval_resize', pp.eval_resize, choices.EVAL_RESIZES)
+  _choice(problems, 'on_bad_image', config.on_bad_image, choices.BAD_IMAGE_POLICIES)
   _number(problems, 'pp.eval_crop_fraction', pp.eval_crop_fraction, low=0, high=1, low_open=True)
   _number(problems, 'pp.inception_min_area', pp.inception_min_area, low=0, high=1, low_open=True)
   _number(problems, 'pp.pad_pixels', pp.pad_pixels, low=0, integer=True)
@@ -194,22 +188,21 @@ def _data(config, problems) -> None:
 
 
 def _loop_and_mesh(config, problems, devices, process_count) -> None:
-  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
   for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep', 'accum_steps', 'batch_size',
                'eval_batch_size'):
     _number(problems, name, config[name], low=1, integer=True)
   _number(problems, 'fsdp_min_size', config.fsdp_min_size, low=0, integer=True)
   if config.num_classes != -1:
     _number(problems, 'num_classes', config.num_classes, low=1, integer=True)
-  _choice(problems, 'sharding_strategy', config.sharding_strategy, sharding.STRATEGIES)
+  _choice(problems, 'sharding_strategy', config.sharding_strategy, choices.STRATEGIES)
   try:
-    names, sizes = sharding.mesh_shape(config.mesh, devices or 1)
+    names, sizes = choices.mesh_shape(config.mesh, devices or 1)
   except (TypeError, ValueError) as e:
     problems.append(f'{e} (config.mesh is a tuple of (axis, size) pairs, e.g. ((\'fsdp\', -1),); {devices} devices)')
     return
   if not devices or any(p.startswith(('config.batch_size', 'config.eval_batch_size', 'config.accum')) for p in problems):
     return
-  shards = math.prod(s for n, s in zip(names, sizes) if n in sharding.BATCH_AXES)
+  shards = math.prod(s for n, s in zip(names, sizes) if n in choices.BATCH_AXES)
   split = True
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] % shards or config[name] % process_count:
@@ -220,34 +213,6 @@ def _loop_and_mesh(config, problems, devices, process_count) -> None:
   if split and config.batch_size % (config.accum_steps * shards):
     problems.append(f'config.batch_size={config.batch_size} must divide into accum_steps={config.accum_steps} '
                     f'micro-batches of a multiple of {shards} (the batch shards).')
-  if config.sharding_strategy in sharding.STRATEGIES and config.sharding_strategy != 'replicate' and not problems:
-    _layout_problems(config, names, sizes, problems)
-
-
-def _layout_problems(config, names, sizes, problems) -> None:
-  """The parameter layout of the strategy on this mesh, planned from the model's shapes alone (sharding.py's own
-  rules, on an abstract mesh): an axis the strategy needs, or a dimension that does not split, is named."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import sharding, state  # pylint: disable=g-import-not-at-top
-  params = state.abstract_params(state.build_model(config, max(config.num_classes, 1)), config.image_size)
-  try:
-    sharding.param_specs(params, jax.sharding.AbstractMesh(tuple(sizes), tuple(names)), config.sharding_strategy,
-                         config.fsdp_min_size)
-  except ValueError as e:
-    problems.append(f'config.sharding_strategy={config.sharding_strategy!r} on config.mesh {dict(zip(names, sizes))}: '
-                    f'{e}')
-
-
-def _files(config, problems) -> None:
-  from vit_jax import augreg, checkpoint, io  # pylint: disable=g-import-not-at-top
-  if config.pretrained_path and not config.pretrained_path.startswith(augreg.PREFIX):
-    try:
-      checkpoint.recognise(config.pretrained_path)
-    except checkpoint.CheckpointError as e:
-      problems.append(f'config.pretrained_path: {e}')
-  if config.dataset == 'image_folder' and config.image_folder and not io.isdir(config.image_folder):
-    problems.append(f'config.image_folder={config.image_folder!r} is not a folder (it should hold '
-                    'train/<class>/*.jpg).')
 
 
 def profile_range(spec: str) -> tuple[int, int] | None:
@@ -283,13 +248,12 @@ def _faults(config, problems) -> None:
     problems.append(str(e))
 
 
-def validate(config, *, devices: int | None = None, process_count: int = 1, files: bool = True):
-  """Checks the whole config (module doc); returns it. `devices` (the number of JAX devices) enables the checks that
-  need the mesh; `files=False` skips those that touch files (pretrained_path, image_folder)."""
+def validate(config, *, devices: int | None = None, process_count: int = 1):
+  """Checks the whole config (module doc); returns it. `devices` (the number of JAX devices) enables the batch-split
+  checks that need the mesh's size. What needs a model, a mesh or files is vit_jax/preflight.py's."""
   check_fields(config)
   problems: list[str] = []
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
-  if models.is_mixer(config.model):
+  if presets.is_mixer(config.model):
     _mixer_problems(config, problems)
   else:
     _model_problems(config.model, config.image_size, problems)
@@ -302,24 +266,26 @@ def validate(config, *, devices: int | None = None, process_count: int = 1, file
     value = config.pp.flip if name == 'pp.flip' else config[name]
     if not isinstance(value, bool):
       problems.append(f'config.{name}={value!r} must be True or False.')
-  from vit_jax.models import blocks  # pylint: disable=g-import-not-at-top
-  _choice(problems, 'remat_policy', config.remat_policy, blocks.REMAT_POLICIES)
-  _choice(problems, 'attention', config.attention, blocks.ATTENTIONS)
-  if files and not problems:
-    _files(config, problems)
-  if problems:
-    raise ConfigError(problems[0] if len(problems) == 1 else
-                      f'{len(problems)} config values are wrong:\n  ' + '\n  '.join(problems))
+  _choice(problems, 'remat_policy', config.remat_policy, choices.REMAT_POLICIES)
+  _choice(problems, 'attention', config.attention, choices.ATTENTIONS)
+  raise_problems(problems)
   return config
 
 
+def raise_problems(problems: list[str]) -> None:
+  """A ConfigError listing every problem (one line each), if there are any."""
+  if problems:
+    raise ConfigError(problems[0] if len(problems) == 1 else
+                      f'{len(problems)} config values are wrong:\n  ' + '\n  '.join(problems))
+
+
 def validate_durations(resolved):
-  """The durations once resolved into steps (epochs need the dataset's size): the warmup within the total."""
-  total, warmup = resolved.total_steps, resolved.schedule.warmup_steps
+  """The durations once resolved into steps (epochs need the dataset's size): a run of at least one step, and the
+  warmup within it (durations.warmup_problem, the one rule)."""
+  total = resolved.total_steps
   if total < 1:
     raise ConfigError(f'The run has {total} steps (config.total_epochs/total_examples in steps at batch size '
                       f'{resolved.batch_size}); give a longer duration.')
-  if warmup > total:
-    raise ConfigError(f'The warmup ({warmup} steps) is longer than the run ({total} steps); shorten '
-                      'config.schedule.warmup_* or lengthen the run.')
+  if problem := durations.warmup_problem(resolved, resolved=True):
+    raise ConfigError(f'{problem} (in steps, resolved from the epochs or examples given)')
   return resolved

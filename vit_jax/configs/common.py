@@ -1,19 +1,13 @@
 """Shared defaults for every vit_jax config: one table of hyperparameters.
 
-Other config files start from `get_config()` here and override fields. Every field that any part of the code reads
+Other config files start from `get_config()` here and override fields; vit_jax/configs/loading.py reads them
+(command lines, overrides, a run's stored config.json). Every field that any part of the code reads
 is listed here, so a locked config rejects typos on the command line.
 """
-import ast
-import logging
-
 import ml_collections
 from ml_collections import config_dict
 
-from vit_jax import models
-
-log = logging.getLogger(__name__)
-
-MIXER_DEFAULT = 'Mixer-B_16'  # The defaults of a stored MLP-Mixer's model fields that no preset gives.
+from vit_jax.configs import presets
 
 
 def get_config():
@@ -21,8 +15,8 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Model: VisionTransformer's arguments (a preset from vit_jax.models.get_model_config; override any field).
-  config.model = models.get_model_config('ViT-B_16')
+  # Model: VisionTransformer's arguments (a preset from vit_jax.configs.presets.get_model_config; override any field).
+  config.model = presets.get_model_config('ViT-B_16')
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
   # Model fast paths (vit_jax/models/vit.py): same results, different speed and memory.
   config.scan_layers = False  # nn.scan over the blocks: faster compile when deep; resume with the same value.
@@ -135,91 +129,3 @@ def get_config():
   config.faults.hang_first_s = 1800  # ... and its first time (it compiles) this long.
   config.faults.hang_timeout_s = 0  # > 0: this bound for every phase instead.
   return config.lock()  # Unknown fields are errors (see vit_jax/configs/check.py).
-
-
-def _tuples(value):
-  """JSON lists -> tuples, recursively (config values hold tuples: patch sizes, mesh axes, shots)."""
-  if isinstance(value, (list, tuple)):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
-def _overlay(node: ml_collections.ConfigDict, stored: dict, prefix: str, dropped: list[str]) -> None:
-  for key, value in stored.items():
-    if key not in node:
-      dropped.append(prefix + key)
-    elif isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
-      _overlay(node[key], value, f'{prefix}{key}.', dropped)
-    elif isinstance(value, dict):  # A subtree over a None default (a hybrid's model.resnet).
-      node[key] = ml_collections.ConfigDict(_tuples(value))
-    else:
-      node[key] = _tuples(value)
-
-
-def from_dict(stored: dict) -> ml_collections.ConfigDict:
-  """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it lacks keeps its
-  default, a field the code no longer has is left out (logged). The model's defaults are its preset's when
-  `model.model_name` names a preset of the stored model's family (ViT, or MLP-Mixer: models.is_mixer), else that
-  family's default: the default model's, or Mixer-B_16's."""
-  config = get_config()
-  stored = dict(stored)
-  model = dict(stored.pop('model', {}))
-  mixer = models.is_mixer(model)
-  name = model.get('model_name')
-  if name in models.MODEL_NAMES and models.is_mixer(models.get_model_config(name)) == mixer:
-    config.model = models.get_model_config(name)
-  elif mixer:
-    config.model = models.get_model_config(MIXER_DEFAULT)
-  dropped = []
-  _overlay(config.model, model, 'model.', dropped)
-  _overlay(config, stored, '', dropped)
-  if dropped:
-    log.info('Fields of the stored config that this version does not have (left out): %s.', ', '.join(dropped))
-  return config
-
-
-def override(config: ml_collections.ConfigDict, key: str, value) -> None:
-  """Sets the dotted field `key` in place. A string for a field that is not a string (a --config.KEY=VALUE or --sweep
-  value) is read as a Python literal first, as the command line reads it: '32' -> 32, '(16, 16)' -> (16, 16)."""
-  *parents, leaf = key.split('.')
-  node = config
-  for part in parents:
-    node = node[part]
-  if isinstance(value, str) and not isinstance(node.get(leaf), str):
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-  node[leaf] = value
-
-
-def from_command_line(spec: str, override_args=()) -> ml_collections.ConfigDict:
-  """The config that `python -m vit_jax.main --config=SPEC ARGS...` gets (`override_args` are its --config.KEY=VALUE
-  arguments), parsed by the same ml_collections config_flags, locked. Raises check.UnknownFieldError for an unknown
-  field (with the field to use) or a model field of the other family (a ViT's on a Mixer), check.ConfigError for an
-  override or a config file that does not parse (naming it)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import check, fields  # pylint: disable=g-import-not-at-top
-  unknown = [a.split('=', 1)[0][len('--config.'):] for a in override_args if a.startswith('--config.')]
-  unknown = [name for name in unknown if not check.is_known(name)]
-  if unknown:
-    raise check.UnknownFieldError('\n'.join(check.unknown_message(name) for name in unknown))
-  values = flags.FlagValues()
-  argv = ['vit_jax.main', f'--config={spec}', *override_args]
-  try:
-    config_flags.DEFINE_config_file('config', spec, '', flag_values=values, lock_config=True, sys_argv=argv)
-    values(argv)
-    return values.config
-  except Exception as e:  # pylint: disable=broad-except  (config_flags raises many kinds; all are the input's fault)
-    root = e
-    while root.__cause__ or root.__context__:
-      root = root.__cause__ or root.__context__
-    names = [a.split('=', 1)[0][len('--config.'):] for a in override_args if a.startswith('--config.model.')]
-    other = fields.other_family(from_command_line(spec).model, names) if names else []
-    if other:  # A known field of the other model family (a ViT's on a Mixer config, say): say so.
-      raise check.UnknownFieldError('\n'.join(other)) from e
-    text, cause = ' '.join(str(e).split()), ' '.join(str(root).split())
-    raise check.ConfigError(text if cause in text else f'{text}: {type(root).__name__}: {cause}') from e

@@ -2,7 +2,7 @@
 
 `python -m vit_jax.main` with no flags runs this config into ./runs/default (configs/default.py imports it).
 """
-from vit_jax import models
+from vit_jax.configs import presets
 from vit_jax.configs import common
 
 
@@ -18,7 +18,7 @@ def get_config():
   config.pp.flip = False
   config.mixup_p = 0.2
 
-  config.model = models.get_model_config('ViT-Ti_16')
+  config.model = presets.get_model_config('ViT-Ti_16')
   config.model.model_name = 'ViT-digits'
   config.model.patches.size = (2, 2)  # 4x4 grid of 2x2 patches.
   config.model.hidden_size = 128

@@ -29,13 +29,43 @@ def _set(config, path, value):
   config[leaf] = value
 
 
+def both_forms_problem(config, duration: str) -> str | None:
+  """The one rule on a duration's forms: its epochs and examples fields are not both set."""
+  steps_field, epochs_field, examples_field = DURATIONS[duration]
+  epochs, examples = value(config, epochs_field), value(config, examples_field)
+  if epochs and examples:
+    return (f'config.{epochs_field}={epochs} and config.{examples_field}={examples} are both set; give one (or '
+            f'config.{steps_field}).')
+  return None
+
+
+def given_as(config, duration: str, *, resolved: bool = False) -> tuple[str, object]:
+  """(field, value) of the form `duration` is given in: its epochs or examples field when set, else its steps field
+  (always the steps field of a `resolved` config)."""
+  steps_field, epochs_field, examples_field = DURATIONS[duration]
+  for field in () if resolved else (epochs_field, examples_field):
+    if value(config, field):
+      return field, value(config, field)
+  return steps_field, value(config, steps_field)
+
+
+def warmup_problem(config, *, resolved: bool = False) -> str | None:
+  """The one rule between the durations: the warmup fits in the run. Compared where both are given in the same form
+  (steps, epochs or examples); in different forms, once `resolved` into steps."""
+  (total_field, total), (warmup_field, warmup) = (given_as(config, d, resolved=resolved) for d in ('total', 'warmup'))
+  same_form = DURATIONS['total'].index(total_field) == DURATIONS['warmup'].index(warmup_field)
+  numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (total, warmup))
+  if same_form and numbers and warmup > total:
+    return f'config.{warmup_field}={warmup} is more than config.{total_field}={total}: the warmup must fit in the run.'
+  return None
+
+
 def steps_of(config, duration: str, num_train: int) -> int:
   """The number of steps that `duration` ('total' or 'warmup') of `config` stands for."""
   steps_field, epochs_field, examples_field = DURATIONS[duration]
+  if problem := both_forms_problem(config, duration):
+    raise ValueError(problem)
   epochs, examples = value(config, epochs_field) or None, value(config, examples_field) or None  # 0 = unset.
-  if epochs is not None and examples is not None:
-    raise ValueError(f'config.{epochs_field}={epochs} and config.{examples_field}={examples} are both set; give one '
-                     f'(or config.{steps_field}).')
   if epochs is not None:
     if num_train <= 0:
       raise ValueError(f'config.{epochs_field} needs the train split size, which is {num_train}.')

@@ -1,6 +1,6 @@
 """Which config fields exist: the fields of `common.get_config()` and, under `model.`, those of every preset of the
 model's family: a ViT's (so a hybrid's `model.resnet.*` is known although the default model has `resnet=None`), or
-an MLP-Mixer's when the model config is one (`models.is_mixer`: it has `num_blocks`). A field of the other family is
+an MLP-Mixer's when the model config is one (`presets.is_mixer`: it has `num_blocks`). A field of the other family is
 named as such. A field that google-research/vision_transformer's configs use gets the field to use here instead
 (`REFERENCE_NAMES`); any other unknown field gets the closest known names. `check.validate` starts with
 `check_fields`; vit_jax/configs/check.py re-exports what callers use.
@@ -10,6 +10,7 @@ import functools
 from typing import Any
 
 from vit_jax import errors
+from vit_jax.configs import common, presets
 
 # vision_transformer's config fields -> what to set here.
 REFERENCE_NAMES = {
@@ -69,15 +70,13 @@ def flat_keys(config, prefix: str = '') -> list[str]:
 @functools.cache
 def model_fields(mixer: bool) -> frozenset[str]:
   """The `model.` fields (dotted, with the prefix) of every preset of a family: MLP-Mixers, or ViTs and hybrids."""
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
-  configs = [models.get_model_config(name) for name in models.MODEL_NAMES]
-  return frozenset(f for c in configs if models.is_mixer(c) == mixer for f in flat_keys(c, 'model.'))
+  configs = [presets.get_model_config(name) for name in presets.MODEL_NAMES]
+  return frozenset(f for c in configs if presets.is_mixer(c) == mixer for f in flat_keys(c, 'model.'))
 
 
 @functools.cache
 def known_fields() -> frozenset[str]:
   """The shared defaults' fields and the `model.` fields of every preset, ViT and MLP-Mixer."""
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   return frozenset(set(flat_keys(common.get_config())) | model_fields(mixer=False) | model_fields(mixer=True))
 
 
@@ -128,8 +127,7 @@ def family_message(name: str, mixer: bool) -> str:
 def other_family(model_config, names) -> list[str]:
   """A `family_message` for each of the dotted `names` that is a `model.` field of the other family than
   `model_config`'s."""
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
-  mixer = models.is_mixer(model_config)
+  mixer = presets.is_mixer(model_config)
   family = model_fields(mixer)
   return [family_message(name, mixer) for name in names if name.startswith('model.') and name not in family
           and not any(f.startswith(name + '.') for f in family)]

@@ -3,12 +3,12 @@
 `MODEL_CONFIGS[name]` (locked ConfigDicts), `AUGREG_CONFIGS[augreg_name]` (the models with AugReg checkpoints, keyed
 as their file names start, e.g. 'B_16', 'R_Ti_16', 'R26_S_32'), and one getter per preset: `get_b16_config()`,
 `get_r50_b16_config()`, `get_testing_config()`, `get_mixer_b16_config()`, ... Each getter returns a new unlocked
-ConfigDict, as in the reference. The tables themselves are `vit_jax.models.presets.PRESETS` and `MIXER_PRESETS` (Mixers have no AugReg
+ConfigDict, as in the reference. The tables themselves are `vit_jax.configs.presets.PRESETS` and `MIXER_PRESETS` (Mixers have no AugReg
 checkpoints, so they are in MODEL_CONFIGS only).
 """
 import ml_collections
 
-from vit_jax.models import presets
+from vit_jax.configs import presets
 
 # Left out of AUGREG_CONFIGS as in the reference, plus our own extra sizes.
 _NOT_AUGREG = ('testing', 'ViT-L_32', 'R50+ViT-B_16', 'ViT-H_14', 'ViT-g_14', 'ViT-22B_14')

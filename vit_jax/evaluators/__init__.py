@@ -8,9 +8,9 @@ code. `build` makes them from the config:
     `eval/top5`, `eval/loss`; every other split's are `eval/<name>/accuracy`, ...;
   * few-shot linear probes (`config.fewshot.datasets`), metrics `fewshot/<dataset>_<k>shot`.
 """
-import copy
 from typing import Protocol
 
+from vit_jax.configs.choices import parse_splits, with_split
 from vit_jax.evaluators import classification, fewshot
 
 
@@ -20,35 +20,6 @@ class Evaluator(Protocol):
 
   def run(self, params) -> dict[str, float]:
     ...
-
-
-def parse_splits(spec: str) -> list[tuple[str, str]]:
-  """'test' -> [('eval', 'test')]; 'minival=train[99%:],val=validation' -> [('minival', ...), ('val', ...)]."""
-  parts = [p.strip() for p in spec.split(',') if p.strip()]
-  if not parts:
-    raise ValueError("config.eval_split is empty: give a split ('test') or named splits "
-                     "('minival=train[99%:],val=validation').")
-  if len(parts) == 1 and '=' not in parts[0]:
-    return [('eval', parts[0])]
-  out = []
-  for part in parts:
-    name, sep, split = part.partition('=')
-    if not sep or not name.strip() or not split.strip():
-      raise ValueError(f'config.eval_split part {part!r} is not name=split (e.g. minival=train[99%:]).')
-    out.append((name.strip(), split.strip()))
-  names = [n for n, _ in out]
-  if len(set(names)) != len(names):
-    raise ValueError(f'config.eval_split repeats a name: {names}.')
-  return out
-
-
-def with_split(config, split: str, **fields):
-  """A copy of `config` whose eval_split is the single split `split` (and other top-level `fields` set)."""
-  config = copy.deepcopy(config)
-  config.eval_split = split
-  for key, value in fields.items():
-    config[key] = value
-  return config
 
 
 def primary(config):

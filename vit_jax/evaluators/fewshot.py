@@ -12,19 +12,8 @@ import jax
 import numpy as np
 
 from vit_jax import input_pipeline, preprocess, sharding
+from vit_jax.configs.choices import parse_fewshot_datasets, with_split
 from vit_jax.evaluators import ridge
-
-
-def parse_datasets(spec: str) -> list[tuple[str, str, str]]:
-  """'cifar100:train:test,dtd:train[:50%]:test' -> [('cifar100', 'train', 'test'), ...]."""
-  out = []
-  for part in (p.strip() for p in spec.split(',') if p.strip()):
-    fields = part.split(':')
-    if len(fields) != 3 or not all(fields):
-      raise ValueError(f'config.fewshot.datasets entry {part!r} is not name:train_split:test_split '
-                       '(e.g. cifar100:train:test).')
-    out.append(tuple(fields))
-  return out
 
 
 class FewShotEvaluator:
@@ -33,15 +22,12 @@ class FewShotEvaluator:
   name = 'fewshot'
 
   def __init__(self, *, config, model, mesh):
-    from vit_jax import evaluators  # pylint: disable=g-import-not-at-top  (the package imports this module)
     fs = config.fewshot
     self.every_steps = fs.every_steps or config.eval_every_steps
-    self._datasets = parse_datasets(fs.datasets)
+    self._datasets = parse_fewshot_datasets(fs.datasets)
     self._shots, self._seeds, self._l2 = tuple(fs.shots), int(fs.seeds), float(fs.l2_reg)
-    if self._seeds < 1 or not self._shots or min(self._shots) < 1:
-      raise ValueError(f'config.fewshot needs seeds >= 1 and shots >= 1, got seeds={fs.seeds}, shots={fs.shots}.')
     self._configs = {  # Its own dataset and splits (an image folder's classes come from its train split).
-        (name, split): evaluators.with_split(config, split, dataset=name, image_folder='', train_split=train_split)
+        (name, split): with_split(config, split, dataset=name, image_folder='', train_split=train_split)
         for name, train_split, test_split in self._datasets for split in (train_split, test_split)}
     features = model.clone(num_classes=0)  # Pre-logits: the same parameters, the head unused.
     self._batch_shard = sharding.batch_sharding(mesh)

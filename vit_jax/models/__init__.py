@@ -1,15 +1,16 @@
 """ViT and MLP-Mixer models: `VisionTransformer`, `MlpMixer`, the preset registry and `get_model`
 (vision_transformer's API).
 
-The preset table needs no JAX; the Flax modules are imported on first use (PEP 562), so configs and launch/ can read
-presets without loading JAX.
+The preset table is vit_jax/configs/presets.py (no JAX); the Flax modules are imported on first use (PEP 562), so
+code that only reads presets does not load JAX.
 """
 import importlib
 
-from vit_jax.models.presets import MODEL_NAMES, get_model_config, is_mixer
+from vit_jax.configs.choices import CLASSIFIERS, POSEMBS
+from vit_jax.configs.presets import (MODEL_NAMES, get_model_config, has_class_token, image_size_for_tokens, is_mixer,
+                                     token_grid, token_pixels)
 
-_ATTRIBUTES = {'CLASSIFIERS': 'vit', 'POSEMBS': 'vit', 'VisionTransformer': 'vit', 'token_grid': 'vit',
-               'token_pixels': 'vit', 'MlpMixer': 'mixer'}
+_ATTRIBUTES = {'VisionTransformer': 'vit', 'MlpMixer': 'mixer'}
 _SUBMODULES = ('vit', 'blocks', 'resnet', 'mixer')
 
 
@@ -34,4 +35,4 @@ def get_model(name: str, **kw):
 
 
 __all__ = ['CLASSIFIERS', 'MODEL_NAMES', 'MlpMixer', 'POSEMBS', 'VisionTransformer', 'get_model', 'get_model_config',
-           'is_mixer', 'model_class', 'token_grid', 'token_pixels']
+           'has_class_token', 'image_size_for_tokens', 'is_mixer', 'model_class', 'token_grid', 'token_pixels']

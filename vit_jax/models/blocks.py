@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import sharding
+from vit_jax.configs.choices import ATTENTIONS, REMAT_POLICIES  # noqa: F401  (the values config takes)
 
-ATTENTIONS = ('plain', 'xla', 'cudnn')
-REMAT_POLICIES = ('none', 'full', 'dots')
 
 
 def remat_policy_fn(name: str):

@@ -83,8 +83,3 @@ def resnet_stem(x, num_layers: Sequence[int], width_factor: float = 1, *, dtype:
     x = ResNetStage(block_size, width * 2**i, (2, 2) if i > 0 else (1, 1), dtype=dtype, param_dtype=param_dtype,
                     name=f'block{i + 1}')(x)
   return x
-
-
-def stem_stride(num_layers: Sequence[int]) -> int:
-  """Total down-sampling factor of ResNetStem."""
-  return 4 * 2 ** max(len(num_layers) - 1, 0)

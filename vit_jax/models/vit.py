@@ -40,13 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import sharding
+from vit_jax.configs.choices import CLASSIFIERS, POSEMBS  # noqa: F401  (the values config.model takes)
+from vit_jax.configs.presets import has_class_token
 from vit_jax.models import resnet
 from vit_jax.models.blocks import (ATTENTIONS, REMAT_POLICIES, Encoder1DBlock, MlpBlock,  # noqa: F401
                                    MultiHeadDotProductAttention, check_fast_paths,
                                    remat_policy_fn)
 
-CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
-POSEMBS = ('learn', 'sincos2d')
 
 
 def posemb_sincos_2d(rows: int, cols: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -194,7 +194,7 @@ class VisionTransformer(nn.Module):
     x = sharding.constrain(jnp.reshape(x, (n, h * w, c)), 'batch', None, None)
     if self.posemb == 'sincos2d':  # Before the class token, which gets none.
       x = x + jnp.asarray(posemb_sincos_2d(h, w, c), x.dtype)
-    if self.classifier in ('token', 'token_unpooled'):
+    if has_class_token(self.classifier):
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
     x = Encoder(dtype=self.dtype, param_dtype=self.param_dtype, scan=self.scan, remat_policy=self.remat_policy,
@@ -215,21 +215,3 @@ class VisionTransformer(nn.Module):
     head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head',
                     kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(self.head_bias_init))
     return head(x).astype(jnp.float32)
-
-
-def _stem_stride(model_config) -> int:
-  stem = model_config.get('resnet')
-  return 1 if stem is None else resnet.stem_stride(tuple(stem['num_layers']))
-
-
-def token_pixels(model_config) -> int:
-  """Input pixels per token side: the patch size times the ResNet stem's stride (square patches)."""
-  return _stem_stride(model_config) * model_config['patches']['size'][0]
-
-
-def token_grid(model_config, image_size) -> tuple[int, int]:
-  """The (rows, cols) patch grid that `model_config` produces for `image_size` (int or (h, w))."""
-  h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-  stride = _stem_stride(model_config)
-  ph, pw = model_config['patches']['size']
-  return h // (stride * ph), w // (stride * pw)

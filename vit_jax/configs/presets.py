@@ -12,6 +12,8 @@ MLP-Mixers (`MIXER_PRESETS`, names 'Mixer-...') have the reference's fields exac
 model_name, patches, hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim); `is_mixer` tells the families
 apart by those fields, so it works on any model config, a preset's or a config file's.
 """
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -111,3 +113,38 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
   if resnet_layers is not None:
     config.resnet = ml_collections.ConfigDict({'num_layers': resnet_layers, 'width_factor': 1.0})  # A float: 0.5 too.
   return config
+
+
+def stem_stride(num_layers) -> int:
+  """The total down-sampling factor of the hybrid models' ResNet stem with `num_layers` blocks per stage."""
+  return 4 * 2 ** max(len(num_layers) - 1, 0)
+
+
+def _stride(model_config) -> int:
+  stem = model_config.get('resnet')
+  return 1 if stem is None else stem_stride(tuple(stem['num_layers']))
+
+
+def token_pixels(model_config) -> int:
+  """Input pixels per token side: the patch size times the ResNet stem's stride (square patches)."""
+  return _stride(model_config) * model_config['patches']['size'][0]
+
+
+def token_grid(model_config, image_size) -> tuple[int, int]:
+  """The (rows, cols) patch grid that `model_config` produces for `image_size` (int or (h, w))."""
+  h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  stride = _stride(model_config)
+  ph, pw = model_config['patches']['size']
+  return h // (stride * ph), w // (stride * pw)
+
+
+def has_class_token(classifier: str) -> bool:
+  """Whether a ViT with this `classifier` (model.classifier) prepends a class token to the patches."""
+  return classifier in ('token', 'token_unpooled')
+
+
+def image_size_for_tokens(model_config, num_tokens: int) -> int | None:
+  """The square image size that gives `num_tokens` patch tokens (class token not counted) with `model_config`'s
+  patches and stem, or None when `num_tokens` is not a square number."""
+  side = math.isqrt(num_tokens)
+  return side * token_pixels(model_config) if side * side == num_tokens else None
