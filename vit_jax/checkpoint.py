@@ -148,10 +148,10 @@ def unstack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rename_block_children(flat: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
-  """`flat` with the children of `Transformer/encoderblock_N/` renamed by `renames`."""
+  """`flat` with the children of each `.../encoderblock_N/` renamed by `renames` (a ViT's, and a LiT model's towers)."""
   def rename(parts):
-    block = len(parts) > 2 and parts[0] == 'Transformer' and parts[1].startswith('encoderblock_')
-    return '/'.join(parts[:2] + [renames.get(parts[2], parts[2])] + parts[3:] if block else parts)
+    i = next((i for i, part in enumerate(parts[:-2]) if re.fullmatch(r'encoderblock_\d+', part)), None)
+    return '/'.join(parts if i is None else parts[:i + 1] + [renames.get(parts[i + 1], parts[i + 1])] + parts[i + 2:])
   return {rename(name.split('/')): arr for name, arr in flat.items()}
 
 

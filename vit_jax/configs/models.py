@@ -4,7 +4,8 @@
 as their file names start, e.g. 'B_16', 'R_Ti_16', 'R26_S_32'), and one getter per preset: `get_b16_config()`,
 `get_r50_b16_config()`, `get_testing_config()`, `get_mixer_b16_config()`, ... Each getter returns a new unlocked
 ConfigDict, as in the reference. The tables themselves are `vit_jax.configs.presets.PRESETS` and `MIXER_PRESETS` (Mixers have no AugReg
-checkpoints, so they are in MODEL_CONFIGS only).
+checkpoints, so they are in MODEL_CONFIGS only), and the LiT image-text models' (`get_lit_b16b_config()`, ...;
+`presets.LIT_PRESETS`).
 """
 import ml_collections
 
@@ -30,10 +31,10 @@ def _getter(name: str):
 
 MODEL_CONFIGS: dict[str, ml_collections.ConfigDict] = {}
 AUGREG_CONFIGS: dict[str, ml_collections.ConfigDict] = {}
-for _name in presets.MODEL_NAMES:
+for _name in presets.MODEL_NAMES + tuple(presets.LIT_PRESETS):
   _get = _getter(_name)
   globals()[_get.__name__] = _get
   MODEL_CONFIGS[_name] = _get().lock()
-  if _name not in _NOT_AUGREG and _name not in presets.MIXER_PRESETS:
+  if _name not in _NOT_AUGREG and _name in presets.PRESETS:
     AUGREG_CONFIGS[augreg_name(_name)] = MODEL_CONFIGS[_name]
 del _name, _get

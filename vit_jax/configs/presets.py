@@ -69,6 +69,17 @@ MIXER_PRESETS = {
     'Mixer-L_16': ('L', 16, 'mixer_l16'),
 }
 MODEL_NAMES = tuple(PRESETS) + tuple(MIXER_PRESETS)
+# LiT image-text models, as vision_transformer's configs/models.py has them: name -> (image preset, image out_dim,
+# text out_dim, text_model, text tower fields, tokenizer). pp.size 224 and pp.max_len 16 for all.
+_TEXT_S = {'width': 384, 'num_layers': 12, 'mlp_dim': 1536, 'num_heads': 6, 'vocab_size': 16_000}
+_TEXT_TI = {'width': 192, 'num_layers': 12, 'mlp_dim': 768, 'num_heads': 3, 'vocab_size': 16_000}
+LIT_PRESETS = {
+    'LiT-B16B': ('ViT-B_16', 768, 768, 'bert', {'config': 'base'}, 'bert'),
+    'LiT-B16B_2': ('ViT-B_16', None, 768, 'bert', {'config': 'base'}, 'bert'),
+    'LiT-L16L': ('ViT-L_16', None, 1024, 'bert', {'config': 'large'}, 'bert'),
+    'LiT-L16S': ('ViT-L_16', None, 1024, 'text_transformer', _TEXT_S, 'sentencepiece'),
+    'LiT-L16Ti': ('ViT-L_16', None, 1024, 'text_transformer', _TEXT_TI, 'sentencepiece'),
+}
 
 
 def is_mixer(model_config) -> bool:
@@ -76,9 +87,24 @@ def is_mixer(model_config) -> bool:
   return 'num_blocks' in model_config
 
 
+def is_lit(model_config) -> bool:
+  """Whether a model config is a LiT image-text model's (it has `text_model`)."""
+  return 'text_model' in model_config
+
+
 def getter_suffix(name: str) -> str:
-  """The suffix of vision_transformer's getter of preset `name`: 'ViT-B_16' -> 'b16' (get_b16_config())."""
+  """The suffix of vision_transformer's getter of preset `name`: 'ViT-B_16' -> 'b16' (get_b16_config()), 'LiT-B16B'
+  -> 'lit_b16b'."""
+  if name in LIT_PRESETS:
+    return name.lower().replace('-', '_')
   return MIXER_PRESETS[name][-1] if name in MIXER_PRESETS else PRESETS[name][-1]
+
+
+def _lit_config(name: str) -> ml_collections.ConfigDict:
+  image, image_dim, text_dim, text_model, text, tokenizer = LIT_PRESETS[name]
+  return ml_collections.ConfigDict({
+      'model_name': name, 'out_dim': (image_dim, text_dim), 'image': get_model_config(image),
+      'text_model': text_model, 'text': dict(text), 'pp': {'tokenizer_name': tokenizer, 'size': 224, 'max_len': 16}})
 
 
 def _mixer_config(name: str) -> ml_collections.ConfigDict:
@@ -91,11 +117,14 @@ def _mixer_config(name: str) -> ml_collections.ConfigDict:
 
 def get_model_config(name: str) -> ml_collections.ConfigDict:
   """The model ConfigDict of a preset, e.g. 'ViT-B_16', 'R50+ViT-B_16' or 'Mixer-B_16'; its fields are the
-  arguments of VisionTransformer, or of MlpMixer for a Mixer (see `is_mixer`)."""
+  arguments of VisionTransformer, or of MlpMixer for a Mixer (see `is_mixer`), or of LitModel for a LiT model
+  ('LiT-B16B', ...: `is_lit`)."""
   if name in MIXER_PRESETS:
     return _mixer_config(name)
+  if name in LIT_PRESETS:
+    return _lit_config(name)
   if name not in PRESETS:
-    raise ValueError(f'Unknown model {name!r}; valid names: {", ".join(MODEL_NAMES)}.')
+    raise ValueError(f'Unknown model {name!r}; valid names: {", ".join(MODEL_NAMES + tuple(LIT_PRESETS))}.')
   width, patch, resnet_layers, dropout, classifier, _ = PRESETS[name]
   hidden, layers, mlp, heads = WIDTHS[width]
   config = ml_collections.ConfigDict()

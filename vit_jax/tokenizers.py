@@ -1,0 +1,74 @@
+"""The LiT text towers' tokenizers, without TensorFlow: the same token ids and padding as vision_transformer's
+TensorFlow Text tokenizers (its vit_jax/preprocess.py), from the released vocabulary files (local or gs://).
+
+  'bert'           WordPiece over a vocabulary .txt (one token per line), through Hugging Face `tokenizers`: lower
+                   case, accents stripped, split on whitespace, punctuation and CJK characters, as TensorFlow Text's
+                   BertTokenizer(lower_case=True). Each text gives [CLS] + its first max_len - 1 word pieces, padded
+                   with zeros (the text tower masks token 0).
+  'sentencepiece'  a SentencePiece .model, through `sentencepiece`: the text's pieces and '</s>', cut to max_len - 1
+                   and padded with '</s>' to max_len, so the last token is always '</s>' (the tower reads the last).
+A tokenizer is called on a sequence of texts and returns int32 [len(texts), max_len].
+"""
+import numpy as np
+
+from vit_jax import errors, io
+
+
+class TokenizerError(errors.UserError, ValueError):
+  """A vocabulary file that cannot serve as one."""
+
+
+class BertTokenizer:
+  """WordPiece with [CLS] first and zero padding (module doc). `cls_token` is [CLS]'s id."""
+
+  def __init__(self, vocab_path: str, max_len: int):
+    from tokenizers import BertWordPieceTokenizer  # pylint: disable=g-import-not-at-top  (only LiT needs it)
+    vocab = io.read_text(vocab_path).split('\n')
+    if '[CLS]' not in vocab or '[UNK]' not in vocab:
+      raise TokenizerError(f'{vocab_path} is not a BERT vocabulary: it has no [CLS] or [UNK] line (a BERT vocab.txt '
+                           'has one token per line, the special tokens among them).')
+    self.vocab_path, self.max_len, self.cls_token = vocab_path, max_len, vocab.index('[CLS]')
+    ids = {}
+    for i, token in enumerate(vocab):
+      ids.setdefault(token, i)  # The first line of a token wins, as list.index finds it.
+    ids.pop('', None)
+    self._tokenizer = BertWordPieceTokenizer(ids, lowercase=True, strip_accents=True, clean_text=True,
+                                             handle_chinese_chars=True, unk_token='[UNK]')
+
+  def __call__(self, texts) -> np.ndarray:
+    out = np.zeros((len(texts), self.max_len), np.int32)
+    out[:, 0] = self.cls_token
+    for row, encoding in zip(out, self._tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+      pieces = encoding.ids[:self.max_len - 1]
+      row[1:1 + len(pieces)] = pieces
+    return out
+
+
+class SentencepieceTokenizer:
+  """SentencePiece with a sticky '</s>' last (module doc). `eos_token` is '</s>''s id, also the padding."""
+
+  def __init__(self, vocab_path: str, max_len: int):
+    import sentencepiece  # pylint: disable=g-import-not-at-top  (only LiT needs it)
+    self._sp = sentencepiece.SentencePieceProcessor()
+    try:
+      self._sp.LoadFromSerializedProto(io.read_bytes(vocab_path))
+    except (RuntimeError, OSError) as e:
+      raise TokenizerError(f'{vocab_path} is not a SentencePiece model ({e}).') from e
+    self.vocab_path, self.max_len, self.eos_token = vocab_path, max_len, self._sp.piece_to_id('</s>')
+
+  def __call__(self, texts) -> np.ndarray:
+    out = np.full((len(texts), self.max_len), self.eos_token, np.int32)
+    for row, ids in zip(out, self._sp.encode(list(texts))):
+      ids = (list(ids) + [self.eos_token])[:self.max_len - 1]
+      row[:len(ids)] = ids
+    return out
+
+
+TOKENIZERS = {'bert': BertTokenizer, 'sentencepiece': SentencepieceTokenizer}
+
+
+def get_tokenizer(name: str):
+  """The tokenizer class of `name` ('bert' or 'sentencepiece'), as vision_transformer's preprocess.get_tokenizer."""
+  if name not in TOKENIZERS:
+    raise ValueError(f'Unknown tokenizer {name!r}; valid: {", ".join(TOKENIZERS)}.')
+  return TOKENIZERS[name]
