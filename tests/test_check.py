@@ -112,7 +112,8 @@ def test_warmup_and_total_in_epochs_are_checked_once_resolved():
   with pytest.raises(check.ConfigError, match='warmup_epochs=2.0 is more than config.total_epochs=1.0'):
     check.validate(config)
   resolved = tiny.train_config(**{'total_steps': 3, 'schedule.warmup_steps': 5})
-  with pytest.raises(check.ConfigError, match=r'config.schedule.warmup_steps=5 is more than config.total_steps=3: the warmup must fit'):
+  with pytest.raises(check.ConfigError,
+                     match=r'config.schedule.warmup_steps=5 is more than config.total_steps=3: the warmup must fit'):
     check.validate_durations(resolved)
 
 

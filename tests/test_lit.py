@@ -154,6 +154,7 @@ def test_sentencepiece_tokenizer_keeps_eos_last_and_pads_with_it(tmp_path):
   corpus.write_text('\n'.join(['a photo of a cat', 'a photo of a dog', 'a picture of a small bird',
                                'the cat sat on the mat', 'a dog and a cat'] * 20))
   spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / 'sp'), vocab_size=30,
+                                 hard_vocab_limit=False,
                                  model_type='unigram', minloglevel=2)
   processor = spm.SentencePieceProcessor(model_file=str(tmp_path / 'sp.model'))
   tok = tokenizers.get_tokenizer('sentencepiece')(vocab_path=str(tmp_path / 'sp.model'), max_len=8)

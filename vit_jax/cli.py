@@ -14,7 +14,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
   group = parser.add_argument_group('model (a run, or a release .npz)')
   group.add_argument('--workdir', help='A training run: its config.json and latest checkpoint or params.npz.')
   group.add_argument('--checkpoint', help='A release-layout .npz (local or gs://), with --model.')
-  group.add_argument('--model', help=f'Preset of --checkpoint: {", ".join(presets.MODEL_NAMES)}.')
+  group.add_argument('--model', help=f'Preset of --checkpoint: {", ".join(presets.MODEL_NAMES)}; for zero-shot '
+                     f'(vit_jax.predict --classes) a LiT model: {", ".join(presets.LIT_PRESETS)}.')
   group.add_argument('--num_classes', type=int, help='Classes of --checkpoint (checked against its head).')
   group.add_argument('--image_size', type=int, help='Input size for --checkpoint (default: what it was trained at).')
   group.add_argument('--class_names', help='For --checkpoint: a JSON list of label names in label order.')

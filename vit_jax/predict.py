@@ -2,6 +2,11 @@
 
   python -m vit_jax.predict --workdir=runs/default digits/*.png [--top_k=3] [--output=predictions.json|.csv]
   python -m vit_jax.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 [--num_classes=1000] photos/
+  python -m vit_jax.predict --checkpoint=LiT-B16B.npz --model=LiT-B16B --classes=cat,dog [--templates=ensemble] photos/
+
+With a LiT model (--model=LiT-..., vit_jax/models/lit.py) the images are classified zero-shot against --classes (names,
+comma separated, or a file with one per line) put through prompt templates (vit_jax/zeroshot.py), with the
+release's tokenizer vocabulary next to its file on gs://vit_models/lit/ unless --vocab names another.
 
 Inputs are image files, folders (searched recursively for vit_jax.io.IMAGE_EXTENSIONS) and globs, local or gs://.
 Each image goes through the run's evaluation preprocessing (`preprocess.eval_image`), in batches of --batch_size.
@@ -20,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import cli
+from vit_jax import cli, errors
+from vit_jax.configs import presets
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +99,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--top_k', type=int, default=5, help='Labels per image (default 5).')
   parser.add_argument('--batch_size', type=int, default=64, help='Images per forward pass (default 64).')
   parser.add_argument('--output', help='Also write the results to this .json or .csv file.')
+  lit = parser.add_argument_group('zero-shot (with --model=LiT-...)')
+  lit.add_argument('--classes', help='Class names, comma separated, or a file with one per line.')
+  lit.add_argument('--templates', default='photo', help='Prompt templates: photo, ensemble, or a file with one per '
+                   'line, each with {} for the class name (default: photo).')
+  lit.add_argument('--vocab', help="The tokenizer's vocabulary (default: the release's, gs://vit_models/lit/).")
   args = parser.parse_args(argv)
   if args.output and not args.output.endswith(('.json', '.csv')):
     parser.error(f'--output={args.output!r}: the file name must end in .json or .csv.')
   if args.top_k < 1 or args.batch_size < 1:
     parser.error(f'--top_k ({args.top_k}) and --batch_size ({args.batch_size}) must be positive.')
+  if args.model in presets.LIT_PRESETS:
+    if not args.checkpoint or not args.classes or args.workdir:
+      parser.error(f'--model={args.model} classifies zero-shot: pass --checkpoint=X.npz (its release file) and '
+                   '--classes=NAME,NAME,... (or a file of names).')
+    return cli.run(lambda: _predict_zero_shot(args), prog=parser.prog, argv=argv)
+  if args.classes or args.vocab:
+    parser.error('--classes and --vocab go with a LiT model (--model=LiT-..., e.g. LiT-B16B).')
   cli.check_model_args(args, parser)
   return cli.run(lambda: _predict(args), prog=parser.prog, argv=argv)
 
@@ -108,6 +126,28 @@ def _predict(args) -> int:
   paths, missing = inference.expand_inputs(args.inputs)
   records = [{'file': p, 'error': why} for p, why in missing]
   records += predict(trained, paths, top_k=args.top_k, batch_size=args.batch_size) if paths else []
+  return _report(records, args)
+
+
+def _predict_zero_shot(args) -> int:
+  from vit_jax import inference, io, models, zeroshot  # pylint: disable=g-import-not-at-top  (JAX loads here)
+  classes = args.classes
+  names = ([n.strip() for n in io.read_text(classes).splitlines() if n.strip()] if io.isfile(classes)
+           else [n.strip() for n in classes.split(',') if n.strip()])
+  if len(names) < 2:
+    raise errors.UserError(f'--classes={classes!r} gives {len(names)} class name(s); zero-shot needs at least two.')
+  templates = zeroshot.read_templates(args.templates)
+  model = models.get_model(args.model)
+  variables = model.load_variables(args.checkpoint)
+  tokenizer = model.get_tokenizer(args.vocab)
+  paths, missing = inference.expand_inputs(args.inputs)
+  records = [{'file': p, 'error': why} for p, why in missing]
+  records += zeroshot.classify_files(model, variables, tokenizer, paths, names, templates, top_k=args.top_k,
+                                     batch_size=args.batch_size) if paths else []
+  return _report(records, args)
+
+
+def _report(records, args) -> int:
   for record in records:
     print(format_record(record))
   if args.output:

@@ -157,8 +157,8 @@ def _data(config, problems) -> None:
   elif name_problem := dataset_names.dataset_name_problem(config.dataset):
     problems.append(name_problem)
   elif config.dataset == dataset_names.IMAGE_FOLDER and not config.image_folder:
-    problems.append(f'config.dataset is {dataset_names.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a folder '
-                    'DIR with DIR/train/<class>/*.jpg.')
+    problems.append(f'config.dataset is {dataset_names.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a '
+                    'folder DIR with DIR/train/<class>/*.jpg.')
   if not str(config.train_split).strip():
     problems.append('config.train_split is empty: give a split such as train or train[:98%].')
   for parse, value in ((choices.parse_splits, config.eval_split),

@@ -36,5 +36,6 @@ def get_model(name: str, **kw):
   return model_class(config)(**config, **kw)
 
 
-__all__ = ['CLASSIFIERS', 'LIT_PRESETS', 'LitModel', 'MODEL_NAMES', 'MlpMixer', 'POSEMBS', 'VisionTransformer', 'get_model', 'get_model_config',
-           'has_class_token', 'image_size_for_tokens', 'is_lit', 'is_mixer', 'model_class', 'token_grid', 'token_pixels']
+__all__ = ['CLASSIFIERS', 'LIT_PRESETS', 'LitModel', 'MODEL_NAMES', 'MlpMixer', 'POSEMBS', 'VisionTransformer',
+           'get_model', 'get_model_config', 'has_class_token', 'image_size_for_tokens', 'is_lit', 'is_mixer',
+           'model_class', 'token_grid', 'token_pixels']

@@ -86,7 +86,7 @@ class LitModel(nn.Module):
                                                               max_len=self.pp['max_len'])
 
   def get_image_preprocessing(self, crop: bool = False):
-    """A function: a sequence of uint8 images [H, W, 3] -> float32 [n, size, size, 3] in [-1, 1] (`PreprocessImages`)."""
+    """A function: uint8 images [H, W, 3] -> float32 [n, size, size, 3] in [-1, 1] (`PreprocessImages`)."""
     return PreprocessImages(size=self.pp['size'], crop=crop)
 
   def get_pp(self, crop: bool = False, vocab_path: str | None = None):
