@@ -50,3 +50,40 @@ def test_speed_scalars_give_per_device_tflops_and_mfu_against_the_peak():
   assert out == pytest.approx({'train/img_per_sec': 8000.0, 'train/img_per_sec_per_device': 2000.0,
                                'train/tflops_per_device': 6.0, 'train/mfu': 0.06})
   assert 'train/mfu' not in metrics.Speed(3e9, 4, None).scalars(8000.0)
+
+
+def test_the_eta_counts_train_steps_only_not_the_compile_evaluations_or_checkpoints(monkeypatch, caplog):
+  now = [1000.0]
+  monkeypatch.setattr(metrics.time, 'monotonic', lambda: now[0])
+  progress = metrics.Progress(total_steps=200, start_step=0, enabled=True)
+  now[0] += 300.0  # Compiling the first step.
+  progress.resume(0)
+  for step in range(1, 11):
+    now[0] += 0.04  # 40 ms per step.
+    progress.step(step)
+    if step == 5:
+      now[0] += 60.0  # An evaluation.
+      progress.resume(step)
+  with caplog.at_level(logging.INFO, logger='vit_jax'):
+    progress.report(10, loss=0.5, img_per_sec=10.0)
+  progress.close()
+  assert 'ETA 0:00:08' in caplog.text  # 190 steps x 40 ms, not minutes.
+  assert metrics.Progress(10, 0, enabled=False).eta(0) == 'unknown'
+
+
+def test_the_bar_shows_the_train_step_eta_and_is_gone_before_the_last_line(monkeypatch):
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, 'stderr', terminal)
+  now = [0.0]
+  monkeypatch.setattr(metrics.time, 'monotonic', lambda: now[0])
+  progress = metrics.Progress(total_steps=100, start_step=0, enabled=True)
+  now[0] += 120.0  # Compiling.
+  progress.resume(0)
+  for step in (1, 2, 3):
+    now[0] += 0.5
+    progress.step(step)
+  assert 'ETA 0:00:48' in str(progress._bar)  # pylint: disable=protected-access  (97 steps x 0.5 s)
+  progress.close()
+  closed = terminal.getvalue()
+  progress.close()  # Closing twice (the loop's finally after the preemption branch) draws nothing more.
+  assert terminal.getvalue() == closed

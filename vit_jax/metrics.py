@@ -114,27 +114,48 @@ class Progress:
   """A tqdm bar on a terminal (stderr), plain log lines otherwise.
 
   `step(step)` is called every step: the bar advances on the host (no device sync), with the last logged loss,
-  img/s, MFU and tqdm's ETA. `report(...)` is called on the log cadence with those figures; without a terminal it
+  img/s, MFU and the ETA. `report(...)` is called on the log cadence with those figures; without a terminal it
   logs them as one line. While the bar is shown, every log line is written above it (the bar is cleared first).
+  The ETA counts train steps only: `resume(step)` after work that is not a step (the first step's compilation, an
+  evaluation, a checkpoint) leaves the time since the last step out of the rate.
   """
 
   def __init__(self, total_steps: int, start_step: int, enabled: bool):
     self._total, self._start = total_steps, start_step
-    self._t0 = time.monotonic()
+    self._last: tuple[int, float] | None = None  # (step, time) of the last step or resume.
+    self._train_steps, self._train_s = 0, 0.0  # Train steps timed, and their seconds.
     self._bar = None
     self._enabled = enabled
     self._handlers = []
     if enabled and sys.stderr.isatty():
       import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True, file=sys.stderr)
+      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True, file=sys.stderr,
+                            bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]')
       self._filter = _ClearBar(self._bar)
       self._handlers = list(logging.getLogger().handlers)  # absl's handler lives on the root logger.
       for handler in self._handlers:
         handler.addFilter(self._filter)
 
   def step(self, step: int) -> None:
+    now = time.monotonic()
+    if self._last is not None and step > self._last[0]:
+      self._train_steps += step - self._last[0]
+      self._train_s += now - self._last[1]
+    self._last = (step, now)
     if self._bar is not None and step > self._bar.n:
       self._bar.update(step - self._bar.n)
+      if self._train_steps:
+        self._bar.set_description_str(f'ETA {self.eta(step)}', refresh=False)
+
+  def resume(self, step: int) -> None:
+    """`step` is done and what came after it was not training (module doc): the clock restarts now."""
+    self._last = (step, time.monotonic())
+
+  def eta(self, step: int) -> datetime.timedelta | str:
+    """The time left at the measured seconds per train step; 'unknown' before two steps were timed."""
+    if not self._train_steps:
+      return 'unknown'
+    return datetime.timedelta(seconds=round((self._total - step) * self._train_s / self._train_steps))
 
   def report(self, step: int, loss: float, img_per_sec: float, mfu: float | None = None):
     if not self._enabled:
@@ -143,9 +164,7 @@ class Progress:
       self.step(step)
       self._bar.set_postfix(loss=f'{loss:.4f}', img_s=f'{img_per_sec:.1f}', **({'mfu': f'{mfu:.1%}'} if mfu else {}))
       return
-    done = step - self._start
-    rate = done / max(time.monotonic() - self._t0, 1e-9)
-    eta = datetime.timedelta(seconds=round((self._total - step) / rate)) if rate > 0 else 'unknown'
+    eta = self.eta(step)
     log.info('step %d/%d  loss %.4f  img/s %.1f%s  ETA %s', step, self._total,
              loss if math.isfinite(loss) else float('nan'), img_per_sec,
              f'  MFU {mfu:.1%}' if mfu is not None else '', eta)

@@ -1,8 +1,8 @@
 """train_and_evaluate: the training loop, on a device mesh, and nothing else.
 
-What it builds on: the config is checked whole first (vit_jax/configs/check.py, vit_jax/preflight.py); the workdir's lock, config and
-files (vit_jax/lock.py, vit_jax/workdir.py); the model, train state, checkpoints and train step (vit_jax/state.py);
-batches (vit_jax/input_pipeline.py); evaluators (vit_jax/evaluators/); metric writers (vit_jax/metrics.py).
+What it builds on: the config is checked whole first (vit_jax/configs/check.py, vit_jax/preflight.py); the workdir's
+lock, config and files (vit_jax/lock.py, vit_jax/workdir.py); the model, train state, checkpoints and train step
+(vit_jax/state.py); batches (vit_jax/input_pipeline.py); evaluators (vit_jax/evaluators/); metric writers (vit_jax/metrics.py).
 """
 import logging
 import time
@@ -191,6 +191,7 @@ class Loop:
           self.clock.enter('train')
           log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
           self.window = (self.start, time.monotonic())
+          self.progress.resume(self.start)  # The compilation is not a train step's time.
         self.progress.step(step)
         last = step == config.total_steps
         if step % config.log_every_steps == 0 or last:
@@ -201,12 +202,14 @@ class Loop:
           self.clock.enter('eval')
           result = _evaluate(due, self.state['params'], step)
           self.writer.write_scalars(step, {k: v for k, v in result.items() if not k.endswith('num_examples')})
-          self.window = (self.window[0], time.monotonic())  # Keep evaluation out of img/s.
+          self.window = (self.window[0], time.monotonic())  # Keep evaluation out of img/s and the ETA.
+          self.progress.resume(step)
           self.record.write(step)
         saved = step % config.checkpoint_every_steps == 0 or last
         if saved:
           self.clock.enter('checkpoint')
           self.save(step)
+          self.progress.resume(step)
           self.record.write(step)
         if self.watch.reached(step):
           self.clock.enter('checkpoint')
@@ -214,6 +217,7 @@ class Loop:
             self.save(step)
           self.checkpoints.wait()
           self.record.write(step)
+          self.progress.close()  # Before the last line: a bar drawn after it would stand below it.
           log.warning('%s: saved a checkpoint at step %d in %s; rerun the same command to resume.',
                       'Stopped by Ctrl-C' if self.watch.interrupted else 'Preempted', step,
                       self.checkpoints.directory)
