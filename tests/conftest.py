@@ -24,6 +24,17 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 import pytest  # noqa: E402  (after the environment above)
 
 
+# The files whose tests run for a minute or more (multi-process jobs, fault injection, launched sweeps): run first,
+# so that the xdist workers (with --dist worksteal, pytest.ini) do not end the suite on one of them while the other
+# idles.
+LONG_FIRST = ('test_faults.py', 'test_launch_sweep.py', 'test_lock.py', 'test_launch_slurm.py', 'test_multihost.py',
+              'test_launch_sky.py', 'test_sharding.py', 'test_fastpaths.py', 'test_main.py')
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # Stable: each file keeps its order.
+
+
 def pytest_unconfigure(config):  # pylint: disable=unused-argument
   if "_CACHE_WE_MADE" in globals():
     shutil.rmtree(_CACHE_WE_MADE, ignore_errors=True)
