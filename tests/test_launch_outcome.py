@@ -35,8 +35,8 @@ def test_each_end_of_a_job_is_finished_preempted_or_failed(states, finished, che
     ('=== 2026 vit_jax.main a\nE0101 00:00:00.1 7 main.py:9] Old: x\n=== 2026 vit_jax.main b\n'
      'I1130 04:18:52.362956 14 main.py:91] JAX 0.10.2\nE1130 04:18:52.366534 14 main.py:99] WorkdirError: a file\n'
      'W1130 04:18:53.000000 14 x.py:1] a warning after it\n', 'WorkdirError: a file'),
-    ("=== 2026 vit_jax.main b\nmain.py: Unknown config field 'learning_rate'\n\n", "main.py: Unknown config field "
-     "'learning_rate'"),
+    ("=== 2026 vit_jax.main b\nvit_jax.main: error: Unknown config field 'learning_rate'\n\n",
+     "vit_jax.main: error: Unknown config field 'learning_rate'"),
     ('Traceback (most recent call last):\n  File "x.py", line 1\nFileNotFoundError: no /a.npz\n',
      'FileNotFoundError: no /a.npz'),
     ('=== 2026 vit_jax.main b\n', '(the log is empty)')])

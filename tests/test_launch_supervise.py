@@ -92,7 +92,7 @@ def test_a_create_that_failed_but_made_the_node_deletes_it(fake, clone, capsys, 
 
 @pytest.mark.parametrize('code,line', [
     (1, 'E1130 04:18:52.366534 140086438026112 main.py:99] WorkdirError: The workdir /tmp/a is a file'),
-    (2, "main.py: Unknown config field 'learning_rate': did you mean schedule.base_lr?"),
+    (2, "vit_jax.main: error: Unknown config field 'learning_rate': did you mean schedule.base_lr?"),
     (130, 'W1130 04:18:52.366534 140086438026112 main.py:104] Aborted by a second Ctrl-C')])
 def test_a_job_that_exits_with_a_user_error_is_a_failure_showing_its_one_line_error(fake, clone, capsys, code, line):
   log = ('=== 2026-11-30T04:00:00Z vit_jax.main --old-attempt\nE1130 03:00:00.000000 1 main.py:99] OldError: before\n'

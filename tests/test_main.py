@@ -48,21 +48,21 @@ def _last_line(proc):
 def test_no_flags_help_and_a_bad_value_on_the_command_line(tmp_path):
   proc = tiny.run_main(['--workdir', tmp_path / 'w', '--config.model.patches.size=4'])
   assert proc.returncode == 2
-  assert _last_line(proc) == ('main.py: Bad config: config.model.patches.size=(4,) must be a pair of positive integers '
+  assert _last_line(proc) == ('vit_jax.main: error: config.model.patches.size=(4,) must be a pair of positive integers '
                               '(height, width), e.g. (16, 16); on the command line --config.model.patches.size="(16, '
-                              '16)".')
+                              '16)".; fix the config file or its --config.* overrides')
   assert not (tmp_path / 'w').exists()  # Nothing written: no empty checkpoints/ folder.
   proc = tiny.run_main(['--workdir', tmp_path / 'w', '--config.schedule.warmup_steps=5000'])
   assert proc.returncode == 2 and 'warmup_steps=5000 is more than config.total_steps=800' in _last_line(proc)
 
 
 @pytest.mark.parametrize('arg,line', [
-    ('--config.learning_rate=0.1', "main.py: Unknown config field 'learning_rate': configs are locked to the fields "
-                                   'of vit_jax/configs/common.py; did you mean schedule.base_lr?'),
-    ('--config.batch=64', "main.py: Unknown config field 'batch': configs are locked to the fields of "
+    ('--config.learning_rate=0.1', "vit_jax.main: error: Unknown config field 'learning_rate': configs are locked to "
+                                   'the fields of vit_jax/configs/common.py; did you mean schedule.base_lr?'),
+    ('--config.batch=64', "vit_jax.main: error: Unknown config field 'batch': configs are locked to the fields of "
                           "vit_jax/configs/common.py; use batch_size (vision_transformer calls it 'batch')"),
-    ('--config.total_steps=abc', 'main.py: Bad command line (flag --config.total_steps=abc): ValueError: invalid '
-                                 "literal for int() with base 10: 'abc'"),
+    ('--config.total_steps=abc', 'vit_jax.main: error: bad command line (flag --config.total_steps=abc): ValueError: '
+                                 "invalid literal for int() with base 10: 'abc'"),
 ])
 def test_a_bad_override_is_one_line_and_exit_status_2(tmp_path, arg, line):
   proc = tiny.run_main([arg, f'--workdir={tmp_path}/w'], cwd=tmp_path, timeout=300)
@@ -201,3 +201,12 @@ def test_ctrl_c_on_the_command_line_exits_0_with_a_checkpoint_and_says_how_to_re
   assert 'Stopped by Ctrl-C: saved a checkpoint at step' in out and 'rerun the same command to resume' in out
   assert 'Traceback' not in out
   assert workdir_lib.holds_run(str(workdir))
+
+
+def test_a_missing_config_file_is_named_in_the_one_error_format(tmp_path):
+  proc = tiny.run_main(['--config=configs/nope.py:ViT-B_16', f'--workdir={tmp_path}/w'], cwd=tmp_path, timeout=300)
+  assert proc.returncode == 2
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith("vit_jax.main: error: --config=configs/nope.py:ViT-B_16: no config file 'configs/nope.py'")
+  assert 'e.g. --config=configs/vit.py' in line and 'config_config' not in line
+  assert not (tmp_path / 'w').exists()

@@ -12,6 +12,7 @@ from absl import logging
 from ml_collections import config_flags
 
 # The offline demo config, inside the package so that an installed vit_jax (no clone) runs it too.
+PROG = 'vit_jax.main'  # How every error line of this command begins.
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
 
 _CONFIG = None  # The --config flag's holder, defined by parse_flags (defining it loads the config and overrides).
@@ -78,7 +79,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from vit_jax import errors  # pylint: disable=g-import-not-at-top
-  sys.exit(errors.run(_train, prog='vit_jax.main', argv=sys.argv, exit_on_fault=True))
+  sys.exit(errors.run(_train, prog=PROG, argv=sys.argv, exit_on_fault=True))
 
 
 def _train() -> int:
@@ -126,18 +127,33 @@ def parse_flags(argv):
       while root.__cause__ or root.__context__:  # The config file's own error, not config_flags' wrappers.
         root = root.__cause__ or root.__context__
       message = ' '.join(str(root).split()) or '(no message)'  # One line.
-      lines = [f'Bad command line ({_flag_of(e)}): {type(root).__name__}: {message}']
+      missing = _missing_config_file(argv)
+      lines = [missing or f'bad command line ({_flag_of(e)}): {type(root).__name__}: {message}']
     _usage_error(argv, lines)
   from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
   try:
     check.validate(_CONFIG.value)  # Again in train_and_evaluate, with the mesh and the files (vit_jax/preflight.py).
   except check.ConfigError as e:
-    _usage_error(argv, [f'Bad config: {e}'])
+    _usage_error(argv, [f'{e}; fix the config file or its --config.* overrides'])
   return rest
 
 
-def _usage_error(argv, lines) -> None:
-  sys.stderr.write('\n'.join(f'{os.path.basename(argv[0])}: {line}' for line in lines) + '\n')
+def _missing_config_file(argv) -> str | None:
+  """For a --config=PATH[:ARGS] whose file does not exist: one line saying so (ml_collections' own wording names its
+  internal flag), else None."""
+  for arg in argv[1:]:
+    if arg.startswith('--config=') or arg == '--config':
+      spec = arg.split('=', 1)[1] if '=' in arg else argv[argv.index(arg) + 1] if arg != argv[-1] else ''
+      path = spec.split(':', 1)[0]
+      if path and not os.path.isfile(path):
+        return (f'--config={spec}: no config file {path!r} (from {os.getcwd()}); give a Python file that defines '
+                'get_config(), e.g. --config=configs/vit.py:ViT-B_16,cifar10')
+  return None
+
+
+def _usage_error(argv, lines) -> None:  # pylint: disable=unused-argument
+  """Exit status 2 with each line as `vit_jax.main: error: LINE`, the format of every error of this command."""
+  sys.stderr.write('\n'.join(f'{PROG}: error: {line}' for line in lines) + '\n')
   sys.exit(2)
 
 
