@@ -10,7 +10,6 @@ setuptools.setup(
     python_requires=">=3.11,<3.14",
     install_requires=[
         "absl-py>=2.1,<3",
-        "clu>=0.0.12,<0.1",
         "flax>=0.12.7,<0.13",
         "gcsfs>=2024.6",  # gs:// for vit_jax.io (through etils.epath and fsspec), without TensorFlow.
         "grain>=0.2.16,<0.3",  # Random-access input pipelines (index shuffle, worker processes).

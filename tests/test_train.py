@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import tiny
-from vit_jax import checkpoint, evaluate, flops, input_pipeline, preprocess, sharding, state, train
+from vit_jax import checkpoint, evaluate, flops, input_pipeline, optim, preprocess, sharding, state, train
 from vit_jax import workdir as workdir_lib
 
 REPO = tiny.REPO
@@ -286,6 +286,11 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(tmp_path, monkeyp
   records = [r for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert [r['step'] for r in records] == [2, 4, 6, 7]
   assert [r.get('train/nonfinite_steps', 0) for r in records] == [0, 1, 2, 2]
+  # The logged learning rate is the one the optimizer applies: its count stops at each dropped update (steps 3 and
+  # 6), so steps 2, 4, 6, 7 ran at the schedule's values for counts 1, 2, 4, 4 (not 1, 3, 5, 6).
+  schedule = optim.make_schedule(tiny.folder_config(root, nonfinite_policy='skip'))
+  np.testing.assert_allclose([r['train/learning_rate'] for r in records], [float(schedule(c)) for c in (1, 2, 4, 4)],
+                             rtol=1e-6)
   assert all(np.isfinite(r['train/loss']) and np.isfinite(r['train/grad_norm']) for r in records)
   assert all(np.isfinite(v).all() for v in tiny.exported_params(workdir).values())
   restore = ocp.StandardCheckpointer().restore

@@ -10,6 +10,7 @@ warmup the very first update is scaled by lr(0) == 0.
 """
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -105,3 +106,12 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     parts += decay
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts), schedule
+
+
+def applied_learning_rate(schedule: optax.Schedule, opt_state):
+  """The learning rate that the next update of `opt_state` applies: the schedule at the optimizer's own step count
+  (its scale_by_learning_rate state's). Under nonfinite_policy='skip' a dropped update leaves that count behind the
+  train state's step, so this, not schedule(step), is what training uses."""
+  is_schedule_state = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  (state,) = [s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule_state) if is_schedule_state(s)]
+  return schedule(state.count)

@@ -138,7 +138,8 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
         'nonfinite': {'count': state['nonfinite']['count'] + (~finite).astype(jnp.int32),
                       'last_step': jnp.where(finite, state['nonfinite']['last_step'], step + 1)},
     }
-    return new_state, {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': schedule(step)}
+    return new_state, {'loss': loss, 'grad_norm': grad_norm,
+                       'learning_rate': optim.applied_learning_rate(schedule, state['opt_state'])}
 
   return train_step
 
