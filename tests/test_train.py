@@ -348,6 +348,7 @@ def test_sigkill_during_async_save_falls_back_to_last_complete_checkpoint(tmp_pa
   manager = ocp.CheckpointManager(ckpt_dir)
   assert manager.latest_step() == complete[-1]  # The half-written one is not a checkpoint.
   manager.close()
+  assert workdir_lib.latest_step(workdir) == complete[-1]  # The one rule that resume and completion both use agrees.
 
   # Rerun: it resumes from the last complete checkpoint; a SIGTERM makes it save and exit cleanly.
   proc = _start_main(tmp_path, root, workdir, 400)

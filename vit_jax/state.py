@@ -171,7 +171,9 @@ class Checkpoints:
     self._saving = None  # The step of a save that may still be running.
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    """The latest finalised checkpoint's step by the run directory's one rule (workdir.finalised_steps), which the
+    completion check and the launchers use too; None without one."""
+    return (workdir_lib.finalised_steps(self.directory) or [None])[-1]
 
   def _failed(self, e: Exception):
     step, self._saving = self._saving, None
