@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import tiny
-from vit_jax import checkpoint, evaluate, flops, input_pipeline, optim, preprocess, sharding, state, train
+from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, optim, preprocess, sharding, state, train
 from vit_jax import workdir as workdir_lib
 
 REPO = tiny.REPO
@@ -298,6 +298,26 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(tmp_path, monkeyp
              for s in (2, 3, 4)}
   np.testing.assert_array_equal(kernels[3], kernels[2])  # Step 3's update was dropped...
   assert np.abs(kernels[4] - kernels[3]).max() > 0  # ... and step 4's applied.
+
+
+def test_a_failed_asynchronous_save_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
+  """Orbax reports an asynchronous save's failure when its thread ends; the loop asks after every step (without
+  waiting), so the run stops at the next step, not at the next log step or save."""
+  root = tiny.image_folder(tmp_path)
+  saved, steps = [], []
+  real_save, real_step = ocp.CheckpointManager.save, metrics.Progress.step
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', lambda self, step, **kw: saved.append(step) or
+                      real_save(self, step, **kw))
+
+  def check_for_errors(self):
+    if saved:
+      raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(ocp.CheckpointManager, 'check_for_errors', check_for_errors)
+  monkeypatch.setattr(metrics.Progress, 'step', lambda self, step: steps.append(step) or real_step(self, step))
+  config = tiny.folder_config(root, checkpoint_every_steps=2, log_every_steps=7)
+  with pytest.raises(state.SaveError, match=r'Saving the checkpoint of step 2 .* failed: No space left on device'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert saved == [2] and steps == [1, 2, 3]  # Stopped after step 3: not at the next save (4) or log step (7).
 
 
 # ----------------------------------------------------------------------------------------------------------------

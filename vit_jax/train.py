@@ -193,6 +193,7 @@ class Loop:
           self.window = (self.start, time.monotonic())
           self.progress.resume(self.start)  # The compilation is not a train step's time.
         self.progress.step(step)
+        self.checkpoints.check()  # A failed asynchronous save stops the run at the next step (no waiting).
         last = step == config.total_steps
         if step % config.log_every_steps == 0 or last:
           self.log(step, stats)
@@ -248,7 +249,6 @@ class Loop:
 
   def log(self, step: int, stats) -> None:
     self.check_finite()
-    self.checkpoints.check()  # A failed asynchronous save stops the run here, not at the next save.
     sums = jax.device_get(self.state['window'])  # Over the steps since the last log step (see the train step).
     img_per_sec = (step - self.window[0]) * self.config.batch_size / (time.monotonic() - self.window[1])
     scalars = {'train/learning_rate': float(jax.device_get(stats['learning_rate'])), **self.speed.scalars(img_per_sec)}
