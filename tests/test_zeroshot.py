@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import tiny
-from vit_jax import checkpoint, models, predict, zeroshot
+from vit_jax import checkpoint, inference, models, predict, zeroshot
 from vit_jax.models import lit
 
 
@@ -19,7 +19,7 @@ def test_a_class_embedding_is_the_normalised_mean_of_its_prompts():
   z = zeroshot.class_embeddings(lambda texts: np.array([vectors[t] for t in texts]), ['cat', 'dog'],
                                 ['a photo of a {}.', 'a drawing of a {}.'])
   np.testing.assert_allclose(z, [[np.sqrt(0.5), np.sqrt(0.5)], [0.6, 0.8]])
-  probs = zeroshot.probabilities(np.array([[1.0, 0.0]]), z, temperature=10.0)
+  probs = predict.probabilities(zeroshot.logits(np.array([[1.0, 0.0]]), z, temperature=10.0))
   np.testing.assert_allclose(probs.sum(axis=1), 1.0)
   expected = np.exp(10 * np.array([np.sqrt(0.5), 0.6]))
   np.testing.assert_allclose(probs[0], expected / expected.sum())
@@ -68,13 +68,16 @@ def tiny_lit(tmp_path_factory):
   return model, root
 
 
-def test_classify_files_gives_each_image_its_zero_shot_probabilities(tiny_lit):
+def test_the_classifier_gives_each_image_its_zero_shot_probabilities(tiny_lit):
   model, root = tiny_lit
   variables = model.load_variables(str(root / 'tiny-lit.npz'))
   tokenizer = model.get_tokenizer(str(root / 'sp.model'))
   paths = [str(root / f'img{i}.png') for i in range(3)] + [str(root / 'missing.png')]
   names, templates = ['cat', 'dog', 'bird'], ['a photo of a {}', 'a drawing of a {}']
-  records = zeroshot.classify_files(model, variables, tokenizer, paths, names, templates, top_k=3, batch_size=2)
+  logits = zeroshot.classifier(model, variables, tokenizer, names, templates, batch_size=2)
+  pp = model.get_image_preprocessing()
+  batches = inference.image_batches(paths, None, 2, load=lambda p: pp([np.asarray(Image.open(p))])[0])
+  records = predict.classify(paths, batches, logits, label=lambda c: names[c], top_k=3)
   assert records[3]['file'].endswith('missing.png') and 'error' in records[3]
   # The same figures from the model directly.
   images = model.get_image_preprocessing()([np.asarray(Image.open(p)) for p in paths[:3]])
@@ -82,7 +85,7 @@ def test_classify_files_gives_each_image_its_zero_shot_probabilities(tiny_lit):
   _, ztxt, _ = model.apply(variables, tokens=tokenizer([t.format(n) for n in names for t in templates]))
   zclass = np.asarray(ztxt).reshape(3, 2, -1).mean(axis=1)
   zclass /= np.linalg.norm(zclass, axis=1, keepdims=True)
-  expected = zeroshot.probabilities(zimg, zclass, float(out['t'][0]))
+  expected = predict.probabilities(zeroshot.logits(zimg, zclass, float(out['t'][0])))
   assert float(out['t'][0]) == pytest.approx(10.0)
   for record, row in zip(records[:3], expected):
     got = {p['label']: p['probability'] for p in record['predictions']}

@@ -217,22 +217,23 @@ def prepare(path: str, config) -> np.ndarray:
   return model_input(io.read_bytes(path), config)
 
 
-def _prepared(path: str, config) -> np.ndarray | str:
+def _prepared(path: str, load) -> np.ndarray | str:
   try:
-    return prepare(path, config)
+    return load(path)
   except Exception as e:  # pylint: disable=broad-except  (any failure is this input's error line, not the command's)
     return f'cannot read it as an image: {_why(e)}'
 
 
-def image_batches(paths: Sequence[str], config, batch_size: int
+def image_batches(paths: Sequence[str], config, batch_size: int, *, load=None
                   ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
   """(indices into `paths`, float32 [n, S, S, 3] in [-1, 1], [(index, error)]) per chunk of `batch_size` paths, in
-  order: each image prepared by `prepare` in a thread pool; one that cannot be read or decoded is left out of the
-  batch and named, with why, in the errors."""
+  order: each image prepared by `load(path)` (default: `prepare` for `config`) in a thread pool; one that cannot be
+  read or decoded is left out of the batch and named, with why, in the errors."""
+  load = load or (lambda path: prepare(path, config))
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
     for start in range(0, len(paths), batch_size):
       chunk = list(range(start, min(start + batch_size, len(paths))))
-      prepared = list(pool.map(lambda i: _prepared(paths[i], config), chunk))
+      prepared = list(pool.map(lambda i: _prepared(paths[i], load), chunk))
       kept = [(i, x) for i, x in zip(chunk, prepared) if not isinstance(x, str)]
       images = np.stack([x for _, x in kept]) if kept else np.zeros((0,), np.float32)
       yield [i for i, _ in kept], images, [(i, x) for i, x in zip(chunk, prepared) if isinstance(x, str)]

@@ -49,20 +49,26 @@ def predict(trained, paths: Sequence[str], *, top_k: int = 5, batch_size: int = 
   from vit_jax import inference  # pylint: disable=g-import-not-at-top
   if top_k < 1 or batch_size < 1:
     raise ValueError(f'top_k ({top_k}) and batch_size ({batch_size}) must be positive.')
-  top_k = min(top_k, trained.num_classes)
   apply = jax.jit(lambda params, images: trained.model.apply({'params': params}, images, train=False))
   params = jax.device_put(trained.params)
+  logits = lambda images: np.asarray(apply(params, inference.pad_batch(images, batch_size)))[:len(images)]
+  return classify(paths, inference.image_batches(paths, trained.config, batch_size), logits, label=trained.label,
+                  top_k=min(top_k, trained.num_classes), loss=trained.config.loss)
+
+
+def classify(paths: Sequence[str], batches, logits, *, label, top_k: int, loss: str = 'softmax') -> list[dict]:
+  """`predict`'s records from `batches` (inference.image_batches of `paths`) and `logits(images) -> [n, classes]`;
+  `label(index)` names a class."""
   records: list[dict | None] = [None] * len(paths)
-  for indices, images, failed in inference.image_batches(paths, trained.config, batch_size):
+  for indices, images, failed in batches:
     for i, why in failed:
       records[i] = {'file': paths[i], 'error': why}
     if not indices:
       continue
-    logits = np.asarray(apply(params, inference.pad_batch(images, batch_size)))[:len(indices)]
-    for i, row in zip(indices, probabilities(logits, trained.config.loss)):
+    for i, row in zip(indices, probabilities(logits(images), loss)):
       best = np.argsort(-row, kind='stable')[:top_k]
       records[i] = {'file': paths[i], 'predictions': [
-          {'label': trained.label(int(c)), 'index': int(c), 'probability': float(row[c])} for c in best]}
+          {'label': label(int(c)), 'index': int(c), 'probability': float(row[c])} for c in best]}
   return records
 
 
@@ -130,7 +136,7 @@ def _predict(args) -> int:
 
 
 def _predict_zero_shot(args) -> int:
-  from vit_jax import inference, io, models, zeroshot  # pylint: disable=g-import-not-at-top  (JAX loads here)
+  from vit_jax import inference, io, models, preprocess, zeroshot  # pylint: disable=g-import-not-at-top  (JAX)
   classes = args.classes
   names = ([n.strip() for n in io.read_text(classes).splitlines() if n.strip()] if io.isfile(classes)
            else [n.strip() for n in classes.split(',') if n.strip()])
@@ -139,11 +145,14 @@ def _predict_zero_shot(args) -> int:
   templates = zeroshot.read_templates(args.templates)
   model = models.get_model(args.model)
   variables = model.load_variables(args.checkpoint)
-  tokenizer = model.get_tokenizer(args.vocab)
+  logits = zeroshot.classifier(model, variables, model.get_tokenizer(args.vocab), names, templates,
+                               batch_size=args.batch_size)
+  pp = model.get_image_preprocessing()
   paths, missing = inference.expand_inputs(args.inputs)
+  batches = inference.image_batches(paths, None, args.batch_size,
+                                    load=lambda path: pp([preprocess.decode(io.read_bytes(path))])[0])
   records = [{'file': p, 'error': why} for p, why in missing]
-  records += zeroshot.classify_files(model, variables, tokenizer, paths, names, templates, top_k=args.top_k,
-                                     batch_size=args.batch_size) if paths else []
+  records += classify(paths, batches, logits, label=lambda c: names[c], top_k=min(args.top_k, len(names)))
   return _report(records, args)
 
 

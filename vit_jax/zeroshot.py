@@ -1,6 +1,6 @@
 """Zero-shot classification with a LiT model: each class name is put through prompt templates ('a photo of a {}.'),
 the text tower embeds every prompt, a class's embedding is the mean of its prompts' normalised embeddings
-(normalised again), and an image's class probabilities are the softmax over classes of exp(t) * zimg . zclass.
+(normalised again), and an image's logits are exp(t) * zimg . zclass (vit_jax.predict turns them into its records).
 
 `TEMPLATES` holds the built-in template sets: 'photo' (one prompt) and 'ensemble' (a dozen plain variations); a user
 passes their own as a list (`--templates=FILE`, one per line, each with one '{}').
@@ -54,54 +54,27 @@ def class_embeddings(embed_texts, class_names: Sequence[str], templates: Sequenc
   return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-def probabilities(zimg, zclass, temperature: float) -> np.ndarray:
-  """[images, classes]: the softmax over classes of temperature * zimg @ zclass.T."""
-  logits = temperature * np.asarray(zimg, np.float64) @ np.asarray(zclass, np.float64).T
-  e = np.exp(logits - logits.max(axis=1, keepdims=True))
-  return e / e.sum(axis=1, keepdims=True)
+def logits(zimg, zclass, temperature: float) -> np.ndarray:
+  """[images, classes]: temperature * zimg @ zclass.T (a softmax over classes gives the probabilities)."""
+  return temperature * np.asarray(zimg, np.float64) @ np.asarray(zclass, np.float64).T
 
 
-def classify_files(model, variables, tokenizer, paths: Sequence[str], class_names: Sequence[str],
-                   templates: Sequence[str], *, top_k: int = 5, batch_size: int = 64, crop: bool = False) -> list[dict]:
-  """vit_jax.predict's records for image files, classified zero-shot by a LitModel (`model`, its `variables` and
-  `tokenizer`) against `class_names` through `templates`: {'file', 'predictions': [{'label', 'index',
-  'probability'}] best first}, or {'file', 'error'} for a file that cannot be read or decoded."""
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
+def classifier(model, variables, tokenizer, class_names: Sequence[str], templates: Sequence[str], *,
+               batch_size: int = 64):
+  """`images -> logits [n, classes]` of a LitModel (`model`, its `variables` and `tokenizer`) against `class_names`
+  through `templates`, for images [n <= batch_size, S, S, 3] in [-1, 1] (`model.get_image_preprocessing()`)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import inference, io, preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top
   embed_text = jax.jit(lambda v, tokens: model.apply(v, tokens=tokens)[1])
   embed_image = jax.jit(lambda v, images: model.apply(v, images=images)[0])
 
   def embed_texts(texts):
     tokens = tokenizer(texts)
-    return np.concatenate([np.asarray(embed_text(variables, inference.pad_batch(tokens[i:i + batch_size], batch_size)))
-                           [:len(tokens[i:i + batch_size])] for i in range(0, len(tokens), batch_size)])
+    chunks = [tokens[i:i + batch_size] for i in range(0, len(tokens), batch_size)]
+    return np.concatenate([np.asarray(embed_text(variables, inference.pad_batch(c, batch_size)))[:len(c)]
+                           for c in chunks])
 
   zclass = class_embeddings(embed_texts, class_names, templates)
   temperature = float(np.exp(np.asarray(variables['params']['t']).reshape(-1)[0]))
-  images_pp = model.get_image_preprocessing(crop=crop)
-
-  def prepared(path):
-    try:
-      return images_pp([preprocess.decode(io.read_bytes(path))])[0]
-    except Exception as e:  # pylint: disable=broad-except  (one bad file is its record's error, not the run's)
-      return ' '.join(str(e).split())[:300] or type(e).__name__
-
-  records: list[dict | None] = [None] * len(paths)
-  top_k = min(top_k, len(class_names))
-  with concurrent.futures.ThreadPoolExecutor() as pool:
-    for start in range(0, len(paths), batch_size):
-      chunk = list(range(start, min(start + batch_size, len(paths))))
-      done = list(pool.map(lambda i: prepared(paths[i]), chunk))
-      for i, x in zip(chunk, done):
-        if isinstance(x, str):
-          records[i] = {'file': paths[i], 'error': x}
-      kept = [(i, x) for i, x in zip(chunk, done) if not isinstance(x, str)]
-      if not kept:
-        continue
-      zimg = np.asarray(embed_image(variables, inference.pad_batch(np.stack([x for _, x in kept]), batch_size)))
-      for (i, _), row in zip(kept, probabilities(zimg[:len(kept)], zclass, temperature)):
-        best = np.argsort(-row, kind='stable')[:top_k]
-        records[i] = {'file': paths[i], 'predictions': [
-            {'label': class_names[c], 'index': int(c), 'probability': float(row[c])} for c in best]}
-  return records
+  return lambda images: logits(
+      np.asarray(embed_image(variables, inference.pad_batch(images, batch_size)))[:len(images)], zclass, temperature)
