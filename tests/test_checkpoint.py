@@ -1,5 +1,6 @@
 """Release .npz import/export: every known layout gives identical logits (fine-tuned files through `checkpoint.load`,
 the head included); resampling matches scipy; `inspect_params` names missing and extra keys."""
+import functools
 import logging
 
 import jax
@@ -127,6 +128,60 @@ def test_a_saved_file_has_every_array_that_timm_reads_from_a_release_file(tmp_pa
   _, _, loaded = _load(path, tiny.vit_config())
   loaded = _with_head(loaded, params['head'])
   np.testing.assert_array_equal(model.apply({'params': loaded}, X), model.apply({'params': params}, X))
+
+
+def _timm_reads_hybrid(num_layers) -> list[str]:
+  """What timm's `_load_weights` reads from a hybrid (R50+ViT) release file on top of the ViT arrays: the root
+  convolution and GroupNorm and, per stage and unit, `conv1..3`/`gn1..3` and, in the first unit of each stage (where the
+  shape changes), `conv_proj`/`gn_proj`; the release files name them so (`R50+ViT-B_16.npz`)."""
+  names = ['conv_root/kernel', 'gn_root/scale', 'gn_root/bias']
+  for i, units in enumerate(num_layers):
+    for j in range(units):
+      unit = f'block{i + 1}/unit{j + 1}/'
+      names += [unit + f'conv{r}/kernel' for r in (1, 2, 3)]
+      names += [unit + f'gn{r}/{w}' for r in (1, 2, 3) for w in ('scale', 'bias')]
+      if j == 0:
+        names += [unit + 'conv_proj/kernel', unit + 'gn_proj/scale', unit + 'gn_proj/bias']
+  return names
+
+
+def test_a_saved_hybrid_file_has_exactly_the_release_names(tmp_path):
+  num_layers = (2, 1)
+  cfg = tiny.hybrid_config(num_layers)
+  model, params = _model_and_params(cfg, size=32)
+  path = str(tmp_path / 'hybrid.npz')
+  checkpoint.save_npz(path, params)
+  with np.load(path) as f:
+    assert sorted(f.files) == sorted(_timm_reads(2) + _timm_reads_hybrid(num_layers))
+    assert f['block2/unit1/gn_proj/scale'].shape == (256,)
+  _, _, loaded = _load(path, cfg, size=32)
+  loaded = _with_head(loaded, params['head'])
+  x = tiny.images(3, size=32)
+  np.testing.assert_array_equal(model.apply({'params': loaded}, x), model.apply({'params': params}, x))
+
+
+def test_timm_loads_a_saved_hybrid_file_to_our_logits(tmp_path):
+  torch = pytest.importorskip('torch')
+  hybrid = pytest.importorskip('timm.models.vision_transformer_hybrid')
+  vision_transformer = pytest.importorskip('timm.models.vision_transformer')
+  from timm.layers import StdConv2dSame  # pylint: disable=g-import-not-at-top
+  from timm.models.resnetv2 import ResNetV2  # pylint: disable=g-import-not-at-top
+  cfg = tiny.hybrid_config((1, 1))
+  model, params = _model_and_params(cfg, size=32)
+  path = str(tmp_path / 'hybrid.npz')
+  checkpoint.save_npz(path, params)
+  # As timm's `_resnetv2` builds the R50 backbone of its `vit_base_r50_s16_*` models, at our tiny width.
+  backbone = ResNetV2(layers=(1, 1), width_factor=0.5, num_classes=0, global_pool='', preact=False, stem_type='same',
+                      conv_layer=functools.partial(StdConv2dSame, eps=1e-8))
+  theirs = vision_transformer.VisionTransformer(
+      img_size=32, patch_size=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=5,
+      act_layer='gelu_tanh', embed_layer=functools.partial(hybrid.HybridEmbed, backbone=backbone))
+  vision_transformer._load_weights(theirs, path)  # pylint: disable=protected-access
+  x = tiny.images(3, size=32)
+  with torch.no_grad():
+    logits = theirs.eval()(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())).numpy()
+  ours = np.asarray(model.apply({'params': params}, x))
+  assert np.abs(logits - ours).max() / np.abs(ours).max() < 1e-4 and np.ptp(ours) > 0.1
 
 
 def test_timm_loads_a_saved_file_to_our_logits(tmp_path):
