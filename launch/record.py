@@ -24,7 +24,6 @@ from vit_jax import io
 from vit_jax import lock
 from vit_jax import workdir as workdir_lib
 
-LAUNCH_FILE = workdir_lib.LAUNCH_FILE
 SWEEP_FILE = 'sweep.json'  # A sweep dir's record of its runs (written by launch/sweep.py).
 STATUSES = ('finished', 'running', 'stopped', 'failed', 'not started')
 
@@ -62,9 +61,8 @@ class Record:
 
 def read(workdir: str) -> Record:
   """The record of the run in `workdir` (local or gs://); an absent workdir reads as a run not started."""
-  launch = io.read_text_or_none(workdir_lib.path(workdir, LAUNCH_FILE))
   return Record(workdir, workdir_lib.read_json(workdir, workdir_lib.CONFIG_FILE), workdir_lib.merged_metrics(workdir),
-                json.loads(launch) if launch else None, goodput_lib.read(workdir))
+                workdir_lib.read_launch(workdir), goodput_lib.read(workdir))
 
 
 def read_sweep(sweep_dir: str) -> dict | None:
@@ -111,15 +109,9 @@ def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='milliseconds')
 
 
-def write_launch(workdir: str, info: dict) -> None:
-  io.write_text(io.join(workdir, LAUNCH_FILE), json.dumps(info, indent=2) + '\n')
-
-
 def record_exit(workdir: str, returncode: int) -> None:
   """Adds the job's exit status (and the time) to WORKDIR/launch.json."""
-  text = io.read_text_or_none(io.join(workdir, LAUNCH_FILE))
-  info = json.loads(text) if text else {}
-  write_launch(workdir, {**info, 'returncode': int(returncode), 'ended': now()})
+  workdir_lib.write_launch(workdir, {'returncode': int(returncode), 'ended': now()}, merge=True)
 
 
 def main(argv=None) -> int:
@@ -139,7 +131,7 @@ def main(argv=None) -> int:
     record_exit(args.workdir, args.code)
     return 0
   if args.command == 'write':
-    write_launch(args.workdir, json.loads(args.json))
+    workdir_lib.write_launch(args.workdir, json.loads(args.json))
     return 0
   rec = read(args.workdir)
   state = status(rec)

@@ -16,7 +16,6 @@ submit one array job, a run per index.
 `--dry-run` prints the script instead of submitting it; `--wait` waits for the job to end.
 """
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -24,6 +23,7 @@ import time
 
 from launch import outcome, record, shell
 from vit_jax import errors, io
+from vit_jax import workdir as workdir_lib
 
 
 def add_flags(parser, *, sweep: bool = False) -> None:
@@ -160,7 +160,7 @@ def submit(args, jobs, log_dir: str, runner: shell.Runner, *, parallel: int = 0,
     except shell.CommandError:
       commit = None
     for i, (workdir, main_args) in enumerate(jobs):
-      record.write_launch(workdir, {'backend': 'slurm', 'command': shell.main_command(main_args), 'commit': commit,
+      workdir_lib.write_launch(workdir, {'backend': 'slurm', 'command': shell.main_command(main_args), 'commit': commit,
                                     'script': path, 'submitted': record.now()})
   done = runner.run(['sbatch', '--parsable', path], check=False)
   if runner.dry_run:
@@ -169,8 +169,7 @@ def submit(args, jobs, log_dir: str, runner: shell.Runner, *, parallel: int = 0,
   if done.returncode != 0 or not job_id:
     raise shell.CommandError(done.args, done.returncode, done.stderr)
   for i, (workdir, _) in enumerate(jobs):  # Merged: the job may have started and written to it already.
-    info = json.loads(io.read_text_or_none(io.join(workdir, record.LAUNCH_FILE)) or '{}')
-    record.write_launch(workdir, {**info, 'job_id': f'{job_id}_{i}' if len(jobs) > 1 else job_id})
+    workdir_lib.write_launch(workdir, {'job_id': f'{job_id}_{i}' if len(jobs) > 1 else job_id}, merge=True)
   print(f'Submitted job {job_id}: {path}; logs in {log_dir}', file=sys.stderr)
   if not args.wait:
     return 0

@@ -30,7 +30,6 @@ from launch import hyper, record, shell
 from vit_jax import io
 from vit_jax import workdir as workdir_lib
 
-RUN_LOG = 'run.log'  # A local run's output, in its workdir (appended across resumes).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,18 +199,17 @@ def run_local(runs: list[Run], *, parallel: int, gpus: list[str], runner: shell.
 
 
 def _start(run: Run, gpu, commit, python):
-  os.makedirs(run.workdir, exist_ok=True)
   env = dict(os.environ)
   if gpu is not None:
     env['CUDA_VISIBLE_DEVICES'] = str(gpu)
   command = shell.main_command(run.args, python=python)
-  log = open(os.path.join(run.workdir, RUN_LOG), 'a', encoding='utf-8')
+  log = io.open_log(workdir_lib.path(run.workdir, workdir_lib.RUN_LOG))
   log.write(f'\n=== {record.now()} {shell.shell_line(command)}\n')
   log.flush()
   # A session of its own: a Ctrl-C at the terminal reaches only this launcher, which then stops each run once.
   proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-  record.write_launch(run.workdir, {'backend': 'local', 'command': command, 'commit': commit, 'gpu': gpu,
-                                    'host': socket.gethostname(), 'pid': proc.pid, 'started': record.now()})
+  workdir_lib.write_launch(run.workdir, {'backend': 'local', 'command': command, 'commit': commit, 'gpu': gpu,
+                                         'host': socket.gethostname(), 'pid': proc.pid, 'started': record.now()})
   print(f'{run.name}: started (pid {proc.pid}{"" if gpu is None else f", GPU {gpu}"}), log {log.name}',
         file=sys.stderr)
   return run, proc, log
@@ -299,7 +297,8 @@ def _run_backend(args, runs, todo, sweep_dir, runner) -> int:
   failed = sorted(name for name, code in codes.items() if code != 0)
   if not runner.dry_run:
     for name in failed:
-      print(f'{name} failed; the end of its log:\n{_tail(os.path.join(sweep_dir, name, RUN_LOG))}', file=sys.stderr)
+      log = workdir_lib.path(io.join(sweep_dir, name), workdir_lib.RUN_LOG)
+      print(f'{name} failed; the end of its log:\n{_tail(log)}', file=sys.stderr)
     runner.note(f'{len(codes) - len(failed)} of {len(codes)} runs ended cleanly. Results: '
                 f'python -m launch.sweep results {sweep_dir}')
   return 1 if failed else 0

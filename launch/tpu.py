@@ -28,6 +28,7 @@ import sys
 import time
 
 from launch import code as code_lib, gcloud, node as node_lib, shell, supervise
+from vit_jax import io
 
 SUBCOMMANDS = ('create', 'setup', 'run', 'logs', 'status', 'ssh', 'stop', 'delete', 'launch')
 
@@ -88,7 +89,7 @@ def add_sweep_flags(parser) -> None:
 def check_workdir(main_args, *, allow_local: bool = False) -> str:
   """The run's --workdir; a ValueError (one line: why, and what to give) for a local one, unless `allow_local`."""
   workdir = shell.workdir_of(main_args)
-  if not workdir.startswith('gs://') and not allow_local:
+  if not io.is_remote(workdir) and not allow_local:
     raise ValueError(f"--workdir={workdir} is on the TPU VM's own disk, which is deleted with the node (on a "
                      'preemption, and at the end): give --workdir=gs://BUCKET/PATH, or pass --allow_local_workdir '
                      'for a single-host experiment you accept losing.')
@@ -222,7 +223,7 @@ def run_sweep(args, runs, todo, runner: shell.Runner) -> int:
   """launch.sweep's tpu backend: a supervised node per run (in parallel), or the runs in turn on one node."""
   if not args.name or not args.zones:
     raise ValueError('The tpu backend needs --name (the node, or the prefix of each run\'s node) and --zones.')
-  bad = [r.workdir for r in todo if not r.workdir.startswith('gs://')]
+  bad = [r.workdir for r in todo if not io.is_remote(r.workdir)]
   if bad:
     raise ValueError(f'The tpu backend needs a gs:// --sweep_dir (the workers write there; `results` reads it), '
                      f'not {bad[0]}.')

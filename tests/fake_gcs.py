@@ -29,6 +29,15 @@ class FakeGCS(DirFileSystem):
         raise RuntimeError(f'403 Forbidden: caller does not have storage.objects.get access to {p}')
     return super()._join(path)
 
+  def pipe_file(self, path, value, mode='overwrite', **kwargs):
+    """As GCS: mode='create' (a write with ifGenerationMatch=0) is atomic and FileExistsError when the object exists."""
+    if mode != 'create':
+      return super().pipe_file(path, value, **kwargs)
+    local = self._join(path)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local, 'xb') as f:
+      f.write(value)
+
   @classmethod
   def _strip_protocol(cls, path):
     path = path[0] if isinstance(path, list) else str(path)

@@ -7,7 +7,7 @@ import fsspec
 import pytest
 
 import fake_gcs
-from vit_jax import io
+from vit_jax import errors, io
 
 
 @pytest.fixture(params=['local', 'gs'])
@@ -92,6 +92,28 @@ def test_an_unreachable_bucket_is_a_storage_error_naming_the_path(monkeypatch):
       io.exists('gs://b/run')
   finally:
     fake_gcs.install('/nonexistent')  # Leave gs:// to the fake, not this failing one.
+
+
+def test_a_storage_error_is_one_line_at_the_error_boundary(tmp_path, capsys):
+  fake_gcs.install(tmp_path / 'gcs', unreachable=['locked'])
+  try:
+    assert errors.run(lambda: io.read_head('gs://locked/ViT-L_16.npz', 4), prog='vit_jax.main') == 1
+  finally:
+    fake_gcs.install(tmp_path / 'gcs')
+  err = capsys.readouterr().err
+  assert err.startswith('vit_jax.main: error: Cannot use gs://locked/ViT-L_16.npz: RuntimeError: 403 Forbidden')
+  assert 'Traceback' not in err and len(err.splitlines()) == 1
+
+
+def test_read_head_reads_the_first_bytes_and_create_new_creates_once(root):
+  path = io.join(root, 'sub', 'f.bin')
+  assert io.create_new(path, b'0123456789') and not io.create_new(path, b'other')
+  assert io.read_head(path, 4) == b'0123' and io.read_head(path, 100) == b'0123456789'
+  io.append_bytes(path, b'ab')
+  assert io.read_bytes(path) == b'0123456789ab'
+  with pytest.raises(FileNotFoundError):
+    io.read_head(io.join(root, 'nope'), 4)
+  assert sorted(io.listdir(io.join(root, 'sub'))) == ['f.bin']  # No temporary file left behind.
 
 
 def test_unsupported_schemes_are_a_storage_error():

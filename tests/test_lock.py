@@ -70,8 +70,7 @@ def test_the_heartbeat_renews_the_lock(tmp_path, monkeypatch):
   assert second['heartbeat'] > first['heartbeat'] and second['started'] == first['started']
 
 
-def test_a_gcs_workdir_is_locked_too(tmp_path, monkeypatch):
-  monkeypatch.setattr(lock_lib, '_REMOTE_SETTLE', 0.01)
+def test_a_gcs_workdir_is_locked_too(tmp_path):
   fake_gcs.install(tmp_path / 'gcs')
   with lock_lib.Lock('gs://bucket/run'):
     with pytest.raises(lock_lib.WorkdirInUseError):

@@ -1,12 +1,17 @@
 """vit_jax/metrics.py: the progress bar on a terminal (log lines stand alone), plain progress lines without one, and
-the speed scalars (per-device TFLOP/s, MFU against the peak)."""
+the speed scalars (per-device TFLOP/s, MFU against the peak); TensorBoard event files that TensorBoard's own reader
+reads as one run, locally and on gs://, each flush writing only what it adds."""
 import io
 import logging
+import os
 import sys
 
 import pytest
 
+import fake_gcs
+from vit_jax import io as vit_io
 from vit_jax import metrics
+from vit_jax import workdir as workdir_lib
 
 class _Terminal(io.StringIO):
   def isatty(self):
@@ -87,3 +92,48 @@ def test_the_bar_shows_the_train_step_eta_and_is_gone_before_the_last_line(monke
   closed = terminal.getvalue()
   progress.close()  # Closing twice (the loop's finally after the preemption branch) draws nothing more.
   assert terminal.getvalue() == closed
+
+
+def _tensorboard_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
+  """What TensorBoard shows for `tag` in `folder` (its own loader, which reads a folder's event files as one run)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(folder)
+  acc.Reload()
+  return [(e.step, pytest.approx(e.value)) for e in acc.Scalars(tag)]
+
+
+def _written(monkeypatch) -> list[tuple[str, int]]:
+  """(path, bytes) of every write through vit_jax.io, appends and exclusive creates included."""
+  writes = []
+  for name in ('write_bytes', 'append_bytes', 'create_new'):
+    original = getattr(vit_io, name)
+
+    def spy(path, data, original=original):
+      if os.path.basename(str(path)).startswith(workdir_lib.EVENTS_PREFIX):
+        writes.append((str(path), len(data)))
+      return original(path, data)
+    monkeypatch.setattr(vit_io, name, spy)
+  return writes
+
+
+@pytest.mark.parametrize('remote', [False, True], ids=['local', 'gcs'])
+def test_event_files_cost_what_they_add_and_tensorboard_reads_them_as_one_run(tmp_path, monkeypatch, remote):
+  if remote:
+    fake_gcs.install(tmp_path / 'gcs')
+  workdir = 'gs://bucket/run' if remote else str(tmp_path / 'run')
+  writes = _written(monkeypatch)
+  clock = [0.0]
+  monkeypatch.setattr(metrics.time, 'monotonic', lambda: clock[0])
+  writer = metrics.Writer(workdir, enabled=True, events_every_s=60)
+  for step in range(1, 31):
+    clock[0] = step * 10.0  # A log line every 10 s: on gs:// a new file every 60 s (at 60, 120, ... 300 s).
+    writer.write_scalars(step, {'train/loss': 1.0 / step})
+  writer.close()
+  names = sorted(n for n in vit_io.listdir(workdir) if n.startswith(workdir_lib.EVENTS_PREFIX))
+  sizes = {n: len(vit_io.read_bytes(vit_io.join(workdir, n))) for n in names}
+  # Every byte was written once: no file was rewritten with what it held (the old gs:// writer rewrote the whole
+  # file on every flush: 30 writes of a growing file).
+  assert sum(n for _, n in writes) == sum(sizes.values())
+  assert len(names) == (5 if remote else 1) and len({p for p, _ in writes}) == len(names)
+  folder = str(tmp_path / 'gcs' / 'bucket' / 'run') if remote else workdir
+  assert _tensorboard_scalars(folder, 'train/loss') == [(s, pytest.approx(1.0 / s)) for s in range(1, 31)]

@@ -6,13 +6,13 @@ import pytest
 
 import tiny
 from vit_jax import losses, sharding, train
-from vit_jax import state
+from vit_jax import train_step as train_step_lib
 
 
 def test_mixup_pairs_each_example_with_the_next_of_its_shard():
   images = jnp.arange(8, dtype=jnp.float32).reshape(8, 1, 1, 1)
   targets = jax.nn.one_hot(jnp.arange(8) % 4, 4)
-  mixed, soft = state.mixup(images, targets, jax.random.key(0), 0.5, num_shards=2)
+  mixed, soft = train_step_lib.mixup(images, targets, jax.random.key(0), 0.5, num_shards=2)
   a = float(soft[0].max())
   assert a >= 0.5
   partner = np.array([3, 0, 1, 2, 7, 4, 5, 6])  # Rolled by one inside each half: shard 0 is 0..3, shard 1 is 4..7.
@@ -24,7 +24,7 @@ def test_mixup_pairs_each_example_with_the_next_of_its_shard():
 
 def test_mixup_weight_is_at_least_half_for_every_key():
   for seed in range(50):
-    _, soft = state.mixup(jnp.zeros((4, 1)), jax.nn.one_hot(jnp.arange(4), 4), jax.random.key(seed), 0.2, 1)
+    _, soft = train_step_lib.mixup(jnp.zeros((4, 1)), jax.nn.one_hot(jnp.arange(4), 4), jax.random.key(seed), 0.2, 1)
     assert 0.5 <= float(soft[0, 0]) <= 1.0
 
 
@@ -58,7 +58,7 @@ def test_mixup_partners_stay_inside_each_device_shard_under_jit():
   shard = sharding.batch_sharding(mesh)
   images = jnp.arange(16, dtype=jnp.float32).reshape(16, 1)
   with jax.set_mesh(mesh):
-    fn = jax.jit(lambda x, t: state.mixup(x, t, jax.random.key(1), 0.5, sharding.batch_size_per_step(None)))
+    fn = jax.jit(lambda x, t: train_step_lib.mixup(x, t, jax.random.key(1), 0.5, sharding.batch_size_per_step(None)))
     mixed, soft = fn(jax.device_put(images, shard), jax.device_put(jax.nn.one_hot(jnp.arange(16), 16), shard))
   a = float(soft[0].max())
   partner = np.arange(16).reshape(8, 2)[:, ::-1].ravel()  # Shards of 2: each example with the other of its pair.

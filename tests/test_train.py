@@ -13,8 +13,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import fake_gcs
 import tiny
 from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, optim, preprocess, sharding, state, train
+from vit_jax import io as vit_io
+from vit_jax import run_checkpoints
+from vit_jax import train_step as train_step_lib
 from vit_jax import workdir as workdir_lib
 
 REPO = tiny.REPO
@@ -196,6 +200,31 @@ def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
   np.testing.assert_array_equal(out['head/kernel'], np.zeros((32, 3)))  # New head for 3 classes.
 
 
+def test_a_finetune_from_a_gcs_npz_reads_the_file_once(tmp_path, monkeypatch):
+  # A ViT-L release file is 1.2 GB: the checks before training (preflight, the start's "is it a checkpoint") read
+  # its first bytes only, and loading it reads it once (it was read whole four times).
+  fake_gcs.install(tmp_path / 'gcs')
+  source = state.build_model(tiny.train_config(), 7)
+  params = source.init(jax.random.key(5), jnp.zeros((1, 16, 16, 3)))['params']
+  npz = 'gs://bucket/pre.npz'
+  checkpoint.save_npz(npz, params)
+  size = len(vit_io.read_bytes(npz))
+  reads = []
+  for name in ('read_bytes', 'read_head'):
+    def spy(path, *args, original=getattr(vit_io, name), name=name):
+      data = original(path, *args)
+      if str(path) == npz:
+        reads.append((name, len(data)))
+      return data
+    monkeypatch.setattr(vit_io, name, spy)
+  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': tiny.image_folder(tmp_path),
+                                'total_steps': 1, 'schedule.base_lr': 0.0, 'pretrained_path': npz})
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert [n for n, _ in reads].count('read_bytes') == 1 and sum(n for _, n in reads) < size + 2048, reads
+  out = checkpoint.read_npz(str(tmp_path / 'run' / 'params.npz'))
+  np.testing.assert_array_equal(out['embedding/kernel'], params['embedding']['kernel'])
+
+
 def test_training_on_a_prepared_dataset_never_imports_tensorflow(tmp_path, digits_dir):
   code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w', digits_dir))
   assert code == 0, err[-3000:]
@@ -271,7 +300,7 @@ def test_nonfinite_stop_names_the_step_and_last_good_checkpoint_and_saves_nothin
   root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
   tiny.on_train_batch(monkeypatch, _poison({5}))
-  with pytest.raises(state.NonFiniteError, match=r'at step 5 .*last good checkpoint is step 4'):
+  with pytest.raises(train_step_lib.NonFiniteError, match=r'at step 5 .*last good checkpoint is step 4'):
     train.train_and_evaluate(tiny.folder_config(root, checkpoint_every_steps=2, async_checkpoints=False), workdir)
   assert ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).all_steps() == [2, 4]
   assert [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r] == [2, 4]
@@ -315,7 +344,7 @@ def test_a_failed_asynchronous_save_stops_the_run_at_the_next_step(tmp_path, mon
   monkeypatch.setattr(ocp.CheckpointManager, 'check_for_errors', check_for_errors)
   monkeypatch.setattr(metrics.Progress, 'step', lambda self, step: steps.append(step) or real_step(self, step))
   config = tiny.folder_config(root, checkpoint_every_steps=2, log_every_steps=7)
-  with pytest.raises(state.SaveError, match=r'Saving the checkpoint of step 2 .* failed: No space left on device'):
+  with pytest.raises(run_checkpoints.SaveError, match=r'Saving the checkpoint of step 2 .* failed: No space left on device'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert saved == [2] and steps == [1, 2, 3]  # Stopped after step 3: not at the next save (4) or log step (7).
 

@@ -58,7 +58,7 @@ def describe_file(path: str) -> str:
   """What `path` is, for 'is not a checkpoint' messages: 'a JPEG image', 'text', 'a folder', ..."""
   if io.isdir(path):
     return 'a folder'
-  head = io.read_bytes(path)[:512]
+  head = io.read_head(path, 512)
   for magic, what in _NOT_NPZ:
     if head.startswith(magic):
       return what
@@ -85,7 +85,7 @@ def recognise(path: str) -> str:
             else f' It looks like a run\'s checkpoints folder: use the run\'s {params}.' if any(
                 n.isdigit() for n in names) else '')
     raise CheckpointError(f'{path!r} is a folder, not a checkpoint (an .npz file in the release layout).{hint}')
-  if io.read_bytes(path)[:4] != b'PK\x03\x04':  # An .npz is a zip archive.
+  if io.read_head(path, 4) != b'PK\x03\x04':  # An .npz is a zip archive.
     raise CheckpointError(f'{path!r} is not a checkpoint: it is {describe_file(path)}, not an .npz file of arrays '
                           '(the release layout, e.g. gs://vit_models/imagenet21k/ViT-B_16.npz).')
   return 'npz'

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, io, models, preprocess, state, utils
+from vit_jax import checkpoint, io, models, preprocess, run_checkpoints, state, utils
 from vit_jax import workdir as workdir_lib
 from vit_jax.configs import check
 
@@ -70,7 +70,7 @@ def load_run(workdir: str) -> Trained:
   step_dir = io.join(workdir_lib.checkpoints_dir(workdir), str(step))
   if step is not None and (not has_npz or io.mtime(step_dir) > io.mtime(npz_path)):
     source = f'{workdir}: checkpoint at step {step}'
-    checkpoints = state.Checkpoints(workdir, read_only=True)
+    checkpoints = run_checkpoints.Checkpoints(workdir, read_only=True)
     head = checkpoints.stored_shapes(step)['params']['head']['bias']
     model = state.build_model(config, int(head.shape[-1]))
     params = checkpoints.restore_params(step, state.abstract_params(model, config.image_size))

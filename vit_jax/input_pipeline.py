@@ -181,6 +181,21 @@ def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, proce
 # To devices.
 
 
+def device_batches(config, mesh_sharding: jax.sharding.Sharding, *, train: bool,
+                   start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+  """The global batches of training (`train`: config.batch_size, endless, from step `start_step` on) or of
+  config.eval_split (config.eval_batch_size, once, padded), on `mesh_sharding`: this process reads its share (module
+  doc) and the next config.prefetch batches wait on device. The one way training and every evaluator get batches."""
+  processes, index = jax.process_count(), jax.process_index()
+  if train:
+    ds = train_dataset(config, local_batch_size=config.batch_size // processes, process_index=index,
+                       process_count=processes, start_step=start_step)
+  else:
+    ds = eval_dataset(config, local_batch_size=config.eval_batch_size // processes, process_index=index,
+                      process_count=processes)
+  return prefetch_to_device(iter(ds), config.prefetch, mesh_sharding)
+
+
 def make_global_batch(local_batch: dict[str, Any], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
   """Local numpy arrays [B_local, ...] of every process -> jax.Arrays [B_local * process_count, ...] on `sharding`."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

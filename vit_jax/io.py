@@ -7,10 +7,15 @@ here, before any path is used (it only steers that choice). Nothing here needs J
 Contracts:
   * `write_bytes` / `write_text` are atomic: a reader sees the old file or the whole new one, never a part (a local
     file is written to a temporary name in the same folder, then renamed; a gs:// object appears whole on close).
-  * `append_text` adds to the end of a file (a gs:// object is rewritten whole, as GCS has no append).
+  * `append_bytes` / `append_text` add to the end of a file (a gs:// object is rewritten whole, as GCS has no
+    append: for files that grow all run long, write new files instead, as vit_jax/metrics.py does on gs://).
+  * `read_head` reads a file's first bytes and no more (one ranged request on gs://).
+  * `create_new` creates a file only where none exists, atomically: of two racing creators exactly one succeeds, and
+    the file appears with its whole content or not at all.
   * Failures of a remote store that are not "no such file" (no network, no credentials, no bucket) raise
-    `StorageError`, an OSError whose message names the path and what to check. Local OSErrors (no space left,
-    read-only file system, permission denied) pass through unchanged: the command line's error boundary names them.
+    `StorageError`, a UserError (one line at the command line's error boundary, vit_jax/errors.py) and an OSError
+    whose message names the path and what to check. Local OSErrors (no space left, read-only file system,
+    permission denied) pass through unchanged: the error boundary names them.
   * `IMAGE_EXTENSIONS` is the one list of image file names that training, prediction and the tools accept.
 """
 import contextlib
@@ -20,13 +25,16 @@ from typing import Iterator
 os.environ.setdefault('EPATH_USE_TF', 'false')  # Must precede the first gs:// path (epath caches its choice).
 
 from etils import epath  # noqa: E402  (after the setting above)
+import fsspec  # noqa: E402  (epath's backend for gs://)
+
+from vit_jax import errors  # noqa: E402
 
 SCHEMES = ('gs',)  # Remote locations: gcsfs is a dependency (etils.epath knows s3:// and others, without theirs).
 # Lower-case; every format PIL decodes into RGB (JPEGs through libjpeg-turbo: vit_jax/preprocess.py).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
-class StorageError(OSError):
+class StorageError(errors.UserError, OSError):
   """A remote location (gs://...) could not be reached or used; the message names it and what to check."""
 
 
@@ -158,6 +166,16 @@ def read_bytes(path: str) -> bytes:
     return _path(path).read_bytes()
 
 
+def read_head(path: str, size: int) -> bytes:
+  """The file's first `size` bytes (all of a shorter file), without reading the rest."""
+  with _remote_errors(path):
+    if not is_remote(path):
+      with open(path, 'rb') as f:
+        return f.read(size)
+    fs, inner = fsspec.core.url_to_fs(str(path))
+    return fs.cat_file(inner, start=0, end=size)
+
+
 def read_text(path: str) -> str:
   return read_bytes(path).decode('utf-8')
 
@@ -193,15 +211,58 @@ def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode('utf-8'))
 
 
-def append_text(path: str, text: str) -> None:
-  """Adds `text` to the end of the file (creating it and its folder)."""
+def append_bytes(path: str, data: bytes) -> None:
+  """Adds `data` to the end of the file (creating it and its folder); see the module doc for gs://."""
   path = str(path)
   if is_remote(path):
-    write_text(path, (read_text_or_none(path) or '') + text)
+    try:
+      old = read_bytes(path)
+    except FileNotFoundError:
+      old = b''
+    write_bytes(path, old + data)
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'a', encoding='utf-8') as f:
-    f.write(text)
+  with open(path, 'ab') as f:
+    f.write(data)
+
+
+def append_text(path: str, text: str) -> None:
+  append_bytes(path, text.encode('utf-8'))
+
+
+def open_log(path: str):
+  """A local file opened for appending text, line-buffered, for a child process's output (which needs a real file);
+  a StorageError for a gs:// path, which cannot take one."""
+  if is_remote(path):
+    raise StorageError(f'Cannot write a process log to {path}: a child process writes its output to a local file; '
+                       'use a local path.')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return open(path, 'a', encoding='utf-8', buffering=1)  # pylint: disable=consider-using-with
+
+
+def create_new(path: str, data: bytes) -> bool:
+  """Creates the file with `data` if it does not exist (module doc); True when this call created it."""
+  path = str(path)
+  with _remote_errors(path):
+    if is_remote(path):
+      fs, inner = fsspec.core.url_to_fs(path)
+      try:
+        fs.pipe_file(inner, data, mode='create')  # GCS: a write with ifGenerationMatch=0.
+        return True
+      except FileExistsError:
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.new-{os.getpid()}-{id(data)}')
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    try:
+      os.link(tmp, path)  # Atomic, and the file appears whole: never an empty or partial one.
+      return True
+    except FileExistsError:
+      return False
+    finally:
+      os.remove(tmp)
 
 
 def rename(src: str, dst: str, *, overwrite: bool = False) -> None:

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT = 30.0
 STALE_AFTER = 150.0
-_REMOTE_SETTLE = 1.0  # gs://: seconds between writing the lock and reading it back.
 
 
 class WorkdirInUseError(errors.UserError, RuntimeError):
@@ -86,24 +85,8 @@ class Lock:
       return {}  # A torn or foreign file: treated as stale (no heartbeat).
 
   def _create(self) -> bool:
-    """Creates lock.json if absent; True when this run holds it."""
-    if io.is_remote(self.path):
-      if self._read() is not None:
-        return False
-      io.write_text(self.path, self._record(time.time()))
-      time.sleep(_REMOTE_SETTLE)
-      return (self._read() or {}).get('token') == self.token
-    io.makedirs(self.workdir)
-    tmp = f'{self.path}.{self.token}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(self._record(time.time()))
-    try:
-      os.link(tmp, self.path)  # Atomic, and never an empty lock.json: it appears with its content or not at all.
-      return True
-    except FileExistsError:
-      return False
-    finally:
-      os.remove(tmp)
+    """Creates lock.json if absent (atomically, also on gs://: vit_jax/io.py); True when this run holds it."""
+    return io.create_new(self.path, self._record(time.time()).encode('utf-8'))
 
   def _take_over(self, holder: dict) -> None:
     """Moves a stale lock aside (so of two starts that found it stale, only one moves it), then creates ours."""

@@ -18,18 +18,28 @@ log = logging.getLogger(__name__)
 
 
 class EventsFile:
-  """A TensorBoard event file of scalars, written with TensorBoard's own protos and record framing (no TensorFlow).
+  """TensorBoard event files of scalars, written with TensorBoard's own protos and record framing (no TensorFlow).
 
-  Locally records are appended on `flush`; on gs:// (no appends) the whole file is rewritten on `flush`.
+  Locally `flush` appends the new records to one file. A gs:// object cannot be appended to, and rewriting a growing
+  one costs the square of the run's length: there each flush writes the records since the last one as a new file
+  (numbered parts of one name, at most one per `remote_every_s`, and whatever is left on `close`), which TensorBoard
+  reads, in name order, as one run. Either way a flush costs what it adds.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, remote_every_s: float = 60.0):
     from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
     self._event_pb2 = event_pb2
-    name = f'{workdir_lib.EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0.v2'
-    self.path = io.join(workdir, name)
-    self._written, self._pending = b'', []
+    self.workdir, self.remote_every_s = workdir, remote_every_s
+    self._name = f'{workdir_lib.EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}'
+    self._remote, self._part, self._flushed = io.is_remote(workdir), 0, time.monotonic()
+    self._pending = []
     self._append(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  @property
+  def path(self) -> str:
+    """The file the next flush writes: locally always the same one; on gs:// part 0, 1, ..."""
+    part = f'{self._part:06d}' if self._remote else str(self._part)
+    return io.join(self.workdir, f'{self._name}.{part}.v2')
 
   def _append(self, event) -> None:
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # pylint: disable=g-import-not-at-top
@@ -43,26 +53,28 @@ class EventsFile:
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
     self._append(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
 
-  def flush(self) -> None:
+  def flush(self, *, force: bool = False) -> None:
+    """Writes the pending records (module doc); on gs:// only when `remote_every_s` has passed, or `force`."""
     if not self._pending:
       return
-    new = b''.join(self._pending)
-    self._pending = []
-    if io.is_remote(self.path):
-      self._written += new
-      io.write_bytes(self.path, self._written)
-    else:
-      with open(self.path, 'ab') as f:
-        f.write(new)
+    if not self._remote:
+      io.append_bytes(self.path, b''.join(self._pending))
+      self._pending = []
+      return
+    if not force and time.monotonic() - self._flushed < self.remote_every_s:
+      return
+    if not io.create_new(self.path, b''.join(self._pending)):
+      raise FileExistsError(f'{self.path} exists: another process writes event files under this name.')
+    self._pending, self._part, self._flushed = [], self._part + 1, time.monotonic()
 
 
 class Writer:
   """Scalars to metrics.jsonl (one JSON object per call, {"step": s, name: value...}) and to TensorBoard; on
   processes other than the main one (or when disabled) it writes nothing."""
 
-  def __init__(self, workdir: str, enabled: bool):
+  def __init__(self, workdir: str, enabled: bool, events_every_s: float = 60.0):
     self.workdir, self.enabled = workdir, enabled
-    self._events = EventsFile(workdir) if enabled else None
+    self._events = EventsFile(workdir, events_every_s) if enabled else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -72,9 +84,10 @@ class Writer:
     self._events.scalars(step, values)
     self._events.flush()
 
-  def flush(self) -> None:
+  def close(self) -> None:
+    """Writes what is still pending (on gs:// the event records of the last `remote_every_s`)."""
     if self.enabled:
-      self._events.flush()
+      self._events.flush(force=True)
 
 
 class Speed:
@@ -110,6 +123,34 @@ class _ClearBar(logging.Filter):
     return True
 
 
+class TrainTime:
+  """The seconds spent in train steps, apart from the work between them that is not training.
+
+  `step(n)` after step n adds the time since the last call; `resume(n)`, after compiling, evaluating or saving,
+  restarts the clock at step n without counting that time. `take()` gives the steps and seconds since the last take
+  (a log window's throughput); `steps` and `seconds` are the totals (the ETA)."""
+
+  def __init__(self):
+    self._last: tuple[int, float] | None = None  # (step, time) of the last step or resume: the first one only marks.
+    self.steps, self.seconds = 0, 0.0
+    self._taken = (0, 0.0)
+
+  def step(self, step: int) -> None:
+    now = time.monotonic()
+    if self._last is not None and step > self._last[0]:
+      self.steps += step - self._last[0]
+      self.seconds += now - self._last[1]
+    self._last = (step, now)
+
+  def resume(self, step: int) -> None:
+    self._last = (step, time.monotonic())
+
+  def take(self) -> tuple[int, float]:
+    steps, seconds = self.steps - self._taken[0], self.seconds - self._taken[1]
+    self._taken = (self.steps, self.seconds)
+    return steps, seconds
+
+
 class Progress:
   """A tqdm bar on a terminal (stderr), plain log lines otherwise.
 
@@ -122,8 +163,7 @@ class Progress:
 
   def __init__(self, total_steps: int, start_step: int, enabled: bool):
     self._total, self._start = total_steps, start_step
-    self._last: tuple[int, float] | None = None  # (step, time) of the last step or resume.
-    self._train_steps, self._train_s = 0, 0.0  # Train steps timed, and their seconds.
+    self.time = TrainTime()
     self._bar = None
     self._enabled = enabled
     self._handlers = []
@@ -137,25 +177,21 @@ class Progress:
         handler.addFilter(self._filter)
 
   def step(self, step: int) -> None:
-    now = time.monotonic()
-    if self._last is not None and step > self._last[0]:
-      self._train_steps += step - self._last[0]
-      self._train_s += now - self._last[1]
-    self._last = (step, now)
+    self.time.step(step)
     if self._bar is not None and step > self._bar.n:
       self._bar.update(step - self._bar.n)
-      if self._train_steps:
+      if self.time.steps:
         self._bar.set_description_str(f'ETA {self.eta(step)}', refresh=False)
 
   def resume(self, step: int) -> None:
     """`step` is done and what came after it was not training (module doc): the clock restarts now."""
-    self._last = (step, time.monotonic())
+    self.time.resume(step)
 
   def eta(self, step: int) -> datetime.timedelta | str:
     """The time left at the measured seconds per train step; 'unknown' before two steps were timed."""
-    if not self._train_steps:
+    if not self.time.steps:
       return 'unknown'
-    return datetime.timedelta(seconds=round((self._total - step) * self._train_s / self._train_steps))
+    return datetime.timedelta(seconds=round((self._total - step) * self.time.seconds / self.time.steps))
 
   def report(self, step: int, loss: float, img_per_sec: float, mfu: float | None = None):
     if not self._enabled:

@@ -15,8 +15,9 @@ from jax.experimental import multihost_utils
 from vit_jax import augreg, checkpoint, distributed, errors, evaluators, flops, goodput, input_pipeline, io, metrics
 from vit_jax import preemption, preflight
 from vit_jax import watchdog as watchdog_lib
-from vit_jax import sharding
+from vit_jax import run_checkpoints, sharding
 from vit_jax import state as state_lib
+from vit_jax import train_step as train_step_lib
 from vit_jax import workdir as workdir_lib
 from vit_jax.configs import check, durations
 from vit_jax.lock import Lock
@@ -46,7 +47,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
     changes = distributed.on_main(lambda: _start(config, workdir, lock, allow_config_change))
     try:
       resolved = check.validate_durations(durations.resolved(config, info.num_train))
-      checkpoints = state_lib.Checkpoints(workdir, resolved)
+      checkpoints = run_checkpoints.Checkpoints(workdir, resolved)
       try:
         setup = state_lib.Setup.create(resolved, _num_classes(resolved, info), mesh)
         with jax.set_mesh(mesh):
@@ -142,14 +143,22 @@ def _export(setup, train_state, workdir: str) -> None:
       checkpoint.save_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE), params)
 
 
+def _due(step: int, every: int, last: bool) -> bool:
+  """The loop's one cadence rule (logging, each evaluator, checkpoints): every `every`-th step, and the last step."""
+  return last or step % every == 0
+
+
 class Loop:
   """The steps after the train state's step up to config.total_steps: train, log, evaluate, save, and stop early on
-  a preemption notice. It holds the loop's state: the train state, the writers and the last log window."""
+  a preemption notice. It holds the loop's state: the train state, the writers and the train-time clock."""
 
   def __init__(self, setup, checkpoints, workdir: str, watch, train_state, evals, clock):
     self.setup, self.config, self.checkpoints, self.watch, self.evals = setup, setup.config, checkpoints, watch, evals
     self.state, self.clock, self.workdir = train_state, clock, workdir
     self.start = int(jax.device_get(train_state['step']))
+    self.zero_window = jax.jit(train_step_lib.zero_window, out_shardings=setup.shardings['window'])
+    if _due(self.start, self.config.log_every_steps, False):  # Logged at this step (by older versions: not reset).
+      self.new_window()
     self.record = goodput.Recorder(workdir, clock, resumed_from=self.start, enabled=jax.process_index() == 0)
     self.record.write(self.start)
     self.profile = check.profile_range(self.config.profile_steps) if jax.process_index() == 0 else None
@@ -160,18 +169,11 @@ class Loop:
     self.progress = metrics.Progress(self.config.total_steps, self.start, enabled=is_main)
     self.speed = metrics.Speed(flops.train_flops(self.config.model, self.config.image_size, setup.model.num_classes),
                                jax.device_count(), flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype))
-    self.window = (self.start, time.monotonic())  # (step, time) where the current log window began.
-
-  def batches(self):
-    config, processes = self.config, jax.process_count()
-    ds = input_pipeline.train_dataset(config, local_batch_size=config.batch_size // processes,
-                                      process_index=jax.process_index(), process_count=processes,
-                                      start_step=self.start)
-    return input_pipeline.prefetch_to_device(iter(ds), config.prefetch, self.setup.batch_sharding)
 
   def run(self) -> dict[str, float]:
     config, result = self.config, {}
-    batches, train_step = self.batches(), self.setup.train_step()
+    batches = input_pipeline.device_batches(config, self.setup.batch_sharding, train=True, start_step=self.start)
+    train_step = self.setup.train_step()
     try:
       for step in range(self.start + 1, config.total_steps + 1):
         self.clock.enter('input', step)
@@ -190,23 +192,21 @@ class Loop:
         if step == self.start + 1:
           self.clock.enter('train')
           log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
-          self.window = (self.start, time.monotonic())
-          self.progress.resume(self.start)  # The compilation is not a train step's time.
+          self.progress.resume(self.start)  # The compilation is not a train step's time (ETA and img/s).
         self.progress.step(step)
         self.checkpoints.check()  # A failed asynchronous save stops the run at the next step (no waiting).
         last = step == config.total_steps
-        if step % config.log_every_steps == 0 or last:
+        if _due(step, config.log_every_steps, last):
           self.log(step, stats)
           self.record.write(step)
-        due = [ev for ev in self.evals if step % ev.every_steps == 0 or last]
+        due = [ev for ev in self.evals if _due(step, ev.every_steps, last)]
         if due:
           self.clock.enter('eval')
           result = _evaluate(due, self.state['params'], step)
           self.writer.write_scalars(step, {k: v for k, v in result.items() if not k.endswith('num_examples')})
-          self.window = (self.window[0], time.monotonic())  # Keep evaluation out of img/s and the ETA.
-          self.progress.resume(step)
+          self.progress.resume(step)  # Evaluation is not a train step's time.
           self.record.write(step)
-        saved = step % config.checkpoint_every_steps == 0 or last
+        saved = _due(step, config.checkpoint_every_steps, last)
         if saved:
           self.clock.enter('checkpoint')
           self.save(step)
@@ -225,6 +225,7 @@ class Loop:
           return {'preempted_at_step': step}
     finally:
       self.progress.close()
+      self.writer.close()
       self.profiler(None)
     self.clock.enter('checkpoint')
     self.checkpoints.wait()
@@ -250,7 +251,9 @@ class Loop:
   def log(self, step: int, stats) -> None:
     self.check_finite()
     sums = jax.device_get(self.state['window'])  # Over the steps since the last log step (see the train step).
-    img_per_sec = (step - self.window[0]) * self.config.batch_size / (time.monotonic() - self.window[1])
+    self.new_window()
+    steps, seconds = self.progress.time.take()  # Train steps only, since the last log step.
+    img_per_sec = steps * self.config.batch_size / seconds if seconds > 0 else 0.0
     scalars = {'train/learning_rate': float(jax.device_get(stats['learning_rate'])), **self.speed.scalars(img_per_sec)}
     if sums['steps']:
       scalars['train/loss'] = sums['loss'] / sums['steps']
@@ -259,7 +262,10 @@ class Loop:
       scalars['train/nonfinite_steps'] = self.nonfinite_seen
     self.writer.write_scalars(step, scalars)
     self.progress.report(step, scalars.get('train/loss', float('nan')), img_per_sec, scalars.get('train/mfu'))
-    self.window = (step, time.monotonic())
+
+  def new_window(self) -> None:
+    """Starts a new metric window (the train step sums into state['window']; the log cadence lives here only)."""
+    self.state = {**self.state, 'window': self.zero_window()}
 
   def check_finite(self) -> None:
     """Applies config.nonfinite_policy to the updates dropped since the last check (a host sync: call rarely)."""
@@ -268,7 +274,7 @@ class Loop:
     if count == self.nonfinite_seen:
       return
     if self.config.nonfinite_policy == 'stop':
-      raise state_lib.NonFiniteError(
+      raise train_step_lib.NonFiniteError(
           f'Non-finite loss or gradient norm at step {last_bad} ({count - self.nonfinite_seen} such step(s) since '
           f'the last check); those updates were not applied and nothing was saved. The last good checkpoint is step '
           f'{self.checkpoints.latest_step()} in {self.checkpoints.directory} (rerunning resumes from it). Lower the '

@@ -12,7 +12,8 @@ reads runs through it too. Every file name below is spelled here and nowhere els
   checkpoints/<step>/  Orbax checkpoints; a step counts once finalised: locally its folder has the bare step as name
                        (Orbax renames it when complete), on gs:// it holds commit_success.txt
   params.npz           the final parameters in the release layout
-  launch.json          the launchers' record of the job (launch/record.py)
+  launch.json          the launchers' record of the job (launch/record.py): `read_launch`, `write_launch`
+  run.log              a run's output where a local launcher started it (launch/sweep.py), appended across resumes
   goodput.json         where the run's wall time went, per attempt (vit_jax/goodput.py)
   profile/             jax.profiler traces of config.profile_steps (TensorBoard's profile plugin, Perfetto)
   lock.json            the live writer (vit_jax/lock.py)
@@ -44,6 +45,7 @@ CHECKPOINTS_DIR = 'checkpoints'
 COMMIT_FILE = 'commit_success.txt'  # Orbax's marker of a finalised checkpoint on object stores.
 PARAMS_FILE = 'params.npz'
 LAUNCH_FILE = 'launch.json'
+RUN_LOG = 'run.log'
 GOODPUT_FILE = 'goodput.json'
 PROFILE_DIR = 'profile'
 LOCK_FILE = 'lock.json'
@@ -166,6 +168,18 @@ def drop_records_after(workdir: str, step: int) -> int:
 def read_json(workdir: str, name: str):
   text = io.read_text_or_none(path(workdir, name))
   return None if text is None else json.loads(text)
+
+
+def read_launch(workdir: str) -> dict | None:
+  """The launchers' record of the job (launch.json), None where there is none."""
+  return read_json(workdir, LAUNCH_FILE)
+
+
+def write_launch(workdir: str, info: dict, *, merge: bool = False) -> None:
+  """Writes launch.json as `info`, or with `merge` as `info` over what it holds (another writer, the job itself,
+  may have written to it since)."""
+  info = {**(read_launch(workdir) or {}), **info} if merge else info
+  io.write_text(path(workdir, LAUNCH_FILE), json.dumps(info, indent=2) + '\n')
 
 
 def load_config(workdir: str):

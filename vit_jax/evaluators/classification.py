@@ -18,12 +18,7 @@ class ClassificationEvaluator:
     self._step = jax.jit(evaluate.make_eval_step(model, loss=config.loss), out_shardings=replicated)
     self._zeros = jax.jit(functools.partial(evaluate.zeros, model), out_shardings=replicated)
 
-  def batches(self):
-    config, processes = self._config, jax.process_count()
-    ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
-                                     process_index=jax.process_index(), process_count=processes)
-    return input_pipeline.prefetch_to_device(iter(ds), config.prefetch, self._batch_shard)
-
   def run(self, params) -> dict[str, float]:
-    result = evaluate.evaluate(self._step, params, self.batches(), self._zeros())
+    batches = input_pipeline.device_batches(self._config, self._batch_shard, train=False)
+    result = evaluate.evaluate(self._step, params, batches, self._zeros())
     return {self._prefix + key[len('eval/'):]: value for key, value in result.items()}

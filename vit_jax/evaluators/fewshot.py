@@ -39,11 +39,8 @@ class FewShotEvaluator:
     self._encode = jax.jit(encode, out_shardings=sharding.replicated(mesh))
 
   def _features(self, params, config):
-    processes = jax.process_count()
-    ds = input_pipeline.eval_dataset(config, local_batch_size=config.eval_batch_size // processes,
-                                     process_index=jax.process_index(), process_count=processes)
     xs, ys = [], []
-    for batch in input_pipeline.prefetch_to_device(iter(ds), config.prefetch, self._batch_shard):
+    for batch in input_pipeline.device_batches(config, self._batch_shard, train=False):
       x, y, mask = jax.device_get(self._encode(params, batch))
       keep = mask > 0
       xs.append(np.asarray(x, np.float32)[keep])
