@@ -65,18 +65,34 @@ class _Relay(threading.Thread):
     self.lost, self.left_out = False, 0
 
   def run(self) -> None:
+    held, listed = None, []  # A JAX_FATAL line whose dead tasks are listed on the lines below it, and those tasks.
     for line in self.stream:
+      if held is not None:
+        numbers = outcome.task_numbers(line)
+        if numbers is not None:
+          listed += numbers
+          continue
+        self._write(outcome.lost_peer_line(self.index, self.count, held, tuple(listed)) + '\n')
+        held = None
       cause = None if self.lost else outcome.lost_peer_line(self.index, self.count, line)
       if cause:
-        self.lost, line = True, cause + '\n'
+        self.lost = True
+        if outcome.lists_tasks_below(line):
+          held = line
+          continue
+        line = cause + '\n'
       elif self.lost and not self.full_dumps:
         self.left_out += 1
         continue
-      self.out.write(f'[{self.index}] {line}')
-      self.out.flush()
+      self._write(line)
+    if held is not None:
+      self._write(outcome.lost_peer_line(self.index, self.count, held, tuple(listed)) + '\n')
     if self.left_out:
-      self.out.write(f'[{self.index}] ({self.left_out} lines of JAX stack dumps left out: --full_dumps shows them)\n')
-      self.out.flush()
+      self._write(f'({self.left_out} lines of JAX stack dumps left out: --full_dumps shows them)\n')
+
+  def _write(self, line: str) -> None:
+    self.out.write(f'[{self.index}] {line}')
+    self.out.flush()
 
 
 def _status(proc) -> int:

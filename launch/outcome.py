@@ -77,16 +77,32 @@ JAX_FATAL = 'Terminating process because the JAX distributed service detected fa
 _COORDINATOR_SIGNS = ('failed to send rpc to coordination service', 'leader task', 'socket closed',
                       'connection refused', 'connection reset', 'failed to connect')
 _TASK = re.compile(r'/task:(\d+)')
+_TASK_LIST = re.compile(r'\s*\d+(\s*,\s*\d+)*\s*')  # A line of task numbers, as JAX 0.12 lists the dead ones.
 
 
-def lost_peer_line(index: int, count: int, line: str) -> str | None:
+def _status(line: str) -> str:
+  return line.split('absl::Status:', 1)[1].strip() if 'absl::Status:' in line else ''
+
+
+def lists_tasks_below(line: str) -> bool:
+  """Whether a JAX_FATAL line's status ends in ':' and the tasks it names follow on the next lines ('The following
+  tasks are unhealthy (stopped sending heartbeats):', then '2')."""
+  return JAX_FATAL in line and _status(line).endswith(':')
+
+
+def task_numbers(line: str) -> list[int] | None:
+  """The task numbers of a line that holds only them, else None."""
+  return [int(t) for t in re.findall(r'\d+', line)] if _TASK_LIST.fullmatch(line.rstrip('\n')) else None
+
+
+def lost_peer_line(index: int, count: int, line: str, listed: tuple[int, ...] = ()) -> str | None:
   """For a line of process `index`'s output that is JAX_FATAL: the one line that names the cause (a process that the
-  service declared dead, by its task number; else the coordinator, process 0, when the RPCs to the service failed),
-  else None."""
+  service declared dead, by its task number in the status or in `listed`, the numbers on the lines below it:
+  `lists_tasks_below`; else the coordinator, process 0, when the RPCs to the service failed), else None."""
   if JAX_FATAL not in line:
     return None
-  status = line.split('absl::Status:', 1)[1].strip() if 'absl::Status:' in line else ''
-  tasks = sorted({int(t) for t in _TASK.findall(status)} - {index})
+  status = _status(line)
+  tasks = sorted(({int(t) for t in _TASK.findall(status)} | set(listed)) - {index})
   if tasks:
     cause = f"lost process {', '.join(map(str, tasks))}: JAX's distributed service reports {status[:200]}"
   elif any(sign in status.lower() for sign in _COORDINATOR_SIGNS):

@@ -250,3 +250,19 @@ def test_the_process_start_is_the_kernels_but_not_long_before_vit_jax_was_import
   # A process forked long before it ran Python (a shell's last command is exec'd in the shell's own process).
   monkeypatch.setattr(vit_jax, 'IMPORTED_AT', time.time() + 1000)
   assert goodput.process_start_time() == pytest.approx(vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S)
+
+
+def test_jax_abort_that_lists_the_dead_tasks_on_the_next_lines_names_them():
+  # JAX 0.12's form (seen on a 4-process loopback run after kill -9 of process 2, when JAX's own heartbeat timeout
+  # came first): the status ends in ':' and the dead tasks follow, one number per line.
+  fatal = JAX_LINE.split('absl::Status:')[0] + ('absl::Status: UNAVAILABLE: The following tasks are unhealthy '
+                                               '(stopped sending heartbeats):')
+  out = io.StringIO()
+  relay = local._Relay(1, 4, io.StringIO(f'step 5/10\n{fatal}\n2\n3\nThe tasks have crashed. Check the task '
+                                         'logs.\n*** Check failure stack trace: ***\n'), out, full_dumps=False)
+  relay.run()
+  lines = out.getvalue().splitlines()
+  assert relay.lost and lines[0] == '[1] step 5/10'
+  assert lines[1].startswith('[1] vit_jax.main: error: process 1 of 4 lost process 2, 3: '), lines
+  assert lines[2] == '[1] (2 lines of JAX stack dumps left out: --full_dumps shows them)' and len(lines) == 3
+  assert outcome.task_numbers('2\n') == [2] and outcome.task_numbers('step 2') is None
