@@ -71,26 +71,31 @@ def test_a_batch_sharded_over_8_devices_gives_the_global_loss():
 _TWO_PROCESSES = '''
 import json, sys
 import jax, numpy as np
+from vit_jax import contrastive
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-index, port = int(sys.argv[1]), sys.argv[2]
+index, port, path, t, bias = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 jax.distributed.initialize(f'127.0.0.1:{port}', 2, index)
-sys.path.insert(0, sys.argv[3])
-import test_contrastive as t
-zimg, ztxt = t._embeddings(1, n=16)
-mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+zimg, ztxt = np.load(path).astype(np.float32)
 rows = slice(index * 8, (index + 1) * 8)  # This process's half of the global batch.
-print(json.dumps(t._sharded_losses(zimg[rows], ztxt[rows], mesh)))
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+a, b = (jax.make_array_from_process_local_data(shard, x[rows]) for x in (zimg, ztxt))
+fn = jax.jit(lambda a, b: (contrastive.softmax_loss(a, b, t), contrastive.sigmoid_loss(a, b, t, bias)),
+             out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+print(json.dumps([float(x) for x in fn(a, b)]))
 '''
 
 
-def test_two_processes_of_two_devices_give_the_global_loss():
+def test_two_processes_of_two_devices_give_the_global_loss(tmp_path):
+  zimg, ztxt = _embeddings(1, n=16)
+  np.save(tmp_path / 'z.npy', np.stack([zimg, ztxt]))
   port = tiny.free_port()
   env = tiny.main_env(2, PYTHONPATH=str(tiny.REPO))
-  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESSES, str(i), str(port), str(tiny.REPO / 'tests')],
+  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESSES, str(i), str(port), str(tmp_path / 'z.npy'),
+                             str(T), str(BIAS)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
   assert all(p.returncode == 0 for p in procs), '\n'.join(err[-3000:] for _, err in outs)
-  zimg, ztxt = _embeddings(1, n=16)
   for out, _ in outs:
     softmax, sigmoid = json.loads(out.strip().splitlines()[-1])
     assert softmax == pytest.approx(_numpy_softmax_loss(zimg, ztxt, T), rel=1e-5)
