@@ -27,6 +27,12 @@ Figures per line:
                   the local devices (null where the backend keeps no statistics, e.g. CPU).
 --compile_only lowers from abstract shapes (no state is allocated) and reports only the compile figures.
 --hidden/--layers/--heads/--mlp/--patch override the preset's sizes (tiny models for tests).
+
+A LiT preset (--model=LiT-B16B, ...) times its image-text train step (a random batch of images and of max_len
+tokens; the contrastive loss, config.loss) with the image tower locked unless --unlocked, and its baseline is its
+image tower's preset trained as a classifier on the same images (`step_ratio_vs_image_classifier`: the LiT step's
+time over the classifier's; below 1 when the locked tower's missing backward outweighs the text tower). The size
+flags then apply to the image tower, and --text_layers to a text_transformer tower.
 """
 import argparse
 import json
@@ -40,8 +46,9 @@ import time
 import jax
 import numpy as np
 
-from vit_jax.configs import check, common
+from vit_jax.configs import check, common, presets
 from vit_jax import flops, input_pipeline, models, preflight, sharding, state
+from vit_jax.models import bert
 
 NUM_CLASSES = 1000
 # Fast-path switches: flag name -> (config field, baseline value).
@@ -58,7 +65,7 @@ SIZE_FLAGS = {'hidden': 'hidden_size', 'layers': 'transformer.num_layers', 'head
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--model', default='ViT-Ti_16', help='A preset of vit_jax.models.MODEL_NAMES.')
+  parser.add_argument('--model', default='ViT-Ti_16', help='A preset of vit_jax.models.MODEL_NAMES, or a LiT preset.')
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--batch', type=int, default=32, help='Global batch (all devices).')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
@@ -73,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--compile_only', action='store_true', help='Only compile (no state, no steps).')
   for flag in (*SIZE_FLAGS, 'patch'):
     parser.add_argument(f'--{flag}', type=int, default=None, help='Overrides the preset (tiny test models).')
+  parser.add_argument('--unlocked', action='store_true', help='LiT: train the image tower too.')
+  parser.add_argument('--text_layers', type=int, default=None, help='LiT text_transformer: its depth (tiny tests).')
   parser.add_argument('--variant', default='fast', help=argparse.SUPPRESS)  # The name on the JSON line.
   return parser.parse_args(argv)
 
@@ -85,12 +94,20 @@ def make_config(args):
   """vit_jax/configs/common.py with the model, sizes, batch, AdamW and the fast-path switches of `args`."""
   config = common.get_config()
   config.model = models.get_model_config(args.model)
+  vit = config.model.image if models.is_lit(config.model) else config.model
   for flag, field in SIZE_FLAGS.items():
     if getattr(args, flag) is not None:
       parent, _, leaf = field.rpartition('.')
-      (config.model[parent] if parent else config.model)[leaf] = getattr(args, flag)
+      (vit[parent] if parent else vit)[leaf] = getattr(args, flag)
   if args.patch is not None:
-    config.model.patches.size = (args.patch, args.patch)
+    vit.patches.size = (args.patch, args.patch)
+  if models.is_lit(config.model):  # Random towers and tokens: no file is read (validated with files=False).
+    config.model.pp.size = args.image_size
+    config.lit.update(image_init='(random)', vocab_path='(random)', locked_image=not args.unlocked)
+    if args.text_layers is not None:
+      config.model.text.num_layers = args.text_layers
+    if not isinstance(config.model.out_dim[0], int):  # No image head: the text head follows the image width.
+      config.model.out_dim = (None, vit.representation_size or vit.hidden_size)
   config.image_size = args.image_size
   config.batch_size = config.eval_batch_size = args.batch
   config.dtype = args.dtype
@@ -134,12 +151,18 @@ def matmul_tflops(dtype: str, steps: int = 3, warmup: int = 1, min_seconds: floa
   return 2 * n**3 / seconds / 1e12
 
 
-def _place(args, mesh):
-  """A random global batch of images in [-1, 1] and labels, sharded like the trainer's batches."""
+def _vocab_size(model_config) -> int:
+  return model_config.text.get('vocab_size', bert.VOCAB_SIZE)
+
+
+def _place(args, config, mesh):
+  """A random global batch of images in [-1, 1] and labels (and a LiT model's tokens), sharded like the trainer's."""
   local = args.batch // jax.process_count()
   rng = np.random.default_rng(jax.process_index())
   batch = {'image': rng.uniform(-1, 1, (local, args.image_size, args.image_size, 3)).astype(np.float32),
            'label': rng.integers(0, NUM_CLASSES, local).astype(np.int32)}
+  if models.is_lit(config.model):
+    batch['tokens'] = rng.integers(1, _vocab_size(config.model), (local, config.model.pp.max_len)).astype(np.int32)
   return input_pipeline.make_global_batch(batch, sharding.batch_sharding(mesh))
 
 
@@ -159,9 +182,13 @@ def run_variant(args) -> dict:
                               setup.shardings)
     image_spec = jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size, 3), 'float32',
                                       sharding=setup.batch_sharding)
-    label_spec = jax.ShapeDtypeStruct((args.batch,), 'int32', sharding=setup.batch_sharding)
+    batch_spec = {'image': image_spec, 'label': jax.ShapeDtypeStruct((args.batch,), 'int32',
+                                                                    sharding=setup.batch_sharding)}
+    if models.is_lit(config.model):
+      batch_spec['tokens'] = jax.ShapeDtypeStruct((args.batch, config.model.pp.max_len), 'int32',
+                                                  sharding=setup.batch_sharding)
     start = time.perf_counter()
-    lowered = setup.train_step().lower(state_spec, {'image': image_spec, 'label': label_spec})
+    lowered = setup.train_step().lower(state_spec, batch_spec)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     end = time.perf_counter()
@@ -173,7 +200,7 @@ def run_variant(args) -> dict:
 
 
 def _time_steps(args, config, setup, compiled) -> dict:
-  batch = _place(args, setup.mesh)
+  batch = _place(args, config, setup.mesh)
   holder = [setup.init()]
 
   def one_step():
@@ -183,7 +210,7 @@ def _time_steps(args, config, setup, compiled) -> dict:
   seconds = median_seconds(one_step, args.steps, args.warmup)
   devices = jax.device_count()
   img_per_sec = args.batch / seconds
-  gflops = flops.train_flops(config.model, args.image_size, NUM_CLASSES) / 1e9
+  gflops = flops.train_flops(config.model, args.image_size, NUM_CLASSES, locked_image=config.lit.locked_image) / 1e9
   model_tflops = img_per_sec * gflops / 1e3 / devices
   peak, source = peak_of(args)
   return {'steps': args.steps, 'warmup': args.warmup, 'step_s_median': seconds, 'img_per_sec': img_per_sec,
@@ -212,6 +239,8 @@ def child_argv(args, variant: str, options: dict, peak_tflops) -> list[str]:
   argv += ['--compile_only'] if args.compile_only else []
   argv += [f'--{flag}={getattr(args, flag)}' for flag in (*SIZE_FLAGS, 'patch') if getattr(args, flag) is not None]
   argv += [f'--peak_tflops={peak_tflops}'] if peak_tflops is not None else []
+  argv += ['--unlocked'] if args.unlocked else []
+  argv += [f'--text_layers={args.text_layers}'] if args.text_layers is not None else []
   return argv
 
 
@@ -233,8 +262,18 @@ def compare(fast: dict, baseline: dict) -> dict:
 def main(argv=None):
   args = parse_args(argv)
   options = variant_options(args)
+  if args.model in presets.LIT_PRESETS and not args.no_baseline:
+    lit = run_in_process(child_argv(args, 'lit', options, args.peak_tflops))
+    classifier = argparse.Namespace(**{**vars(args), 'model': presets.LIT_PRESETS[args.model][0], 'unlocked': False,
+                                       'text_layers': None})
+    baseline = run_in_process(child_argv(classifier, 'image_classifier', options, args.peak_tflops))
+    print(json.dumps(baseline), flush=True)
+    if 'step_s_median' in lit:
+      lit['step_ratio_vs_image_classifier'] = lit['step_s_median'] / baseline['step_s_median']
+    print(json.dumps(lit), flush=True)
+    return
   if args.no_baseline or options == BASELINE:
-    args.variant = 'baseline' if options == BASELINE else args.variant
+    args.variant = 'baseline' if options == BASELINE and args.variant == 'fast' else args.variant
     print(json.dumps(run_variant(args)), flush=True)
     return
   fast = run_in_process(child_argv(args, 'fast', options, args.peak_tflops))

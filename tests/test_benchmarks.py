@@ -43,3 +43,14 @@ def test_input_throughput_prints_both_pipelines_and_the_host_budget():
     assert row['ratio'] > 0 and row['ours']['img_per_sec'] > 0 and row['tf.data']['cpu_ms_per_image'] > 0
   assert len(result['budget']) == 18 and all(r['vcpus_plain'] > 0 for r in result['budget'])
   assert '| digits | 8x8 PNG, no crop |' in out and '| ViT-B_16 | TPU v4 (4 chips) |' in out
+
+
+def test_train_throughput_times_a_lit_step_beside_its_image_tower_as_a_classifier():
+  out = subprocess.run([sys.executable, 'benchmarks/train_throughput.py', '--model=LiT-L16Ti', *TINY[1:],
+                        '--text_layers=1', '--steps=2', '--warmup=1', '--peak_tflops=1'], cwd=ROOT, check=True,
+                       stdout=subprocess.PIPE, text=True, timeout=900).stdout
+  baseline, lit = (json.loads(line) for line in out.strip().splitlines()[-2:])
+  assert (baseline['variant'], baseline['model'], lit['variant'], lit['model']) == (
+      'image_classifier', 'ViT-L_16', 'lit', 'LiT-L16Ti')
+  assert lit['step_ratio_vs_image_classifier'] == lit['step_s_median'] / baseline['step_s_median'] > 0
+  assert 0 < lit['train_gflops_per_image'] and lit['mfu'] > 0

@@ -152,7 +152,7 @@ def test_a_model_field_of_the_other_family_is_named_as_such():
   config.model.unlock()
   config.model.tokens_mlp_dim = 32
   with pytest.raises(check.UnknownFieldError, match=r'config.model.tokens_mlp_dim is an MLP-Mixer field, but '
-                     r'config.model is a ViT \(it has no num_blocks\): start from a Mixer preset'):
+                     r'config.model is a ViT \(it has no num_blocks or text_model\): start from a Mixer preset'):
     check.validate(config)
 
 

@@ -90,8 +90,9 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
     batches = list(ds)
     params = jax.device_get(state['params'])
     params['head']['kernel'] = np.random.default_rng(0).normal(size=params['head']['kernel'].shape)
-    result = evaluate.evaluate(jax.jit(evaluate.make_eval_step(model)), params,
-                               (input_pipeline.make_global_batch(b, shard) for b in batches), evaluate.zeros(model))
+    result = evaluate.evaluate(jax.jit(evaluate.make_eval_step(evaluate.classifier_logits(model))), params,
+                               (input_pipeline.make_global_batch(b, shard) for b in batches),
+                               evaluate.zeros(model.num_classes))
   real = [(b['image'][b['mask'] > 0], b['label'][b['mask'] > 0]) for b in batches]
   images = np.concatenate([r[0] for r in real])
   labels = np.concatenate([r[1] for r in real])

@@ -108,7 +108,7 @@ def test_the_command_line_classifies_zero_shot_and_writes_json(tiny_lit, monkeyp
 
 @pytest.mark.parametrize('args, message', [
     (['--model=LiT-B16B', '--checkpoint=x.npz'], '--model=LiT-B16B classifies zero-shot: pass --checkpoint'),
-    (['--model=ViT-B_16', '--checkpoint=x.npz', '--classes=a,b'], '--classes and --vocab go with a LiT model'),
+    (['--model=ViT-B_16', '--checkpoint=x.npz', '--classes=a,b'], '--classes, --templates and --vocab go with a LiT'),
 ])
 def test_zero_shot_arguments_that_do_not_go_together_exit_2(args, message, capsys):
   with pytest.raises(SystemExit) as e:

@@ -12,17 +12,23 @@ import jax.numpy as jnp
 from vit_jax import losses, preprocess
 
 
-def zeros(model) -> dict[str, jax.Array]:
+def zeros(num_classes: int) -> dict[str, jax.Array]:
   """The totals before the first batch: {'correct', 'loss', 'count'}, and 'correct_top5' for >= 5 classes."""
-  keys = ('correct', 'loss', 'count') + (('correct_top5',) if model.num_classes >= 5 else ())
+  keys = ('correct', 'loss', 'count') + (('correct_top5',) if num_classes >= 5 else ())
   return {key: jnp.zeros((), jnp.float32) for key in keys}
 
 
-def make_eval_step(model, *, loss: str = 'softmax') -> Callable:
-  """(params, batch, totals) -> totals plus this batch's masked sums (the keys of `zeros(model)`)."""
+def classifier_logits(model) -> Callable:
+  """(params, images) -> logits of a classifier (a VisionTransformer or MlpMixer) in eval mode."""
+  return lambda params, images: model.apply({'params': params}, images, train=False)
+
+
+def make_eval_step(logits_fn: Callable, *, loss: str = 'softmax') -> Callable:
+  """(params, batch, totals) -> totals plus this batch's masked sums (the keys of `zeros`), from `logits_fn(params,
+  images)` (`classifier_logits`, or a zero-shot classifier's: vit_jax/evaluators/zeroshot.py)."""
 
   def eval_step(params, batch, totals):
-    logits = model.apply({'params': params}, preprocess.to_float(batch['image']), train=False)
+    logits = logits_fn(params, preprocess.to_float(batch['image']))
     labels, mask = batch['label'], batch['mask']
     num_classes = logits.shape[-1]
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
@@ -41,7 +47,7 @@ def make_eval_step(model, *, loss: str = 'softmax') -> Callable:
 
 
 def evaluate(eval_step: Callable, params, batches: Iterable, totals: dict) -> dict[str, float]:
-  """Runs `eval_step` over all batches from `totals` (`zeros(model)`); returns eval/accuracy, eval/top5 (>= 5
+  """Runs `eval_step` over all batches from `totals` (`zeros(num_classes)`); returns eval/accuracy, eval/top5 (>= 5
   classes), eval/loss and eval/num_examples. Nothing but `eval_step` runs on the devices until the end."""
   num_batches = 0
   for batch in batches:

@@ -62,6 +62,10 @@ def _in_model_layout(flat: dict[str, np.ndarray], config) -> dict:
 def load_run(workdir: str) -> Trained:
   """The trained model of a run's workdir (see the module doc); a clear error when the workdir holds none."""
   config = _for_this_backend(check.validate(workdir_lib.load_config(workdir)))
+  if models.is_lit(config.model):
+    raise workdir_lib.WorkdirError(f'{workdir} holds a LiT image-text run, which has no class head: classify with it '
+                                   f'zero-shot (python -m vit_jax.predict --workdir={workdir} IMAGES), or read its '
+                                   f'{workdir_lib.PARAMS_FILE} with vit_jax.models.LitModel.load_variables.')
   npz_path = workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
   step, has_npz = workdir_lib.latest_step(workdir), io.exists(npz_path)
   if step is None and not has_npz:

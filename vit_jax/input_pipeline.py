@@ -12,9 +12,10 @@ Records are read and decoded by Grain in `config.input_threads` threads (0: one 
 
 Evaluation (`eval_dataset`): process p reads records p, p + P, ... of the split once, in order; padding examples
 (zeros, mask 0) fill the last batch and extra batches so that every process yields the same number of batches and
-each real example (mask 1) counts exactly once.
+each real example (mask 1) counts exactly once; 'index' is each row's record in the split (-1 for padding).
 
-Batches are numpy dicts {'image': uint8 [L, S, S, 3], 'label': int32 [L] (, 'mask': float32 [L])}; images become
+Batches are numpy dicts {'image': uint8 [L, S, S, 3], 'label': int32 [L] (, 'mask': float32 [L])}, and for a LiT
+model's training 'tokens': int32 [L, max_len], each example's caption (vit_jax/captions.py); images become
 float [-1, 1] on the device (`preprocess.to_float` in the train and eval steps). Sources: vit_jax/sources.py.
 """
 import collections
@@ -30,6 +31,8 @@ import numpy as np
 
 from vit_jax import datasets as _local_datasets  # noqa: F401  (registers sklearn_digits with TFDS)
 from vit_jax import preprocess, randaugment, sources
+from vit_jax.captions import Captions
+from vit_jax.configs import presets
 from vit_jax.sources import (  # noqa: F401  (the input pipeline's public names)
     IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, folder_root, get_info, open_split)
 
@@ -82,10 +85,10 @@ class TrainStream:
   `stream[i]` is one example; `stream.batch(positions)` the examples at `positions` stacked, with their records read
   together (one batched read where the source has one, e.g. ArrayRecord)."""
 
-  def __init__(self, config, records):
+  def __init__(self, config, records, captions: Captions | None = None):
     if len(records) == 0:
       raise sources.DataError(f'{config.dataset} {config.train_split!r} has no examples.')
-    self.records, self.example = records, TrainExample(config)
+    self.records, self.example, self.captions = records, TrainExample(config), captions
     self.order = grain.MapDataset.range(len(records)).shuffle(seed=_seed(config.seed, 0)).repeat()
     self.seed = _seed(config.seed, 1)
 
@@ -96,10 +99,14 @@ class TrainStream:
     return self.example(self.records[self.order[position]], self._rng(position))
 
   def batch(self, positions) -> dict[str, np.ndarray]:
-    records = sources.read_many(self.records, [self.order[int(p)] for p in positions])
+    indices = [self.order[int(p)] for p in positions]
+    records = sources.read_many(self.records, indices)
     examples = [self.example(r, self._rng(p)) for r, p in zip(records, positions)]
-    return {'image': np.stack([e['image'] for e in examples]), 'label': np.array([e['label'] for e in examples],
-                                                                                 np.int32)}
+    out = {'image': np.stack([e['image'] for e in examples]), 'label': np.array([e['label'] for e in examples],
+                                                                                np.int32)}
+    if self.captions is not None:  # Image-text training: each example's caption, tokenized (vit_jax/captions.py).
+      out['tokens'] = self.captions.tokens(out['label'], positions, indices)
+    return out
 
 
 class _LocalBatch:
@@ -138,8 +145,10 @@ def train_dataset(config, *, local_batch_size: int, process_index: int = 0, proc
   _check_process_args(local_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  records = open_split(config, config.train_split, download=download).records
-  stream = TrainStream(config, sources.decoded(records, config.input_cache_mib * 2**20))
+  split = open_split(config, config.train_split, download=download)
+  stream = TrainStream(config, sources.decoded(split.records, config.input_cache_mib * 2**20),
+                       Captions.create(config, split.class_names, split.records) if presets.is_lit(config.model)
+                       else None)
   local = _LocalBatch(stream, local_batch_size * process_count, local_batch_size, process_index)
   return _parallel(config, grain.MapDataset.range(start_step, sys.maxsize).map(local))
 
@@ -155,14 +164,16 @@ class _EvalBatch:
 
   def __call__(self, b: int) -> dict[str, np.ndarray]:
     ks = range(b * self.local_batch, min((b + 1) * self.local_batch, self.count))
-    records = sources.read_many(self.records, [self.process_index + k * self.process_count for k in ks])
+    indices = [self.process_index + k * self.process_count for k in ks]
+    records = sources.read_many(self.records, indices)
     images = np.zeros((self.local_batch, self.size, self.size, 3), np.uint8)
     labels, mask = np.zeros(self.local_batch, np.int32), np.zeros(self.local_batch, np.float32)
+    index = np.full(self.local_batch, -1, np.int32)
     for j, record in enumerate(records):
       images[j] = preprocess.eval_image(record['image'], image_size=self.size, crop_fraction=self.fraction,
                                         resize_mode=self.mode)
-      labels[j], mask[j] = record['label'], 1.0
-    return {'image': images, 'label': labels, 'mask': mask}
+      labels[j], mask[j], index[j] = record['label'], 1.0, indices[j]
+    return {'image': images, 'label': labels, 'mask': mask, 'index': index}
 
 
 def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import utils
+from vit_jax.configs import presets
 from vit_jax.configs.choices import DECAY_TYPES, DTYPES, OPTIMIZERS  # noqa: F401  (the values config takes)
 
 ACCUMULATOR_DTYPES = {name: jnp.dtype(name) for name in DTYPES}
@@ -22,6 +23,8 @@ ACCUMULATOR_DTYPES = {name: jnp.dtype(name) for name in DTYPES}
 # Only Dense / Conv kernels (attention query/key/value/out included) are decayed; biases, norm scales,
 # `cls` and `pos_embedding` are not.
 WEIGHT_DECAY_RULES = ((r'(.*/)?kernel', True),)
+# A LiT model's locked image tower (config.lit.locked_image): no updates, and no optimizer state kept for it.
+LOCKED_RULES = ((r'img/.*', 'locked'),)
 
 
 def make_schedule(config) -> optax.Schedule:
@@ -105,7 +108,15 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     parts.append(adam())
     parts += decay
   parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if presets.is_lit(config.model) and config.lit.locked_image:  # LiT: the image tower is locked (no updates).
+    tx = optax.multi_transform({'train': tx, 'locked': optax.set_to_zero()}, locked_labels)
+  return tx, schedule
+
+
+def locked_labels(params):
+  """Tree of 'locked' (a LiT model's image tower, `img/...`) or 'train' like `params`: optax.multi_transform's."""
+  return utils.tree_rules(params, LOCKED_RULES, default='train')
 
 
 def applied_learning_rate(schedule: optax.Schedule, opt_state):

@@ -3,10 +3,13 @@
   python -m vit_jax.predict --workdir=runs/default digits/*.png [--top_k=3] [--output=predictions.json|.csv]
   python -m vit_jax.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 [--num_classes=1000] photos/
   python -m vit_jax.predict --checkpoint=LiT-B16B.npz --model=LiT-B16B --classes=cat,dog [--templates=ensemble] photos/
+  python -m vit_jax.predict --workdir=runs/lit digits/*.png   # A LiT run (configs/lit.py): zero-shot on its classes
 
 With a LiT model (--model=LiT-..., vit_jax/models/lit.py) the images are classified zero-shot against --classes (names,
-comma separated, or a file with one per line) put through prompt templates (vit_jax/zeroshot.py), with the
-release's tokenizer vocabulary next to its file on gs://vit_models/lit/ unless --vocab names another.
+comma separated, or a file with one per line) put through prompt templates (vit_jax/zeroshot.py; default 'photo'),
+with the release's tokenizer vocabulary next to its file on gs://vit_models/lit/ unless --vocab names another. A LiT
+run (`--workdir`, trained with configs/lit.py) brings its own: its params.npz, its vocabulary (config.lit.vocab_path
+or WORKDIR/vocab.model), its class names and caption templates (--classes and --templates replace them).
 
 Inputs are image files, folders (searched recursively for vit_jax.io.IMAGE_EXTENSIONS) and globs, local or gs://.
 Each image goes through the run's evaluation preprocessing (`preprocess.eval_image`), in batches of --batch_size.
@@ -107,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--output', help='Also write the results to this .json or .csv file.')
   lit = parser.add_argument_group('zero-shot (with --model=LiT-...)')
   lit.add_argument('--classes', help='Class names, comma separated, or a file with one per line.')
-  lit.add_argument('--templates', default='photo', help='Prompt templates: photo, ensemble, or a file with one per '
-                   'line, each with {} for the class name (default: photo).')
+  lit.add_argument('--templates', help='Prompt templates: photo, ensemble, or a file with one per line, each with {} '
+                   "for the class name (default: photo; a LiT run's own).")
   lit.add_argument('--vocab', help="The tokenizer's vocabulary (default: the release's, gs://vit_models/lit/).")
   args = parser.parse_args(argv)
   if args.output and not args.output.endswith(('.json', '.csv')):
@@ -120,8 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error(f'--model={args.model} classifies zero-shot: pass --checkpoint=X.npz (its release file) and '
                    '--classes=NAME,NAME,... (or a file of names).')
     return cli.run(lambda: _predict_zero_shot(args), prog=parser.prog, argv=argv)
-  if args.classes or args.vocab:
-    parser.error('--classes and --vocab go with a LiT model (--model=LiT-..., e.g. LiT-B16B).')
+  if args.workdir and _is_lit_run(args.workdir):
+    return cli.run(lambda: _predict_zero_shot(args), prog=parser.prog, argv=argv)
+  if args.classes or args.vocab or args.templates:
+    parser.error('--classes, --templates and --vocab go with a LiT model (--model=LiT-..., e.g. LiT-B16B, or a LiT '
+                 'run\'s --workdir).')
   cli.check_model_args(args, parser)
   return cli.run(lambda: _predict(args), prog=parser.prog, argv=argv)
 
@@ -135,18 +141,50 @@ def _predict(args) -> int:
   return _report(records, args)
 
 
-def _predict_zero_shot(args) -> int:
-  from vit_jax import inference, io, models, preprocess, zeroshot  # pylint: disable=g-import-not-at-top  (JAX)
-  classes = args.classes
+def _is_lit_run(workdir: str) -> bool:
+  """Whether --workdir holds a LiT run (its config's model; a workdir without one is the loader's error)."""
+  from vit_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  try:
+    return presets.is_lit(workdir_lib.load_config(workdir).model)
+  except errors.UserError:
+    return False
+
+
+def _class_names(classes: str) -> list[str]:
+  from vit_jax import io  # pylint: disable=g-import-not-at-top
   names = ([n.strip() for n in io.read_text(classes).splitlines() if n.strip()] if io.isfile(classes)
            else [n.strip() for n in classes.split(',') if n.strip()])
   if len(names) < 2:
     raise errors.UserError(f'--classes={classes!r} gives {len(names)} class name(s); zero-shot needs at least two.')
-  templates = zeroshot.read_templates(args.templates)
-  model = models.get_model(args.model)
-  variables = model.load_variables(args.checkpoint)
-  logits = zeroshot.classifier(model, variables, model.get_tokenizer(args.vocab), names, templates,
-                               batch_size=args.batch_size)
+  return names
+
+
+def _zero_shot_model(args):
+  """(model, variables, tokenizer, class names, templates) of --model/--checkpoint or of a LiT run (--workdir)."""
+  from vit_jax import captions, io, models, state, zeroshot  # pylint: disable=g-import-not-at-top  (JAX)
+  from vit_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  templates = zeroshot.read_templates(args.templates) if args.templates else None
+  names = _class_names(args.classes) if args.classes else None
+  if not args.workdir:
+    model = models.get_model(args.model)
+    return (model, model.load_variables(args.checkpoint), model.get_tokenizer(args.vocab), names,
+            templates or zeroshot.TEMPLATES['photo'])
+  config = workdir_lib.load_config(args.workdir)
+  params = workdir_lib.path(args.workdir, workdir_lib.PARAMS_FILE)
+  if not io.exists(params):
+    raise workdir_lib.WorkdirError(f'{args.workdir} has no {workdir_lib.PARAMS_FILE} yet: a LiT run writes it when '
+                                   'it finishes (rerun its command to finish it).')
+  model = state.build_model(config, 0)
+  run = captions.Captions.create(config, workdir_lib.read_class_names(args.workdir))
+  vocab = args.vocab or config.lit.vocab_path or workdir_lib.path(args.workdir, workdir_lib.VOCAB_FILE)
+  return model, model.load_variables(params), model.get_tokenizer(vocab), names or list(run.names), (
+      templates or run.templates)
+
+
+def _predict_zero_shot(args) -> int:
+  from vit_jax import inference, io, preprocess, zeroshot  # pylint: disable=g-import-not-at-top  (JAX)
+  model, variables, tokenizer, names, templates = _zero_shot_model(args)
+  logits = zeroshot.classifier(model, variables, tokenizer, names, templates, batch_size=args.batch_size)
   pp = model.get_image_preprocessing()
   paths, missing = inference.expand_inputs(args.inputs)
   batches = inference.image_batches(paths, None, args.batch_size,

@@ -25,14 +25,20 @@ def layout_problems(config, devices: int) -> list[str]:
 
 
 def file_problems(config) -> list[str]:
-  """The pretrained file that config.pretrained_path names (not an AugReg name, resolved later) and the image
-  folder: each that is missing or of a kind vit_jax cannot read."""
+  """The pretrained files that config.pretrained_path and a LiT run's config.lit.image_init / text_init name (not
+  AugReg names, resolved later), its vocabulary, and the image folder: each that is missing or of a kind vit_jax
+  cannot read."""
   problems = []
-  if config.pretrained_path and not config.pretrained_path.startswith(augreg.PREFIX):
-    try:
-      checkpoint.recognise(config.pretrained_path)
-    except checkpoint.CheckpointError as e:
-      problems.append(f'config.pretrained_path: {e}')
+  for field in ('pretrained_path', 'lit.image_init', 'lit.text_init'):
+    path = config[field] if '.' not in field else config.lit[field[len('lit.'):]]
+    if path and not path.startswith(augreg.PREFIX):
+      try:
+        checkpoint.recognise(path)
+      except checkpoint.CheckpointError as e:
+        problems.append(f'config.{field}: {e}')
+  if config.lit.vocab_path and not io.isfile(config.lit.vocab_path):
+    problems.append(f'config.lit.vocab_path={config.lit.vocab_path!r} is not a file (a BERT vocab.txt or a '
+                    "SentencePiece .model; '' builds one from the captions).")
   if config.dataset == dataset_names.IMAGE_FOLDER and config.image_folder and not io.isdir(config.image_folder):
     problems.append(f'config.image_folder={config.image_folder!r} is not a folder (it should hold '
                     'train/<class>/*.jpg).')

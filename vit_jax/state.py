@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import augreg, checkpoint, models, optim, run_checkpoints, sharding
+from vit_jax import augreg, checkpoint, models, optim, run_checkpoints, sharding, utils
 from vit_jax import train_step as train_step_lib
 from vit_jax.configs import choices
 
@@ -30,8 +30,11 @@ DTYPES = {name: jnp.dtype(name) for name in choices.DTYPES}
 
 def build_model(config, num_classes: int):
   """The model of `config` (fast paths included) with a head of `num_classes`: an MlpMixer for a Mixer's model
-  config (models.is_mixer; of the fast paths it takes remat_policy only, check.validate refuses the others), else
-  a VisionTransformer."""
+  config (models.is_mixer; of the fast paths it takes remat_policy only, check.validate refuses the others), a
+  LitModel for a LiT model's (models.is_lit; no class head: `num_classes` is not used), else a VisionTransformer."""
+  if models.is_lit(config.model):  # An image-text model (config.lit): no class head; the loss sets its `b`.
+    return models.LitModel(**config.model, temperature_init=config.lit.temperature_init,
+                           bias_init=config.lit.bias_init if config.loss == 'sigmoid' else None)
   if models.is_mixer(config.model):
     return models.MlpMixer(num_classes=num_classes, dtype=DTYPES[config.dtype], remat_policy=config.remat_policy,
                            **config.model)
@@ -40,10 +43,18 @@ def build_model(config, num_classes: int):
       attention=config.attention, fused_qkv=config.fused_qkv, **config.model)
 
 
+def init_params(model, rng, image_size: int):
+  """The model's freshly initialised parameters (from a batch of one zero image, and one text of zeros for LiT)."""
+  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  if isinstance(model, models.LitModel):
+    tokens = jnp.zeros((1, model.pp['max_len']), jnp.int32)
+    return model.init(rng, images=images, tokens=tokens)['params']
+  return model.init(rng, images, train=False)['params']
+
+
 def abstract_params(model, image_size: int):
   """The model's parameters as ShapeDtypeStructs (nothing is computed)."""
-  dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)['params']
+  return jax.eval_shape(lambda rng: init_params(model, rng, image_size), jax.random.key(0))
 
 
 
@@ -63,10 +74,8 @@ class Setup:
   def create(cls, config, num_classes: int, mesh) -> 'Setup':
     model = build_model(config, num_classes)
     tx, schedule = optim.make_optimizer(config)
-    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-
     def init(rng):
-      params = model.init(rng, dummy, train=False)['params']
+      params = init_params(model, rng, config.image_size)
       return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
               'window': train_step_lib.zero_window(),
               'nonfinite': {'count': jnp.zeros((), jnp.int32), 'last_step': jnp.full((), -1, jnp.int32)}}
@@ -94,7 +103,10 @@ class Setup:
     return {**train_state, 'params': params, 'opt_state': opt_state}
 
   def with_pretrained(self, train_state):
-    """Fine-tuning: config.pretrained_path (a release .npz, or 'augreg:...') loaded into `train_state`."""
+    """Fine-tuning: config.pretrained_path (a release .npz, or 'augreg:...') loaded into `train_state`; for a LiT
+    model the towers' files instead (`lit_pretrained`)."""
+    if models.is_lit(self.config.model):
+      return self.with_params(train_state, lit_pretrained(self.config, train_state['params']))
     path = augreg.resolve(self.config.pretrained_path, self.config.augreg_index)
     log.info('Fine-tuning from %s.', path)
     params = checkpoint.load_pretrained(pretrained_path=path, init_params=train_state['params'],
@@ -121,6 +133,33 @@ class Setup:
                    donate_argnums=0 if donate else ())
 
 
+def needs_pretrained(config) -> bool:
+  """Whether a fresh run of `config` starts from files: config.pretrained_path, or a LiT model's tower files."""
+  if models.is_lit(config.model):
+    return bool(config.lit.image_init or config.lit.text_init)
+  return bool(config.pretrained_path)
+
+
+def lit_pretrained(config, params):
+  """A LiT model's `params` with config.lit.image_init (a ViT .npz: its head dropped, position embeddings resampled
+  to config.image_size) as the image tower and config.lit.text_init (a LiT .npz) as the text tower and `t`."""
+  params = dict(params)
+  if config.lit.image_init:
+    path = augreg.resolve(config.lit.image_init, config.augreg_index)
+    log.info('Image tower from %s.', path)
+    params['img'] = checkpoint.load_pretrained(pretrained_path=path, init_params=params['img'],
+                                               model_config=config.model.image, image_size=config.image_size)
+  if config.lit.text_init:
+    log.info('Text tower from %s.', config.lit.text_init)
+    have = {k: v for k, v in checkpoint.canonical_flat(config.lit.text_init).items()
+            if k == 't' or k.startswith('txt/')}
+    checkpoint.check_fits(have, utils.flatten_dict({'txt': params['txt'], 't': params['t']}),
+                          source=f'The text tower (txt/, t) of {config.lit.text_init}')
+    source = utils.unflatten_dict(have)
+    params.update(source)
+  return params
+
+
 def restore_or_init(setup: Setup, checkpoints: run_checkpoints.Checkpoints):
   """The latest checkpoint restored, else a born-sharded init, fine-tuning from config.pretrained_path if set."""
   latest = checkpoints.latest_step()
@@ -128,4 +167,4 @@ def restore_or_init(setup: Setup, checkpoints: run_checkpoints.Checkpoints):
     log.info('Resuming from %s at step %d.', checkpoints.directory, latest)
     return setup.restore(checkpoints, latest)
   train_state = setup.init()
-  return setup.with_pretrained(train_state) if setup.config.pretrained_path else train_state
+  return setup.with_pretrained(train_state) if needs_pretrained(setup.config) else train_state

@@ -47,11 +47,12 @@ class BertTokenizer:
 class SentencepieceTokenizer:
   """SentencePiece with a sticky '</s>' last (module doc). `eos_token` is '</s>''s id, also the padding."""
 
-  def __init__(self, vocab_path: str, max_len: int):
+  def __init__(self, vocab_path: str, max_len: int, proto: bytes | None = None):
+    """`proto`: the serialised model itself, instead of reading `vocab_path`."""
     import sentencepiece  # pylint: disable=g-import-not-at-top  (only LiT needs it)
     self._sp = sentencepiece.SentencePieceProcessor()
     try:
-      self._sp.LoadFromSerializedProto(io.read_bytes(vocab_path))
+      self._sp.LoadFromSerializedProto(proto if proto is not None else io.read_bytes(vocab_path))
     except (RuntimeError, OSError) as e:
       raise TokenizerError(f'{vocab_path} is not a SentencePiece model ({e}).') from e
     self.vocab_path, self.max_len, self.eos_token = vocab_path, max_len, self._sp.piece_to_id('</s>')

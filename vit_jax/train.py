@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vit_jax import augreg, checkpoint, distributed, errors, evaluators, flops, goodput, input_pipeline, io, metrics
-from vit_jax import preemption, preflight
+from vit_jax import captions, models, preemption, preflight
 from vit_jax import watchdog as watchdog_lib
 from vit_jax import run_checkpoints, sharding
 from vit_jax import state as state_lib
@@ -60,6 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
             workdir_lib.record_config(config, workdir, changes)
             workdir_lib.record_dataset(workdir, class_names=info.class_names, num_train=info.num_train,
                                        num_eval=info.num_eval)
+            _record_vocabulary(resolved, workdir)
             if workdir_lib.drop_records_after(workdir, start):
               log.info('Dropped the metrics.jsonl records after step %d: the resumed run writes them again.', start)
           loop = Loop(setup, checkpoints, workdir, watch, train_state, evaluators.build(resolved, setup.model, mesh),
@@ -94,12 +95,24 @@ def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
   lock.acquire()
   try:
     changes = workdir_lib.check_config(config, workdir, allow_change=allow_config_change)
-    if config.pretrained_path and not workdir_lib.holds_run(workdir):
+    if config.pretrained_path and not models.is_lit(config.model) and not workdir_lib.holds_run(workdir):
       checkpoint.recognise(augreg.resolve(config.pretrained_path, config.augreg_index))
   except BaseException:
     lock.release()
     raise
   return changes
+
+
+def _record_vocabulary(config, workdir: str) -> None:
+  """A LiT run that builds its tokenizer's vocabulary (vit_jax/captions.py) keeps it as WORKDIR/vocab.model."""
+  if models.is_lit(config.model):
+    vocab = captions.of_run(config).vocabulary()
+    if vocab is not None:
+      io.write_bytes(workdir_lib.path(workdir, workdir_lib.VOCAB_FILE), vocab)
+
+
+def _num_classes_of(model) -> int | None:
+  return getattr(model, 'num_classes', None)  # A LiT model has no class head.
 
 
 def _num_classes(config, info) -> int:
@@ -167,8 +180,9 @@ class Loop:
     is_main = jax.process_index() == 0
     self.writer = metrics.Writer(workdir, enabled=is_main)
     self.progress = metrics.Progress(self.config.total_steps, self.start, enabled=is_main)
-    self.speed = metrics.Speed(flops.train_flops(self.config.model, self.config.image_size, setup.model.num_classes),
-                               jax.device_count(), flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype))
+    self.speed = metrics.Speed(flops.train_flops(self.config.model, self.config.image_size, _num_classes_of(
+        setup.model), locked_image=self.config.lit.locked_image), jax.device_count(),
+                               flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype))
 
   def run(self) -> dict[str, float]:
     config, result = self.config, {}

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import errors, losses, optim, preprocess, sharding
+from vit_jax import contrastive, errors, losses, optim, preprocess, sharding
+from vit_jax.configs import presets
 
 MIXUP_STREAM = 0x6D6978  # Folded into the seed for mixup's keys, apart from dropout's.
 
@@ -37,6 +38,18 @@ def mixup(images, targets, key, p: float, num_shards: int):
   return mix(images), mix(targets)
 
 
+def contrastive_loss(model, config, params, batch):
+  """A LiT model's image-text loss on a global batch (vit_jax/contrastive.py): config.loss 'softmax' (LiT) or
+  'sigmoid' (SigLIP, with the model's bias `b`). A locked image tower (config.lit.locked_image) is applied under
+  stop_gradient, so no backward pass runs through it."""
+  if config.lit.locked_image:
+    params = {**params, 'img': jax.lax.stop_gradient(params['img'])}
+  zimg, ztxt, out = model.apply({'params': params}, images=batch['image'], tokens=batch['tokens'])
+  if config.loss == 'sigmoid':
+    return contrastive.sigmoid_loss(zimg, ztxt, out['t'][0], out['b'][0])
+  return contrastive.softmax_loss(zimg, ztxt, out['t'][0])
+
+
 def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
   """(state, batch) -> (state, stats). Dropout keys come from (seed, step[, micro-batch]), mixup's from (seed, step).
 
@@ -48,35 +61,38 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
   each micro-batch on that device).
   """
   accum = config.accum_steps
+  lit = presets.is_lit(config.model)
 
-  def loss_fn(params, images, labels, rng):
-    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
-    per_example = losses.per_example_loss(logits, labels, kind=config.loss, label_smoothing=config.label_smoothing)
+  def loss_fn(params, batch, rng):
+    if lit:
+      return contrastive_loss(model, config, params, batch)
+    logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    per_example = losses.per_example_loss(logits, batch['label'], kind=config.loss,
+                                          label_smoothing=config.label_smoothing)
     return jnp.mean(per_example)
 
   grad_fn = jax.value_and_grad(loss_fn)
 
   def gradients(params, batch, rng):
     if accum == 1:
-      return grad_fn(params, batch['image'], batch['label'], rng)
+      return grad_fn(params, batch, rng)
 
     def split(x):
       x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
       return jax.lax.with_sharding_constraint(x, micro_shard)
 
     def body(carry, inputs):
-      i, images, labels = inputs
-      return jax.tree.map(jnp.add, carry, grad_fn(params, images, labels, jax.random.fold_in(rng, i))), None
+      i, micro_batch = inputs
+      return jax.tree.map(jnp.add, carry, grad_fn(params, micro_batch, jax.random.fold_in(rng, i))), None
 
-    micro = jax.tree.map(split, batch)
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    sums, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro['image'], micro['label']))
+    sums, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), jax.tree.map(split, batch)))
     return jax.tree.map(lambda x: x / accum, sums)
 
   def train_step(state, batch):
     step = state['step']
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
-    batch = {'image': preprocess.to_float(batch['image']), 'label': batch['label']}  # uint8 travels; float here.
+    batch = {**batch, 'image': preprocess.to_float(batch['image'])}  # uint8 travels; float here.
     if config.mixup_p > 0:
       mix_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), MIXUP_STREAM), step)
       batch['image'], batch['label'] = mixup(batch['image'], jax.nn.one_hot(batch['label'], model.num_classes),

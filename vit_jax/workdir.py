@@ -44,6 +44,7 @@ EVENTS_PREFIX = 'events.out.tfevents.'
 CHECKPOINTS_DIR = 'checkpoints'
 COMMIT_FILE = 'commit_success.txt'  # Orbax's marker of a finalised checkpoint on object stores.
 PARAMS_FILE = 'params.npz'
+VOCAB_FILE = 'vocab.model'  # A LiT run's tokenizer vocabulary when it built its own (vit_jax/captions.py).
 LAUNCH_FILE = 'launch.json'
 RUN_LOG = 'run.log'
 GOODPUT_FILE = 'goodput.json'

@@ -49,13 +49,13 @@ def _number(problems, name, value, *, low=None, high=None, low_open=False, high_
     problems.append(f'config.{name}={value!r} must be {where}.')
 
 
-def _patch_size(model, problems):
+def _patch_size(model, problems, prefix: str = 'model'):
   """The model's patch size (h, w), or None after naming it in `problems` when it is not a pair of positive ints."""
   size = model.patches.size
   if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
       isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-    problems.append(f'config.model.patches.size={size!r} must be a pair of positive integers (height, width), e.g. '
-                    '(16, 16); on the command line --config.model.patches.size="(16, 16)".')
+    problems.append(f'config.{prefix}.patches.size={size!r} must be a pair of positive integers (height, width), '
+                    f'e.g. (16, 16); on the command line --config.{prefix}.patches.size="(16, 16)".')
     return None
   return tuple(size)
 
@@ -84,34 +84,90 @@ def _mixer_problems(config, problems) -> None:
                     'none; set it to False.')
 
 
-def _model_problems(model, image_size, problems) -> None:
-  size = _patch_size(model, problems)
-  _number(problems, 'model.hidden_size', model.hidden_size, low=1, integer=True)
+def _model_problems(model, image_size, problems, prefix: str = 'model') -> None:
+  """A ViT's fields (config.<prefix>: a LiT model's image tower is config.model.image) and its image size."""
+  size = _patch_size(model, problems, prefix)
+  _number(problems, f'{prefix}.hidden_size', model.hidden_size, low=1, integer=True)
   t = model.transformer
   for field in ('num_layers', 'mlp_dim', 'num_heads'):
-    _number(problems, f'model.transformer.{field}', t[field], low=1, integer=True)
+    _number(problems, f'{prefix}.transformer.{field}', t[field], low=1, integer=True)
   if isinstance(t.num_heads, int) and t.num_heads > 0 and isinstance(model.hidden_size, int) and (
       model.hidden_size % t.num_heads):
-    problems.append(f'config.model.hidden_size={model.hidden_size} must be a multiple of '
-                    f'config.model.transformer.num_heads={t.num_heads}.')
+    problems.append(f'config.{prefix}.hidden_size={model.hidden_size} must be a multiple of '
+                    f'config.{prefix}.transformer.num_heads={t.num_heads}.')
   for field in ('dropout_rate', 'attention_dropout_rate', 'drop_path_rate'):
-    _number(problems, f'model.transformer.{field}', t[field], low=0, high=1, high_open=True)
-  _choice(problems, 'model.classifier', model.classifier, choices.CLASSIFIERS)
-  _choice(problems, 'model.posemb', model.posemb, choices.POSEMBS)
+    _number(problems, f'{prefix}.transformer.{field}', t[field], low=0, high=1, high_open=True)
+  _choice(problems, f'{prefix}.classifier', model.classifier, choices.CLASSIFIERS)
+  _choice(problems, f'{prefix}.posemb', model.posemb, choices.POSEMBS)
   if model.representation_size is not None:
-    _number(problems, 'model.representation_size', model.representation_size, low=1, integer=True)
+    _number(problems, f'{prefix}.representation_size', model.representation_size, low=1, integer=True)
   if model.resnet is not None:
     layers = model.resnet.num_layers
     if not isinstance(layers, (tuple, list)) or not all(isinstance(n, int) and n > 0 for n in layers):
-      problems.append(f'config.model.resnet.num_layers={layers!r} must be a tuple of positive integers.')
+      problems.append(f'config.{prefix}.resnet.num_layers={layers!r} must be a tuple of positive integers.')
       size = None
-    _number(problems, 'model.resnet.width_factor', model.resnet.width_factor, low=0, low_open=True)
+    _number(problems, f'{prefix}.resnet.width_factor', model.resnet.width_factor, low=0, low_open=True)
   if size is not None and isinstance(image_size, int) and image_size > 0:
     px = presets.token_pixels(model)
     if image_size % px:
       problems.append(f'config.image_size={image_size} is not a multiple of the {px} px per token of '
                       f'{model.get("model_name") or "the model"} (patch size times any ResNet stride); e.g. use '
                       f'{max(px, image_size // px * px)}.')
+
+
+def _embedding_dim(tower_dim, width):
+  return tower_dim if tower_dim is not None else width
+
+
+def _lit_problems(config, problems) -> None:
+  """A LiT model (config.model: image tower, text tower, pp, out_dim) and the image-text training of config.lit."""
+  model, lit = config.model, config.lit
+  _model_problems(model.image, config.image_size, problems, 'model.image')
+  _choice(problems, 'model.text_model', model.text_model, choices.TEXT_MODELS)
+  _choice(problems, 'model.pp.tokenizer_name', model.pp.tokenizer_name, choices.TOKENIZERS)
+  _number(problems, 'model.pp.max_len', model.pp.max_len, low=2, integer=True)
+  if config.image_size != model.pp.size:
+    problems.append(f'config.image_size={config.image_size} differs from config.model.pp.size={model.pp.size} (the '
+                    'size its image preprocessing gives, e.g. in vit_jax.predict): set both to the same value.')
+  out_dim = tuple(model.out_dim) if isinstance(model.out_dim, (tuple, list)) else (model.out_dim, model.out_dim)
+  if len(out_dim) != 2 or not all(d is None or (isinstance(d, int) and d > 0) for d in out_dim):
+    problems.append(f'config.model.out_dim={model.out_dim!r} must be (image, text) embedding sizes, each a positive '
+                    'integer or None (no head: the tower\'s own width).')
+  else:
+    image = _embedding_dim(out_dim[0], model.image.get('representation_size') or model.image.hidden_size)
+    text = _embedding_dim(out_dim[1], model.text.get('width', 'the BERT width'))
+    if image != text:
+      problems.append(f'config.model.out_dim={model.out_dim!r} gives image embeddings of size {image} and text '
+                      f'embeddings of size {text}: they must be equal (set out_dim to (None, {image}) or give both '
+                      'towers a head of one size).')
+  if config.accum_steps != 1:
+    problems.append(f'config.accum_steps={config.accum_steps}: the contrastive loss compares every image with every '
+                    'text of the global batch, so it cannot be split into micro-batches; set it to 1.')
+  if config.mixup_p:
+    problems.append(f'config.mixup_p={config.mixup_p}: mixup mixes class labels, and image-text training has none; '
+                    'set it to 0.')
+  if config.fewshot.datasets:
+    problems.append('config.fewshot.datasets is set, but a LiT run evaluates zero-shot on config.eval_split; set '
+                    'fewshot.datasets to \'\'.')
+  if not isinstance(lit.locked_image, bool):
+    problems.append(f'config.lit.locked_image={lit.locked_image!r} must be True or False.')
+  elif lit.locked_image and not lit.image_init:
+    problems.append('config.lit.locked_image=True but config.lit.image_init is empty: a locked image tower must come '
+                    'from a trained ViT (a release .npz or a run\'s params.npz); set image_init or locked_image=False.')
+  if not lit.vocab_path and (model.pp.tokenizer_name, model.text_model) != ('sentencepiece', 'text_transformer'):
+    problems.append('config.lit.vocab_path is empty, so the run builds a SentencePiece vocabulary of its captions, '
+                    'which the text_transformer tower with the sentencepiece tokenizer reads; for '
+                    f'text_model={model.text_model!r} / tokenizer {model.pp.tokenizer_name!r} give vocab_path (e.g. '
+                    'the release\'s gs://vit_models/lit/LiT-B16B.txt).')
+  if not str(lit.templates).strip():
+    problems.append("config.lit.templates is empty: give 'photo', 'ensemble' or a file of templates.")
+  fast = {'scan_layers': False, 'attention': 'plain', 'fused_qkv': False, 'remat_policy': 'none', 'dtype': 'float32'}
+  for name, default in fast.items():
+    if config[name] != default:
+      problems.append(f'config.{name}={config[name]!r}: a LiT model is built as the released files compute it, '
+                      f'without the ViT fast paths or another compute dtype; leave it {default!r}.')
+  _number(problems, 'lit.temperature_init', lit.temperature_init, low=0, low_open=True)
+  _number(problems, 'lit.bias_init', lit.bias_init)
 
 
 def _durations(config, problems) -> None:
@@ -255,6 +311,8 @@ def validate(config, *, devices: int | None = None, process_count: int = 1):
   problems: list[str] = []
   if presets.is_mixer(config.model):
     _mixer_problems(config, problems)
+  elif presets.is_lit(config.model):
+    _lit_problems(config, problems)
   else:
     _model_problems(config.model, config.image_size, problems)
   _durations(config, problems)

@@ -70,8 +70,29 @@ def get_config():
   config.fewshot.every_steps = 0  # 0: with the evaluation (eval_every_steps).
 
   # Loss.
-  config.loss = 'softmax'  # 'softmax' or 'sigmoid' (sigmoid cross-entropy, ImageNet-21k style).
+  # 'softmax' or 'sigmoid' (sigmoid cross-entropy, ImageNet-21k style). For a LiT model (config.lit below) the
+  # image-text contrastive loss over the global batch: 'softmax' is LiT's, 'sigmoid' is SigLIP's.
+  config.loss = 'softmax'
   config.label_smoothing = 0.0
+
+  # Image-text training (LiT, SigLIP), when config.model is a LiT model (configs/lit.py; vit_jax/captions.py).
+  config.lit = ml_collections.ConfigDict()
+  config.lit.image_init = ''  # A ViT .npz (a release file, or a run's params.npz) for the image tower; '' = none.
+  config.lit.locked_image = True  # The image tower gets no gradients and no updates (LiT's "locked image tuning").
+  config.lit.text_init = ''  # A LiT .npz whose text tower (and temperature) start the run; '' = from scratch.
+  # The text tower's tokenizer vocabulary (a BERT vocab.txt or a SentencePiece .model, as config.model.pp names);
+  # '' builds a SentencePiece word vocabulary of the captions (WORKDIR/vocab.model).
+  config.lit.vocab_path = ''
+  # Captions of a classification dataset: each image's is one of these templates (drawn per example) with its
+  # class name; the same templates give the zero-shot classifier of the evaluation. A built-in set of
+  # vit_jax/zeroshot.py ('photo', 'ensemble'), or a file with one template per line, each with '{}'.
+  config.lit.templates = 'photo'
+  # Or an image folder's own captions: a file of lines '<image path relative to the folder><TAB><caption>' (several
+  # lines: several captions); then the eval split is also scored by retrieval (recall@1/5/10 both ways).
+  config.lit.captions = ''
+  config.lit.class_names = ''  # Names for the classes, comma separated, in label order ('' = the dataset's).
+  config.lit.temperature_init = 10.0  # exp(t) at init of a model trained from scratch (a loaded text_init keeps its).
+  config.lit.bias_init = -10.0  # The sigmoid loss's bias at init (SigLIP's); not used by the softmax loss.
 
   # Optimisation.
   config.batch_size = 512  # Global batch, over all devices and processes.

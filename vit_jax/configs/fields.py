@@ -67,17 +67,27 @@ def flat_keys(config, prefix: str = '') -> list[str]:
   return out
 
 
+FAMILIES = ('vit', 'mixer', 'lit')
+
+
 @functools.cache
-def model_fields(mixer: bool) -> frozenset[str]:
-  """The `model.` fields (dotted, with the prefix) of every preset of a family: MLP-Mixers, or ViTs and hybrids."""
+def model_fields(family: str) -> frozenset[str]:
+  """The `model.` fields (dotted, with the prefix) of every preset of a family (`presets.family`): 'vit' (ViTs and
+  hybrids), 'mixer', or 'lit' (the LiT presets' fields, with a ViT's fields under `model.image.` and both text
+  towers' under `model.text.`)."""
+  if family == 'lit':
+    fields = {f for name in presets.LIT_PRESETS for f in flat_keys(presets.get_model_config(name), 'model.')
+              if not f.startswith('model.image.')}
+    return frozenset(fields | {'model.image.' + f[len('model.'):] for f in model_fields('vit')}
+                     | {'model.text.dropout_rate'})
   configs = [presets.get_model_config(name) for name in presets.MODEL_NAMES]
-  return frozenset(f for c in configs if presets.is_mixer(c) == mixer for f in flat_keys(c, 'model.'))
+  return frozenset(f for c in configs if presets.family(c) == family for f in flat_keys(c, 'model.'))
 
 
 @functools.cache
 def known_fields() -> frozenset[str]:
-  """The shared defaults' fields and the `model.` fields of every preset, ViT and MLP-Mixer."""
-  return frozenset(set(flat_keys(common.get_config())) | model_fields(mixer=False) | model_fields(mixer=True))
+  """The shared defaults' fields and the `model.` fields of every preset, of every family."""
+  return frozenset(set(flat_keys(common.get_config())).union(*(model_fields(f) for f in FAMILIES)))
 
 
 def is_known(name: str) -> bool:
@@ -113,24 +123,37 @@ def unknown_message(name: str) -> str:
           f'{suggestion(name)}')
 
 
-def family_message(name: str, mixer: bool) -> str:
-  """One line: `name` is a field of the other model family than the config's (`mixer`: the config's is a Mixer)."""
-  if mixer:
-    fields = ', '.join(sorted(f[len('model.'):] for f in model_fields(mixer=True)))
-    return (f'config.{name} is a ViT field, but config.model is an MLP-Mixer (it has num_blocks), which takes '
-            f'model.{{{fields}}} only.')
-  return (f'config.{name} is an MLP-Mixer field, but config.model is a ViT (it has no num_blocks): start from a '
-          "Mixer preset (config.model = vit_jax.models.get_model_config('Mixer-B_16'), or "
-          '--config=configs/vit.py:Mixer-B_16,<dataset>).')
+_FAMILY_NAMES = {'vit': ('a ViT', 'it has no num_blocks or text_model'),
+                 'mixer': ('an MLP-Mixer', 'it has num_blocks'),
+                 'lit': ('a LiT image-text model', 'it has text_model')}
+_FAMILY_START = {
+    'vit': 'start from a ViT preset (--config=configs/vit.py:ViT-B_16,<dataset>)',
+    'mixer': "start from a Mixer preset (config.model = vit_jax.models.get_model_config('Mixer-B_16'), or "
+             '--config=configs/vit.py:Mixer-B_16,<dataset>)',
+    'lit': 'start from a LiT config (--config=configs/lit.py)',
+}
+
+
+def family_message(name: str, family: str) -> str:
+  """One line: `name` is not a `model.` field of `family` (the config's, `presets.family`), with the family whose
+  field it is and how to start from one, or (for a Mixer) the fields it takes."""
+  kind, why = _FAMILY_NAMES[family]
+  owners = [f for f in FAMILIES if f != family and name in model_fields(f)]
+  if family == 'mixer':
+    listed = ', '.join(sorted(f[len('model.'):] for f in model_fields(family)))
+    return f'config.{name} is a ViT field, but config.model is {kind} ({why}), which takes model.{{{listed}}} only.'
+  if owners:
+    return (f'config.{name} is {_FAMILY_NAMES[owners[0]][0]} field, but config.model is {kind} ({why}): '
+            f'{_FAMILY_START[owners[0]]}.')
+  return f'config.{name} is not a field of config.model, {kind} ({why}).'
 
 
 def other_family(model_config, names) -> list[str]:
-  """A `family_message` for each of the dotted `names` that is a `model.` field of the other family than
-  `model_config`'s."""
-  mixer = presets.is_mixer(model_config)
-  family = model_fields(mixer)
-  return [family_message(name, mixer) for name in names if name.startswith('model.') and name not in family
-          and not any(f.startswith(name + '.') for f in family)]
+  """A `family_message` for each of the dotted `names` that is not a `model.` field of `model_config`'s family."""
+  family = presets.family(model_config)
+  fields = model_fields(family)
+  return [family_message(name, family) for name in names if name.startswith('model.') and name not in fields
+          and not any(f.startswith(name + '.') for f in fields)]
 
 
 def check_fields(config: Any) -> None:

@@ -12,7 +12,8 @@ from vit_jax.configs import check, common, fields, presets
 
 log = logging.getLogger(__name__)
 
-MIXER_DEFAULT = 'Mixer-B_16'  # The defaults of a stored MLP-Mixer's model fields that no preset gives.
+# The defaults of a stored model's fields that no preset gives, per family (presets.family; a ViT's: the default).
+FAMILY_DEFAULTS = {'mixer': 'Mixer-B_16', 'lit': 'LiT-B16B'}
 
 
 def _tuples(value):
@@ -39,17 +40,20 @@ def _overlay(node: ml_collections.ConfigDict, stored: dict, prefix: str, dropped
 def from_dict(stored: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it lacks keeps its
   default, a field the code no longer has is left out (logged). The model's defaults are its preset's when
-  `model.model_name` names a preset of the stored model's family (ViT, or MLP-Mixer: presets.is_mixer), else that
-  family's default: the default model's, or Mixer-B_16's."""
+  `model.model_name` names a preset of the stored model's family (presets.family), else that family's default: the
+  default model's, or FAMILY_DEFAULTS'."""
   config = common.get_config()
   stored = dict(stored)
   model = dict(stored.pop('model', {}))
-  mixer = presets.is_mixer(model)
+  family = presets.family(model)
   name = model.get('model_name')
-  if name in presets.MODEL_NAMES and presets.is_mixer(presets.get_model_config(name)) == mixer:
+  if name in presets.MODEL_NAMES + tuple(presets.LIT_PRESETS) and presets.family(
+      presets.get_model_config(name)) == family:
     config.model = presets.get_model_config(name)
-  elif mixer:
-    config.model = presets.get_model_config(MIXER_DEFAULT)
+  elif family != 'vit':
+    config.model = presets.get_model_config(FAMILY_DEFAULTS[family])
+  if family == 'lit':  # The text tower's fields depend on the tower: taken whole.
+    config.model.text = ml_collections.ConfigDict(_tuples(model.pop('text', config.model.text.to_dict())))
   dropped = []
   _overlay(config.model, model, 'model.', dropped)
   _overlay(config, stored, '', dropped)

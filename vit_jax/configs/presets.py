@@ -71,6 +71,10 @@ MIXER_PRESETS = {
 MODEL_NAMES = tuple(PRESETS) + tuple(MIXER_PRESETS)
 # LiT image-text models, as vision_transformer's configs/models.py has them: name -> (image preset, image out_dim,
 # text out_dim, text_model, text tower fields, tokenizer). pp.size 224 and pp.max_len 16 for all.
+BERT_SIZES = {  # The BERT text towers (vit_jax/models/bert.py): flaxformer's BertBaseConfig and BertLargeConfig.
+    'base': dict(hidden_size=768, intermediate_dim=3072, num_hidden_layers=12, num_attention_heads=12),
+    'large': dict(hidden_size=1024, intermediate_dim=4096, num_hidden_layers=24, num_attention_heads=16),
+}
 _TEXT_S = {'width': 384, 'num_layers': 12, 'mlp_dim': 1536, 'num_heads': 6, 'vocab_size': 16_000}
 _TEXT_TI = {'width': 192, 'num_layers': 12, 'mlp_dim': 768, 'num_heads': 3, 'vocab_size': 16_000}
 LIT_PRESETS = {
@@ -90,6 +94,11 @@ def is_mixer(model_config) -> bool:
 def is_lit(model_config) -> bool:
   """Whether a model config is a LiT image-text model's (it has `text_model`)."""
   return 'text_model' in model_config
+
+
+def family(model_config) -> str:
+  """A model config's family: 'mixer' (`is_mixer`), 'lit' (`is_lit`) or 'vit' (ViTs and hybrids)."""
+  return 'mixer' if is_mixer(model_config) else 'lit' if is_lit(model_config) else 'vit'
 
 
 def getter_suffix(name: str) -> str:

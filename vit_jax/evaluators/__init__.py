@@ -6,12 +6,16 @@ code. `build` makes them from the config:
   * classification (exact accuracy, top-5, loss) on each split of `config.eval_split`, which is one TFDS split
     ('test') or named splits 'minival=train[99%:],val=validation'. The first split's metrics are `eval/accuracy`,
     `eval/top5`, `eval/loss`; every other split's are `eval/<name>/accuracy`, ...;
+  * for a LiT image-text model, zero-shot classification instead (vit_jax/evaluators/zeroshot.py), under the same
+    names: `eval/accuracy` is the zero-shot accuracy; with a captions file (config.lit.captions) also image-text
+    retrieval on each split (vit_jax/evaluators/retrieval.py): `retrieval/img2txt/recall@1`, ...;
   * few-shot linear probes (`config.fewshot.datasets`), metrics `fewshot/<dataset>_<k>shot`.
 """
 from typing import Protocol
 
+from vit_jax.configs import presets
 from vit_jax.configs.choices import parse_splits, with_split
-from vit_jax.evaluators import classification, fewshot
+from vit_jax.evaluators import classification, fewshot, retrieval, zeroshot
 
 
 class Evaluator(Protocol):
@@ -30,9 +34,14 @@ def primary(config):
 def build(config, model, mesh) -> list[Evaluator]:
   """The evaluators of `config` for `model` on `mesh` (see module doc)."""
   splits = parse_splits(config.eval_split)
-  out = [classification.ClassificationEvaluator(
+  kind = zeroshot.ZeroShotEvaluator if presets.is_lit(config.model) else classification.ClassificationEvaluator
+  out = [kind(
       name=name, prefix='eval/' if i == 0 else f'eval/{name}/', config=with_split(config, split), model=model,
       mesh=mesh) for i, (name, split) in enumerate(splits)]
+  if presets.is_lit(config.model) and config.lit.captions:
+    out += [retrieval.RetrievalEvaluator(
+        name=name, prefix='eval/' if i == 0 else f'eval/{name}/', config=with_split(config, split), model=model,
+        mesh=mesh) for i, (name, split) in enumerate(splits)]
   if config.fewshot.datasets:
     out.append(fewshot.FewShotEvaluator(config=config, model=model, mesh=mesh))
   return out

@@ -15,8 +15,9 @@ class ClassificationEvaluator:
     self._prefix, self._config = prefix, config
     self._batch_shard = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
-    self._step = jax.jit(evaluate.make_eval_step(model, loss=config.loss), out_shardings=replicated)
-    self._zeros = jax.jit(functools.partial(evaluate.zeros, model), out_shardings=replicated)
+    self._step = jax.jit(evaluate.make_eval_step(evaluate.classifier_logits(model), loss=config.loss),
+                         out_shardings=replicated)
+    self._zeros = jax.jit(functools.partial(evaluate.zeros, model.num_classes), out_shardings=replicated)
 
   def run(self, params) -> dict[str, float]:
     batches = input_pipeline.device_batches(self._config, self._batch_shard, train=False)

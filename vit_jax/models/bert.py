@@ -19,10 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-SIZES = {  # flaxformer's BertBaseConfig and BertLargeConfig.
-    'base': dict(hidden_size=768, intermediate_dim=3072, num_hidden_layers=12, num_attention_heads=12),
-    'large': dict(hidden_size=1024, intermediate_dim=4096, num_hidden_layers=24, num_attention_heads=16),
-}
+from vit_jax.configs.presets import BERT_SIZES
+
+SIZES = BERT_SIZES  # flaxformer's BertBaseConfig and BertLargeConfig (vit_jax/configs/presets.py).
 VOCAB_SIZE, MAX_LENGTH, NUM_SEGMENTS, EPSILON = 30522, 512, 2, 1e-12
 _INIT = nn.initializers.truncated_normal(stddev=0.02)
 

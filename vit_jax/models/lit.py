@@ -7,6 +7,7 @@ has them, without flaxformer or TensorFlow.
   txt/...   'bert': BertModel (vit_jax/models/bert.py, flaxformer's layout), the [CLS] token's encoding;
             'text_transformer': TextTransformer below, the *last* token's encoding (SentencePiece's sticky '</s>')
   t         the log temperature: logits = exp(t) * zimg @ ztxt.T
+  b         only with `bias_init` (SigLIP's sigmoid loss, training here): logits = exp(t) * zimg @ ztxt.T + b
 `model.apply(variables, images=..., tokens=...)` -> (zimg, ztxt, out): the L2-normalised embeddings (None for a tower
 not called) and `out` with each tower's intermediate values and `t` = exp(t).
 """
@@ -62,6 +63,8 @@ class LitModel(nn.Module):
   pp: Any
   out_dim: Any
   model_name: str
+  temperature_init: float = 1.0  # exp(t) at init (training from scratch; released files hold their t).
+  bias_init: float | None = None  # With a value, a parameter `b` (SigLIP's sigmoid-loss bias), out['b'].
 
   def load_variables(self, path: str | None = None, cache: bool = True) -> dict:
     """The variables of a released (or saved) LiT file, for `model.apply`. Without `path`: ./<model_name>.npz when
@@ -120,7 +123,10 @@ class LitModel(nn.Module):
       zimg = VisionTransformer(**{**self.image, 'num_classes': out_dims[0]}, name='img')(images, train=False)
       out['img/norm'], zimg = _normalised(zimg)
       out['img/normalized'] = zimg
-    out['t'] = jnp.exp(self.param('t', nn.initializers.zeros, (1,), jnp.float32))
+    t_init = nn.initializers.constant(float(np.log(self.temperature_init)))
+    out['t'] = jnp.exp(self.param('t', t_init, (1,), jnp.float32))
+    if self.bias_init is not None:
+      out['b'] = self.param('b', nn.initializers.constant(self.bias_init), (1,), jnp.float32)
     return zimg, ztxt, out
 
 

@@ -1,0 +1,231 @@
+"""LiT / SigLIP training on the main entry point (vit_jax/train_step.py's contrastive loss, vit_jax/captions.py,
+vit_jax/evaluators/zeroshot.py): a locked image tower from a ViT file stays bitwise as it was, the text tower learns
+until zero-shot accuracy is far above chance, the captions and vocabulary are pure functions of the config, and a
+run resumes bitwise after SIGTERM."""
+import json
+import os
+import pathlib
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tiny
+from vit_jax import captions, checkpoint, input_pipeline, predict, train, zeroshot
+from vit_jax import workdir as workdir_lib
+from vit_jax.configs import check, common, presets
+
+DIGITS = 'zero,one,two,three,four,five,six,seven,eight,nine'
+
+
+def lit_config(tfds_dir, image_init, **overrides):
+  """A tiny LiT run on the digits: the 8-px image tower of `image_init` (tiny.vit_config(patch=2)), a 1-layer text
+  tower, 4 templates."""
+  config = common.get_config()
+  config.model = presets.get_model_config('LiT-L16Ti')
+  config.model.model_name = 'tiny-lit'
+  config.model.image = tiny.vit_config(patch=2)
+  config.model.out_dim = (None, 32)
+  config.model.text = {'width': 32, 'num_layers': 1, 'mlp_dim': 64, 'num_heads': 2, 'vocab_size': 48}
+  config.model.pp.size, config.model.pp.max_len = 8, 8
+  config.update(dataset='sklearn_digits', tfds_data_dir=tfds_dir, image_size=8, batch_size=64, eval_batch_size=64,
+                total_steps=60, log_every_steps=10, eval_every_steps=60, checkpoint_every_steps=30, prefetch=1,
+                input_threads=2)
+  config.pp.crop, config.pp.flip = 'resize', False
+  config.optimizer.name, config.optimizer.weight_decay = 'adamw', 1e-4
+  config.schedule.base_lr, config.schedule.warmup_steps = 3e-3, 5
+  config.lit.image_init, config.lit.class_names = image_init, DIGITS
+  config.lit.templates = 'photo'
+  return tiny.override(config, overrides)
+
+
+@pytest.fixture(scope='module')
+def image_tower(digits_dir, tmp_path_factory):
+  """A tiny ViT trained on the digits (the image tower to lock), as a run's params.npz."""
+  root = tmp_path_factory.mktemp('vit')
+  config = tiny.train_config(**{'dataset': 'sklearn_digits', 'tfds_data_dir': digits_dir, 'image_size': 8,
+                                'model': tiny.vit_config(patch=2), 'pp.crop': 'resize', 'pp.flip': False,
+                                'batch_size': 64, 'eval_batch_size': 64, 'total_steps': 200, 'log_every_steps': 100,
+                                'eval_every_steps': 200, 'checkpoint_every_steps': 200, 'schedule.base_lr': 3e-3})
+  result = train.train_and_evaluate(config, str(root / 'vit'))
+  assert result['eval/accuracy'] > 0.5
+  return str(root / 'vit' / workdir_lib.PARAMS_FILE)
+
+
+def test_a_locked_lit_run_learns_to_classify_zero_shot_and_leaves_the_image_tower_as_it_was(
+    digits_dir, image_tower, tmp_path):
+  workdir = str(tmp_path / 'lit')
+  result = train.train_and_evaluate(lit_config(digits_dir, image_tower), workdir)
+  assert result['eval/num_examples'] == 360
+  assert result['eval/accuracy'] > 0.5, result  # Chance is 0.1.
+  exported = checkpoint.read_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
+  tower = checkpoint.read_npz(image_tower)
+  image_keys = {k for k in tower if not k.startswith('head/')}
+  assert {k for k in exported if k.startswith('img/')} == {f'img/{k}' for k in image_keys}
+  for key in image_keys:  # Locked: bitwise the file's.
+    np.testing.assert_array_equal(exported[f'img/{key}'], tower[key])
+  assert any(k.startswith('txt/Encoder_0/encoderblock_0/') for k in exported) and 't' in exported
+  assert os.path.exists(workdir_lib.path(workdir, workdir_lib.VOCAB_FILE))
+  records = [json.loads(line) for line in open(workdir_lib.path(workdir, workdir_lib.METRICS_FILE))]
+  losses = tiny.by_step(records, 'train/loss')
+  assert losses[60] < losses[10] * 0.7, losses
+
+
+def test_the_run_classifies_like_the_zero_shot_predictor_of_its_exported_file(digits_dir, image_tower, tmp_path):
+  """The evaluator's accuracy equals vit_jax/zeroshot.py's classifier on the exported params.npz and vocab.model."""
+  workdir = str(tmp_path / 'lit')
+  config = lit_config(digits_dir, image_tower, total_steps=20, eval_every_steps=20, checkpoint_every_steps=20)
+  result = train.train_and_evaluate(config, workdir)
+  from vit_jax import input_pipeline, models, preprocess  # pylint: disable=g-import-not-at-top
+  model = models.LitModel(**config.model)
+  variables = model.load_variables(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
+  vocab = workdir_lib.path(workdir, workdir_lib.VOCAB_FILE)
+  logits = zeroshot.classifier(model, variables, model.get_tokenizer(vocab), DIGITS.split(','),
+                               zeroshot.TEMPLATES['photo'], batch_size=64)
+  batches = list(input_pipeline.eval_dataset(config, local_batch_size=64))
+  correct = count = 0
+  for b in batches:
+    keep = b['mask'] > 0
+    pred = logits(preprocess.to_float(b['image'][keep])).argmax(axis=1)
+    correct, count = correct + int((pred == b['label'][keep]).sum()), count + int(keep.sum())
+  assert count == 360 and result['eval/accuracy'] == pytest.approx(correct / count, abs=1.5 / 360)
+
+  # vit_jax.predict on the run: its vocabulary, class names and templates; the same labels as the classifier's.
+  first = batches[0]
+  paths = []
+  for i in range(8):
+    paths.append(str(tmp_path / f'{i}.png'))
+    Image.fromarray(first['image'][i]).save(paths[-1])
+  out = str(tmp_path / 'predictions.json')
+  assert predict.main(['--workdir', workdir, '--top_k', '1', '--output', out, *paths]) == 0
+  got = [r['predictions'][0]['label'] for r in json.load(open(out))]
+  want = logits(preprocess.to_float(first['image'][:8])).argmax(axis=1)
+  assert got == [DIGITS.split(',')[c] for c in want]
+  from vit_jax import inference  # pylint: disable=g-import-not-at-top
+  with pytest.raises(workdir_lib.WorkdirError, match='holds a LiT image-text run, which has no class head'):
+    inference.load_run(workdir)  # What export and visualize read: one line, not a KeyError.
+
+
+@pytest.mark.parametrize('loss', ['softmax', 'sigmoid'])
+def test_an_unlocked_run_trains_both_towers_and_the_sigmoid_loss_has_its_bias(digits_dir, image_tower, tmp_path, loss):
+  workdir = str(tmp_path / loss)
+  config = lit_config(digits_dir, image_tower, loss=loss, total_steps=10, eval_every_steps=10,
+                      checkpoint_every_steps=10, **{'lit.locked_image': False})
+  train.train_and_evaluate(config, workdir)
+  exported = checkpoint.read_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
+  tower = checkpoint.read_npz(image_tower)
+  moved = [k for k in tower if not k.startswith('head/') and not np.array_equal(exported[f'img/{k}'], tower[k])]
+  assert len(moved) > len(tower) // 2
+  assert ('b' in exported) == (loss == 'sigmoid')
+  if loss == 'sigmoid':
+    assert exported['b'].shape == (1,) and exported['b'][0] != -10.0  # Trained from its init.
+
+
+def test_captions_and_vocabulary_are_pure_functions_of_the_config(digits_dir):
+  config = lit_config(digits_dir, '', **{'lit.templates': 'ensemble'})
+  a = captions.Captions.create(config, [str(i) for i in range(10)])
+  b = captions.Captions.create(config, [str(i) for i in range(10)])
+  assert [a.caption(3, p) for p in range(50)] == [b.caption(3, p) for p in range(50)]
+  assert len({a.caption(3, p) for p in range(200)}) == len(zeroshot.TEMPLATES['ensemble'])  # Every template drawn.
+  assert all('three' in a.caption(3, p) for p in range(20))
+  captions._trained_vocabulary.cache_clear()
+  assert a.vocabulary() == b.vocabulary()  # Trained again: the same bytes.
+  tokens = a.tokens([3, 3], [0, 0])
+  assert tokens.shape == (2, 8) and (tokens[0] == tokens[1]).all()
+  assert a.prompts().shape == (10 * len(zeroshot.TEMPLATES['ensemble']), 8)
+  with pytest.raises(zeroshot.PromptError, match="gives 3 names, but sklearn_digits has 10 classes"):
+    captions.Captions.create(lit_config(digits_dir, '', **{'lit.class_names': 'a,b,c'}), [str(i) for i in range(10)])
+
+
+def test_lit_configs_are_checked_whole(digits_dir):
+  config = lit_config(digits_dir, '', accum_steps=2, mixup_p=0.2, image_size=16, scan_layers=True,
+                      **{'model.out_dim': (None, 48), 'lit.templates': ''})
+  with pytest.raises(check.ConfigError) as e:
+    check.validate(config)
+  text = str(e.value)
+  for expected in ('config.accum_steps=2', 'config.mixup_p=0.2', 'config.image_size=16 differs from',
+                   'image embeddings of size 32 and text embeddings of size 48', 'image_init is empty',
+                   'config.lit.templates is empty', 'config.scan_layers=True'):
+    assert expected in text, text
+  config = lit_config(digits_dir, '', **{'model.pp.tokenizer_name': 'bert'})
+  with pytest.raises(check.ConfigError, match='give vocab_path'):
+    check.validate(config)
+  config = lit_config(digits_dir, '')
+  config.model.image.unlock()
+  with pytest.raises(check.UnknownFieldError, match='model.image.hidden_dim'):
+    config.model.image.hidden_dim = 3
+    check.validate(config)
+  assert check.validate(lit_config(digits_dir, 'x.npz')) is not None
+
+
+def test_a_lit_run_resumes_bit_for_bit_after_sigterm(digits_dir, image_tower, tmp_path, monkeypatch):
+  """Captions drawn per (seed, position), the text tower's, temperature's and bias's updates, the optimizer state
+  that a locked tower does not have: the resumed run is the same run."""
+  config = lambda: lit_config(digits_dir, image_tower, loss='sigmoid', total_steps=9, log_every_steps=2,
+                              eval_every_steps=9, checkpoint_every_steps=4, **{'lit.templates': 'ensemble'})
+  whole, parts = str(tmp_path / 'whole'), str(tmp_path / 'parts')
+  train.train_and_evaluate(config(), whole)
+
+  def sigterm_at(k, batch):
+    if k == 7:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  with monkeypatch.context() as m:
+    tiny.on_train_batch(m, sigterm_at)
+    assert train.train_and_evaluate(config(), parts) == {'preempted_at_step': 6}
+  train.train_and_evaluate(config(), parts)
+  a, b = tiny.exported_params(whole), tiny.exported_params(parts)
+  assert sorted(a) == sorted(b) and 'b' in a
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(workdir_lib.read_metrics(whole))
+
+
+def _captioned_folder(tmp_path):
+  """tiny.image_folder with a captions file: two captions per image (its class and its split and number)."""
+  root = tiny.image_folder(tmp_path, train_per_class=6, test_per_class=3)
+  lines = ['# image<TAB>caption']
+  for path in sorted(pathlib.Path(root).rglob('*.*')):
+    relative = path.relative_to(root)
+    split, name, number = relative.parts[0], relative.parts[1], path.stem
+    lines += [f'{relative}\ta picture of a {name}', f'{relative}\t{name} number {number} of the {split} set']
+  (pathlib.Path(root) / 'captions.tsv').write_text('\n'.join(lines) + '\n')
+  return root
+
+
+def test_an_image_folder_with_captions_trains_on_them_and_is_scored_by_exact_retrieval(tmp_path):
+  root = _captioned_folder(tmp_path)
+  config = lit_config('', '', dataset='image_folder', image_folder=root, image_size=16, total_steps=6, batch_size=16,
+                      eval_batch_size=8, eval_every_steps=6, checkpoint_every_steps=6, log_every_steps=3,
+                      **{'model.image': tiny.vit_config(), 'model.pp.size': 16, 'lit.locked_image': False,
+                         'lit.image_init': '', 'lit.class_names': '', 'lit.captions': f'{root}/captions.tsv'})
+  stream = captions.Captions.create(config, ('cat', 'dog', 'eel'),
+                                    input_pipeline.open_split(config, 'train').records)
+  assert len(stream.texts) == 18 and all(len(t) == 2 for t in stream.texts)
+  drawn = {stream.caption(0, p, 5) for p in range(40)}
+  assert drawn == set(stream.texts[5])  # The record's own captions, both drawn.
+
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(config, workdir)
+  keys = {f'retrieval/{d}/recall@{k}' for d in ('img2txt', 'txt2img') for k in (1, 5, 10)}
+  assert keys <= set(result) and 'eval/accuracy' in result
+
+  # The same recall, computed directly from the exported model over the 9 test images and their 18 captions.
+  from vit_jax import contrastive, models, preprocess  # pylint: disable=g-import-not-at-top
+  model = models.LitModel(**config.model)
+  variables = model.load_variables(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
+  test = input_pipeline.open_split(config, 'test')
+  texts = captions.record_texts(config, test.records)
+  images = np.stack([preprocess.eval_image(test.records[i]['image'], image_size=16) for i in range(len(texts))])
+  tokenizer = model.get_tokenizer(workdir_lib.path(workdir, workdir_lib.VOCAB_FILE))
+  zimg = model.apply(variables, images=preprocess.to_float(images))[0]
+  ztxt = model.apply(variables, tokens=tokenizer([t for ts in texts for t in ts]))[1]
+  want = contrastive.recall_at_k(zimg, ztxt, [i for i, ts in enumerate(texts) for _ in ts])
+  assert {k: result[f'retrieval/{k}'] for k in want} == pytest.approx(want)
+
+  bad = tmp_path / 'bad.tsv'
+  bad.write_text('train/cat/0.jpg\ta cat\n')
+  with pytest.raises(captions.CaptionsError, match=r'image\(s\) of .* have no caption in'):
+    captions.record_texts(tiny.override(config, {'lit.captions': str(bad)}), test.records)

@@ -1,0 +1,151 @@
+"""Image-text data for LiT training (config.lit): the caption of each training example, the prompts of the zero-shot
+classifier, and the tokenizer that turns both into the text tower's tokens.
+
+An image folder with a captions file (config.lit.captions: lines `<path relative to the folder><TAB><caption>`; an
+image with several lines has several captions) is image-text data as it is: the example at position i gets one of its
+image's captions, drawn by (seed, i). Otherwise a classification dataset becomes image-text data through caption
+templates (config.lit.templates: 'a photo of a
+{}.'): the example at global position i gets template k(seed, i) with its class name (config.lit.class_names, else
+the dataset's), so its caption, like its image, is a pure function of (seed, i) and resuming is exact. The zero-shot
+evaluator and vit_jax.predict embed every template with every class name (vit_jax/zeroshot.py).
+
+The tokenizer is the model's (config.model.pp.tokenizer_name) over config.lit.vocab_path, or, when that is empty, over
+a SentencePiece word vocabulary trained on the captions themselves (every template with every class name): the same
+bytes on every process and at every resume, since the training is deterministic; the run stores it as
+WORKDIR/vocab.model for prediction. A run's vocabulary is its train split's (`of_run`): with a captions file, the
+train captions are in it too, and evaluating another split tokenizes with it.
+"""
+import dataclasses
+import functools
+import io as bytes_io
+import os
+from typing import Sequence
+
+import numpy as np
+
+from vit_jax import errors, io, sources, tokenizers, zeroshot
+
+CAPTION_STREAM = 0x636170  # Folded into the seed for the template (or caption) draw of each example.
+
+
+class CaptionsError(errors.UserError, ValueError):
+  """A captions file that cannot be used with its image folder."""
+
+
+def of_run(config) -> 'Captions':
+  """The captions of a run's train split: its vocabulary and tokenizer are the ones every part of the run (training,
+  the evaluators, WORKDIR/vocab.model) shares."""
+  split = sources.open_split(config, config.train_split)
+  return Captions.create(config, split.class_names, split.records)
+
+
+def read_captions_file(path: str) -> dict[str, tuple[str, ...]]:
+  """{relative image path: its captions} of a captions file (module doc); blank lines and '#' lines are skipped."""
+  out: dict[str, list[str]] = {}
+  for number, line in enumerate(io.read_text(path).splitlines(), start=1):
+    if not line.strip() or line.startswith('#'):
+      continue
+    image, tab, caption = line.partition('\t')
+    if not tab or not image.strip() or not caption.strip():
+      raise CaptionsError(f'{path} line {number} is not "<image path><TAB><caption>": {line[:120]!r}.')
+    out.setdefault(os.path.normpath(image.strip()), []).append(caption.strip())
+  if not out:
+    raise CaptionsError(f'{path} holds no captions (lines "<image path><TAB><caption>").')
+  return {k: tuple(v) for k, v in out.items()}
+
+
+def record_texts(config, records) -> tuple[tuple[str, ...], ...]:
+  """The captions of each record of an image-folder split (`records.path(i)`), from config.lit.captions; an error
+  naming the images that have none."""
+  root = sources.folder_root(config)
+  if root is None or not hasattr(records, 'path'):
+    raise CaptionsError(f'config.lit.captions={config.lit.captions!r} goes with an image folder, but config.dataset='
+                        f'{config.dataset!r} is not one.')
+  by_image = read_captions_file(config.lit.captions)
+  relative = [os.path.normpath(os.path.relpath(records.path(i), root)) for i in range(len(records))]
+  missing = [r for r in relative if r not in by_image]
+  if missing:
+    raise CaptionsError(f'{len(missing)} image(s) of {root} have no caption in {config.lit.captions}, e.g. '
+                        f'{missing[:5]}: give each image a line "<path relative to {root}><TAB><caption>".')
+  return tuple(by_image[r] for r in relative)
+
+
+def class_names(config, dataset_names: Sequence[str]) -> tuple[str, ...]:
+  """config.lit.class_names (comma separated, in label order) when set, else the dataset's names."""
+  if not config.lit.class_names:
+    return tuple(dataset_names)
+  names = tuple(n.strip() for n in str(config.lit.class_names).split(','))
+  if len(names) != len(dataset_names) or not all(names):
+    raise zeroshot.PromptError(f'config.lit.class_names={config.lit.class_names!r} gives {len(names)} names, but '
+                               f'{config.dataset} has {len(dataset_names)} classes ({", ".join(dataset_names)}): '
+                               'give one non-empty name per class, comma separated, in label order.')
+  return names
+
+
+@functools.cache
+def _trained_vocabulary(sentences: tuple[str, ...], vocab_size: int) -> bytes:
+  import sentencepiece  # pylint: disable=g-import-not-at-top  (only LiT needs it)
+  out = bytes_io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=out, vocab_size=vocab_size, model_type='word',
+      hard_vocab_limit=False, character_coverage=1.0, num_threads=1, minloglevel=2)
+  return out.getvalue()
+
+
+def vocabulary(templates: Sequence[str], names: Sequence[str], vocab_size: int) -> bytes:
+  """A SentencePiece word model (serialised) of every template with every class name, at most `vocab_size` pieces."""
+  return _trained_vocabulary(tuple(t.format(n) for n in names for t in templates), vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Captions:
+  """The captions and tokens of a LiT run's classification data (module doc)."""
+  templates: tuple[str, ...]
+  names: tuple[str, ...]
+  tokenizer_name: str
+  max_len: int
+  vocab_path: str
+  vocab_size: int
+  seed: int
+  texts: tuple[tuple[str, ...], ...] | None = None  # Each record's captions (a captions file), else None.
+
+  @classmethod
+  def create(cls, config, dataset_names: Sequence[str], records=None) -> 'Captions':
+    """The captions of `config`; with config.lit.captions, those of `records` (an image-folder split's)."""
+    texts = record_texts(config, records) if config.lit.captions and records is not None else None
+    return cls(zeroshot.read_templates(config.lit.templates), class_names(config, dataset_names),
+               config.model.pp.tokenizer_name, int(config.model.pp.max_len), config.lit.vocab_path,
+               int(config.model.text.get('vocab_size', 0)), config.seed, texts)
+
+  def vocabulary(self) -> bytes | None:
+    """The trained vocabulary (module doc), or None when config.lit.vocab_path names one. It covers the templates
+    with the class names, and the captions of the records when there are."""
+    if self.vocab_path:
+      return None
+    extra = tuple(sorted({t for texts in self.texts for t in texts})) if self.texts else ()
+    return _trained_vocabulary(tuple(t.format(n) for n in self.names for t in self.templates) + extra,
+                               self.vocab_size)
+
+  @functools.cached_property
+  def tokenizer(self):
+    if self.vocab_path:
+      return tokenizers.get_tokenizer(self.tokenizer_name)(vocab_path=self.vocab_path, max_len=self.max_len)
+    return tokenizers.SentencepieceTokenizer(vocab_path='', max_len=self.max_len, proto=self.vocabulary())
+
+  def caption(self, label: int, position: int, record: int | None = None) -> str:
+    """The caption of the training example at global `position` (record `record`, class `label`): one of the
+    record's captions when there are (`texts`), else a template with the class name; a pure function of them."""
+    choices = self.texts[record] if self.texts is not None else self.templates
+    draw = np.random.default_rng([self.seed, CAPTION_STREAM, int(position)]).integers(len(choices))
+    return choices[draw] if self.texts is not None else choices[draw].format(self.names[int(label)])
+
+  def tokens(self, labels: Sequence[int], positions: Sequence[int], records: Sequence[int] | None = None
+             ) -> np.ndarray:
+    """int32 [n, max_len]: the tokens of the captions of the examples at `positions` (of `records`, `labels`)."""
+    records = records if records is not None else [None] * len(labels)
+    return self.tokenizer([self.caption(label, p, r) for label, p, r in zip(labels, positions, records)])
+
+  def prompts(self) -> np.ndarray:
+    """int32 [classes * templates, max_len]: every class name in every template, class-major (the zero-shot
+    classifier's texts, vit_jax/zeroshot.py's order)."""
+    return self.tokenizer([t.format(n) for n in self.names for t in self.templates])
