@@ -229,3 +229,40 @@ def test_an_image_folder_with_captions_trains_on_them_and_is_scored_by_exact_ret
   bad.write_text('train/cat/0.jpg\ta cat\n')
   with pytest.raises(captions.CaptionsError, match=r'image\(s\) of .* have no caption in'):
     captions.record_texts(tiny.override(config, {'lit.captions': str(bad)}), test.records)
+
+
+def test_two_processes_train_and_evaluate_a_lit_run_as_one_process_does(tmp_path):
+  """2 processes x 2 devices against 1 process x 4: the same losses (the contrastive loss over the global batch), the
+  same zero-shot accuracy and retrieval recall (each test image once, 9 images over 2 processes: padding too)."""
+  root = _captioned_folder(tmp_path)
+  common = [f'--config={tiny.REPO}/configs/lit.py', '--config.dataset=image_folder', f'--config.image_folder={root}',
+            f'--config.lit.captions={root}/captions.tsv', '--config.lit.class_names=', '--config.lit.templates=photo',
+            '--config.lit.image_init=', '--config.lit.locked_image=False', '--config.image_size=16',
+            '--config.model.pp.size=16', '--config.model.image.patches.size=(4, 4)',
+            '--config.model.image.hidden_size=32', '--config.model.image.transformer.num_layers=1',
+            '--config.model.image.transformer.mlp_dim=64', '--config.model.image.transformer.num_heads=2',
+            '--config.model.image.transformer.dropout_rate=0.0', '--config.model.out_dim=(None, 32)',
+            '--config.model.text.num_layers=1', '--config.batch_size=16', '--config.eval_batch_size=8',
+            '--config.total_steps=4', '--config.log_every_steps=1', '--config.eval_every_steps=4',
+            '--config.checkpoint_every_steps=4', '--config.schedule.warmup_steps=1']
+  w1, w2 = tmp_path / 'w1', tmp_path / 'w2'
+  ((rc, out),) = tiny.run_mains(tmp_path, 'single', 4, [common + [f'--workdir={w1}']])
+  assert rc == 0, out[-3000:]
+  port = tiny.free_port()
+  results = tiny.run_mains(tmp_path, 'multi', 2, [common + [
+      f'--workdir={w2}', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}']
+                                                  for i in range(2)], port)
+  for i, (rc, out) in enumerate(results):
+    assert rc == 0, f'process {i}:\n{out[-3000:]}'
+  one, two = workdir_lib.read_metrics(str(w1)), workdir_lib.read_metrics(str(w2))
+  np.testing.assert_allclose(list(tiny.by_step(two, 'train/loss').values()),
+                             list(tiny.by_step(one, 'train/loss').values()), rtol=1e-5)
+  assert len(tiny.by_step(one, 'train/loss')) == 4
+  last = lambda records: next(r for r in records if 'eval/accuracy' in r)
+  a, b = last(one), last(two)
+  keys = [k for k in a if k.startswith(('eval/accuracy', 'retrieval/'))]
+  assert len(keys) == 7 and 'retrieval/txt2img/recall@5' in keys
+  for key in keys:
+    assert b[key] == a[key], key
+  # Recall on 9 images / 18 captions: multiples of 1/9 and 1/18 (every image and caption counted once).
+  assert all(round(a[k] * 18, 6) == round(a[k] * 18) for k in keys if k.startswith('retrieval/'))
