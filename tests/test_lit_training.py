@@ -204,7 +204,7 @@ def test_an_image_folder_with_captions_trains_on_them_and_is_scored_by_exact_ret
   stream = captions.Captions.create(config, ('cat', 'dog', 'eel'),
                                     input_pipeline.open_split(config, 'train').records)
   assert len(stream.texts) == 18 and all(len(t) == 2 for t in stream.texts)
-  drawn = {stream.caption(0, p, 5) for p in range(40)}
+  drawn = {stream.caption(0, p, stream.texts[5]) for p in range(40)}
   assert drawn == set(stream.texts[5])  # The record's own captions, both drawn.
 
   workdir = str(tmp_path / 'run')
@@ -266,3 +266,54 @@ def test_two_processes_train_and_evaluate_a_lit_run_as_one_process_does(tmp_path
     assert b[key] == a[key], key
   # Recall on 9 images / 18 captions: multiples of 1/9 and 1/18 (every image and caption counted once).
   assert all(round(a[k] * 18, 6) == round(a[k] * 18) for k in keys if k.startswith('retrieval/'))
+
+
+def test_a_tfds_dataset_with_a_caption_feature_trains_on_it_and_is_scored_by_retrieval(tmp_path):
+  """coco_captions, prepared from random examples of its real features (tiny.fake_tfds): captions/text read without
+  TensorFlow, no class labels (so no zero-shot), retrieval over every test image's two captions."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  data_dir = tiny.fake_tfds('coco_captions', tmp_path / 'tfds', sizes={'train': 24, 'test': 6})
+  corpus = tmp_path / 'corpus.txt'
+  corpus.write_text('\n'.join(f'example {i}' for i in range(300)))
+  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / 'sp'), vocab_size=40,
+                                 hard_vocab_limit=False, minloglevel=2)
+  config = lit_config(data_dir, '', dataset='coco_captions', eval_split='test', image_size=16, total_steps=6,
+                      batch_size=8, eval_batch_size=8, eval_every_steps=6, checkpoint_every_steps=6,
+                      log_every_steps=2, **{'model.image': tiny.vit_config(), 'model.pp.size': 16,
+                                            'lit.locked_image': False, 'lit.class_names': '',
+                                            'lit.text_feature': 'captions/text', 'lit.vocab_path': str(tmp_path / 'sp.model')})
+  test = input_pipeline.open_split(config, 'test')
+  texts = captions.record_texts(config, test.records)
+  assert test.num_classes == 0 and len(texts) == 6 and all(len(t) == 2 for t in texts)
+  assert texts[0][0].startswith('example ')
+  train_texts = {t for ts in captions.record_texts(config, input_pipeline.open_split(config, 'train').records)
+                 for t in ts}
+  tokenizer = captions.of_run(config).tokenizer
+  allowed = {tuple(row) for row in tokenizer(sorted(train_texts))}
+  batch = tiny.take(input_pipeline.train_dataset(config, local_batch_size=8), 1)[0]
+  assert all(tuple(row) in allowed for row in batch['tokens'])  # Each example's own caption feature, tokenized.
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 'eval/accuracy' not in result
+  for way, n in (('img2txt', 6), ('txt2img', 12)):  # 6 images, 12 captions: each counted once.
+    recalls = [result[f'retrieval/{way}/recall@{k}'] for k in (1, 5, 10)]
+    assert recalls == sorted(recalls) and all(round(r * n, 6) == round(r * n) for r in recalls), recalls
+  assert result['retrieval/txt2img/recall@10'] == 1.0  # 6 images: every one is among a text's 10 nearest.
+  with pytest.raises(check.ConfigError, match="text_feature='captions/text' needs config.lit.vocab_path"):
+    check.validate(tiny.override(config, {'lit.vocab_path': ''}))
+
+
+def test_lit_training_and_zero_shot_prediction_never_import_tensorflow(digits_dir, image_tower, tmp_path):
+  workdir = tmp_path / 'lit'
+  args = [f'--config={tiny.REPO}/configs/lit.py', f'--workdir={workdir}', f'--config.tfds_data_dir={digits_dir}',
+          f'--config.lit.image_init={image_tower}', '--config.model.image.hidden_size=32',
+          '--config.model.image.transformer.num_layers=2', '--config.model.image.transformer.mlp_dim=64',
+          '--config.model.image.transformer.num_heads=2', '--config.model.image.transformer.dropout_rate=0.0',
+          '--config.model.image.patches.size=(2, 2)', '--config.model.out_dim=(None, 32)', '--config.total_steps=4',
+          '--config.log_every_steps=2', '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4',
+          '--config.schedule.warmup_steps=1']
+  code, imported, err = tiny.imports_tensorflow('vit_jax.main', args)
+  assert code == 0 and not imported, err[-3000:]
+  image = tmp_path / 'digit.png'
+  Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(image)
+  code, imported, err = tiny.imports_tensorflow('vit_jax.predict', [f'--workdir={workdir}', str(image)])
+  assert code == 0 and not imported, err[-3000:]

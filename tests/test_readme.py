@@ -32,6 +32,13 @@ TINY_MIXER = [a for a in TINY if not a.startswith('--config.model.')] + [
     '--config.model.hidden_dim=32', '--config.model.num_blocks=1', '--config.model.tokens_mlp_dim=16',
     '--config.model.channels_mlp_dim=64']
 
+# The same for a LiT command (configs/lit.py): the image tower's fields, at the digits' 8 px, and a 1-layer text tower.
+TINY_LIT = [a for a in TINY if not a.startswith(('--config.model.', '--config.image_size'))] + [
+    '--config.image_size=8', '--config.model.pp.size=8', '--config.model.image.hidden_size=32',
+    '--config.model.image.transformer.num_layers=1', '--config.model.image.transformer.mlp_dim=64',
+    '--config.model.image.transformer.num_heads=2', '--config.model.out_dim=(None, 32)',
+    '--config.model.text.num_layers=1']
+
 # vit_jax commands that other tests run (with the same config file and arguments), so running them here again would
 # only cost time. Keyed by a fragment of the command.
 COVERED_ELSEWHERE = {
@@ -112,9 +119,13 @@ def _prepare(module: str, args: list[str], cwd, tfds_dir: str) -> list[str]:
   """Writes what the command reads (checkpoints, images, datasets); returns its args with the test's additions."""
   if module == 'vit_jax.main':
     from vit_jax import models  # pylint: disable=g-import-not-at-top
-    tiny_args = TINY_MIXER if models.is_mixer(_parse(args).model) else TINY
+    family = models.family(_parse(args).model)
+    tiny_args = {'mixer': TINY_MIXER, 'lit': TINY_LIT}.get(family, TINY)
     args = [*args, *tiny_args, f'--config.tfds_data_dir={tfds_dir}']
     config = _parse(args)
+    if family == 'lit' and config.lit.image_init and not os.path.exists(cwd / config.lit.image_init):
+      _write_checkpoint(str(cwd / config.lit.image_init), config.model.image, num_classes=10,
+                        image_size=config.image_size)  # The main job's params.npz, as the command expects it.
     if config.dataset == 'image_folder' and not os.path.isdir(cwd / config.image_folder):
       os.rename(tiny.image_folder(cwd / 'tmp_images'), cwd / config.image_folder)
     elif config.dataset != 'image_folder':

@@ -142,6 +142,10 @@ def fake_tfds(name, data_dir, sizes=None, seed=0, file_format='array_record'):
   rng = np.random.default_rng(seed)
 
   def value(feature, i):
+    if isinstance(feature, tfds.features.Sequence):  # Two items (e.g. coco_captions' captions and objects).
+      return [value(feature.feature, 10 * i + j) for j in range(2)]
+    if isinstance(feature, tfds.features.BBoxFeature):
+      return tfds.features.BBox(0.1, 0.2, 0.5, 0.6)
     if isinstance(feature, tfds.features.ClassLabel):
       return i % feature.num_classes
     if isinstance(feature, tfds.features.Text):
@@ -150,6 +154,8 @@ def fake_tfds(name, data_dir, sizes=None, seed=0, file_format='array_record'):
       return {k: value(f, i) for k, f in feature.items()}
     shape = tuple(32 if d is None else d for d in feature.shape)
     dtype = np.dtype(feature.np_dtype)
+    if dtype.kind in 'OSU':  # A string tensor (coco_captions' captions/text).
+      return f'example {i}'
     if dtype.kind in 'iu':
       return rng.integers(0, 255 if dtype == np.uint8 else 3, shape).astype(dtype)
     if dtype.kind == 'b':

@@ -2,7 +2,8 @@
 classifier, and the tokenizer that turns both into the text tower's tokens.
 
 An image folder with a captions file (config.lit.captions: lines `<path relative to the folder><TAB><caption>`; an
-image with several lines has several captions) is image-text data as it is: the example at position i gets one of its
+image with several lines has several captions), or a TFDS dataset with a caption feature (config.lit.text_feature,
+e.g. 'captions/text' of coco_captions), is image-text data as it is: the example at position i gets one of its
 image's captions, drawn by (seed, i). Otherwise a classification dataset becomes image-text data through caption
 templates (config.lit.templates: 'a photo of a
 {}.'): the example at global position i gets template k(seed, i) with its class name (config.lit.class_names, else
@@ -54,9 +55,12 @@ def read_captions_file(path: str) -> dict[str, tuple[str, ...]]:
   return {k: tuple(v) for k, v in out.items()}
 
 
-def record_texts(config, records) -> tuple[tuple[str, ...], ...]:
-  """The captions of each record of an image-folder split (`records.path(i)`), from config.lit.captions; an error
-  naming the images that have none."""
+def record_texts(config, records, chunk: int = 256) -> tuple[tuple[str, ...], ...]:
+  """The captions of each record of a split: a TFDS dataset's config.lit.text_feature, read from the records, or an
+  image folder's (`records.path(i)`) from config.lit.captions, with an error naming the images that have none."""
+  if config.lit.text_feature:
+    return tuple(r['text'] for start in range(0, len(records), chunk)
+                 for r in sources.read_many(records, range(start, min(start + chunk, len(records)))))
   root = sources.folder_root(config)
   if root is None or not hasattr(records, 'path'):
     raise CaptionsError(f'config.lit.captions={config.lit.captions!r} goes with an image folder, but config.dataset='
@@ -132,18 +136,20 @@ class Captions:
       return tokenizers.get_tokenizer(self.tokenizer_name)(vocab_path=self.vocab_path, max_len=self.max_len)
     return tokenizers.SentencepieceTokenizer(vocab_path='', max_len=self.max_len, proto=self.vocabulary())
 
-  def caption(self, label: int, position: int, record: int | None = None) -> str:
-    """The caption of the training example at global `position` (record `record`, class `label`): one of the
-    record's captions when there are (`texts`), else a template with the class name; a pure function of them."""
-    choices = self.texts[record] if self.texts is not None else self.templates
+  def caption(self, label: int, position: int, texts: Sequence[str] | None = None) -> str:
+    """The caption of the training example at global `position` (class `label`, captions `texts` if it has any):
+    one of its captions, else a template with its class name; drawn by (seed, position)."""
+    choices = texts if texts else self.templates
     draw = np.random.default_rng([self.seed, CAPTION_STREAM, int(position)]).integers(len(choices))
-    return choices[draw] if self.texts is not None else choices[draw].format(self.names[int(label)])
+    return choices[draw] if texts else choices[draw].format(self.names[int(label)])
 
-  def tokens(self, labels: Sequence[int], positions: Sequence[int], records: Sequence[int] | None = None
-             ) -> np.ndarray:
-    """int32 [n, max_len]: the tokens of the captions of the examples at `positions` (of `records`, `labels`)."""
-    records = records if records is not None else [None] * len(labels)
-    return self.tokenizer([self.caption(label, p, r) for label, p, r in zip(labels, positions, records)])
+  def tokens(self, labels: Sequence[int], positions: Sequence[int], records: Sequence[int] | None = None,
+             texts: Sequence[Sequence[str] | None] | None = None) -> np.ndarray:
+    """int32 [n, max_len]: the tokens of the captions of the examples at `positions` (their `labels`, and their
+    captions: `texts` as the records hold them (a TFDS caption feature), else those of `records` in `self.texts`)."""
+    if texts is None:
+      texts = [self.texts[r] for r in records] if self.texts is not None else [None] * len(labels)
+    return self.tokenizer([self.caption(label, p, t) for label, p, t in zip(labels, positions, texts)])
 
   def prompts(self) -> np.ndarray:
     """int32 [classes * templates, max_len]: every class name in every template, class-major (the zero-shot

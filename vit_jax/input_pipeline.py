@@ -105,7 +105,8 @@ class TrainStream:
     out = {'image': np.stack([e['image'] for e in examples]), 'label': np.array([e['label'] for e in examples],
                                                                                 np.int32)}
     if self.captions is not None:  # Image-text training: each example's caption, tokenized (vit_jax/captions.py).
-      out['tokens'] = self.captions.tokens(out['label'], positions, indices)
+      texts = [r['text'] for r in records] if 'text' in records[0] else None  # A TFDS caption feature.
+      out['tokens'] = self.captions.tokens(out['label'], positions, indices, texts)
     return out
 
 

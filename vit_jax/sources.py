@@ -72,16 +72,19 @@ def read_many(records, indices) -> list[dict[str, Any]]:
 
 
 class _Decoded:
-  """Records whose images were decoded once into memory: {'image': uint8 [H, W, 3], 'label': int}."""
+  """Records whose images were decoded once into memory: {'image': uint8 [H, W, 3], 'label': int} (and 'text')."""
 
-  def __init__(self, images, labels):
-    self._images, self._labels = images, labels
+  def __init__(self, images, labels, texts=None):
+    self._images, self._labels, self._texts = images, labels, texts
 
   def __len__(self):
     return len(self._labels)
 
   def __getitem__(self, index):
-    return {'image': self._images[index], 'label': int(self._labels[index])}
+    record = {'image': self._images[index], 'label': int(self._labels[index])}
+    if self._texts is not None:
+      record['text'] = self._texts[index]
+    return record
 
 
 def decoded(records, budget_bytes: int):
@@ -102,7 +105,8 @@ def decoded(records, budget_bytes: int):
   if sum(image.nbytes for image in images) > budget_bytes:
     return records
   log.info('Decoded %d images (%.1f MiB) into memory once.', len(images), sum(i.nbytes for i in images) / 2**20)
-  return _Decoded(images, np.array([r['label'] for r in every], np.int64))
+  texts = [r['text'] for r in every] if 'text' in every[0] else None
+  return _Decoded(images, np.array([r['label'] for r in every], np.int64), texts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,20 +114,30 @@ def decoded(records, budget_bytes: int):
 
 
 class _TfdsRecords:
-  """A TFDS data source as {'image': bytes, 'label': int} records (picklable, for worker processes)."""
+  """A TFDS data source as {'image': bytes, 'label': int} records (picklable, for worker processes); with
+  `text_feature` (a LiT run's config.lit.text_feature, e.g. 'captions/text') also 'text': the record's captions, a
+  tuple of str, and 'label' 0 when the dataset has none."""
 
-  def __init__(self, source):
-    self._source = source
+  def __init__(self, source, text_feature: str = ''):
+    self._source, self._text_feature = source, text_feature
 
   def __len__(self):
     return len(self._source)
 
+  def _record(self, raw) -> dict[str, Any]:
+    record = {'image': raw['image'], 'label': int(raw['label']) if 'label' in raw else 0}
+    if self._text_feature:
+      value = raw
+      for part in self._text_feature.split('/'):
+        value = value[part]
+      record['text'] = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(value))
+    return record
+
   def __getitem__(self, index):
-    record = self._source[index]
-    return {'image': record['image'], 'label': int(record['label'])}
+    return self._record(self._source[index])
 
   def read_many(self, indices):
-    return [{'image': r['image'], 'label': int(r['label'])} for r in self._source.__getitems__(list(indices))]
+    return [self._record(r) for r in self._source.__getitems__(list(indices))]
 
 
 def _reachable(address=DOWNLOAD_PROBE, timeout: float = 3.0) -> bool:
@@ -202,12 +216,18 @@ def _tfds_split(config, split: str, download: bool) -> Split:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(config, download)
   features = builder.info.features
-  if 'image' not in features or 'label' not in features:
+  text = config.lit.text_feature if 'lit' in config else ''
+  if 'image' not in features or ('label' not in features and not text):
     raise DataError(f'TFDS dataset {config.dataset!r} needs features "image" and "label", has {list(features)}.')
+  if text and text.split('/')[0] not in features:
+    raise DataError(f'config.lit.text_feature={text!r}: TFDS dataset {config.dataset!r} has no such feature (its '
+                    f'features: {list(features)}; e.g. captions/text for coco_captions).')
   source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  if 'label' not in features:  # Image-text data without classes.
+    return Split(_TfdsRecords(source, text), 0, ())
   label = features['label']
   names = tuple(label.names) if label.names else tuple(str(i) for i in range(label.num_classes))
-  return Split(_TfdsRecords(source), label.num_classes, names)
+  return Split(_TfdsRecords(source, text), label.num_classes, names)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -159,6 +159,12 @@ def _lit_problems(config, problems) -> None:
                     'which the text_transformer tower with the sentencepiece tokenizer reads; for '
                     f'text_model={model.text_model!r} / tokenizer {model.pp.tokenizer_name!r} give vocab_path (e.g. '
                     'the release\'s gs://vit_models/lit/LiT-B16B.txt).')
+  if lit.captions and lit.text_feature:
+    problems.append(f'config.lit.captions={lit.captions!r} (an image folder\'s captions file) and '
+                    f'config.lit.text_feature={lit.text_feature!r} (a TFDS dataset\'s) are both set: give one.')
+  if lit.text_feature and not lit.vocab_path:
+    problems.append(f'config.lit.text_feature={lit.text_feature!r} needs config.lit.vocab_path: a vocabulary is built '
+                    'only from templates or a captions file, not by reading every caption of a TFDS split.')
   if not str(lit.templates).strip():
     problems.append("config.lit.templates is empty: give 'photo', 'ensemble' or a file of templates.")
   fast = {'scan_layers': False, 'attention': 'plain', 'fused_qkv': False, 'remat_policy': 'none', 'dtype': 'float32'}

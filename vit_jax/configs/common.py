@@ -90,6 +90,9 @@ def get_config():
   # Or an image folder's own captions: a file of lines '<image path relative to the folder><TAB><caption>' (several
   # lines: several captions); then the eval split is also scored by retrieval (recall@1/5/10 both ways).
   config.lit.captions = ''
+  # Or a TFDS dataset's caption feature ('captions/text' for coco_captions; needs vocab_path): the same, evaluated by
+  # retrieval only when the dataset has no class labels.
+  config.lit.text_feature = ''
   config.lit.class_names = ''  # Names for the classes, comma separated, in label order ('' = the dataset's).
   config.lit.temperature_init = 10.0  # exp(t) at init of a model trained from scratch (a loaded text_init keeps its).
   config.lit.bias_init = -10.0  # The sigmoid loss's bias at init (SigLIP's); not used by the softmax loss.

@@ -7,8 +7,9 @@ code. `build` makes them from the config:
     ('test') or named splits 'minival=train[99%:],val=validation'. The first split's metrics are `eval/accuracy`,
     `eval/top5`, `eval/loss`; every other split's are `eval/<name>/accuracy`, ...;
   * for a LiT image-text model, zero-shot classification instead (vit_jax/evaluators/zeroshot.py), under the same
-    names: `eval/accuracy` is the zero-shot accuracy; with a captions file (config.lit.captions) also image-text
-    retrieval on each split (vit_jax/evaluators/retrieval.py): `retrieval/img2txt/recall@1`, ...;
+    names: `eval/accuracy` is the zero-shot accuracy (when the dataset has classes); with captions
+    (config.lit.captions or text_feature) image-text retrieval on each split (vit_jax/evaluators/retrieval.py):
+    `retrieval/img2txt/recall@1`, ...;
   * few-shot linear probes (`config.fewshot.datasets`), metrics `fewshot/<dataset>_<k>shot`.
 """
 from typing import Protocol
@@ -34,11 +35,12 @@ def primary(config):
 def build(config, model, mesh) -> list[Evaluator]:
   """The evaluators of `config` for `model` on `mesh` (see module doc)."""
   splits = parse_splits(config.eval_split)
-  kind = zeroshot.ZeroShotEvaluator if presets.is_lit(config.model) else classification.ClassificationEvaluator
-  out = [kind(
+  lit = presets.is_lit(config.model)
+  kind = zeroshot.ZeroShotEvaluator if lit else classification.ClassificationEvaluator
+  out = [] if lit and not zeroshot.has_classes(config) else [kind(
       name=name, prefix='eval/' if i == 0 else f'eval/{name}/', config=with_split(config, split), model=model,
       mesh=mesh) for i, (name, split) in enumerate(splits)]
-  if presets.is_lit(config.model) and config.lit.captions:
+  if lit and (config.lit.captions or config.lit.text_feature):
     out += [retrieval.RetrievalEvaluator(
         name=name, prefix='eval/' if i == 0 else f'eval/{name}/', config=with_split(config, split), model=model,
         mesh=mesh) for i, (name, split) in enumerate(splits)]

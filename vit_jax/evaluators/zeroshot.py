@@ -21,6 +21,11 @@ def class_embeddings(model, params, prompts, num_classes: int):
   return z / jnp.maximum(jnp.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
+def has_classes(config) -> bool:
+  """Whether the run's data has class labels to classify zero-shot (image-text data from TFDS may have none)."""
+  return input_pipeline.get_info(config).num_classes >= 2
+
+
 class ZeroShotEvaluator:
   """Zero-shot accuracy on `config.eval_split` (a single split) every `config.eval_every_steps` steps."""
 

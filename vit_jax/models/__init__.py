@@ -7,8 +7,8 @@ code that only reads presets does not load JAX.
 import importlib
 
 from vit_jax.configs.choices import CLASSIFIERS, POSEMBS
-from vit_jax.configs.presets import (LIT_PRESETS, MODEL_NAMES, get_model_config, has_class_token, image_size_for_tokens,
-                                     is_lit, is_mixer, token_grid, token_pixels)
+from vit_jax.configs.presets import (LIT_PRESETS, MODEL_NAMES, family, get_model_config, has_class_token,
+                                     image_size_for_tokens, is_lit, is_mixer, token_grid, token_pixels)
 
 _ATTRIBUTES = {'VisionTransformer': 'vit', 'MlpMixer': 'mixer', 'LitModel': 'lit'}
 _SUBMODULES = ('vit', 'blocks', 'resnet', 'mixer', 'lit', 'bert')
@@ -36,6 +36,6 @@ def get_model(name: str, **kw):
   return model_class(config)(**config, **kw)
 
 
-__all__ = ['CLASSIFIERS', 'LIT_PRESETS', 'LitModel', 'MODEL_NAMES', 'MlpMixer', 'POSEMBS', 'VisionTransformer',
+__all__ = ['CLASSIFIERS', 'LIT_PRESETS', 'LitModel', 'MODEL_NAMES', 'MlpMixer', 'POSEMBS', 'VisionTransformer', 'family',
            'get_model', 'get_model_config', 'has_class_token', 'image_size_for_tokens', 'is_lit', 'is_mixer',
            'model_class', 'token_grid', 'token_pixels']
