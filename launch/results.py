@@ -132,6 +132,12 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
   if any(curves.values()):
     ax.legend(fontsize='x-small')
   ax.grid(alpha=0.3)
+  save_png(fig, path)
+
+
+def save_png(fig, path: str) -> None:
+  """Writes a matplotlib figure as a PNG to `path` (local or gs://) and closes it."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   buffer = io_lib.BytesIO()
   fig.savefig(buffer, format='png', dpi=80)

@@ -277,10 +277,11 @@ def main_run(argv) -> int:
   runner.note(f'{len(runs)} runs in {sweep_dir}: {len(done)} finished (skipped), {len(todo)} to run')
   for run in runs:
     runner.note(f'  {run.name}: {"finished" if run in done else "to run"}')
-  return _run_backend(args, runs, todo, sweep_dir, runner)
+  return run_backend(args, runs, todo, sweep_dir, runner)
 
 
-def _run_backend(args, runs, todo, sweep_dir, runner) -> int:
+def run_backend(args, runs, todo, sweep_dir, runner) -> int:
+  """Runs `todo` (of the sweep's `runs`) on args.backend; the exit status (130: interrupted)."""
   from launch import slurm, tpu  # pylint: disable=g-import-not-at-top
   if not todo:
     runner.note(f'Nothing to run. Results: python -m launch.sweep results {sweep_dir}')

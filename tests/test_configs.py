@@ -20,7 +20,9 @@ REPO = tiny.REPO
 
 # Every config file with the arguments to load it (a file added to configs/ must be listed here).
 CONFIG_FILES = {'default.py': [''], 'vit.py': ['ViT-B_16,cifar10', 'R50+ViT-B_16,oxford_iiit_pet'],
-                'pretrain_i21k.py': ['ViT-B_16'], 'pretrain_i1k.py': ['ViT-S_16,epochs=150'], 'lit.py': ['']}
+                'pretrain_i21k.py': ['ViT-B_16'], 'pretrain_i1k.py': ['ViT-S_16,epochs=150'], 'lit.py': [''],
+                'transfer_paper.py': ['task=cifar100,model=ViT-B_32'], 'transfer_vtab.py': ['task=dtd'],
+                'transfer_offline.py': ['task=stripes']}
 
 
 def _field_type(config, name):

@@ -1,0 +1,206 @@
+"""From a pretrained model to a transfer report in one command: the few-shot probes and the fine-tuning sweeps of a
+suite (configs/transfer_*.py, vit_jax/configs/transfer.py), the learning rate chosen on each task's validation split,
+and a report of the test accuracies beside the published ones.
+
+    python -m launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py --out=runs/transfer
+    python -m launch.transfer --pretrained=gs://vit_models/augreg/B_32-....npz --model=ViT-B_32 \
+        --suite=configs/transfer_paper.py --backend=slurm --out=runs/transfer_b32 [--config.KEY=VALUE ...]
+
+--pretrained is a run's workdir (its model config and params.npz), or a release .npz or 'augreg:<name>' with --model
+(its preset). Every run of every task is planned and its config checked before anything starts. Each task is a
+sweep (launch/sweep.py) in OUT/finetune/<task>, on the chosen backend (local, slurm, tpu; their flags as for
+launch.sweep); the few-shot probes run here, once (OUT/fewshot.json). Rerunning the same command skips finished runs
+and resumes the others, reuses the probes, and writes the report again from what has finished:
+OUT/transfer_report.md, .csv and plots (launch/transfer_report.py). `--tasks=a,b` limits the fine-tuning to some
+tasks; `--dry-run` lists the runs and their commands.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from launch import hyper, shell
+from launch import sweep as sweep_lib
+from launch import transfer_report
+from vit_jax import io
+from vit_jax import workdir as workdir_lib
+from vit_jax.configs import fields, presets
+
+FEWSHOT_FILE = 'fewshot.json'
+
+
+class TransferError(ValueError):
+  """A transfer command that cannot run as given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  name: str  # For the report and the published figures: a run's folder name, or a release file's name.
+  path: str  # The release-layout .npz (or 'augreg:...') every fine-tuning run starts from.
+  preset: str  # The model preset the runs' configs start from ...
+  model_overrides: dict  # ... and the model fields that differ from it (a run's own model).
+
+
+# Regularisation is the transfer recipe's (the preset's: none), not inherited from the pretraining run.
+RECIPE_FIELDS = ('model.transformer.dropout_rate', 'model.transformer.attention_dropout_rate',
+                 'model.transformer.drop_path_rate')
+
+
+def _model_overrides(model, preset: str) -> dict:
+  """The fields of a run's `model` that differ from `preset`'s (its architecture), as overrides."""
+  base = presets.get_model_config(preset)
+  out = {}
+  for name in fields.flat_keys(model, 'model.'):
+    if name in RECIPE_FIELDS:
+      continue
+    value, default = _get(model, name[len('model.'):]), _get(base, name[len('model.'):], missing=object())
+    if value != default:
+      if value is None:
+        raise TransferError(f'The pretrained run\'s {name} is None where preset {preset} has {default!r}.')
+      out[name] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def _get(config, dotted: str, missing=None):
+  for part in dotted.split('.'):
+    if config is None or part not in config:
+      return missing
+    config = config[part]
+  return config
+
+
+def resolve_pretrained(spec: str, model: str | None) -> Pretrained:
+  """--pretrained and --model (module doc) as a Pretrained; a TransferError when they do not name a model."""
+  if io.isdir(spec):
+    config = workdir_lib.load_config(spec)
+    family = presets.family(config.model)
+    if family == 'lit':
+      raise TransferError(f'{spec} is a LiT run: transfer measures a ViT or MLP-Mixer image model.')
+    name = config.model.get('model_name')
+    preset = name if name in presets.MODEL_NAMES else {'mixer': 'Mixer-B_16', 'vit': (
+        'R50+ViT-B_16' if config.model.get('resnet') is not None else 'ViT-B_16')}[family]
+    params = workdir_lib.path(spec, workdir_lib.PARAMS_FILE)
+    if not io.exists(params):
+      raise TransferError(f'{spec} has no {workdir_lib.PARAMS_FILE}: finish the run first (rerun its command).')
+    return Pretrained(os.path.basename(os.path.normpath(spec)), params, preset, _model_overrides(config.model, preset))
+  if model not in presets.MODEL_NAMES:
+    raise TransferError(f'--pretrained={spec!r} is not a run directory, so --model must name its preset, one of: '
+                        f'{", ".join(presets.MODEL_NAMES)} (got {model!r}).')
+  if not spec.startswith('augreg:') and not io.exists(spec):
+    raise TransferError(f'--pretrained={spec!r}: no such run directory or file.')
+  name = spec[len('augreg:'):] if spec.startswith('augreg:') else os.path.basename(spec)
+  return Pretrained(name[:-len('.npz')] if name.endswith('.npz') else name, spec, model, {})
+
+
+def load_suite(spec: str):
+  """(the suite file's module, its suite dict); the module's `prepare()` (if any) writes generated datasets."""
+  module = sweep_lib.load_config_module(spec)
+  if not hasattr(module, 'get_suite'):
+    raise TransferError(f'{spec} is not a transfer suite: it defines no get_suite() (see configs/transfer_*.py).')
+  return module, module.get_suite()
+
+
+def plan(args, suite: dict, pretrained: Pretrained, fixed: dict) -> dict[str, list]:
+  """{task: its sweep's runs}, every run's config checked (launch.sweep.validate) before anything starts."""
+  tasks = list(suite['tasks'])
+  chosen = [t.strip() for t in args.tasks.split(',')] if args.tasks else tasks
+  unknown = sorted(set(chosen) - set(tasks))
+  if unknown:
+    raise TransferError(f'--tasks names {unknown}, which suite {suite["name"]!r} lacks; its tasks: {", ".join(tasks)}.')
+  fixed = {'pretrained_path': pretrained.path, **pretrained.model_overrides, **fixed}
+  out = {}
+  for task in chosen:
+    spec = task_spec(args.suite, task, pretrained)
+    runs = sweep_lib.plan(spec, io.join(args.out, 'finetune', task), sweep_lib.expand(spec, []), fixed)
+    sweep_lib.validate(spec, runs)
+    out[task] = (spec, runs, fixed)
+  return out
+
+
+def task_spec(suite_spec: str, task: str, pretrained: Pretrained) -> str:
+  return f'{suite_spec.split(":", 1)[0]}:task={task},model={pretrained.preset}'
+
+
+def run_fewshot(suite: dict, pretrained: Pretrained, planned: dict, out: str) -> dict[str, float]:
+  """The suite's few-shot probes of the pretrained model (the closed-form evaluator, vit_jax/evaluators/fewshot.py),
+  run here once: OUT/fewshot.json holds them for this pretrained file, and a rerun reads them from there."""
+  fs = suite['fewshot']
+  if not fs:
+    return {}
+  path = io.join(out, FEWSHOT_FILE)
+  stored = json.loads(io.read_text_or_none(path) or '{}')
+  if stored.get('pretrained') == pretrained.path and stored.get('fewshot') == _jsonable(fs):
+    return stored['metrics']
+  from vit_jax.configs import loading  # pylint: disable=g-import-not-at-top
+  from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top  (JAX from here on)
+  spec, _, fixed = next(iter(planned.values()))
+  config = loading.from_command_line(spec, hyper.overrides_args(fixed))
+  config.fewshot.datasets, config.fewshot.shots = fs['datasets'], tuple(fs['shots'])
+  config.fewshot.seeds, config.fewshot.l2_reg = fs['seeds'], fs['l2_reg']
+  config.image_size = fs['image_size']
+  metrics = fewshot.probe_pretrained(config)
+  io.write_text(path, json.dumps({'pretrained': pretrained.path, 'fewshot': _jsonable(fs), 'metrics': metrics},
+                                 indent=2) + '\n')
+  return metrics
+
+
+def _jsonable(value):
+  return json.loads(json.dumps(value))
+
+
+def _parser():
+  parser = argparse.ArgumentParser(prog='python -m launch.transfer', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--pretrained', required=True, help='A run directory, a release .npz, or augreg:<name>.')
+  parser.add_argument('--model', help='The preset of a release .npz (a run directory has its own).')
+  parser.add_argument('--suite', required=True, help='A suite file: configs/transfer_{offline,paper,vtab}.py.')
+  parser.add_argument('--out', required=True, help='Where the runs, the probes and the report go.')
+  parser.add_argument('--tasks', default='', help='Only these tasks (comma separated); default all.')
+  parser.add_argument('--backend', choices=('local', 'tpu', 'slurm'), default='local')
+  parser.add_argument('--parallel', type=int, default=0, help='local: runs at a time (default 1, or one per GPU).')
+  parser.add_argument('--gpus', default=None, help='local: comma-separated GPU ids (default: all; "" for none).')
+  parser.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
+                      help='List the runs and print their commands; start nothing.')
+  from launch import slurm, tpu  # pylint: disable=g-import-not-at-top
+  tpu.add_sweep_flags(parser)
+  slurm.add_flags(parser, sweep=True)
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = _parser()
+  args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+  runner = shell.Runner(dry_run=args.dry_run)
+  try:
+    fixed = sweep_lib.fixed_overrides(extra)
+    module, suite = load_suite(args.suite)
+    pretrained = resolve_pretrained(args.pretrained, args.model)
+    if hasattr(module, "prepare"):  # Generated datasets (the offline suite's), needed to check the configs.
+      module.prepare()
+    planned = plan(args, suite, pretrained, fixed)
+  except (ValueError, io.StorageError, workdir_lib.WorkdirError) as e:
+    print(f'launch.transfer: error: {e}', file=sys.stderr)
+    return 2
+  failed = 0
+  for task, (spec, runs, task_fixed) in planned.items():
+    sweep_dir = io.join(args.out, 'finetune', task)
+    done, todo = sweep_lib.split_done(runs, task_fixed)
+    sweep_lib.record_sweep(sweep_dir, spec, task_fixed, runs, args.backend, runner)
+    runner.note(f'{task}: {len(runs)} runs in {sweep_dir}: {len(done)} finished (skipped), {len(todo)} to run')
+    code = sweep_lib.run_backend(args, runs, todo, sweep_dir, runner)
+    if code == 130:
+      return 130
+    failed += code != 0
+  if args.dry_run:
+    return 0
+  few = run_fewshot(suite, pretrained, planned, args.out)
+  report = transfer_report.write(args.out, suite, pretrained.name, {t: runs for t, (_, runs, _) in planned.items()},
+                                 few)
+  runner.note(f'Wrote {report} ({"some runs failed; " if failed else ""}rerun the command to finish any unfinished '
+              'run and update the report).')
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
