@@ -6,8 +6,8 @@ and a report of the test accuracies beside the published ones.
     python -m launch.transfer --pretrained=gs://vit_models/augreg/B_32-....npz --model=ViT-B_32 \
         --suite=configs/transfer_paper.py --backend=slurm --out=runs/transfer_b32 [--config.KEY=VALUE ...]
 
---pretrained is a run's workdir (its model config and params.npz), or a release .npz or 'augreg:<name>' with --model
-(its preset). Every run of every task is planned and its config checked before anything starts. Each task is a
+--pretrained is a run's workdir (its model config and params.npz), a preset's name (its original ImageNet-21k release,
+gs://vit_models/imagenet21k/<name>.npz), or a release .npz or 'augreg:<name>' with --model (its preset). Every run of every task is planned and its config checked before anything starts. Each task is a
 sweep (launch/sweep.py) in OUT/finetune/<task>, on the chosen backend (local, slurm, tpu; their flags as for
 launch.sweep); the few-shot probes run here, once (OUT/fewshot.json). Rerunning the same command skips finished runs
 and resumes the others, reuses the probes, and writes the report again from what has finished:
@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 
 from launch import hyper, shell
@@ -28,6 +29,8 @@ from vit_jax import workdir as workdir_lib
 from vit_jax.configs import fields, presets
 
 FEWSHOT_FILE = 'fewshot.json'
+I21K_RELEASES = 'gs://vit_models/imagenet21k'
+AUGREG_FILE = re.compile(r'[A-Za-z0-9_]+-i(1k|21k)\w*-\d+ep-')  # An AugReg file name: 'B_32-i21k-300ep-lr_...'.
 
 
 class TransferError(ValueError):
@@ -84,6 +87,8 @@ def resolve_pretrained(spec: str, model: str | None) -> Pretrained:
     if not io.exists(params):
       raise TransferError(f'{spec} has no {workdir_lib.PARAMS_FILE}: finish the run first (rerun its command).')
     return Pretrained(os.path.basename(os.path.normpath(spec)), params, preset, _model_overrides(config.model, preset))
+  if spec in presets.MODEL_NAMES:  # A preset's name: its original ImageNet-21k release file.
+    return Pretrained(spec, f'{I21K_RELEASES}/{spec}.npz', spec, {})
   if model not in presets.MODEL_NAMES:
     raise TransferError(f'--pretrained={spec!r} is not a run directory, so --model must name its preset, one of: '
                         f'{", ".join(presets.MODEL_NAMES)} (got {model!r}).')
@@ -91,6 +96,30 @@ def resolve_pretrained(spec: str, model: str | None) -> Pretrained:
     raise TransferError(f'--pretrained={spec!r}: no such run directory or file.')
   name = spec[len('augreg:'):] if spec.startswith('augreg:') else os.path.basename(spec)
   return Pretrained(name[:-len('.npz')] if name.endswith('.npz') else name, spec, model, {})
+
+
+def published_figures(suite: dict, pretrained: Pretrained, index_path: str) -> dict:
+  """{(pretrained name, task): published test accuracy in %}: the suite's own table, and for a file of the AugReg
+  index (vit_jax/augreg.py) its fine-tuning results: per task dataset, the row with the best adapt_final_val (at the
+  task's resolution where the index has it). An index that cannot be read leaves the suite's table (noted)."""
+  out = dict(suite['published'])
+  if not AUGREG_FILE.match(pretrained.name):
+    return out
+  from vit_jax import augreg  # pylint: disable=g-import-not-at-top  (pandas only here)
+  try:
+    index = augreg.augreg_index(index_path)
+  except (augreg.AugRegError, io.StorageError, OSError) as e:
+    print(f'launch.transfer: no AugReg figures ({e}).', file=sys.stderr)
+    return out
+  rows = index[index['filename'] == pretrained.name]
+  for name, task in suite['tasks'].items():
+    adapt = rows[rows['adapt_ds'] == task['dataset']]
+    at_size = adapt[adapt['adapt_resolution'] == task['image_size']]
+    adapt = at_size if len(at_size) else adapt
+    if len(adapt) and (pretrained.name, name) not in out:
+      out[pretrained.name, name] = 100 * float(adapt.sort_values('adapt_final_val', kind='stable').iloc[-1][
+          'adapt_final_test'])
+  return out
 
 
 def load_suite(spec: str):
@@ -156,6 +185,8 @@ def _parser():
   parser.add_argument('--model', help='The preset of a release .npz (a run directory has its own).')
   parser.add_argument('--suite', required=True, help='A suite file: configs/transfer_{offline,paper,vtab}.py.')
   parser.add_argument('--out', required=True, help='Where the runs, the probes and the report go.')
+  parser.add_argument('--augreg_index', default='gs://vit_models/augreg/index.csv',
+                      help='The AugReg index whose fine-tuning results are the published figures of its files.')
   parser.add_argument('--tasks', default='', help='Only these tasks (comma separated); default all.')
   parser.add_argument('--backend', choices=('local', 'tpu', 'slurm'), default='local')
   parser.add_argument('--parallel', type=int, default=0, help='local: runs at a time (default 1, or one per GPU).')
@@ -195,6 +226,7 @@ def main(argv=None) -> int:
   if args.dry_run:
     return 0
   few = run_fewshot(suite, pretrained, planned, args.out)
+  suite = {**suite, 'published': published_figures(suite, pretrained, args.augreg_index)}
   report = transfer_report.write(args.out, suite, pretrained.name, {t: runs for t, (_, runs, _) in planned.items()},
                                  few)
   runner.note(f'Wrote {report} ({"some runs failed; " if failed else ""}rerun the command to finish any unfinished '

@@ -59,6 +59,19 @@ def test_suites_plan_valid_runs_and_bad_commands_are_one_line(tmp_path):
       assert config.eval_split.startswith('val=') and ',test=' in config.eval_split
   paper = transfer.load_suite(os.path.join(tiny.REPO, 'configs', 'transfer_paper.py'))[1]
   assert paper['published'][('B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0', 'cifar10')] == 98.55
+  assert paper['published'][('ViT-B_16', 'imagenet2012')] == 84.53
+  assert transfer.resolve_pretrained('ViT-B_16', None).path == 'gs://vit_models/imagenet21k/ViT-B_16.npz'
+
+  # An AugReg file's published figures come from the index: per task, the best adapt_final_val at its resolution.
+  name = 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0'
+  index = tmp_path / 'index.csv'
+  index.write_text('filename,adapt_ds,adapt_resolution,adapt_final_val,adapt_final_test\n'
+                   f'{name},cifar100,384,0.90,0.91\n{name},cifar100,384,0.92,0.89\n{name},cifar100,224,0.99,0.99\n'
+                   f'{name},oxford_iiit_pet,224,0.93,0.94\nother,cifar10,384,0.99,0.99\n')
+  got = transfer.published_figures(paper, transfer.Pretrained(name, 'x', 'ViT-B_16', {}), str(index))
+  assert got[name, 'cifar100'] == pytest.approx(89.0) and got[name, 'oxford_iiit_pet'] == pytest.approx(94.0)
+  assert (name, 'cifar10') not in got
+
   out = subprocess.run([sys.executable, '-m', 'launch.transfer', '--pretrained=x.npz', f'--suite={SUITE}',
                         f'--out={tmp_path}'], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, 'PYTHONPATH': str(tiny.REPO)})
