@@ -317,3 +317,26 @@ def test_lit_training_and_zero_shot_prediction_never_import_tensorflow(digits_di
   Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(image)
   code, imported, err = tiny.imports_tensorflow('vit_jax.predict', [f'--workdir={workdir}', str(image)])
   assert code == 0 and not imported, err[-3000:]
+
+
+def test_a_text_tower_and_temperature_start_from_a_lit_file(digits_dir, image_tower, tmp_path):
+  """config.lit.text_init: a LiT .npz (here a finished run's params.npz) gives the text tower and t; with a zero
+  learning rate they come out as they went in, while a file of another text tower is refused by name."""
+  first = str(tmp_path / 'first')
+  train.train_and_evaluate(lit_config(digits_dir, image_tower, total_steps=10, eval_every_steps=10,
+                                      checkpoint_every_steps=10), first)
+  source = checkpoint.read_npz(workdir_lib.path(first, workdir_lib.PARAMS_FILE))
+  second = str(tmp_path / 'second')
+  config = lit_config(digits_dir, image_tower, total_steps=2, eval_every_steps=2, checkpoint_every_steps=2,
+                      **{'lit.text_init': workdir_lib.path(first, workdir_lib.PARAMS_FILE),
+                         'schedule.base_lr': 0.0, 'schedule.warmup_steps': 0})
+  train.train_and_evaluate(config, second)
+  got = checkpoint.read_npz(workdir_lib.path(second, workdir_lib.PARAMS_FILE))
+  text = [k for k in source if k.startswith('txt/') or k == 't']
+  assert len(text) > 10
+  for key in text:
+    np.testing.assert_array_equal(got[key], source[key], err_msg=key)
+  wider = lit_config(digits_dir, image_tower, **{'lit.text_init': workdir_lib.path(first, workdir_lib.PARAMS_FILE),
+                                                 'model.text.width': 48})
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r'The text tower \(txt/, t\) of .* does not fit'):
+    train.train_and_evaluate(wider, str(tmp_path / 'third'))
