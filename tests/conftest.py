@@ -28,7 +28,8 @@ import pytest  # noqa: E402  (after the environment above)
 # so that the xdist workers (with --dist worksteal, pytest.ini) do not end the suite on one of them while the other
 # idles.
 LONG_FIRST = ('test_faults.py', 'test_launch_sweep.py', 'test_lock.py', 'test_launch_slurm.py', 'test_multihost.py',
-              'test_launch_sky.py', 'test_sharding.py', 'test_fastpaths.py', 'test_main.py')
+              'test_launch_sky.py', 'test_sharding.py', 'test_fastpaths.py', 'test_main.py', 'test_lit_training.py',
+              'test_launch_transfer.py')
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
