@@ -339,3 +339,27 @@ def test_a_text_tower_and_temperature_start_from_a_lit_file(digits_dir, image_to
                                                  'model.text.width': 48})
   with pytest.raises(checkpoint.CheckpointMismatchError, match=r'The text tower \(txt/, t\) of .* does not fit'):
     train.train_and_evaluate(wider, str(tmp_path / 'third'))
+
+
+def test_precomputing_the_locked_tower_trains_as_running_it_every_step(digits_dir, image_tower, tmp_path):
+  """config.lit.precompute_image: the batches carry the embeddings, not the images, and the run's text tower, t and
+  losses equal those of the run that applies the locked tower in every step (to float rounding)."""
+  runs = {}
+  for precompute in (False, True):
+    workdir = str(tmp_path / str(precompute))
+    train.train_and_evaluate(lit_config(digits_dir, image_tower, total_steps=12, eval_every_steps=12,
+                                        checkpoint_every_steps=12, log_every_steps=4,
+                                        **{'lit.precompute_image': precompute}), workdir)
+    runs[precompute] = (checkpoint.read_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)),
+                        tiny.by_step(workdir_lib.read_metrics(workdir), 'train/loss'))
+  (plain, plain_loss), (pre, pre_loss) = runs[False], runs[True]
+  assert list(pre_loss) == [4, 8, 12]
+  np.testing.assert_allclose(list(pre_loss.values()), list(plain_loss.values()), rtol=1e-5)
+  for key in plain:
+    np.testing.assert_allclose(pre[key], plain[key], rtol=1e-4, atol=1e-6, err_msg=key)
+  config = lit_config(digits_dir, image_tower, **{'lit.precompute_image': True})
+  table = np.zeros((1437, 32), np.float32)
+  batch = tiny.take(input_pipeline.train_dataset(config, local_batch_size=8, image_table=table), 1)[0]
+  assert 'image' not in batch and batch['zimg'].shape == (8, 32) and batch['tokens'].shape == (8, 8)
+  with pytest.raises(check.ConfigError, match="precompute_image=True embeds each training image once"):
+    check.validate(lit_config(digits_dir, image_tower, **{'lit.precompute_image': True, 'pp.flip': True}))

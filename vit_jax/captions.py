@@ -24,7 +24,40 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import errors, io, sources, tokenizers, zeroshot
+from vit_jax import errors, io, sources, tokenizers
+
+TEMPLATES = {
+    'photo': ('a photo of a {}.',),
+    'ensemble': ('a photo of a {}.', 'a photo of the {}.', 'a photo of a small {}.', 'a photo of a large {}.',
+                 'a close-up photo of a {}.', 'a cropped photo of a {}.', 'a blurry photo of a {}.',
+                 'a bright photo of a {}.', 'a dark photo of a {}.', 'a drawing of a {}.', 'a painting of a {}.',
+                 'a rendering of a {}.'),
+}
+
+
+class PromptError(errors.UserError, ValueError):
+  """Prompt templates that cannot be used."""
+
+
+def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+  """The templates, each with exactly one '{}' for the class name; a PromptError naming the first that has not."""
+  templates = tuple(templates)
+  if not templates:
+    raise PromptError('No prompt templates: give at least one, e.g. "a photo of a {}.".')
+  for t in templates:
+    if t.count('{}') != 1:
+      raise PromptError(f'Prompt template {t!r} must hold exactly one {{}} where the class name goes.')
+  return templates
+
+
+def read_templates(spec: str) -> tuple[str, ...]:
+  """--templates: a built-in set's name (TEMPLATES), else a file (local or gs://) with one template per line."""
+  if spec in TEMPLATES:
+    return TEMPLATES[spec]
+  if not io.isfile(spec):
+    raise PromptError(f'--templates={spec!r} is neither a built-in set ({", ".join(TEMPLATES)}) nor a file.')
+  return check_templates([line.strip() for line in io.read_text(spec).splitlines() if line.strip()])
+
 
 CAPTION_STREAM = 0x636170  # Folded into the seed for the template (or caption) draw of each example.
 
@@ -80,7 +113,7 @@ def class_names(config, dataset_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dataset_names)
   names = tuple(n.strip() for n in str(config.lit.class_names).split(','))
   if len(names) != len(dataset_names) or not all(names):
-    raise zeroshot.PromptError(f'config.lit.class_names={config.lit.class_names!r} gives {len(names)} names, but '
+    raise PromptError(f'config.lit.class_names={config.lit.class_names!r} gives {len(names)} names, but '
                                f'{config.dataset} has {len(dataset_names)} classes ({", ".join(dataset_names)}): '
                                'give one non-empty name per class, comma separated, in label order.')
   return names
@@ -117,7 +150,7 @@ class Captions:
   def create(cls, config, dataset_names: Sequence[str], records=None) -> 'Captions':
     """The captions of `config`; with config.lit.captions, those of `records` (an image-folder split's)."""
     texts = record_texts(config, records) if config.lit.captions and records is not None else None
-    return cls(zeroshot.read_templates(config.lit.templates), class_names(config, dataset_names),
+    return cls(read_templates(config.lit.templates), class_names(config, dataset_names),
                config.model.pp.tokenizer_name, int(config.model.pp.max_len), config.lit.vocab_path,
                int(config.model.text.get('vocab_size', 0)), config.seed, texts)
 

@@ -170,16 +170,19 @@ def _out_dims(model_config):
   return tuple(out) if isinstance(out, (tuple, list)) else (out, out)
 
 
-def train_flops(model_config, image_size, num_classes: int | None, *, locked_image: bool = False) -> float:
+def train_flops(model_config, image_size, num_classes: int | None, *, locked_image: bool = False,
+                image_precomputed: bool = False) -> float:
   """FLOPs of one example's training step: 3 x `forward_flops` (forward, then twice that for the backward).
 
   The backward of each matrix product takes two products of the same size (gradients of the input and of the
   weights), the usual convention for MFU. Not counted: recomputation under remat (the model's work is the same
   with or without it), the optimizer update (per parameter, not per example) and elementwise work. A LiT model's
   example is an image and a text: 3 x the text tower's forward, and the image tower's forward once when it is
-  locked (`locked_image`: no backward), else 3 x; the similarities (B x B per batch) are not counted.
+  locked (`locked_image`: no backward), else 3 x, and not at all when its embeddings were computed before training
+  (`image_precomputed`); the similarities (B x B per batch) are not counted.
   """
   if is_lit(model_config):
     image = forward_flops(model_config.image, image_size, _out_dims(model_config)[0])
-    return (1.0 if locked_image else 3.0) * image + 3.0 * text_forward_flops(model_config)
+    scale = 0.0 if image_precomputed else 1.0 if locked_image else 3.0
+    return scale * image + 3.0 * text_forward_flops(model_config)
   return 3.0 * forward_flops(model_config, image_size, num_classes)

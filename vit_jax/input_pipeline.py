@@ -15,7 +15,8 @@ Evaluation (`eval_dataset`): process p reads records p, p + P, ... of the split 
 each real example (mask 1) counts exactly once; 'index' is each row's record in the split (-1 for padding).
 
 Batches are numpy dicts {'image': uint8 [L, S, S, 3], 'label': int32 [L] (, 'mask': float32 [L])}, and for a LiT
-model's training 'tokens': int32 [L, max_len], each example's caption (vit_jax/captions.py); images become
+model's training 'tokens': int32 [L, max_len], each example's caption (vit_jax/captions.py), and 'zimg' instead of
+'image' when the locked image tower's embeddings are precomputed (config.lit.precompute_image); images become
 float [-1, 1] on the device (`preprocess.to_float` in the train and eval steps). Sources: vit_jax/sources.py.
 """
 import collections
@@ -85,10 +86,11 @@ class TrainStream:
   `stream[i]` is one example; `stream.batch(positions)` the examples at `positions` stacked, with their records read
   together (one batched read where the source has one, e.g. ArrayRecord)."""
 
-  def __init__(self, config, records, captions: Captions | None = None):
+  def __init__(self, config, records, captions: Captions | None = None, image_table=None):
     if len(records) == 0:
       raise sources.DataError(f'{config.dataset} {config.train_split!r} has no examples.')
     self.records, self.example, self.captions = records, TrainExample(config), captions
+    self.image_table = image_table  # A locked tower's embedding of each record (config.lit.precompute_image).
     self.order = grain.MapDataset.range(len(records)).shuffle(seed=_seed(config.seed, 0)).repeat()
     self.seed = _seed(config.seed, 1)
 
@@ -101,9 +103,12 @@ class TrainStream:
   def batch(self, positions) -> dict[str, np.ndarray]:
     indices = [self.order[int(p)] for p in positions]
     records = sources.read_many(self.records, indices)
-    examples = [self.example(r, self._rng(p)) for r, p in zip(records, positions)]
-    out = {'image': np.stack([e['image'] for e in examples]), 'label': np.array([e['label'] for e in examples],
-                                                                                np.int32)}
+    if self.image_table is not None:  # The images' embeddings instead of the images (nothing to decode).
+      out = {'zimg': self.image_table[indices], 'label': np.array([r['label'] for r in records], np.int32)}
+    else:
+      examples = [self.example(r, self._rng(p)) for r, p in zip(records, positions)]
+      out = {'image': np.stack([e['image'] for e in examples]), 'label': np.array([e['label'] for e in examples],
+                                                                                  np.int32)}
     if self.captions is not None:  # Image-text training: each example's caption, tokenized (vit_jax/captions.py).
       texts = [r['text'] for r in records] if 'text' in records[0] else None  # A TFDS caption feature.
       out['tokens'] = self.captions.tokens(out['label'], positions, indices, texts)
@@ -141,15 +146,17 @@ def _parallel(config, batches: grain.MapDataset) -> grain.IterDataset:
 
 
 def train_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0, download: bool = True) -> grain.IterDataset:
-  """Endless batches of this process from step `start_step` on (module doc); iterate it for numpy dicts."""
+                  start_step: int = 0, download: bool = True, image_table=None) -> grain.IterDataset:
+  """Endless batches of this process from step `start_step` on (module doc); iterate it for numpy dicts. With
+  `image_table` (float32 [records, dim]: a locked image tower's embedding of every record of the split, in record
+  order) the batches hold 'zimg' rows of it instead of 'image'."""
   _check_process_args(local_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
   split = open_split(config, config.train_split, download=download)
   stream = TrainStream(config, sources.decoded(split.records, config.input_cache_mib * 2**20),
                        Captions.create(config, split.class_names, split.records) if presets.is_lit(config.model)
-                       else None)
+                       else None, image_table)
   local = _LocalBatch(stream, local_batch_size * process_count, local_batch_size, process_index)
   return _parallel(config, grain.MapDataset.range(start_step, sys.maxsize).map(local))
 
@@ -193,15 +200,16 @@ def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, proce
 # To devices.
 
 
-def device_batches(config, mesh_sharding: jax.sharding.Sharding, *, train: bool,
-                   start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+def device_batches(config, mesh_sharding: jax.sharding.Sharding, *, train: bool, start_step: int = 0,
+                   image_table=None) -> Iterator[dict[str, jax.Array]]:
   """The global batches of training (`train`: config.batch_size, endless, from step `start_step` on) or of
   config.eval_split (config.eval_batch_size, once, padded), on `mesh_sharding`: this process reads its share (module
-  doc) and the next config.prefetch batches wait on device. The one way training and every evaluator get batches."""
+  doc) and the next config.prefetch batches wait on device. The one way training and every evaluator get batches.
+  `image_table`: see `train_dataset`."""
   processes, index = jax.process_count(), jax.process_index()
   if train:
     ds = train_dataset(config, local_batch_size=config.batch_size // processes, process_index=index,
-                       process_count=processes, start_step=start_step)
+                       process_count=processes, start_step=start_step, image_table=image_table)
   else:
     ds = eval_dataset(config, local_batch_size=config.eval_batch_size // processes, process_index=index,
                       process_count=processes)

@@ -180,13 +180,16 @@ class Loop:
     is_main = jax.process_index() == 0
     self.writer = metrics.Writer(workdir, enabled=is_main)
     self.progress = metrics.Progress(self.config.total_steps, self.start, enabled=is_main)
-    self.speed = metrics.Speed(flops.train_flops(self.config.model, self.config.image_size, _num_classes_of(
-        setup.model), locked_image=self.config.lit.locked_image), jax.device_count(),
+    self.speed = metrics.Speed(flops.train_flops(
+        self.config.model, self.config.image_size, _num_classes_of(setup.model),
+        locked_image=self.config.lit.locked_image, image_precomputed=self.config.lit.precompute_image),
+                               jax.device_count(),
                                flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype))
 
   def run(self) -> dict[str, float]:
     config, result = self.config, {}
-    batches = input_pipeline.device_batches(config, self.setup.batch_sharding, train=True, start_step=self.start)
+    batches = input_pipeline.device_batches(config, self.setup.batch_sharding, train=True, start_step=self.start,
+                                            image_table=self.image_table())
     train_step = self.setup.train_step()
     try:
       for step in range(self.start + 1, config.total_steps + 1):
@@ -244,6 +247,17 @@ class Loop:
     self.clock.enter('checkpoint')
     self.checkpoints.wait()
     return result
+
+  def image_table(self):
+    """A LiT run's locked image tower applied once to every training image (config.lit.precompute_image), else None."""
+    if not (models.is_lit(self.config.model) and self.config.lit.precompute_image):
+      return None
+    self.clock.enter('input', self.start + 1)
+    start = time.monotonic()
+    table = train_step_lib.image_embeddings(self.setup.model, self.config, self.state['params'], self.setup.mesh)
+    log.info('Embedded the %d training images with the locked image tower once, in %.1f s.', len(table),
+             time.monotonic() - start)
+    return table
 
   def profiler(self, step: int | None) -> None:
     """Starts the jax.profiler trace of config.profile_steps at its first step, stops it at its end (step None: the

@@ -5,6 +5,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vit_jax import contrastive, errors, losses, optim, preprocess, sharding
@@ -44,10 +45,35 @@ def contrastive_loss(model, config, params, batch):
   stop_gradient, so no backward pass runs through it."""
   if config.lit.locked_image:
     params = {**params, 'img': jax.lax.stop_gradient(params['img'])}
-  zimg, ztxt, out = model.apply({'params': params}, images=batch['image'], tokens=batch['tokens'])
+  if 'zimg' in batch:  # Precomputed by the locked tower (`image_embeddings`): only the text tower runs.
+    _, ztxt, out = model.apply({'params': params}, tokens=batch['tokens'])
+    zimg = batch['zimg']
+  else:
+    zimg, ztxt, out = model.apply({'params': params}, images=batch['image'], tokens=batch['tokens'])
   if config.loss == 'sigmoid':
     return contrastive.sigmoid_loss(zimg, ztxt, out['t'][0], out['b'][0])
   return contrastive.softmax_loss(zimg, ztxt, out['t'][0])
+
+
+def image_embeddings(model, config, params, mesh, chunk: int = 256) -> np.ndarray:
+  """float32 [records, dim]: the locked image tower's normalised embedding of every record of config.train_split, in
+  record order, from the deterministic training example (config.lit.precompute_image; configs/check.py requires a
+  'resize' crop, no flip and no RandAugment), so a step with these equals a step that runs the tower. The same on
+  every process (each computes all of it)."""
+  from vit_jax import input_pipeline, sharding  # pylint: disable=g-import-not-at-top
+  split = input_pipeline.open_split(config, config.train_split)
+  records = input_pipeline.sources.decoded(split.records, config.input_cache_mib * 2**20)
+  example = input_pipeline.TrainExample(config)
+  embed = jax.jit(lambda p, images: model.apply({'params': p}, images=preprocess.to_float(images))[0],
+                  out_shardings=sharding.replicated(mesh))
+  rows = []
+  for start in range(0, len(records), chunk):
+    batch = [example(r, None)['image'] for r in input_pipeline.sources.read_many(
+        records, range(start, min(start + chunk, len(records))))]
+    images = np.zeros((chunk,) + batch[0].shape, np.uint8)
+    images[:len(batch)] = batch
+    rows.append(np.asarray(embed(params, jax.device_put(images, sharding.replicated(mesh))))[:len(batch)])
+  return np.concatenate(rows).astype(np.float32)
 
 
 def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
@@ -92,7 +118,8 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
   def train_step(state, batch):
     step = state['step']
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
-    batch = {**batch, 'image': preprocess.to_float(batch['image'])}  # uint8 travels; float here.
+    if 'image' in batch:
+      batch = {**batch, 'image': preprocess.to_float(batch['image'])}  # uint8 travels; float here.
     if config.mixup_p > 0:
       mix_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), MIXUP_STREAM), step)
       batch['image'], batch['label'] = mixup(batch['image'], jax.nn.one_hot(batch['label'], model.num_classes),

@@ -2,47 +2,15 @@
 the text tower embeds every prompt, a class's embedding is the mean of its prompts' normalised embeddings
 (normalised again), and an image's logits are exp(t) * zimg . zclass (vit_jax.predict turns them into its records).
 
-`TEMPLATES` holds the built-in template sets: 'photo' (one prompt) and 'ensemble' (a dozen plain variations); a user
-passes their own as a list (`--templates=FILE`, one per line, each with one '{}').
+`TEMPLATES` (vit_jax/captions.py) holds the built-in template sets: 'photo' (one prompt) and 'ensemble' (a dozen
+plain variations); a user passes their own as a list (`--templates=FILE`, one per line, each with one '{}').
 """
 from typing import Sequence
 
 import numpy as np
 
-from vit_jax import errors
-
-TEMPLATES = {
-    'photo': ('a photo of a {}.',),
-    'ensemble': ('a photo of a {}.', 'a photo of the {}.', 'a photo of a small {}.', 'a photo of a large {}.',
-                 'a close-up photo of a {}.', 'a cropped photo of a {}.', 'a blurry photo of a {}.',
-                 'a bright photo of a {}.', 'a dark photo of a {}.', 'a drawing of a {}.', 'a painting of a {}.',
-                 'a rendering of a {}.'),
-}
-
-
-class PromptError(errors.UserError, ValueError):
-  """Prompt templates that cannot be used."""
-
-
-def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
-  """The templates, each with exactly one '{}' for the class name; a PromptError naming the first that has not."""
-  templates = tuple(templates)
-  if not templates:
-    raise PromptError('No prompt templates: give at least one, e.g. "a photo of a {}.".')
-  for t in templates:
-    if t.count('{}') != 1:
-      raise PromptError(f'Prompt template {t!r} must hold exactly one {{}} where the class name goes.')
-  return templates
-
-
-def read_templates(spec: str) -> tuple[str, ...]:
-  """--templates: a built-in set's name (TEMPLATES), else a file (local or gs://) with one template per line."""
-  if spec in TEMPLATES:
-    return TEMPLATES[spec]
-  from vit_jax import io  # pylint: disable=g-import-not-at-top
-  if not io.isfile(spec):
-    raise PromptError(f'--templates={spec!r} is neither a built-in set ({", ".join(TEMPLATES)}) nor a file.')
-  return check_templates([line.strip() for line in io.read_text(spec).splitlines() if line.strip()])
+# The prompt templates live with the captions (vit_jax/captions.py), which training uses too; here for callers.
+from vit_jax.captions import TEMPLATES, PromptError, check_templates, read_templates  # noqa: F401
 
 
 def class_embeddings(embed_texts, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:

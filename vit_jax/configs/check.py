@@ -159,6 +159,11 @@ def _lit_problems(config, problems) -> None:
                     'which the text_transformer tower with the sentencepiece tokenizer reads; for '
                     f'text_model={model.text_model!r} / tokenizer {model.pp.tokenizer_name!r} give vocab_path (e.g. '
                     'the release\'s gs://vit_models/lit/LiT-B16B.txt).')
+  if lit.precompute_image is True and not (lit.locked_image is True and config.pp.crop == 'resize'
+                                             and config.pp.flip is False and config.pp.randaugment_layers == 0):
+    problems.append('config.lit.precompute_image=True embeds each training image once, so the image tower must be '
+                    "locked (lit.locked_image=True) and each image the same every epoch: pp.crop='resize', "
+                    'pp.flip=False, pp.randaugment_layers=0.')
   if lit.captions and lit.text_feature:
     problems.append(f'config.lit.captions={lit.captions!r} (an image folder\'s captions file) and '
                     f'config.lit.text_feature={lit.text_feature!r} (a TFDS dataset\'s) are both set: give one.')

@@ -79,6 +79,9 @@ def get_config():
   config.lit = ml_collections.ConfigDict()
   config.lit.image_init = ''  # A ViT .npz (a release file, or a run's params.npz) for the image tower; '' = none.
   config.lit.locked_image = True  # The image tower gets no gradients and no updates (LiT's "locked image tuning").
+  # The locked tower applied once to every training image before training, then only the text tower runs per step
+  # (the training images must then be deterministic: pp.crop='resize', no flip, no RandAugment).
+  config.lit.precompute_image = False
   config.lit.text_init = ''  # A LiT .npz whose text tower (and temperature) start the run; '' = from scratch.
   # The text tower's tokenizer vocabulary (a BERT vocab.txt or a SentencePiece .model, as config.model.pp names);
   # '' builds a SentencePiece word vocabulary of the captions (WORKDIR/vocab.model).
