@@ -120,7 +120,9 @@ def _inject(tmp_path, digits_dir, reference, victim: int, sig: int, cause: str, 
         f'{resumed_at - fault_at:.1f} s after the fault.')
   assert last_exit < bound_s, out[-6000:]
   for p, (_, code) in exits.items():
-    own = [line for line in out.splitlines() if line.startswith(f'[{p}] ')]
+    # Its own lines of the faulted attempt (up to the launcher's rerun), not the resumed run's.
+    own = [line for _, line in run.lines[:restart] if line.startswith(f'[{p}] ')
+           and not re.match(r'\[\d\] +(File "|Thread 0x|Current thread 0x|Extension modules|$)', line)]
     assert code in (75, 76), f'process {p} exited {code}; its last lines:\n' + '\n'.join(own[-40:])
     said = [line for line in own if re.search(r'error|F\d{4} ', line)]
     assert re.search(rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 .*{cause}', out, re.M), '\n'.join(said)
