@@ -363,3 +363,21 @@ def test_precomputing_the_locked_tower_trains_as_running_it_every_step(digits_di
   assert 'image' not in batch and batch['zimg'].shape == (8, 32) and batch['tokens'].shape == (8, 8)
   with pytest.raises(check.ConfigError, match="precompute_image=True embeds each training image once"):
     check.validate(lit_config(digits_dir, image_tower, **{'lit.precompute_image': True, 'pp.flip': True}))
+
+
+def test_a_locked_towers_optimizer_state_holds_only_the_text_tower_sharded_like_it(digits_dir):
+  """No moments for the locked image tower; under FSDP the text tower's moments take its parameters' shardings
+  (sharding.follow_params matches the partial subtree by name)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding, state  # pylint: disable=g-import-not-at-top
+  config = lit_config(digits_dir, 'x.npz', sharding_strategy='fsdp', fsdp_min_size=0, mesh=(('fsdp', -1),))
+  setup = state.Setup.create(config, 0, sharding.make_mesh(config.mesh))
+  params = {jax.tree_util.keystr(p): s.spec for p, s in jax.tree_util.tree_flatten_with_path(
+      setup.shardings['params'])[0]}
+  moments = {jax.tree_util.keystr(p): s.spec for p, s in jax.tree_util.tree_flatten_with_path(
+      setup.shardings['opt_state'])[0] if '.mu[' in jax.tree_util.keystr(p)}
+  names = {k.split('.mu', 1)[1] for k in moments}
+  assert names == {k for k in params if not k.startswith("['img']")}  # The text tower and t only.
+  assert {moments[k] for k in moments if 'kernel' in k} != {jax.sharding.PartitionSpec()}  # Really sharded ...
+  for key, spec in moments.items():
+    assert spec == params[key.split('.mu', 1)[1]], key  # ... as the parameters are.

@@ -111,12 +111,28 @@ def to_shardings(specs, mesh):
 
 
 def follow_params(tree, params_shardings, mesh):
-  """Shardings for an optimiser-state tree: any subtree shaped like the params takes the params' shardings."""
+  """Shardings for an optimiser-state tree: any subtree shaped like the params takes the params' shardings. A subtree
+  that holds only some of the params (optax.multi_transform's moments of a LiT model's trained text tower, without its
+  locked image tower) takes theirs by name: every leaf of the subtree at a parameter's path."""
   param_struct = jax.tree.structure(params_shardings)
+  by_path = {tuple(path): s for path, s in jax.tree_util.tree_flatten_with_path(params_shardings)[0]}
+
+  def partial_params(node):
+    leaves = jax.tree_util.tree_flatten_with_path(node)[0]
+    if not leaves or any(isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array)) and not leaf.shape for _, leaf in leaves):
+      return None
+    out = []
+    for path, _ in leaves:
+      if tuple(path) not in by_path:
+        return None
+      out.append(by_path[tuple(path)])
+    return jax.tree.unflatten(jax.tree.structure(node), out)
 
   def walk(node):
     if jax.tree.structure(node) == param_struct:
       return params_shardings
+    if isinstance(node, dict) and (found := partial_params(node)) is not None:
+      return found
     if isinstance(node, (jax.ShapeDtypeStruct, jax.Array, np.ndarray)) or np.isscalar(node):
       return replicated(mesh)
     children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda n: n is not node)
