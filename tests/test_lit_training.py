@@ -292,6 +292,10 @@ def test_a_tfds_dataset_with_a_caption_feature_trains_on_it_and_is_scored_by_ret
   batch = tiny.take(input_pipeline.train_dataset(config, local_batch_size=8), 1)[0]
   assert all(tuple(row) in allowed for row in batch['tokens'])  # Each example's own caption feature, tokenized.
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  image = tmp_path / 'x.png'
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+  assert predict.main(['--workdir', str(tmp_path / 'run'), str(image)]) == 1  # No classes: one line says --classes.
+  assert predict.main(['--workdir', str(tmp_path / 'run'), '--classes=cat,dog', str(image)]) == 0
   assert 'eval/accuracy' not in result
   for way, n in (('img2txt', 6), ('txt2img', 12)):  # 6 images, 12 captions: each counted once.
     recalls = [result[f'retrieval/{way}/recall@{k}'] for k in (1, 5, 10)]

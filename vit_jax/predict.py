@@ -177,6 +177,9 @@ def _zero_shot_model(args):
   model = state.build_model(config, 0)
   run = captions.Captions.create(config, workdir_lib.read_class_names(args.workdir))
   vocab = args.vocab or config.lit.vocab_path or workdir_lib.path(args.workdir, workdir_lib.VOCAB_FILE)
+  if not (names or run.names):
+    raise errors.UserError(f'The LiT run in {args.workdir} was trained on data without classes (captions only): '
+                           'pass the class names to classify against, --classes=NAME,NAME,... (or a file of names).')
   return model, model.load_variables(params), model.get_tokenizer(vocab), names or list(run.names), (
       templates or run.templates)
 
