@@ -11,8 +11,8 @@ stopped one too), so no process outlives its job. The attempt's exit statuses de
 `restartable`): a lost or hung process (75, 76, beside processes killed by a signal) reruns the same command on all
 processes, at most `--max_restarts` times, `--backoff_s` seconds apart and doubling, and the run resumes from its last
 checkpoint; anything else (a bad config, a bug) is not retried. When process 0 (the coordinator) dies, JAX aborts the
-others at once with pages of stack dumps (exit 134): each shows one line naming the cause instead, and counts as lost
-(75). Ctrl-C sends every process SIGTERM: they save a
+others at once with pages of stack dumps (exit 134), and a dead process's gloo neighbour can abort the same way: each
+shows one line naming the cause instead, and counts as lost (75). Ctrl-C sends every process SIGTERM: they save a
 checkpoint and stop. Exits with the last attempt's status (the first non-zero one, else 0).
 """
 import argparse
@@ -55,9 +55,10 @@ def process_env(index: int, *, devices_per_process: int | None, gpus: list[str] 
 
 
 class _Relay(threading.Thread):
-  """Shows process `index`'s output prefixed with `[index]`. When JAX aborts the process because its distributed
-  service failed (launch/outcome.py, JAX_FATAL), shows one line naming the cause instead of the stack dumps that
-  follow (all of them with `full_dumps`) and marks the process lost (`self.lost`)."""
+  """Shows process `index`'s output prefixed with `[index]`. When the process is aborted because its job lost a peer
+  (launch/outcome.py, ABORT_SIGNS: JAX's distributed service failed, or gloo threw mid-collective), shows one line
+  naming the cause instead of the stack dumps that follow (all of them with `full_dumps`) and marks the process lost
+  (`self.lost`)."""
 
   def __init__(self, index: int, count: int, stream, out, full_dumps: bool):
     super().__init__(daemon=True)
@@ -65,28 +66,23 @@ class _Relay(threading.Thread):
     self.lost, self.left_out = False, 0
 
   def run(self) -> None:
-    held, listed = None, []  # A JAX_FATAL line whose dead tasks are listed on the lines below it, and those tasks.
+    sign, below = None, []  # The line that began an abort message, and the lines of that message after it.
     for line in self.stream:
-      if held is not None:
-        numbers = outcome.task_numbers(line)
-        if numbers is not None:
-          listed += numbers
+      if sign is not None:
+        if outcome.continues(sign, below, line):
+          below.append(line)
           continue
-        self._write(outcome.lost_peer_line(self.index, self.count, held, tuple(listed)) + '\n')
-        held = None
-      cause = None if self.lost else outcome.lost_peer_line(self.index, self.count, line)
-      if cause:
-        self.lost = True
-        if outcome.lists_tasks_below(line):
-          held = line
-          continue
-        line = cause + '\n'
-      elif self.lost and not self.full_dumps:
+        self._write(outcome.lost_peer_line(self.index, self.count, sign, tuple(below)) + '\n')
+        sign = None
+      if not self.lost and outcome.lost_peer_line(self.index, self.count, line):
+        self.lost, sign, below = True, line, []
+        continue
+      if self.lost and not self.full_dumps:
         self.left_out += 1
         continue
       self._write(line)
-    if held is not None:
-      self._write(outcome.lost_peer_line(self.index, self.count, held, tuple(listed)) + '\n')
+    if sign is not None:
+      self._write(outcome.lost_peer_line(self.index, self.count, sign, tuple(below)) + '\n')
     if self.left_out:
       self._write(f'({self.left_out} lines of JAX stack dumps left out: --full_dumps shows them)\n')
 

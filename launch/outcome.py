@@ -70,6 +70,13 @@ def error_line(log: str) -> str:
 # service reports an error: the coordinator (process 0) is gone, or a task was declared dead. The process could not
 # exit by itself first (JAX polls the service and aborts at once), so launchers read it as exit 75 (`lost_peer_line`).
 JAX_FATAL = 'Terminating process because the JAX distributed service detected fatal errors'
+# What a CPU collective's transport prints when it throws on its own thread (std::terminate, exit 134): gloo, after
+# a peer's connection broke mid-collective. Seen on a 4-process loopback run, 0.04 s after kill -9 of process 2, in
+# process 3 (its ring neighbour): "terminate called after throwing an instance of 'gloo::EnforceNotMet'" with
+# "what():  [enforce fail at .../gloo/transport/tcp/pair.cc:459] op.preamble.length <= op.nbytes. 80 vs 4. Received
+# data size doesn't match expected size..." on the next line. gloo names no process; its peers' watchdogs do.
+GLOO_ABORT = "terminate called after throwing an instance of 'gloo::"
+ABORT_SIGNS = (JAX_FATAL, GLOO_ABORT)  # A process's own last words when its job lost a peer under it (exit 134).
 
 
 # Signs, in the status of JAX's abort, that the coordination service itself (process 0) stopped answering: the RPC
@@ -78,16 +85,20 @@ _COORDINATOR_SIGNS = ('failed to send rpc to coordination service', 'leader task
                       'connection refused', 'connection reset', 'failed to connect')
 _TASK = re.compile(r'/task:(\d+)')
 _TASK_LIST = re.compile(r'\s*\d+(\s*,\s*\d+)*\s*')  # A line of task numbers, as JAX 0.12 lists the dead ones.
+_GLOO_WHAT = re.compile(r'^\s*what\(\):\s*(.*)$')
 
 
 def _status(line: str) -> str:
   return line.split('absl::Status:', 1)[1].strip() if 'absl::Status:' in line else ''
 
 
-def lists_tasks_below(line: str) -> bool:
-  """Whether a JAX_FATAL line's status ends in ':' and the tasks it names follow on the next lines ('The following
-  tasks are unhealthy (stopped sending heartbeats):', then '2')."""
-  return JAX_FATAL in line and _status(line).endswith(':')
+def continues(sign: str, below: list[str], line: str) -> bool:
+  """Whether `line` still belongs to the abort message that began with the line `sign` (and `below`, the lines already
+  taken after it): the tasks that JAX lists when its status ends in ':' ('The following tasks are unhealthy (stopped
+  sending heartbeats):', then '2'), or gloo's one `what():` line."""
+  if GLOO_ABORT in sign:
+    return not below and _GLOO_WHAT.match(line) is not None
+  return JAX_FATAL in sign and _status(sign).endswith(':') and task_numbers(line) is not None
 
 
 def task_numbers(line: str) -> list[int] | None:
@@ -95,14 +106,23 @@ def task_numbers(line: str) -> list[int] | None:
   return [int(t) for t in re.findall(r'\d+', line)] if _TASK_LIST.fullmatch(line.rstrip('\n')) else None
 
 
-def lost_peer_line(index: int, count: int, line: str, listed: tuple[int, ...] = ()) -> str | None:
-  """For a line of process `index`'s output that is JAX_FATAL: the one line that names the cause (a process that the
-  service declared dead, by its task number in the status or in `listed`, the numbers on the lines below it:
-  `lists_tasks_below`; else the coordinator, process 0, when the RPCs to the service failed), else None."""
+def lost_peer_line(index: int, count: int, line: str, below: tuple[str, ...] = ()) -> str | None:
+  """For a line of process `index`'s output that begins an abort after a lost peer (ABORT_SIGNS), the one line that
+  names the cause, else None. JAX's: a process that the service declared dead, by its task number in the status or
+  on the lines `below` it (`continues`), else the coordinator (process 0) when the RPCs to the service failed. gloo's:
+  a peer, unnamed, and what gloo said (its `what():` line below)."""
+  if GLOO_ABORT in line:
+    kind = line.split(GLOO_ABORT, 1)[1].split("'", 1)[0]
+    what = next((m.group(1).strip() for m in map(_GLOO_WHAT.match, below) if m), '')
+    cause = (f'lost a peer in a collective: gloo::{kind} {" ".join(what.split())[:200] or "(no message)"} (gloo does '
+             'not say which process; the others\' lines do)')
+    return (f'vit_jax.main: error: process {index} of {count} {cause}; gloo aborted it (exit status 134, read as '
+            f'{errors.EXIT_LOST_PEER}: restartable).')
   if JAX_FATAL not in line:
     return None
   status = _status(line)
-  tasks = sorted(({int(t) for t in _TASK.findall(status)} | set(listed)) - {index})
+  listed = {t for b in below for t in (task_numbers(b) or ())}
+  tasks = sorted(({int(t) for t in _TASK.findall(status)} | listed) - {index})
   if tasks:
     cause = f"lost process {', '.join(map(str, tasks))}: JAX's distributed service reports {status[:200]}"
   elif any(sign in status.lower() for sign in _COORDINATOR_SIGNS):

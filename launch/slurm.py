@@ -106,12 +106,13 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
               .replace('%A', '${SLURM_ARRAY_JOB_ID}').replace('%a', '${SLURM_ARRAY_TASK_ID}'))
   task_logs = f'{shlex.quote(log_dir)}/"{expanded}"-*.out'
   restartable = ' '.join(map(str, errors.RESTARTABLE))
+  signs = ' '.join(f'-e {shlex.quote(sign)}' for sign in outcome.ABORT_SIGNS)
   lines += [
       '# A lost or hung process (exit 75/76; srun ends the whole step when one task fails) runs the step again, at',
       f'# most {args.max_restarts} times, {args.restart_backoff_s} s apart and doubling; the run resumes itself.',
-      '# When the coordinator (task 0) dies, JAX aborts the other tasks (exit 134) with a line that says so: the',
-      '# same loss, read as 75.',
-      f'jax_lost() {{ cat {task_logs} 2>/dev/null | grep -c {shlex.quote(outcome.JAX_FATAL)}; }}',
+      '# When the coordinator (task 0) dies, JAX aborts the other tasks (exit 134) with a line that says so, and a',
+      "# dead task's gloo neighbour can abort the same way: the same loss, read as 75.",
+      f'jax_lost() {{ cat {task_logs} 2>/dev/null | grep -c -F {signs}; }}',
       'restarts=0',
       'while true; do',
       '  lost_before=$(jax_lost)',
@@ -119,7 +120,7 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
       'python -m vit_jax.main "${ARGS[@]}"',
       '  rc=$?',
       '  if [ "$rc" -ne 0 ] && [ "$(jax_lost)" -gt "$lost_before" ]; then',
-      f'    echo "JAX aborted tasks that lost the coordinator (exit status $rc): read as {errors.EXIT_LOST_PEER}." >&2',
+      f'    echo "Tasks were aborted after losing a peer (exit status $rc): read as {errors.EXIT_LOST_PEER}." >&2',
       f'    rc={errors.EXIT_LOST_PEER}',
       '  fi',
       f'  case " {restartable} " in *" $rc "*) ;; *) break ;; esac',

@@ -125,7 +125,11 @@ def _inject(tmp_path, digits_dir, reference, victim: int, sig: int, cause: str, 
            and not re.match(r'\[\d\] +(File "|Thread 0x|Current thread 0x|Extension modules|$)', line)]
     assert code in (75, 76), f'process {p} exited {code}; its last lines:\n' + '\n'.join(own[-40:])
     said = [line for line in own if re.search(r'error|F\d{4} ', line)]
-    assert re.search(rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 .*{cause}', out, re.M), '\n'.join(said)
+    # A survivor names the cause; or gloo aborted it mid-collective beside the dead one (launch/outcome.py,
+    # GLOO_ABORT), and gloo names no process: the other survivors' lines do (process 0's always, when it survives).
+    gloo = rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 lost a peer in a collective: gloo::'
+    assert re.search(rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 .*{cause}', out, re.M) or (
+        p != 0 and re.search(gloo, out, re.M)), '\n'.join(said)
   assert 'Traceback' not in out and 'Fatal Python error' not in out, out[-6000:]
 
   # Resumed from the last checkpoint and ended where an uninterrupted run ends.

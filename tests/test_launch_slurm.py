@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -115,9 +116,11 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, digi
   assert (logs / 'vit_jax_test.sbatch').read_text().startswith('#!/bin/bash')
 
 
-def _run_script_with_fake_srun(tmp_path, exits, lost_line_on=()):
-  """Runs the sbatch script's body with a fake `srun` that exits with `exits[i]` on call i (writing JAX's abort line
-  into a task log on the calls in `lost_line_on`) and a fake `scontrol`; (srun calls, exit status, stderr)."""
+def _run_script_with_fake_srun(tmp_path, exits, lost_line_on=(),
+                               lost_line=f'F1204 client.h:86] {outcome.JAX_FATAL}. absl::Status: UNAVAILABLE: leader'):
+  """Runs the sbatch script's body with a fake `srun` that exits with `exits[i]` on call i (writing `lost_line`, an
+  abort after a lost peer, into a task log on the calls in `lost_line_on`) and a fake `scontrol`; (srun calls, exit
+  status, stderr)."""
   bin_dir, logs, workdir = tmp_path / 'bin', tmp_path / 'logs', tmp_path / 'w'
   bin_dir.mkdir(parents=True)
   logs.mkdir()
@@ -127,7 +130,7 @@ def _run_script_with_fake_srun(tmp_path, exits, lost_line_on=()):
   (bin_dir / 'srun').write_text(f'''#!/bin/bash
 n=$(cat {calls} 2>/dev/null | wc -l); echo call >> {calls}
 codes=({codes}); for i in {lost}; do
-  if [ "$i" = "$n" ]; then echo "F1204 client.h:86] {outcome.JAX_FATAL}. absl::Status: UNAVAILABLE: leader" >> {logs}/job-7-1.out; fi
+  if [ "$i" = "$n" ]; then echo {shlex.quote(lost_line)} >> {logs}/job-7-1.out; fi
 done
 exit ${{codes[$n]}}
 ''')
@@ -146,7 +149,10 @@ def test_the_script_reruns_a_lost_or_hung_step_and_a_coordinator_abort_but_not_a
   calls, _, err = _run_script_with_fake_srun(tmp_path / 'a', [75, 76, 0])
   assert calls == 3 and 'restart 2 of 2' in err
   calls, _, err = _run_script_with_fake_srun(tmp_path / 'b', [134, 0], lost_line_on=[0])  # Task 0 died: JAX aborts.
-  assert calls == 2 and 'lost the coordinator (exit status 134): read as 75' in err
+  assert calls == 2 and 'aborted after losing a peer (exit status 134): read as 75' in err
+  gloo = "terminate called after throwing an instance of 'gloo::EnforceNotMet'"  # A dead task's gloo neighbour.
+  calls, _, err = _run_script_with_fake_srun(tmp_path / 'g', [134, 0], lost_line_on=[0], lost_line=gloo)
+  assert calls == 2 and 'read as 75' in err
   calls, code, _ = _run_script_with_fake_srun(tmp_path / 'c', [134, 0])  # An abort of its own: not rerun.
   assert (calls, code) == (1, 134)
   calls, code, _ = _run_script_with_fake_srun(tmp_path / 'd', [1, 0])  # A bug or a bad config: not rerun.

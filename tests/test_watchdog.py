@@ -3,6 +3,7 @@ and lost-peer exits (a fake clock, a dict for the coordination service's key-val
 record, and how launchers read exit statuses and JAX's abort."""
 import io
 import json
+import re
 import threading
 import time
 import types
@@ -116,6 +117,30 @@ def test_process_0_names_the_silent_process_and_the_others_stop_with_the_same_ca
   assert calls[1][0] == 75 and 'process 3 of 4 stops: process 2 of 4 stopped responding' in calls[1][1]
 
 
+def test_process_0_names_every_process_that_went_silent_about_when_the_first_did():
+  # kill -9 of process 2, and its gloo neighbour, process 3, aborted a moment later: both are named, whichever of
+  # them crosses the timeout first. Process 1 goes on beating.
+  store, calls = _Store(), []
+  dogs = [_dog(store, i, calls, peer_timeout_s=1.0) for i in range(4)]
+  for d in dogs:
+    d.check_peers()
+  dogs[0].check_peers()  # Process 0 hears process 3's last beat...
+  time.sleep(0.3)
+  dogs[2]._next_beat = 0  # pylint: disable=protected-access
+  dogs[2].check_peers()
+  dogs[0].check_peers()  # ... and process 2's, 0.3 s later.
+  deadline = time.monotonic() + 5
+  with pytest.raises(_Exited):
+    while time.monotonic() < deadline:
+      time.sleep(0.05)
+      dogs[1]._next_beat = 0  # pylint: disable=protected-access
+      dogs[1].check_peers()
+      dogs[0].check_peers()
+  ((code, line),) = calls
+  assert code == 75 and re.search(r'process 0 of 4 stops: processes 2, 3 of 4 stopped responding \(no heartbeat for '
+                                  r'\d+, \d+ s', line), line
+
+
 def test_a_finished_process_is_not_lost_and_a_lost_coordinator_is_named():
   store, calls = _Store(), []
   dogs = [_dog(store, i, calls) for i in range(4)]
@@ -215,6 +240,32 @@ def test_jax_abort_after_the_coordinator_died_becomes_one_line_and_counts_as_los
                                          '[3] (3 lines of JAX stack dumps left out: --full_dumps shows them)']
 
 
+def test_a_gloo_abort_beside_a_dead_peer_becomes_one_line_and_counts_as_lost():
+  # Seen on a 4-process loopback run: process 3, 0.04 s after kill -9 of process 2 (its ring neighbour).
+  what = ('  what():  [enforce fail at external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] '
+          'op.preamble.length <= op.nbytes. 80 vs 4. Received data size doesn\'t match expected size.')
+  out = io.StringIO()
+  relay = local._Relay(3, 4, io.StringIO(f"step 5/10\nterminate called after throwing an instance of "
+                                         f"'gloo::EnforceNotMet'\n{what}\nFatal Python error: Aborted\n\n"
+                                         'Thread 0x00007f534b78a6c0 (most recent call first):\n'), out,
+                       full_dumps=False)
+  relay.run()
+  lines = out.getvalue().splitlines()
+  assert relay.lost and lines[0] == '[3] step 5/10' and len(lines) == 3, lines
+  assert lines[1] == ('[3] vit_jax.main: error: process 3 of 4 lost a peer in a collective: gloo::EnforceNotMet '
+                      '[enforce fail at external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] '
+                      'op.preamble.length <= op.nbytes. 80 vs 4. Received data size doesn\'t match expected size. '
+                      "(gloo does not say which process; the others' lines do); gloo aborted it (exit status 134, "
+                      'read as 75: restartable).')
+  assert lines[2] == '[3] (3 lines of JAX stack dumps left out: --full_dumps shows them)'
+  # Without its what() line (the stream ended), the line still comes, and a later line is not taken as its.
+  out = io.StringIO()
+  local._Relay(3, 4, io.StringIO("terminate called after throwing an instance of 'gloo::IoException'\n"), out,
+               full_dumps=False).run()
+  assert out.getvalue().startswith('[3] vit_jax.main: error: process 3 of 4 lost a peer in a collective: '
+                                   'gloo::IoException (no message)')
+
+
 def test_local_processes_get_their_devices_and_a_loopback_coordinator():
   env = local.process_env(1, devices_per_process=2, gpus=None, port=1234, base={'XLA_FLAGS': '--xla_foo=1'})
   assert env['XLA_FLAGS'] == '--xla_foo=1 --xla_force_host_platform_device_count=2'
@@ -237,9 +288,9 @@ def test_an_error_in_a_multi_process_run_waits_for_the_lost_peer_to_be_named(cap
   with pytest.raises(RuntimeError, match='gloo: Connection reset by peer'):
     with dog:
       raise RuntimeError('gloo: Connection reset by peer')  # A collective with the dead process.
-  assert calls == [(75, 'process 1 of 4 stops: process 2 of 4 stopped responding (...); the job cannot go on without '
-                        'it: exiting with status 75 (restartable): rerun the same command on all processes to resume '
-                        'from the last checkpoint.')]
+  assert calls == [(75, 'process 1 of 4 stops: process 2 of 4 stopped responding (...); the job cannot go on: exiting '
+                        'with status 75 (restartable): rerun the same command on all processes to resume from the last '
+                        'checkpoint.')]
   assert 'checking for 10 s whether a peer was lost' in caplog.text
 
 

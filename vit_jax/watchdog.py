@@ -10,10 +10,10 @@ One daemon thread per training process checks, every second:
     its bound ends it too.
   * **peers** (several processes): every process writes a heartbeat into the JAX coordination service's key-value
     store every config.faults.peer_timeout_s / 6 s. Process 0 watches them all: a process silent for peer_timeout_s
-    (dead, stopped, or its host gone) is lost; process 0 writes the cause under ABORT_KEY, waits a moment for the
-    others to read it, and exits with EXIT_LOST_PEER; every other process reads ABORT_KEY and exits the same way
-    with the same line. A process that cannot reach the store (process 0 and its coordination service gone) exits
-    with EXIT_LOST_PEER naming process 0.
+    (dead, stopped, or its host gone) is lost, named with any other silent for half as long; process 0 writes the
+    cause under ABORT_KEY, waits a moment for the others to read it, and exits with EXIT_LOST_PEER; every other
+    process reads ABORT_KEY and exits the same way with the same line. A process that cannot reach the store
+    (process 0 and its coordination service gone) exits with EXIT_LOST_PEER naming process 0.
 Both exit codes mean "restartable": the launchers (launch/local.py, launch/slurm.py, launch/supervise.py) run the same
 command again on all processes and the run resumes from its last checkpoint (see README, "Faults at scale").
 JAX's own heartbeat timeout (config.faults.heartbeat_timeout_s) is longer than peer_timeout_s, so the one line comes
@@ -137,9 +137,8 @@ class Watchdog:
       return False, ' '.join(str(e).split())[:200] or type(e).__name__
 
   def _lost(self, line: str) -> None:
-    self.exit_fn(errors.EXIT_LOST_PEER, f'{line}; the job cannot go on without it: exiting with status '
-                 f'{errors.EXIT_LOST_PEER} (restartable): rerun the same command on all processes to resume from the '
-                 'last checkpoint.')
+    self.exit_fn(errors.EXIT_LOST_PEER, f'{line}; the job cannot go on: exiting with status {errors.EXIT_LOST_PEER} '
+                 '(restartable): rerun the same command on all processes to resume from the last checkpoint.')
 
   def check_peers(self) -> None:
     now = time.monotonic()
@@ -166,18 +165,20 @@ class Watchdog:
       return  # Our own store: a slow answer is load, not a loss.
     finished = {int(k.rsplit('/', 1)[1]) for k, _ in done}
     values = {int(k.rsplit('/', 1)[1]): v for k, v in alive}
-    silent = {}  # process -> seconds without a heartbeat, past peer_timeout_s.
+    quiet = {}  # process -> seconds without a heartbeat, past half of peer_timeout_s (3 beats missed).
     for p in range(1, self.count):
       value = values.get(p)
       last = self._heard.get(p)
       if last is None or last[0] != value:
         self._heard[p] = (value, now)
-      elif p not in finished and now - last[1] > self.settings.peer_timeout_s:
-        silent[p] = now - last[1]
-    if silent:
-      names = ', '.join(map(str, silent))
-      cause = (f'process{"es" if len(silent) > 1 else ""} {names} of {self.count} stopped responding (no heartbeat '
-               f'for {max(silent.values()):.0f} s: dead, stopped or its host unreachable)')
+      elif p not in finished and now - last[1] > self.settings.peer_timeout_s / 2:
+        quiet[p] = now - last[1]
+    if any(s > self.settings.peer_timeout_s for s in quiet.values()):
+      # Named with it: the others quiet for half as long, which went at about the same time (a process killed, and
+      # its neighbour that a failed collective aborted 0.04 s later, cross the timeout a beat apart).
+      names, ages = ', '.join(map(str, sorted(quiet))), ', '.join(f'{quiet[p]:.0f}' for p in sorted(quiet))
+      cause = (f'process{"es" if len(quiet) > 1 else ""} {names} of {self.count} stopped responding (no heartbeat '
+               f'for {ages} s: dead, stopped or its host unreachable)')
       self._call(self.client.key_value_set, ABORT_KEY, cause, True)
       time.sleep(min(5.0, self.settings.peer_timeout_s / 3))  # Time for the others to read why.
       self._lost(f'process 0 of {self.count} stops: {cause}')
