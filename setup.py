@@ -6,7 +6,7 @@ setuptools.setup(
     version="0.1.0",
     description="Vision Transformers in JAX/Flax: release-checkpoint compatible training at scale.",
     packages=setuptools.find_packages(include=["vit_jax", "vit_jax.*"]),  # No top-level `configs` package.
-    package_data={"vit_jax.datasets": ["imagenet21k_goog_synsets.txt"]},
+    package_data={"vit_jax.data.datasets": ["imagenet21k_goog_synsets.txt"]},
     python_requires=">=3.11,<3.14",
     install_requires=[
         "absl-py>=2.1,<3",
@@ -26,13 +26,13 @@ setuptools.setup(
         "scikit-learn>=1.5,<2",
         "safetensors>=0.4,<1",  # vit_jax.export: Hugging Face model files, written from NumPy (no torch needed).
         "scipy>=1.14,<2",
-        "sentencepiece>=0.2,<0.3",  # LiT's SentencePiece tokenizer (vit_jax/tokenizers.py), without TensorFlow Text.
+        "sentencepiece>=0.2,<0.3",  # LiT's SentencePiece tokenizer (vit_jax/data/tokenizers.py), without TensorFlow Text.
         "simplejpeg>=1.7,<2",  # libjpeg-turbo with DCT-domain downscaling.
         "tensorboard>=2.18,<3",
         "tensorflow-cpu>=2.20,<2.22; platform_machine == 'x86_64'",
         "tensorflow>=2.20,<2.22; platform_machine != 'x86_64'",
         "tensorflow-datasets>=4.9.10,<5",
-        "tokenizers>=0.19,<1",  # LiT's BERT WordPiece tokenizer (vit_jax/tokenizers.py), without TensorFlow Text.
+        "tokenizers>=0.19,<1",  # LiT's BERT WordPiece tokenizer (vit_jax/data/tokenizers.py), without TensorFlow Text.
         "tqdm>=4.66,<5",
     ],
     extras_require={

@@ -4,7 +4,7 @@
 
 Each workload runs twice in the same process, one after the other on the same data: `tf.data` (a plain chain:
 read, decode, the same crop and resize, flip, batch; `--threads` threads, intra-op parallelism 1) and `ours`
-(`vit_jax.input_pipeline.train_dataset` with `config.input_threads=--threads`). Figures: CPU milliseconds per image
+(`vit_jax.data.input_pipeline.train_dataset` with `config.input_threads=--threads`). Figures: CPU milliseconds per image
 (this process's CPU seconds, all threads, over the images: robust to other load on a shared machine) and images per
 second. `ratio` is tf.data's CPU per image over ours (> 1: ours is cheaper).
 
@@ -35,7 +35,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402  (the baseline; vit_jax never imports it to train)
 
-from vit_jax import flops, input_pipeline, models, sources  # noqa: E402
+from vit_jax import models  # noqa: E402
+from vit_jax.data import input_pipeline, sources
+from vit_jax.models import flops
 from vit_jax.configs import augmentation, common, default  # noqa: E402
 from vit_jax.tools import shrink_images  # noqa: E402
 

@@ -4,7 +4,7 @@
       [--scan] [--remat=none|full|dots] [--attention=plain|xla|cudnn] [--fused_qkv] [--steps=N --warmup=M] \
       [--peak_tflops=X] [--no_baseline] [--compile_only]
 
-Prints one JSON line per variant. The step is the trainer's own (`vit_jax.state.Setup`: model, optimizer, layout and
+Prints one JSON line per variant. The step is the trainer's own (`vit_jax.training.state.Setup`: model, optimizer, layout and
 the jitted train step with the state donated), configured from vit_jax/configs/common.py (AdamW, 1000 classes)
 overridden by the flags; the batch is random (no input pipeline). Each variant runs in its own process, so its
 compile time, host RSS and device peak memory are its own.
@@ -17,11 +17,11 @@ Figures per line:
   compile_s       tracing + lowering + XLA compile of the train step (xla_compile_s: the last part alone).
   img_per_sec     batch / the median step time over --steps timed steps after --warmup steps, each step waited
                   for with jax.block_until_ready.
-  model_tflops_per_device  img_per_sec x vit_jax.flops.train_flops / devices: the model's work, not XLA's (remat
+  model_tflops_per_device  img_per_sec x vit_jax.models.flops.train_flops / devices: the model's work, not XLA's (remat
                   recomputation and elementwise ops are not counted).
   mfu             model_tflops_per_device / peak_tflops. `peak_source` says where the peak comes from: 'flag'
                   (--peak_tflops; given to the fast variant only, as the baseline runs in float32), else 'table'
-                  (vit_jax.flops.PEAK_TFLOPS for the device kind and dtype), else 'measured matmul' (the median
+                  (vit_jax.models.flops.PEAK_TFLOPS for the device kind and dtype), else 'measured matmul' (the median
                   TFLOP/s of a square matmul in the variant's dtype on one device, timed like the steps).
   host_peak_rss_mib, device_peak_mib  the process's max RSS; the largest `memory_stats()['peak_bytes_in_use']` of
                   the local devices (null where the backend keeps no statistics, e.g. CPU).
@@ -47,7 +47,10 @@ import jax
 import numpy as np
 
 from vit_jax.configs import check, common, presets
-from vit_jax import flops, input_pipeline, models, preflight, sharding, state
+from vit_jax import models, sharding
+from vit_jax.data import input_pipeline
+from vit_jax.models import flops
+from vit_jax.training import preflight, state
 from vit_jax.models import bert
 
 NUM_CLASSES = 1000

@@ -12,7 +12,7 @@ Data: the `imagenet21k` TFDS builder of vit_jax/datasets (see the README's Pretr
 """
 from vit_jax import models
 from vit_jax.configs import args, augmentation, common, recipes
-from vit_jax.datasets import imagenet21k
+from vit_jax.data.datasets import imagenet21k
 
 # Model -> AugReg level of the released checkpoints (Table 7 of the paper, as in the issue).
 DEFAULT_AUG = {'ViT-Ti_16': 'none', 'ViT-S_32': 'none', 'ViT-S_16': 'light1', 'ViT-B_32': 'light2',

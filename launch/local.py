@@ -6,7 +6,7 @@
 Starts `python -m vit_jax.main ARGS --coordinator_address=127.0.0.1:PORT --num_processes=N --process_id=i` for each
 i, with `--devices_per_process` CPU devices each (XLA_FLAGS) or one GPU each (`--gpus`). Each line of a process's
 output is shown prefixed with `[i]`. When a process exits non-zero, the others get `--grace_s` seconds to end by
-themselves (the watchdog ends them within its bounds: vit_jax/watchdog.py); any still running then is killed (a
+themselves (the watchdog ends them within its bounds: vit_jax/runtime/watchdog.py); any still running then is killed (a
 stopped one too), so no process outlives its job. The attempt's exit statuses decide (launch/outcome.py,
 `restartable`): a lost or hung process (75, 76, beside processes killed by a signal) reruns the same command on all
 processes, at most `--max_restarts` times, `--backoff_s` seconds apart and doubling, and the run resumes from its last

@@ -3,7 +3,7 @@
 vit_jax.main's exit statuses: 0 when the run is complete, and also when it stopped early to be resumed (SIGTERM or a
 first Ctrl-C: it saves a checkpoint, then exits 0); 1 for an error (a user error is one `E` log line naming the
 cause; a bug, a traceback); 2 for a bad command line (one line per bad flag); 130 when a second Ctrl-C aborted it;
-75 (a process of the job was lost) and 76 (a process hung), both restartable (vit_jax/watchdog.py). A shell reports
+75 (a process of the job was lost) and 76 (a process hung), both restartable (vit_jax/runtime/watchdog.py). A shell reports
 a process killed by signal N as 128 + N.
 
 The rule (`classify`), for the job on every worker of a node that is up:
@@ -18,14 +18,14 @@ The rule (`classify`), for the job on every worker of a node that is up:
 A lost node is a preemption too; the supervisor (launch/supervise.py) decides that from the node's state.
 
 On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest finalised checkpoint
-(`vit_jax-checkpoint: STEP`, or `none`), by the rule of vit_jax/workdir.py (`latest_step`).
+(`vit_jax-checkpoint: STEP`, or `none`), by the rule of vit_jax/runtime/workdir.py (`latest_step`).
 """
 import dataclasses
 import re
 import sys
 
 from vit_jax import errors
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 CHECKPOINT_MARK = 'vit_jax-checkpoint:'
 _ABSL_ERROR = re.compile(r'^[EF]\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)$')  # absl's E/F lines: the message after "] ".
@@ -164,7 +164,7 @@ def classify(states, *, finished, checkpoint, log) -> Ending | None:
 
 
 def latest_checkpoint(workdir: str) -> int | None:
-  """The step of the run's latest finalised checkpoint (vit_jax.workdir's rule), None when it has none."""
+  """The step of the run's latest finalised checkpoint (vit_jax.runtime.workdir's rule), None when it has none."""
   return workdir_lib.latest_step(workdir)
 
 

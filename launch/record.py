@@ -1,10 +1,10 @@
 """What a run's workdir says about the run: its metrics, its status, and a summary row.
 
-A run is its workdir, read through vit_jax/workdir.py (which owns every file name, the merging of metrics.jsonl and
+A run is its workdir, read through vit_jax/runtime/workdir.py (which owns every file name, the merging of metrics.jsonl and
 the "complete" rule that the trainer uses too), plus `launch.json`, which the launchers write there (command, commit,
 backend, ...; `returncode` once the job has ended).
 
-Status: `finished` (complete, by vit_jax.workdir.is_complete: a checkpoint at its target step and its params.npz),
+Status: `finished` (complete, by vit_jax.runtime.workdir.is_complete: a checkpoint at its target step and its params.npz),
 `running`, `failed` (ended non-zero, or its local process is gone), `stopped` (ended with status 0 before the last
 step: preempted or interrupted; rerunning resumes it) or `not started`. `python -m launch.record status WORKDIR`
 prints it (exit status 0 only when finished); `python -m launch.record exit WORKDIR CODE` records a job's exit status
@@ -19,10 +19,10 @@ import math
 import socket
 import sys
 
-from vit_jax import goodput as goodput_lib
+from vit_jax.runtime import goodput as goodput_lib
 from vit_jax import io
-from vit_jax import lock
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import lock
+from vit_jax.runtime import workdir as workdir_lib
 
 SWEEP_FILE = 'sweep.json'  # A sweep dir's record of its runs (written by launch/sweep.py).
 STATUSES = ('finished', 'running', 'stopped', 'failed', 'not started')
@@ -41,9 +41,9 @@ def with_overrides(config, overrides: dict | None):
 class Record:
   workdir: str
   config: dict | None  # config.json as stored.
-  steps: dict[int, dict[str, float]]  # vit_jax.workdir.merged_metrics.
+  steps: dict[int, dict[str, float]]  # vit_jax.runtime.workdir.merged_metrics.
   launch: dict | None
-  goodput: list[dict] = dataclasses.field(default_factory=list)  # vit_jax/goodput.py's attempts.
+  goodput: list[dict] = dataclasses.field(default_factory=list)  # vit_jax/runtime/goodput.py's attempts.
 
   @property
   def step(self) -> int:
@@ -53,7 +53,7 @@ class Record:
     return [(s, m[metric]) for s, m in self.steps.items() if metric in m]
 
   def complete(self, overrides: dict | None = None) -> bool:
-    """vit_jax.workdir.is_complete, for the run's config with the next launch's `overrides`."""
+    """vit_jax.runtime.workdir.is_complete, for the run's config with the next launch's `overrides`."""
     if self.config is None:
       return False
     return workdir_lib.is_complete(self.workdir, with_overrides(workdir_lib.load_config(self.workdir), overrides))
@@ -94,7 +94,7 @@ def _final_best(series, mode):
 
 def summary(record: Record, *, overrides: dict | None = None) -> dict:
   """One results row: status, step, final and best eval accuracy and loss, final train loss, goodput (the fraction
-  of the run's wall time spent training, over all its attempts: vit_jax/goodput.py)."""
+  of the run's wall time spent training, over all its attempts: vit_jax/runtime/goodput.py)."""
   acc_final, acc_best = _final_best(record.series('eval/accuracy'), 'max')
   loss_final, loss_best = _final_best(record.series('eval/loss'), 'min')
   train_loss = record.series('train/loss')

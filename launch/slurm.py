@@ -23,7 +23,7 @@ import time
 
 from launch import outcome, record, shell
 from vit_jax import errors, io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 
 def add_flags(parser, *, sweep: bool = False) -> None:

@@ -28,7 +28,7 @@ import time
 
 from launch import hyper, record, shell
 from vit_jax import io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 
 

@@ -25,7 +25,7 @@ from launch import hyper, shell
 from launch import sweep as sweep_lib
 from launch import transfer_report
 from vit_jax import io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import fields, presets
 
 FEWSHOT_FILE = 'fewshot.json'
@@ -162,13 +162,13 @@ def run_fewshot(suite: dict, pretrained: Pretrained, planned: dict, out: str) ->
   if stored.get('pretrained') == pretrained.path and stored.get('fewshot') == _jsonable(fs):
     return stored['metrics']
   from vit_jax.configs import loading  # pylint: disable=g-import-not-at-top
-  from vit_jax.evaluators import fewshot  # pylint: disable=g-import-not-at-top  (JAX from here on)
+  from vit_jax.inference import probes  # pylint: disable=g-import-not-at-top  (JAX from here on)
   spec, _, fixed = next(iter(planned.values()))
   config = loading.from_command_line(spec, hyper.overrides_args(fixed))
   config.fewshot.datasets, config.fewshot.shots = fs['datasets'], tuple(fs['shots'])
   config.fewshot.seeds, config.fewshot.l2_reg = fs['seeds'], fs['l2_reg']
   config.image_size = fs['image_size']
-  metrics = fewshot.probe_pretrained(config)
+  metrics = probes.probe_pretrained(config)
   io.write_text(path, json.dumps({'pretrained': pretrained.path, 'fewshot': _jsonable(fs), 'metrics': metrics},
                                  indent=2) + '\n')
   return metrics

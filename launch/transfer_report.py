@@ -15,7 +15,7 @@ import statistics
 from launch import record
 from launch import results
 from vit_jax import io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 VAL, TEST = 'eval/accuracy', 'eval/test/accuracy'
 COLUMNS = ('task', 'dataset', 'status', 'chosen_lr', 'val_accuracy', 'test_accuracy', 'test_std', 'seeds',

@@ -52,7 +52,7 @@ def fitted_run(tmp_path_factory):
 def digits_dir(tmp_path_factory):
   """A TFDS data_dir with sklearn_digits prepared once (before any process that a test starts reads it)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from vit_jax import datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers sklearn_digits)
+  from vit_jax.data import datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers sklearn_digits)
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   tfds.builder('sklearn_digits', data_dir=data_dir).download_and_prepare(file_format='array_record')
   return data_dir

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import attention_maps, checkpoint, models, utils
+from vit_jax import checkpoint, models, utils
+from vit_jax.inference import attention_maps
 
 TOKENS = 17  # 16 px, 4 px patches: a 4x4 grid and the class token.
 

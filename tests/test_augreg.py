@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import augreg, checkpoint, state, train
+from vit_jax import augreg, checkpoint
+from vit_jax.training import state, train
 
 INDEX_COLUMNS = ('name,ds,epochs,lr,aug,wd,do,sd,best_val,final_val,final_test,adapt_ds,adapt_lr,adapt_steps,'
                  'adapt_resolution,adapt_final_val,adapt_final_test,params,infer_samples_per_sec,filename,'

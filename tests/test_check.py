@@ -7,7 +7,8 @@ import sys
 import pytest
 
 import tiny
-from vit_jax import models, train
+from vit_jax import models
+from vit_jax.training import train
 from vit_jax.configs import check, common
 
 

@@ -1,4 +1,4 @@
-"""vit_jax/contrastive.py: LiT's softmax and SigLIP's sigmoid losses against a direct NumPy computation, the same on
+"""vit_jax/tasks/contrastive.py: LiT's softmax and SigLIP's sigmoid losses against a direct NumPy computation, the same on
 1 device, a batch sharded over 8 devices and 2 processes x 2 devices; retrieval recall and zero-shot accuracy
 against hand-computed figures."""
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import contrastive
+from vit_jax.tasks import contrastive
 
 B, D, T, BIAS = 8, 6, 10.0, -3.0
 
@@ -71,7 +71,7 @@ def test_a_batch_sharded_over_8_devices_gives_the_global_loss():
 _TWO_PROCESSES = '''
 import json, sys
 import jax, numpy as np
-from vit_jax import contrastive
+from vit_jax.tasks import contrastive
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 index, port, path, t, bias = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 jax.distributed.initialize(f'127.0.0.1:{port}', 2, index)

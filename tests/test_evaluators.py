@@ -2,10 +2,11 @@
 import pytest
 
 import tiny
-from vit_jax import evaluators, metrics, sharding, train
+from vit_jax import evaluators, sharding
+from vit_jax.training import metrics, train
 from vit_jax.configs import durations
-from vit_jax import workdir as workdir_lib
-from vit_jax import state
+from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import state
 
 
 @pytest.fixture(scope='module')

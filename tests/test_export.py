@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import checkpoint, export, inference, models, utils
+from vit_jax import checkpoint, export, models, utils
+from vit_jax.inference import trained as inference
 from vit_jax.configs import common
-from vit_jax import inference
+from vit_jax.inference import trained as inference
 
 HIDDEN, HEADS, LAYERS = 32, 2, 2
 
@@ -145,7 +146,7 @@ def test_transformers_vit_gives_our_logits(posemb, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   export.export_hf(trained, str(tmp_path))
   hf, info = transformers.ViTForImageClassification.from_pretrained(str(tmp_path), output_loading_info=True)
   assert not any(info.values()), info  # No missing, unexpected or mismatched tensors.
@@ -169,7 +170,7 @@ def test_transformers_image_processor_gives_our_eval_inputs(crop, resize, tmp_pa
   pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   with open(tmp_path / 'preprocessor_config.json', 'w') as f:
     json.dump(export.preprocessor_config(24, crop, resize), f)
   processor = transformers.AutoImageProcessor.from_pretrained(str(tmp_path))

@@ -6,8 +6,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import tiny
-from vit_jax import checkpoint, models, sharding, train, utils
-from vit_jax import state
+from vit_jax import checkpoint, models, sharding, utils
+from vit_jax.training import train
+from vit_jax.training import state
 
 X = jax.random.uniform(jax.random.key(7), (2, 16, 16, 3), minval=-1, maxval=1)
 WEIGHTS = jax.random.normal(jax.random.key(8), (2, 5))  # Loss = mean(logits * WEIGHTS): every logit matters.

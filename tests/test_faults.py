@@ -2,7 +2,7 @@
 `python -m launch.local`; one process is killed (kill -9), the coordinator is killed, or a process is stopped (SIGSTOP:
 alive but stuck). Every other process must end within a bound with a line naming the cause, and the launcher must run
 the job again by itself, resuming from the last checkpoint to the metrics of an uninterrupted run (README, "Faults
-at scale"; vit_jax/watchdog.py; launch/local.py). Each case prints its timings (fault -> last survivor's exit ->
+at scale"; vit_jax/runtime/watchdog.py; launch/local.py). Each case prints its timings (fault -> last survivor's exit ->
 resumed run's first step)."""
 import os
 import re
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import goodput
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import goodput
+from vit_jax.runtime import workdir as workdir_lib
 
 STEPS, EVERY, AT = 40, 10, 15  # Steps, checkpoint interval, the step after which the fault comes.
 PEER_TIMEOUT_S = 10

@@ -1,10 +1,11 @@
-"""vit_jax.flops: analytic FLOPs against XLA's own count, a hand count, and the peak table."""
+"""vit_jax.models.flops: analytic FLOPs against XLA's own count, a hand count, and the peak table."""
 import jax
 import jax.numpy as jnp
 import pytest
 
 import tiny
-from vit_jax import flops, models
+from vit_jax import models
+from vit_jax.models import flops
 
 
 def _xla_flops(fn, *args) -> float:

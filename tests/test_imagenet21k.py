@@ -8,9 +8,9 @@ import simplejpeg
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vit_jax import sources
+from vit_jax.data import sources
 from vit_jax.configs import common
-from vit_jax.datasets import imagenet21k
+from vit_jax.data.datasets import imagenet21k
 
 SYNSETS = imagenet21k.goog_synsets()
 CHOSEN = (SYNSETS[5], SYNSETS[1], SYNSETS[12000])  # Archive order differs from the label order.

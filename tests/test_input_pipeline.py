@@ -1,4 +1,4 @@
-"""vit_jax.input_pipeline: the index-based training stream (global shuffle, O(1) exact resume, the same global batches
+"""vit_jax.data.input_pipeline: the index-based training stream (global shuffle, O(1) exact resume, the same global batches
 for any process count), exact padded evaluation, batches to devices; the local sklearn_digits dataset. The sources it
 reads (TFDS datasets, image folders) are tests/test_sources.py's."""
 import io
@@ -11,7 +11,8 @@ from PIL import Image
 from sklearn import datasets as sk_datasets
 
 import tiny
-from vit_jax import inference, input_pipeline, sources
+from vit_jax.data import input_pipeline, sources
+from vit_jax.inference import trained as inference
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360
 

@@ -15,7 +15,7 @@ import pytest
 
 import tiny
 from launch import outcome, record, slurm
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SETUP = REPO / 'launch' / 'setup_local_slurm.sh'

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 from launch import hyper, record, results, shell, sweep
 from launch_fakes import FakeGcloud, gcs  # noqa: F401  (gcs: a fixture)
 

@@ -13,7 +13,7 @@ import pytest
 import tiny
 from launch import hyper, transfer, transfer_report
 from launch import sweep as sweep_lib
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import loading
 
 SUITE = os.path.join(tiny.REPO, 'configs', 'transfer_offline.py')

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import checkpoint, models, models_lit, tokenizers, utils
+from vit_jax import checkpoint, models, models_lit, utils
+from vit_jax.data import tokenizers
 from vit_jax.configs import models as config_models
 from vit_jax.models import bert
 

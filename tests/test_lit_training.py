@@ -1,4 +1,4 @@
-"""LiT / SigLIP training on the main entry point (vit_jax/train_step.py's contrastive loss, vit_jax/captions.py,
+"""LiT / SigLIP training on the main entry point (vit_jax/training/train_step.py's contrastive loss, vit_jax/data/captions.py,
 vit_jax/evaluators/zeroshot.py): a locked image tower from a ViT file stays bitwise as it was, the text tower learns
 until zero-shot accuracy is far above chance, the captions and vocabulary are pure functions of the config, and a
 run resumes bitwise after SIGTERM."""
@@ -12,8 +12,11 @@ import pytest
 from PIL import Image
 
 import tiny
-from vit_jax import captions, checkpoint, input_pipeline, predict, train, zeroshot
-from vit_jax import workdir as workdir_lib
+from vit_jax import checkpoint, predict
+from vit_jax.data import captions, input_pipeline
+from vit_jax.inference import zeroshot
+from vit_jax.training import train
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import check, common, presets
 
 DIGITS = 'zero,one,two,three,four,five,six,seven,eight,nine'
@@ -74,11 +77,12 @@ def test_a_locked_lit_run_learns_to_classify_zero_shot_and_leaves_the_image_towe
 
 
 def test_the_run_classifies_like_the_zero_shot_predictor_of_its_exported_file(digits_dir, image_tower, tmp_path):
-  """The evaluator's accuracy equals vit_jax/zeroshot.py's classifier on the exported params.npz and vocab.model."""
+  """The evaluator's accuracy equals vit_jax/inference/zeroshot.py's classifier on the exported params.npz and vocab.model."""
   workdir = str(tmp_path / 'lit')
   config = lit_config(digits_dir, image_tower, total_steps=20, eval_every_steps=20, checkpoint_every_steps=20)
   result = train.train_and_evaluate(config, workdir)
-  from vit_jax import input_pipeline, models, preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline, preprocess
   model = models.LitModel(**config.model)
   variables = model.load_variables(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
   vocab = workdir_lib.path(workdir, workdir_lib.VOCAB_FILE)
@@ -103,7 +107,7 @@ def test_the_run_classifies_like_the_zero_shot_predictor_of_its_exported_file(di
   got = [r['predictions'][0]['label'] for r in json.load(open(out))]
   want = logits(preprocess.to_float(first['image'][:8])).argmax(axis=1)
   assert got == [DIGITS.split(',')[c] for c in want]
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
   with pytest.raises(workdir_lib.WorkdirError, match='holds a LiT image-text run, which has no class head'):
     inference.load_run(workdir)  # What export and visualize read: one line, not a KeyError.
 
@@ -212,7 +216,9 @@ def test_an_image_folder_with_captions_trains_on_them_and_is_scored_by_exact_ret
   assert keys <= set(result) and 'eval/accuracy' in result
 
   # The same recall, computed directly from the exported model over the 9 test images and their 18 captions.
-  from vit_jax import contrastive, models, preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import preprocess
+  from vit_jax.tasks import contrastive
   model = models.LitModel(**config.model)
   variables = model.load_variables(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
   test = input_pipeline.open_split(config, 'test')
@@ -380,7 +386,8 @@ def test_a_locked_towers_optimizer_state_holds_only_the_text_tower_sharded_like_
   """No moments for the locked image tower; under FSDP the text tower's moments take its parameters' shardings
   (sharding.follow_params matches the partial subtree by name)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import sharding, state  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import state
   config = lit_config(digits_dir, 'x.npz', sharding_strategy='fsdp', fsdp_min_size=0, mesh=(('fsdp', -1),))
   setup = state.Setup.create(config, 0, sharding.make_mesh(config.mesh))
   params = {jax.tree_util.keystr(p): s.spec for p, s in jax.tree_util.tree_flatten_with_path(

@@ -1,4 +1,4 @@
-"""vit_jax/lock.py: one live writer per workdir; a stale lock never blocks a resume."""
+"""vit_jax/runtime/lock.py: one live writer per workdir; a stale lock never blocks a resume."""
 import json
 import os
 import socket
@@ -10,8 +10,8 @@ import pytest
 
 import fake_gcs
 import tiny
-from vit_jax import lock as lock_lib
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import lock as lock_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 
 def _holder(workdir, **fields):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vit_jax import losses
+from vit_jax.tasks import losses
 
 LOGITS = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], np.float32)
 LABELS = np.array([0, 1])

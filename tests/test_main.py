@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import tiny
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 REPO = tiny.REPO
 MAIN_FLAGS = ['--config.dataset=image_folder', '--config.image_size=16', '--config.model.hidden_size=32',

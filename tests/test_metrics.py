@@ -1,4 +1,4 @@
-"""vit_jax/metrics.py: the progress bar on a terminal (log lines stand alone), plain progress lines without one, and
+"""vit_jax/training/metrics.py: the progress bar on a terminal (log lines stand alone), plain progress lines without one, and
 the speed scalars (per-device TFLOP/s, MFU against the peak); TensorBoard event files that TensorBoard's own reader
 reads as one run, locally and on gs://, each flush writing only what it adds."""
 import io
@@ -10,8 +10,8 @@ import pytest
 
 import fake_gcs
 from vit_jax import io as vit_io
-from vit_jax import metrics
-from vit_jax import workdir as workdir_lib
+from vit_jax.training import metrics
+from vit_jax.runtime import workdir as workdir_lib
 
 class _Terminal(io.StringIO):
   def isatty(self):

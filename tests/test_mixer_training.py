@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import checkpoint, export, flops, models, predict, sharding, state, train, utils, visualize
-from vit_jax import workdir as workdir_lib
+from vit_jax import checkpoint, export, models, predict, sharding, utils, visualize
+from vit_jax.models import flops
+from vit_jax.training import state, train
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import check, common, loading
 
 ONE_LINE = 2  # The error line, and the empty string after its newline.
@@ -102,7 +104,7 @@ def test_predict_on_the_mixer_run_gives_the_models_own_ranking(mixer_run, tmp_pa
   assert predict.main(['--workdir', whole, os.path.join(root, 'test'), '--top_k=3', f'--output={out}']) == 0
   records = json.load(open(out))
   assert len(records) == 6
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
   trained = inference.load_run(whole)
   assert isinstance(trained.model, models.MlpMixer)
   images = np.stack([inference.prepare(r['file'], trained.config) for r in records])
@@ -150,7 +152,7 @@ def test_a_release_mixer_npz_predicts_at_the_size_its_token_mixing_mlp_fixes(tmp
   assert predict.main(['--checkpoint', str(tmp_path / 'Mixer-B_32.npz'), '--model', 'Mixer-B_32', image,
                        '--top_k=4', f'--output={out}']) == 0
   (record,) = json.load(open(out))
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
   params = utils.unflatten_dict(flat)
   assert inference.checkpoint_image_size(params, models.get_model_config('Mixer-B_32')) == 224
   config = common.get_config()

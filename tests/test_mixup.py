@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 import tiny
-from vit_jax import losses, sharding, train
-from vit_jax import train_step as train_step_lib
+from vit_jax import sharding
+from vit_jax.tasks import losses
+from vit_jax.training import train
+from vit_jax.training import train_step as train_step_lib
 
 
 def test_mixup_pairs_each_example_with_the_next_of_its_shard():

@@ -9,7 +9,7 @@ import numpy as np
 
 import tiny
 from vit_jax import checkpoint
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300

@@ -1,4 +1,4 @@
-"""Tests for vit_jax.optim: schedules, weight-decay mask and optimizer step numbers (hand-computed)."""
+"""Tests for vit_jax.training.optim: schedules, weight-decay mask and optimizer step numbers (hand-computed)."""
 import math
 
 import jax
@@ -9,7 +9,8 @@ import pytest
 
 from vit_jax.configs import common
 import tiny
-from vit_jax import optim, utils
+from vit_jax import utils
+from vit_jax.training import optim
 
 
 def _config(**overrides):

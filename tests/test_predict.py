@@ -1,4 +1,4 @@
-"""vit_jax.predict and vit_jax.inference: a trained run classifies image files, whatever the files."""
+"""vit_jax.predict and vit_jax.inference.trained: a trained run classifies image files, whatever the files."""
 import csv
 import json
 import os
@@ -9,7 +9,8 @@ import pytest
 
 import fake_gcs
 import tiny
-from vit_jax import checkpoint, inference, models, predict, utils
+from vit_jax import checkpoint, models, predict, utils
+from vit_jax.inference import trained as inference
 
 
 def _images(folder, split='train'):

@@ -1,4 +1,4 @@
-"""vit_jax/preemption.py in training: a SIGTERM or a first Ctrl-C saves a checkpoint and stops, the same call resumes
+"""vit_jax/runtime/preemption.py in training: a SIGTERM or a first Ctrl-C saves a checkpoint and stops, the same call resumes
 to the very run that was not interrupted (augmentation included), a second Ctrl-C aborts at once, and the signal
 handlers are put back."""
 import os
@@ -9,8 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 import tiny
-from vit_jax import train
-from vit_jax import workdir as workdir_lib
+from vit_jax.training import train
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import augmentation
 
 @pytest.mark.parametrize('stop_at', [3, 4])

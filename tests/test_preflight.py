@@ -1,4 +1,4 @@
-"""vit_jax/preflight.py: what needs a model, a mesh or files is checked after the schema and before anything is
+"""vit_jax/training/preflight.py: what needs a model, a mesh or files is checked after the schema and before anything is
 written; each problem names its field."""
 import json
 
@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 import tiny
-from vit_jax import checkpoint, preflight
+from vit_jax import checkpoint
+from vit_jax.training import preflight
 from vit_jax.configs import check
 
 

@@ -1,11 +1,11 @@
-"""vit_jax.preprocess: decoding (JPEG at a reduced DCT scale only where the crop allows), crops, resizes, flips."""
+"""vit_jax.data.preprocess: decoding (JPEG at a reduced DCT scale only where the crop allows), crops, resizes, flips."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import preprocess
+from vit_jax.data import preprocess
 
 
 def _image(h, w, seed=0):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from vit_jax import randaugment as ra
+from vit_jax.data import randaugment as ra
 from vit_jax.configs import augmentation
 
 

@@ -8,9 +8,10 @@ import pytest
 
 import tiny
 from configs import pretrain_i1k, pretrain_i21k
-from vit_jax import checkpoint, train
+from vit_jax import checkpoint
+from vit_jax.training import train
 from vit_jax.configs import durations
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 TINY = {'model.hidden_size': 32, 'model.transformer.num_layers': 1, 'model.transformer.mlp_dim': 64,
         'model.transformer.num_heads': 2, 'model.patches.size': (4, 4), 'image_size': 16, 'batch_size': 16,

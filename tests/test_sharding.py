@@ -6,7 +6,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import tiny
-from vit_jax import checkpoint, sharding, train
+from vit_jax import checkpoint, sharding
+from vit_jax.training import train
 
 STRATEGIES = {
     'dp': ((('data', -1),), 'replicate'),

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 import tiny
-from vit_jax import input_pipeline
+from vit_jax.data import input_pipeline
 from vit_jax.tools import shrink_images
 
 

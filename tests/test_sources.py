@@ -1,4 +1,4 @@
-"""vit_jax/sources.py: TFDS datasets (sliced splits; a TFRecord-only, an unprepared offline or a manual-download
+"""vit_jax/data/sources.py: TFDS datasets (sliced splits; a TFRecord-only, an unprepared offline or a manual-download
 dataset is one clear error) and image folders (train/eval, TFDS-style slices, folder errors, undecodable files named or
 skipped, a folder path given as the dataset)."""
 import logging
@@ -11,7 +11,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import tiny
-from vit_jax import errors, inference, input_pipeline, sources, train
+from vit_jax import errors
+from vit_jax.data import input_pipeline, sources
+from vit_jax.inference import trained as inference
+from vit_jax.training import train
 from vit_jax.configs import check
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ def test_folder_path_as_dataset_trains_as_an_image_folder(tmp_path, caplog):
 
 
 def test_every_image_extension_of_vit_jax_io_trains_bmp_included(tmp_path):
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for split in ('train', 'test'):
     for label, name in enumerate(('dark', 'light')):

@@ -14,7 +14,7 @@ def test_no_module_passes_400_lines():
 
 
 def test_train_and_evaluate_is_at_most_60_lines():
-  tree = ast.parse((REPO / 'vit_jax' / 'train.py').read_text())
+  tree = ast.parse((REPO / 'vit_jax' / 'training' / 'train.py').read_text())
   fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == 'train_and_evaluate')
   assert fn.end_lineno - fn.lineno + 1 <= 60
 
@@ -22,7 +22,7 @@ def test_train_and_evaluate_is_at_most_60_lines():
 def test_tensorflow_is_imported_only_where_a_dataset_is_prepared():
   importers = sorted(str(p.relative_to(REPO)) for p in SOURCES
                      if re.search(r'^\s*(import tensorflow\b|from tensorflow\b)', p.read_text(), re.M))
-  assert importers == ['vit_jax/datasets/build.py']  # build.prepare: a TFDS dataset is built there, and only there.
+  assert importers == ['vit_jax/data/datasets/build.py']  # build.prepare: a TFDS dataset is built there, and only there.
 
 
 def test_no_test_module_imports_another():
@@ -99,15 +99,60 @@ def test_the_cycle_finder_finds_a_lazy_cycle():
 
 def test_no_import_cycle_in_vit_jax_and_launch_lazy_imports_included():
   graph = import_graph()
-  assert graph['vit_jax.preflight'] >= {'vit_jax.state', 'vit_jax.configs.check'}  # The graph sees imports.
+  assert graph['vit_jax.training.preflight'] >= {'vit_jax.training.state', 'vit_jax.configs.check'}  # The graph sees imports.
   assert cycles(graph) == []
 
 
 def test_the_configs_package_imports_nothing_above_it():
   """configs/ is the layer above the base (io, errors, utils, dataset_names): it never imports models, state,
   checkpoint, the data layer or anything else of vit_jax."""
-  base = {'vit_jax', 'vit_jax.errors', 'vit_jax.io', 'vit_jax.utils', 'vit_jax.dataset_names'}
+  base = {'vit_jax', 'vit_jax.errors', 'vit_jax.io', 'vit_jax.utils', 'vit_jax.configs.dataset_names'}
   graph = import_graph()
   upward = {m: sorted(t for t in targets if not t.startswith('vit_jax.configs') and t not in base)
             for m, targets in graph.items() if m.startswith('vit_jax.configs')}
   assert {m: t for m, t in upward.items() if t} == {}
+
+
+# The layers of vit_jax, lowest first (README: Layout). A module imports only from its own layer or lower ones.
+LAYERS = (
+    ('base', ('vit_jax', 'vit_jax.io', 'vit_jax.errors', 'vit_jax.utils')),
+    ('configs', ('vit_jax.configs',)),
+    ('runtime', ('vit_jax.runtime',)),
+    ('data', ('vit_jax.data',)),
+    ('building blocks', ('vit_jax.sharding', 'vit_jax.augreg', 'vit_jax.checkpoint')),
+    ('models', ('vit_jax.models',)),
+    ('tasks', ('vit_jax.tasks',)),
+    ('evaluators', ('vit_jax.evaluators',)),
+    ('training', ('vit_jax.training',)),
+    ('inference', ('vit_jax.inference',)),
+    ('command lines', ('vit_jax.main', 'vit_jax.predict', 'vit_jax.visualize', 'vit_jax.export', 'vit_jax.cli',
+                       'vit_jax.tools', 'vit_jax.models_lit', 'vit_jax.preprocess')),
+)
+
+
+def layer_of(module: str) -> int:
+  """The index in LAYERS of the longest prefix that names `module` or a package holding it."""
+  matches = [(len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+             if module == prefix or module.startswith(prefix + '.')]
+  assert matches, f'{module} is in no layer of LAYERS: add it there'
+  return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+  return sorted(f'{m} ({LAYERS[layer_of(m)][0]}) -> {t} ({LAYERS[layer_of(t)][0]})'
+                for m, targets in graph.items() if m.startswith('vit_jax')
+                for t in targets if layer_of(t) > layer_of(m))
+
+
+def test_the_layer_check_sees_an_upward_import():
+  assert upward_imports({'vit_jax.data.sources': {'vit_jax.training.state'}}) == [
+      'vit_jax.data.sources (data) -> vit_jax.training.state (training)']
+
+
+def test_every_package_imports_only_its_own_layer_or_lower_ones():
+  assert upward_imports(import_graph()) == []
+
+
+def test_at_most_16_modules_stand_at_the_top_of_vit_jax():
+  top = sorted(p.name for p in (REPO / 'vit_jax').glob('*.py'))
+  assert len(top) <= 16, top

@@ -1,4 +1,4 @@
-"""The training system (vit_jax/train.py and vit_jax/state.py): train step, gradient accumulation, end-to-end runs with
+"""The training system (vit_jax/training/train.py and vit_jax/training/state.py): train step, gradient accumulation, end-to-end runs with
 resume, exact eval, fine-tuning from a pretrained file; a finished run left alone, steps after a crash recorded once,
 non-finite steps stopped or skipped, a save killed half-way."""
 import json
@@ -15,11 +15,15 @@ import pytest
 
 import fake_gcs
 import tiny
-from vit_jax import checkpoint, evaluate, flops, input_pipeline, metrics, optim, preprocess, sharding, state, train
+from vit_jax import checkpoint, sharding
+from vit_jax.data import input_pipeline, preprocess
+from vit_jax.evaluators import common as evaluate
+from vit_jax.models import flops
+from vit_jax.training import metrics, optim, state, train
 from vit_jax import io as vit_io
-from vit_jax import run_checkpoints
-from vit_jax import train_step as train_step_lib
-from vit_jax import workdir as workdir_lib
+from vit_jax.training import checkpoints as run_checkpoints
+from vit_jax.training import train_step as train_step_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 REPO = tiny.REPO
 
@@ -125,7 +129,7 @@ def test_evaluation_runs_one_jitted_program_per_batch_and_nothing_eager(tmp_path
 
 
 def test_profile_steps_write_a_trace_and_goodput_accounts_for_the_wall_time(tmp_path):
-  from vit_jax import goodput  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import goodput  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'run')
   data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
   train.train_and_evaluate(tiny.train_config(tfds_data_dir=data_dir, profile_steps='2:4'), workdir)
@@ -229,7 +233,7 @@ def test_a_finetune_from_a_gcs_npz_reads_the_file_once(tmp_path, monkeypatch):
 def test_training_on_a_prepared_dataset_never_imports_tensorflow(tmp_path, digits_dir):
   code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w', digits_dir))
   assert code == 0, err[-3000:]
-  assert not imported  # TensorFlow is for preparing TFDS datasets only (vit_jax/datasets/build.py).
+  assert not imported  # TensorFlow is for preparing TFDS datasets only (vit_jax/data/datasets/build.py).
   code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w2', tmp_path / 'new'))
   assert code == 0 and imported, err[-3000:]  # Preparing sklearn_digits does import it.
 

@@ -11,8 +11,9 @@ import types
 import pytest
 
 from launch import local, outcome
-from vit_jax import errors, goodput, watchdog
-from vit_jax import workdir as workdir_lib
+from vit_jax import errors
+from vit_jax.runtime import goodput, watchdog
+from vit_jax.runtime import workdir as workdir_lib
 
 
 def _settings(**overrides):

@@ -1,4 +1,4 @@
-"""vit_jax/workdir.py: the one owner of a run's files, its config over the defaults and the "complete" rule."""
+"""vit_jax/runtime/workdir.py: the one owner of a run's files, its config over the defaults and the "complete" rule."""
 import json
 import os
 import pathlib
@@ -10,8 +10,8 @@ import pytest
 
 import fake_gcs
 import tiny
-from vit_jax import train
-from vit_jax import workdir as workdir_lib
+from vit_jax.training import train
+from vit_jax.runtime import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAMES = ('config.json', 'class_names.json', 'dataset.json', 'metrics.jsonl', 'params.npz', 'launch.json',
@@ -31,7 +31,7 @@ def test_every_file_name_of_a_run_is_spelled_in_workdir_py_only():
 
 
 def test_workdir_imports_neither_jax_nor_tensorflow():
-  code = ('import sys; from vit_jax import workdir; workdir.load_config; '
+  code = ('import sys; from vit_jax.runtime import workdir; workdir.load_config; '
           'print(sorted(m for m in ("jax", "flax", "tensorflow") if m in sys.modules))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=REPO).stdout
   assert out == '[]\n'

@@ -1,4 +1,4 @@
-"""vit_jax/zeroshot.py and `vit_jax.predict --model=LiT-... --classes=...`: zero-shot classification with a LiT model,
+"""vit_jax/inference/zeroshot.py and `vit_jax.predict --model=LiT-... --classes=...`: zero-shot classification with a LiT model,
 the class embeddings from prompt templates, and the command line's errors."""
 import json
 
@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import tiny
-from vit_jax import checkpoint, inference, models, predict, zeroshot
+from vit_jax import checkpoint, models, predict
+from vit_jax.inference import trained as inference, zeroshot
 from vit_jax.models import lit
 
 

@@ -106,10 +106,11 @@ def image_folder(tmp_path, train_per_class=4, test_per_class=2, classes=('cat', 
 
 
 def train_setup(config, num_classes=10, params=None):
-  """(mesh, state, jitted train step, batch sharding) as the trainer builds them (vit_jax.state.Setup); `params`
+  """(mesh, state, jitted train step, batch sharding) as the trainer builds them (vit_jax.training.state.Setup); `params`
   replace the init."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import sharding, state  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import state
   mesh = sharding.make_mesh(config.mesh)
   setup = state.Setup.create(config, num_classes, mesh)
   with jax.set_mesh(mesh):
@@ -191,7 +192,7 @@ def params_with_head(model, *, size=16, seed=0, qk_scale=1.0):
 
 def fitted_run(root, *, steps=40, **overrides):
   """Trains a tiny model on `image_folder(root)` until it fits the train images; returns (workdir, image folder)."""
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train  # pylint: disable=g-import-not-at-top
   folder = image_folder(root)
   workdir = str(root / 'run')
   config = train_config(**{'dataset': 'image_folder', 'image_folder': folder, 'total_steps': steps,
@@ -226,7 +227,7 @@ def on_train_batch(monkeypatch, fn):
 
   With config.prefetch=1 the loop draws batch k + 1 while it starts step k.
   """
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   real = input_pipeline.prefetch_to_device
 
   def wrapped(iterator, size, shard):
@@ -245,7 +246,8 @@ def comparable(records):
 
 def exported_params(workdir):
   """The flat params of a finished run (its params.npz)."""
-  from vit_jax import checkpoint, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import workdir as workdir_lib
   return checkpoint.read_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
 
 

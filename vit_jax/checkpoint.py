@@ -24,7 +24,7 @@ import numpy as np
 from vit_jax import errors
 from vit_jax import io
 from vit_jax import utils
-from vit_jax import workdir
+from vit_jax.runtime import workdir
 from vit_jax.configs import presets
 from vit_jax.augreg import augreg_index  # noqa: F401  (vision_transformer's checkpoint.get_augreg_df)
 

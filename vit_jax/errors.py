@@ -7,7 +7,7 @@ Two kinds of failure are the user's to fix, and each becomes one line on stderr 
   * an environment fault: an OSError such as no space left, a read-only file system or permission denied anywhere in
     the exception's chain (Orbax and TensorStore wrap them), named with the path it concerns.
 A second Ctrl-C (KeyboardInterrupt) exits with status 130. Anything else is a bug: its traceback is printed, exit 1.
-Two more statuses mean "restartable: run the same command again on all processes" (vit_jax/watchdog.py; launchers
+Two more statuses mean "restartable: run the same command again on all processes" (vit_jax/runtime/watchdog.py; launchers
 rerun them like a preemption): EXIT_LOST_PEER (75) when a process of a multi-process job is lost (dead, stopped, its
 host gone, or a collective failed because of it), EXIT_HUNG (76) when this process made no progress within its bound.
 `--verbose` (or VIT_JAX_VERBOSE=1) prints the traceback of user errors too. Bad command lines exit 2 (argparse and

@@ -205,7 +205,7 @@ def preprocessor_config(image_size: int, eval_crop_fraction: float = 1.0, eval_r
       'image_mean': [0.5, 0.5, 0.5],
       'image_std': [0.5, 0.5, 0.5],
   }
-  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   big = preprocess.eval_resize_size(image_size, eval_crop_fraction)
   if eval_resize == 'shorter_side':  # Shorter side to image_size / fraction, keep the centre square.
     config.update(image_processor_type='CLIPImageProcessor', size={'shortest_edge': big}, do_center_crop=True,
@@ -217,7 +217,7 @@ def preprocessor_config(image_size: int, eval_crop_fraction: float = 1.0, eval_r
 
 
 def export_hf(trained, out_dir: str) -> list[str]:
-  """Writes model.safetensors, config.json and preprocessor_config.json of `trained` (a vit_jax.inference.Trained)
+  """Writes model.safetensors, config.json and preprocessor_config.json of `trained` (a vit_jax.inference.trained.Trained)
   into out_dir; returns them."""
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   model_config = trained.config.model
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export(args) -> int:
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
   check_exportable(inference.model_config_from_args(args))  # Before reading any parameters.
   for path in export_hf(inference.load_from_args(args), args.out):
     print(path)

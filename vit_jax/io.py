@@ -8,7 +8,7 @@ Contracts:
   * `write_bytes` / `write_text` are atomic: a reader sees the old file or the whole new one, never a part (a local
     file is written to a temporary name in the same folder, then renamed; a gs:// object appears whole on close).
   * `append_bytes` / `append_text` add to the end of a file (a gs:// object is rewritten whole, as GCS has no
-    append: for files that grow all run long, write new files instead, as vit_jax/metrics.py does on gs://).
+    append: for files that grow all run long, write new files instead, as vit_jax/training/metrics.py does on gs://).
   * `read_head` reads a file's first bytes and no more (one ranged request on gs://).
   * `create_new` creates a file only where none exists, atomically: of two racing creators exactly one succeeds, and
     the file appears with its whole content or not at all.
@@ -30,7 +30,7 @@ import fsspec  # noqa: E402  (epath's backend for gs://)
 from vit_jax import errors  # noqa: E402
 
 SCHEMES = ('gs',)  # Remote locations: gcsfs is a dependency (etils.epath knows s3:// and others, without theirs).
-# Lower-case; every format PIL decodes into RGB (JPEGs through libjpeg-turbo: vit_jax/preprocess.py).
+# Lower-case; every format PIL decodes into RGB (JPEGs through libjpeg-turbo: vit_jax/data/preprocess.py).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 

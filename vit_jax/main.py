@@ -59,7 +59,7 @@ def _maybe_initialize_distributed(jax) -> None:
   if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
     raise app.UsageError('--coordinator_address needs --num_processes and --process_id.')
   address, num_processes, process_id = sky or (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from vit_jax import distributed  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
   distributed.use_gloo_on_cpu()
   faults = _CONFIG.value.faults
   jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id,
@@ -85,7 +85,7 @@ def main(argv):
 def _train() -> int:
   import jax  # pylint: disable=g-import-not-at-top
   _maybe_initialize_distributed(jax)
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # Library chatter (Orbax, TFDS) only from warnings up.
   std_logging.getLogger('vit_jax').setLevel(std_logging.INFO)  # Our progress lines and notes.
   workdir = _WORKDIR.value or _default_workdir(flags.FLAGS['config'].config_filename)
@@ -132,7 +132,7 @@ def parse_flags(argv):
     _usage_error(argv, lines)
   from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
   try:
-    check.validate(_CONFIG.value)  # Again in train_and_evaluate, with the mesh and the files (vit_jax/preflight.py).
+    check.validate(_CONFIG.value)  # Again in train_and_evaluate, with the mesh and the files (vit_jax/training/preflight.py).
   except check.ConfigError as e:
     _usage_error(argv, [f'{e}; fix the config file or its --config.* overrides'])
   return rest

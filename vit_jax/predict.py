@@ -6,7 +6,7 @@
   python -m vit_jax.predict --workdir=runs/lit digits/*.png   # A LiT run (configs/lit.py): zero-shot on its classes
 
 With a LiT model (--model=LiT-..., vit_jax/models/lit.py) the images are classified zero-shot against --classes (names,
-comma separated, or a file with one per line) put through prompt templates (vit_jax/zeroshot.py; default 'photo'),
+comma separated, or a file with one per line) put through prompt templates (vit_jax/inference/zeroshot.py; default 'photo'),
 with the release's tokenizer vocabulary next to its file on gs://vit_models/lit/ unless --vocab names another. A LiT
 run (`--workdir`, trained with configs/lit.py) brings its own: its params.npz, its vocabulary (config.lit.vocab_path
 or WORKDIR/vocab.model), its class names and caption templates (--classes and --templates replace them).
@@ -47,9 +47,9 @@ def probabilities(logits: np.ndarray, loss: str = 'softmax') -> np.ndarray:
 
 def predict(trained, paths: Sequence[str], *, top_k: int = 5, batch_size: int = 64) -> list[dict]:
   """One record per path, in order: {'file', 'predictions': [{'label', 'index', 'probability'}] best first}, or
-  {'file', 'error'} for a file that cannot be read or decoded. `trained` is a vit_jax.inference.Trained."""
+  {'file', 'error'} for a file that cannot be read or decoded. `trained` is a vit_jax.inference.trained.Trained."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
   if top_k < 1 or batch_size < 1:
     raise ValueError(f'top_k ({top_k}) and batch_size ({batch_size}) must be positive.')
   apply = jax.jit(lambda params, images: trained.model.apply({'params': params}, images, train=False))
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict(args) -> int:
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
+  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top  (after the arguments: JAX loads here)
   trained = inference.load_from_args(args)
   paths, missing = inference.expand_inputs(args.inputs)
   records = [{'file': p, 'error': why} for p, why in missing]
@@ -143,7 +143,7 @@ def _predict(args) -> int:
 
 def _is_lit_run(workdir: str) -> bool:
   """Whether --workdir holds a LiT run (its config's model; a workdir without one is the loader's error)."""
-  from vit_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     return presets.is_lit(workdir_lib.load_config(workdir).model)
   except errors.UserError:
@@ -161,8 +161,11 @@ def _class_names(classes: str) -> list[str]:
 
 def _zero_shot_model(args):
   """(model, variables, tokenizer, class names, templates) of --model/--checkpoint or of a LiT run (--workdir)."""
-  from vit_jax import captions, io, models, state, zeroshot  # pylint: disable=g-import-not-at-top  (JAX)
-  from vit_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax import io, models  # pylint: disable=g-import-not-at-top  (JAX)
+  from vit_jax.data import captions
+  from vit_jax.inference import zeroshot
+  from vit_jax.training import state
+  from vit_jax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   templates = zeroshot.read_templates(args.templates) if args.templates else None
   names = _class_names(args.classes) if args.classes else None
   if not args.workdir:
@@ -185,7 +188,9 @@ def _zero_shot_model(args):
 
 
 def _predict_zero_shot(args) -> int:
-  from vit_jax import inference, io, preprocess, zeroshot  # pylint: disable=g-import-not-at-top  (JAX)
+  from vit_jax import io  # pylint: disable=g-import-not-at-top  (JAX)
+  from vit_jax.data import preprocess
+  from vit_jax.inference import trained as inference, zeroshot
   model, variables, tokenizer, names, templates = _zero_shot_model(args)
   logits = zeroshot.classifier(model, variables, tokenizer, names, templates, batch_size=args.batch_size)
   pp = model.get_image_preprocessing()

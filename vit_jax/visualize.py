@@ -6,7 +6,7 @@
 
 `attention` writes two PNGs per image into --out (default RUN/attention): NAME_rollout.png, the input (after the
 run's evaluation preprocessing) beside it with the attention rollout overlaid, titled with the top prediction; and
-NAME_heads.png, the last layer's attention of every head over the patches (see vit_jax/attention_maps.py).
+NAME_heads.png, the last layer's attention of every head over the patches (see vit_jax/inference/attention_maps.py).
 The model comes from --workdir or --checkpoint/--model, as for vit_jax.predict; an MLP-Mixer has no attention and
 is refused with one line. Runs, images and outputs may be local or gs:// (vit_jax/io.py).
 
@@ -15,7 +15,7 @@ each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --name
 (a run resumed after a crash trains the lost steps again), the later record is the one plotted.
 
 `goodput` writes one PNG with a stacked horizontal bar per RUN: where its wall time went, over all its attempts, in
-the parts of vit_jax/goodput.py (startup, compile, train, input, eval, checkpoint, lost, gap), read from each RUN's
+the parts of vit_jax/runtime/goodput.py (startup, compile, train, input, eval, checkpoint, lost, gap), read from each RUN's
 goodput.json, with the goodput (train / wall) in the run's label.
 """
 import argparse
@@ -30,9 +30,9 @@ from typing import Sequence
 import numpy as np
 
 from vit_jax import cli
-from vit_jax import goodput
+from vit_jax.runtime import goodput
 from vit_jax import io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ GOODPUT_COLORS = {'train': '#2a9d8f', 'startup': '#8d99ae', 'compile': '#e9c46a'
 
 
 def read_goodput(workdir: str) -> dict:
-  """The run's goodput totals (vit_jax/goodput.py `summary`); a clear error for a run without goodput.json."""
+  """The run's goodput totals (vit_jax/runtime/goodput.py `summary`); a clear error for a run without goodput.json."""
   totals = goodput.summary(goodput.read(workdir))
   if not totals:
     raise workdir_lib.WorkdirError(f'{workdir} has no {workdir_lib.GOODPUT_FILE}: is it the workdir of a training '
@@ -211,8 +211,9 @@ def _short(path: str) -> str:
 def write_attention(trained, paths: Sequence[str], out_dir: str, *,
                     batch_size: int = 16) -> tuple[list[str], list[tuple[str, str]]]:
   """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path, error)]).
-  `trained` is a vit_jax.inference.Trained (attention_maps.NoAttentionError for an MLP-Mixer)."""
-  from vit_jax import attention_maps, inference, models, predict  # pylint: disable=g-import-not-at-top
+  `trained` is a vit_jax.inference.trained.Trained (attention_maps.NoAttentionError for an MLP-Mixer)."""
+  from vit_jax import models, predict  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import attention_maps, trained as inference
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
   stems = _stems(paths)
@@ -276,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _attention(args) -> int:
-  from vit_jax import attention_maps, inference  # pylint: disable=g-import-not-at-top  (JAX loads here)
+  from vit_jax.inference import attention_maps, trained as inference  # pylint: disable=g-import-not-at-top  (JAX loads here)
   attention_maps.check_has_attention(inference.model_config_from_args(args))  # Before reading any parameters.
   trained = inference.load_from_args(args)
   out_dir = args.out or io.join(args.workdir or '.', workdir_lib.ATTENTION_DIR)

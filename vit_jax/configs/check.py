@@ -8,12 +8,13 @@ closest one for a typo), shapes such as a patch size that must be a pair, and cr
 total, batch sizes that split over the mesh and the processes, an image size that the patches tile). An MLP-Mixer
 takes one of the model fast paths (remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for
 it, each with its reason. What needs a model, a mesh or files (the parameter layout, the pretrained file, the image
-folder) is checked by vit_jax/preflight.py.
+folder) is checked by vit_jax/training/preflight.py.
 """
 import difflib
 import math
 
-from vit_jax import dataset_names, errors
+from vit_jax import errors
+from vit_jax.configs import dataset_names
 from vit_jax.configs import choices, durations, presets
 # What other modules use of vit_jax/configs/fields.py, through this module (the one place that says "valid").
 from vit_jax.configs.fields import UnknownFieldError, check_fields, flat_keys, is_known, unknown_message  # noqa: F401
@@ -317,7 +318,7 @@ def _faults(config, problems) -> None:
 
 def validate(config, *, devices: int | None = None, process_count: int = 1):
   """Checks the whole config (module doc); returns it. `devices` (the number of JAX devices) enables the batch-split
-  checks that need the mesh's size. What needs a model, a mesh or files is vit_jax/preflight.py's."""
+  checks that need the mesh's size. What needs a model, a mesh or files is vit_jax/training/preflight.py's."""
   check_fields(config)
   problems: list[str] = []
   if presets.is_mixer(config.model):

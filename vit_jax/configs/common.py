@@ -51,7 +51,7 @@ def get_config():
   config.pp.inception_min_area = 0.05  # Smallest area fraction for the Inception crop.
   config.pp.pad_pixels = 4  # 'pad_crop': zero padding on each side before the random crop.
   config.pp.flip = True  # Random horizontal flip at train time.
-  config.pp.randaugment_layers = 0  # RandAugment ops per image (0: off); vit_jax/randaugment.py.
+  config.pp.randaugment_layers = 0  # RandAugment ops per image (0: off); vit_jax/data/randaugment.py.
   config.pp.randaugment_magnitude = 10.0  # Their magnitude (AugReg: 10, 15 or 20).
   config.pp.eval_crop_fraction = 1.0  # <1: resize to image_size / fraction, then central crop.
   config.pp.eval_resize = 'square'  # 'square' resize, or 'shorter_side' (keep the aspect ratio; antialiased).
@@ -75,7 +75,7 @@ def get_config():
   config.loss = 'softmax'
   config.label_smoothing = 0.0
 
-  # Image-text training (LiT, SigLIP), when config.model is a LiT model (configs/lit.py; vit_jax/captions.py).
+  # Image-text training (LiT, SigLIP), when config.model is a LiT model (configs/lit.py; vit_jax/data/captions.py).
   config.lit = ml_collections.ConfigDict()
   config.lit.image_init = ''  # A ViT .npz (a release file, or a run's params.npz) for the image tower; '' = none.
   config.lit.locked_image = True  # The image tower gets no gradients and no updates (LiT's "locked image tuning").
@@ -88,7 +88,7 @@ def get_config():
   config.lit.vocab_path = ''
   # Captions of a classification dataset: each image's is one of these templates (drawn per example) with its
   # class name; the same templates give the zero-shot classifier of the evaluation. A built-in set of
-  # vit_jax/zeroshot.py ('photo', 'ensemble'), or a file with one template per line, each with '{}'.
+  # vit_jax/inference/zeroshot.py ('photo', 'ensemble'), or a file with one template per line, each with '{}'.
   config.lit.templates = 'photo'
   # Or an image folder's own captions: a file of lines '<image path relative to the folder><TAB><caption>' (several
   # lines: several captions); then the eval split is also scored by retrieval (recall@1/5/10 both ways).
@@ -144,7 +144,7 @@ def get_config():
   # A jax.profiler trace of these training steps into WORKDIR/profile ('' for none; 'START:END' steps, END excluded).
   config.profile_steps = ''
 
-  # Faults at scale (vit_jax/watchdog.py; README, "Faults at scale"): a lost or stuck process ends the job with a
+  # Faults at scale (vit_jax/runtime/watchdog.py; README, "Faults at scale"): a lost or stuck process ends the job with a
   # restartable exit status (75 lost peer, 76 hung) instead of waiting forever; launchers rerun it.
   config.faults = ml_collections.ConfigDict()
   config.faults.init_timeout_s = 300  # jax.distributed.initialize: how long the processes wait for each other.

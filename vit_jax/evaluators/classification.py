@@ -1,10 +1,12 @@
 """Exact classification accuracy, top-5 and loss on one split: padded batches with a mask, so every example counts
-once on any number of hosts (vit_jax/evaluate.py)."""
+once on any number of hosts (vit_jax/evaluators/common.py)."""
 import functools
 
 import jax
 
-from vit_jax import evaluate, input_pipeline, sharding
+from vit_jax import sharding
+from vit_jax.data import input_pipeline
+from vit_jax.evaluators import common as evaluate
 
 
 class ClassificationEvaluator:

@@ -11,7 +11,8 @@ over the seeds. The same computation runs on every process, so every process hol
 import jax
 import numpy as np
 
-from vit_jax import input_pipeline, preprocess, sharding, state
+from vit_jax import sharding
+from vit_jax.data import input_pipeline, preprocess
 from vit_jax.configs.choices import parse_fewshot_datasets, with_split
 from vit_jax.evaluators import ridge
 
@@ -61,12 +62,3 @@ class FewShotEvaluator:
         out[f'fewshot/{name}_{k}shot'] = float(np.mean(accuracies))
     return out
 
-
-def probe_pretrained(config) -> dict[str, float]:
-  """The few-shot probes of `config` (its config.fewshot) on the model of config.pretrained_path, outside training:
-  what launch.transfer measures of a pretrained model. The classification head is not used."""
-  mesh = sharding.make_mesh(config.mesh)
-  setup = state.Setup.create(config, max(config.num_classes, 1), mesh)
-  with jax.set_mesh(mesh):
-    params = setup.with_pretrained(setup.init())['params']
-    return FewShotEvaluator(config=config, model=setup.model, mesh=mesh).run(params)

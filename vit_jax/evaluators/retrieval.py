@@ -1,5 +1,5 @@
 """Image-text retrieval of a LiT model on one captioned split (config.lit.captions): recall@1/5/10 from images to
-texts and from texts to images (vit_jax/contrastive.py's `recall_at_k`; an image with several captions is found by
+texts and from texts to images (vit_jax/tasks/contrastive.py's `recall_at_k`; an image with several captions is found by
 any of them). Every image of the split counts once on any number of hosts: the padded eval batches carry each row's
 record index, and the embeddings come back whole on every process (replicated) before the metric is computed on the
 host. Metrics: retrieval/img2txt/recall@k and retrieval/txt2img/recall@k (eval/<name>/... for other splits).
@@ -7,8 +7,10 @@ host. Metrics: retrieval/img2txt/recall@k and retrieval/txt2img/recall@k (eval/<
 import jax
 import numpy as np
 
-from vit_jax import contrastive, input_pipeline, preprocess, sharding
-from vit_jax import captions
+from vit_jax import sharding
+from vit_jax.data import input_pipeline, preprocess
+from vit_jax.tasks import contrastive
+from vit_jax.data import captions
 
 KS = (1, 5, 10)
 

@@ -1,7 +1,7 @@
 """Zero-shot classification accuracy of a LiT model on one split: the text tower embeds every class name in every
-caption template (vit_jax/captions.py, the run's own templates and names), each class's embedding is the normalised
-mean of its prompts' (vit_jax/zeroshot.py's rule), and each image is classified by its nearest class embedding.
-Counted exactly as classification is (vit_jax/evaluate.py: padded batches with a mask, totals on device), so the
+caption template (vit_jax/data/captions.py, the run's own templates and names), each class's embedding is the normalised
+mean of its prompts' (vit_jax/inference/zeroshot.py's rule), and each image is classified by its nearest class embedding.
+Counted exactly as classification is (vit_jax/evaluators/common.py: padded batches with a mask, totals on device), so the
 metrics are eval/accuracy, eval/top5 (>= 5 classes) and eval/loss (the softmax cross-entropy of exp(t) * zimg . zclass).
 """
 import functools
@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import evaluate, input_pipeline, sharding
-from vit_jax import captions as captions_lib
+from vit_jax import sharding
+from vit_jax.data import input_pipeline
+from vit_jax.evaluators import common as evaluate
+from vit_jax.data import captions as captions_lib
 
 
 def class_embeddings(model, params, prompts, num_classes: int):

@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint, io, preprocess, tokenizers, utils
+from vit_jax import checkpoint, io, utils
+from vit_jax.data import preprocess, tokenizers
 from vit_jax.models.bert import BertModel
 from vit_jax.models.vit import Encoder, VisionTransformer
 
@@ -84,7 +85,7 @@ class LitModel(nn.Module):
     return f'{BASE_PATH}/{self.model_name}.{ext}'
 
   def get_tokenizer(self, vocab_path: str | None = None):
-    """The text tower's tokenizer (vit_jax/tokenizers.py), from `vocab_path` or the release's vocabulary file."""
+    """The text tower's tokenizer (vit_jax/data/tokenizers.py), from `vocab_path` or the release's vocabulary file."""
     return tokenizers.get_tokenizer(self.pp['tokenizer_name'])(vocab_path=vocab_path or self.vocab_path,
                                                               max_len=self.pp['max_len'])
 

@@ -73,12 +73,13 @@ import numpy as np
 from jax.sharding import AbstractMesh
 
 from vit_jax.configs import common
-from vit_jax import models, optim, sharding, state
+from vit_jax import models, sharding
+from vit_jax.training import optim, state
 from vit_jax.models import blocks
 
 DTYPES = state.DTYPES
 REMAT = blocks.REMAT_POLICIES
-# HBM per JAX device (GiB), by device kind as jax.devices()[0].device_kind names it (matched as in vit_jax.flops).
+# HBM per JAX device (GiB), by device kind as jax.devices()[0].device_kind names it (matched as in vit_jax.models.flops).
 HBM_GIB = {'TPU v2': 8, 'TPU v3': 16, 'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5p': 95, 'TPU v5': 95,
            'TPU v6 lite': 32, 'A100': 80, 'H100': 80, 'H100 NVL': 94, 'H200': 141, 'B200': 180}
 GIB = 2**30
@@ -116,7 +117,7 @@ def abstract_mesh(spec: str, devices: int) -> AbstractMesh:
 
 @functools.lru_cache(maxsize=16)
 def _setup(model_name, image_size, num_classes, dtype, optimizer, mesh, strategy, fsdp_min_size) -> state.Setup:
-  """The trainer's own model, optimizer and state layout (vit_jax.state.Setup) on an abstract mesh: shapes and
+  """The trainer's own model, optimizer and state layout (vit_jax.training.state.Setup) on an abstract mesh: shapes and
   shardings from eval_shape only."""
   config = common.get_config()
   config.model = models.get_model_config(model_name)

@@ -50,7 +50,7 @@ def _folder_items(src: str):
 
 
 def _tfds_items(name: str, data_dir: str | None, splits: list[str]):
-  from vit_jax import sources  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   config = common.get_config()
   config.dataset, config.tfds_data_dir = name, data_dir

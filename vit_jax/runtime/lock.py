@@ -25,7 +25,7 @@ import uuid
 
 from vit_jax import errors
 from vit_jax import io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 

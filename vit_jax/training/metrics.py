@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vit_jax import io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class Writer:
 class Speed:
   """Throughput scalars for the logs: img/s in all and per device, model TFLOP/s per device, and MFU.
 
-  `train_flops` is the model's FLOPs per training example (vit_jax.flops.train_flops); `peak_tflops` the device's
-  dense peak for the compute dtype (vit_jax.flops.peak_tflops), or None where unknown (then no MFU).
+  `train_flops` is the model's FLOPs per training example (vit_jax.models.flops.train_flops); `peak_tflops` the device's
+  dense peak for the compute dtype (vit_jax.models.flops.peak_tflops), or None where unknown (then no MFU).
   """
 
   def __init__(self, train_flops: float, num_devices: int, peak_tflops: float | None):

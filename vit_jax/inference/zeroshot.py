@@ -2,15 +2,15 @@
 the text tower embeds every prompt, a class's embedding is the mean of its prompts' normalised embeddings
 (normalised again), and an image's logits are exp(t) * zimg . zclass (vit_jax.predict turns them into its records).
 
-`TEMPLATES` (vit_jax/captions.py) holds the built-in template sets: 'photo' (one prompt) and 'ensemble' (a dozen
+`TEMPLATES` (vit_jax/data/captions.py) holds the built-in template sets: 'photo' (one prompt) and 'ensemble' (a dozen
 plain variations); a user passes their own as a list (`--templates=FILE`, one per line, each with one '{}').
 """
 from typing import Sequence
 
 import numpy as np
 
-# The prompt templates live with the captions (vit_jax/captions.py), which training uses too; here for callers.
-from vit_jax.captions import TEMPLATES, PromptError, check_templates, read_templates  # noqa: F401
+# The prompt templates live with the captions (vit_jax/data/captions.py), which training uses too; here for callers.
+from vit_jax.data.captions import TEMPLATES, PromptError, check_templates, read_templates  # noqa: F401
 
 
 def class_embeddings(embed_texts, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
@@ -32,7 +32,7 @@ def classifier(model, variables, tokenizer, class_names: Sequence[str], template
   """`images -> logits [n, classes]` of a LitModel (`model`, its `variables` and `tokenizer`) against `class_names`
   through `templates`, for images [n <= batch_size, S, S, 3] in [-1, 1] (`model.get_image_preprocessing()`)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
   embed_text = jax.jit(lambda v, tokens: model.apply(v, tokens=tokens)[1])
   embed_image = jax.jit(lambda v, images: model.apply(v, images=images)[0])
 

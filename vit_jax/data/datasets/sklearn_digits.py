@@ -9,7 +9,7 @@ Nothing is downloaded: the examples come from `sklearn.datasets.load_digits()`, 
   train = the examples `perm[:1437]`, test = `perm[1437:]` (1,437 / 360, an 80/20 split).
 
 Build it with `tfds.builder('sklearn_digits', data_dir=...).download_and_prepare(file_format='array_record')`
-(`vit_jax.sources` does this by itself when the dataset is not prepared yet).
+(`vit_jax.data.sources` does this by itself when the dataset is not prepared yet).
 """
 from etils import epath
 import numpy as np

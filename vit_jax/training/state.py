@@ -4,9 +4,9 @@ plan).
   setup = state.Setup.create(config, num_classes, mesh)  # model, optimizer, the state's layout and shardings
   train_state = setup.init()                             # born sharded: each array made by jit in its sharding
   train_state = setup.with_pretrained(train_state)       # fine-tuning: config.pretrained_path loaded into the layout
-  checkpoints = run_checkpoints.Checkpoints(workdir, config)  # the run's Orbax checkpoints (vit_jax/run_checkpoints.py)
+  checkpoints = run_checkpoints.Checkpoints(workdir, config)  # the run's Orbax checkpoints (vit_jax/training/checkpoints.py)
   train_state = setup.restore(checkpoints, step)         # after the one "does it fit" check, in this mesh's layout
-  step_fn = setup.train_step()                           # vit_jax/train_step.py jitted on the layout, state donated
+  step_fn = setup.train_step()                           # vit_jax/training/train_step.py jitted on the layout, state donated
 
 The train state is {'step', 'params', 'opt_state', 'window' (the metric sums since the last log step), 'nonfinite'
 (the count of dropped updates and the last one's step)}: everything a resumed run needs to continue exactly.
@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import augreg, checkpoint, models, optim, run_checkpoints, sharding, utils
-from vit_jax import train_step as train_step_lib
+from vit_jax import augreg, checkpoint, models, sharding, utils
+from vit_jax.training import optim, checkpoints as run_checkpoints
+from vit_jax.training import train_step as train_step_lib
 from vit_jax.configs import choices
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import time
 
 import vit_jax
 from vit_jax import io
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 PHASES = ('startup', 'compile', 'train', 'input', 'eval', 'checkpoint')
 ALL_PARTS = PHASES + ('lost', 'gap')
@@ -54,7 +54,7 @@ STARTUP_SLACK_S = 5.0  # The longest a Python interpreter takes to start before 
 
 class Clock:
   """The phase this process is in, since when, at which step; the time spent in each phase; the longest single stay
-  in each (the watchdog's measure of how long a phase may take: vit_jax/watchdog.py). Thread-safe."""
+  in each (the watchdog's measure of how long a phase may take: vit_jax/runtime/watchdog.py). Thread-safe."""
 
   def __init__(self, start: float | None = None, step: int = 0):
     self.start = process_start_time() if start is None else start

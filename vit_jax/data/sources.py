@@ -2,7 +2,7 @@
 
 Sources (`config.dataset`):
 * a TFDS name, read from `config.tfds_data_dir` through `tfds.data_source` (ArrayRecord files: any record in O(1)).
-  `sklearn_digits` (vit_jax.datasets) is built locally on first use. Another dataset that is not prepared is
+  `sklearn_digits` (vit_jax.data.datasets) is built locally on first use. Another dataset that is not prepared is
   downloaded (`download=True`) when the network answers; offline, or when preparing fails, it is a
   `DatasetNotPreparedError` within seconds, with the `tfds build` command (and, for datasets with manual downloads,
   the files to place in `config.tfds_manual_dir`). A dataset prepared only as TFRecord (sequential files) is refused
@@ -16,7 +16,7 @@ Sources (`config.dataset`):
   undecodable ones are an error that names them, or with `config.on_bad_image='skip'` are left out (logged once).
 
 Reading a prepared TFDS dataset needs no TensorFlow (array_record and TFDS's NumPy decoding); TensorFlow is imported
-only to *prepare* one, in vit_jax/datasets/build.py.
+only to *prepare* one, in vit_jax/data/datasets/build.py.
 """
 import concurrent.futures
 import dataclasses
@@ -32,9 +32,9 @@ import numpy as np
 
 from vit_jax import errors
 from vit_jax import io
-from vit_jax import preprocess
+from vit_jax.data import preprocess
 from vit_jax.configs.choices import BAD_IMAGE_POLICIES  # noqa: F401  (what config.on_bad_image takes)
-from vit_jax.dataset_names import IMAGE_FOLDER, LOCAL_TFDS_DATASETS, suggest_dataset  # noqa: F401  (their owner)
+from vit_jax.configs.dataset_names import IMAGE_FOLDER, LOCAL_TFDS_DATASETS, suggest_dataset  # noqa: F401  (their owner)
 
 DOWNLOAD_PROBE = ('storage.googleapis.com', 443)  # TFDS tries its GCS mirror first; unreachable = offline.
 
@@ -91,7 +91,7 @@ def decoded(records, budget_bytes: int):
   """`records` with their images decoded once into memory, by the same `preprocess.decode` that every example would
   apply (so every example is the same either way), when their pixels take at most `budget_bytes`; else `records`
   themselves. JPEGs are never decoded ahead: a JPEG's training crop is decoded at a reduced DCT scale (see
-  vit_jax/preprocess.py), so its pixels depend on the crop. What this saves is the per-image decode and read: the
+  vit_jax/data/preprocess.py), so its pixels depend on the crop. What this saves is the per-image decode and read: the
   cost that dominates small images (digits, CIFAR)."""
   if budget_bytes <= 0 or len(records) == 0:
     return records
@@ -176,7 +176,7 @@ _NO_VARIANT_FOLDER_NOISE = _NoVariantFolderNoise()
 def _tfds_builder(config, download: bool):
   """The prepared builder of config.dataset; prepares it when possible (see module doc)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from vit_jax.datasets import build  # pylint: disable=g-import-not-at-top  (the package registers the builders)
+  from vit_jax.data.datasets import build  # pylint: disable=g-import-not-at-top  (the package registers the builders)
   logging.getLogger('absl').addFilter(_NO_VARIANT_FOLDER_NOISE)  # Once: adding the same filter again does nothing.
   try:
     builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)

@@ -9,7 +9,8 @@ from typing import Callable, Iterable
 import jax
 import jax.numpy as jnp
 
-from vit_jax import losses, preprocess
+from vit_jax.data import preprocess
+from vit_jax.tasks import losses
 
 
 def zeros(num_classes: int) -> dict[str, jax.Array]:

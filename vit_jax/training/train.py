@@ -1,8 +1,8 @@
 """train_and_evaluate: the training loop, on a device mesh, and nothing else.
 
-What it builds on: the config is checked whole first (vit_jax/configs/check.py, vit_jax/preflight.py); the workdir's
-lock, config and files (vit_jax/lock.py, vit_jax/workdir.py); the model, train state, checkpoints and train step
-(vit_jax/state.py); batches (vit_jax/input_pipeline.py); evaluators (vit_jax/evaluators/); metric writers (vit_jax/metrics.py).
+What it builds on: the config is checked whole first (vit_jax/configs/check.py, vit_jax/training/preflight.py); the workdir's
+lock, config and files (vit_jax/runtime/lock.py, vit_jax/runtime/workdir.py); the model, train state, checkpoints and train step
+(vit_jax/training/state.py); batches (vit_jax/data/input_pipeline.py); evaluators (vit_jax/evaluators/); metric writers (vit_jax/training/metrics.py).
 """
 import logging
 import time
@@ -12,15 +12,23 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vit_jax import augreg, checkpoint, distributed, errors, evaluators, flops, goodput, input_pipeline, io, metrics
-from vit_jax import captions, models, preemption, preflight
-from vit_jax import watchdog as watchdog_lib
-from vit_jax import run_checkpoints, sharding
-from vit_jax import state as state_lib
-from vit_jax import train_step as train_step_lib
-from vit_jax import workdir as workdir_lib
+from vit_jax import augreg, checkpoint, errors, evaluators, io
+from vit_jax.data import input_pipeline
+from vit_jax.models import flops
+from vit_jax.runtime import distributed, goodput
+from vit_jax.training import metrics
+from vit_jax import models
+from vit_jax.data import captions
+from vit_jax.runtime import preemption
+from vit_jax.training import preflight
+from vit_jax.runtime import watchdog as watchdog_lib
+from vit_jax import sharding
+from vit_jax.training import checkpoints as run_checkpoints
+from vit_jax.training import state as state_lib
+from vit_jax.training import train_step as train_step_lib
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import check, durations
-from vit_jax.lock import Lock
+from vit_jax.runtime.lock import Lock
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +39,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
 
   On a preemption notice (SIGTERM, a first Ctrl-C, or JAX's multi-host preemption sync point) it saves a checkpoint
   at the step all processes agree on and returns {'preempted_at_step': step}; the same call then resumes from there.
-  A workdir that holds a run of another config is refused unless `allow_config_change` (see vit_jax/workdir.py), and
-  one that another live run holds is refused at once (vit_jax/lock.py). A run that is already complete is left as it
+  A workdir that holds a run of another config is refused unless `allow_config_change` (see vit_jax/runtime/workdir.py), and
+  one that another live run holds is refused at once (vit_jax/runtime/lock.py). A run that is already complete is left as it
   is: its last evaluation is returned and nothing is written; with `reevaluate` its checkpoint is evaluated again
   (logged and returned, still nothing written).
   """
@@ -85,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
 
 
 def _watchdog(clock, config) -> watchdog_lib.Watchdog:
-  """The hang and lost-peer monitor of this process (vit_jax/watchdog.py)."""
+  """The hang and lost-peer monitor of this process (vit_jax/runtime/watchdog.py)."""
   return watchdog_lib.Watchdog(clock, config.faults, process_index=jax.process_index(),
                                process_count=jax.process_count(), client=distributed.client())
 
@@ -104,7 +112,7 @@ def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
 
 
 def _record_vocabulary(config, workdir: str) -> None:
-  """A LiT run that builds its tokenizer's vocabulary (vit_jax/captions.py) keeps it as WORKDIR/vocab.model."""
+  """A LiT run that builds its tokenizer's vocabulary (vit_jax/data/captions.py) keeps it as WORKDIR/vocab.model."""
   if models.is_lit(config.model):
     vocab = captions.of_run(config).vocabulary()
     if vocab is not None:
@@ -121,7 +129,7 @@ def _num_classes(config, info) -> int:
 
 def _complete(setup, checkpoints, workdir: str, reevaluate: bool) -> dict[str, float]:
   """A run at its target step: its last evaluation, or with `reevaluate` a new one of its checkpoint. Nothing is
-  written, except a params.npz that a run stopped before writing (so that the run is complete: vit_jax/workdir.py)."""
+  written, except a params.npz that a run stopped before writing (so that the run is complete: vit_jax/runtime/workdir.py)."""
   latest, config = checkpoints.latest_step(), setup.config
   params_missing = config.export_npz and not io.exists(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
   if reevaluate or params_missing:

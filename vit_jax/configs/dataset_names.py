@@ -1,5 +1,5 @@
 """The names `config.dataset` takes, checked without TFDS: a TFDS name's form, `image_folder`, a folder; and the name a
-near miss means ('cifar-10', 'CIFAR10', 'imagenet' -> cifar10, imagenet2012). vit_jax/sources.py reads them."""
+near miss means ('cifar-10', 'CIFAR10', 'imagenet' -> cifar10, imagenet2012). vit_jax/data/sources.py reads them."""
 import os
 import re
 

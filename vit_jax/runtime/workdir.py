@@ -8,15 +8,15 @@ reads runs through it too. Every file name below is spelled here and nowhere els
   dataset.json         {num_train, num_eval, num_classes} of the run's dataset (a duration in epochs needs num_train)
   metrics.jsonl        one JSON object per write, {"step": s, name: value, ...}; training and evaluation write separate
                        records of one step: per step and name the last record wins (`merged_metrics`)
-  events.out.tfevents.*  the same scalars for TensorBoard (vit_jax/metrics.py writes them)
+  events.out.tfevents.*  the same scalars for TensorBoard (vit_jax/training/metrics.py writes them)
   checkpoints/<step>/  Orbax checkpoints; a step counts once finalised: locally its folder has the bare step as name
                        (Orbax renames it when complete), on gs:// it holds commit_success.txt
   params.npz           the final parameters in the release layout
   launch.json          the launchers' record of the job (launch/record.py): `read_launch`, `write_launch`
   run.log              a run's output where a local launcher started it (launch/sweep.py), appended across resumes
-  goodput.json         where the run's wall time went, per attempt (vit_jax/goodput.py)
+  goodput.json         where the run's wall time went, per attempt (vit_jax/runtime/goodput.py)
   profile/             jax.profiler traces of config.profile_steps (TensorBoard's profile plugin, Perfetto)
-  lock.json            the live writer (vit_jax/lock.py)
+  lock.json            the live writer (vit_jax/runtime/lock.py)
   attention/           default output folder of `vit_jax.visualize attention`
 
 A workdir *holds a run* once it has a checkpoint or a metrics.jsonl. A run is *complete* when it has a checkpoint at
@@ -44,7 +44,7 @@ EVENTS_PREFIX = 'events.out.tfevents.'
 CHECKPOINTS_DIR = 'checkpoints'
 COMMIT_FILE = 'commit_success.txt'  # Orbax's marker of a finalised checkpoint on object stores.
 PARAMS_FILE = 'params.npz'
-VOCAB_FILE = 'vocab.model'  # A LiT run's tokenizer vocabulary when it built its own (vit_jax/captions.py).
+VOCAB_FILE = 'vocab.model'  # A LiT run's tokenizer vocabulary when it built its own (vit_jax/data/captions.py).
 LAUNCH_FILE = 'launch.json'
 RUN_LOG = 'run.log'
 GOODPUT_FILE = 'goodput.json'

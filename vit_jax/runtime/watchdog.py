@@ -1,7 +1,7 @@
 """Nothing waits forever: each process ends itself, with one line naming the cause, when it or a peer cannot go on.
 
 One daemon thread per training process checks, every second:
-  * **progress** (every process): the phase clock (vit_jax/goodput.py) says which phase the process is in (compile,
+  * **progress** (every process): the phase clock (vit_jax/runtime/goodput.py) says which phase the process is in (compile,
     train, input, eval, checkpoint) and since when. A stay longer than the phase's bound is a hang: every thread's
     stack goes to stderr (faulthandler), then one line naming the phase, the step and the bound, and the process
     exits with EXIT_HUNG. The bound of a phase is config.faults.hang_timeout_s when that is > 0; else, before the

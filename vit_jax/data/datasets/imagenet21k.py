@@ -2,7 +2,7 @@
 
 Build (the archives come from image-net.org after registration; nothing is downloaded here):
 
-  tfds build imagenet21k --imports=vit_jax.datasets --manual_dir=DIR --file_format=array_record [--data_dir=...]
+  tfds build imagenet21k --imports=vit_jax.data.datasets --manual_dir=DIR --file_format=array_record [--data_dir=...]
   # or: tfds.builder('imagenet21k').download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=DIR))
 
 `DIR` holds `fall11_whole.tar` (a tar of per-synset tars `nXXXXXXXX.tar`: ~14.2M images of 21,841 synsets) or

@@ -1,5 +1,5 @@
 """The train step: (state, batch) -> (state, stats), the maths of one update (loss, gradients with accumulation,
-mixup, the optimizer, dropping a non-finite update) and the metric window the loop logs. vit_jax/state.py builds
+mixup, the optimizer, dropping a non-finite update) and the metric window the loop logs. vit_jax/training/state.py builds
 the state it runs on and jits it on the mesh's layout."""
 from typing import Callable
 
@@ -8,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import contrastive, errors, losses, optim, preprocess, sharding
+from vit_jax import errors, sharding
+from vit_jax.data import preprocess
+from vit_jax.tasks import contrastive, losses
+from vit_jax.training import optim
 from vit_jax.configs import presets
 
 MIXUP_STREAM = 0x6D6978  # Folded into the seed for mixup's keys, apart from dropout's.
@@ -40,7 +43,7 @@ def mixup(images, targets, key, p: float, num_shards: int):
 
 
 def contrastive_loss(model, config, params, batch):
-  """A LiT model's image-text loss on a global batch (vit_jax/contrastive.py): config.loss 'softmax' (LiT) or
+  """A LiT model's image-text loss on a global batch (vit_jax/tasks/contrastive.py): config.loss 'softmax' (LiT) or
   'sigmoid' (SigLIP, with the model's bias `b`). A locked image tower (config.lit.locked_image) is applied under
   stop_gradient, so no backward pass runs through it."""
   if config.lit.locked_image:
@@ -60,7 +63,8 @@ def image_embeddings(model, config, params, mesh, chunk: int = 256) -> np.ndarra
   record order, from the deterministic training example (config.lit.precompute_image; configs/check.py requires a
   'resize' crop, no flip and no RandAugment), so a step with these equals a step that runs the tower. The same on
   every process (each computes all of it)."""
-  from vit_jax import input_pipeline, sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline
   split = input_pipeline.open_split(config, config.train_split)
   records = input_pipeline.sources.decoded(split.records, config.input_cache_mib * 2**20)
   example = input_pipeline.TrainExample(config)

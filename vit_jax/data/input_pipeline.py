@@ -15,9 +15,9 @@ Evaluation (`eval_dataset`): process p reads records p, p + P, ... of the split 
 each real example (mask 1) counts exactly once; 'index' is each row's record in the split (-1 for padding).
 
 Batches are numpy dicts {'image': uint8 [L, S, S, 3], 'label': int32 [L] (, 'mask': float32 [L])}, and for a LiT
-model's training 'tokens': int32 [L, max_len], each example's caption (vit_jax/captions.py), and 'zimg' instead of
+model's training 'tokens': int32 [L, max_len], each example's caption (vit_jax/data/captions.py), and 'zimg' instead of
 'image' when the locked image tower's embeddings are precomputed (config.lit.precompute_image); images become
-float [-1, 1] on the device (`preprocess.to_float` in the train and eval steps). Sources: vit_jax/sources.py.
+float [-1, 1] on the device (`preprocess.to_float` in the train and eval steps). Sources: vit_jax/data/sources.py.
 """
 import collections
 import os
@@ -30,11 +30,11 @@ import grain
 import jax
 import numpy as np
 
-from vit_jax import datasets as _local_datasets  # noqa: F401  (registers sklearn_digits with TFDS)
-from vit_jax import preprocess, randaugment, sources
-from vit_jax.captions import Captions
+from vit_jax.data import datasets as _local_datasets  # noqa: F401  (registers sklearn_digits with TFDS)
+from vit_jax.data import preprocess, randaugment, sources
+from vit_jax.data.captions import Captions
 from vit_jax.configs import presets
-from vit_jax.sources import (  # noqa: F401  (the input pipeline's public names)
+from vit_jax.data.sources import (  # noqa: F401  (the input pipeline's public names)
     IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, folder_root, get_info, open_split)
 
 def _seed(config_seed: int, purpose: int) -> int:
@@ -109,7 +109,7 @@ class TrainStream:
       examples = [self.example(r, self._rng(p)) for r, p in zip(records, positions)]
       out = {'image': np.stack([e['image'] for e in examples]), 'label': np.array([e['label'] for e in examples],
                                                                                   np.int32)}
-    if self.captions is not None:  # Image-text training: each example's caption, tokenized (vit_jax/captions.py).
+    if self.captions is not None:  # Image-text training: each example's caption, tokenized (vit_jax/data/captions.py).
       texts = [r['text'] for r in records] if 'text' in records[0] else None  # A TFDS caption feature.
       out['tokens'] = self.captions.tokens(out['label'], positions, indices, texts)
     return out

@@ -1,6 +1,6 @@
 """A run's Orbax checkpoints (WORKDIR/checkpoints): saving on the run's cadence, asynchronous saves whose failures
 stop the run at the next step, restoring into any mesh's layout, and the one "latest step" rule of the run
-directory (vit_jax/workdir.py)."""
+directory (vit_jax/runtime/workdir.py)."""
 import logging
 
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vit_jax import errors
-from vit_jax import workdir as workdir_lib
+from vit_jax.runtime import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 

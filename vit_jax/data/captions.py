@@ -8,7 +8,7 @@ image's captions, drawn by (seed, i). Otherwise a classification dataset becomes
 templates (config.lit.templates: 'a photo of a
 {}.'): the example at global position i gets template k(seed, i) with its class name (config.lit.class_names, else
 the dataset's), so its caption, like its image, is a pure function of (seed, i) and resuming is exact. The zero-shot
-evaluator and vit_jax.predict embed every template with every class name (vit_jax/zeroshot.py).
+evaluator and vit_jax.predict embed every template with every class name (vit_jax/inference/zeroshot.py).
 
 The tokenizer is the model's (config.model.pp.tokenizer_name) over config.lit.vocab_path, or, when that is empty, over
 a SentencePiece word vocabulary trained on the captions themselves (every template with every class name): the same
@@ -24,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import errors, io, sources, tokenizers
+from vit_jax import errors, io
+from vit_jax.data import sources, tokenizers
 
 TEMPLATES = {
     'photo': ('a photo of a {}.',),
@@ -186,5 +187,5 @@ class Captions:
 
   def prompts(self) -> np.ndarray:
     """int32 [classes * templates, max_len]: every class name in every template, class-major (the zero-shot
-    classifier's texts, vit_jax/zeroshot.py's order)."""
+    classifier's texts, vit_jax/inference/zeroshot.py's order)."""
     return self.tokenizer([t.format(n) for n in self.names for t in self.templates])

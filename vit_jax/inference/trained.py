@@ -1,11 +1,11 @@
 """A trained model for the after-training tools (predict, visualize, export): config, model, params, class names.
 
 Two sources, the same result (`Trained`):
-  * a run's workdir (`load_run`): its config (config.json over the current defaults: vit_jax/workdir.py), the
+  * a run's workdir (`load_run`): its config (config.json over the current defaults: vit_jax/runtime/workdir.py), the
     parameters of its latest Orbax checkpoint or of its params.npz, whichever was written last (only the parameters
     are restored: no optimiser state is read), and its class_names.json;
   * a release-layout `.npz` with a preset name (`load_npz`): the shared config defaults with that model.
-The model is built as the trainer builds it (vit_jax/state.py), fast paths included, and the parameters are put in
+The model is built as the trainer builds it (vit_jax/training/state.py), fast paths included, and the parameters are put in
 its layout (stacked blocks for `scan_layers`). Images go through the evaluation preprocessing
 (`preprocess.eval_image`, the one function the evaluators use too) in `image_batches`.
 """
@@ -20,8 +20,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, io, models, preprocess, run_checkpoints, state, utils
-from vit_jax import workdir as workdir_lib
+from vit_jax import checkpoint, io, models, utils
+from vit_jax.data import preprocess
+from vit_jax.training import checkpoints as run_checkpoints, state
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import check
 
 log = logging.getLogger(__name__)

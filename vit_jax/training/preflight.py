@@ -5,7 +5,9 @@ Every problem is a ConfigError naming the field, as the schema's are.
 """
 import jax
 
-from vit_jax import augreg, checkpoint, dataset_names, io, sharding, state
+from vit_jax import augreg, checkpoint, io, sharding
+from vit_jax.configs import dataset_names
+from vit_jax.training import state
 from vit_jax.configs import check, choices
 
 

@@ -1,5 +1,5 @@
 """The LiT text towers' tokenizers, without TensorFlow: the same token ids and padding as vision_transformer's
-TensorFlow Text tokenizers (its vit_jax/preprocess.py), from the released vocabulary files (local or gs://).
+TensorFlow Text tokenizers (its vit_jax/data/preprocess.py), from the released vocabulary files (local or gs://).
 
   'bert'           WordPiece over a vocabulary .txt (one token per line), through Hugging Face `tokenizers`: lower
                    case, accents stripped, split on whitespace, punctuation and CJK characters, as TensorFlow Text's

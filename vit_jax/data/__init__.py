@@ -1,0 +1,1 @@
+"""Input: global positions -> batches; sources, preprocessing, captions, tokenizers, TFDS builders."""

@@ -1,0 +1,1 @@
+"""A trained model for predict, visualize and export; zero-shot classifiers; attention maps."""

@@ -1,0 +1,1 @@
+"""The run directory, its lock, the one clock (goodput), watchdog, preemption, distributed."""

@@ -1,0 +1,1 @@
+"""What differs between objectives (classification, image-text): losses and task objects."""

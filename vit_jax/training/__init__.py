@@ -1,0 +1,1 @@
+"""The training run: state, train step, optimizer, run checkpoints, metric writers, the loop."""
