@@ -36,7 +36,7 @@ setuptools.setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "ruff==0.17.6"],  # ruff: pinned, so its format is stable.
         "tpu": ["jax[tpu]>=0.10.0,<0.13"],  # Cloud TPU VMs (libtpu).
         "cuda": ["jax[cuda13]>=0.10.0,<0.13"],  # NVIDIA GPUs: CUDA 13 wheels, what JAX's install guide leads with.
         "cuda12": ["jax[cuda12]>=0.10.0,<0.13"],  # NVIDIA GPUs whose driver is too old for CUDA 13.
