@@ -34,10 +34,10 @@ def test_the_usage_line_spells_out_short_choices():
 @pytest.mark.parametrize('arg, message', [
     ('ViT-B_16,mnist', "Bad dataset='mnist' in 'ViT-B_16,mnist'; valid: cifar10, pets."),
     ('ViT-B_16,pets,epochs=45', "Bad epochs='45' in 'ViT-B_16,pets,epochs=45'; valid: 90, 300."),
-    ('ViT-B_16,pets,lr=1', "Bad config argument 'lr=1' in 'ViT-B_16,pets,lr=1'; usage: configs/x.py:"
-     '<model>,<dataset>[,epochs=90|300][,aug=<aug>]; keys: epochs, aug.'),
-    ('ViT-B_16', "Missing <dataset> in 'ViT-B_16'; usage: configs/x.py:<model>,<dataset>[,epochs=90|300]"
-     '[,aug=<aug>]; dataset: cifar10, pets.'),
+    ('ViT-B_16,pets,lr=1', "Bad config argument 'lr=1' in 'ViT-B_16,pets,lr=1'; usage: "
+     'configs/x.py:<model>,<dataset>[,epochs=90|300][,aug=<aug>]; keys: epochs, aug.'),
+    ('ViT-B_16', "Missing <dataset> in 'ViT-B_16'; usage: configs/x.py:<model>,<dataset>"
+     '[,epochs=90|300][,aug=<aug>]; dataset: cifar10, pets.'),
     ('', "Missing <model> in ''; usage: configs/x.py:"),
     ('ViT-B_16,pets,x', "Bad config argument 'x' in 'ViT-B_16,pets,x' (2 value(s) at most, then "
      'key=value); usage: configs/x.py:'),
@@ -51,7 +51,8 @@ def test_a_bad_argument_is_one_error_naming_it_and_what_is_valid(arg, message):
 
 
 def test_split_spec_splits_at_the_first_colon_as_config_flags_does():
-  assert args.split_spec('configs/vit.py:ViT-B_16,cifar10') == ('configs/vit.py', 'ViT-B_16,cifar10')
+  assert args.split_spec('configs/vit.py:ViT-B_16,cifar10') == ('configs/vit.py',
+                                                                 'ViT-B_16,cifar10')
   assert args.split_spec('configs/x.py:a:b') == ('configs/x.py', 'a:b')
   assert args.split_spec('configs/x.py:') == ('configs/x.py', '')
   assert args.split_spec('configs/x.py') == ('configs/x.py', None)
@@ -73,12 +74,15 @@ def test_the_config_files_errors_come_from_the_grammar():
     vit_configs.get_config('ViT-B_16')
   with pytest.raises(ValueError, match=r"^Bad dataset='mnist' in 'ViT-B_16,mnist'; valid: cifar10"):
     vit_configs.get_sweep(None, 'ViT-B_16,mnist')
-  with pytest.raises(ValueError, match=r"^Bad config argument 'aug=light1' in 'ViT-S_16,aug=light1'; "
-                     r'usage: configs/pretrain_i1k.py:<model>\[,epochs=90\|150\|300\]; keys: epochs.'):
+  with pytest.raises(ValueError, match=r"^Bad config argument 'aug=light1' in 'ViT-S_16,aug=light1'"
+                     r'; usage: configs/pretrain_i1k.py:<model>\[,epochs=90\|150\|300\]; '
+                     r'keys: epochs.'):
     pretrain_i1k.get_config('ViT-S_16,aug=light1')
-  with pytest.raises(ValueError, match=r"^Bad task='cifar10' in 'task=cifar10'; valid: digits, stripes."):
+  with pytest.raises(ValueError, match=r"^Bad task='cifar10' in 'task=cifar10'; valid: digits, "
+                     r'stripes.'):
     transfer_offline.get_config('task=cifar10')
   with pytest.raises(ValueError, match=r"^Bad config argument 'steps=5' in 'steps=5'; usage: "
-                     r'configs/transfer_\*.py:\[task=digits\|stripes\]\[,model=<model>\]; keys: task'):
+                     r'configs/transfer_\*.py:\[task=digits\|stripes\]\[,model=<model>\]; '
+                     r'keys: task'):
     transfer_offline.get_sweep(None, 'steps=5')
   assert transfer_offline.get_config('').dataset == 'sklearn_digits'  # No task: the suite's first.
