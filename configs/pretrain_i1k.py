@@ -13,11 +13,13 @@ from vit_jax import models
 from vit_jax.configs import args, augmentation, common, recipes
 
 EPOCHS = ('90', '150', '300')
-USAGE = 'configs/pretrain_i1k.py:<model>[,epochs=90|150|300]'
+ARGS = args.Grammar('configs/pretrain_i1k.py', positional=('model',), keywords=('epochs',),
+                    valid={'epochs': EPOCHS})
 
 
 def get_config(arg: str = 'ViT-S_16'):
-  model, options = args.parse(arg, usage=USAGE, options={'epochs': EPOCHS})
+  options = ARGS.parse(arg)
+  model = options['model']
   config = common.get_config()
   config.model = models.get_model_config(model)
   config.model.classifier = 'gap'

@@ -18,11 +18,13 @@ from vit_jax.data.datasets import imagenet21k
 DEFAULT_AUG = {'ViT-Ti_16': 'none', 'ViT-S_32': 'none', 'ViT-S_16': 'light1', 'ViT-B_32': 'light2',
                'ViT-B_16': 'light2', 'ViT-L_16': 'medium2'}
 EPOCHS = ('300', '90', '30')
-USAGE = 'configs/pretrain_i21k.py:<model>[,aug=<level>][,epochs=300|90|30]'
+ARGS = args.Grammar('configs/pretrain_i21k.py', positional=('model',), keywords=('aug', 'epochs'),
+                    valid={'aug': tuple(augmentation.AUGREG_LEVELS), 'epochs': EPOCHS})
 
 
 def get_config(arg: str = 'ViT-B_16'):
-  model, options = args.parse(arg, usage=USAGE, options={'aug': tuple(augmentation.AUGREG_LEVELS), 'epochs': EPOCHS})
+  options = ARGS.parse(arg)
+  model = options['model']
   config = common.get_config()
   config.model = models.get_model_config(model)  # Raises with the valid names.
   config.model.transformer.dropout_rate = 0.0

@@ -10,8 +10,8 @@ pretrained Mixer fine-tunes at the resolution it was trained at (gs://mixer_mode
 
 `get_sweep` is the fine-tuning grid for launch.sweep: python -m launch.sweep --config=configs/vit.py:ViT-B_16,cifar10
 """
-from vit_jax.configs import common
 from vit_jax import models
+from vit_jax.configs import args, common
 
 # dataset -> (train split, eval split, total steps, base learning rate).
 DATASETS = {
@@ -30,16 +30,15 @@ MIXER_IMAGE_SIZE = 224  # The release Mixers' resolution (their token-mixing MLP
 SWEEP_LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)
 SWEEP_STEPS = {'cifar10': (2_500, 10_000), 'cifar100': (2_500, 10_000), 'imagenet2012': (10_000, 20_000),
                'oxford_iiit_pet': (500, 2_500), 'oxford_flowers102': (500, 2_500)}
+# The argument, '<model>,<dataset>' (vit_jax/configs/presets.py checks the model's name).
+ARGS = args.Grammar('configs/vit.py', positional=('model', 'dataset'),
+                    valid={'dataset': tuple(DATASETS)})
 
 
 def get_config(arg: str = 'ViT-B_16,cifar10'):
-  try:
-    model, dataset = arg.split(',')
-  except ValueError:
-    raise ValueError(f'configs/vit.py expects "<model>,<dataset>", got {arg!r}; models: '
-                     f'{", ".join(models.MODEL_NAMES)}; datasets: {", ".join(DATASETS)}.') from None
-  if dataset not in DATASETS:
-    raise ValueError(f'Unknown dataset {dataset!r} for configs/vit.py; valid: {", ".join(DATASETS)}.')
+  parsed = ARGS.parse(arg)
+  model = parsed['model']
+  dataset = parsed['dataset']
   train_split, eval_split, total_steps, lr = DATASETS[dataset]
 
   config = common.get_config()
@@ -68,8 +67,6 @@ def get_config(arg: str = 'ViT-B_16,cifar10'):
 
 def get_sweep(h, arg: str = 'ViT-B_16,cifar10'):
   """8 runs: every learning rate of SWEEP_LEARNING_RATES for each duration of SWEEP_STEPS[dataset] (launch/hyper.py)."""
-  dataset = arg.split(',')[-1]
-  if dataset not in SWEEP_STEPS:
-    raise ValueError(f'Unknown dataset {dataset!r} for configs/vit.py; valid: {", ".join(SWEEP_STEPS)}.')
+  dataset = ARGS.parse(arg)['dataset']
   return h.product([h.sweep('config.schedule.base_lr', SWEEP_LEARNING_RATES),
                     h.sweep('config.total_steps', SWEEP_STEPS[dataset])])

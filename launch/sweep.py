@@ -28,6 +28,7 @@ import time
 
 from launch import hyper, record, shell
 from vit_jax import io
+from vit_jax.configs import args as config_args
 from vit_jax.runtime import workdir as workdir_lib
 
 
@@ -44,7 +45,7 @@ class Run:
 
 
 def load_config_module(config_spec: str):
-  path = config_spec.split(':', 1)[0]
+  path = config_args.split_spec(config_spec)[0]
   if not os.path.isfile(path):
     raise ValueError(f'Config file {path!r} not found (from --config={config_spec}).')
   spec = importlib.util.spec_from_file_location(f'_sweep_config_{abs(hash(path))}', path)
@@ -58,14 +59,14 @@ def expand(config_spec: str, cli_sweeps) -> list[dict]:
   if cli_sweeps:
     return hyper.parse_cli(cli_sweeps)
   module = load_config_module(config_spec)
+  path, arg = config_args.split_spec(config_spec)
   get_sweep = getattr(module, 'get_sweep', None)
   if get_sweep is None:
-    raise ValueError(f'No sweep: pass --sweep KEY=V1,V2 or define get_sweep(h) in {config_spec.split(":")[0]}.')
-  _, sep, arg = config_spec.partition(':')
+    raise ValueError(f'No sweep: pass --sweep KEY=V1,V2 or define get_sweep(h) in {path}.')
   takes_arg = len(inspect.signature(get_sweep).parameters) > 1
-  if sep and not takes_arg:
+  if arg is not None and not takes_arg:
     raise ValueError(f'get_sweep in {config_spec} takes no config argument, but --config has ":{arg}".')
-  runs = get_sweep(hyper, arg) if sep else get_sweep(hyper)
+  runs = get_sweep(hyper, arg) if arg is not None else get_sweep(hyper)
   return [{hyper.key(k): v for k, v in run.items()} for run in runs]
 
 
@@ -263,7 +264,7 @@ def main_run(argv) -> int:
     sweeps = expand(args.config, args.sweep)
   except ValueError as e:
     parser.error(str(e))
-  config_name = os.path.splitext(os.path.basename(args.config.split(':')[0]))[0]
+  config_name = os.path.splitext(os.path.basename(config_args.split_spec(args.config)[0]))[0]
   sweep_dir = args.sweep_dir or os.path.join('runs', f'{config_name}_sweep')
   runner = shell.Runner(dry_run=args.dry_run)
   try:

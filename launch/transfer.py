@@ -26,6 +26,7 @@ from launch import sweep as sweep_lib
 from launch import transfer_report
 from vit_jax import io
 from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.configs import args as config_args
 from vit_jax.configs import fields, presets
 
 FEWSHOT_FILE = 'fewshot.json'
@@ -148,7 +149,7 @@ def plan(args, suite: dict, pretrained: Pretrained, fixed: dict) -> dict[str, li
 
 
 def task_spec(suite_spec: str, task: str, pretrained: Pretrained) -> str:
-  return f'{suite_spec.split(":", 1)[0]}:task={task},model={pretrained.preset}'
+  return f'{config_args.split_spec(suite_spec)[0]}:task={task},model={pretrained.preset}'
 
 
 def run_fewshot(suite: dict, pretrained: Pretrained, planned: dict, out: str) -> dict[str, float]:

@@ -11,6 +11,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from vit_jax.configs import args as config_args
+
 # The offline demo config, inside the package so that an installed vit_jax (no clone) runs it too.
 PROG = 'vit_jax.main'  # How every error line of this command begins.
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
@@ -71,7 +73,7 @@ def _maybe_initialize_distributed(jax) -> None:
 
 
 def _default_workdir(config_path: str) -> str:
-  name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
+  name = os.path.splitext(os.path.basename(config_args.split_spec(config_path)[0]))[0]
   return os.path.join('runs', name)
 
 
@@ -144,7 +146,7 @@ def _missing_config_file(argv) -> str | None:
   for arg in argv[1:]:
     if arg.startswith('--config=') or arg == '--config':
       spec = arg.split('=', 1)[1] if '=' in arg else argv[argv.index(arg) + 1] if arg != argv[-1] else ''
-      path = spec.split(':', 1)[0]
+      path = config_args.split_spec(spec)[0]
       if path and not os.path.isfile(path):
         return (f'--config={spec}: no config file {path!r} (from {os.getcwd()}); give a Python file that defines '
                 'get_config(), e.g. --config=configs/vit.py:ViT-B_16,cifar10')

@@ -13,7 +13,7 @@ selection reads, and eval/test/accuracy the test accuracy, which only the report
 """
 import ml_collections
 
-from vit_jax.configs import common, presets
+from vit_jax.configs import args, common, presets
 
 TASK_DEFAULTS = dict(
     dataset='', train='train', val='', test='test', steps=500, warmup=100, image_size=384, crop='inception',
@@ -38,26 +38,24 @@ def suite(*, name: str, tasks: dict, fewshot: dict | None = None, published: dic
   return {'name': name, 'tasks': dict(tasks), 'fewshot': dict(fewshot or {}), 'published': dict(published or {})}
 
 
-def parse_arg(arg: str) -> dict[str, str]:
-  """'task=cifar10,model=ViT-B_32' -> {'task': 'cifar10', 'model': 'ViT-B_32'}."""
-  out = {}
-  for part in filter(None, (arg or '').split(',')):
-    key, sep, value = part.partition('=')
-    if not sep or key not in ('task', 'model'):
-      raise ValueError(f'A transfer suite takes "task=<name>,model=<preset>", got {arg!r}.')
-    out[key] = value
-  return out
+def grammar(the_suite: dict) -> args.Grammar:
+  """The argument of a suite's get_config and get_sweep (vit_jax/configs/args.py):
+  [task=<name>][,model=<preset>], the task one of the suite's."""
+  return args.Grammar('configs/transfer_*.py', keywords=('task', 'model'),
+                      valid={'task': tuple(the_suite['tasks'])})
+
+
+def _task(the_suite: dict, arg: str) -> tuple[dict, dict]:
+  """(the parsed argument, the task it names: the suite's first when it names none)."""
+  parsed = grammar(the_suite).parse(arg)
+  return parsed, the_suite['tasks'][parsed.get('task') or next(iter(the_suite['tasks']))]
 
 
 def task_config(the_suite: dict, arg: str) -> ml_collections.ConfigDict:
   """The fine-tuning config of the task that `arg` names (module doc), from vit_jax/configs/common.py."""
-  args = parse_arg(arg)
-  name = args.get('task') or next(iter(the_suite['tasks']))
-  if name not in the_suite['tasks']:
-    raise ValueError(f'Suite {the_suite["name"]!r} has no task {name!r}; its tasks: {", ".join(the_suite["tasks"])}.')
-  t = the_suite['tasks'][name]
+  parsed, t = _task(the_suite, arg)
   config = common.get_config()
-  config.model = presets.get_model_config(args.get('model') or 'ViT-B_16')
+  config.model = presets.get_model_config(parsed.get('model') or 'ViT-B_16')
   config.dataset = t['dataset']
   config.train_split = t['train']
   config.eval_split = f'val={t["val"]},test={t["test"]}'
@@ -78,8 +76,7 @@ def task_config(the_suite: dict, arg: str) -> ml_collections.ConfigDict:
 
 def task_sweep(the_suite: dict, h, arg: str) -> list[dict]:
   """The grid of the task `arg` names: its learning rates, times its seeds when it asks for several."""
-  name = parse_arg(arg).get('task') or next(iter(the_suite['tasks']))
-  t = the_suite['tasks'][name]
+  _, t = _task(the_suite, arg)
   parts = [h.sweep('config.schedule.base_lr', list(t['lrs']))]
   if t['seeds'] > 1:
     parts.append(h.sweep('config.seed', list(range(t['seeds']))))

@@ -18,7 +18,11 @@ Eval (`config.pp.eval_resize`, `config.pp.eval_crop_fraction` = f, S = `image_si
   square        resize to round(S / f) square (antialiased), keep the central S x S (f = 1: a plain resize);
   shorter_side  resize the shorter side to round(S / f) keeping the aspect ratio (antialiased), keep the central
                 S x S: the recipes' 'resize 256, central crop 224' is S = 224, f = 0.875.
+vision_transformer's LiT preprocessing (its vit_jax/preprocess.py; here without TensorFlow):
+  PreprocessImages(size, crop)  uint8 images -> float32 [n, size, size, 3] in [-1, 1]
+  get_pp(...)                   one example's features: 'image' preprocessed, 'text' -> 'tokens'
 """
+import dataclasses
 import io
 import math
 
@@ -28,6 +32,7 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 
 from vit_jax.configs.choices import EVAL_RESIZES, TRAIN_CROPS  # noqa: F401  (the values config.pp takes)
+from vit_jax.data import tokenizers
 
 try:  # libjpeg-turbo with DCT-domain scaling; PIL decodes everything when it is missing.
   import simplejpeg
@@ -205,3 +210,53 @@ def to_float(images):
   if images.dtype == np.uint8:
     return images.astype(np.float32) / 127.5 - 1.0
   return images
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessImages:
+  """vision_transformer's LiT image preprocessing, called on a sequence of uint8 [H, W, 3] images:
+  a bilinear resize (`resize`, as TF's) to size x size, or with `crop` of the shorter side to `size`
+  (the other to round(side * size / shorter), in float32 as TF computes it) and then the central
+  size x size; values to [-1, 1] (`to_float`). The reference truncates TF's float resize to uint8
+  where `resize` rounds: a value here is the reference's or one grey level (2 / 255) above it."""
+
+  size: int
+  crop: bool = False
+
+  def _one(self, image) -> np.ndarray:
+    image = to_rgb(np.asarray(image, np.uint8))
+    if not self.crop:
+      return resize(image, self.size)
+    shape = np.array(image.shape[:2], np.float32)
+    shape = np.round(shape * (np.float32(self.size) / shape.min())).astype(int)
+    image = resize(image, tuple(shape.tolist()))
+    top, left = (shape - self.size) // 2
+    return image[top:top + self.size, left:left + self.size]
+
+  def __call__(self, images) -> np.ndarray:
+    return to_float(np.stack([self._one(image) for image in images]))
+
+  def preprocess_tf(self, image):
+    """The reference's TensorFlow graph op: not here (raises, saying what to call instead)."""
+    raise NotImplementedError(
+        'PreprocessImages.preprocess_tf: TensorFlow preprocessing is not supported here (vit_jax '
+        'runs without TensorFlow); call the instance on a list of uint8 images instead (NumPy).')
+
+
+def get_pp(*, tokenizer_name: str, vocab_path: str, max_len: int, size: int, crop: bool = False):
+  """vision_transformer's `get_pp`: a function on one example's features (a dict) that returns a
+  copy with 'image' (uint8 [H, W, 3]) preprocessed by PreprocessImages(size, crop) and 'text' (a
+  str) tokenized into a new 'tokens' (int32 [max_len]) by the tokenizer `tokenizer_name`; a feature
+  that is absent is left so, the others pass unchanged."""
+  tokenizer = tokenizers.get_tokenizer(tokenizer_name)(vocab_path=vocab_path, max_len=max_len)
+  images = PreprocessImages(size=size, crop=crop)
+
+  def pp(features: dict) -> dict:
+    features = dict(features)
+    if 'image' in features:
+      features['image'] = images([features['image']])[0]
+    if 'text' in features:
+      features['tokens'] = tokenizer([features['text']])[0]
+    return features
+
+  return pp

@@ -90,22 +90,16 @@ class LitModel(nn.Module):
                                                               max_len=self.pp['max_len'])
 
   def get_image_preprocessing(self, crop: bool = False):
-    """A function: uint8 images [H, W, 3] -> float32 [n, size, size, 3] in [-1, 1] (`PreprocessImages`)."""
-    return PreprocessImages(size=self.pp['size'], crop=crop)
+    """A function: uint8 images [H, W, 3] -> float32 [n, size, size, 3] in [-1, 1]
+    (vit_jax/data/preprocess.py's PreprocessImages)."""
+    return preprocess.PreprocessImages(size=self.pp['size'], crop=crop)
 
   def get_pp(self, crop: bool = False, vocab_path: str | None = None):
     """A function on one example's features: 'image' (uint8) is resized as `get_image_preprocessing`, and 'text' is
     tokenized into a new feature 'tokens'; other features pass."""
-    tokenizer, images = self.get_tokenizer(vocab_path), self.get_image_preprocessing(crop)
-
-    def pp(features):
-      features = dict(features)
-      if 'image' in features:
-        features['image'] = images([features['image']])[0]
-      if 'text' in features:
-        features['tokens'] = tokenizer([features['text']])[0]
-      return features
-    return pp
+    return preprocess.get_pp(tokenizer_name=self.pp['tokenizer_name'],
+                             vocab_path=vocab_path or self.vocab_path, max_len=self.pp['max_len'],
+                             size=self.pp['size'], crop=crop)
 
   @nn.compact
   def __call__(self, *, images=None, tokens=None):
@@ -129,24 +123,3 @@ class LitModel(nn.Module):
     if self.bias_init is not None:
       out['b'] = self.param('b', nn.initializers.constant(self.bias_init), (1,), jnp.float32)
     return zimg, ztxt, out
-
-
-class PreprocessImages:
-  """The reference's image preprocessing: a bilinear resize to size x size (`crop`: the shorter side to `size`,
-  then the central square), values to [-1, 1]. Takes a sequence of uint8 [H, W, 3] images."""
-
-  def __init__(self, size: int, crop: bool = False):
-    self.size, self.crop = size, crop
-
-  def _one(self, image) -> np.ndarray:
-    image = preprocess.to_rgb(np.asarray(image, np.uint8))
-    if not self.crop:
-      return preprocess.resize(image, self.size)
-    h, w = image.shape[:2]
-    ratio = self.size / min(h, w)
-    image = preprocess.resize(image, (int(round(h * ratio)), int(round(w * ratio))))
-    top, left = (image.shape[0] - self.size) // 2, (image.shape[1] - self.size) // 2
-    return image[top:top + self.size, left:left + self.size]
-
-  def __call__(self, images) -> np.ndarray:
-    return preprocess.to_float(np.stack([self._one(image) for image in images]))
