@@ -71,6 +71,8 @@ def test_a_valid_config_passes_and_is_returned():
      "config.evals.val is a 'retrieval' entry, which scores captions"),
     ({'evals.val': {'every_steps': 5}},
      "config.evals.val={'every_steps': 5} must be an entry with a type"),
+    ({'evals.val': {'type': 'classification'}, 'fewshot.datasets': 'cifar100:train:test'},
+     "config.fewshot.datasets='cifar100:train:test' is set, but config.evals has no 'fewshot'"),
 ])
 def test_each_bad_value_is_named_with_what_is_valid(overrides, message):
   assert message in _problem(**overrides)

@@ -5,7 +5,8 @@ the evaluation of eval_split and fewshot (vit_jax/evaluators/__init__.py's `defa
 `problems` is this field's part of the config check (vit_jax/configs/check.py runs it): each entry's
 type is one of choices.EVAL_TYPES (the closest named for a typo), its options are its type's
 (choices.EVAL_OPTIONS), its cadence is at least one step, its prefix a string, no two entries of one
-type share a prefix (their metrics would overwrite each other), and each option's value is valid.
+type share a prefix (their metrics would overwrite each other), and each option's value is valid;
+config.fewshot.datasets is not left unprobed by entries without a few-shot one.
 `fewshot_problems` is the one rule of few-shot options: config.fewshot's and a few-shot entry's.
 """
 from vit_jax.configs import choices
@@ -104,4 +105,11 @@ def problems(config) -> list[str]:
     else:
       prefixes[kind, prefix] = name
     _options(out, config, where, kind, entry)
+  types = [entry.get('type') for entry in config.evals.values() if hasattr(entry, 'get')]
+  if types and config.fewshot.datasets and 'fewshot' not in types:
+    out.append(
+        f'config.fewshot.datasets={config.fewshot.datasets!r} is set, but config.evals has no '
+        "'fewshot' entry to probe them (its entries replace the default evaluators): add "
+        "dict(type='fewshot'), or set fewshot.datasets to ''."
+    )
   return out
