@@ -53,9 +53,42 @@ def test_a_valid_config_passes_and_is_returned():
                                              'name:train_split:test_split'),
     ({'total_epochs': 2.0, 'total_examples': 100}, 'config.total_epochs=2.0 and config.total_examples=100 are both set'),
     ({'log_every_steps': 0}, 'config.log_every_steps=0 must be >= 1'),
+    ({'evals.val': {'type': 'clasification'}},
+     "config.evals.val.type='clasification' is not one of 'classification', 'zeroshot', "
+     "'retrieval', 'fewshot' (did you mean 'classification'?)"),
+    ({'evals.val': {'type': 'classification', 'every_steps': 0}},
+     'config.evals.val.every_steps=0 must be >= 1'),
+    ({'evals.val': {'type': 'classification', 'splt': 'test'}},
+     "config.evals.val.splt is not an option of a 'classification' evaluator, which takes type, "
+     "prefix, every_steps, split (did you mean 'split'?)"),
+    ({'evals.val': {'type': 'classification', 'split': 'a=test'}},
+     "config.evals.val.split='a=test' must be one split"),
+    ({'evals.probe': {'type': 'fewshot', 'datasets': 'cifar100:train'}},
+     "config.evals.probe.datasets entry 'cifar100:train' is not name:train_split"),
+    ({'evals.probe': {'type': 'fewshot'}},
+     "config.evals.probe is a 'fewshot' entry without datasets"),
+    ({'evals.val': {'type': 'retrieval'}},
+     "config.evals.val is a 'retrieval' entry, which scores captions"),
+    ({'evals.val': {'every_steps': 5}},
+     "config.evals.val={'every_steps': 5} must be an entry with a type"),
+    ({'evals.val': {'type': 'classification'}, 'fewshot.datasets': 'cifar100:train:test'},
+     "config.fewshot.datasets='cifar100:train:test' is set, but config.evals has no 'fewshot'"),
 ])
 def test_each_bad_value_is_named_with_what_is_valid(overrides, message):
   assert message in _problem(**overrides)
+
+
+def test_evals_entries_pass_and_two_of_a_type_need_their_own_prefixes():
+  entries = {
+      'evals.val': {'type': 'classification', 'prefix': 'val/', 'every_steps': 2, 'split': 'test'},
+      'evals.probe': {'type': 'fewshot', 'datasets': 'cifar100:train:test', 'shots': (1,)},
+  }
+  check.validate(tiny.train_config(**entries), devices=8)
+  text = _problem(**entries, **{'evals.test': {'type': 'classification', 'prefix': 'val/'}})
+  assert (
+      "config.evals.val and config.evals.test are both 'classification' entries with prefix "
+      "'val/': their metrics would overwrite each other"
+  ) in text
 
 
 def test_every_problem_is_listed_at_once():

@@ -9,12 +9,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
-from ml_collections.config_dict import FieldReference
+from ml_collections.config_dict import ConfigDict, FieldReference
 
 import tiny
 from vit_jax import models
-from vit_jax.configs import check
+from vit_jax.configs import check, loading
 from vit_jax.configs import models as model_configs
+from vit_jax.runtime import workdir as workdir_lib
 
 REPO = tiny.REPO
 
@@ -66,9 +67,37 @@ def test_every_field_of_every_config_file_round_trips_through_the_command_line(p
     if kind is type(None):  # Only a pure ViT's `model.resnet` (LiT: model.image.resnet): choose a hybrid instead.
       assert name in ('model.resnet', 'model.image.resnet'), name
       continue
+    if kind is ConfigDict:  # Only an empty config.evals: a config file names its entries (below).
+      assert name == 'evals', name
+      continue
     new = _other_value(_get(base, name), kind)
     text = repr(new) if kind is tuple else str(new)
     assert _get(tiny.main_config(path, [f'--config.{name}={text}']), name) == new, name
+
+
+EVALS_CONFIG = """from vit_jax.configs import common
+
+
+def get_config():
+  config = common.get_config()
+  config.dataset = 'cifar10'
+  config.evals.val = dict(type='classification', prefix='val/', every_steps=50, split='train[:10]')
+  return config
+"""
+
+
+def test_a_config_file_names_its_evaluators_and_they_round_trip(tmp_path):
+  path = tmp_path / 'evals_config.py'
+  path.write_text(EVALS_CONFIG)
+  overrides = ['--config.evals.val.every_steps=7', '--config.evals.val.prefix=v/']
+  config = loading.from_command_line(str(path), overrides)
+  assert config.evals.to_dict() == {
+      'val': {'type': 'classification', 'prefix': 'v/', 'every_steps': 7, 'split': 'train[:10]'}
+  }
+  check.validate(config)
+  stored = workdir_lib.as_dict(config)  # What config.json holds.
+  assert loading.from_dict(stored).evals.to_dict() == config.evals.to_dict()
+  assert loading.from_dict({'dataset': 'cifar10'}).evals.to_dict() == {}  # A run before evals.
 
 
 def test_none_and_wider_typed_fields_take_their_real_type():

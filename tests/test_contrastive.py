@@ -125,3 +125,22 @@ def test_zeroshot_accuracy_by_hand():
   zimg = np.array([[0.9, 0.1, 0.0], [0.2, 0.1, 0.8], [0.0, 0.7, 0.3], [0.6, 0.5, 0.0]])
   assert contrastive.zeroshot_accuracy(zimg, zclass, [0, 2, 1, 1]) == 0.75  # The last is nearer class 0.
   assert contrastive.zeroshot_accuracy(jnp.asarray(zimg), zclass, np.array([0, 2, 1, 0])) == 1.0
+
+
+def test_the_zero_shot_rule_is_one_in_numpy_and_under_jit():
+  """The evaluator's (jitted, float32) and predict's (NumPy, float64) class embeddings and logits
+  are one rule."""
+  rng = np.random.default_rng(0)
+  ztxt = rng.normal(size=(3 * 2, 4))  # 3 classes, 2 prompts each, class-major.
+  zimg = rng.normal(size=(5, 4))
+  z = contrastive.class_embeddings(ztxt, 3)
+  assert isinstance(z, np.ndarray) and z.dtype == np.float64
+  np.testing.assert_allclose(z[1], (ztxt[2] + ztxt[3]) / np.linalg.norm(ztxt[2] + ztxt[3]))
+  jitted_rule = jax.jit(contrastive.class_embeddings, static_argnums=1)
+  jitted = jitted_rule(jnp.asarray(ztxt, jnp.float32), 3)
+  np.testing.assert_allclose(jitted, z, rtol=1e-5, atol=1e-6)
+  logits = contrastive.zeroshot_logits(zimg, z, 2.0)
+  np.testing.assert_allclose(logits, 2.0 * zimg @ z.T)
+  jitted_logits = jax.jit(contrastive.zeroshot_logits)(zimg, jitted, 2.0)
+  np.testing.assert_allclose(jitted_logits, logits, rtol=1e-5, atol=1e-5)
+  assert contrastive.zeroshot_accuracy(zimg, z, logits.argmax(axis=1)) == 1.0

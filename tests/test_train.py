@@ -15,7 +15,7 @@ import pytest
 
 import fake_gcs
 import tiny
-from vit_jax import checkpoint, sharding
+from vit_jax import checkpoint, evaluators, sharding
 from vit_jax.data import input_pipeline, preprocess
 from vit_jax.evaluators import common as evaluate
 from vit_jax.models import flops
@@ -101,23 +101,23 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
   images = np.concatenate([r[0] for r in real])
   labels = np.concatenate([r[1] for r in real])
   logits = np.asarray(model.apply({'params': params}, preprocess.to_float(images)))
-  assert len(batches) == 2 and len(labels) == 9 and result['eval/num_examples'] == 9
-  assert result['eval/accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == labels), abs=1e-7)
+  assert len(batches) == 2 and len(labels) == 9 and result['num_examples'] == 9
+  assert result['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == labels), abs=1e-7)
   log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
       -1, keepdims=True)
-  assert result['eval/loss'] == pytest.approx(-np.mean(log_probs[np.arange(9), labels]), rel=1e-5)
+  assert result['loss'] == pytest.approx(-np.mean(log_probs[np.arange(9), labels]), rel=1e-5)
   label_logits = logits[np.arange(9), labels][:, None]
-  assert result['eval/top5'] == pytest.approx(np.mean((logits > label_logits).sum(-1) < 5), abs=1e-7)
+  assert result['top5'] == pytest.approx(np.mean((logits > label_logits).sum(-1) < 5), abs=1e-7)
 
 
 def test_evaluation_runs_one_jitted_program_per_batch_and_nothing_eager(tmp_path, caplog):
   # Eager ops on global arrays between the eval steps are each a small multi-process program of their own; with
   # another thread dispatching, processes could run them in different orders and wait forever (issue 31).
-  from vit_jax.evaluators import classification
   root = tiny.image_folder(tmp_path, train_per_class=2, test_per_class=3)  # 9 test images: 2 batches of 8.
   config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'eval_batch_size': 8})
   mesh, model, train_state, _ = _setup(config)
-  evaluator = classification.ClassificationEvaluator(name='val', prefix='val/', config=config, model=model, mesh=mesh)
+  entry = {'type': 'classification', 'prefix': 'val/'}
+  evaluator = evaluators.make('val', entry, config, model, mesh)
   with jax.set_mesh(mesh):
     evaluator.run(train_state['params'])  # Compiles what an evaluation runs.
     jax.clear_caches()

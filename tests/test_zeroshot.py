@@ -1,5 +1,6 @@
 """vit_jax/inference/zeroshot.py and `vit_jax.predict --model=LiT-... --classes=...`: zero-shot classification with a LiT model,
-the class embeddings from prompt templates, and the command line's errors."""
+the class embeddings from prompt templates (vit_jax/tasks/contrastive.py's rule), and the command
+line's errors."""
 import json
 
 import jax
@@ -10,17 +11,22 @@ from PIL import Image
 
 import tiny
 from vit_jax import checkpoint, models, predict
+from vit_jax.data import captions
 from vit_jax.inference import trained as inference, zeroshot
 from vit_jax.models import lit
+from vit_jax.tasks import contrastive
 
 
 def test_a_class_embedding_is_the_normalised_mean_of_its_prompts():
   vectors = {'a photo of a cat.': [1.0, 0.0], 'a drawing of a cat.': [0.0, 1.0], 'a photo of a dog.': [0.6, 0.8],
              'a drawing of a dog.': [0.6, 0.8]}
-  z = zeroshot.class_embeddings(lambda texts: np.array([vectors[t] for t in texts]), ['cat', 'dog'],
-                                ['a photo of a {}.', 'a drawing of a {}.'])
+  texts = captions.prompt_texts(['cat', 'dog'], ['a photo of a {}.', 'a drawing of a {}.'])
+  assert texts == ['a photo of a cat.', 'a drawing of a cat.', 'a photo of a dog.',
+                   'a drawing of a dog.']
+  z = contrastive.class_embeddings(np.array([vectors[t] for t in texts]), 2)
   np.testing.assert_allclose(z, [[np.sqrt(0.5), np.sqrt(0.5)], [0.6, 0.8]])
-  probs = predict.probabilities(zeroshot.logits(np.array([[1.0, 0.0]]), z, temperature=10.0))
+  logits = contrastive.zeroshot_logits(np.array([[1.0, 0.0]]), z, temperature=10.0)
+  probs = predict.probabilities(logits)
   np.testing.assert_allclose(probs.sum(axis=1), 1.0)
   expected = np.exp(10 * np.array([np.sqrt(0.5), 0.6]))
   np.testing.assert_allclose(probs[0], expected / expected.sum())
@@ -86,7 +92,9 @@ def test_the_classifier_gives_each_image_its_zero_shot_probabilities(tiny_lit):
   _, ztxt, _ = model.apply(variables, tokens=tokenizer([t.format(n) for n in names for t in templates]))
   zclass = np.asarray(ztxt).reshape(3, 2, -1).mean(axis=1)
   zclass /= np.linalg.norm(zclass, axis=1, keepdims=True)
-  expected = predict.probabilities(zeroshot.logits(zimg, zclass, float(out['t'][0])))
+  logits = contrastive.zeroshot_logits(np.asarray(zimg, np.float64), zclass.astype(np.float64),
+                                       float(out['t'][0]))
+  expected = predict.probabilities(logits)
   assert float(out['t'][0]) == pytest.approx(10.0)
   for record, row in zip(records[:3], expected):
     got = {p['label']: p['probability'] for p in record['predictions']}

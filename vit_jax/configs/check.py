@@ -1,21 +1,24 @@
 """Whether a config is valid: `validate` checks a whole config before anything is read, downloaded or compiled, and
 loads no JAX (launch/ validates sweeps with it).
 
-It raises UnknownFieldError for fields no part of vit_jax reads (vit_jax/configs/fields.py: which fields exist, and
-what to write instead of an unknown one), else ConfigError listing every bad value: its field, the value, and what
-would be valid (the tuples of vit_jax/configs/choices.py, which the modules acting on the fields use too, with the
-closest one for a typo), shapes such as a patch size that must be a pair, and cross-field rules (warmup within the
-total, batch sizes that split over the mesh and the processes, an image size that the patches tile). An MLP-Mixer
-takes one of the model fast paths (remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for
-it, each with its reason. What needs a model, a mesh or files (the parameter layout, the pretrained file, the image
+It raises UnknownFieldError for fields no part of vit_jax reads (vit_jax/configs/fields.py: which
+fields exist, and what to write instead of an unknown one), else ConfigError listing every bad
+value: its field, the value, and what would be valid (the tuples of vit_jax/configs/choices.py,
+which the modules acting on the fields use too, with the closest one for a typo), shapes such as a
+patch size that must be a pair, the entries of config.evals (vit_jax/configs/evals.py), and
+cross-field rules (warmup within the total, batch sizes that split over the mesh and the processes,
+an image size that the patches tile). An MLP-Mixer takes one of the model fast paths
+(remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for it, each with its
+reason. What needs a model, a mesh or files (the parameter layout, the pretrained file, the image
 folder) is checked by vit_jax/training/preflight.py.
 """
-import difflib
 import math
 
 from vit_jax import errors
 from vit_jax.configs import dataset_names
-from vit_jax.configs import choices, durations, presets
+from vit_jax.configs import choices, durations, evals, presets
+# The value rules, shared with configs/evals.py (one did-you-mean, one range rule).
+from vit_jax.configs.values import choice as _choice, number as _number
 # What other modules use of vit_jax/configs/fields.py, through this module (the one place that says "valid").
 from vit_jax.configs.fields import UnknownFieldError, check_fields, flat_keys, is_known, unknown_message  # noqa: F401
 
@@ -26,28 +29,6 @@ class ConfigError(errors.UserError, ValueError):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Values.
-
-
-def _choice(problems, name, value, valid) -> None:
-  if value not in valid:
-    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1)
-    hint = f' (did you mean {close[0]!r}?)' if close else ''
-    problems.append(f'config.{name}={value!r} is not one of {", ".join(map(repr, valid))}{hint}.')
-
-
-def _number(problems, name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False) -> None:
-  kinds = (int,) if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, kinds) or (isinstance(value, float) and math.isnan(value)):
-    problems.append(f'config.{name}={value!r} must be {"an integer" if integer else "a number"}.')
-    return
-  bad_low = low is not None and (value <= low if low_open else value < low)
-  bad_high = high is not None and (value >= high if high_open else value > high)
-  if bad_low or bad_high:
-    lo = '' if low is None else f'{"(" if low_open else "["}{low}'
-    hi = '' if high is None else f'{high}{")" if high_open else "]"}'
-    where = (f'in {lo}, {hi}' if low is not None and high is not None else
-             f'{">" if low_open else ">="} {low}' if low is not None else f'{"<" if high_open else "<="} {high}')
-    problems.append(f'config.{name}={value!r} must be {where}.')
 
 
 def _patch_size(model, problems, prefix: str = 'model'):
@@ -229,12 +210,10 @@ def _data(config, problems) -> None:
                     'folder DIR with DIR/train/<class>/*.jpg.')
   if not str(config.train_split).strip():
     problems.append('config.train_split is empty: give a split such as train or train[:98%].')
-  for parse, value in ((choices.parse_splits, config.eval_split),
-                       (choices.parse_fewshot_datasets, config.fewshot.datasets)):
-    try:
-      parse(value)
-    except ValueError as e:
-      problems.append(str(e))
+  try:
+    choices.parse_splits(config.eval_split)
+  except ValueError as e:
+    problems.append(str(e))
   _number(problems, 'image_size', config.image_size, low=1, integer=True)
   _choice(problems, 'pp.crop', pp.crop, choices.TRAIN_CROPS)
   _choice(problems, 'pp.eval_resize', pp.eval_resize, choices.EVAL_RESIZES)
@@ -246,13 +225,9 @@ def _data(config, problems) -> None:
   _number(problems, 'pp.randaugment_magnitude', pp.randaugment_magnitude, low=0)
   for name in ('prefetch', 'input_threads', 'input_processes', 'input_cache_mib'):
     _number(problems, name, config[name], low=0, integer=True)
-  fs = config.fewshot
-  if fs.datasets:
-    _number(problems, 'fewshot.seeds', fs.seeds, low=1, integer=True)
-    _number(problems, 'fewshot.l2_reg', fs.l2_reg, low=0, low_open=True)
-    _number(problems, 'fewshot.every_steps', fs.every_steps, low=0, integer=True)
-    if not fs.shots or not all(isinstance(k, int) and k >= 1 for k in fs.shots):
-      problems.append(f'config.fewshot.shots={fs.shots!r} must be positive integers, e.g. (1, 5, 10, 25).')
+  evals.fewshot_problems(problems, 'fewshot', config.fewshot)
+  if config.fewshot.datasets:
+    _number(problems, 'fewshot.every_steps', config.fewshot.every_steps, low=0, integer=True)
 
 
 def _loop_and_mesh(config, problems, devices, process_count) -> None:
@@ -330,6 +305,7 @@ def validate(config, *, devices: int | None = None, process_count: int = 1):
   _durations(config, problems)
   _optimisation(config, problems)
   _data(config, problems)
+  problems += evals.problems(config)
   _loop_and_mesh(config, problems, devices, process_count)
   _faults(config, problems)
   for name in ('scan_layers', 'fused_qkv', 'async_checkpoints', 'export_npz', 'pp.flip'):

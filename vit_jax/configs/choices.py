@@ -34,6 +34,18 @@ AXES = ('data', 'fsdp', 'model')
 BATCH_AXES = ('data', 'fsdp')
 STRATEGIES = ('replicate', 'fsdp', 'tp', 'fsdp+tp')
 
+# Evaluators (vit_jax/evaluators/, one file per type, registered there by these names): the fields
+# of every config.evals entry, and each type's own options (the keywords its evaluator takes;
+# configs/evals.py checks them).
+EVAL_FIELDS = ('type', 'prefix', 'every_steps')
+EVAL_OPTIONS = {
+    'classification': ('split',),
+    'zeroshot': ('split',),
+    'retrieval': ('split',),
+    'fewshot': ('datasets', 'shots', 'seeds', 'l2_reg'),
+}
+EVAL_TYPES = tuple(EVAL_OPTIONS)
+
 
 def mesh_shape(mesh_config: Sequence[Sequence], num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
   """Resolves config.mesh, [(name, size), ...] with at most one -1, into (names, sizes) ordered data, fsdp, model."""
@@ -77,13 +89,14 @@ def parse_splits(spec: str) -> list[tuple[str, str]]:
   return out
 
 
-def parse_fewshot_datasets(spec: str) -> list[tuple[str, str, str]]:
-  """config.fewshot.datasets: 'cifar100:train:test,dtd:train[:50%]:test' -> [('cifar100', 'train', 'test'), ...]."""
+def parse_fewshot_datasets(spec: str, field: str = 'fewshot.datasets') -> list[tuple[str, ...]]:
+  """config.fewshot.datasets (or the `datasets` of a few-shot evaluator, config.<field>):
+  'cifar100:train:test,dtd:train[:50%]:test' -> [('cifar100', 'train', 'test'), ...]."""
   out = []
   for part in (p.strip() for p in spec.split(',') if p.strip()):
     fields = part.split(':')
     if len(fields) != 3 or not all(fields):
-      raise ValueError(f'config.fewshot.datasets entry {part!r} is not name:train_split:test_split '
+      raise ValueError(f'config.{field} entry {part!r} is not name:train_split:test_split '
                        '(e.g. cifar100:train:test).')
     out.append(tuple(fields))
   return out

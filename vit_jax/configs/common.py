@@ -68,6 +68,20 @@ def get_config():
   config.fewshot.seeds = 3  # Draws of the shots per k; the metric is the mean over them.
   config.fewshot.l2_reg = 2.0**10  # Ridge regularisation.
   config.fewshot.every_steps = 0  # 0: with the evaluation (eval_every_steps).
+  # The evaluators, by name (big_vision's `evals`; vit_jax/evaluators/, checked by
+  # vit_jax/configs/evals.py). Empty: the evaluation above, as always (eval_split, fewshot;
+  # evaluators.default_evals). Else exactly these entries, each {type, prefix, every_steps, and its
+  # type's options}, its metrics written as the prefix + the evaluator's names, e.g.
+  #   config.evals.val = dict(type='classification', prefix='val/', every_steps=500, split='val')
+  # prefix defaults to '<name>/', every_steps to eval_every_steps. The types, options and metrics:
+  #   'classification' (split: one split, default eval_split's first): accuracy, top5, loss,
+  #       num_examples;
+  #   'zeroshot' (a LiT model's classes from its templates; split): the same names;
+  #   'retrieval' (a LiT model with lit.captions or lit.text_feature; split): img2txt/recall@1,
+  #       txt2img/recall@5, ... (k = 1, 5, 10);
+  #   'fewshot' (datasets, shots, seeds, l2_reg; each one absent is config.fewshot's):
+  #       <dataset>_<k>shot.
+  config.evals = ml_collections.ConfigDict()
 
   # Loss.
   # 'softmax' or 'sigmoid' (sigmoid cross-entropy, ImageNet-21k style). For a LiT model (config.lit below) the
@@ -155,4 +169,6 @@ def get_config():
   config.faults.hang_factor = 10
   config.faults.hang_first_s = 1800  # ... and its first time (it compiles) this long.
   config.faults.hang_timeout_s = 0  # > 0: this bound for every phase instead.
-  return config.lock()  # Unknown fields are errors (see vit_jax/configs/check.py).
+  config.lock()  # Unknown fields are errors (see vit_jax/configs/check.py).
+  config.evals.unlock()  # A config file names its entries (config.evals.<name> = dict(...)).
+  return config

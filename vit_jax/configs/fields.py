@@ -91,9 +91,11 @@ def known_fields() -> frozenset[str]:
 
 
 def is_known(name: str) -> bool:
-  """A known leaf (dotted name), or a known subtree that a preset may fill (e.g. model.resnet, None by default)."""
+  """A known leaf (dotted name), or a known subtree that a preset may fill (e.g. model.resnet, None
+  by default), or a field of an entry of config.evals (the config names the entries;
+  vit_jax/configs/evals.py checks their options)."""
   known = known_fields()
-  return name in known or any(k.startswith(name + '.') for k in known)
+  return name in known or any(k.startswith(name + '.') for k in known) or name.startswith('evals.')
 
 
 def suggestion(name: str) -> str:

@@ -41,9 +41,10 @@ def from_dict(stored: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it lacks keeps its
   default, a field the code no longer has is left out (logged). The model's defaults are its preset's when
   `model.model_name` names a preset of the stored model's family (presets.family), else that family's default: the
-  default model's, or FAMILY_DEFAULTS'."""
+  default model's, or FAMILY_DEFAULTS'. config.evals is taken whole (the run's own entries)."""
   config = common.get_config()
   stored = dict(stored)
+  config.evals = ml_collections.ConfigDict(_tuples(stored.pop('evals', {})))
   model = dict(stored.pop('model', {}))
   family = presets.family(model)
   name = model.get('model_name')

@@ -8,7 +8,8 @@ image's captions, drawn by (seed, i). Otherwise a classification dataset becomes
 templates (config.lit.templates: 'a photo of a
 {}.'): the example at global position i gets template k(seed, i) with its class name (config.lit.class_names, else
 the dataset's), so its caption, like its image, is a pure function of (seed, i) and resuming is exact. The zero-shot
-evaluator and vit_jax.predict embed every template with every class name (vit_jax/inference/zeroshot.py).
+evaluator and vit_jax.predict embed every template with every class name (`prompt_texts`; the
+classifier's rule is vit_jax/tasks/contrastive.py's).
 
 The tokenizer is the model's (config.model.pp.tokenizer_name) over config.lit.vocab_path, or, when that is empty, over
 a SentencePiece word vocabulary trained on the captions themselves (every template with every class name): the same
@@ -58,6 +59,12 @@ def read_templates(spec: str) -> tuple[str, ...]:
   if not io.isfile(spec):
     raise PromptError(f'--templates={spec!r} is neither a built-in set ({", ".join(TEMPLATES)}) nor a file.')
   return check_templates([line.strip() for line in io.read_text(spec).splitlines() if line.strip()])
+
+
+def prompt_texts(names: Sequence[str], templates: Sequence[str]) -> list[str]:
+  """Every class name in every template, class-major: the zero-shot classifier's texts (the order
+  that vit_jax/tasks/contrastive.py's `class_embeddings` reads)."""
+  return [t.format(n) for n in names for t in templates]
 
 
 CAPTION_STREAM = 0x636170  # Folded into the seed for the template (or caption) draw of each example.
@@ -132,7 +139,7 @@ def _trained_vocabulary(sentences: tuple[str, ...], vocab_size: int) -> bytes:
 
 def vocabulary(templates: Sequence[str], names: Sequence[str], vocab_size: int) -> bytes:
   """A SentencePiece word model (serialised) of every template with every class name, at most `vocab_size` pieces."""
-  return _trained_vocabulary(tuple(t.format(n) for n in names for t in templates), vocab_size)
+  return _trained_vocabulary(tuple(prompt_texts(names, templates)), vocab_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +168,8 @@ class Captions:
     if self.vocab_path:
       return None
     extra = tuple(sorted({t for texts in self.texts for t in texts})) if self.texts else ()
-    return _trained_vocabulary(tuple(t.format(n) for n in self.names for t in self.templates) + extra,
-                               self.vocab_size)
+    prompts = tuple(prompt_texts(self.names, self.templates))
+    return _trained_vocabulary(prompts + extra, self.vocab_size)
 
   @functools.cached_property
   def tokenizer(self):
@@ -186,6 +193,6 @@ class Captions:
     return self.tokenizer([self.caption(label, p, t) for label, p, t in zip(labels, positions, texts)])
 
   def prompts(self) -> np.ndarray:
-    """int32 [classes * templates, max_len]: every class name in every template, class-major (the zero-shot
-    classifier's texts, vit_jax/inference/zeroshot.py's order)."""
-    return self.tokenizer([t.format(n) for n in self.names for t in self.templates])
+    """int32 [classes * templates, max_len]: the tokens of `prompt_texts`, the zero-shot
+    classifier's texts."""
+    return self.tokenizer(prompt_texts(self.names, self.templates))

@@ -1,4 +1,5 @@
 """Exact evaluation: padded batches with a mask, so every example counts once; sums stay on device until the end.
+What the evaluators share: the split one reads (`one_split`), the counted step and its totals.
 
 The running totals are added inside the jitted step, so each batch is one program on every process, dispatched in
 the same order. (Adding them with eager `jnp.add` outside made each addition its own small multi-process program; a
@@ -9,8 +10,15 @@ from typing import Callable, Iterable
 import jax
 import jax.numpy as jnp
 
+from vit_jax.configs.choices import parse_splits, with_split
 from vit_jax.data import preprocess
 from vit_jax.tasks import losses
+
+
+def one_split(config, split: str = ''):
+  """`config` with the single split `split` as its eval_split ('': the first split of
+  config.eval_split, which the run's dataset info and counts read, and evaluators by default)."""
+  return with_split(config, split or parse_splits(config.eval_split)[0][1])
 
 
 def zeros(num_classes: int) -> dict[str, jax.Array]:
@@ -48,8 +56,9 @@ def make_eval_step(logits_fn: Callable, *, loss: str = 'softmax') -> Callable:
 
 
 def evaluate(eval_step: Callable, params, batches: Iterable, totals: dict) -> dict[str, float]:
-  """Runs `eval_step` over all batches from `totals` (`zeros(num_classes)`); returns eval/accuracy, eval/top5 (>= 5
-  classes), eval/loss and eval/num_examples. Nothing but `eval_step` runs on the devices until the end."""
+  """Runs `eval_step` over all batches from `totals` (`zeros(num_classes)`); returns accuracy, top5
+  (>= 5 classes), loss and num_examples (bare names: vit_jax/evaluators/__init__.py adds the
+  prefix). Nothing but `eval_step` runs on the devices until the end."""
   num_batches = 0
   for batch in batches:
     totals = eval_step(params, batch, totals)
@@ -60,8 +69,8 @@ def evaluate(eval_step: Callable, params, batches: Iterable, totals: dict) -> di
   count = float(totals['count'])
   if count == 0:
     raise ValueError('The evaluation split has no examples.')
-  out = {'eval/accuracy': float(totals['correct']) / count, 'eval/loss': float(totals['loss']) / count}
+  out = {'accuracy': float(totals['correct']) / count, 'loss': float(totals['loss']) / count}
   if 'correct_top5' in totals:
-    out['eval/top5'] = float(totals['correct_top5']) / count
-  out['eval/num_examples'] = count
+    out['top5'] = float(totals['correct_top5']) / count
+  out['num_examples'] = count
   return out

@@ -1,32 +1,33 @@
 """Few-shot linear probes on frozen pre-logits features, as big_vision evaluates pretraining.
 
-For each dataset of `config.fewshot.datasets` ('name:train_split:test_split', comma separated, e.g.
-'cifar100:train:test,dtd:train:test'), the pre-logits features (the model without its head) of both splits are
-computed with the evaluation preprocessing, exactly once per example on any number of hosts (padded, masked
-batches, gathered to every process). Then for each seed and each k in `config.fewshot.shots`, k training examples per
-class are drawn (seeded per class) and a closed-form ridge probe (vit_jax/evaluators/ridge.py, l2 =
-`config.fewshot.l2_reg`) is scored on the whole test split. Metric `fewshot/<name>_<k>shot` is the mean test accuracy
-over the seeds. The same computation runs on every process, so every process holds the same result.
+For each dataset of `datasets` ('name:train_split:test_split', comma separated, e.g.
+'cifar100:train:test,dtd:train:test'), the pre-logits features (the model without its head) of both
+splits are computed with the evaluation preprocessing, exactly once per example on any number of
+hosts (padded, masked batches, gathered to every process). Then for each seed of `seeds` and each k
+in `shots`, k training examples per class are drawn (seeded per class) and a closed-form ridge probe
+(vit_jax/evaluators/ridge.py, l2 = `l2_reg`) is scored on the whole test split. Metric
+`<name>_<k>shot` is the mean test accuracy over the seeds. The same computation runs on every
+process, so every process holds the same result. An option not given is config.fewshot's.
 """
 import jax
 import numpy as np
 
 from vit_jax import sharding
-from vit_jax.data import input_pipeline, preprocess
 from vit_jax.configs.choices import parse_fewshot_datasets, with_split
+from vit_jax.data import input_pipeline, preprocess
 from vit_jax.evaluators import ridge
 
 
 class FewShotEvaluator:
-  """Every `config.fewshot.every_steps` steps (0: on the evaluation cadence)."""
+  """The few-shot probes of `datasets` (module doc)."""
 
-  name = 'fewshot'
-
-  def __init__(self, *, config, model, mesh):
-    fs = config.fewshot
-    self.every_steps = fs.every_steps or config.eval_every_steps
-    self._datasets = parse_fewshot_datasets(fs.datasets)
-    self._shots, self._seeds, self._l2 = tuple(fs.shots), int(fs.seeds), float(fs.l2_reg)
+  def __init__(self, *, config, model, mesh, datasets=None, shots=None, seeds=None, l2_reg=None):
+    given = {'datasets': datasets, 'shots': shots, 'seeds': seeds, 'l2_reg': l2_reg}
+    fs = {key: config.fewshot[key] if value is None else value for key, value in given.items()}
+    self._datasets = parse_fewshot_datasets(fs['datasets'])
+    self._shots = tuple(fs['shots'])
+    self._seeds = int(fs['seeds'])
+    self._l2 = float(fs['l2_reg'])
     self._configs = {  # Its own dataset and splits (an image folder's classes come from its train split).
         (name, split): with_split(config, split, dataset=name, image_folder='', train_split=train_split)
         for name, train_split, test_split in self._datasets for split in (train_split, test_split)}
@@ -59,6 +60,6 @@ class FewShotEvaluator:
         for seed in range(self._seeds):
           idx = ridge.draw_shots(train_y, num_classes, k, seed)
           accuracies.append(ridge.accuracy(train_x[idx], train_y[idx], test_x, test_y, num_classes, self._l2))
-        out[f'fewshot/{name}_{k}shot'] = float(np.mean(accuracies))
+        out[f'{name}_{k}shot'] = float(np.mean(accuracies))
     return out
 

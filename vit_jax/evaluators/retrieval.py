@@ -2,28 +2,28 @@
 texts and from texts to images (vit_jax/tasks/contrastive.py's `recall_at_k`; an image with several captions is found by
 any of them). Every image of the split counts once on any number of hosts: the padded eval batches carry each row's
 record index, and the embeddings come back whole on every process (replicated) before the metric is computed on the
-host. Metrics: retrieval/img2txt/recall@k and retrieval/txt2img/recall@k (eval/<name>/... for other splits).
+host. Metrics: img2txt/recall@k and txt2img/recall@k.
 """
 import jax
 import numpy as np
 
 from vit_jax import sharding
-from vit_jax.data import input_pipeline, preprocess
+from vit_jax.data import captions, input_pipeline, preprocess
+from vit_jax.evaluators import common
 from vit_jax.tasks import contrastive
-from vit_jax.data import captions
 
 KS = (1, 5, 10)
 
 
 class RetrievalEvaluator:
-  """Recall@k both ways on `config.eval_split` (a single, captioned split) every `config.eval_every_steps` steps."""
+  """Recall@k both ways on `split`, a captioned split (default: the first of config.eval_split)."""
 
-  def __init__(self, *, name: str, prefix: str, config, model, mesh):
-    self.name, self.every_steps = f'{name}_retrieval', config.eval_every_steps
-    self._prefix, self._config = prefix, config
+  def __init__(self, *, config, model, mesh, split: str = ''):
+    config = common.one_split(config, split)
+    self._config = config
     self._batch_shard, self._replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    split = input_pipeline.open_split(config, config.eval_split)
-    texts = captions.record_texts(config, split.records)
+    records = input_pipeline.open_split(config, config.eval_split).records
+    texts = captions.record_texts(config, records)
     self._image_of_text = np.array([i for i, image_texts in enumerate(texts) for _ in image_texts])
     self._tokens = captions.of_run(config).tokenizer([t for image_texts in texts for t in image_texts])
     self._num_images = len(texts)
@@ -51,6 +51,4 @@ class RetrievalEvaluator:
         zimg = np.zeros((self._num_images, z.shape[1]), np.float32)
       real = index >= 0
       zimg[index[real]] = z[real]
-    recall = contrastive.recall_at_k(zimg, self._text_embeddings(params), self._image_of_text, ks=KS)
-    prefix = 'retrieval/' if self._prefix == 'eval/' else f'{self._prefix}retrieval/'
-    return {prefix + key: value for key, value in recall.items()}
+    return contrastive.recall_at_k(zimg, self._text_embeddings(params), self._image_of_text, ks=KS)

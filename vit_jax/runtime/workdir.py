@@ -56,7 +56,7 @@ ATTENTION_DIR = 'attention'
 RESUMABLE_FIELDS = (
     'total_steps', 'total_epochs', 'total_examples', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
     'keep', 'async_checkpoints', 'export_npz', 'prefetch', 'input_threads', 'input_processes', 'input_cache_mib',
-    'eval_batch_size',
+    'eval_batch_size', 'evals',
     'mesh', 'sharding_strategy', 'fsdp_min_size', 'tfds_data_dir', 'tfds_manual_dir', 'image_folder', 'augreg_index',
     'eval_split', 'fewshot', 'nonfinite_policy', 'remat_policy', 'attention', 'fused_qkv', 'faults', 'profile_steps',
 )

@@ -7,6 +7,10 @@ value is the same on 1 device, 8 devices or several processes.
     cross-entropies with the matching pair as the label.
   * `sigmoid_loss` (SigLIP): logits = t * zimg . ztxt^T + b; every pair is a binary problem, positive on the
     diagonal: -sum(log sigmoid(label * logits)) / B.
+The zero-shot classifier, the one rule that the evaluator (vit_jax/evaluators/zeroshot.py, jitted)
+and predict (vit_jax/inference/zeroshot.py, NumPy float64) both use: each class name is put in every
+prompt template, a class's embedding is the normalised mean of its prompts' (normalised) text
+embeddings (`class_embeddings`), and an image's logits are t * zimg . zclass^T (`zeroshot_logits`).
 Metrics (NumPy, on the host, over a whole split):
   * `recall_at_k`: image->text and text->image retrieval (a caption's image given by `image_of_text`, so an image
     may have several captions);
@@ -60,7 +64,22 @@ def recall_at_k(zimg, ztxt, image_of_text=None, ks: Sequence[int] = (1, 5, 10)) 
   return out
 
 
+def class_embeddings(ztxt, num_classes: int):
+  """[classes, D]: each class's embedding, the normalised mean of its prompts' embeddings `ztxt`
+  [classes * prompts, D] (class-major: vit_jax/data/captions.py's `prompt_texts`). NumPy arrays
+  give NumPy (in their dtype); JAX arrays, traced ones too, give JAX."""
+  xp = jnp if isinstance(ztxt, jax.Array) else np
+  z = ztxt.reshape(num_classes, -1, ztxt.shape[-1]).mean(axis=1)
+  return z / xp.maximum(xp.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def zeroshot_logits(zimg, zclass, temperature):
+  """[images, classes]: temperature * zimg . zclass^T (the model's exp(t); a softmax over the
+  classes gives the probabilities), in the arrays' own kind and dtype."""
+  return temperature * zimg @ zclass.T
+
+
 def zeroshot_accuracy(zimg, zclass, labels) -> float:
   """The share of images whose most similar class embedding (`zclass` [classes, D]) is their label's."""
-  predicted = np.argmax(np.asarray(zimg, np.float64) @ np.asarray(zclass, np.float64).T, axis=1)
-  return float(np.mean(predicted == np.asarray(labels)))
+  logits = zeroshot_logits(np.asarray(zimg, np.float64), np.asarray(zclass, np.float64), 1.0)
+  return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
