@@ -283,12 +283,12 @@ def main_run(argv) -> int:
 
 def run_backend(args, runs, todo, sweep_dir, runner) -> int:
   """Runs `todo` (of the sweep's `runs`) on args.backend; the exit status (130: interrupted)."""
-  from launch import slurm, tpu  # pylint: disable=g-import-not-at-top
+  from launch import slurm, tpu_sweep  # pylint: disable=g-import-not-at-top
   if not todo:
     runner.note(f'Nothing to run. Results: python -m launch.sweep results {sweep_dir}')
     return 0
   if args.backend == 'tpu':
-    return tpu.run_sweep(args, runs, todo, runner)
+    return tpu_sweep.run_sweep(args, runs, todo, runner)
   if args.backend == 'slurm':
     return slurm.run_sweep(args, todo, sweep_dir, runner)
   gpus = detect_gpus() if args.gpus is None else [g for g in args.gpus.split(',') if g.strip()]

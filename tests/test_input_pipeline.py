@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn import datasets as sk_datasets
 
 import tiny
-from vit_jax.data import input_pipeline, sources
+from vit_jax.data import input_pipeline, sources, splits
 from vit_jax.inference import trained as inference
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360
@@ -149,7 +149,7 @@ class _CountingRecords:
 
 def test_resuming_far_into_training_reads_only_the_batch_it_returns(digits_dir, monkeypatch):
   records = _CountingRecords(sources.open_split(_digits_config(digits_dir), 'train').records)
-  monkeypatch.setattr(input_pipeline, 'open_split', lambda *a, **k: sources.Split(records, 10, tuple('0123456789')))
+  monkeypatch.setattr(input_pipeline, 'open_split', lambda *a, **k: splits.Split(records, 10, tuple('0123456789')))
   config = _digits_config(digits_dir, input_threads=1, input_cache_mib=0)  # Read per batch, not decoded ahead.
   it = iter(input_pipeline.train_dataset(config, local_batch_size=8, start_step=10**9))  # Epoch ~5.6 million.
   next(it)

@@ -1,5 +1,6 @@
-"""vit_jax.tools.memory_plan: per-device bytes from eval_shape and the real shardings on abstract meshes; the verdict
-for a device's memory and the largest per-device batch that fits."""
+"""vit_jax.tools.memory_plan and its arithmetic, vit_jax.tools.memory: per-device bytes from
+eval_shape and the real shardings on abstract meshes; the verdict for a device's memory and the
+largest per-device batch that fits."""
 import json
 import os
 import subprocess
@@ -8,17 +9,17 @@ import sys
 import pytest
 
 from vit_jax import models
-from vit_jax.tools import memory_plan
+from vit_jax.tools import memory, memory_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bytes(model='ViT-B_16', batch=64, mesh='data:-1', devices=8, strategy='replicate', **kw):
-  return memory_plan.plan(model, batch, mesh, devices, strategy, **kw)['bytes_per_device']
+  return memory.plan(model, batch, mesh, devices, strategy, **kw)['bytes_per_device']
 
 
 def test_vit_b16_parameter_count_and_replicated_bytes():
-  p = memory_plan.plan('ViT-B_16', 64, 'data:-1', 8, 'replicate')
+  p = memory.plan('ViT-B_16', 64, 'data:-1', 8, 'replicate')
   assert p['num_params'] == 86_567_656
   assert p['bytes_per_device']['params'] == 4 * 86_567_656  # float32, whole copy on every device.
   assert p['bytes_per_device']['grads'] == 4 * 86_567_656
@@ -60,10 +61,10 @@ def test_activation_estimate_matches_the_documented_formula():
   # bfloat16 compute, model axis 2: scores kept as the float32 softmax output and its bfloat16 copy (6 bytes).
   block = b * (4 * t * d * s + ((4 * t * d + 2 * t * m) * s + h * t * t * 6) // 2)
   stem = b * s * (t * d + 3 * 224 * 224)
-  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'none') == layers * block + stem
-  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'full') == layers * b * s * t * d + block + stem
+  assert memory.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'none') == layers * block + stem
+  assert memory.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'full') == layers * b * s * t * d + block + stem
   f32_block = b * 4 * (8 * t * d + 2 * t * m + h * t * t)  # float32: one copy of everything, no model split.
-  assert memory_plan.activation_bytes(cfg, 224, b, 1, 'float32', 'none') == layers * f32_block + 2 * stem
+  assert memory.activation_bytes(cfg, 224, b, 1, 'float32', 'none') == layers * f32_block + 2 * stem
 
 
 def test_mixer_b16_plans_from_the_command_line_and_tp_splits_its_mlps():
@@ -83,9 +84,9 @@ def test_mixer_activation_estimate_matches_the_documented_formula():
   hidden = (c * dt + t * dc) // 2  # Model axis 2.
   block = b * s * (4 * t * c + 2 * hidden)
   stem = b * s * (t * c + 3 * 224 * 224)
-  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'none') == layers * block + stem
-  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'full') == layers * b * s * t * c + block + stem
-  assert memory_plan.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'dots') == (
+  assert memory.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'none') == layers * block + stem
+  assert memory.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'full') == layers * b * s * t * c + block + stem
+  assert memory.activation_bytes(cfg, 224, b, 2, 'bfloat16', 'dots') == (
       layers * b * s * (3 * t * c + hidden) + block + stem)
 
 
@@ -104,15 +105,15 @@ def test_mixer_estimate_is_below_xla_by_less_than_its_documented_factor():
     return grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
 
   xla = (temp_bytes(4) - temp_bytes(2)) / 2
-  estimate = (memory_plan.activation_bytes(config(2), 32, 8, 1, 'float32', 'none') -
-              memory_plan.activation_bytes(config(1), 32, 8, 1, 'float32', 'none'))
+  estimate = (memory.activation_bytes(config(2), 32, 8, 1, 'float32', 'none') -
+              memory.activation_bytes(config(1), 32, 8, 1, 'float32', 'none'))
   assert 1.0 <= xla / estimate < 1.7, (xla, estimate)
 
 
 def test_large_presets_plan_with_eval_shape_only():
-  g = memory_plan.plan('ViT-g_14', 1024, 'fsdp:-1', 128, 'fsdp', remat='full')
+  g = memory.plan('ViT-g_14', 1024, 'fsdp:-1', 128, 'fsdp', remat='full')
   assert 1.00e9 < g['num_params'] < 1.02e9  # 'Scaling Vision Transformers': ViT-g/14 has 1.01B parameters.
-  big = memory_plan.plan('ViT-22B_14', 1024, 'fsdp:-1,model:4', 128, 'fsdp+tp', remat='full')
+  big = memory.plan('ViT-22B_14', 1024, 'fsdp:-1,model:4', 128, 'fsdp+tp', remat='full')
   assert 21e9 < big['num_params'] < 23e9
   # Small arrays (norms, biases) stay whole or split over 'model' only: ~1.5% on top of an even split.
   assert big['bytes_per_device']['params'] < 1.02 * 4 * big['num_params'] / 128
@@ -130,7 +131,7 @@ def test_large_presets_plan_with_eval_shape_only():
 ])
 def test_bad_mesh_or_sizes_raise_clear_errors(mesh, devices, strategy, batch, match):
   with pytest.raises(ValueError, match=match):
-    memory_plan.plan('ViT-B_16', batch, mesh, devices, strategy)
+    memory.plan('ViT-B_16', batch, mesh, devices, strategy)
 
 
 def test_cli_prints_json():
@@ -151,16 +152,16 @@ def test_cli_error_is_a_message_not_a_traceback():
 
 
 def test_memory_plan_verdict_and_largest_batch():
-  p = memory_plan.plan('ViT-B_16', 512, 'data:-1', 8, 'replicate', remat='dots')
-  largest = memory_plan.max_batch_per_device(p, 3 * memory_plan.GIB)
+  p = memory.plan('ViT-B_16', 512, 'data:-1', 8, 'replicate', remat='dots')
+  largest = memory.max_batch_per_device(p, 3 * memory.GIB)
   assert memory_plan.verdict(p, 80).startswith('fits in 80 GiB per device')
   assert memory_plan.verdict(p, 3) == (
-      f'does NOT fit in 3 GiB per device ({p["bytes_per_device"]["total"] / memory_plan.GIB:.2f} GiB); the largest '
+      f'does NOT fit in 3 GiB per device ({p["bytes_per_device"]["total"] / memory.GIB:.2f} GiB); the largest '
       f'per-device batch that fits is {largest} (use config.accum_steps to reach the global batch).')
   assert 0 < largest < 64
-  assert memory_plan.hbm_gib('TPU v5p chip') == 95 and memory_plan.hbm_gib('NVIDIA H100 80GB HBM3') == 80
+  assert memory.hbm_gib('TPU v5p chip') == 95 and memory.hbm_gib('NVIDIA H100 80GB HBM3') == 80
   with pytest.raises(ValueError, match="Unknown device kind 'CPU'"):
-    memory_plan.hbm_gib('CPU')
-  none, dots, full = (memory_plan.plan('ViT-B_16', 512, 'data:-1', 8, 'replicate', remat=r)['bytes_per_device']
+    memory.hbm_gib('CPU')
+  none, dots, full = (memory.plan('ViT-B_16', 512, 'data:-1', 8, 'replicate', remat=r)['bytes_per_device']
                       ['activations'] for r in ('none', 'dots', 'full'))
   assert full < dots < none

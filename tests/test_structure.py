@@ -119,7 +119,7 @@ LAYERS = (
     ('configs', ('vit_jax.configs',)),
     ('runtime', ('vit_jax.runtime',)),
     ('data', ('vit_jax.data',)),
-    ('building blocks', ('vit_jax.sharding', 'vit_jax.augreg', 'vit_jax.checkpoint')),
+    ('building blocks', ('vit_jax.sharding', 'vit_jax.augreg', 'vit_jax.npz', 'vit_jax.checkpoint')),
     ('models', ('vit_jax.models',)),
     ('tasks', ('vit_jax.tasks',)),
     ('evaluators', ('vit_jax.evaluators',)),

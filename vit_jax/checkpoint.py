@@ -1,225 +1,54 @@
-"""Release `.npz` checkpoints: import (any known layout), export, position-embedding resampling.
+"""Release `.npz` checkpoints into a model: the one "does this checkpoint fit the model" comparison,
+position-embedding resampling, and `load_pretrained` (a release file into a model's init, for
+fine-tuning).
 
-`load` (the whole tree, head included: inference) and `load_pretrained` (into a model's init: fine-tuning) accept:
-  * the original release files (pre-Linen names `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`);
-  * Linen-layout files (big_vision's, and files written by older versions of this package);
-  * `opt/target/` or `params/` prefixes; GroupNorm params stored as (1, 1, 1, C); bfloat16 stored as 2-byte void;
-  * big_vision files (top-level `pos_embedding` added before the class token, which has none; none at all for
-    sincos2d models; a `MAPHead_0` head under its own names; stacked `Transformer/encoderblock/...` when saved from
-    a scanned model);
-  * MLP-Mixer release files (gs://mixer_models/..., `MixerBlock_{i}/...`: the names of models.MlpMixer as they are).
-Files are read into our model's per-layer (Linen) names; `save_npz` writes the released files' names, which their
-readers expect (timm's `_load_weights`). A scanned model (`scan=True`) loads them by stacking the blocks along a
-leading layer axis and saves them unstacked (`stack_blocks` / `unstack_blocks`).
+This is the path vision_transformer's users call (`checkpoint.load`, `load_pretrained`,
+`inspect_params`, `interpolate_posembed`), so it also gives the names of the file format, which
+vit_jax/npz.py owns: what a path is (`recognise`), reading any known layout (`read_npz`,
+`canonical_flat`, `load`) and writing the release layout (`save_npz`).
 """
+
 import dataclasses
-import io as bytes_io
 import logging
-import re
 from typing import Any
 
 import jax
 import numpy as np
 
-from vit_jax import errors
-from vit_jax import io
 from vit_jax import utils
-from vit_jax.runtime import workdir
+
+# (vision_transformer's checkpoint.get_augreg_df)
+from vit_jax.augreg import augreg_index  # noqa: F401
 from vit_jax.configs import presets
-from vit_jax.augreg import augreg_index  # noqa: F401  (vision_transformer's checkpoint.get_augreg_df)
+
+# The file format's names, at their public path.
+from vit_jax.npz import (  # noqa: F401
+  STACKED,
+  CheckpointError,
+  canonical_flat,
+  describe_file,
+  load,
+  read_npz,
+  recognise,
+  release_names,
+  save_npz,
+  stack_blocks,
+  unstack_blocks,
+)
 
 log = logging.getLogger(__name__)
-
-# Pre-Linen block children (the released files' names) -> Linen names (our model's), and back.
-_PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0', 'LayerNorm_2': 'LayerNorm_1',
-              'MlpBlock_3': 'MlpBlock_0'}
-_RELEASE = {linen: release for release, linen in _PRE_LINEN.items()}
-_PREFIXES = ('opt/target/', 'params/')
-_BLOCK = re.compile(r'Transformer/encoderblock_(\d+)/(.+)')
-_STACKED = 'Transformer/encoderblock/'
-
-
-class CheckpointError(errors.UserError, ValueError):
-  """A checkpoint that cannot be read or does not fit the model."""
 
 
 class CheckpointMismatchError(CheckpointError):
   """A checkpoint whose arrays do not fit the model (another architecture)."""
 
 
-# Leading bytes of files that people mistake for checkpoints -> what they are.
-_NOT_NPZ = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG', 'a PNG image'), (b'GIF8', 'a GIF image'),
-            (b'\x93NUMPY', 'a single .npy array'), (b'\x1f\x8b', 'a gzip file'), (b'{', 'JSON text'),
-            (b'[', 'JSON text'))
-_ORBAX_MARKERS = ('_CHECKPOINT_METADATA', '_METADATA', workdir.COMMIT_FILE)
-
-
-def describe_file(path: str) -> str:
-  """What `path` is, for 'is not a checkpoint' messages: 'a JPEG image', 'text', 'a folder', ..."""
-  if io.isdir(path):
-    return 'a folder'
-  head = io.read_head(path, 512)
-  for magic, what in _NOT_NPZ:
-    if head.startswith(magic):
-      return what
-  if not head:
-    return 'an empty file'
-  try:
-    head.decode('utf-8')
-    return 'text'
-  except UnicodeDecodeError:
-    return 'not an .npz file'
-
-
-def recognise(path: str) -> str:
-  """'npz' for a release-layout .npz file, 'orbax' for an Orbax checkpoint folder (one step of a run), else a
-  CheckpointError that says what the path is instead; it opens only the file's first bytes or the folder's names."""
-  if not io.exists(path):
-    raise CheckpointError(f'Checkpoint {path!r} does not exist.')
-  if io.isdir(path):
-    names = set(io.listdir(path))
-    if names & set(_ORBAX_MARKERS):
-      return 'orbax'
-    params = workdir.PARAMS_FILE
-    hint = (f' It looks like a run\'s workdir: use its {params}.' if params in names
-            else f' It looks like a run\'s checkpoints folder: use the run\'s {params}.' if any(
-                n.isdigit() for n in names) else '')
-    raise CheckpointError(f'{path!r} is a folder, not a checkpoint (an .npz file in the release layout).{hint}')
-  if io.read_head(path, 4) != b'PK\x03\x04':  # An .npz is a zip archive.
-    raise CheckpointError(f'{path!r} is not a checkpoint: it is {describe_file(path)}, not an .npz file of arrays '
-                          '(the release layout, e.g. gs://vit_models/imagenet21k/ViT-B_16.npz).')
-  return 'npz'
-
-
-def read_npz(path: str) -> dict[str, np.ndarray]:
-  """Reads a flat {name: array} dict from a local or gs:// `.npz`, refusing pickled objects."""
-  recognise(path)
-  try:
-    with np.load(bytes_io.BytesIO(io.read_bytes(path)), allow_pickle=False) as npz:
-      flat = {}
-      for name in npz.files:
-        try:
-          flat[name] = npz[name]
-        except ValueError as e:  # Object arrays: only loadable by unpickling, which can run code.
-          raise CheckpointError(f'Checkpoint {path!r} holds pickled objects (array {name!r}), which are refused '
-                                'for safety; only plain numeric arrays are loaded.') from e
-  except CheckpointError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except  (a damaged zip: the reader's own message)
-    raise CheckpointError(f'Checkpoint {path!r} is not a readable .npz file: {type(e).__name__}: {e}') from e
-  return {name: _to_numeric(name, arr) for name, arr in flat.items()}
-
-
-def _to_numeric(name: str, arr: np.ndarray) -> np.ndarray:
-  if arr.dtype.kind == 'V' and arr.dtype.itemsize == 2:  # bfloat16 saved without a registered dtype.
-    return arr.view(jax.numpy.bfloat16).astype(np.float32)
-  if arr.dtype.kind not in 'fiub':
-    raise CheckpointError(f'Array {name!r} has non-numeric dtype {arr.dtype}.')
-  return arr
-
-
-def stack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
-  """Per-layer `Transformer/encoderblock_{i}/...` arrays -> stacked `Transformer/encoderblock/...` (scanned layout).
-
-  The new leading axis is the layer, in layer order; other keys pass unchanged.
-  """
-  out, blocks = {}, {}
-  for name, arr in flat.items():
-    match = _BLOCK.fullmatch(name)
-    if match:
-      blocks.setdefault(match.group(2), {})[int(match.group(1))] = arr
-    else:
-      out[name] = arr
-  for rest, layers in blocks.items():
-    out[_STACKED + rest] = np.stack([layers[i] for i in sorted(layers)])
-  return out
-
-
-def unstack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
-  """The inverse of `stack_blocks`: stacked `Transformer/encoderblock/...` arrays -> per-layer keys."""
-  out = {}
-  for name, arr in flat.items():
-    if name.startswith(_STACKED):
-      rest = name[len(_STACKED):]
-      out.update({f'Transformer/encoderblock_{i}/{rest}': arr[i] for i in range(arr.shape[0])})
-    else:
-      out[name] = arr
-  return out
-
-
-def _rename_block_children(flat: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
-  """`flat` with the children of each `.../encoderblock_N/` renamed by `renames` (a ViT's, and a LiT model's towers)."""
-  def rename(parts):
-    i = next((i for i, part in enumerate(parts[:-2]) if re.fullmatch(r'encoderblock_\d+', part)), None)
-    return '/'.join(parts if i is None else parts[:i + 1] + [renames.get(parts[i + 1], parts[i + 1])] + parts[i + 2:])
-  return {rename(name.split('/')): arr for name, arr in flat.items()}
-
-
-def release_names(flat: dict[str, Any]) -> dict[str, Any]:
-  """Our per-layer (Linen) names -> the released ViT files' (`MultiHeadDotProductAttention_1`, `LayerNorm_2`...)."""
-  return _rename_block_children(flat, _RELEASE)
-
-
-def save_npz(path: str, params) -> None:
-  """Writes params as a flat float32 `.npz` in the released ViT files' layout (`release_names`), which the reference
-  code, timm and this package read. A scanned model's blocks are written per layer, as the unrolled model's."""
-  flat = {name: np.asarray(jax.device_get(v), dtype=np.float32) for name, v in utils.flatten_dict(params).items()}
-  flat = release_names(unstack_blocks(flat))
-  buf = bytes_io.BytesIO()
-  np.savez(buf, **flat)
-  io.write_bytes(path, buf.getvalue())
-
-
-def _canonical_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Strips prefixes, unstacks scanned blocks, renames pre-Linen blocks, reshapes old GroupNorm params."""
-  stripped = {}
-  for name, arr in flat.items():
-    for prefix in _PREFIXES:
-      if name.startswith(prefix):
-        name = name[len(prefix):]
-    stripped[name] = arr
-  out = {}
-  for name, arr in _rename_block_children(unstack_blocks(stripped), _PRE_LINEN).items():
-    parts = name.split('/')
-    if re.fullmatch(r'(gn_root|gn_proj|gn\d)', parts[-2] if len(parts) > 1 else '') and arr.ndim == 4:
-      arr = arr.reshape(-1)
-    out['/'.join(parts)] = arr
-  return out
-
-
-def _from_big_vision(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """big_vision adds `pos_embedding` to the patches only; prepend a zero row for the class token if it has one."""
-  posemb = flat.pop('pos_embedding')
-  if 'cls' in flat:
-    posemb = np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
-  flat['Transformer/posembed_input/pos_embedding'] = posemb
-  return flat
-
-
-def canonical_flat(path: str) -> dict[str, np.ndarray]:
-  """The file's arrays under the per-layer release (Linen) names of our unscanned model, whatever its layout."""
-  flat = _canonical_names(read_npz(path))
-  if 'pos_embedding' in flat:
-    log.info('Reading %s as a big_vision checkpoint.', path)
-    flat = _from_big_vision(flat)
-  return flat
-
-
-def load(path: str) -> dict:
-  """The parameter tree of a `.npz` checkpoint (local or gs://), head and all, ready for `model.apply`.
-
-  Any known layout (see the module doc: pre-Linen, Linen, big_vision, stacked blocks) comes out in the per-layer
-  release names of `VisionTransformer(scan=False)`, so a fine-tuned file can be used for inference as it is:
-  `model.apply({'params': checkpoint.load(path)}, images, train=False)`. For fine-tuning on a new task use
-  `load_pretrained`, which also replaces the head and resamples position embeddings.
-  """
-  return utils.unflatten_dict(canonical_flat(path))
-
-
 def _shapes(tree) -> dict[str, tuple]:
-  """{'/'-joined name: shape} of a tree or flat dict of arrays, ShapeDtypeStructs or Orbax metadata (None for a
-  leaf without a shape)."""
-  flat = tree if all(isinstance(k, str) and not hasattr(v, 'items') for k, v in tree.items()) else None
+  """{'/'-joined name: shape} of a tree or flat dict of arrays, ShapeDtypeStructs or Orbax metadata
+  (None for a leaf without a shape)."""
+  flat = (
+    tree if all(isinstance(k, str) and not hasattr(v, 'items') for k, v in tree.items()) else None
+  )
   if flat is None:
     flat = {utils.path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
   return {name: tuple(x.shape) if hasattr(x, 'shape') else None for name, x in flat.items()}
@@ -228,45 +57,61 @@ def _shapes(tree) -> dict[str, tuple]:
 @dataclasses.dataclass
 class Fit:
   """How a checkpoint's arrays fit a model's: names on one side only, and shapes that differ."""
+
   missing: list[str]  # In the model, not in the checkpoint.
   extra: list[str]  # In the checkpoint, not in the model.
   mismatched: list[tuple[str, tuple, tuple]]  # (name, checkpoint shape, model shape).
 
   def lines(self, optional=(), extra_ok: bool = False) -> list[str]:
-    """One line per problem; names starting with an `optional` prefix may be missing (e.g. a new head), and with
-    `extra_ok` the checkpoint may hold arrays the model does not use."""
+    """One line per problem; names starting with an `optional` prefix may be missing (e.g. a new
+    head), and with `extra_ok` the checkpoint may hold arrays the model does not use."""
     out = [f'{n!r}: checkpoint {a} vs model {b}' for n, a, b in self.mismatched]
-    out += [f'{n!r}: missing from the checkpoint' for n in self.missing if not n.startswith(tuple(optional))]
+    out += [
+      f'{n!r}: missing from the checkpoint'
+      for n in self.missing
+      if not n.startswith(tuple(optional))
+    ]
     return out + ([] if extra_ok else [f'{n!r}: not in the model' for n in self.extra])
 
 
 def compare(have, want) -> Fit:
-  """The one "does this checkpoint fit the model" comparison: `have` (the checkpoint) against `want` (the model's
-  parameters or state, abstract or concrete), as trees or flat {name: array} dicts. Parameters come first in the
-  lists, then anything else (optimizer state)."""
+  """The one "does this checkpoint fit the model" comparison: `have` (the checkpoint) against `want`
+  (the model's parameters or state, abstract or concrete), as trees or flat {name: array} dicts.
+  Parameters come first in the lists, then anything else (optimizer state)."""
   have, want = _shapes(have), _shapes(want)
-  first = lambda names: sorted(names, key=lambda n: not n.startswith('params/'))  # Stable: else in tree order.
-  return Fit(missing=first(n for n in want if n not in have), extra=first(n for n in have if n not in want),
-             mismatched=[(n, have[n], want[n]) for n in first(want) if n in have and have[n] != want[n]])
+  # Stable: else in tree order.
+  first = lambda names: sorted(names, key=lambda n: not n.startswith('params/'))
+  return Fit(
+    missing=first(n for n in want if n not in have),
+    extra=first(n for n in have if n not in want),
+    mismatched=[(n, have[n], want[n]) for n in first(want) if n in have and have[n] != want[n]],
+  )
 
 
-def check_fits(have, want, *, source: str, hint: str = '', optional=(), extra_ok: bool = False) -> Fit:
-  """CheckpointMismatchError naming every array of `source` that does not fit (see `compare` and `Fit.lines`), the
-  first 20 listed; returns the Fit when it fits."""
+def check_fits(
+  have, want, *, source: str, hint: str = '', optional=(), extra_ok: bool = False
+) -> Fit:
+  """CheckpointMismatchError naming every array of `source` that does not fit (see `compare` and
+  `Fit.lines`), the first 20 listed; returns the Fit when it fits."""
   fit = compare(have, want)
   problems = fit.lines(optional, extra_ok)
   if problems:
-    listed = '\n  '.join(problems[:20]) + (f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else '')
-    raise CheckpointMismatchError(f'{source} does not fit the model ({len(problems)} array(s) differ; is it a '
-                                  f'checkpoint of another architecture?):\n  {listed}' + (f'\n{hint}' if hint else ''))
+    listed = '\n  '.join(problems[:20]) + (
+      f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
+    )
+    raise CheckpointMismatchError(
+      f'{source} does not fit the model ({len(problems)} array(s) differ; is it a checkpoint of '
+      f'another architecture?):\n  {listed}' + (f'\n{hint}' if hint else '')
+    )
   return fit
 
 
 def inspect_params(*, params, expected, fail_if_extra: bool = True, fail_if_missing: bool = True):
-  """Checks that `params` has the keys of `expected` (a tree, e.g. a model init); returns `params` unchanged.
+  """Checks that `params` has the keys of `expected` (a tree, e.g. a model init); returns `params`
+  unchanged.
 
-  Missing and extra keys are logged by name; with `fail_if_missing` / `fail_if_extra` either kind is a
-  `CheckpointError` (a ValueError) that lists both.
+  Missing and extra keys are logged by name; with `fail_if_missing` / `fail_if_extra` either kind is
+  a `CheckpointError` (a ValueError) that lists both.
   """
   fit = compare(params, expected)
   if fit.missing:
@@ -274,20 +119,25 @@ def inspect_params(*, params, expected, fail_if_extra: bool = True, fail_if_miss
   if fit.extra:
     log.info('inspect_params: extra keys: %s', fit.extra)
   if (fit.missing and fail_if_missing) or (fit.extra and fail_if_extra):
-    raise CheckpointError(f'The parameters do not match the expected tree: {len(fit.missing)} missing '
-                          f'{sorted(fit.missing)}; {len(fit.extra)} extra {sorted(fit.extra)}.')
+    raise CheckpointError(
+      f'The parameters do not match the expected tree: {len(fit.missing)} missing '
+      f'{sorted(fit.missing)}; {len(fit.extra)} extra {sorted(fit.extra)}.'
+    )
   return params
 
 
 def _grid_shape(num_tokens: int) -> tuple[int, int]:
   side = int(round(np.sqrt(num_tokens)))
   if side * side != num_tokens:
-    raise CheckpointError(f'Cannot infer a square grid from {num_tokens} position embeddings; pass the grid shape.')
+    raise CheckpointError(
+      f'Cannot infer a square grid from {num_tokens} position embeddings; pass the grid shape.'
+    )
   return side, side
 
 
 def _linear_resample(x: np.ndarray, size: int, axis: int) -> np.ndarray:
-  """Linear interpolation along `axis` with aligned corners (scipy.ndimage.zoom's order=1 mapping)."""
+  """Linear interpolation along `axis` with aligned corners (scipy.ndimage.zoom's order=1
+  mapping)."""
   n = x.shape[axis]
   if size == n:
     return x
@@ -298,13 +148,19 @@ def _linear_resample(x: np.ndarray, size: int, axis: int) -> np.ndarray:
   return np.take(x, lo, axis=axis) * (1 - frac) + np.take(x, hi, axis=axis) * frac
 
 
-def interpolate_posembed(posemb, num_tokens: int, has_class_token: bool, *,
-                         old_grid: tuple[int, int] | None = None,
-                         new_grid: tuple[int, int] | None = None) -> np.ndarray:
+def interpolate_posembed(
+  posemb,
+  num_tokens: int,
+  has_class_token: bool,
+  *,
+  old_grid: tuple[int, int] | None = None,
+  new_grid: tuple[int, int] | None = None,
+) -> np.ndarray:
   """Resamples position embeddings (1, N, D) to `num_tokens` tokens on a new grid.
 
-  Bilinear with aligned corners, equal to `scipy.ndimage.zoom(grid, zoom, order=1)`. The class-token row, when
-  `has_class_token`, is kept as is. Grids are square unless `old_grid` / `new_grid` (rows, cols) are given.
+  Bilinear with aligned corners, equal to `scipy.ndimage.zoom(grid, zoom, order=1)`. The class-token
+  row, when `has_class_token`, is kept as is. Grids are square unless `old_grid` / `new_grid` (rows,
+  cols) are given.
   """
   posemb = np.asarray(posemb)
   tok, grid = (posemb[:, :1], posemb[0, 1:]) if has_class_token else (posemb[:, :0], posemb[0])
@@ -322,7 +178,8 @@ def interpolate_posembed(posemb, num_tokens: int, has_class_token: bool, *,
 
 
 def _place_like(value: np.ndarray, like):
-  """Casts to `like`'s dtype and, for (abstract or concrete) sharded arrays, builds the array in that sharding."""
+  """Casts to `like`'s dtype and, for (abstract or concrete) sharded arrays, builds the array in
+  that sharding."""
   value = np.asarray(value, dtype=like.dtype)
   sharding = getattr(like, 'sharding', None)
   if sharding is None:
@@ -330,34 +187,48 @@ def _place_like(value: np.ndarray, like):
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def load_pretrained(*, pretrained_path: str, init_params, model_config, image_size: Any = None,
-                    strict: bool = True):
+def load_pretrained(
+  *, pretrained_path: str, init_params, model_config, image_size: Any = None, strict: bool = True
+):
   """Loads a release `.npz` into the structure of `init_params` for fine-tuning.
 
-  * `head` keeps its fresh init (a new task); `pre_logits` is dropped when the model has no representation layer;
-    a `map` pooling head missing from the file (e.g. fine-tuning a 'token' checkpoint with 'map') keeps its init.
-  * Position embeddings are resampled when the token count differs (grid from `image_size`, square by default).
-  * Missing and extra keys are logged by name; with `strict`, any missing key other than head/pre_logits is an
-    error, and so is any shape that cannot be reconciled (the error names the key and both shapes).
-  * The result has `init_params`' dtypes and, where `init_params` are sharded jax.Arrays or ShapeDtypeStructs,
-    their shardings (nothing is materialised whole on one device).
-  * A scanned model (stacked `Transformer/encoderblock/...` in `init_params`) gets the blocks stacked.
-  * An MLP-Mixer (release files from gs://mixer_models load as they are) has no position embeddings: only its head
-    is replaced. Its token-mixing weights fix the number of tokens, so another resolution is an error saying so.
+  * `head` keeps its fresh init (a new task); `pre_logits` is dropped when the model has no
+    representation layer; a `map` pooling head missing from the file (e.g. fine-tuning a 'token'
+    checkpoint with 'map') keeps its init.
+  * Position embeddings are resampled when the token count differs (grid from `image_size`, square
+    by default).
+  * Missing and extra keys are logged by name; with `strict`, any missing key other than
+    head/pre_logits is an error, and so is any shape that cannot be reconciled (the error names the
+    key and both shapes).
+  * The result has `init_params`' dtypes and, where `init_params` are sharded jax.Arrays or
+    ShapeDtypeStructs, their shardings (nothing is materialised whole on one device).
+  * A scanned model (stacked `Transformer/encoderblock/...` in `init_params`) gets the blocks
+    stacked.
+  * An MLP-Mixer (release files from gs://mixer_models load as they are) has no position embeddings:
+    only its head is replaced. Its token-mixing weights fix the number of tokens, so another
+    resolution is an error saying so.
   """
   flat = canonical_flat(pretrained_path)
   init_flat = utils.flatten_dict(init_params)
-  if any(name.startswith(_STACKED) for name in init_flat):
+  if any(name.startswith(STACKED) for name in init_flat):
     flat = stack_blocks(flat)
   posemb = 'Transformer/posembed_input/pos_embedding'
-  if posemb in flat and posemb in init_flat and flat[posemb].shape != tuple(init_flat[posemb].shape):
+  if (
+    posemb in flat and posemb in init_flat and flat[posemb].shape != tuple(init_flat[posemb].shape)
+  ):
     new_grid = None
     if image_size is not None:
       new_grid = presets.token_grid(model_config, image_size)
-    flat[posemb] = interpolate_posembed(flat[posemb], init_flat[posemb].shape[1],
-                                        presets.has_class_token(model_config['classifier']), new_grid=new_grid)
-  flat = {k: v for k, v in flat.items() if not k.startswith('head/')}  # A new task: the head keeps its init.
-  fresh = ('head/', 'pre_logits/', 'MAPHead_0/') if strict else ('',)  # What may be missing (keeps its init).
+    flat[posemb] = interpolate_posembed(
+      flat[posemb],
+      init_flat[posemb].shape[1],
+      presets.has_class_token(model_config['classifier']),
+      new_grid=new_grid,
+    )
+  # A new task: the head keeps its init.
+  flat = {k: v for k, v in flat.items() if not k.startswith('head/')}
+  # What may be missing (keeps its init).
+  fresh = ('head/', 'pre_logits/', 'MAPHead_0/') if strict else ('',)
   hint = _token_mixing_hint(compare(flat, init_flat).mismatched, flat, init_flat, model_config)
   if hint:
     raise CheckpointMismatchError(hint)
@@ -371,7 +242,9 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
     value = flat.get(name)
     if value is None:
       if isinstance(init, jax.ShapeDtypeStruct):
-        raise CheckpointError(f'{name!r} keeps its init, but init_params are abstract; pass concrete params.')
+        raise CheckpointError(
+          f'{name!r} keeps its init, but init_params are abstract; pass concrete params.'
+        )
       out[name] = init
     else:
       out[name] = _place_like(value, init)
@@ -381,20 +254,26 @@ def load_pretrained(*, pretrained_path: str, init_params, model_config, image_si
 def _token_mixing_hint(mismatched, flat, init_flat, model_config) -> str:
   """The error for a Mixer checkpoint of another token count ('' unless that is the only mismatch).
 
-  A Mixer's token-mixing MLP is sized by the number of patches, so its weights fix the resolution. The reference
-  (vision_transformer's load_pretrained) has no conversion either: it loads the weights unchecked and Flax fails
-  on the first apply (ScopeParamShapeError); its Mixer fine-tuning config (mixer_base16_cifar10) trains at 224 px,
-  the release resolution.
+  A Mixer's token-mixing MLP is sized by the number of patches, so its weights fix the resolution.
+  The reference (vision_transformer's load_pretrained) has no conversion either: it loads the
+  weights unchecked and Flax fails on the first apply (ScopeParamShapeError); its Mixer fine-tuning
+  config (mixer_base16_cifar10) trains at 224 px, the release resolution.
   """
   key = 'MixerBlock_0/token_mixing/Dense_0/kernel'
-  if (key not in flat or key not in init_flat or flat[key].shape[0] == init_flat[key].shape[0]
-      or not all('/token_mixing/' in name for name, _, _ in mismatched)):
+  if (
+    key not in flat
+    or key not in init_flat
+    or flat[key].shape[0] == init_flat[key].shape[0]
+    or not all('/token_mixing/' in name for name, _, _ in mismatched)
+  ):
     return ''
   have, want = flat[key].shape[0], init_flat[key].shape[0]
   ph, pw = model_config['patches']['size']
   size = presets.image_size_for_tokens(model_config, have)
   at = f' ({size}x{size} px at patch {ph}x{pw})' if size else ''
-  return (f'The checkpoint is a Mixer for {have} tokens{at}, but the model has {want}: the token-mixing MLP is '
-          'sized by the number of patches, so a Mixer fine-tunes at the resolution it was trained at (as '
-          f'vision_transformer does: Mixer-B/16 on CIFAR-10 at 224 px). Set the image size to give {have} tokens; '
-          'resizing token-mixing weights is not supported.')
+  return (
+    f'The checkpoint is a Mixer for {have} tokens{at}, but the model has {want}: the token-mixing '
+    'MLP is sized by the number of patches, so a Mixer fine-tunes at the resolution it was '
+    'trained at (as vision_transformer does: Mixer-B/16 on CIFAR-10 at 224 px). Set the image '
+    f'size to give {have} tokens; resizing token-mixing weights is not supported.'
+  )

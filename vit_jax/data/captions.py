@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from vit_jax import errors, io
-from vit_jax.data import sources, tokenizers
+from vit_jax.data import image_folders, sources, splits, tokenizers
 
 TEMPLATES = {
     'photo': ('a photo of a {}.',),
@@ -101,8 +101,8 @@ def record_texts(config, records, chunk: int = 256) -> tuple[tuple[str, ...], ..
   image folder's (`records.path(i)`) from config.lit.captions, with an error naming the images that have none."""
   if config.lit.text_feature:
     return tuple(r['text'] for start in range(0, len(records), chunk)
-                 for r in sources.read_many(records, range(start, min(start + chunk, len(records)))))
-  root = sources.folder_root(config)
+                 for r in splits.read_many(records, range(start, min(start + chunk, len(records)))))
+  root = image_folders.folder_root(config)
   if root is None or not hasattr(records, 'path'):
     raise CaptionsError(f'config.lit.captions={config.lit.captions!r} goes with an image folder, but config.dataset='
                         f'{config.dataset!r} is not one.')

@@ -31,11 +31,12 @@ import jax
 import numpy as np
 
 from vit_jax.data import datasets as _local_datasets  # noqa: F401  (registers sklearn_digits with TFDS)
-from vit_jax.data import preprocess, randaugment, sources
+from vit_jax.data import preprocess, randaugment, splits
 from vit_jax.data.captions import Captions
 from vit_jax.configs import presets
+from vit_jax.data.image_folders import folder_root  # noqa: F401  (a public name of the input pipeline)
 from vit_jax.data.sources import (  # noqa: F401  (the input pipeline's public names)
-    IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, folder_root, get_info, open_split)
+    IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, get_info, open_split)
 
 def _seed(config_seed: int, purpose: int) -> int:
   """A 32-bit seed for one use (shuffle, augmentation) derived from config.seed."""
@@ -88,7 +89,7 @@ class TrainStream:
 
   def __init__(self, config, records, captions: Captions | None = None, image_table=None):
     if len(records) == 0:
-      raise sources.DataError(f'{config.dataset} {config.train_split!r} has no examples.')
+      raise splits.DataError(f'{config.dataset} {config.train_split!r} has no examples.')
     self.records, self.example, self.captions = records, TrainExample(config), captions
     self.image_table = image_table  # A locked tower's embedding of each record (config.lit.precompute_image).
     self.order = grain.MapDataset.range(len(records)).shuffle(seed=_seed(config.seed, 0)).repeat()
@@ -102,7 +103,7 @@ class TrainStream:
 
   def batch(self, positions) -> dict[str, np.ndarray]:
     indices = [self.order[int(p)] for p in positions]
-    records = sources.read_many(self.records, indices)
+    records = splits.read_many(self.records, indices)
     if self.image_table is not None:  # The images' embeddings instead of the images (nothing to decode).
       out = {'zimg': self.image_table[indices], 'label': np.array([r['label'] for r in records], np.int32)}
     else:
@@ -154,7 +155,7 @@ def train_dataset(config, *, local_batch_size: int, process_index: int = 0, proc
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
   split = open_split(config, config.train_split, download=download)
-  stream = TrainStream(config, sources.decoded(split.records, config.input_cache_mib * 2**20),
+  stream = TrainStream(config, splits.decoded(split.records, config.input_cache_mib * 2**20),
                        Captions.create(config, split.class_names, split.records) if presets.is_lit(config.model)
                        else None, image_table)
   local = _LocalBatch(stream, local_batch_size * process_count, local_batch_size, process_index)
@@ -173,7 +174,7 @@ class _EvalBatch:
   def __call__(self, b: int) -> dict[str, np.ndarray]:
     ks = range(b * self.local_batch, min((b + 1) * self.local_batch, self.count))
     indices = [self.process_index + k * self.process_count for k in ks]
-    records = sources.read_many(self.records, indices)
+    records = splits.read_many(self.records, indices)
     images = np.zeros((self.local_batch, self.size, self.size, 3), np.uint8)
     labels, mask = np.zeros(self.local_batch, np.int32), np.zeros(self.local_batch, np.float32)
     index = np.full(self.local_batch, -1, np.int32)
@@ -188,8 +189,8 @@ def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, proce
                  download: bool = True) -> grain.IterDataset:
   """This process's part of config.eval_split, once, in order, padded (module doc)."""
   _check_process_args(local_batch_size, process_index, process_count)
-  records = sources.decoded(open_split(config, config.eval_split, download=download).records,
-                            config.input_cache_mib * 2**20)
+  records = splits.decoded(open_split(config, config.eval_split, download=download).records,
+                           config.input_cache_mib * 2**20)
   counts = [len(range(p, len(records), process_count)) for p in range(process_count)]
   num_batches = -(-max(counts) // local_batch_size)
   batch = _EvalBatch(records, config, process_index, process_count, counts[process_index], local_batch_size)

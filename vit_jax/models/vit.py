@@ -6,7 +6,7 @@ for files written by this code or by the AugReg release:
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out}, LayerNorm_1,
   MlpBlock_0/{Dense_0, Dense_1}}, Transformer/encoder_norm, pre_logits, head,
 and for hybrids conv_root, gn_root, block{i}/unit{j}/... (see resnet.py). With `scan=True` the blocks are one
-`Transformer/encoderblock/...` tree whose arrays have a leading layer axis (big_vision's layout); `checkpoint.py`
+`Transformer/encoderblock/...` tree whose arrays have a leading layer axis (big_vision's layout); `npz.py`
 stacks and unstacks it, so release files load and save unchanged.
 
 Options (model config fields) for pretraining recipes, off by default so release checkpoints load unchanged:

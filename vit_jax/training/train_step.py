@@ -64,15 +64,15 @@ def image_embeddings(model, config, params, mesh, chunk: int = 256) -> np.ndarra
   'resize' crop, no flip and no RandAugment), so a step with these equals a step that runs the tower. The same on
   every process (each computes all of it)."""
   from vit_jax import sharding  # pylint: disable=g-import-not-at-top
-  from vit_jax.data import input_pipeline
+  from vit_jax.data import input_pipeline, splits
   split = input_pipeline.open_split(config, config.train_split)
-  records = input_pipeline.sources.decoded(split.records, config.input_cache_mib * 2**20)
+  records = splits.decoded(split.records, config.input_cache_mib * 2**20)
   example = input_pipeline.TrainExample(config)
   embed = jax.jit(lambda p, images: model.apply({'params': p}, images=preprocess.to_float(images))[0],
                   out_shardings=sharding.replicated(mesh))
   rows = []
   for start in range(0, len(records), chunk):
-    batch = [example(r, None)['image'] for r in input_pipeline.sources.read_many(
+    batch = [example(r, None)['image'] for r in splits.read_many(
         records, range(start, min(start + chunk, len(records))))]
     images = np.zeros((chunk,) + batch[0].shape, np.uint8)
     images[:len(batch)] = batch
