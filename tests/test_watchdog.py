@@ -190,14 +190,15 @@ def test_the_clock_times_train_steps_apart_from_compiling_evaluating_and_saving(
   now = [100.0]
   clock = goodput.Clock(start=now[0], now=lambda: now[0])
   clock.tick(0)  # Still in startup: nothing is timed.
-  clock.enter('train', 0)
   for step in (1, 2, 3, 4):
-    with clock.phase('input', step):
-      now[0] += 0.5  # The batch (the first one's, before the compilation, is not timed).
+    clock.enter('input', step)
+    now[0] += 0.5  # The batch (the first one's, before the compilation, is not timed).
     if step == 1:
-      with clock.phase('compile', step):
-        now[0] += 50.0
+      clock.enter('compile')
+      now[0] += 50.0
+      clock.enter('train')
     else:
+      clock.enter('train')
       now[0] += 1.5  # The update.
     clock.tick(step)
     if step == 2:
