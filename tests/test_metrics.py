@@ -11,6 +11,7 @@ import pytest
 import fake_gcs
 from vit_jax import io as vit_io
 from vit_jax.training import metrics
+from vit_jax.runtime import goodput
 from vit_jax.runtime import workdir as workdir_lib
 
 class _Terminal(io.StringIO):
@@ -24,7 +25,8 @@ def test_progress_bar_advances_every_step_and_log_lines_stand_alone(monkeypatch)
   handler = logging.StreamHandler(terminal)
   logging.getLogger().addHandler(handler)
   try:
-    progress = metrics.Progress(total_steps=10, start_step=2, enabled=True)
+    progress = metrics.Progress(total_steps=10, start_step=2, enabled=True,
+                                clock=goodput.Clock())
     for step in (3, 4, 5):
       progress.step(step)  # Host-side only: no figures needed.
     assert progress._bar.n == 5  # pylint: disable=protected-access
@@ -41,7 +43,7 @@ def test_progress_bar_advances_every_step_and_log_lines_stand_alone(monkeypatch)
 
 
 def test_plain_progress_lines_without_a_terminal(caplog):
-  progress = metrics.Progress(total_steps=10, start_step=0, enabled=True)
+  progress = metrics.Progress(total_steps=10, start_step=0, enabled=True, clock=goodput.Clock())
   with caplog.at_level(logging.INFO, logger='vit_jax'):
     progress.step(1)
     progress.report(2, loss=0.5, img_per_sec=10.0)
@@ -57,35 +59,46 @@ def test_speed_scalars_give_per_device_tflops_and_mfu_against_the_peak():
   assert 'train/mfu' not in metrics.Speed(3e9, 4, None).scalars(8000.0)
 
 
-def test_the_eta_counts_train_steps_only_not_the_compile_evaluations_or_checkpoints(monkeypatch, caplog):
+def _fake_clock(now: list[float]) -> goodput.Clock:
+  """A clock at the loop's start (in phase train) whose wall time is now[0]."""
+  clock = goodput.Clock(start=now[0], now=lambda: now[0])
+  clock.enter('train', 0)
+  return clock
+
+
+def test_the_eta_counts_train_steps_only_not_the_compile_evaluations_or_checkpoints(caplog):
   now = [1000.0]
-  monkeypatch.setattr(metrics.time, 'monotonic', lambda: now[0])
-  progress = metrics.Progress(total_steps=200, start_step=0, enabled=True)
-  now[0] += 300.0  # Compiling the first step.
-  progress.resume(0)
+  clock = _fake_clock(now)
+  progress = metrics.Progress(total_steps=200, start_step=0, enabled=True, clock=clock)
+  with clock.phase('compile', 1):
+    now[0] += 300.0  # Compiling the first step.
   for step in range(1, 11):
     now[0] += 0.04  # 40 ms per step.
+    clock.tick(step)
     progress.step(step)
     if step == 5:
-      now[0] += 60.0  # An evaluation.
-      progress.resume(step)
+      with clock.phase('eval', step):
+        now[0] += 60.0  # An evaluation.
+      with clock.phase('checkpoint', step):
+        now[0] += 30.0  # A save.
   with caplog.at_level(logging.INFO, logger='vit_jax'):
     progress.report(10, loss=0.5, img_per_sec=10.0)
   progress.close()
   assert 'ETA 0:00:08' in caplog.text  # 190 steps x 40 ms, not minutes.
-  assert metrics.Progress(10, 0, enabled=False).eta(0) == 'unknown'
+  assert metrics.Progress(10, 0, enabled=False, clock=goodput.Clock()).eta(0) == 'unknown'
 
 
 def test_the_bar_shows_the_train_step_eta_and_is_gone_before_the_last_line(monkeypatch):
   terminal = _Terminal()
   monkeypatch.setattr(sys, 'stderr', terminal)
   now = [0.0]
-  monkeypatch.setattr(metrics.time, 'monotonic', lambda: now[0])
-  progress = metrics.Progress(total_steps=100, start_step=0, enabled=True)
-  now[0] += 120.0  # Compiling.
-  progress.resume(0)
+  clock = _fake_clock(now)
+  progress = metrics.Progress(total_steps=100, start_step=0, enabled=True, clock=clock)
+  with clock.phase('compile', 1):
+    now[0] += 120.0  # Compiling.
   for step in (1, 2, 3):
     now[0] += 0.5
+    clock.tick(step)
     progress.step(step)
   assert 'ETA 0:00:48' in str(progress._bar)  # pylint: disable=protected-access  (97 steps x 0.5 s)
   progress.close()

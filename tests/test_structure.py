@@ -13,10 +13,35 @@ def test_no_module_passes_400_lines():
   assert long == {}
 
 
-def test_train_and_evaluate_is_at_most_60_lines():
+def _train_and_evaluate() -> ast.FunctionDef:
   tree = ast.parse((REPO / 'vit_jax' / 'training' / 'train.py').read_text())
-  fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == 'train_and_evaluate')
+  (fn,) = [n for n in tree.body
+           if isinstance(n, ast.FunctionDef) and n.name == 'train_and_evaluate']
+  return fn
+
+
+def test_train_and_evaluate_is_at_most_60_lines():
+  fn = _train_and_evaluate()
   assert fn.end_lineno - fn.lineno + 1 <= 60
+
+
+BLOCKS = (ast.With, ast.AsyncWith, ast.Try, ast.TryStar, ast.For, ast.AsyncFor, ast.While, ast.If)
+
+
+def nesting_depth(node: ast.AST) -> int:
+  """How deep with/try/for/while/if blocks nest inside `node` (an `elif` is one level deeper)."""
+  children = ast.iter_child_nodes(node)
+  return max((nesting_depth(c) + isinstance(c, BLOCKS) for c in children), default=0)
+
+
+def test_the_nesting_depth_counts_blocks_inside_blocks():
+  fn = ast.parse('def f():\n  with a:\n    try:\n      if b:\n        pass\n    finally:\n'
+                 '      pass\n  for c in d:\n    pass\n').body[0]
+  assert nesting_depth(fn) == 3
+
+
+def test_train_and_evaluate_nests_at_most_two_blocks_deep():
+  assert nesting_depth(_train_and_evaluate()) <= 2
 
 
 def test_tensorflow_is_imported_only_where_a_dataset_is_prepared():

@@ -183,6 +183,43 @@ def test_clock_phases_add_up_to_the_wall_time_and_keep_the_longest_stay():
     clock.enter('nap')
 
 
+def test_the_clock_times_train_steps_apart_from_compiling_evaluating_and_saving():
+  """What the loop does (vit_jax/training/loop.py), on a fake wall time: the rate, the ETA and img/s
+  count a train step's own time (train and input), never the first step's compilation, an
+  evaluation or a save."""
+  now = [100.0]
+  clock = goodput.Clock(start=now[0], now=lambda: now[0])
+  clock.tick(0)  # Still in startup: nothing is timed.
+  for step in (1, 2, 3, 4):
+    clock.enter('input', step)
+    now[0] += 0.5  # The batch (the first one's, before the compilation, is not timed).
+    if step == 1:
+      clock.enter('compile')
+      now[0] += 50.0
+      clock.enter('train')
+    else:
+      clock.enter('train')
+      now[0] += 1.5  # The update.
+    clock.tick(step)
+    if step == 2:
+      assert clock.lap() == (2, pytest.approx(2.0))  # Step 1 in 0 s after compiling, step 2 in 2 s.
+    if step == 3:
+      with clock.phase('eval', step):
+        now[0] += 10.0
+      assert clock.current()[0::2] == ('train', 3)  # Back in training.
+      with clock.phase('checkpoint', step):
+        now[0] += 5.0
+  assert clock.train_time() == (4, pytest.approx(6.0))
+  assert clock.lap() == (2, pytest.approx(4.0))
+  phases = {'startup': 0.0, 'compile': 50.0, 'train': 4.5, 'input': 2.0, 'eval': 10.0,
+            'checkpoint': 5.0}
+  assert clock.phases() == pytest.approx(phases)
+  with pytest.raises(RuntimeError):
+    with clock.phase('eval', 5):
+      raise RuntimeError('an evaluator failed')
+  assert clock.current()[0] == 'eval'  # A failure stays in its phase (the watchdog's bound).
+
+
 def test_a_resumed_attempt_settles_the_lost_steps_of_the_one_before(tmp_path):
   workdir, now = str(tmp_path), time.time()
   died = {'start': now - 130, 'end': now - 30, 'first_step': 0, 'last_step': 40, 'ended': 'running',

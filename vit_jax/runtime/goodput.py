@@ -17,9 +17,12 @@ Across attempts (a run resumed after a failure or a preemption) the record adds 
   gap         wall time between an attempt's last record and the next attempt's start (a launcher restarting the job,
               a requeue waiting for nodes). An attempt that died counts from its last record on as gap.
 The record is rewritten at every log step, evaluation and save, so a killed attempt leaves its record up to then.
+The same clock times the train steps (`tick`): the progress bar's rate and ETA and the logged img/s
+derive from it, and count a step's own time only (Clock), never a compilation, evaluation or save.
 `summary` totals it; `vit_jax.visualize goodput` draws it and `launch.results` shows its `goodput` column.
 This module imports no JAX (launch/ reads records through it).
 """
+import contextlib
 import json
 import os
 import threading
@@ -30,6 +33,7 @@ from vit_jax import io
 from vit_jax.runtime import workdir as workdir_lib
 
 PHASES = ('startup', 'compile', 'train', 'input', 'eval', 'checkpoint')
+TRAINING = ('train', 'input')  # The phases of a train step's own time (the rate, the ETA, img/s).
 ALL_PARTS = PHASES + ('lost', 'gap')
 
 
@@ -53,21 +57,35 @@ STARTUP_SLACK_S = 5.0  # The longest a Python interpreter takes to start before 
 
 
 class Clock:
-  """The phase this process is in, since when, at which step; the time spent in each phase; the longest single stay
-  in each (the watchdog's measure of how long a phase may take: vit_jax/runtime/watchdog.py). Thread-safe."""
+  """The one clock of a process: the phase it is in, since when, at which step; the time spent in
+  each phase; the longest single stay in each (the watchdog's measure of how long a phase may take:
+  vit_jax/runtime/watchdog.py); and the train steps' own time. Thread-safe.
 
-  def __init__(self, start: float | None = None, step: int = 0):
+  `enter` moves to a phase; `phase` is one for a block, after which the clock is back in the phase
+  it left (an evaluation or a save inside training: big_vision's chrono pause and resume).
+  `tick(step)` says a train step is done. A train step's time is the time since the step before it
+  was done, or since the process came back to training (TRAINING) from another phase, whichever is
+  later: the first step's compilation, evaluations and saves never count. `train_time` totals it
+  (the ETA); `lap` gives it since the last lap (a log window's img/s). `now` is the wall time
+  (time.time, or a test's fake).
+  """
+
+  def __init__(self, start: float | None = None, step: int = 0, *, now=time.time):
+    self.now = now
     self.start = process_start_time() if start is None else start
     self._lock = threading.Lock()
     self._phase, self._since, self._step = 'startup', self.start, step
     self.totals = dict.fromkeys(PHASES, 0.0)
     self.longest: dict[str, float] = {}  # phase -> its longest completed stay (s).
+    self._mark: float | None = None  # When the next train step's time began; None outside TRAINING.
+    self._trained = (0, 0.0)  # Train steps ticked, and their seconds.
+    self._lapped = (0, 0.0)  # _trained at the last lap.
 
   def enter(self, phase: str, step: int | None = None) -> str:
     """From now on the process is in `phase` (at `step`, if given); returns the phase it leaves."""
     if phase not in PHASES:
       raise ValueError(f'Unknown phase {phase!r}; the phases are {PHASES}.')
-    now = time.time()
+    now = self.now()
     with self._lock:
       left, stay = self._phase, now - self._since
       self.totals[left] += stay
@@ -75,7 +93,41 @@ class Clock:
       self._phase, self._since = phase, now
       if step is not None:
         self._step = step
+      if phase not in TRAINING:
+        self._mark = None
+      elif left not in TRAINING:
+        self._mark = now  # Back to training: what came before was no train step's time.
     return left
+
+  @contextlib.contextmanager
+  def phase(self, name: str, step: int | None = None):
+    """In phase `name` (at `step`, if given) for the block, then back in the phase it left. On an
+    exception it stays in `name`, the phase it failed in (the watchdog bounds the failure's end)."""
+    left = self.enter(name, step)
+    yield
+    self.enter(left)
+
+  def tick(self, step: int) -> None:
+    """Train step `step` is done: its time (class doc) counts if the clock is in TRAINING."""
+    now = self.now()
+    with self._lock:
+      self._step = step
+      if self._mark is not None:
+        steps, seconds = self._trained
+        self._trained = (steps + 1, seconds + now - self._mark)
+        self._mark = now
+
+  def train_time(self) -> tuple[int, float]:
+    """(train steps, their seconds) so far (class doc)."""
+    with self._lock:
+      return self._trained
+
+  def lap(self) -> tuple[int, float]:
+    """(train steps, their seconds) since the last lap (class doc)."""
+    with self._lock:
+      (steps, seconds), (lapped_steps, lapped_seconds) = self._trained, self._lapped
+      self._lapped = self._trained
+    return steps - lapped_steps, seconds - lapped_seconds
 
   def current(self) -> tuple[str, float, int]:
     """(phase, the wall time it was entered, step)."""
@@ -84,7 +136,7 @@ class Clock:
 
   def phases(self) -> dict[str, float]:
     """Seconds per phase so far, the current stay included; they add up to now - start."""
-    now = time.time()
+    now = self.now()
     with self._lock:
       out = dict(self.totals)
       out[self._phase] += now - self._since
@@ -107,7 +159,7 @@ class Recorder:
       self.ended = ended
     if not self.enabled:
       return
-    attempt = {'start': self.clock.start, 'end': time.time(), 'first_step': self.first_step,
+    attempt = {'start': self.clock.start, 'end': self.clock.now(), 'first_step': self.first_step,
                'last_step': self.last_step, 'ended': self.ended,
                'phases': {k: round(v, 3) for k, v in self.clock.phases().items()}}
     io.write_text(workdir_lib.path(self.workdir, workdir_lib.GOODPUT_FILE),

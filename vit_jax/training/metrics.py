@@ -123,47 +123,19 @@ class _ClearBar(logging.Filter):
     return True
 
 
-class TrainTime:
-  """The seconds spent in train steps, apart from the work between them that is not training.
-
-  `step(n)` after step n adds the time since the last call; `resume(n)`, after compiling, evaluating or saving,
-  restarts the clock at step n without counting that time. `take()` gives the steps and seconds since the last take
-  (a log window's throughput); `steps` and `seconds` are the totals (the ETA)."""
-
-  def __init__(self):
-    self._last: tuple[int, float] | None = None  # (step, time) of the last step or resume: the first one only marks.
-    self.steps, self.seconds = 0, 0.0
-    self._taken = (0, 0.0)
-
-  def step(self, step: int) -> None:
-    now = time.monotonic()
-    if self._last is not None and step > self._last[0]:
-      self.steps += step - self._last[0]
-      self.seconds += now - self._last[1]
-    self._last = (step, now)
-
-  def resume(self, step: int) -> None:
-    self._last = (step, time.monotonic())
-
-  def take(self) -> tuple[int, float]:
-    steps, seconds = self.steps - self._taken[0], self.seconds - self._taken[1]
-    self._taken = (self.steps, self.seconds)
-    return steps, seconds
-
-
 class Progress:
   """A tqdm bar on a terminal (stderr), plain log lines otherwise.
 
   `step(step)` is called every step: the bar advances on the host (no device sync), with the last logged loss,
   img/s, MFU and the ETA. `report(...)` is called on the log cadence with those figures; without a terminal it
   logs them as one line. While the bar is shown, every log line is written above it (the bar is cleared first).
-  The ETA counts train steps only: `resume(step)` after work that is not a step (the first step's compilation, an
-  evaluation, a checkpoint) leaves the time since the last step out of the rate.
+  The ETA is the steps left at the clock's time per train step (vit_jax/runtime/goodput.py,
+  `Clock.train_time`): a step's own time, never the first step's compilation, an evaluation or a
+  checkpoint.
   """
 
-  def __init__(self, total_steps: int, start_step: int, enabled: bool):
-    self._total, self._start = total_steps, start_step
-    self.time = TrainTime()
+  def __init__(self, total_steps: int, start_step: int, enabled: bool, clock):
+    self._total, self._start, self._clock = total_steps, start_step, clock
     self._bar = None
     self._enabled = enabled
     self._handlers = []
@@ -177,21 +149,17 @@ class Progress:
         handler.addFilter(self._filter)
 
   def step(self, step: int) -> None:
-    self.time.step(step)
     if self._bar is not None and step > self._bar.n:
       self._bar.update(step - self._bar.n)
-      if self.time.steps:
+      if self._clock.train_time()[0]:  # A step was timed.
         self._bar.set_description_str(f'ETA {self.eta(step)}', refresh=False)
 
-  def resume(self, step: int) -> None:
-    """`step` is done and what came after it was not training (module doc): the clock restarts now."""
-    self.time.resume(step)
-
   def eta(self, step: int) -> datetime.timedelta | str:
-    """The time left at the measured seconds per train step; 'unknown' before two steps were timed."""
-    if not self.time.steps:
+    """The time left at the clock's seconds per train step; 'unknown' before a step was timed."""
+    steps, seconds = self._clock.train_time()
+    if not steps:
       return 'unknown'
-    return datetime.timedelta(seconds=round((self._total - step) * self.time.seconds / self.time.steps))
+    return datetime.timedelta(seconds=round((self._total - step) * seconds / steps))
 
   def report(self, step: int, loss: float, img_per_sec: float, mfu: float | None = None):
     if not self._enabled:

@@ -1,0 +1,251 @@
+"""The training loop: the steps after the train state's step up to config.total_steps, and the end.
+
+Each step: the next batch (phase input), the update (the first one compiles: phase compile), then on
+their cadences the log line and metrics, the evaluators (phase eval) and a checkpoint (phase
+checkpoint); a preemption notice saves and stops. Where the time goes is the clock's
+(vit_jax/runtime/goodput.py): the loop says which phase it is in and which step is done; the goodput
+record, the progress bar's rate and ETA and the logged img/s derive from it. At the end: the wait
+for the last save, params.npz (config.export_npz), and the attempt's last goodput record
+('finished', 'preempted', or 'failed' on an exception).
+"""
+import contextlib
+import logging
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from vit_jax import checkpoint, models
+from vit_jax.configs import check
+from vit_jax.data import input_pipeline
+from vit_jax.models import flops
+from vit_jax.runtime import distributed, goodput
+from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import metrics
+from vit_jax.training import train_step as train_step_lib
+
+log = logging.getLogger(__name__)
+
+
+def _due(step: int, every: int, last: bool) -> bool:
+  """The loop's one cadence rule (logging, each evaluator, checkpoints): every `every`-th step, and the last step."""
+  return last or step % every == 0
+
+
+def evaluate(evals, params, step: int) -> dict[str, float]:
+  """Runs `evals` on `params`; logs and returns their metrics."""
+  result = {}
+  for ev in evals:
+    result.update(ev.run(params))
+  if result:
+    log.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items())
+                                            if not k.endswith('num_examples')))
+  return result
+
+
+def export(setup, train_state, workdir: str) -> None:
+  """WORKDIR/params.npz in the release layout (config.export_npz), gathered from every process."""
+  if setup.config.export_npz:
+    params = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+                          train_state['params'])
+    if jax.process_index() == 0:
+      checkpoint.save_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE), params)
+
+
+def _num_classes_of(model) -> int | None:
+  return getattr(model, 'num_classes', None)  # A LiT model has no class head.
+
+
+class Loop:
+  """The steps after the train state's step up to config.total_steps (module doc): train, log,
+  evaluate, save, and stop early on a preemption notice. It holds the loop's state: the train state,
+  the writers and the clock."""
+
+  def __init__(self, setup, checkpoints, workdir: str, watch, train_state, evals, clock):
+    self.setup, self.config, self.checkpoints, self.watch, self.evals = setup, setup.config, checkpoints, watch, evals
+    self.state, self.clock, self.workdir = train_state, clock, workdir
+    self.start = int(jax.device_get(train_state['step']))
+    self.zero_window = jax.jit(train_step_lib.zero_window, out_shardings=setup.shardings['window'])
+    if _due(self.start, self.config.log_every_steps, False):  # Logged at this step (by older versions: not reset).
+      self.new_window()
+    self.record = goodput.Recorder(workdir, clock, resumed_from=self.start, enabled=jax.process_index() == 0)
+    self.record.write(self.start)
+    self.profile = check.profile_range(self.config.profile_steps) if jax.process_index() == 0 else None
+    self.tracing = False
+    self.nonfinite_seen = int(jax.device_get(train_state['nonfinite']['count']))
+    is_main = jax.process_index() == 0
+    self.writer = metrics.Writer(workdir, enabled=is_main)
+    self.progress = metrics.Progress(self.config.total_steps, self.start, enabled=is_main,
+                                     clock=clock)
+    self.speed = metrics.Speed(flops.train_flops(
+        self.config.model, self.config.image_size, _num_classes_of(setup.model),
+        locked_image=self.config.lit.locked_image, image_precomputed=self.config.lit.precompute_image),
+                               jax.device_count(),
+                               flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype))
+
+  def run(self) -> dict[str, float]:
+    """Trains to config.total_steps and exports; returns the last evaluation's metrics, or
+    {'preempted_at_step': step} after a preemption notice. The attempt's goodput record ends
+    'finished', 'preempted', or 'failed' on an exception; process 0 logs where the time went."""
+    try:
+      result = self.train()
+      self.checkpoints.wait()  # In phase checkpoint: the loop ended there.
+      preempted = 'preempted_at_step' in result
+      if preempted:
+        log.warning('%s: saved a checkpoint at step %d in %s; rerun the same command to resume.',
+                    'Stopped by Ctrl-C' if self.watch.interrupted else 'Preempted',
+                    result['preempted_at_step'], self.checkpoints.directory)
+      else:
+        export(self.setup, self.state, self.workdir)
+    except BaseException:
+      self.record.write(ended='failed')
+      raise
+    self.record.write(ended='preempted' if preempted else 'finished')
+    if jax.process_index() == 0:
+      log.info('Where the time went: %s (WORKDIR/%s; `python -m vit_jax.visualize goodput %s` '
+               'draws it).', goodput.describe(goodput.summary(goodput.read(self.workdir))),
+               workdir_lib.GOODPUT_FILE, self.workdir)
+    return result
+
+  def train(self) -> dict[str, float]:
+    """The steps (module doc); returns the last evaluation's metrics, or {'preempted_at_step':
+    step}. It ends in phase checkpoint, with the writers closed."""
+    config, result = self.config, {}
+    batches = input_pipeline.device_batches(config, self.setup.batch_sharding, train=True,
+                                            start_step=self.start, image_table=self.image_table())
+    train_step = self.setup.train_step()
+    try:
+      for step in range(self.start + 1, config.total_steps + 1):
+        self.clock.enter('input', step)
+        batch = next(batches)
+        self.profiler(step)
+        self.state, stats = self.update(train_step, batch, step)  # No host sync here.
+        self.clock.tick(step)
+        self.progress.step(step)
+        self.checkpoints.check()  # A failed asynchronous save stops the run at the next step.
+        last = step == config.total_steps
+        if _due(step, config.log_every_steps, last):
+          self.log(step, stats)
+        evals = [ev for ev in self.evals if _due(step, ev.every_steps, last)]
+        if evals:
+          with self.pause('eval', step):
+            result = evaluate(evals, self.state['params'], step)
+            self.writer.write_scalars(step, {k: v for k, v in result.items()
+                                             if not k.endswith('num_examples')})
+        saved = _due(step, config.checkpoint_every_steps, last)
+        if saved:
+          with self.pause('checkpoint', step):
+            self.save(step)
+        if self.watch.reached(step):
+          result = self.stop(step, saved)
+          break
+      self.clock.enter('checkpoint')  # The end: closing the writers, the last save, params.npz.
+    finally:
+      self.progress.close()  # Before the last lines: a bar drawn after them would stand below.
+      self.writer.close()
+      self.profiler(None)
+    return result
+
+  @contextlib.contextmanager
+  def pause(self, phase: str, step: int):
+    """A break in training at `step` (an evaluation, a save): the block runs in `phase`, then the
+    goodput record is written and the clock goes back to training (vit_jax/runtime/goodput.py)."""
+    with self.clock.phase(phase, step):
+      yield
+      self.record.write(step)
+
+  def update(self, train_step, batch, step: int):
+    """The update of `step`, dispatched (no host sync), in phase train. The first one compiles the
+    train step first, in phase compile (said before and after: it takes a while); the first stay in
+    train after it, which waits for the first step's run, then has the watchdog's first bound."""
+    if step > self.start + 1:
+      self.clock.enter('train')
+      return train_step(self.state, batch)
+    log.info('Compiling the train step...')
+    self.clock.enter('compile')
+    compiling = time.monotonic()
+    train_step.lower(self.state, batch).compile()  # The call below reuses it.
+    # Processes start their first collective together, however long each one compiled (gloo gives a
+    # peer 30 s).
+    distributed.barrier(f'compiled-{step}', timeout_s=self.config.faults.hang_first_s)
+    out = train_step(self.state, batch)
+    self.clock.enter('train')
+    log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
+    return out
+
+  def stop(self, step: int, saved: bool) -> dict[str, int]:
+    """A preemption notice (or Ctrl-C) at `step`: a checkpoint there unless one was just saved."""
+    if not saved:
+      with self.pause('checkpoint', step):
+        self.save(step)
+    return {'preempted_at_step': step}
+
+  def image_table(self):
+    """A LiT run's locked image tower applied once to every training image (config.lit.precompute_image), else None."""
+    if not (models.is_lit(self.config.model) and self.config.lit.precompute_image):
+      return None
+    self.clock.enter('input', self.start + 1)
+    start = time.monotonic()
+    table = train_step_lib.image_embeddings(self.setup.model, self.config, self.state['params'], self.setup.mesh)
+    log.info('Embedded the %d training images with the locked image tower once, in %.1f s.', len(table),
+             time.monotonic() - start)
+    return table
+
+  def profiler(self, step: int | None) -> None:
+    """Starts the jax.profiler trace of config.profile_steps at its first step, stops it at its end (step None: the
+    loop ended), into WORKDIR/profile (process 0's devices)."""
+    if self.profile is None:
+      return
+    first, end = self.profile
+    if step == first or (step == self.start + 1 and first < step < end):
+      jax.profiler.start_trace(workdir_lib.path(self.workdir, workdir_lib.PROFILE_DIR))
+      self.tracing = True
+    elif self.tracing and (step is None or step >= end):
+      jax.block_until_ready(self.state)
+      jax.profiler.stop_trace()
+      self.tracing = False
+      log.info('Wrote the profile of steps %d-%d to %s: view it with `tensorboard --logdir %s` (Profile tab) or '
+               'https://ui.perfetto.dev.', first, min(end, self.config.total_steps + 1) - 1,
+               workdir_lib.path(self.workdir, workdir_lib.PROFILE_DIR), self.workdir)
+
+  def log(self, step: int, stats) -> None:
+    """The log step's writes: the train metrics, the progress line, the goodput record."""
+    self.check_finite()
+    sums = jax.device_get(self.state['window'])  # Over the steps since the last log step (see the train step).
+    self.new_window()
+    steps, seconds = self.clock.lap()  # Train steps only, since the last log step (the clock).
+    img_per_sec = steps * self.config.batch_size / seconds if seconds > 0 else 0.0
+    scalars = {'train/learning_rate': float(jax.device_get(stats['learning_rate'])), **self.speed.scalars(img_per_sec)}
+    if sums['steps']:
+      scalars['train/loss'] = sums['loss'] / sums['steps']
+      scalars['train/grad_norm'] = sums['grad_norm'] / sums['steps']
+    if self.nonfinite_seen:
+      scalars['train/nonfinite_steps'] = self.nonfinite_seen
+    self.writer.write_scalars(step, scalars)
+    self.progress.report(step, scalars.get('train/loss', float('nan')), img_per_sec, scalars.get('train/mfu'))
+    self.record.write(step)
+
+  def new_window(self) -> None:
+    """Starts a new metric window (the train step sums into state['window']; the log cadence lives here only)."""
+    self.state = {**self.state, 'window': self.zero_window()}
+
+  def check_finite(self) -> None:
+    """Applies config.nonfinite_policy to the updates dropped since the last check (a host sync: call rarely)."""
+    count, last_bad = (int(x) for x in jax.device_get((self.state['nonfinite']['count'],
+                                                       self.state['nonfinite']['last_step'])))
+    if count == self.nonfinite_seen:
+      return
+    if self.config.nonfinite_policy == 'stop':
+      raise train_step_lib.NonFiniteError(
+          f'Non-finite loss or gradient norm at step {last_bad} ({count - self.nonfinite_seen} such step(s) since '
+          f'the last check); those updates were not applied and nothing was saved. The last good checkpoint is step '
+          f'{self.checkpoints.latest_step()} in {self.checkpoints.directory} (rerunning resumes from it). Lower the '
+          'learning rate, check the data, or set config.nonfinite_policy=skip to drop such updates and go on.')
+    log.warning('Dropped %d update(s) with a non-finite loss or gradient norm (the last at step %d); %d in all.',
+                count - self.nonfinite_seen, last_bad, count)
+    self.nonfinite_seen = count
+
+  def save(self, step: int) -> None:
+    self.check_finite()  # Never save over a good checkpoint after a non-finite step under 'stop'.
+    self.checkpoints.save(step, self.state)
