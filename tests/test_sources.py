@@ -1,5 +1,5 @@
-"""vit_jax/data/sources.py: TFDS datasets (sliced splits; a TFRecord-only, an unprepared offline or a
-manual-download dataset is one clear error) and image folders (vit_jax/data/image_folders.py:
+"""vit_jax/data/sources.py: TFDS datasets (sliced splits; a TFRecord-only, an unprepared offline or
+a manual-download dataset is one clear error) and image folders (vit_jax/data/image_folders.py:
 train/eval, TFDS-style slices, folder errors, undecodable files named or skipped, a folder path
 given as the dataset)."""
 import logging

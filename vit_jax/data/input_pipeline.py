@@ -34,7 +34,7 @@ from vit_jax.data import datasets as _local_datasets  # noqa: F401  (registers s
 from vit_jax.data import preprocess, randaugment, splits
 from vit_jax.data.captions import Captions
 from vit_jax.configs import presets
-from vit_jax.data.image_folders import folder_root  # noqa: F401  (a public name of the input pipeline)
+from vit_jax.data.image_folders import folder_root  # noqa: F401  (a public name, as below)
 from vit_jax.data.sources import (  # noqa: F401  (the input pipeline's public names)
     IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, get_info, open_split)
 
