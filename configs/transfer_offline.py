@@ -1,12 +1,14 @@
-"""The offline transfer suite: what `python -m launch.transfer` measures on a machine with no internet, for the
-README's main job (an 8-px ViT on the digits) or any model pretrained at 8 px.
+"""The offline transfer suite: what `python -m launch.transfer` measures on a machine with no
+internet, for the README's main job (an 8-px ViT on the digits) or any model pretrained at 8 px.
 
   python -m launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py --out=runs/transfer
 
-Tasks: the bundled digits (its train split cut 80/20 into train and validation, the test split reported) and
-'stripes', an image folder of noisy stripes in four orientations that `prepare()` generates into
-runs/transfer_data/stripes (the same files on every machine). Few-shot: a ridge probe on the digits' pre-logits.
+Tasks: the bundled digits (its train split cut 80/20 into train and validation, the test split
+reported) and 'stripes', an image folder of noisy stripes in four orientations that `prepare()`
+generates into runs/transfer_data/stripes (the same files on every machine). Few-shot: a ridge probe
+on the digits' pre-logits.
 """
+
 import os
 
 import numpy as np
@@ -17,17 +19,45 @@ STRIPES = 'runs/transfer_data/stripes'
 STRIPE_CLASSES = ('horizontal', 'vertical', 'diagonal', 'antidiagonal')
 
 SUITE = transfer.suite(
-    name='offline',
-    tasks={
-        'digits': transfer.task(dataset='sklearn_digits', train='train[:80%]', val='train[80%:]', test='test',
-                                steps=60, warmup=10, image_size=8, crop='resize', flip=False, lrs=(0.003, 0.03),
-                                batch_size=64, eval_batch_size=64),
-        'stripes': transfer.task(dataset=STRIPES, train='train[:75%]', val='train[75%:]', test='test', steps=30,
-                                 warmup=5, image_size=8, crop='resize', flip=False, lrs=(0.003, 0.03), seeds=2,
-                                 batch_size=32, eval_batch_size=32),
-    },
-    fewshot={'datasets': 'sklearn_digits:train:test', 'shots': (1, 5, 10), 'seeds': 3, 'l2_reg': 2.0**10,
-             'image_size': 8},
+  name='offline',
+  tasks={
+    'digits': transfer.task(
+      dataset='sklearn_digits',
+      train='train[:80%]',
+      val='train[80%:]',
+      test='test',
+      steps=60,
+      warmup=10,
+      image_size=8,
+      crop='resize',
+      flip=False,
+      lrs=(0.003, 0.03),
+      batch_size=64,
+      eval_batch_size=64,
+    ),
+    'stripes': transfer.task(
+      dataset=STRIPES,
+      train='train[:75%]',
+      val='train[75%:]',
+      test='test',
+      steps=30,
+      warmup=5,
+      image_size=8,
+      crop='resize',
+      flip=False,
+      lrs=(0.003, 0.03),
+      seeds=2,
+      batch_size=32,
+      eval_batch_size=32,
+    ),
+  },
+  fewshot={
+    'datasets': 'sklearn_digits:train:test',
+    'shots': (1, 5, 10),
+    'seeds': 3,
+    'l2_reg': 2.0**10,
+    'image_size': 8,
+  },
 )
 get_config, get_sweep, get_suite = transfer.suite_functions(SUITE)
 
@@ -40,8 +70,10 @@ def _stripes(orientation: int, rng) -> np.ndarray:
 
 
 def prepare(per_class=(40, 20)) -> None:
-  """Writes STRIPES/{train,test}/<orientation>/<i>.png (seeded: the same files everywhere) unless it exists."""
+  """Writes STRIPES/{train,test}/<orientation>/<i>.png (seeded: the same files everywhere) unless it
+  exists."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   if os.path.isdir(STRIPES):
     return
   rng = np.random.default_rng(0)

@@ -1,14 +1,16 @@
 """Regenerates the README's "After training" figures from real runs: python docs/make_figures.py.
 
-1. Writes a small image folder, runs/shapes_data/{train,test}/{circle,square,triangle}/*.png: one filled shape of
-   random size, position and colour on a noisy background of another colour, 32x32 px (seeded; 1,500 train and 100
-   test images per class).
-2. Trains the offline default model (configs/default.py: 3 layers, width 128) on it at 32 px with 4x4 patches, at two
-   learning rates (runs/shapes and runs/shapes_lr3e-3), with the same `python -m vit_jax.main` a user runs.
-3. Runs the after-training tools on them as a user would (predict, visualize attention and curves, export hf) and
-   copies the pictures into docs/.
+1. Writes a small image folder, runs/shapes_data/{train,test}/{circle,square,triangle}/*.png: one
+   filled shape of random size, position and colour on a noisy background of another colour, 32x32
+   px (seeded; 1,500 train and 100 test images per class).
+2. Trains the offline default model (configs/default.py: 3 layers, width 128) on it at 32 px with
+   4x4 patches, at two learning rates (runs/shapes and runs/shapes_lr3e-3), with the same `python -m
+   vit_jax.main` a user runs.
+3. Runs the after-training tools on them as a user would (predict, visualize attention and curves,
+   export hf) and copies the pictures into docs/.
 Takes about 15 minutes on the 2-core development machine (two runs of 1,500 steps at ~190 img/s).
 """
+
 import os
 import shutil
 import subprocess
@@ -24,7 +26,8 @@ SIZE = 32
 
 
 def shape_image(rng: np.random.Generator, kind: str) -> Image.Image:
-  """One shape of class `kind` on a noisy background; colours drawn apart so the shape stays visible."""
+  """One shape of class `kind` on a noisy background; colours drawn apart so the shape stays
+  visible."""
   background, colour = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
   while np.abs(background - colour).sum() < 200:
     colour = rng.integers(0, 256, 3)
@@ -41,13 +44,20 @@ def shape_image(rng: np.random.Generator, kind: str) -> Image.Image:
     draw.rectangle(box, fill=fill)
   else:
     angle = rng.uniform(0, 2 * np.pi)
-    corners = [(cx + radius * np.cos(angle + k * 2 * np.pi / 3), cy + radius * np.sin(angle + k * 2 * np.pi / 3))
-               for k in range(3)]
+    corners = [
+      (
+        cx + radius * np.cos(angle + k * 2 * np.pi / 3),
+        cy + radius * np.sin(angle + k * 2 * np.pi / 3),
+      )
+      for k in range(3)
+    ]
     draw.polygon(corners, fill=fill)
   return image
 
 
-def write_shapes(root: str, *, train_per_class: int = 1500, test_per_class: int = 100, seed: int = 0) -> None:
+def write_shapes(
+  root: str, *, train_per_class: int = 1500, test_per_class: int = 100, seed: int = 0
+) -> None:
   rng = np.random.default_rng(seed)
   for split, n in (('train', train_per_class), ('test', test_per_class)):
     for kind in CLASSES:
@@ -63,11 +73,24 @@ def run(*args: str) -> None:
 
 
 def train(workdir: str, base_lr: float) -> None:
-  run('-m', 'vit_jax.main', f'--workdir={workdir}', f'--config.dataset={DATA}', f'--config.image_size={SIZE}',
-      '--config.model.patches.size=(4,4)', '--config.model.transformer.dropout_rate=0.0',
-      '--config.total_steps=1500', '--config.batch_size=64', '--config.eval_batch_size=304',
-      '--config.eval_every_steps=250', '--config.log_every_steps=50', '--config.checkpoint_every_steps=500',
-      '--config.pp.flip=True', f'--config.schedule.base_lr={base_lr}', '--config.schedule.warmup_steps=100')
+  run(
+    '-m',
+    'vit_jax.main',
+    f'--workdir={workdir}',
+    f'--config.dataset={DATA}',
+    f'--config.image_size={SIZE}',
+    '--config.model.patches.size=(4,4)',
+    '--config.model.transformer.dropout_rate=0.0',
+    '--config.total_steps=1500',
+    '--config.batch_size=64',
+    '--config.eval_batch_size=304',
+    '--config.eval_every_steps=250',
+    '--config.log_every_steps=50',
+    '--config.checkpoint_every_steps=500',
+    '--config.pp.flip=True',
+    f'--config.schedule.base_lr={base_lr}',
+    '--config.schedule.warmup_steps=100',
+  )
 
 
 def main() -> None:
@@ -79,7 +102,14 @@ def main() -> None:
   examples = [os.path.join(DATA, 'test', kind, '000.png') for kind in CLASSES]
   run('-m', 'vit_jax.predict', '--workdir=runs/shapes', '--top_k=2', *examples)
   run('-m', 'vit_jax.visualize', 'attention', '--workdir=runs/shapes', *examples)
-  run('-m', 'vit_jax.visualize', 'curves', 'runs/shapes', 'runs/shapes_lr3e-3', '--out=docs/curves.png')
+  run(
+    '-m',
+    'vit_jax.visualize',
+    'curves',
+    'runs/shapes',
+    'runs/shapes_lr3e-3',
+    '--out=docs/curves.png',
+  )
   run('-m', 'vit_jax.export', 'hf', '--workdir=runs/shapes', '--out=runs/shapes_hf')
   for kind in CLASSES:
     shutil.copy(f'runs/shapes/attention/{kind}_000_rollout.png', f'docs/attention_{kind}.png')

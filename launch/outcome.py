@@ -1,25 +1,31 @@
-"""How a launched job ended: finished, preempted (it saved and can resume) or failed, and the one line that says why.
+"""How a launched job ended: finished, preempted (it saved and can resume) or failed, and the one
+line that says why.
 
-vit_jax.main's exit statuses: 0 when the run is complete, and also when it stopped early to be resumed (SIGTERM or a
-first Ctrl-C: it saves a checkpoint, then exits 0); 1 for an error (a user error is one `E` log line naming the
-cause; a bug, a traceback); 2 for a bad command line (one line per bad flag); 130 when a second Ctrl-C aborted it;
-75 (a process of the job was lost) and 76 (a process hung), both restartable (vit_jax/runtime/watchdog.py). A shell reports
-a process killed by signal N as 128 + N.
+vit_jax.main's exit statuses: 0 when the run is complete, and also when it stopped early to be
+resumed (SIGTERM or a first Ctrl-C: it saves a checkpoint, then exits 0); 1 for an error (a user
+error is one `E` log line naming the cause; a bug, a traceback); 2 for a bad command line (one line
+per bad flag); 130 when a second Ctrl-C aborted it; 75 (a process of the job was lost) and 76 (a
+process hung), both restartable (vit_jax/runtime/watchdog.py). A shell reports a process killed by
+signal N as 128 + N.
 
 The rule (`classify`), for the job on every worker of a node that is up:
-  * the workers that exited non-zero all exited restartable (75, 76), or were killed by a signal beside one that
-    did (the host that died): preempted, rerun at once from the checkpoint (`restartable`);
+  * the workers that exited non-zero all exited restartable (75, 76), or were killed by a signal
+    beside one that did (the host that died): preempted, rerun at once from the checkpoint
+    (`restartable`);
   * any other worker exited non-zero: failed;
   * every worker exited 0 and the run is complete: finished;
-  * every worker exited 0 before the end, or the job vanished from a worker (the VM restarted): preempted when the
-    run has a checkpoint to resume from (SIGTERM-with-resume), else failed (it ended before its first checkpoint:
-    a `--help` among the arguments, say);
+  * every worker exited 0 before the end, or the job vanished from a worker (the VM restarted):
+    preempted when the run has a checkpoint to resume from (SIGTERM-with-resume), else failed (it
+    ended before its first checkpoint: a `--help` among the arguments, say);
   * otherwise it is still running.
-A lost node is a preemption too; the supervisor (launch/supervise.py) decides that from the node's state.
+A lost node is a preemption too; the supervisor (launch/supervise.py) decides that from the node's
+state.
 
-On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest finalised checkpoint
-(`vit_jax-checkpoint: STEP`, or `none`), by the rule of vit_jax/runtime/workdir.py (`latest_step`).
+On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest
+finalised checkpoint (`vit_jax-checkpoint: STEP`, or `none`), by the rule of
+vit_jax/runtime/workdir.py (`latest_step`).
 """
+
 import dataclasses
 import re
 import sys
@@ -28,11 +34,19 @@ from vit_jax import errors
 from vit_jax.runtime import workdir as workdir_lib
 
 CHECKPOINT_MARK = 'vit_jax-checkpoint:'
-_ABSL_ERROR = re.compile(r'^[EF]\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)$')  # absl's E/F lines: the message after "] ".
-_ATTEMPT = '=== '  # gcloud.run_script starts each attempt's output with "=== DATE vit_jax.main ARGS".
-MEANINGS = {1: 'an error', 2: 'a bad command line', 130: 'aborted by a second Ctrl-C', 137: 'killed (SIGKILL)',
-            143: 'killed by SIGTERM before it could save', errors.EXIT_LOST_PEER: 'a process of the job was lost',
-            errors.EXIT_HUNG: 'a process hung'}
+# absl's E/F lines: the message after "] ".
+_ABSL_ERROR = re.compile(r'^[EF]\d{4} [\d:.]+ +\d+ [^\]]*\] (.*)$')
+# gcloud.run_script starts each attempt's output with "=== DATE vit_jax.main ARGS".
+_ATTEMPT = '=== '
+MEANINGS = {
+  1: 'an error',
+  2: 'a bad command line',
+  130: 'aborted by a second Ctrl-C',
+  137: 'killed (SIGKILL)',
+  143: 'killed by SIGTERM before it could save',
+  errors.EXIT_LOST_PEER: 'a process of the job was lost',
+  errors.EXIT_HUNG: 'a process hung',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +68,11 @@ def describe_exit(code: int) -> str:
 
 
 def error_line(log: str) -> str:
-  """The job's own one-line error from the end of its log: the last absl error line's message, else the last line
-  (a traceback's exception, a bad flag), of the last attempt's output."""
+  """The job's own one-line error from the end of its log: the last absl error line's message, else
+  the last line (a traceback's exception, a bad flag), of the last attempt's output."""
   lines = log.splitlines()
   starts = [i for i, line in enumerate(lines) if line.startswith(_ATTEMPT)]
-  lines = [line.strip() for line in lines[starts[-1] + 1 if starts else 0:] if line.strip()]
+  lines = [line.strip() for line in lines[starts[-1] + 1 if starts else 0 :] if line.strip()]
   for line in reversed(lines):
     match = _ABSL_ERROR.match(line)
     if match:
@@ -66,25 +80,38 @@ def error_line(log: str) -> str:
   return lines[-1] if lines else '(the log is empty)'
 
 
-# What JAX prints (an absl FATAL line, then it aborts with C++ and Python stack dumps: exit 134) when its distributed
-# service reports an error: the coordinator (process 0) is gone, or a task was declared dead. The process could not
-# exit by itself first (JAX polls the service and aborts at once), so launchers read it as exit 75 (`lost_peer_line`).
+# What JAX prints (an absl FATAL line, then it aborts with C++ and Python stack dumps: exit 134)
+# when its distributed service reports an error: the coordinator (process 0) is gone, or a task was
+# declared dead. The process could not exit by itself first (JAX polls the service and aborts at
+# once), so launchers read it as exit 75 (`lost_peer_line`).
 JAX_FATAL = 'Terminating process because the JAX distributed service detected fatal errors'
-# What a CPU collective's transport prints when it throws on its own thread (std::terminate, exit 134): gloo, after
-# a peer's connection broke mid-collective. Seen on a 4-process loopback run, 0.04 s after kill -9 of process 2, in
-# process 3 (its ring neighbour): "terminate called after throwing an instance of 'gloo::EnforceNotMet'" with
-# "what():  [enforce fail at .../gloo/transport/tcp/pair.cc:459] op.preamble.length <= op.nbytes. 80 vs 4. Received
-# data size doesn't match expected size..." on the next line. gloo names no process; its peers' watchdogs do.
+# What a CPU collective's transport prints when it throws on its own thread (std::terminate, exit
+# 134): gloo, after a peer's connection broke mid-collective. Seen on a 4-process loopback run, 0.04
+# s after kill -9 of process 2, in process 3 (its ring neighbour): "terminate called after throwing
+# an instance of 'gloo::EnforceNotMet'" with
+# "what():  [enforce fail at .../gloo/transport/tcp/pair.cc:459] op.preamble.length <= op.nbytes. 80
+#           vs 4. Received
+# data size doesn't match expected size..." on the next line. gloo names no process; its peers'
+# watchdogs do.
 GLOO_ABORT = "terminate called after throwing an instance of 'gloo::"
-ABORT_SIGNS = (JAX_FATAL, GLOO_ABORT)  # A process's own last words when its job lost a peer under it (exit 134).
+# A process's own last words when its job lost a peer under it (exit 134).
+ABORT_SIGNS = (JAX_FATAL, GLOO_ABORT)
 
 
-# Signs, in the status of JAX's abort, that the coordination service itself (process 0) stopped answering: the RPC
-# layer's failures (gRPC's UNAVAILABLE rewritten by XLA as "Failed to send RPC...", a closed or refused connection).
-_COORDINATOR_SIGNS = ('failed to send rpc to coordination service', 'leader task', 'socket closed',
-                      'connection refused', 'connection reset', 'failed to connect')
+# Signs, in the status of JAX's abort, that the coordination service itself (process 0) stopped
+# answering: the RPC layer's failures (gRPC's UNAVAILABLE rewritten by XLA as "Failed to send
+# RPC...", a closed or refused connection).
+_COORDINATOR_SIGNS = (
+  'failed to send rpc to coordination service',
+  'leader task',
+  'socket closed',
+  'connection refused',
+  'connection reset',
+  'failed to connect',
+)
 _TASK = re.compile(r'/task:(\d+)')
-_TASK_LIST = re.compile(r'\s*\d+(\s*,\s*\d+)*\s*')  # A line of task numbers, as JAX 0.12 lists the dead ones.
+# A line of task numbers, as JAX 0.12 lists the dead ones.
+_TASK_LIST = re.compile(r'\s*\d+(\s*,\s*\d+)*\s*')
 _GLOO_WHAT = re.compile(r'^\s*what\(\):\s*(.*)$')
 
 
@@ -93,9 +120,10 @@ def _status(line: str) -> str:
 
 
 def continues(sign: str, below: list[str], line: str) -> bool:
-  """Whether `line` still belongs to the abort message that began with the line `sign` (and `below`, the lines already
-  taken after it): the tasks that JAX lists when its status ends in ':' ('The following tasks are unhealthy (stopped
-  sending heartbeats):', then '2'), or gloo's one `what():` line."""
+  """Whether `line` still belongs to the abort message that began with the line `sign` (and `below`,
+  the lines already taken after it): the tasks that JAX lists when its status ends in ':' ('The
+  following tasks are unhealthy (stopped sending heartbeats):', then '2'), or gloo's one `what():`
+  line."""
   if GLOO_ABORT in sign:
     return not below and _GLOO_WHAT.match(line) is not None
   return JAX_FATAL in sign and _status(sign).endswith(':') and task_numbers(line) is not None
@@ -103,60 +131,85 @@ def continues(sign: str, below: list[str], line: str) -> bool:
 
 def task_numbers(line: str) -> list[int] | None:
   """The task numbers of a line that holds only them, else None."""
-  return [int(t) for t in re.findall(r'\d+', line)] if _TASK_LIST.fullmatch(line.rstrip('\n')) else None
+  return (
+    [int(t) for t in re.findall(r'\d+', line)] if _TASK_LIST.fullmatch(line.rstrip('\n')) else None
+  )
 
 
 def lost_peer_line(index: int, count: int, line: str, below: tuple[str, ...] = ()) -> str | None:
-  """For a line of process `index`'s output that begins an abort after a lost peer (ABORT_SIGNS), the one line that
-  names the cause, else None. JAX's: a process that the service declared dead, by its task number in the status or
-  on the lines `below` it (`continues`), else the coordinator (process 0) when the RPCs to the service failed. gloo's:
-  a peer, unnamed, and what gloo said (its `what():` line below)."""
+  """For a line of process `index`'s output that begins an abort after a lost peer (ABORT_SIGNS),
+  the one line that names the cause, else None. JAX's: a process that the service declared dead, by
+  its task number in the status or on the lines `below` it (`continues`), else the coordinator
+  (process 0) when the RPCs to the service failed. gloo's: a peer, unnamed, and what gloo said (its
+  `what():` line below)."""
   if GLOO_ABORT in line:
     kind = line.split(GLOO_ABORT, 1)[1].split("'", 1)[0]
     what = next((m.group(1).strip() for m in map(_GLOO_WHAT.match, below) if m), '')
-    cause = (f'lost a peer in a collective: gloo::{kind} {" ".join(what.split())[:200] or "(no message)"} (gloo does '
-             'not say which process; the others\' lines do)')
-    return (f'vit_jax.main: error: process {index} of {count} {cause}; gloo aborted it (exit status 134, read as '
-            f'{errors.EXIT_LOST_PEER}: restartable).')
+    cause = (
+      f'lost a peer in a collective: gloo::{kind} {" ".join(what.split())[:200] or "(no message)"} '
+      "(gloo does not say which process; the others' lines do)"
+    )
+    return (
+      f'vit_jax.main: error: process {index} of {count} {cause}; gloo aborted it (exit status 134, '
+      f'read as {errors.EXIT_LOST_PEER}: restartable).'
+    )
   if JAX_FATAL not in line:
     return None
   status = _status(line)
   listed = {t for b in below for t in (task_numbers(b) or ())}
   tasks = sorted(({int(t) for t in _TASK.findall(status)} | listed) - {index})
   if tasks:
-    cause = f"lost process {', '.join(map(str, tasks))}: JAX's distributed service reports {status[:200]}"
+    cause = (
+      f"lost process {', '.join(map(str, tasks))}: JAX's distributed service reports {status[:200]}"
+    )
   elif any(sign in status.lower() for sign in _COORDINATOR_SIGNS):
-    cause = 'lost the coordinator (process 0): its JAX distributed service stopped answering (died or unreachable)'
+    cause = (
+      'lost the coordinator (process 0): its JAX distributed '
+      'service stopped answering (died or unreachable)'
+    )
   else:
     cause = f"lost a peer: JAX's distributed service reports {status[:200] or 'a fatal error'}"
-  return (f'vit_jax.main: error: process {index} of {count} {cause}; JAX aborted it (exit status 134, read as '
-          f'{errors.EXIT_LOST_PEER}: restartable).')
+  return (
+    f'vit_jax.main: error: process {index} of {count} {cause}; JAX aborted it (exit status 134, '
+    f'read as {errors.EXIT_LOST_PEER}: restartable).'
+  )
 
 
 def restartable(codes) -> bool:
-  """Whether exit statuses of a job's processes mean "run it again": some exited restartable (75, 76) and every other
-  non-zero one was killed by a signal (the process that died or was stopped and killed)."""
+  """Whether exit statuses of a job's processes mean "run it again": some exited restartable (75,
+  76) and every other non-zero one was killed by a signal (the process that died or was stopped and
+  killed)."""
   bad = [c for c in codes if c]
-  return any(c in errors.RESTARTABLE for c in bad) and all(c in errors.RESTARTABLE or (c > 128 and c != 130)
-                                                            for c in bad)
+  return any(c in errors.RESTARTABLE for c in bad) and all(
+    c in errors.RESTARTABLE or (c > 128 and c != 130) for c in bad
+  )
 
 
 def classify(states, *, finished, checkpoint, log) -> Ending | None:
-  """The module doc's rule; None while the job runs. `finished()` (whether the run is complete), `checkpoint()` (its
-  latest checkpoint step or None) and `log()` (the end of its log) are called only when needed."""
+  """The module doc's rule; None while the job runs. `finished()` (whether the run is complete),
+  `checkpoint()` (its latest checkpoint step or None) and `log()` (the end of its log) are called
+  only when needed."""
   codes = exit_codes(states)
   if restartable(codes):
     code = next(c for c in codes if c in errors.RESTARTABLE)
-    return Ending('preempted', f'the job ended with {describe_exit(code)} (restartable): {error_line(log())}')
+    return Ending(
+      'preempted', f'the job ended with {describe_exit(code)} (restartable): {error_line(log())}'
+    )
   failed = next((c for c in codes if c), None)
   if failed is not None:
-    return Ending('failed', f'the job ended with {describe_exit(failed)}: {error_line(log())}', code=failed)
+    return Ending(
+      'failed', f'the job ended with {describe_exit(failed)}: {error_line(log())}', code=failed
+    )
   gone = 'none' in states
   if not gone and len(codes) < len(states):
     return None
   if not gone and finished():
     return Ending('finished', 'the run is complete')
-  how = 'the job is gone from the node (restarted?)' if gone else 'the job exited 0 before its last step'
+  how = (
+    'the job is gone from the node (restarted?)'
+    if gone
+    else 'the job exited 0 before its last step'
+  )
   step = checkpoint()
   if step is None:
     return Ending('failed', f'{how}, before its first checkpoint: {error_line(log())}')
@@ -164,7 +217,8 @@ def classify(states, *, finished, checkpoint, log) -> Ending | None:
 
 
 def latest_checkpoint(workdir: str) -> int | None:
-  """The step of the run's latest finalised checkpoint (vit_jax.runtime.workdir's rule), None when it has none."""
+  """The step of the run's latest finalised checkpoint (vit_jax.runtime.workdir's rule), None when
+  it has none."""
   return workdir_lib.latest_step(workdir)
 
 
@@ -172,7 +226,7 @@ def parse_checkpoint(output: str) -> tuple[bool, int | None]:
   """(whether `python -m launch.outcome checkpoint` answered, the step or None) from its output."""
   for line in output.splitlines():
     if line.startswith(CHECKPOINT_MARK):
-      value = line[len(CHECKPOINT_MARK):].strip()
+      value = line[len(CHECKPOINT_MARK) :].strip()
       return True, int(value) if value.isdigit() else None
   return False, None
 

@@ -1,11 +1,14 @@
-"""A sweep's results: `python -m launch.sweep results SWEEP_DIR [--metric=eval/accuracy] [--out=DIR]`.
+"""A sweep's results: `python -m launch.sweep results SWEEP_DIR [--metric=eval/accuracy]
+[--out=DIR]`.
 
-One row per run of SWEEP_DIR/sweep.json: its swept values, status, last step, final and best eval accuracy and loss,
-final train loss (and the final and best `--metric` when it is another one), read from each run's workdir
-(launch/record.py). Written as results.csv and results.md, sorted by the final metric (best first, runs without it
-last), and results.png: the final metric against each swept value (one panel per swept field, runs that share the
-other fields joined by a line) and every run's metric against the step.
+One row per run of SWEEP_DIR/sweep.json: its swept values, status, last step, final and best eval
+accuracy and loss, final train loss (and the final and best `--metric` when it is another one), read
+from each run's workdir (launch/record.py). Written as results.csv and results.md, sorted by the
+final metric (best first, runs without it last), and results.png: the final metric against each
+swept value (one panel per swept field, runs that share the other fields joined by a line) and every
+run's metric against the step.
 """
+
 import argparse
 import csv
 import io as io_lib
@@ -15,8 +18,16 @@ import sys
 from launch import hyper, record
 from vit_jax import io
 
-FIXED_COLUMNS = ('status', 'step', 'final eval/accuracy', 'best eval/accuracy', 'final eval/loss', 'best eval/loss',
-                 'final train/loss', 'goodput')
+FIXED_COLUMNS = (
+  'status',
+  'step',
+  'final eval/accuracy',
+  'best eval/accuracy',
+  'final eval/loss',
+  'best eval/loss',
+  'final train/loss',
+  'goodput',
+)
 
 
 def default_mode(metric: str) -> str:
@@ -30,14 +41,18 @@ def collect(sweep: dict, metric: str) -> tuple[list[str], list[dict], dict[str, 
   rows, curves = [], {}
   for run in sweep['runs']:
     rec = record.read(run['workdir'])
-    row = {'run': run['name'], **{k: hyper.format_value(run['overrides'][k]) if k in run['overrides'] else ''
-                                  for k in keys},
-           **record.summary(rec, overrides={**sweep.get('fixed', {}), **run['overrides']})}
+    row = {
+      'run': run['name'],
+      **{k: hyper.format_value(run['overrides'][k]) if k in run['overrides'] else '' for k in keys},
+      **record.summary(rec, overrides={**sweep.get('fixed', {}), **run['overrides']}),
+    }
     series = rec.series(metric)
     if metric not in ('eval/accuracy', 'eval/loss'):
       values = [v for _, v in series]
       row[f'final {metric}'] = values[-1] if values else math.nan
-      row[f'best {metric}'] = (max(values) if mode == 'max' else min(values)) if values else math.nan
+      row[f'best {metric}'] = (
+        (max(values) if mode == 'max' else min(values)) if values else math.nan
+      )
     rows.append(row)
     curves[run['name']] = series
   return keys, rows, curves
@@ -70,10 +85,14 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
 
 
 def to_markdown(rows: list[dict], columns: list[str]) -> str:
-  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---:' if c not in ('run', 'status') else '---'
-                                                            for c in columns) + '|']
+  lines = [
+    '| ' + ' | '.join(columns) + ' |',
+    '|' + '|'.join('---:' if c not in ('run', 'status') else '---' for c in columns) + '|',
+  ]
   for row in rows:
-    lines.append('| ' + ' | '.join(_cell(row.get(c, '')).replace('|', '\\|') for c in columns) + ' |')
+    lines.append(
+      '| ' + ' | '.join(_cell(row.get(c, '')).replace('|', '\\|') for c in columns) + ' |'
+    )
   return '\n'.join(lines) + '\n'
 
 
@@ -86,10 +105,13 @@ def _numeric(values) -> bool:
 
 
 def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str) -> None:
-  """results.png: the final metric against each swept field with more than one value, then the curves."""
+  """results.png: the final metric against each swept field with more than one value, then the
+  curves."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   swept = [k for k in keys if len({r[k] for r in rows}) > 1]
   panels = len(swept) + 1
   fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), squeeze=False)
@@ -99,7 +121,9 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
     groups: dict[tuple, list] = {}  # The other fields' values (numbers sort as numbers) -> runs.
     for row in rows:
       if not math.isnan(row.get(column, math.nan)):
-        key = tuple((0, float(row[o]), row[o]) if _numeric([row[o]]) else (1, 0.0, row[o]) for o in others)
+        key = tuple(
+          (0, float(row[o]), row[o]) if _numeric([row[o]]) else (1, 0.0, row[o]) for o in others
+        )
         groups.setdefault(key, []).append(row)
     values = sorted({r[k] for r in rows})
     numeric = _numeric(values)
@@ -110,7 +134,11 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
       xs = [float(r[k]) if numeric else values.index(r[k]) for r in group]
       label = ', '.join(f'{o}={v}' for o, (_, _, v) in zip(others, key)) or None
       ax.plot(xs, [r[column] for r in group], marker='o', label=label)
-    if numeric and all(float(v) > 0 for v in values) and max(map(float, values)) >= 10 * min(map(float, values)):
+    if (
+      numeric
+      and all(float(v) > 0 for v in values)
+      and max(map(float, values)) >= 10 * min(map(float, values))
+    ):
       ax.set_xscale('log')
     if numeric:
       ax.set_xticks([float(v) for v in values], values)
@@ -138,6 +166,7 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
 def save_png(fig, path: str) -> None:
   """Writes a matplotlib figure as a PNG to `path` (local or gs://) and closes it."""
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig.tight_layout()
   buffer = io_lib.BytesIO()
   fig.savefig(buffer, format='png', dpi=80)
@@ -145,13 +174,16 @@ def save_png(fig, path: str) -> None:
   io.write_bytes(path, buffer.getvalue())
 
 
-def write(sweep_dir: str, *, metric: str = 'eval/accuracy', mode: str | None = None,
-          out: str | None = None) -> list[dict]:
-  """Writes results.csv, results.md and results.png into `out` (default: the sweep dir), local or gs:// (through
-  vit_jax.io); returns the sorted rows."""
+def write(
+  sweep_dir: str, *, metric: str = 'eval/accuracy', mode: str | None = None, out: str | None = None
+) -> list[dict]:
+  """Writes results.csv, results.md and results.png into `out` (default: the sweep dir), local or
+  gs:// (through vit_jax.io); returns the sorted rows."""
   sweep = record.read_sweep(sweep_dir)
   if sweep is None:
-    raise ValueError(f'No {record.SWEEP_FILE} in {sweep_dir}: not a sweep dir (python -m launch.sweep writes it).')
+    raise ValueError(
+      f'No {record.SWEEP_FILE} in {sweep_dir}: not a sweep dir (python -m launch.sweep writes it).'
+    )
   keys, rows, curves = collect(sweep, metric)
   rows = sort_rows(rows, metric, mode or default_mode(metric))
   columns = ['run', *keys, *FIXED_COLUMNS]
@@ -165,12 +197,18 @@ def write(sweep_dir: str, *, metric: str = 'eval/accuracy', mode: str | None = N
 
 
 def main(argv) -> int:
-  parser = argparse.ArgumentParser(prog='python -m launch.sweep results', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m launch.sweep results',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument('sweep_dir')
   parser.add_argument('--metric', default='eval/accuracy', help='The metric to sort and plot by.')
-  parser.add_argument('--mode', choices=('max', 'min'), help='Whether larger or smaller is better (default: min for '
-                      'losses, else max).')
+  parser.add_argument(
+    '--mode',
+    choices=('max', 'min'),
+    help='Whether larger or smaller is better (default: min for losses, else max).',
+  )
   parser.add_argument('--out', help='Where to write the files (default: SWEEP_DIR).')
   args = parser.parse_args(argv)
   try:
@@ -181,6 +219,8 @@ def main(argv) -> int:
   out = args.out or args.sweep_dir
   print(io.read_text(io.join(out, 'results.md')), end='')
   counts = {s: sum(r['status'] == s for r in rows) for s in record.STATUSES}
-  print(', '.join(f'{n} {s}' for s, n in counts.items() if n) + f'. Wrote results.csv, results.md, results.png to '
-        f'{out}.')
+  print(
+    ', '.join(f'{n} {s}' for s, n in counts.items() if n)
+    + f'. Wrote results.csv, results.md, results.png to {out}.'
+  )
   return 0

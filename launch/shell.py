@@ -1,8 +1,11 @@
-"""Running commands (or, in a dry run, printing them one per line), the clone's commit, the launchers' arguments.
+"""Running commands (or, in a dry run, printing them one per line), the clone's commit, the
+launchers' arguments.
 
-Commands are argv lists, never strings for a local shell: a user's value is one argv element and stays inert. Where a
-remote shell reads a command (ssh), the caller builds it with `shlex.join`/`shlex.quote`.
+Commands are argv lists, never strings for a local shell: a user's value is one argv element and
+stays inert. Where a remote shell reads a command (ssh), the caller builds it with
+`shlex.join`/`shlex.quote`.
 """
+
 import dataclasses
 import os
 import shlex
@@ -14,11 +17,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The clone 
 
 
 class CommandError(RuntimeError):
-  """A command exited non-zero; the message names it and ends with its stderr, `brief` says it in one line."""
+  """A command exited non-zero; the message names it and ends with its stderr, `brief` says it in
+  one line."""
 
   def __init__(self, argv, returncode, stderr):
     tail = '\n'.join((stderr or '').strip().splitlines()[-15:])
-    super().__init__(f'Command failed (exit {returncode}): {shlex.join(argv)}' + (f'\n{tail}' if tail else ''))
+    super().__init__(
+      f'Command failed (exit {returncode}): {shlex.join(argv)}' + (f'\n{tail}' if tail else '')
+    )
     self.argv, self.returncode, self.stderr = argv, returncode, stderr or ''
     self.shown = stderr is None  # Its output went to the terminal (not captured).
 
@@ -30,12 +36,16 @@ class CommandError(RuntimeError):
       if word.startswith('-') or len(words) == 6:
         break
       words.append(word)
-    last = (self.stderr.strip().splitlines() or ['(its output is above)' if self.shown else '(no error output)'])[-1]
+    last = (
+      self.stderr.strip().splitlines()
+      or ['(its output is above)' if self.shown else '(no error output)']
+    )[-1]
     return f'`{shlex.join(words)}` exited {self.returncode}: {last.strip()}'
 
 
 def shell_line(argv, stdin: str | None = None) -> str:
-  """The command as one line a POSIX shell runs unchanged (stdin, if any, piped in with printf, line by line)."""
+  """The command as one line a POSIX shell runs unchanged (stdin, if any, piped in with printf, line
+  by line)."""
   line = shlex.join(argv)
   if stdin is None:
     return line
@@ -47,17 +57,27 @@ def shell_line(argv, stdin: str | None = None) -> str:
 
 @dataclasses.dataclass
 class Runner:
-  """Runs commands; with `dry_run`, prints each one instead (to `out`) and pretends it succeeded with no output.
+  """Runs commands; with `dry_run`, prints each one instead (to `out`) and pretends it succeeded
+  with no output.
 
-  `run` is for what a subcommand does (printed in a dry run); `query` is for read-only look-ups that decide what to
-  do, and always runs. With `echo`, each command that `run` executes is shown on stderr as `+ command`.
+  `run` is for what a subcommand does (printed in a dry run); `query` is for read-only look-ups that
+  decide what to do, and always runs. With `echo`, each command that `run` executes is shown on
+  stderr as `+ command`.
   """
+
   dry_run: bool = False
   echo: bool = True
   out: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
 
-  def run(self, argv, *, stdin: str | None = None, check: bool = True, capture: bool = True,
-          quiet: bool = False) -> subprocess.CompletedProcess:
+  def run(
+    self,
+    argv,
+    *,
+    stdin: str | None = None,
+    check: bool = True,
+    capture: bool = True,
+    quiet: bool = False,
+  ) -> subprocess.CompletedProcess:
     argv = [str(a) for a in argv]
     if self.dry_run:
       print(shell_line(argv, stdin), file=self.out, flush=True)
@@ -76,8 +96,14 @@ class Runner:
   @staticmethod
   def _execute(argv, stdin, check, capture):
     try:
-      done = subprocess.run(argv, input=stdin, text=True, check=False,
-                            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
+      done = subprocess.run(
+        argv,
+        input=stdin,
+        text=True,
+        check=False,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+      )
     except FileNotFoundError as e:
       raise CommandError(argv, 127, f'{argv[0]}: not found on PATH ({e}).') from None
     if check and done.returncode != 0:
@@ -89,13 +115,19 @@ def git_commit(repo: str = REPO) -> str:
   """HEAD's commit of the clone `repo`; a clear error when it is not a git clone."""
   done = Runner().query(['git', '-C', repo, 'rev-parse', 'HEAD'])
   if done.returncode != 0:
-    raise CommandError(done.args, done.returncode, f'{repo} is not a git clone with a commit: {done.stderr.strip()}')
+    raise CommandError(
+      done.args, done.returncode, f'{repo} is not a git clone with a commit: {done.stderr.strip()}'
+    )
   return done.stdout.strip()
 
 
 def git_dirty(repo: str = REPO) -> bool:
   """Whether tracked files differ from HEAD (those changes are not in a `git archive` of HEAD)."""
-  return bool(Runner().query(['git', '-C', repo, 'status', '--porcelain', '--untracked-files=no']).stdout.strip())
+  return bool(
+    Runner()
+    .query(['git', '-C', repo, 'status', '--porcelain', '--untracked-files=no'])
+    .stdout.strip()
+  )
 
 
 def main_command(args, *, python: str = 'python') -> list[str]:
@@ -110,8 +142,11 @@ def workdir_of(main_args) -> str:
       return arg.split('=', 1)[1]
     if arg == '--workdir' and i + 1 < len(main_args):
       return main_args[i + 1]
-  raise ValueError('Give the run a --workdir among the vit_jax.main arguments after "--" (gs://BUCKET/PATH on '
-                   'Cloud TPU, a shared path on SLURM): a run resumes from its workdir and records its launch there.')
+  raise ValueError(
+    'Give the run a --workdir among the vit_jax.main arguments after '
+    '"--" (gs://BUCKET/PATH on Cloud TPU, a shared path on SLURM): a '
+    'run resumes from its workdir and records its launch there.'
+  )
 
 
 def split_args(argv) -> tuple[list[str], list[str]]:
@@ -120,7 +155,7 @@ def split_args(argv) -> tuple[list[str], list[str]]:
   if '--' not in argv:
     return argv, []
   i = argv.index('--')
-  return argv[:i], argv[i + 1:]
+  return argv[:i], argv[i + 1 :]
 
 
 def parse_env(items) -> dict[str, str]:

@@ -1,24 +1,32 @@
-"""`launch.tpu launch`: create, set up, run, and supervise until the run is finished, through preemptions.
+"""`launch.tpu launch`: create, set up, run, and supervise until the run is finished, through
+preemptions.
 
-The code is packed once, before the node is created (launch/code.py). Every `poll_s` the supervisor reads the node's
-(or queued resource's) state and each worker's job state, and sorts each end of the job (launch/outcome.py):
-  * finished: every worker exited 0 and worker 0 sees the run complete in its workdir. The next job, or the end.
-  * preempted: the node is lost (a lost state of launch/gcloud.py, or not found; a state the launcher does not know,
-    `unknown_polls` polls in a row; workers that answer no ssh for `unreachable_polls` polls), or the job stopped to
-    be resumed (every worker exited 0 before the last step, or the job vanished from a worker) with a checkpoint to
-    resume from, or a process of the job was lost or hung (exit status 75 or 76: launch/outcome.py). A lost node is deleted and created again (walking the zones from the first) and set up; then the
-    identical command is rerun and resumes from the checkpoint. Counts against `max_preemptions`.
-  * failed: a worker's job exited non-zero (the job's own error line is shown), or the job ended before the run had
-    any checkpoint, or a command on a node that is still up failed (set-up, start, stop, a worker that ssh cannot
-    reach). The job is stopped, set up if it was not, and started again. Counts against `max_failures`.
-A job killed by a signal (exit status over 128, not 130) gets one more poll of the node's state: if the node is lost
-by then, it was a preemption. Past a budget it gives up.
+The code is packed once, before the node is created (launch/code.py). Every `poll_s` the supervisor
+reads the node's (or queued resource's) state and each worker's job state, and sorts each end of the
+job (launch/outcome.py):
+  * finished: every worker exited 0 and worker 0 sees the run complete in its workdir. The next job,
+    or the end.
+  * preempted: the node is lost (a lost state of launch/gcloud.py, or not found; a state the
+    launcher does not know, `unknown_polls` polls in a row; workers that answer no ssh for
+    `unreachable_polls` polls), or the job stopped to be resumed (every worker exited 0 before the
+    last step, or the job vanished from a worker) with a checkpoint to resume from, or a process of
+    the job was lost or hung (exit status 75 or 76: launch/outcome.py). A lost node is deleted and
+    created again (walking the zones from the first) and set up; then the identical command is rerun
+    and resumes from the checkpoint. Counts against `max_preemptions`.
+  * failed: a worker's job exited non-zero (the job's own error line is shown), or the job ended
+    before the run had any checkpoint, or a command on a node that is still up failed (set-up,
+    start, stop, a worker that ssh cannot reach). The job is stopped, set up if it was not, and
+    started again. Counts against `max_failures`.
+A job killed by a signal (exit status over 128, not 130) gets one more poll of the node's state: if
+the node is lost by then, it was a preemption. Past a budget it gives up.
 
-However the launch ends (finished, gave up, no capacity, Ctrl-C, any error), the node does not outlive it unless
-asked: it is deleted, except with `keep` (then its delete command is printed), or when the user answers no after
-Ctrl-C (likewise). A node that cannot be deleted gets its exact delete command printed. The same holds for a queued
-resource, and for a node that a create command which did not complete (Ctrl-C, an error) made after all.
+However the launch ends (finished, gave up, no capacity, Ctrl-C, any error), the node does not
+outlive it unless asked: it is deleted, except with `keep` (then its delete command is printed), or
+when the user answers no after Ctrl-C (likewise). A node that cannot be deleted gets its exact
+delete command printed. The same holds for a queued resource, and for a node that a create command
+which did not complete (Ctrl-C, an error) made after all.
 """
+
 import dataclasses
 import sys
 
@@ -42,15 +50,24 @@ class Settings:
   code_dir: str = shell.REPO
   python: str = '3.11'
   stop_grace_s: int = 120
-  unreachable_polls: int = 5  # Consecutive polls with no answer from the workers before the node counts as lost.
-  unknown_polls: int = 3  # Consecutive polls in a state the launcher does not know before the node counts as lost.
+  # Consecutive polls with no answer from the workers before the node counts as lost.
+  unreachable_polls: int = 5
+  # Consecutive polls in a state the launcher does not know before the node counts as lost.
+  unknown_polls: int = 3
 
 
 class Supervisor:
-  """Runs `jobs` (vit_jax.main argument lists) one after the other on one node, recreating it when preempted."""
+  """Runs `jobs` (vit_jax.main argument lists) one after the other on one node, recreating it when
+  preempted."""
 
   def __init__(self, tpu: node_lib.Tpu, jobs, settings: Settings, *, ask=input, out=None):
-    self.tpu, self.jobs, self.settings, self.ask, self._out = tpu, [list(j) for j in jobs], settings, ask, out
+    self.tpu, self.jobs, self.settings, self.ask, self._out = (
+      tpu,
+      [list(j) for j in jobs],
+      settings,
+      ask,
+      out,
+    )
     self.preemptions = self.failures = self.attempt = 0
     self.started, self.current, self.last_code = False, None, None
     self.code: code_lib.Code | None = None
@@ -64,10 +81,10 @@ class Supervisor:
     print(f'[launch {self.tpu.node.name}] {text}', file=self.out, flush=True)
 
   def launch(self) -> int:
-    """0 when every job finished and the node is gone (or kept as asked); 1 when a budget ran out, no capacity was
-    found or the node could not be deleted; 130 after Ctrl-C. Errors before
-    a node exists (a clone that is not a git repository, a bad --code) raise; any other error raises after the node
-    is released (see the module doc)."""
+    """0 when every job finished and the node is gone (or kept as asked); 1 when a budget ran out,
+    no capacity was found or the node could not be deleted; 130 after Ctrl-C. Errors before a node
+    exists (a clone that is not a git repository, a bad --code) raise; any other error raises after
+    the node is released (see the module doc)."""
     s = self.settings
     with code_lib.packed(s.code, s.code_dir, self.tpu.runner) as self.code:
       if self.tpu.runner.dry_run:
@@ -83,8 +100,15 @@ class Supervisor:
       self.say(f'All {len(self.jobs)} run(s) finished.')
       return 0 if self._release(keep=self.settings.keep, why='kept (--keep)') else 1
     except node_lib.NoCapacity as e:
-      self.say(str(e) + ('. The run is not finished: launch the same command again later and it resumes from its '
-                         'last checkpoint.' if self.started else ''))
+      self.say(
+        str(e)
+        + (
+          '. The run is not finished: launch the same command '
+          'again later and it resumes from its last checkpoint.'
+          if self.started
+          else ''
+        )
+      )
       self._release(keep=self.settings.keep, why='kept (--keep)')
       return 1
     except GiveUp as e:
@@ -95,7 +119,8 @@ class Supervisor:
       return 1
     except KeyboardInterrupt:
       return self._interrupted()
-    except BaseException as e:  # A create that failed, a bug: the node must not outlive the launcher either way.
+    # A create that failed, a bug: the node must not outlive the launcher either way.
+    except BaseException as e:
       if not isinstance(e, shell.CommandError):
         self.say(f'Stopped by an unexpected {type(e).__name__}.')
       self._release(keep=self.settings.keep, why='kept (--keep)')
@@ -105,8 +130,12 @@ class Supervisor:
 
   def _create(self) -> None:
     s = self.settings
-    self.tpu.create(capacity_wait_s=s.capacity_wait_s, queue_wait_s=s.queue_wait_s, retry_s=s.retry_s,
-                    poll_s=min(s.poll_s, 30))
+    self.tpu.create(
+      capacity_wait_s=s.capacity_wait_s,
+      queue_wait_s=s.queue_wait_s,
+      retry_s=s.retry_s,
+      poll_s=min(s.poll_s, 30),
+    )
     self.installed = False
     self.say(f'Created {self.tpu.where()}.')
 
@@ -150,24 +179,38 @@ class Supervisor:
       unknown = unknown + 1 if health == 'unknown' else 0
       unreadable = unreadable + 1 if health == 'unreadable' else 0
       if health == 'lost' or unknown >= s.unknown_polls:
-        return self._lost(state + (f' (a state the launcher does not know, {unknown} polls in a row)' if unknown
-                                   else ''))
+        return self._lost(
+          state
+          + (f' (a state the launcher does not know, {unknown} polls in a row)' if unknown else '')
+        )
       if unknown:
-        self.say(f'{tpu.where()} is in state {state}, which the launcher does not know: polling again '
-                 f'({unknown}/{s.unknown_polls}).')
+        self.say(
+          f'{tpu.where()} is in state {state}, which the launcher does not know: polling again '
+          f'({unknown}/{s.unknown_polls}).'
+        )
       if unreadable and unreadable % 10 == 0:
-        self.say(f'The state of {tpu.where()} could not be read {unreadable} times in a row: {state}')
+        self.say(
+          f'The state of {tpu.where()} could not be read {unreadable} times in a row: {state}'
+        )
       if health != 'up':
         continue
       states = tpu.job_states()
       unreachable = 0 if states is not None else unreachable + 1
       if unreachable >= s.unreachable_polls:
-        return outcome.Ending('preempted', f'the workers did not answer {unreachable} polls', recreate=True)
+        return outcome.Ending(
+          'preempted', f'the workers did not answer {unreachable} polls', recreate=True
+        )
       if states is None:
         continue
-      ending = outcome.classify(states, finished=lambda: tpu.finished(workdir),
-                                checkpoint=lambda: tpu.latest_checkpoint(workdir), log=tpu.log_tail)
-      if ending is not None and ending.code is not None and ending.code > 128 and ending.code != 130:
+      ending = outcome.classify(
+        states,
+        finished=lambda: tpu.finished(workdir),
+        checkpoint=lambda: tpu.latest_checkpoint(workdir),
+        log=tpu.log_tail,
+      )
+      if (
+        ending is not None and ending.code is not None and ending.code > 128 and ending.code != 130
+      ):
         tpu.sleep(s.poll_s)  # Killed by a signal: maybe the node going down. Its state decides.
         health, state = tpu.health()
         if health == 'lost':
@@ -179,8 +222,10 @@ class Supervisor:
     return outcome.Ending('preempted', f'{self.tpu.node.kind()} state {state}', recreate=True)
 
   def _after_command_error(self, error: shell.CommandError) -> outcome.Ending:
-    """A command on the node failed: a preemption if the node is lost by the next poll, else a failure."""
-    if self.tpu.zone is None:  # No node (a create that failed otherwise than for capacity): nothing to retry.
+    """A command on the node failed: a preemption if the node is lost by the next poll, else a
+    failure."""
+    # No node (a create that failed otherwise than for capacity): nothing to retry.
+    if self.tpu.zone is None:
       raise error
     self.tpu.sleep(self.settings.poll_s)
     health, state = self.tpu.health()
@@ -189,7 +234,8 @@ class Supervisor:
     return outcome.Ending('failed', error.brief)
 
   def _count(self, ending: outcome.Ending) -> None:
-    """Counts a preemption or a failure against its budget (GiveUp past it) and says what happens next."""
+    """Counts a preemption or a failure against its budget (GiveUp past it) and says what happens
+    next."""
     s = self.settings
     if ending.kind == 'preempted':
       self.preemptions += 1
@@ -202,13 +248,16 @@ class Supervisor:
       then = 'Stopping it and running it again.'
     if n > budget:
       raise GiveUp(f'{ending.reason}. {ending.kind.capitalize()} {n} is past --{flag}={budget}.')
-    self.say(f'{"Preemption" if ending.kind == "preempted" else "Failure"} {n}/{budget}: {ending.reason}. {then}')
+    self.say(
+      f'{"Preemption" if ending.kind == "preempted" else "Failure"} '
+      f'{n}/{budget}: {ending.reason}. {then}'
+    )
 
   # Leaving.
 
   def _release(self, *, keep: bool, why: str) -> bool:
-    """Deletes the node, if there is one, unless `keep`; prints its delete command when kept or not deleted. False
-    when it could not be deleted."""
+    """Deletes the node, if there is one, unless `keep`; prints its delete command when kept or not
+    deleted. False when it could not be deleted."""
     if not self.tpu.adopt_interrupted_create():
       return True
     where, command = self.tpu.where(), self.tpu.delete_command()
@@ -219,7 +268,10 @@ class Supervisor:
       self.tpu.delete()
     except (shell.CommandError, KeyboardInterrupt) as e:
       brief = e.brief if isinstance(e, shell.CommandError) else 'interrupted'
-      self.say(f'Could not delete {where} ({brief}). It holds TPU capacity (and quota) until deleted:\n  {command}')
+      self.say(
+        f'Could not delete {where} ({brief}). It holds TPU '
+        f'capacity (and quota) until deleted:\n  {command}'
+      )
       return False
     self.say(f'Deleted {where}.')
     return True
@@ -230,9 +282,13 @@ class Supervisor:
       return 130
     where, delete = self.tpu.where(), self.tpu.delete_command()
     print(file=self.out)
-    self.say(f'Interrupted. {where} still exists and holds TPU capacity (and quota) until it is deleted.')
+    self.say(
+      f'Interrupted. {where} still exists and holds TPU capacity (and quota) until it is deleted.'
+    )
     try:
-      answer = self.ask(f'Delete {where} now? The run resumes from its last checkpoint when launched again. [Y/n] ')
+      answer = self.ask(
+        f'Delete {where} now? The run resumes from its last checkpoint when launched again. [Y/n] '
+      )
     except EOFError:
       answer = 'y'
       self.say('No answer (stdin closed): deleting.')

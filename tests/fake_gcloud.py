@@ -1,11 +1,13 @@
 """A stand-in for `gcloud` in tests: records each argv and answers from a scripted scenario.
 
-Environment: FAKE_GCLOUD_LOG (a JSON line per call is appended: the argv after `gcloud`), FAKE_GCLOUD_SCENARIO (a
-JSON list of [patterns, responses]: the first rule whose patterns are all substrings of the joined argv answers with
-its next response, the last one repeating; a response is {"rc", "stdout", "stderr", "sleep"}; no rule: exit 0
-silently). Counters live next to the scenario file. Like the real command, `compute tpus tpu-vm scp LOCAL ...` fails
-when LOCAL is not a file (a scripted rule can still fail one that is).
+Environment: FAKE_GCLOUD_LOG (a JSON line per call is appended: the argv after `gcloud`),
+FAKE_GCLOUD_SCENARIO (a JSON list of [patterns, responses]: the first rule whose patterns are all
+substrings of the joined argv answers with its next response, the last one repeating; a response is
+{"rc", "stdout", "stderr", "sleep"}; no rule: exit 0 silently). Counters live next to the scenario
+file. Like the real command, `compute tpus tpu-vm scp LOCAL ...` fails when LOCAL is not a file (a
+scripted rule can still fail one that is).
 """
+
 import fcntl
 import json
 import os
@@ -18,7 +20,9 @@ def main() -> int:
   with open(os.environ['FAKE_GCLOUD_LOG'], 'a', encoding='utf-8') as f:
     f.write(json.dumps(argv) + '\n')
   if argv[:4] == ['compute', 'tpus', 'tpu-vm', 'scp'] and not os.path.isfile(argv[4]):
-    sys.stderr.write(f'ERROR: (gcloud.compute.tpus.tpu-vm.scp) {argv[4]}: No such file or directory\n')
+    sys.stderr.write(
+      f'ERROR: (gcloud.compute.tpus.tpu-vm.scp) {argv[4]}: No such file or directory\n'
+    )
     return 1
   path = os.environ.get('FAKE_GCLOUD_SCENARIO')
   if not path:

@@ -1,10 +1,12 @@
 """A local stand-in for gs:// (no network here): gs://BUCKET/PATH is ROOT/BUCKET/PATH on disk.
 
-`install(root)` registers it with fsspec for the 'gs' and 'gcs' protocols, which etils.epath (and so vit_jax.io)
-uses for gs:// URLs; paths come back as gcsfs gives them ('BUCKET/PATH'). Processes that tests start get it from
-`env(root)`: PYTHONPATH gains tests/fake_gcs_site, whose sitecustomize calls `install` when FAKE_GCS_ROOT is set.
-Buckets named in `unreachable` (FAKE_GCS_UNREACHABLE for child processes) fail as a bucket without access does.
+`install(root)` registers it with fsspec for the 'gs' and 'gcs' protocols, which etils.epath (and so
+vit_jax.io) uses for gs:// URLs; paths come back as gcsfs gives them ('BUCKET/PATH'). Processes that
+tests start get it from `env(root)`: PYTHONPATH gains tests/fake_gcs_site, whose sitecustomize calls
+`install` when FAKE_GCS_ROOT is set. Buckets named in `unreachable` (FAKE_GCS_UNREACHABLE for child
+processes) fail as a bucket without access does.
 """
+
 import os
 
 import fsspec
@@ -19,9 +21,11 @@ class FakeGCS(DirFileSystem):
   root = None  # Set by install().
   unreachable = ()
 
-  def __init__(self, *args, **kwargs):  # pylint: disable=unused-argument  (gcsfs options such as finalize_on_close)
+  # (gcsfs options such as finalize_on_close)
+  def __init__(self, *args, **kwargs):  # pylint: disable=unused-argument
     os.makedirs(FakeGCS.root, exist_ok=True)
-    super().__init__(path=FakeGCS.root, fs=LocalFileSystem(auto_mkdir=True))  # GCS has no folders to make.
+    # GCS has no folders to make.
+    super().__init__(path=FakeGCS.root, fs=LocalFileSystem(auto_mkdir=True))
 
   def _join(self, path):
     for p in [path] if isinstance(path, str) else path:
@@ -30,7 +34,8 @@ class FakeGCS(DirFileSystem):
     return super()._join(path)
 
   def pipe_file(self, path, value, mode='overwrite', **kwargs):
-    """As GCS: mode='create' (a write with ifGenerationMatch=0) is atomic and FileExistsError when the object exists."""
+    """As GCS: mode='create' (a write with ifGenerationMatch=0) is atomic and FileExistsError when
+    the object exists."""
     if mode != 'create':
       return super().pipe_file(path, value, **kwargs)
     local = self._join(path)
@@ -43,12 +48,13 @@ class FakeGCS(DirFileSystem):
     path = path[0] if isinstance(path, list) else str(path)
     for prefix in ('gs://', 'gcs://'):
       if path.startswith(prefix):
-        path = path[len(prefix):]
+        path = path[len(prefix) :]
     return path.rstrip('/')
 
 
 def install(root, unreachable=()) -> None:
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
+
   FakeGCS.root, FakeGCS.unreachable = str(root), tuple(unreachable)
   FakeGCS.clear_instance_cache()
   for protocol in FakeGCS.protocol:
@@ -59,5 +65,8 @@ def install(root, unreachable=()) -> None:
 def env(root, unreachable=()) -> dict[str, str]:
   """Environment variables that give a child process the fake, rooted at `root`."""
   path = os.environ.get('PYTHONPATH', '')
-  return {'FAKE_GCS_ROOT': str(root), 'FAKE_GCS_UNREACHABLE': ','.join(unreachable),
-          'PYTHONPATH': SITE + (os.pathsep + path if path else '')}
+  return {
+    'FAKE_GCS_ROOT': str(root),
+    'FAKE_GCS_UNREACHABLE': ','.join(unreachable),
+    'PYTHONPATH': SITE + (os.pathsep + path if path else ''),
+  }

@@ -1,6 +1,7 @@
-"""Test helpers for launch/: a fake `gcloud` on PATH with a scripted scenario, a tiny git clone to ship, the `gcs`
-fixture (gs:// served from a local folder), and a `launch.tpu launch` of one run (its arguments, the scripts it sends,
-the `fake` gcloud and `clone` fixtures)."""
+"""Test helpers for launch/: a fake `gcloud` on PATH with a scripted scenario, a tiny git clone to
+ship, the `gcs` fixture (gs:// served from a local folder), and a `launch.tpu launch` of one run
+(its arguments, the scripts it sends, the `fake` gcloud and `clone` fixtures)."""
+
 import json
 import os
 import pathlib
@@ -20,7 +21,8 @@ _JOB_LINE = 'vit_jax-job:'  # What the status script prints on a worker.
 
 
 class FakeGcloud:
-  """`gcloud` on PATH that records every call; `script` sets the answers (see tests/fake_gcloud.py)."""
+  """`gcloud` on PATH that records every call; `script` sets the answers (see
+  tests/fake_gcloud.py)."""
 
   def __init__(self, tmp_path, monkeypatch):
     bin_dir = tmp_path / 'fake_bin'
@@ -29,8 +31,11 @@ class FakeGcloud:
     gcloud.write_text(f'#!/bin/sh\nexec {sys.executable} {HERE / "fake_gcloud.py"} "$@"\n')
     gcloud.chmod(0o755)
     self.log, self.scenario = tmp_path / 'gcloud_calls.jsonl', tmp_path / 'gcloud_scenario.json'
-    self.env = {'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', 'FAKE_GCLOUD_LOG': str(self.log),
-                'FAKE_GCLOUD_SCENARIO': str(self.scenario)}
+    self.env = {
+      'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+      'FAKE_GCLOUD_LOG': str(self.log),
+      'FAKE_GCLOUD_SCENARIO': str(self.scenario),
+    }
     for k, v in self.env.items():
       monkeypatch.setenv(k, v)
     self.script([])
@@ -60,14 +65,18 @@ def git_clone(path: pathlib.Path) -> str:
   subprocess.run(['git', 'init', '-q', str(path)], check=True)
   subprocess.run([*git, 'add', '.'], check=True)
   subprocess.run([*git, 'commit', '-q', '-m', 'x'], check=True)
-  return subprocess.run([*git, 'rev-parse', 'HEAD'], check=True, capture_output=True, text=True).stdout.strip()
+  return subprocess.run(
+    [*git, 'rev-parse', 'HEAD'], check=True, capture_output=True, text=True
+  ).stdout.strip()
 
 
 @pytest.fixture
 def gcs(tmp_path, monkeypatch):
-  """gs://BUCKET/PATH served from tmp_path/gcs/BUCKET/PATH, in this process and the ones it starts (fake_gcs.py)."""
+  """gs://BUCKET/PATH served from tmp_path/gcs/BUCKET/PATH, in this process and the ones it starts
+  (fake_gcs.py)."""
   root = tmp_path / 'gcs'
-  for protocol in fake_gcs.FakeGCS.protocol:  # Put back whatever served gs:// before, after the test.
+  # Put back whatever served gs:// before, after the test.
+  for protocol in fake_gcs.FakeGCS.protocol:
     monkeypatch.setitem(fsspec_registry, protocol, fsspec_registry.get(protocol))
   fake_gcs.install(root)
   for key, value in fake_gcs.env(root).items():
@@ -76,8 +85,9 @@ def gcs(tmp_path, monkeypatch):
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# One run launched by `launch.tpu launch` on the TPU VM vit-s16 (v4-32, spot) in us-central2-b of my-proj.
+# --------------------------------------------------------------------------------------------------
+# One run launched by `launch.tpu launch` on the TPU VM vit-s16 (v4-32, spot) in us-central2-b of
+# my-proj.
 
 ARGS = ['--config=configs/default.py', '--workdir=gs://bucket/runs/s16', '--config.total_steps=10']
 RUN_ARGS = ['--distributed=on', *ARGS]
@@ -101,8 +111,17 @@ def clone(tmp_path):
 
 
 def tpu_flags(clone, *extra, zones='us-central2-b'):
-  return ['--name=vit-s16', '--accelerator=v4-32', f'--zones={zones}', '--project=my-proj', '--spot',
-          f'--code_dir={clone[0]}', '--poll=0', '--retry_interval=0', *extra]
+  return [
+    '--name=vit-s16',
+    '--accelerator=v4-32',
+    f'--zones={zones}',
+    '--project=my-proj',
+    '--spot',
+    f'--code_dir={clone[0]}',
+    '--poll=0',
+    '--retry_interval=0',
+    *extra,
+  ]
 
 
 def tpu_launch(clone, *extra, zones='us-central2-b', args=ARGS):
@@ -110,7 +129,8 @@ def tpu_launch(clone, *extra, zones='us-central2-b', args=ARGS):
 
 
 def shipped_archive(calls, tmp_path) -> str:
-  """The local archive that the launch shipped: in a private folder of the temporary directory, gone afterwards."""
+  """The local archive that the launch shipped: in a private folder of the temporary directory, gone
+  afterwards."""
   local = pathlib.Path(next(c[4] for c in calls if c[3] == 'scp'))
   assert local.parent.parent == tmp_path and local.parent.name.startswith('vit_jax-launch-'), local
   assert not local.parent.exists()

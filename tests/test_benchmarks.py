@@ -1,4 +1,6 @@
-"""benchmarks/train_throughput.py runs end to end on a tiny model and passes its options to the variant processes."""
+"""benchmarks/train_throughput.py runs end to end on a tiny model and passes its options to the
+variant processes."""
+
 import json
 import os
 import subprocess
@@ -8,49 +10,126 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import train_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-TINY = ['--model=ViT-Ti_16', '--hidden=32', '--layers=1', '--heads=2', '--mlp=64', '--patch=4', '--image_size=16',
-        '--batch=8']
+TINY = [
+  '--model=ViT-Ti_16',
+  '--hidden=32',
+  '--layers=1',
+  '--heads=2',
+  '--mlp=64',
+  '--patch=4',
+  '--image_size=16',
+  '--batch=8',
+]
 
 
 def test_train_throughput_prints_positive_figures_for_a_tiny_model():
-  out = subprocess.run([sys.executable, 'benchmarks/train_throughput.py', *TINY, '--steps=2', '--warmup=1',
-                        '--peak_tflops=1', '--no_baseline'], cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+  out = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/train_throughput.py',
+      *TINY,
+      '--steps=2',
+      '--warmup=1',
+      '--peak_tflops=1',
+      '--no_baseline',
+    ],
+    cwd=ROOT,
+    check=True,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   line = json.loads(out.stdout.strip().splitlines()[-1])
-  assert line['variant'] == 'baseline' and line['peak_source'] == 'flag' and line['device_count'] >= 1
-  for key in ('compile_s', 'img_per_sec', 'img_per_sec_per_device', 'model_tflops_per_device', 'mfu',
-              'host_peak_rss_mib'):
+  assert (
+    line['variant'] == 'baseline' and line['peak_source'] == 'flag' and line['device_count'] >= 1
+  )
+  for key in (
+    'compile_s',
+    'img_per_sec',
+    'img_per_sec_per_device',
+    'model_tflops_per_device',
+    'mfu',
+    'host_peak_rss_mib',
+  ):
     assert line[key] > 0, key
 
 
 def test_variant_command_line_round_trips_the_options():
-  args = train_throughput.parse_args([*TINY, '--scan', '--remat=dots', '--attention=xla', '--dtype=bfloat16'])
+  args = train_throughput.parse_args(
+    [*TINY, '--scan', '--remat=dots', '--attention=xla', '--dtype=bfloat16']
+  )
   options = train_throughput.variant_options(args)
   child = train_throughput.parse_args(train_throughput.child_argv(args, 'fast', options, 2.0)[2:])
   assert train_throughput.variant_options(child) == options
-  assert (child.variant, child.no_baseline, child.peak_tflops, child.hidden, child.patch) == ('fast', True, 2.0, 32, 4)
-  baseline = train_throughput.parse_args(train_throughput.child_argv(args, 'baseline', train_throughput.BASELINE,
-                                                                     None)[2:])
-  assert train_throughput.variant_options(baseline) == train_throughput.BASELINE and baseline.hidden == 32
+  assert (child.variant, child.no_baseline, child.peak_tflops, child.hidden, child.patch) == (
+    'fast',
+    True,
+    2.0,
+    32,
+    4,
+  )
+  baseline = train_throughput.parse_args(
+    train_throughput.child_argv(args, 'baseline', train_throughput.BASELINE, None)[2:]
+  )
+  assert (
+    train_throughput.variant_options(baseline) == train_throughput.BASELINE
+    and baseline.hidden == 32
+  )
 
 
 def test_input_throughput_prints_both_pipelines_and_the_host_budget():
-  out = subprocess.run([sys.executable, 'benchmarks/input_throughput.py', '--num_images=8', '--batch=4', '--batches=2',
-                        '--warmup=1', '--only=digits,imagenet_jpeg_224', '--markdown'], cwd=ROOT, check=True,
-                       stdout=subprocess.PIPE, text=True, timeout=900).stdout
+  out = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/input_throughput.py',
+      '--num_images=8',
+      '--batch=4',
+      '--batches=2',
+      '--warmup=1',
+      '--only=digits,imagenet_jpeg_224',
+      '--markdown',
+    ],
+    cwd=ROOT,
+    check=True,
+    stdout=subprocess.PIPE,
+    text=True,
+    timeout=900,
+  ).stdout
   result = json.loads(next(line for line in out.splitlines() if line.startswith('{"threads"')))
   assert [r['name'] for r in result['rows']] == ['digits', 'imagenet_jpeg_224']
   for row in result['rows']:
-    assert row['ratio'] > 0 and row['ours']['img_per_sec'] > 0 and row['tf.data']['cpu_ms_per_image'] > 0
+    assert (
+      row['ratio'] > 0 and row['ours']['img_per_sec'] > 0 and row['tf.data']['cpu_ms_per_image'] > 0
+    )
   assert len(result['budget']) == 18 and all(r['vcpus_plain'] > 0 for r in result['budget'])
   assert '| digits | 8x8 PNG, no crop |' in out and '| ViT-B_16 | TPU v4 (4 chips) |' in out
 
 
 def test_train_throughput_times_a_lit_step_beside_its_image_tower_as_a_classifier():
-  out = subprocess.run([sys.executable, 'benchmarks/train_throughput.py', '--model=LiT-L16Ti', *TINY[1:],
-                        '--text_layers=1', '--steps=2', '--warmup=1', '--peak_tflops=1'], cwd=ROOT, check=True,
-                       stdout=subprocess.PIPE, text=True, timeout=900).stdout
+  out = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/train_throughput.py',
+      '--model=LiT-L16Ti',
+      *TINY[1:],
+      '--text_layers=1',
+      '--steps=2',
+      '--warmup=1',
+      '--peak_tflops=1',
+    ],
+    cwd=ROOT,
+    check=True,
+    stdout=subprocess.PIPE,
+    text=True,
+    timeout=900,
+  ).stdout
   baseline, lit = (json.loads(line) for line in out.strip().splitlines()[-2:])
   assert (baseline['variant'], baseline['model'], lit['variant'], lit['model']) == (
-      'image_classifier', 'ViT-L_16', 'lit', 'LiT-L16Ti')
-  assert lit['step_ratio_vs_image_classifier'] == lit['step_s_median'] / baseline['step_s_median'] > 0
+    'image_classifier',
+    'ViT-L_16',
+    'lit',
+    'LiT-L16Ti',
+  )
+  assert (
+    lit['step_ratio_vs_image_classifier'] == lit['step_s_median'] / baseline['step_s_median'] > 0
+  )
   assert 0 < lit['train_gflops_per_image'] and lit['mfu'] > 0

@@ -1,6 +1,7 @@
-"""vit_jax/tasks/contrastive.py: LiT's softmax and SigLIP's sigmoid losses against a direct NumPy computation, the same on
-1 device, a batch sharded over 8 devices and 2 processes x 2 devices; retrieval recall and zero-shot accuracy
-against hand-computed figures."""
+"""vit_jax/tasks/contrastive.py: LiT's softmax and SigLIP's sigmoid losses against a direct NumPy
+computation, the same on 1 device, a batch sharded over 8 devices and 2 processes x 2 devices;
+retrieval recall and zero-shot accuracy against hand-computed figures."""
+
 import json
 import math
 import subprocess
@@ -24,10 +25,13 @@ def _embeddings(seed=0, n=B):
 
 
 def _numpy_softmax_loss(zimg, ztxt, t):
-  """Written out: for each image, -log of its own text's share of exp(logits); the same for each text; averaged."""
+  """Written out: for each image, -log of its own text's share of exp(logits); the same for each
+  text; averaged."""
   logits = t * zimg @ ztxt.T
   i2t = [-(logits[i, i] - math.log(sum(math.exp(v) for v in logits[i]))) for i in range(len(zimg))]
-  t2i = [-(logits[j, j] - math.log(sum(math.exp(v) for v in logits[:, j]))) for j in range(len(ztxt))]
+  t2i = [
+    -(logits[j, j] - math.log(sum(math.exp(v) for v in logits[:, j]))) for j in range(len(ztxt))
+  ]
   return (np.mean(i2t) + np.mean(t2i)) / 2
 
 
@@ -42,20 +46,27 @@ def _numpy_sigmoid_loss(zimg, ztxt, t, b):
 
 def test_the_losses_equal_a_direct_computation():
   zimg, ztxt = _embeddings()
-  assert float(contrastive.softmax_loss(zimg, ztxt, T)) == pytest.approx(_numpy_softmax_loss(zimg, ztxt, T), rel=1e-5)
+  assert float(contrastive.softmax_loss(zimg, ztxt, T)) == pytest.approx(
+    _numpy_softmax_loss(zimg, ztxt, T), rel=1e-5
+  )
   assert float(contrastive.sigmoid_loss(zimg, ztxt, T, BIAS)) == pytest.approx(
-      _numpy_sigmoid_loss(zimg, ztxt, T, BIAS), rel=1e-5)
+    _numpy_sigmoid_loss(zimg, ztxt, T, BIAS), rel=1e-5
+  )
   # Matching pairs pulled together lower both losses.
   assert contrastive.softmax_loss(zimg, zimg, T) < contrastive.softmax_loss(zimg, ztxt, T)
-  assert contrastive.sigmoid_loss(zimg, zimg, T, BIAS) < contrastive.sigmoid_loss(zimg, ztxt, T, BIAS)
+  assert contrastive.sigmoid_loss(zimg, zimg, T, BIAS) < contrastive.sigmoid_loss(
+    zimg, ztxt, T, BIAS
+  )
 
 
 def _sharded_losses(zimg, ztxt, mesh):
   shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   put = lambda x: jax.make_array_from_process_local_data(shard, np.asarray(x, np.float32))
   zimg, ztxt = put(zimg), put(ztxt)
-  fn = jax.jit(lambda a, b: (contrastive.softmax_loss(a, b, T), contrastive.sigmoid_loss(a, b, T, BIAS)),
-               out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  fn = jax.jit(
+    lambda a, b: (contrastive.softmax_loss(a, b, T), contrastive.sigmoid_loss(a, b, T, BIAS)),
+    out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+  )
   return [float(x) for x in fn(zimg, ztxt)]
 
 
@@ -68,7 +79,7 @@ def test_a_batch_sharded_over_8_devices_gives_the_global_loss():
   assert sigmoid == pytest.approx(_numpy_sigmoid_loss(zimg, ztxt, T, BIAS), rel=1e-5)
 
 
-_TWO_PROCESSES = '''
+_TWO_PROCESSES = """
 import json, sys
 import jax, numpy as np
 from vit_jax.tasks import contrastive
@@ -83,7 +94,7 @@ a, b = (jax.make_array_from_process_local_data(shard, x[rows]) for x in (zimg, z
 fn = jax.jit(lambda a, b: (contrastive.softmax_loss(a, b, t), contrastive.sigmoid_loss(a, b, t, bias)),
              out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 print(json.dumps([float(x) for x in fn(a, b)]))
-'''
+"""
 
 
 def test_two_processes_of_two_devices_give_the_global_loss(tmp_path):
@@ -91,9 +102,25 @@ def test_two_processes_of_two_devices_give_the_global_loss(tmp_path):
   np.save(tmp_path / 'z.npy', np.stack([zimg, ztxt]))
   port = tiny.free_port()
   env = tiny.main_env(2, PYTHONPATH=str(tiny.REPO))
-  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESSES, str(i), str(port), str(tmp_path / 'z.npy'),
-                             str(T), str(BIAS)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-c',
+        _TWO_PROCESSES,
+        str(i),
+        str(port),
+        str(tmp_path / 'z.npy'),
+        str(T),
+        str(BIAS),
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   assert all(p.returncode == 0 for p in procs), '\n'.join(err[-3000:] for _, err in outs)
   for out, _ in outs:
@@ -103,19 +130,33 @@ def test_two_processes_of_two_devices_give_the_global_loss(tmp_path):
 
 
 def test_recall_at_k_by_hand():
-  # Three images on the axes; four texts: text 0 and 3 are image 0's captions, text 1 image 1's, text 2 image 2's.
+  # Three images on the axes; four texts: text 0 and 3 are image 0's captions, text 1 image 1's,
+  # text 2 image 2's.
   zimg = np.eye(3)
-  ztxt = np.array([[0.1, 1.0, 0.0],   # Image 0's, but nearest to image 1.
-                   [0.0, 1.0, 0.2],   # Image 1's, nearest to it.
-                   [0.9, 0.0, 0.5],   # Image 2's, nearest to image 0.
-                   [1.0, 0.0, 0.0]])  # Image 0's, nearest to it.
+  ztxt = np.array(
+    [
+      [0.1, 1.0, 0.0],  # Image 0's, but nearest to image 1.
+      [0.0, 1.0, 0.2],  # Image 1's, nearest to it.
+      [0.9, 0.0, 0.5],  # Image 2's, nearest to image 0.
+      [1.0, 0.0, 0.0],
+    ]
+  )  # Image 0's, nearest to it.
   got = contrastive.recall_at_k(zimg, ztxt, image_of_text=[0, 1, 2, 0], ks=(1, 2))
-  # img2txt: image 0's best own text is text 3 (1.0), and text 2 (0.9) scores lower: rank 0. Image 1: own text 1
-  # (1.0) is beaten by none: rank 0 (text 0 ties at 1.0: ties go to the match). Image 2: own text 2 (0.5), text 1
-  # (0.2) lower: rank 0. txt2img: text 0's image 0 (0.1) below image 1 (1.0): rank 1; text 1: rank 0; text 2:
-  # image 2 (0.5) below image 0 (0.9): rank 1; text 3: rank 0.
-  assert got == {'img2txt/recall@1': 1.0, 'txt2img/recall@1': 0.5, 'img2txt/recall@2': 1.0, 'txt2img/recall@2': 1.0}
-  assert contrastive.recall_at_k(zimg, zimg, ks=(1,)) == {'img2txt/recall@1': 1.0, 'txt2img/recall@1': 1.0}
+  # img2txt: image 0's best own text is text 3 (1.0), and text 2 (0.9) scores lower: rank 0. Image
+  # 1: own text 1 (1.0) is beaten by none: rank 0 (text 0 ties at 1.0: ties go to the match). Image
+  # 2: own text 2 (0.5), text 1 (0.2) lower: rank 0. txt2img: text 0's image 0 (0.1) below image 1
+  # (1.0): rank 1; text 1: rank 0; text 2: image 2 (0.5) below image 0 (0.9): rank 1; text 3: rank
+  # 0.
+  assert got == {
+    'img2txt/recall@1': 1.0,
+    'txt2img/recall@1': 0.5,
+    'img2txt/recall@2': 1.0,
+    'txt2img/recall@2': 1.0,
+  }
+  assert contrastive.recall_at_k(zimg, zimg, ks=(1,)) == {
+    'img2txt/recall@1': 1.0,
+    'txt2img/recall@1': 1.0,
+  }
   with pytest.raises(ValueError, match='image_of_text'):
     contrastive.recall_at_k(zimg, ztxt, image_of_text=[0, 1, 3, 0])
 
@@ -123,7 +164,8 @@ def test_recall_at_k_by_hand():
 def test_zeroshot_accuracy_by_hand():
   zclass = np.eye(3)
   zimg = np.array([[0.9, 0.1, 0.0], [0.2, 0.1, 0.8], [0.0, 0.7, 0.3], [0.6, 0.5, 0.0]])
-  assert contrastive.zeroshot_accuracy(zimg, zclass, [0, 2, 1, 1]) == 0.75  # The last is nearer class 0.
+  # The last is nearer class 0.
+  assert contrastive.zeroshot_accuracy(zimg, zclass, [0, 2, 1, 1]) == 0.75
   assert contrastive.zeroshot_accuracy(jnp.asarray(zimg), zclass, np.array([0, 2, 1, 0])) == 1.0
 
 

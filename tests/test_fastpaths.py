@@ -1,4 +1,6 @@
-"""Model fast paths (scan, remat, attention kernels, fused QKV): the plain path's logits, gradients, files, specs."""
+"""Model fast paths (scan, remat, attention kernels, fused QKV): the plain path's logits, gradients,
+files, specs."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +13,15 @@ from vit_jax.training import train
 from vit_jax.training import state
 
 X = jax.random.uniform(jax.random.key(7), (2, 16, 16, 3), minval=-1, maxval=1)
-WEIGHTS = jax.random.normal(jax.random.key(8), (2, 5))  # Loss = mean(logits * WEIGHTS): every logit matters.
+# Loss = mean(logits * WEIGHTS): every logit matters.
+WEIGHTS = jax.random.normal(jax.random.key(8), (2, 5))
 FAST_PATHS = {
-    'scan': {'scan': True},
-    'remat_full': {'remat_policy': 'full'},
-    'remat_dots': {'remat_policy': 'dots'},
-    'attention_xla': {'attention': 'xla'},
-    'fused_qkv': {'fused_qkv': True},
-    'all': {'scan': True, 'remat_policy': 'dots', 'attention': 'xla', 'fused_qkv': True},
+  'scan': {'scan': True},
+  'remat_full': {'remat_policy': 'full'},
+  'remat_dots': {'remat_policy': 'dots'},
+  'attention_xla': {'attention': 'xla'},
+  'fused_qkv': {'fused_qkv': True},
+  'all': {'scan': True, 'remat_policy': 'dots', 'attention': 'xla', 'fused_qkv': True},
 }
 
 
@@ -31,9 +34,12 @@ def _init(model, seed=0):
 
 
 def _random_params(model, seed=0):
-  """Unrolled params with every leaf random (head and biases too), so logits and gradients depend on all of them."""
+  """Unrolled params with every leaf random (head and biases too), so logits and gradients depend on
+  all of them."""
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda x: (0.3 * rng.normal(size=x.shape)).astype(np.float32), _init(model, seed))
+  return jax.tree.map(
+    lambda x: (0.3 * rng.normal(size=x.shape)).astype(np.float32), _init(model, seed)
+  )
 
 
 def _stacked(params):
@@ -45,7 +51,8 @@ def _unstacked_flat(tree):
 
 
 def _logits_and_grads(model, params):
-  """Logits and parameter gradients in training mode (dropout 0), as flat per-layer (unstacked) dicts."""
+  """Logits and parameter gradients in training mode (dropout 0), as flat per-layer (unstacked)
+  dicts."""
   if model.scan:
     params = _stacked(params)
 
@@ -58,8 +65,9 @@ def _logits_and_grads(model, params):
 
 
 def _assert_close(got, want, tol, scale=None, name=''):
-  """|got - want| <= tol * scale elementwise, `scale` max|want| by default: near-zero entries are judged against
-  the size of their array (or, for gradients, of all gradients: the key bias's is zero up to rounding)."""
+  """|got - want| <= tol * scale elementwise, `scale` max|want| by default: near-zero entries are
+  judged against the size of their array (or, for gradients, of all gradients: the key bias's is
+  zero up to rounding)."""
   scale = np.abs(want).max() if scale is None else scale
   np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=name)
 
@@ -95,7 +103,8 @@ def test_bfloat16_compute_stays_within_bfloat16_tolerance_of_float32(reference, 
 
 
 def _input_dtypes(jaxpr, primitive):
-  """Dtypes of the inputs of every `primitive` equation, descending into scan, remat, jit and custom-jvp bodies."""
+  """Dtypes of the inputs of every `primitive` equation, descending into scan, remat, jit and
+  custom-jvp bodies."""
   found = []
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == primitive:
@@ -128,8 +137,11 @@ def test_fused_qkv_keeps_release_parameters_and_their_init():
 
 def test_attention_dropout_in_training_falls_back_to_plain_path(reference):
   params, (no_dropout, _) = reference
-  run = lambda attention: jax.jit(lambda p: _model(tiny.vit_config(dropout=0.3), attention=attention).apply(
-      {'params': p}, X, train=True, rngs={'dropout': jax.random.key(3)}))(params)
+  run = lambda attention: jax.jit(
+    lambda p: _model(tiny.vit_config(dropout=0.3), attention=attention).apply(
+      {'params': p}, X, train=True, rngs={'dropout': jax.random.key(3)}
+    )
+  )(params)
   np.testing.assert_array_equal(run('xla'), run('plain'))
   assert np.abs(run('plain') - no_dropout).max() > 1e-3  # Dropout is on.
 
@@ -140,14 +152,22 @@ def test_scanned_and_unrolled_models_load_one_npz_to_the_same_logits(tmp_path, r
   checkpoint.save_npz(path, params)
   loaded = {}
   for scan in (False, True):
-    loaded[scan] = checkpoint.load_pretrained(pretrained_path=path, init_params=_init(_model(scan=scan), 1),
-                                              model_config=tiny.vit_config())
+    loaded[scan] = checkpoint.load_pretrained(
+      pretrained_path=path, init_params=_init(_model(scan=scan), 1), model_config=tiny.vit_config()
+    )
     loaded[scan]['head'] = params['head']  # The loader re-initialises the head.
   kernel = 'MultiHeadDotProductAttention_0/query/kernel'
-  assert utils.flatten_dict(loaded[True])[f'Transformer/encoderblock/{kernel}'].shape == (2, 32, 2, 16)
+  assert utils.flatten_dict(loaded[True])[f'Transformer/encoderblock/{kernel}'].shape == (
+    2,
+    32,
+    2,
+    16,
+  )
   for key, value in utils.flatten_dict(_stacked(params)).items():
     np.testing.assert_array_equal(utils.flatten_dict(loaded[True])[key], value, err_msg=key)
-  logits = {scan: jax.jit(_model(scan=scan).apply)({'params': loaded[scan]}, X) for scan in (False, True)}
+  logits = {
+    scan: jax.jit(_model(scan=scan).apply)({'params': loaded[scan]}, X) for scan in (False, True)
+  }
   np.testing.assert_array_equal(logits[True], logits[False])
 
 
@@ -164,34 +184,57 @@ def test_save_npz_of_scanned_params_equals_the_unrolled_file(tmp_path, reference
 
 def test_scanned_load_shape_error_names_the_stacked_key_and_both_shapes(tmp_path, reference):
   path = str(tmp_path / 'one_layer.npz')
-  one_layer = {k: v for k, v in utils.flatten_dict(reference[0]).items() if 'encoderblock_1/' not in k}
+  one_layer = {
+    k: v for k, v in utils.flatten_dict(reference[0]).items() if 'encoderblock_1/' not in k
+  }
   checkpoint.save_npz(path, utils.unflatten_dict(one_layer))
   init = _init(_model(scan=True))
-  with pytest.raises(checkpoint.CheckpointError,
-                     match=r"'Transformer/encoderblock/LayerNorm_0/bias': checkpoint \(1, 32\) vs model \(2, 32\)"):
-    checkpoint.load_pretrained(pretrained_path=path, init_params=init, model_config=tiny.vit_config())
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"'Transformer/encoderblock/LayerNorm_0/bias': checkpoint \(1, 32\) vs model \(2, 32\)",
+  ):
+    checkpoint.load_pretrained(
+      pretrained_path=path, init_params=init, model_config=tiny.vit_config()
+    )
 
 
 def _train_config(strategy, mesh, **overrides):
-  return tiny.train_config(**{'mesh': mesh, 'sharding_strategy': strategy, 'fsdp_min_size': 256,
-                              'model.transformer.num_heads': 4, 'model.hidden_size': 64,
-                              'model.transformer.mlp_dim': 128, 'schedule.warmup_steps': 0, **overrides})
+  return tiny.train_config(
+    **{
+      'mesh': mesh,
+      'sharding_strategy': strategy,
+      'fsdp_min_size': 256,
+      'model.transformer.num_heads': 4,
+      'model.hidden_size': 64,
+      'model.transformer.mlp_dim': 128,
+      'schedule.warmup_steps': 0,
+      **overrides,
+    }
+  )
 
 
 def _abstract_params(model):
   return jax.eval_shape(lambda: model.init(jax.random.key(0), X[:1]))['params']
 
 
-@pytest.mark.parametrize('strategy,mesh', [('replicate', (('data', -1),)), ('fsdp', (('fsdp', -1),)),
-                                           ('tp', (('data', 2), ('model', 4))),
-                                           ('fsdp+tp', (('fsdp', 2), ('model', 4)))])
+@pytest.mark.parametrize(
+  'strategy,mesh',
+  [
+    ('replicate', (('data', -1),)),
+    ('fsdp', (('fsdp', -1),)),
+    ('tp', (('data', 2), ('model', 4))),
+    ('fsdp+tp', (('fsdp', 2), ('model', 4))),
+  ],
+)
 def test_scanned_param_specs_are_the_unrolled_ones_behind_a_none_layer_axis(strategy, mesh):
   config = _train_config(strategy, mesh)
   mesh = sharding.make_mesh(config.mesh)
   specs = {}
   for scan in (False, True):
     params = _abstract_params(state.build_model(tiny.override(config, {'scan_layers': scan}), 5))
-    specs[scan] = utils.flatten_dict(sharding.param_specs(params, mesh, strategy, config.fsdp_min_size))
+    specs[scan] = utils.flatten_dict(
+      sharding.param_specs(params, mesh, strategy, config.fsdp_min_size)
+    )
   stacked = {k: v for k, v in specs[True].items() if k.startswith('Transformer/encoderblock/')}
   assert len(stacked) == 16
   for key, spec in stacked.items():
@@ -207,8 +250,11 @@ def test_scanned_param_specs_are_the_unrolled_ones_behind_a_none_layer_axis(stra
 
 
 def _two_step_losses(config, params):
-  """Losses of two train steps from `params` (unrolled layout; stacked for a scanned model) on fixed batches."""
-  mesh, state, step, batch_shard = tiny.train_setup(config, params=_stacked(params) if config.scan_layers else params)
+  """Losses of two train steps from `params` (unrolled layout; stacked for a scanned model) on fixed
+  batches."""
+  mesh, state, step, batch_shard = tiny.train_setup(
+    config, params=_stacked(params) if config.scan_layers else params
+  )
   losses = []
   with jax.set_mesh(mesh):
     for i in range(2):
@@ -219,19 +265,33 @@ def _two_step_losses(config, params):
 
 def test_scanned_remat_train_step_under_fsdp_tp_matches_unrolled_replicate():
   reference = _train_config('replicate', (('data', -1),))
-  params = jax.jit(lambda: state.build_model(reference, 10).init(jax.random.key(0), X[:1]))()['params']
-  fast = _train_config('fsdp+tp', (('fsdp', 2), ('model', 4)), scan_layers=True, remat_policy='full',
-                       attention='xla', fused_qkv=True)
+  params = jax.jit(lambda: state.build_model(reference, 10).init(jax.random.key(0), X[:1]))()[
+    'params'
+  ]
+  fast = _train_config(
+    'fsdp+tp',
+    (('fsdp', 2), ('model', 4)),
+    scan_layers=True,
+    remat_policy='full',
+    attention='xla',
+    fused_qkv=True,
+  )
   want = _two_step_losses(reference, params)
   np.testing.assert_allclose(_two_step_losses(fast, params), want, rtol=1e-5)
   assert want[1] != want[0]
 
 
-@pytest.mark.parametrize('kw,message', [
+@pytest.mark.parametrize(
+  'kw,message',
+  [
     ({'remat_policy': 'sometimes'}, r"Unknown remat_policy 'sometimes'; valid: none, full, dots"),
     ({'attention': 'flash'}, r"Unknown attention 'flash'; valid: plain, xla, cudnn"),
-    ({'attention': 'cudnn', 'dtype': jnp.bfloat16}, r"attention='cudnn' needs a GPU, but the JAX backend is 'cpu'"),
-])
+    (
+      {'attention': 'cudnn', 'dtype': jnp.bfloat16},
+      r"attention='cudnn' needs a GPU, but the JAX backend is 'cpu'",
+    ),
+  ],
+)
 def test_bad_fast_path_values_are_clear_errors(kw, message):
   with pytest.raises(ValueError, match=message):
     _model(**kw).init(jax.random.key(0), X[:1])

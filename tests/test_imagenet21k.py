@@ -1,4 +1,6 @@
-"""The ImageNet-21k TFDS builder on a small generated archive of the official structure (nested tars)."""
+"""The ImageNet-21k TFDS builder on a small generated archive of the official structure (nested
+tars)."""
+
 import io
 import tarfile
 
@@ -25,8 +27,9 @@ def _image(mode, fmt='JPEG', seed=0):
 
 
 def _archive(path, gz=False):
-  """Per-synset tars inside one tar: 3 good JPEGs each, plus a CMYK JPEG, a PNG named .JPEG, a grayscale JPEG and a
-  corrupt file in the first synset."""
+  """Per-synset tars inside one tar: 3 good JPEGs each, plus a CMYK JPEG, a PNG named .JPEG, a
+  grayscale JPEG and a corrupt file in the first synset."""
+
   def add(tar, name, data):
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -58,21 +61,28 @@ def _build(tmp_path, config='goog', gz=False, name='data'):
 
 def _records(builder, split='full'):
   config = common.get_config()
-  config.dataset, config.tfds_data_dir = f'imagenet21k/{builder.builder_config.name}', str(builder.data_dir_root)
+  config.dataset, config.tfds_data_dir = (
+    f'imagenet21k/{builder.builder_config.name}',
+    str(builder.data_dir_root),
+  )
   return sources.open_split(config, split).records
 
 
 def test_counts_labels_in_googles_order_and_faulty_files(tmp_path):
   builder = _build(tmp_path)
   assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
-  assert builder.info.features['label'].num_classes == 21_843 and 'n03931044' in builder.info.features['label'].names
+  assert (
+    builder.info.features['label'].num_classes == 21_843
+    and 'n03931044' in builder.info.features['label'].names
+  )
   assert builder.info.splits['full'].num_examples == 9 + 3  # The corrupt file is skipped...
   assert builder.info.metadata['skipped_count'] == 1  # ... and counted, by name.
   assert builder.info.metadata['skipped_files'] == [f'{CHOSEN[0]}/{CHOSEN[0]}_corrupt.JPEG']
   records = _records(builder)
   labels = sorted(records[i]['label'] for i in range(len(records)))
-  assert labels == sorted([SYNSETS.index(CHOSEN[0])] * 6 + [SYNSETS.index(CHOSEN[1])] * 3 +
-                          [SYNSETS.index(CHOSEN[2])] * 3)
+  assert labels == sorted(
+    [SYNSETS.index(CHOSEN[0])] * 6 + [SYNSETS.index(CHOSEN[1])] * 3 + [SYNSETS.index(CHOSEN[2])] * 3
+  )
   stored = {records[i]['image'] for i in range(len(records))}
   assert _image('RGB', seed=10) in stored  # Good JPEGs are stored byte for byte (no re-encoding).
   for i in range(len(records)):  # Every record is an RGB JPEG that the fast decoder reads.
@@ -89,7 +99,11 @@ def test_held_out_slices_partition_a_fixed_shuffled_order(tmp_path):
   assert full != sorted(full)  # Shuffled, not in archive order.
   parts = names(a, 'full[:2]') + names(a, 'full[2:4]') + names(a, 'full[4:]')
   assert parts == full and len(set(full)) == 12
-  assert imagenet21k.HELD_OUT == {'test': 'full[:25600]', 'validation': 'full[25600:51200]', 'train': 'full[51200:]'}
+  assert imagenet21k.HELD_OUT == {
+    'test': 'full[:25600]',
+    'validation': 'full[25600:51200]',
+    'train': 'full[51200:]',
+  }
 
 
 def test_present_config_and_winter21_gz_archive(tmp_path):
@@ -102,5 +116,9 @@ def test_missing_archive_is_a_clear_error(tmp_path):
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'empty' / 'notes.txt').write_text('no archive here')
   builder = tfds.builder('imagenet21k', data_dir=str(tmp_path / 'data'))
-  with pytest.raises(AssertionError, match='No ImageNet-21k archive in .*fall11_whole.tar, winter21_whole.tar.gz'):
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'empty')))
+  with pytest.raises(
+    AssertionError, match='No ImageNet-21k archive in .*fall11_whole.tar, winter21_whole.tar.gz'
+  ):
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'empty'))
+    )

@@ -1,6 +1,8 @@
-"""vit_jax.data.input_pipeline: the index-based training stream (global shuffle, O(1) exact resume, the same global batches
-for any process count), exact padded evaluation, batches to devices; the local sklearn_digits dataset. The sources it
-reads (TFDS datasets, image folders) are tests/test_sources.py's."""
+"""vit_jax.data.input_pipeline: the index-based training stream (global shuffle, O(1) exact resume,
+the same global batches for any process count), exact padded evaluation, batches to devices; the
+local sklearn_digits dataset. The sources it reads (TFDS datasets, image folders) are
+tests/test_sources.py's."""
+
 import io
 
 import jax
@@ -22,14 +24,17 @@ def _digits_config(data_dir, **overrides):
 
 
 def _identity_config(data_dir, **overrides):
-  """Train images = the raw 8x8 digits (no crop, no flip, no resize), so examples can be recognised."""
+  """Train images = the raw 8x8 digits (no crop, no flip, no resize), so examples can be
+  recognised."""
   return _digits_config(data_dir, image_size=8, pp__crop='resize', pp__flip=False, **overrides)
 
 
 def _rows(images, labels):
   """Sorted (image bytes + label) rows: a multiset of examples, comparable with ==."""
   images = np.asarray(images)
-  rows = np.concatenate([images.reshape(len(images), -1), np.asarray(labels).reshape(-1, 1)], axis=1)
+  rows = np.concatenate(
+    [images.reshape(len(images), -1), np.asarray(labels).reshape(-1, 1)], axis=1
+  )
   return rows[np.lexsort(rows.T[::-1])]
 
 
@@ -42,20 +47,35 @@ def _digits_split(data_dir, split):
 
 def _stream(config, steps, batch=8, process_count=1, start=0):
   """The global batches [start, start + steps) assembled from `process_count` processes."""
-  parts = [tiny.take(input_pipeline.train_dataset(config, local_batch_size=batch // process_count, process_index=p,
-                                                  process_count=process_count, start_step=start), steps)
-           for p in range(process_count)]
-  return [{k: np.concatenate([parts[p][i][k] for p in range(process_count)]) for k in ('image', 'label')}
-          for i in range(steps)]
+  parts = [
+    tiny.take(
+      input_pipeline.train_dataset(
+        config,
+        local_batch_size=batch // process_count,
+        process_index=p,
+        process_count=process_count,
+        start_step=start,
+      ),
+      steps,
+    )
+    for p in range(process_count)
+  ]
+  return [
+    {k: np.concatenate([parts[p][i][k] for p in range(process_count)]) for k in ('image', 'label')}
+    for i in range(steps)
+  ]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # sklearn_digits.
 
 
 def test_digits_builds_with_the_documented_split(digits_dir, tmp_path):
   builder = tfds.builder('sklearn_digits', data_dir=digits_dir)
-  assert str(builder.version) == '1.1.0' and builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  assert (
+    str(builder.version) == '1.1.0'
+    and builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  )
   assert builder.info.splits['train'].num_examples == DIGITS_TRAIN
   assert builder.info.splits['test'].num_examples == DIGITS_TEST
   assert builder.info.features['label'].names == [str(d) for d in range(10)]
@@ -66,27 +86,34 @@ def test_digits_builds_with_the_documented_split(digits_dir, tmp_path):
   for split, idx in (('train', perm[:DIGITS_TRAIN]), ('test', perm[DIGITS_TRAIN:])):
     images, labels = _digits_split(digits_dir, split)
     assert images.dtype == np.uint8 and images.max() == 255 and images.min() == 0
-    np.testing.assert_array_equal(_rows(images, labels), _rows(expected_images[idx], digits.target[idx]))
+    np.testing.assert_array_equal(
+      _rows(images, labels), _rows(expected_images[idx], digits.target[idx])
+    )
   # A second build stores the same examples in the same order.
   other_dir = str(tmp_path / 'again')
-  tfds.builder('sklearn_digits', data_dir=other_dir).download_and_prepare(file_format='array_record')
+  tfds.builder('sklearn_digits', data_dir=other_dir).download_and_prepare(
+    file_format='array_record'
+  )
   for a, b in zip(_digits_split(digits_dir, 'test'), _digits_split(other_dir, 'test')):
     np.testing.assert_array_equal(a, b)
 
 
 def test_digits_is_built_on_first_use(tmp_path):
   info = input_pipeline.get_info(_digits_config(str(tmp_path), train_split='train[:98%]'))
-  assert info == input_pipeline.DatasetInfo(num_classes=10, num_train=1408, num_eval=DIGITS_TEST,
-                                            class_names=tuple('0123456789'))
+  assert info == input_pipeline.DatasetInfo(
+    num_classes=10, num_train=1408, num_eval=DIGITS_TEST, class_names=tuple('0123456789')
+  )
   assert tfds.builder('sklearn_digits', data_dir=str(tmp_path)).is_prepared()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training stream.
 
 
 def test_train_batches_are_uint8_with_labels(digits_dir):
-  (batch,) = tiny.take(input_pipeline.train_dataset(_digits_config(digits_dir), local_batch_size=8), 1)
+  (batch,) = tiny.take(
+    input_pipeline.train_dataset(_digits_config(digits_dir), local_batch_size=8), 1
+  )
   assert batch['image'].shape == (8, 16, 16, 3) and batch['image'].dtype == np.uint8
   assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
   assert batch['image'].std() > 10
@@ -106,10 +133,12 @@ def test_every_position_of_an_epoch_is_visited_once_and_epochs_differ(digits_dir
   assert not np.array_equal(first, labels)  # Shuffled at all.
 
 
-@pytest.mark.parametrize('start', [2, 5, 23])  # In the first epoch, at an epoch boundary, deep in a later epoch.
+# In the first epoch, at an epoch boundary, deep in a later epoch.
+@pytest.mark.parametrize('start', [2, 5, 23])
 def test_resume_at_step_s_equals_the_uninterrupted_stream(digits_dir, start):
-  config = _digits_config(digits_dir, train_split='train[:40]', pp__randaugment_layers=2,
-                          pp__randaugment_magnitude=15.0)  # Crop, flip and RandAugment draws too.
+  config = _digits_config(
+    digits_dir, train_split='train[:40]', pp__randaugment_layers=2, pp__randaugment_magnitude=15.0
+  )  # Crop, flip and RandAugment draws too.
   whole = _stream(config, start + 3)
   resumed = _stream(config, 3, start=start)
   for k in range(3):
@@ -149,25 +178,33 @@ class _CountingRecords:
 
 def test_resuming_far_into_training_reads_only_the_batch_it_returns(digits_dir, monkeypatch):
   records = _CountingRecords(sources.open_split(_digits_config(digits_dir), 'train').records)
-  monkeypatch.setattr(input_pipeline, 'open_split', lambda *a, **k: splits.Split(records, 10, tuple('0123456789')))
-  config = _digits_config(digits_dir, input_threads=1, input_cache_mib=0)  # Read per batch, not decoded ahead.
-  it = iter(input_pipeline.train_dataset(config, local_batch_size=8, start_step=10**9))  # Epoch ~5.6 million.
+  monkeypatch.setattr(
+    input_pipeline, 'open_split', lambda *a, **k: splits.Split(records, 10, tuple('0123456789'))
+  )
+  # Read per batch, not decoded ahead.
+  config = _digits_config(digits_dir, input_threads=1, input_cache_mib=0)
+  # Epoch ~5.6 million.
+  it = iter(input_pipeline.train_dataset(config, local_batch_size=8, start_step=10**9))
   next(it)
-  assert records.reads <= 8 + 64  # The batch, plus what the reader prefetched: nothing before the start.
+  # The batch, plus what the reader prefetched: nothing before the start.
+  assert records.reads <= 8 + 64
 
 
 def test_multiprocess_workers_give_the_same_batches(digits_dir):
   config = _digits_config(digits_dir, train_split='train[:40]')
   threads = tiny.take(input_pipeline.train_dataset(config, local_batch_size=8, start_step=3), 3)
-  workers = input_pipeline.train_dataset(_digits_config(digits_dir, train_split='train[:40]', input_processes=2),
-                                         local_batch_size=8, start_step=3)
+  workers = input_pipeline.train_dataset(
+    _digits_config(digits_dir, train_split='train[:40]', input_processes=2),
+    local_batch_size=8,
+    start_step=3,
+  )
   it = iter(workers)
   for expected in threads:
     np.testing.assert_array_equal(next(it)['image'], expected['image'])
   it.close()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Evaluation.
 
 
@@ -175,12 +212,16 @@ def test_eval_pads_and_counts_each_example_once(digits_dir):
   config = _identity_config(digits_dir, eval_split='test[:101]')
   per_process = []
   for index in range(2):  # 51 + 50 examples, batches of 16: 4 batches each.
-    batches = list(input_pipeline.eval_dataset(config, local_batch_size=16, process_index=index, process_count=2))
+    batches = list(
+      input_pipeline.eval_dataset(config, local_batch_size=16, process_index=index, process_count=2)
+    )
     assert len(batches) == 4
     for b in batches:
       assert b['image'].shape == (16, 8, 8, 3) and b['image'].dtype == np.uint8
       assert b['label'].dtype == np.int32 and b['mask'].dtype == np.float32
-    per_process.append({k: np.concatenate([b[k] for b in batches]) for k in ('image', 'label', 'mask')})
+    per_process.append(
+      {k: np.concatenate([b[k] for b in batches]) for k in ('image', 'label', 'mask')}
+    )
   assert [p['mask'].sum() for p in per_process] == [51.0, 50.0]
   for p in per_process:  # Real examples first, then zero padding.
     n = int(p['mask'].sum())
@@ -189,33 +230,52 @@ def test_eval_pads_and_counts_each_example_once(digits_dir):
   real = [(p['image'][p['mask'] == 1][..., 0], p['label'][p['mask'] == 1]) for p in per_process]
   images, labels = _digits_split(digits_dir, 'test[:101]')
   np.testing.assert_array_equal(
-      _rows(np.concatenate([r[0] for r in real]), np.concatenate([r[1] for r in real])), _rows(images, labels))
+    _rows(np.concatenate([r[0] for r in real]), np.concatenate([r[1] for r in real])),
+    _rows(images, labels),
+  )
 
 
 def test_eval_extra_padding_batches_when_processes_differ(digits_dir):
   # 5 examples over 4 processes: 2, 1, 1, 1 -> every process yields one batch of 2.
   config = _identity_config(digits_dir, eval_split='test[:5]')
-  masks = [[b['mask'].tolist() for b in input_pipeline.eval_dataset(
-      config, local_batch_size=2, process_index=i, process_count=4)] for i in range(4)]
+  masks = [
+    [
+      b['mask'].tolist()
+      for b in input_pipeline.eval_dataset(
+        config, local_batch_size=2, process_index=i, process_count=4
+      )
+    ]
+    for i in range(4)
+  ]
   assert masks == [[[1.0, 1.0]], [[1.0, 0.0]], [[1.0, 0.0]], [[1.0, 0.0]]]
-  masks = [[b['mask'].tolist() for b in input_pipeline.eval_dataset(
-      config, local_batch_size=1, process_index=i, process_count=4)] for i in range(4)]
+  masks = [
+    [
+      b['mask'].tolist()
+      for b in input_pipeline.eval_dataset(
+        config, local_batch_size=1, process_index=i, process_count=4
+      )
+    ]
+    for i in range(4)
+  ]
   assert masks == [[[1.0], [1.0]], [[1.0], [0.0]], [[1.0], [0.0]], [[1.0], [0.0]]]
 
 
 def test_eval_image_is_the_pipelines_eval_preprocessing(digits_dir):
-  config = _digits_config(digits_dir, image_size=8, eval_split='test[:4]', pp__eval_crop_fraction=0.5)
+  config = _digits_config(
+    digits_dir, image_size=8, eval_split='test[:4]', pp__eval_crop_fraction=0.5
+  )
   (batch,) = list(input_pipeline.eval_dataset(config, local_batch_size=4))
   images, _ = _digits_split(digits_dir, 'test[:4]')
   for image, got in zip(images, batch['image']):
     expected = inference.model_input(image[..., None], config)
     assert expected.dtype == np.float32 and expected.shape == (8, 8, 3)
     np.testing.assert_allclose(expected, got / 127.5 - 1.0, atol=1e-6)
-    big = np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR))  # fraction 0.5: 16 px, centre 8.
+    # fraction 0.5: 16 px, centre 8.
+    big = np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR))
     np.testing.assert_array_equal(got[..., 0], big[4:12, 4:12])
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Bad datasets and arguments.
 
 
@@ -235,18 +295,21 @@ def test_unknown_dataset_and_bad_arguments(digits_dir):
 
 
 def test_an_unknown_dataset_name_is_answered_without_the_network(monkeypatch):
-  """The suggestion for an unknown name reads TFDS's own builders only: its community registry is fetched from GCS
-  (two minutes of timeouts on an offline machine before the error)."""
+  """The suggestion for an unknown name reads TFDS's own builders only: its community registry is
+  fetched from GCS (two minutes of timeouts on an offline machine before the error)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   asked = []
   real = tfds.list_builders
-  monkeypatch.setattr(tfds, 'list_builders', lambda **kw: asked.append(kw) or real(with_community_datasets=False))
+  monkeypatch.setattr(
+    tfds, 'list_builders', lambda **kw: asked.append(kw) or real(with_community_datasets=False)
+  )
   with pytest.raises(ValueError, match="Unknown dataset 'cifar_tem'"):
     input_pipeline.get_info(tiny.data_config(dataset='cifar_tem'))
   assert asked == [{'with_community_datasets': False}]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # To devices.
 
 
@@ -258,8 +321,10 @@ def _data_sharding():
 def test_make_global_batch_shards_over_data():
   assert jax.device_count() == 8
   sharding = _data_sharding()
-  local = {'image': np.arange(16 * 2 * 2 * 3, dtype=np.uint8).reshape(16, 2, 2, 3),
-           'label': np.arange(16, dtype=np.int32)}
+  local = {
+    'image': np.arange(16 * 2 * 2 * 3, dtype=np.uint8).reshape(16, 2, 2, 3),
+    'label': np.arange(16, dtype=np.int32),
+  }
   batch = input_pipeline.make_global_batch(local, sharding)
   assert batch['image'].shape == (16 * jax.process_count(), 2, 2, 3)
   for name, array in batch.items():
@@ -284,17 +349,20 @@ def test_prefetch_to_device(digits_dir):
   assert pulled == [0, 1, 2]  # Two batches ahead of the one handed out.
   rest = list(stream)
   assert [int(b['label'][0]) for b in [first] + rest] == [0, 1, 2, 3, 4]
-  ds = input_pipeline.eval_dataset(_identity_config(digits_dir, eval_split='test[:20]'), local_batch_size=8)
+  ds = input_pipeline.eval_dataset(
+    _identity_config(digits_dir, eval_split='test[:20]'), local_batch_size=8
+  )
   batches = list(input_pipeline.prefetch_to_device(iter(ds), 2, sharding))
   assert [b['image'].shape for b in batches] == [(8, 8, 8, 3)] * 3
   assert sum(float(b['mask'].sum()) for b in batches) == 20.0
 
 
-
 @pytest.mark.parametrize('crop', ['resize', 'pad_crop', 'inception'])
 def test_a_split_decoded_once_into_memory_gives_the_same_batches(digits_dir, crop, caplog):
   def batches(cache_mib):
-    config = _digits_config(digits_dir, input_cache_mib=cache_mib, image_size=8, pp__crop=crop, pp__flip=True)
+    config = _digits_config(
+      digits_dir, input_cache_mib=cache_mib, image_size=8, pp__crop=crop, pp__flip=True
+    )
     it = iter(input_pipeline.train_dataset(config, local_batch_size=16, start_step=3))
     return [next(it) for _ in range(2)]
 

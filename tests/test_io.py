@@ -1,4 +1,6 @@
-"""vit_jax/io.py: local paths and gs:// (a local stand-in: tests/fake_gcs.py) through one API, atomic writes."""
+"""vit_jax/io.py: local paths and gs:// (a local stand-in: tests/fake_gcs.py) through one API,
+atomic writes."""
+
 import os
 import subprocess
 import sys
@@ -26,7 +28,11 @@ def test_write_read_append_list_glob_walk_rename_remove(root):
   assert io.read_text(io.join(root, 'a.txt')) == 'one\ntwo\n'
   assert io.read_text_or_none(io.join(root, 'missing.txt')) is None
   assert io.listdir(root) == ['a.txt', 'sub']
-  assert io.isdir(io.join(root, 'sub')) and io.isfile(io.join(root, 'a.txt')) and not io.isfile(io.join(root, 'sub'))
+  assert (
+    io.isdir(io.join(root, 'sub'))
+    and io.isfile(io.join(root, 'a.txt'))
+    and not io.isfile(io.join(root, 'sub'))
+  )
   assert io.glob(io.join(root, 'sub', '*.PNG')) == [io.join(root, 'sub', 'x.PNG')]
   walked = {folder: files for folder, _, files in io.walk(root)}
   assert walked[io.join(root, 'sub', 'deeper')] == ['y.jpg'] and walked[root] == ['a.txt']
@@ -60,7 +66,10 @@ def test_paths_keep_their_scheme():
 
 
 def test_one_list_of_image_extensions_includes_bmp():
-  assert all(io.is_image_file(f'a{ext.upper()}') for ext in ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp'))
+  assert all(
+    io.is_image_file(f'a{ext.upper()}')
+    for ext in ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+  )
   assert not io.is_image_file('notes.txt')
 
 
@@ -82,11 +91,14 @@ class _Unreachable(fsspec.AbstractFileSystem):
 
 def test_an_unreachable_bucket_is_a_storage_error_naming_the_path(monkeypatch):
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
+
   for protocol in _Unreachable.protocol:
     fsspec.register_implementation(protocol, _Unreachable, clobber=True)
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
   try:
-    with pytest.raises(io.StorageError, match=r'Cannot use gs://b/x.txt: RuntimeError: 401 .*credentials'):
+    with pytest.raises(
+      io.StorageError, match=r'Cannot use gs://b/x.txt: RuntimeError: 401 .*credentials'
+    ):
       io.read_bytes('gs://b/x.txt')
     with pytest.raises(io.StorageError, match='Cannot use gs://b/run'):
       io.exists('gs://b/run')
@@ -101,7 +113,9 @@ def test_a_storage_error_is_one_line_at_the_error_boundary(tmp_path, capsys):
   finally:
     fake_gcs.install(tmp_path / 'gcs')
   err = capsys.readouterr().err
-  assert err.startswith('vit_jax.main: error: Cannot use gs://locked/ViT-L_16.npz: RuntimeError: 403 Forbidden')
+  assert err.startswith(
+    'vit_jax.main: error: Cannot use gs://locked/ViT-L_16.npz: RuntimeError: 403 Forbidden'
+  )
   assert 'Traceback' not in err and len(err.splitlines()) == 1
 
 
@@ -122,5 +136,10 @@ def test_unsupported_schemes_are_a_storage_error():
 
 
 def test_importing_io_imports_neither_tensorflow_nor_jax():
-  code = 'import sys, vit_jax.io; print(sorted(m for m in ("tensorflow", "jax") if m in sys.modules))'
-  assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout == '[]\n'
+  code = (
+    'import sys, vit_jax.io; print(sorted(m for m in ("tensorflow", "jax") if m in sys.modules))'
+  )
+  assert (
+    subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    == '[]\n'
+  )

@@ -1,5 +1,7 @@
-"""launch.sky's task YAML (TPU or GPU, spot, managed-job recovery) and vit_jax.main joining a multi-node SkyPilot
-cluster from SKYPILOT_NODE_IPS / SKYPILOT_NODE_RANK / SKYPILOT_NUM_NODES (two real processes)."""
+"""launch.sky's task YAML (TPU or GPU, spot, managed-job recovery) and vit_jax.main joining a
+multi-node SkyPilot cluster from SKYPILOT_NODE_IPS / SKYPILOT_NODE_RANK / SKYPILOT_NUM_NODES (two
+real processes)."""
+
 import pathlib
 
 import pytest
@@ -16,28 +18,45 @@ def test_tpu_task_is_a_spot_managed_job_running_the_command_on_every_host():
   yaml = pytest.importorskip('yaml')
   task = yaml.safe_load(sky.task_yaml(ARGS, accelerators='tpu-v4-32', spot=True, name='s16'))
   assert task['name'] == 's16' and task['num_nodes'] == 1 and task['workdir'] == '.'
-  assert task['resources'] == {'accelerators': 'tpu-v4-32', 'use_spot': True,
-                               'job_recovery': {'strategy': 'EAGER_NEXT_REGION', 'max_restarts_on_errors': 2},
-                               'accelerator_args': {'runtime_version': 'tpu-ubuntu2204-base', 'tpu_vm': True}}
+  assert task['resources'] == {
+    'accelerators': 'tpu-v4-32',
+    'use_spot': True,
+    'job_recovery': {'strategy': 'EAGER_NEXT_REGION', 'max_restarts_on_errors': 2},
+    'accelerator_args': {'runtime_version': 'tpu-ubuntu2204-base', 'tpu_vm': True},
+  }
   assert "uv pip install -q --python .venv/bin/python -e '.[tpu]'" in task['setup']
-  assert task['run'].splitlines()[-1] == ('.venv/bin/python -m vit_jax.main --distributed=on '
-                                          '--config=configs/pretrain_i1k.py:ViT-S_16 --workdir=gs://bucket/runs/s16')
+  assert task['run'].splitlines()[-1] == (
+    '.venv/bin/python -m vit_jax.main --distributed=on --config=configs/pretrain_i1k.py:ViT-S_16 '
+    '--workdir=gs://bucket/runs/s16'
+  )
 
 
 def test_gpu_task_spans_nodes_and_installs_the_cuda_extra(tmp_path):
   yaml = pytest.importorskip('yaml')
   out = tmp_path / 'task.yaml'
-  assert sky.main(['--accelerators=H100:8', '--nodes=2', '--recovery=FAILOVER', f'--out={out}', '--', *ARGS]) == 0
+  assert (
+    sky.main(
+      ['--accelerators=H100:8', '--nodes=2', '--recovery=FAILOVER', f'--out={out}', '--', *ARGS]
+    )
+    == 0
+  )
   task = yaml.safe_load(out.read_text())
   assert task['num_nodes'] == 2 and task['resources']['accelerators'] == 'H100:8'
-  assert task['resources']['job_recovery']['strategy'] == 'FAILOVER' and not task['resources']['use_spot']
+  assert (
+    task['resources']['job_recovery']['strategy'] == 'FAILOVER'
+    and not task['resources']['use_spot']
+  )
   assert "'.[cuda]'" in task['setup'] and '--distributed' not in task['run']
   assert sky.main(['--accelerators=tpu-v4-32', '--nodes=2', '--', *ARGS]) == 2
   assert sky.main(['--accelerators=H100:8', '--', '--config=c.py']) == 2  # No --workdir.
 
 
 def test_skypilot_environment_gives_coordinator_process_count_and_rank():
-  env = {'SKYPILOT_NUM_NODES': '3', 'SKYPILOT_NODE_RANK': '2', 'SKYPILOT_NODE_IPS': '10.0.0.5\n10.0.0.6\n10.0.0.7'}
+  env = {
+    'SKYPILOT_NUM_NODES': '3',
+    'SKYPILOT_NODE_RANK': '2',
+    'SKYPILOT_NODE_IPS': '10.0.0.5\n10.0.0.6\n10.0.0.7',
+  }
   assert vit_main.skypilot_cluster(env) == ('10.0.0.5:8476', 3, 2)
   assert vit_main.skypilot_cluster({**env, 'JAX_COORDINATOR_PORT': '9999'})[0] == '10.0.0.5:9999'
   assert vit_main.skypilot_cluster({**env, 'SKYPILOT_NUM_NODES': '1'}) is None
@@ -45,16 +64,36 @@ def test_skypilot_environment_gives_coordinator_process_count_and_rank():
 
 
 def test_two_processes_join_one_run_from_skypilot_variables(tmp_path, digits_dir):
-  """Two real processes (~25 s), as SkyPilot starts them on two nodes: only the SKYPILOT_* variables tell them."""
+  """Two real processes (~25 s), as SkyPilot starts them on two nodes: only the SKYPILOT_* variables
+  tell them."""
   port = tiny.free_port()
   procs = []
   for rank in range(2):
-    env = tiny.main_env(2, SKYPILOT_NUM_NODES='2', SKYPILOT_NODE_RANK=str(rank),
-                        SKYPILOT_NODE_IPS='127.0.0.1\n127.0.0.2', JAX_COORDINATOR_PORT=str(port),
-                        JAX_COORDINATOR_BIND_ADDRESS=f'127.0.0.1:{port}')
+    env = tiny.main_env(
+      2,
+      SKYPILOT_NUM_NODES='2',
+      SKYPILOT_NODE_RANK=str(rank),
+      SKYPILOT_NODE_IPS='127.0.0.1\n127.0.0.2',
+      JAX_COORDINATOR_PORT=str(port),
+      JAX_COORDINATOR_BIND_ADDRESS=f'127.0.0.1:{port}',
+    )
     log = open(tmp_path / f'{rank}.log', 'w+', encoding='utf-8')
-    procs.append((tiny.start_main([f'--config={REPO}/configs/default.py', f'--config.tfds_data_dir={digits_dir}',
-                                   *tiny.SMALL, f'--workdir={tmp_path / "w"}'], cwd=tmp_path, env=env, log=log), log))
+    procs.append(
+      (
+        tiny.start_main(
+          [
+            f'--config={REPO}/configs/default.py',
+            f'--config.tfds_data_dir={digits_dir}',
+            *tiny.SMALL,
+            f'--workdir={tmp_path / "w"}',
+          ],
+          cwd=tmp_path,
+          env=env,
+          log=log,
+        ),
+        log,
+      )
+    )
   outs = []
   for proc, log in procs:
     try:

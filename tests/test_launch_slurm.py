@@ -1,6 +1,8 @@
-"""launch.slurm: the sbatch script (N nodes x G GPUs, one task per GPU, requeue, the signal before the time limit,
-array jobs for sweeps), and a real job on a one-node local SLURM (launch/setup_local_slurm.sh): 2 tasks x 2 CPU
-devices join one jax.distributed run whose losses equal a 1-process run with 4 devices."""
+"""launch.slurm: the sbatch script (N nodes x G GPUs, one task per GPU, requeue, the signal before
+the time limit, array jobs for sweeps), and a real job on a one-node local SLURM
+(launch/setup_local_slurm.sh): 2 tasks x 2 CPU devices join one jax.distributed run whose losses
+equal a 1-process run with 4 devices."""
+
 import argparse
 import json
 import os
@@ -28,28 +30,55 @@ def _args(*argv):
 
 
 def test_script_for_two_nodes_of_eight_gpus():
-  text = slurm.script(_args('--nodes=2', '--gpus_per_node=8', '--time=12:00:00', '--partition=gpu', '--venv=/v',
-                            '--env=NCCL_DEBUG=WARN'), [('/shared/w', ['--config=c.py', '--workdir=/shared/w'])],
-                      '/shared/logs')
+  text = slurm.script(
+    _args(
+      '--nodes=2',
+      '--gpus_per_node=8',
+      '--time=12:00:00',
+      '--partition=gpu',
+      '--venv=/v',
+      '--env=NCCL_DEBUG=WARN',
+    ),
+    [('/shared/w', ['--config=c.py', '--workdir=/shared/w'])],
+    '/shared/logs',
+  )
   lines = text.splitlines()
-  for directive in ('--nodes=2', '--ntasks-per-node=8', '--gpus-per-node=8', '--time=12:00:00', '--partition=gpu',
-                    '--requeue', '--signal=TERM@300', '--output=/shared/logs/%x-%j.out', '--open-mode=append'):
+  for directive in (
+    '--nodes=2',
+    '--ntasks-per-node=8',
+    '--gpus-per-node=8',
+    '--time=12:00:00',
+    '--partition=gpu',
+    '--requeue',
+    '--signal=TERM@300',
+    '--output=/shared/logs/%x-%j.out',
+    '--open-mode=append',
+  ):
     assert f'#SBATCH {directive}' in lines, directive
   assert 'source /v/bin/activate' in lines and 'export NCCL_DEBUG=WARN' in lines
-  assert "ARGS=(--config=c.py --workdir=/shared/w)" in lines
-  assert any(line.strip().startswith('srun --kill-on-bad-exit=1 --open-mode=append --output=/shared/logs/%x-%j-%t.out '
-                             'python -m vit_jax.main "${ARGS[@]}"') for line in lines)
+  assert 'ARGS=(--config=c.py --workdir=/shared/w)' in lines
+  assert any(
+    line.strip().startswith(
+      'srun --kill-on-bad-exit=1 --open-mode=append '
+      '--output=/shared/logs/%x-%j-%t.out python -m vit_jax.main "${ARGS[@]}"'
+    )
+    for line in lines
+  )
   assert 'scontrol requeue "$SLURM_JOB_ID" && exit 0' in text and '-lt 20 ]' in text
   assert not any('--array' in line for line in lines)
 
 
 def test_sweep_is_one_array_job_with_a_run_per_index():
-  jobs = [(f'/s/r{i}', ['--config=c.py', f'--workdir=/s/r{i}', f'--config.seed={i}']) for i in range(3)]
+  jobs = [
+    (f'/s/r{i}', ['--config=c.py', f'--workdir=/s/r{i}', f'--config.seed={i}']) for i in range(3)
+  ]
   text = slurm.script(_args('--gpus_per_node=0', '--tasks_per_node=2'), jobs, '/s', parallel=2)
   assert '#SBATCH --array=0-2%2' in text and '#SBATCH --output=/s/%x-%A_%a.out' in text
   assert '#SBATCH --gpus-per-node' not in text and '#SBATCH --ntasks-per-node=2' in text
   for i in range(3):
-    assert f"  {i}) WORKDIR=/s/r{i}; ARGS=(--config=c.py --workdir=/s/r{i} --config.seed={i}) ;;" in text
+    assert (
+      f'  {i}) WORKDIR=/s/r{i}; ARGS=(--config=c.py --workdir=/s/r{i} --config.seed={i}) ;;' in text
+    )
 
 
 def test_one_word_directives_and_a_workdir_are_required(capsys):
@@ -62,7 +91,12 @@ def test_one_word_directives_and_a_workdir_are_required(capsys):
 
 
 def test_dry_run_prints_the_script_and_submits_nothing(tmp_path, capsys):
-  assert slurm.main(['--dry-run', f'--log_dir={tmp_path}/logs', '--', '--config=c.py', f'--workdir={tmp_path}/w']) == 0
+  assert (
+    slurm.main(
+      ['--dry-run', f'--log_dir={tmp_path}/logs', '--', '--config=c.py', f'--workdir={tmp_path}/w']
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert out.startswith(f'# {tmp_path}/logs/vit_jax.sbatch:\n#!/bin/bash\n')
   assert out.rstrip().endswith(f'sbatch --parsable {tmp_path}/logs/vit_jax.sbatch')
@@ -70,35 +104,63 @@ def test_dry_run_prints_the_script_and_submits_nothing(tmp_path, capsys):
 
 
 def _local_slurm() -> str | None:
-  """None when the local SLURM takes jobs (set up by launch/setup_local_slurm.sh, run here as root), else why not."""
+  """None when the local SLURM takes jobs (set up by launch/setup_local_slurm.sh, run here as root),
+  else why not."""
   if not shutil.which('sbatch') and os.geteuid() != 0:
     return 'SLURM is not installed and this is not root: run sudo launch/setup_local_slurm.sh'
   if os.geteuid() == 0:
     done = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0:
       return f'launch/setup_local_slurm.sh failed: {(done.stdout + done.stderr).strip()[-500:]}'
-  state = subprocess.run(['sinfo', '-h', '-n', 'localhost', '-o', '%t'], capture_output=True, text=True, check=False)
+  state = subprocess.run(
+    ['sinfo', '-h', '-n', 'localhost', '-o', '%t'], capture_output=True, text=True, check=False
+  )
   if not state.stdout.strip().startswith(('idle', 'mix', 'alloc')):
     return f'the local SLURM node is not up (sinfo: {state.stdout.strip() or state.stderr.strip()})'
   return None
 
 
 def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, digits_dir):
-  """The real thing (~45 s): sbatch of a 2-task job on the local SLURM, against a 1-process run with 4 devices."""
+  """The real thing (~45 s): sbatch of a 2-task job on the local SLURM, against a 1-process run with
+  4 devices."""
   reason = _local_slurm()
   if reason:
     pytest.skip(reason)
-  common = [f'--config={REPO}/configs/default.py', f'--config.tfds_data_dir={digits_dir}', *tiny.SMALL]
+  common = [
+    f'--config={REPO}/configs/default.py',
+    f'--config.tfds_data_dir={digits_dir}',
+    *tiny.SMALL,
+  ]
   w1, w2, logs = tmp_path / 'w1', tmp_path / 'w2', tmp_path / 'logs'
   ((rc, out),) = tiny.run_mains(tmp_path, 'single', 4, [common + [f'--workdir={w1}']])
   assert rc == 0, out[-3000:]
 
   done = subprocess.run(
-      [sys.executable, '-m', 'launch.slurm', '--nodes=1', '--tasks_per_node=2', '--gpus_per_node=0',
-       '--cpus_per_task=1', '--time=00:10:00', f'--log_dir={logs}', f'--venv={sys.prefix}', '--job_name=vit_jax_test',
-       '--env=XLA_FLAGS=--xla_force_host_platform_device_count=2', '--env=JAX_PLATFORMS=cpu', '--wait', '--',
-       *common, f'--workdir={w2}'], capture_output=True, text=True, cwd=REPO, timeout=600,
-      env={**os.environ, 'PYTHONPATH': str(REPO)})
+    [
+      sys.executable,
+      '-m',
+      'launch.slurm',
+      '--nodes=1',
+      '--tasks_per_node=2',
+      '--gpus_per_node=0',
+      '--cpus_per_task=1',
+      '--time=00:10:00',
+      f'--log_dir={logs}',
+      f'--venv={sys.prefix}',
+      '--job_name=vit_jax_test',
+      '--env=XLA_FLAGS=--xla_force_host_platform_device_count=2',
+      '--env=JAX_PLATFORMS=cpu',
+      '--wait',
+      '--',
+      *common,
+      f'--workdir={w2}',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=600,
+    env={**os.environ, 'PYTHONPATH': str(REPO)},
+  )
   task_logs = sorted(logs.glob('vit_jax_test-*-*.out'))
   log_text = '\n'.join(f'--- {p.name}\n{p.read_text()[-3000:]}' for p in sorted(logs.glob('*.out')))
   assert done.returncode == 0, done.stderr[-2000:] + log_text
@@ -106,8 +168,11 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, digi
   assert 'process 1 of 2, 2 local / 4 global devices (cpu)' in task_logs[1].read_text(), log_text
 
   one, two = workdir_lib.read_metrics(str(w1)), workdir_lib.read_metrics(str(w2))
-  np.testing.assert_allclose(list(tiny.by_step(two, 'train/loss').values()),
-                             list(tiny.by_step(one, 'train/loss').values()), rtol=1e-5)
+  np.testing.assert_allclose(
+    list(tiny.by_step(two, 'train/loss').values()),
+    list(tiny.by_step(one, 'train/loss').values()),
+    rtol=1e-5,
+  )
   assert list(tiny.by_step(two, 'train/loss')) == list(range(1, 6))
   assert tiny.by_step(two, 'eval/accuracy') == tiny.by_step(one, 'eval/accuracy')
   info = json.loads((w2 / 'launch.json').read_text())
@@ -116,31 +181,43 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, digi
   assert (logs / 'vit_jax_test.sbatch').read_text().startswith('#!/bin/bash')
 
 
-def _run_script_with_fake_srun(tmp_path, exits, lost_line_on=(),
-                               lost_line=f'F1204 client.h:86] {outcome.JAX_FATAL}. absl::Status: UNAVAILABLE: leader'):
-  """Runs the sbatch script's body with a fake `srun` that exits with `exits[i]` on call i (writing `lost_line`, an
-  abort after a lost peer, into a task log on the calls in `lost_line_on`) and a fake `scontrol`; (srun calls, exit
-  status, stderr)."""
+def _run_script_with_fake_srun(
+  tmp_path,
+  exits,
+  lost_line_on=(),
+  lost_line=f'F1204 client.h:86] {outcome.JAX_FATAL}. absl::Status: UNAVAILABLE: leader',
+):
+  """Runs the sbatch script's body with a fake `srun` that exits with `exits[i]` on call i (writing
+  `lost_line`, an abort after a lost peer, into a task log on the calls in `lost_line_on`) and a
+  fake `scontrol`; (srun calls, exit status, stderr)."""
   bin_dir, logs, workdir = tmp_path / 'bin', tmp_path / 'logs', tmp_path / 'w'
   bin_dir.mkdir(parents=True)
   logs.mkdir()
   calls = tmp_path / 'calls'
   codes = ' '.join(map(str, exits))
   lost = ' '.join(str(i) for i in lost_line_on)
-  (bin_dir / 'srun').write_text(f'''#!/bin/bash
+  (bin_dir / 'srun').write_text(f"""#!/bin/bash
 n=$(cat {calls} 2>/dev/null | wc -l); echo call >> {calls}
 codes=({codes}); for i in {lost}; do
   if [ "$i" = "$n" ]; then echo {shlex.quote(lost_line)} >> {logs}/job-7-1.out; fi
 done
 exit ${{codes[$n]}}
-''')
+""")
   (bin_dir / 'scontrol').write_text('#!/bin/bash\nexit 0\n')
   for f in bin_dir.iterdir():
     f.chmod(0o755)
-  text = slurm.script(_args('--nodes=1', '--gpus_per_node=2', '--max_restarts=2', '--restart_backoff_s=0'),
-                      [(str(workdir), ['--config=c.py', f'--workdir={workdir}'])], str(logs))
-  env = {**os.environ, 'PATH': f'{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ["PATH"]}',
-         'SLURM_JOB_NAME': 'job', 'SLURM_JOB_ID': '7', 'PYTHONPATH': str(REPO)}
+  text = slurm.script(
+    _args('--nodes=1', '--gpus_per_node=2', '--max_restarts=2', '--restart_backoff_s=0'),
+    [(str(workdir), ['--config=c.py', f'--workdir={workdir}'])],
+    str(logs),
+  )
+  env = {
+    **os.environ,
+    'PATH': f'{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ["PATH"]}',
+    'SLURM_JOB_NAME': 'job',
+    'SLURM_JOB_ID': '7',
+    'PYTHONPATH': str(REPO),
+  }
   done = subprocess.run(['bash', '-c', text], env=env, capture_output=True, text=True, timeout=120)
   return len(calls.read_text().splitlines()), done.returncode, done.stderr
 
@@ -148,14 +225,20 @@ exit ${{codes[$n]}}
 def test_the_script_reruns_a_lost_or_hung_step_and_a_coordinator_abort_but_not_an_error(tmp_path):
   calls, _, err = _run_script_with_fake_srun(tmp_path / 'a', [75, 76, 0])
   assert calls == 3 and 'restart 2 of 2' in err
-  calls, _, err = _run_script_with_fake_srun(tmp_path / 'b', [134, 0], lost_line_on=[0])  # Task 0 died: JAX aborts.
+  # Task 0 died: JAX aborts.
+  calls, _, err = _run_script_with_fake_srun(tmp_path / 'b', [134, 0], lost_line_on=[0])
   assert calls == 2 and 'aborted after losing a peer (exit status 134): read as 75' in err
-  gloo = "terminate called after throwing an instance of 'gloo::EnforceNotMet'"  # A dead task's gloo neighbour.
-  calls, _, err = _run_script_with_fake_srun(tmp_path / 'g', [134, 0], lost_line_on=[0], lost_line=gloo)
+  # A dead task's gloo neighbour.
+  gloo = "terminate called after throwing an instance of 'gloo::EnforceNotMet'"
+  calls, _, err = _run_script_with_fake_srun(
+    tmp_path / 'g', [134, 0], lost_line_on=[0], lost_line=gloo
+  )
   assert calls == 2 and 'read as 75' in err
-  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'c', [134, 0])  # An abort of its own: not rerun.
+  # An abort of its own: not rerun.
+  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'c', [134, 0])
   assert (calls, code) == (1, 134)
-  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'd', [1, 0])  # A bug or a bad config: not rerun.
+  # A bug or a bad config: not rerun.
+  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'd', [1, 0])
   assert (calls, code) == (1, 1)
   calls, code, err = _run_script_with_fake_srun(tmp_path / 'e', [75, 75, 75, 0])
   assert (calls, code) == (3, 75) and '2 restarts spent: giving up' in err

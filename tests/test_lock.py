@@ -1,4 +1,5 @@
 """vit_jax/runtime/lock.py: one live writer per workdir; a stale lock never blocks a resume."""
+
 import json
 import os
 import socket
@@ -16,8 +17,14 @@ from vit_jax.runtime import workdir as workdir_lib
 
 def _holder(workdir, **fields):
   os.makedirs(workdir, exist_ok=True)
-  record = {'host': socket.gethostname(), 'pid': os.getpid(), 'token': 'other', 'started': time.time(),
-            'heartbeat': time.time(), **fields}
+  record = {
+    'host': socket.gethostname(),
+    'pid': os.getpid(),
+    'token': 'other',
+    'started': time.time(),
+    'heartbeat': time.time(),
+    **fields,
+  }
   with open(os.path.join(workdir, workdir_lib.LOCK_FILE), 'w', encoding='utf-8') as f:
     json.dump(record, f)
 
@@ -33,8 +40,11 @@ def test_a_second_holder_is_refused_at_once_and_the_lock_is_released_on_exit(tmp
   with lock_lib.Lock(workdir):
     assert json.loads((tmp_path / 'run' / workdir_lib.LOCK_FILE).read_text())['pid'] == os.getpid()
     started = time.monotonic()
-    with pytest.raises(lock_lib.WorkdirInUseError, match=rf"in use by another run: host '{socket.gethostname()}', "
-                       rf'pid {os.getpid()} \(started .* UTC, last heartbeat \d+ s ago\)'):
+    with pytest.raises(
+      lock_lib.WorkdirInUseError,
+      match=rf"in use by another run: host '{socket.gethostname()}', pid {os.getpid()} \(started "
+      r'.* UTC, last heartbeat \d+ s ago\)',
+    ):
       lock_lib.Lock(workdir).acquire()
     assert time.monotonic() - started < 5
   assert not (tmp_path / 'run' / workdir_lib.LOCK_FILE).exists()
@@ -47,7 +57,8 @@ def test_a_lock_whose_process_is_gone_is_taken_over_on_the_same_host(tmp_path):
   _holder(workdir, pid=_dead_pid())
   with lock_lib.Lock(workdir) as held:
     assert json.loads((tmp_path / 'run' / workdir_lib.LOCK_FILE).read_text())['token'] == held.token
-  assert os.listdir(workdir) == []  # Nothing left behind (the stale lock was moved aside, then removed).
+  # Nothing left behind (the stale lock was moved aside, then removed).
+  assert os.listdir(workdir) == []
 
 
 def test_another_hosts_lock_is_stale_only_without_a_recent_heartbeat(tmp_path):
@@ -55,7 +66,8 @@ def test_another_hosts_lock_is_stale_only_without_a_recent_heartbeat(tmp_path):
   _holder(workdir, host='tpu-worker-0', pid=1)
   with pytest.raises(lock_lib.WorkdirInUseError, match="host 'tpu-worker-0', pid 1"):
     lock_lib.Lock(workdir).acquire()
-  _holder(workdir, host='tpu-worker-0', pid=1, heartbeat=time.time() - lock_lib.STALE_AFTER - 1)  # Preempted.
+  # Preempted.
+  _holder(workdir, host='tpu-worker-0', pid=1, heartbeat=time.time() - lock_lib.STALE_AFTER - 1)
   with lock_lib.Lock(workdir):
     pass
 
@@ -92,13 +104,16 @@ def test_a_second_main_on_a_live_workdir_is_refused_within_seconds_and_the_first
   workdir = str(tmp_path / 'run')
   first = _main(workdir, tmp_path, 60)
   deadline = time.monotonic() + 240
-  while not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE)) and time.monotonic() < deadline:
+  while (
+    not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_FILE)) and time.monotonic() < deadline
+  ):
     time.sleep(0.2)
   started = time.monotonic()
   second = _main(workdir, tmp_path, 60)
   _, err = second.communicate(timeout=120)
   assert second.returncode == 1, err[-2000:]
-  assert time.monotonic() - started < 60  # JAX's import included; the refusal itself comes before any data.
+  # JAX's import included; the refusal itself comes before any data.
+  assert time.monotonic() - started < 60
   line = err.strip().splitlines()[-1]
   assert 'in use by another run' in line and f'pid {first.pid}' in line and 'Traceback' not in err
   _, err = first.communicate(timeout=600)

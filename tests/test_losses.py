@@ -1,4 +1,5 @@
 """Losses: softmax and sigmoid cross-entropy with label smoothing, against hand-computed values."""
+
 import numpy as np
 import pytest
 

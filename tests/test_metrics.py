@@ -1,6 +1,8 @@
-"""vit_jax/training/metrics.py: the progress bar on a terminal (log lines stand alone), plain progress lines without one, and
-the speed scalars (per-device TFLOP/s, MFU against the peak); TensorBoard event files that TensorBoard's own reader
-reads as one run, locally and on gs://, each flush writing only what it adds."""
+"""vit_jax/training/metrics.py: the progress bar on a terminal (log lines stand alone), plain
+progress lines without one, and the speed scalars (per-device TFLOP/s, MFU against the peak);
+TensorBoard event files that TensorBoard's own reader reads as one run, locally and on gs://, each
+flush writing only what it adds."""
+
 import io
 import logging
 import os
@@ -14,6 +16,7 @@ from vit_jax.training import metrics
 from vit_jax.runtime import goodput
 from vit_jax.runtime import workdir as workdir_lib
 
+
 class _Terminal(io.StringIO):
   def isatty(self):
     return True
@@ -25,8 +28,7 @@ def test_progress_bar_advances_every_step_and_log_lines_stand_alone(monkeypatch)
   handler = logging.StreamHandler(terminal)
   logging.getLogger().addHandler(handler)
   try:
-    progress = metrics.Progress(total_steps=10, start_step=2, enabled=True,
-                                clock=goodput.Clock())
+    progress = metrics.Progress(total_steps=10, start_step=2, enabled=True, clock=goodput.Clock())
     for step in (3, 4, 5):
       progress.step(step)  # Host-side only: no figures needed.
     assert progress._bar.n == 5  # pylint: disable=protected-access
@@ -54,8 +56,14 @@ def test_plain_progress_lines_without_a_terminal(caplog):
 def test_speed_scalars_give_per_device_tflops_and_mfu_against_the_peak():
   speed = metrics.Speed(train_flops=3e9, num_devices=4, peak_tflops=100.0)
   out = speed.scalars(img_per_sec=8000.0)
-  assert out == pytest.approx({'train/img_per_sec': 8000.0, 'train/img_per_sec_per_device': 2000.0,
-                               'train/tflops_per_device': 6.0, 'train/mfu': 0.06})
+  assert out == pytest.approx(
+    {
+      'train/img_per_sec': 8000.0,
+      'train/img_per_sec_per_device': 2000.0,
+      'train/tflops_per_device': 6.0,
+      'train/mfu': 0.06,
+    }
+  )
   assert 'train/mfu' not in metrics.Speed(3e9, 4, None).scalars(8000.0)
 
 
@@ -103,13 +111,16 @@ def test_the_bar_shows_the_train_step_eta_and_is_gone_before_the_last_line(monke
   assert 'ETA 0:00:48' in str(progress._bar)  # pylint: disable=protected-access  (97 steps x 0.5 s)
   progress.close()
   closed = terminal.getvalue()
-  progress.close()  # Closing twice (the loop's finally after the preemption branch) draws nothing more.
+  # Closing twice (the loop's finally after the preemption branch) draws nothing more.
+  progress.close()
   assert terminal.getvalue() == closed
 
 
 def _tensorboard_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
-  """What TensorBoard shows for `tag` in `folder` (its own loader, which reads a folder's event files as one run)."""
+  """What TensorBoard shows for `tag` in `folder` (its own loader, which reads a folder's event
+  files as one run)."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+
   acc = event_accumulator.EventAccumulator(folder)
   acc.Reload()
   return [(e.step, pytest.approx(e.value)) for e in acc.Scalars(tag)]
@@ -125,12 +136,15 @@ def _written(monkeypatch) -> list[tuple[str, int]]:
       if os.path.basename(str(path)).startswith(workdir_lib.EVENTS_PREFIX):
         writes.append((str(path), len(data)))
       return original(path, data)
+
     monkeypatch.setattr(vit_io, name, spy)
   return writes
 
 
 @pytest.mark.parametrize('remote', [False, True], ids=['local', 'gcs'])
-def test_event_files_cost_what_they_add_and_tensorboard_reads_them_as_one_run(tmp_path, monkeypatch, remote):
+def test_event_files_cost_what_they_add_and_tensorboard_reads_them_as_one_run(
+  tmp_path, monkeypatch, remote
+):
   if remote:
     fake_gcs.install(tmp_path / 'gcs')
   workdir = 'gs://bucket/run' if remote else str(tmp_path / 'run')
@@ -139,14 +153,17 @@ def test_event_files_cost_what_they_add_and_tensorboard_reads_them_as_one_run(tm
   monkeypatch.setattr(metrics.time, 'monotonic', lambda: clock[0])
   writer = metrics.Writer(workdir, enabled=True, events_every_s=60)
   for step in range(1, 31):
-    clock[0] = step * 10.0  # A log line every 10 s: on gs:// a new file every 60 s (at 60, 120, ... 300 s).
+    # A log line every 10 s: on gs:// a new file every 60 s (at 60, 120, ... 300 s).
+    clock[0] = step * 10.0
     writer.write_scalars(step, {'train/loss': 1.0 / step})
   writer.close()
   names = sorted(n for n in vit_io.listdir(workdir) if n.startswith(workdir_lib.EVENTS_PREFIX))
   sizes = {n: len(vit_io.read_bytes(vit_io.join(workdir, n))) for n in names}
-  # Every byte was written once: no file was rewritten with what it held (the old gs:// writer rewrote the whole
-  # file on every flush: 30 writes of a growing file).
+  # Every byte was written once: no file was rewritten with what it held (the old gs:// writer
+  # rewrote the whole file on every flush: 30 writes of a growing file).
   assert sum(n for _, n in writes) == sum(sizes.values())
   assert len(names) == (5 if remote else 1) and len({p for p, _ in writes}) == len(names)
   folder = str(tmp_path / 'gcs' / 'bucket' / 'run') if remote else workdir
-  assert _tensorboard_scalars(folder, 'train/loss') == [(s, pytest.approx(1.0 / s)) for s in range(1, 31)]
+  assert _tensorboard_scalars(folder, 'train/loss') == [
+    (s, pytest.approx(1.0 / s)) for s in range(1, 31)
+  ]

@@ -1,5 +1,6 @@
-"""ViT family: output shapes, preset parameter counts, init and dropout behaviour, hybrid weight standardisation as
-vision_transformer's, plain dict configs."""
+"""ViT family: output shapes, preset parameter counts, init and dropout behaviour, hybrid weight
+standardisation as vision_transformer's, plain dict configs."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,13 +12,20 @@ from vit_jax.models import resnet
 
 # Published parameter counts at 224 px with 1000 classes.
 PUBLISHED_COUNTS = {
-    'ViT-Ti_16': 5_717_416, 'ViT-S_16': 22_050_664, 'ViT-B_16': 86_567_656, 'ViT-B_32': 88_224_232,
-    'ViT-L_16': 304_326_632, 'ViT-H_14': 632_045_800, 'R50+ViT-B_16': 98_659_112,
+  'ViT-Ti_16': 5_717_416,
+  'ViT-S_16': 22_050_664,
+  'ViT-B_16': 86_567_656,
+  'ViT-B_32': 88_224_232,
+  'ViT-L_16': 304_326_632,
+  'ViT-H_14': 632_045_800,
+  'R50+ViT-B_16': 98_659_112,
 }
 
 
 def _count(model, size=224):
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+  )
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 
@@ -27,7 +35,15 @@ def _analytic_vit_count(cfg, num_classes=1000, size=224):
   has_cls = cfg.classifier in ('token', 'token_unpooled')
   tokens = (size // p) ** 2 + has_cls
   block = 4 * d + 4 * (d * d + d) + (d * m + m) + (m * d + d)
-  return (p * p * 3 * d + d) + d * has_cls + tokens * d + cfg.transformer.num_layers * block + 2 * d + d * num_classes + num_classes
+  return (
+    (p * p * 3 * d + d)
+    + d * has_cls
+    + tokens * d
+    + cfg.transformer.num_layers * block
+    + 2 * d
+    + d * num_classes
+    + num_classes
+  )
 
 
 @pytest.mark.parametrize('name', sorted(PUBLISHED_COUNTS))
@@ -36,13 +52,17 @@ def test_preset_parameter_count_equals_published_figure(name):
   assert _count(model) == PUBLISHED_COUNTS[name]
 
 
-@pytest.mark.parametrize('name,count', [('testing', 21_390), ('testing-unpooled', 21_370),
-                                        ('ViT-B_16-gap-norep', 86_566_120)])
+@pytest.mark.parametrize(
+  'name,count',
+  [('testing', 21_390), ('testing-unpooled', 21_370), ('ViT-B_16-gap-norep', 86_566_120)],
+)
 def test_new_preset_parameter_counts(name, count):
   assert _count(models.get_model(name, num_classes=1000)) == count
 
 
-@pytest.mark.parametrize('name', [n for n in models.MODEL_NAMES if '+' not in n and not n.startswith('Mixer-')])
+@pytest.mark.parametrize(
+  'name', [n for n in models.MODEL_NAMES if '+' not in n and not n.startswith('Mixer-')]
+)
 def test_pure_vit_preset_count_equals_analytic_count(name):
   cfg = models.get_model_config(name)
   assert _count(models.VisionTransformer(num_classes=1000, **cfg)) == _analytic_vit_count(cfg)
@@ -52,11 +72,15 @@ def test_pure_vit_preset_count_equals_analytic_count(name):
 def test_hybrid_preset_builds_with_eval_shape(name):
   cfg = models.get_model_config(name)
   model = models.VisionTransformer(num_classes=1000, **cfg)
-  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))),
-                                           jnp.zeros((2, 224, 224, 3))))
+  out = jax.eval_shape(
+    lambda: model.apply(
+      model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))), jnp.zeros((2, 224, 224, 3))
+    )
+  )
   assert out.shape == (2, 1000)
-  assert models.token_grid(cfg, 224) == ((7, 7) if name.endswith('32') else (14, 14) if 'R50+ViT-B' in name
-                                         else (7, 7))
+  assert models.token_grid(cfg, 224) == (
+    (7, 7) if name.endswith('32') else (14, 14) if 'R50+ViT-B' in name else (7, 7)
+  )
 
 
 def test_unknown_model_name_lists_valid_names():
@@ -64,8 +88,10 @@ def test_unknown_model_name_lists_valid_names():
     models.get_model_config('ViT-X_99')
 
 
-@pytest.mark.parametrize('classifier,shape', [('token', (2, 5)), ('gap', (2, 5)), ('unpooled', (2, 16, 5)),
-                                              ('token_unpooled', (2, 17, 5))])
+@pytest.mark.parametrize(
+  'classifier,shape',
+  [('token', (2, 5)), ('gap', (2, 5)), ('unpooled', (2, 16, 5)), ('token_unpooled', (2, 17, 5))],
+)
 def test_output_shape_per_classifier(classifier, shape):
   model = models.VisionTransformer(num_classes=5, **tiny.vit_config(classifier))
   x = jnp.zeros((2, 16, 16, 3))
@@ -79,7 +105,12 @@ def test_parameter_names_follow_release_layout():
   params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
   block = params['Transformer']['encoderblock_1']
   assert sorted(params) == ['Transformer', 'cls', 'embedding', 'head', 'pre_logits']
-  assert sorted(block) == ['LayerNorm_0', 'LayerNorm_1', 'MlpBlock_0', 'MultiHeadDotProductAttention_0']
+  assert sorted(block) == [
+    'LayerNorm_0',
+    'LayerNorm_1',
+    'MlpBlock_0',
+    'MultiHeadDotProductAttention_0',
+  ]
   attn = block['MultiHeadDotProductAttention_0']
   assert attn['query']['kernel'].shape == (32, 2, 16)
   assert attn['out']['kernel'].shape == (2, 16, 32)
@@ -93,7 +124,9 @@ def test_init_zero_head_gives_head_bias_and_zero_cls():
   model = models.VisionTransformer(num_classes=3, **config)
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
   params = model.init(jax.random.key(0), x)['params']
-  np.testing.assert_array_equal(model.apply({'params': params}, x), np.full((2, 3), -2.5, np.float32))
+  np.testing.assert_array_equal(
+    model.apply({'params': params}, x), np.full((2, 3), -2.5, np.float32)
+  )
   np.testing.assert_array_equal(params['cls'], np.zeros((1, 1, 32)))
   posemb = np.asarray(params['Transformer']['posembed_input']['pos_embedding'])
   assert 0.01 < posemb.std() < 0.03
@@ -101,7 +134,10 @@ def test_init_zero_head_gives_head_bias_and_zero_cls():
 
 def _random_head(params, key):
   head = params['head']
-  return {**params, 'head': {'kernel': jax.random.normal(key, head['kernel'].shape), 'bias': head['bias']}}
+  return {
+    **params,
+    'head': {'kernel': jax.random.normal(key, head['kernel'].shape), 'bias': head['bias']},
+  }
 
 
 def test_dropout_only_applies_in_training():
@@ -139,17 +175,20 @@ def test_weight_standardisation_makes_root_kernel_scale_free():
   params = model.init(jax.random.key(0), x)['params']
   params = _random_head(params, jax.random.key(2))
   scaled = {**params, 'conv_root': {'kernel': params['conv_root']['kernel'] * 7.0 + 0.3}}
-  np.testing.assert_allclose(model.apply({'params': params}, x), model.apply({'params': scaled}, x), atol=2e-4)
+  np.testing.assert_allclose(
+    model.apply({'params': params}, x), model.apply({'params': scaled}, x), atol=2e-4
+  )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Weight standardisation as vision_transformer's, on kernels of trained scale.
 
 X = tiny.images(3)
 
 
 def _reference_standardize(w, eps=1e-5):
-  """vision_transformer's models_resnet.weight_standardize, in numpy: (w - mean) / (std + eps) over (kh, kw, in)."""
+  """vision_transformer's models_resnet.weight_standardize, in numpy: (w - mean) / (std + eps) over
+  (kh, kw, in)."""
   w = np.asarray(w, np.float64)
   w = w - w.mean(axis=(0, 1, 2))
   return w / (w.std(axis=(0, 1, 2)) + eps)
@@ -163,7 +202,8 @@ def _old_standardize(w, eps=1e-5):
 
 
 def _trained_scale_hybrid():
-  """A hybrid with every conv kernel rescaled per output channel to stds of 0.001-0.1 (trained kernels' range)."""
+  """A hybrid with every conv kernel rescaled per output channel to stds of 0.001-0.1 (trained
+  kernels' range)."""
   cfg = tiny.hybrid_config()
   model = models.VisionTransformer(num_classes=5, **cfg)
   params = jax.jit(model.init)(jax.random.key(0), X[:1])['params']
@@ -174,16 +214,24 @@ def _trained_scale_hybrid():
     if utils.path_name(path).endswith('kernel') and x.ndim == 4:
       stds = 10 ** rng.uniform(-3, -1, x.shape[-1])
       return (x - x.mean((0, 1, 2))) / x.std((0, 1, 2)) * stds + rng.normal(0, 0.01, x.shape[-1])
-    return x + rng.normal(0, 0.1, x.shape)  # Every other parameter random too (head, GroupNorm scales, ...).
+    # Every other parameter random too (head, GroupNorm scales, ...).
+    return x + rng.normal(0, 0.1, x.shape)
 
   return model, jax.tree_util.tree_map_with_path(rescale, params)
 
 
 def _logits_with_prestandardized_kernels(model, params, standardize):
-  """Logits of `model` with weight standardisation switched off and the kernels standardised by `standardize`."""
+  """Logits of `model` with weight standardisation switched off and the kernels standardised by
+  `standardize`."""
   flat = utils.flatten_dict(params)
-  flat = {k: (standardize(v).astype(np.float32) if k.endswith('kernel') and v.ndim == 4 and 'embedding' not in k
-              else v) for k, v in flat.items()}
+  flat = {
+    k: (
+      standardize(v).astype(np.float32)
+      if k.endswith('kernel') and v.ndim == 4 and 'embedding' not in k
+      else v
+    )
+    for k, v in flat.items()
+  }
   original = resnet.weight_standardize
   resnet.weight_standardize = lambda w: w
   try:
@@ -196,7 +244,9 @@ def test_weight_standardize_equals_the_reference_formula_on_trained_scale_kernel
   rng = np.random.default_rng(1)
   for std in (1e-3, 1e-2, 1e-1):
     w = rng.normal(0.01, std, (3, 3, 16, 8)).astype(np.float32)
-    np.testing.assert_allclose(resnet.weight_standardize(w), _reference_standardize(w), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+      resnet.weight_standardize(w), _reference_standardize(w), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_hybrid_logits_equal_the_reference_standardisation_on_trained_scale_kernels():
@@ -209,7 +259,7 @@ def test_hybrid_logits_equal_the_reference_standardisation_on_trained_scale_kern
   assert np.abs(old - reference).max() > 1e-2 * scale  # The test can tell the two forms apart.
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # dtypes, configs and errors.
 
 

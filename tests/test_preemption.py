@@ -1,6 +1,7 @@
-"""vit_jax/runtime/preemption.py in training: a SIGTERM or a first Ctrl-C saves a checkpoint and stops, the same call resumes
-to the very run that was not interrupted (augmentation included), a second Ctrl-C aborts at once, and the signal
-handlers are put back."""
+"""vit_jax/runtime/preemption.py in training: a SIGTERM or a first Ctrl-C saves a checkpoint and
+stops, the same call resumes to the very run that was not interrupted (augmentation included), a
+second Ctrl-C aborts at once, and the signal handlers are put back."""
+
 import os
 import signal
 
@@ -13,6 +14,7 @@ from vit_jax.training import train
 from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import augmentation
 
+
 @pytest.mark.parametrize('stop_at', [3, 4])
 def test_sigterm_then_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch, stop_at):
   root = tiny.image_folder(tmp_path)
@@ -20,7 +22,8 @@ def test_sigterm_then_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, monk
   train.train_and_evaluate(tiny.folder_config(root), whole)
 
   def sigterm_at(k, batch):
-    if k == stop_at + 1:  # A real signal, delivered to this (main) thread as it starts step `stop_at`.
+    # A real signal, delivered to this (main) thread as it starts step `stop_at`.
+    if k == stop_at + 1:
       os.kill(os.getpid(), signal.SIGTERM)
     return batch
 
@@ -37,12 +40,15 @@ def test_sigterm_then_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, monk
   assert sorted(a) == sorted(b)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(workdir_lib.read_metrics(whole))
+  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(
+    workdir_lib.read_metrics(whole)
+  )
   assert [r['step'] for r in workdir_lib.read_metrics(parts) if 'train/loss' in r] == [2, 4, 6, 7]
 
 
 def test_medium2_augmentation_run_resumes_exactly_after_sigterm(tmp_path, monkeypatch):
-  """RandAugment(2, 15) draws per (seed, position) and mixup per (seed, step): the resumed run is the same run."""
+  """RandAugment(2, 15) draws per (seed, position) and mixup per (seed, step): the resumed run is
+  the same run."""
   root = tiny.image_folder(tmp_path)
   whole, parts = str(tmp_path / 'whole'), str(tmp_path / 'parts')
   config = lambda: augmentation.apply_level(tiny.folder_config(root), 'medium2')
@@ -60,7 +66,9 @@ def test_medium2_augmentation_run_resumes_exactly_after_sigterm(tmp_path, monkey
   a, b = tiny.exported_params(whole), tiny.exported_params(parts)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(workdir_lib.read_metrics(whole))
+  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(
+    workdir_lib.read_metrics(whole)
+  )
 
 
 def test_first_ctrl_c_saves_and_stops_and_the_run_resumes(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """vit_jax/preprocess.py: vision_transformer's `vit_jax.preprocess` path (get_tokenizer, the
 tokenizer classes, PreprocessImages, get_pp) called with the reference's signatures, giving our
 tokenizers' ids and the reference's image values, without TensorFlow."""
+
 import dataclasses
 import subprocess
 import sys
@@ -31,9 +32,14 @@ def sp_path(tmp_path):
   spm = pytest.importorskip('sentencepiece')
   corpus = tmp_path / 'corpus.txt'
   corpus.write_text('\n'.join(['a photo of a cat', 'a photo of a dog', 'the cat and the dog'] * 20))
-  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / 'sp'),
-                                 vocab_size=24, hard_vocab_limit=False, model_type='unigram',
-                                 minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(tmp_path / 'sp'),
+    vocab_size=24,
+    hard_vocab_limit=False,
+    model_type='unigram',
+    minloglevel=2,
+  )
   return str(tmp_path / 'sp.model')
 
 
@@ -66,7 +72,7 @@ def reference_images(images, size: int, crop: bool) -> np.ndarray:
       h, w = (int(np.round(np.float32(v) * ratio)) for v in (h, w))
       resized = tf_bilinear(image, h, w)
       top, left = (h - size) // 2, (w - size) // 2
-      resized = resized[top:top + size, left:left + size]
+      resized = resized[top : top + size, left : left + size]
     else:
       resized = tf_bilinear(image, size, size)
     out.append(resized.astype(np.uint8).astype(np.float32) / 255 * 2 - 1)
@@ -83,11 +89,17 @@ def test_get_tokenizer_gives_the_reference_classes_made_with_its_keywords(vocab_
   got = tokenizer(['A photo of the CAT.', 'a dog', 'a photo of a photo of a cat'])
   assert got.dtype == np.int32 and got.shape == (3, 6)
   ids = lambda *words: [IDS[w] for w in words]
-  assert got.tolist() == [ids('[CLS]', 'a', 'photo', 'of', 'the', 'cat'),
-                          ids('[CLS]', 'a', 'dog') + [0, 0, 0],
-                          ids('[CLS]', 'a', 'photo', 'of', 'a', 'photo')]
-  np.testing.assert_array_equal(got, tokenizers.BertTokenizer(vocab_path, 6)(
-      ['A photo of the CAT.', 'a dog', 'a photo of a photo of a cat']))
+  assert got.tolist() == [
+    ids('[CLS]', 'a', 'photo', 'of', 'the', 'cat'),
+    ids('[CLS]', 'a', 'dog') + [0, 0, 0],
+    ids('[CLS]', 'a', 'photo', 'of', 'a', 'photo'),
+  ]
+  np.testing.assert_array_equal(
+    got,
+    tokenizers.BertTokenizer(vocab_path, 6)(
+      ['A photo of the CAT.', 'a dog', 'a photo of a photo of a cat']
+    ),
+  )
 
   sentencepiece = preprocess.get_tokenizer('sentencepiece')
   assert sentencepiece is preprocess.SentencepieceTokenizer is tokenizers.SentencepieceTokenizer
@@ -102,8 +114,11 @@ def test_get_tokenizer_gives_the_reference_classes_made_with_its_keywords(vocab_
 
 
 def test_the_tensorflow_graph_ops_say_what_to_call_instead(vocab_path):
-  with pytest.raises(NotImplementedError, match=r'BertTokenizer.preprocess_tf: TensorFlow .* call '
-                     r'the instance on a list of texts'):
+  with pytest.raises(
+    NotImplementedError,
+    match=r'BertTokenizer.preprocess_tf: TensorFlow .* call '
+    r'the instance on a list of texts',
+  ):
     preprocess.BertTokenizer(vocab_path=vocab_path, max_len=4).preprocess_tf('a cat')
   with pytest.raises(NotImplementedError, match=r'call the instance on a list of uint8 images'):
     preprocess.PreprocessImages(size=8).preprocess_tf(np.zeros((8, 8, 3), np.uint8))
@@ -150,13 +165,19 @@ def test_get_pp_preprocesses_one_example_and_adds_tokens(vocab_path):
 
 
 def test_a_lit_models_get_pp_is_the_reference_get_pp_of_its_settings(sp_path):
-  model = models_lit.LitModel(image=tiny.vit_config(), text_model='text_transformer', text={},
-                              pp={'tokenizer_name': 'sentencepiece', 'size': 16, 'max_len': 6},
-                              out_dim=(None, 32), model_name='tiny-lit')
+  model = models_lit.LitModel(
+    image=tiny.vit_config(),
+    text_model='text_transformer',
+    text={},
+    pp={'tokenizer_name': 'sentencepiece', 'size': 16, 'max_len': 6},
+    out_dim=(None, 32),
+    model_name='tiny-lit',
+  )
   example = {'image': np.full((20, 24, 3), 200, np.uint8), 'text': 'a photo of a cat'}
   ours = model.get_pp(crop=True, vocab_path=sp_path)(example)
-  theirs = preprocess.get_pp(tokenizer_name='sentencepiece', vocab_path=sp_path, max_len=6, size=16,
-                             crop=True)(example)
+  theirs = preprocess.get_pp(
+    tokenizer_name='sentencepiece', vocab_path=sp_path, max_len=6, size=16, crop=True
+  )(example)
   assert set(ours) == set(theirs)
   for key in ours:
     np.testing.assert_array_equal(ours[key], theirs[key])
@@ -164,14 +185,22 @@ def test_a_lit_models_get_pp_is_the_reference_get_pp_of_its_settings(sp_path):
 
 
 def test_the_reference_path_runs_without_importing_tensorflow(vocab_path):
-  code = ('import sys\n'
-          'import numpy as np\n'
-          'from vit_jax import preprocess\n'
-          f'pp = preprocess.get_pp(tokenizer_name="bert", vocab_path={vocab_path!r}, max_len=4, '
-          'size=8)\n'
-          'out = pp({"image": np.zeros((10, 12, 3), np.uint8), "text": "a cat"})\n'
-          'print(out["image"].shape, out["tokens"].tolist(), "tensorflow" in sys.modules)\n')
-  done = subprocess.run([sys.executable, '-c', code], cwd=tiny.REPO, env=tiny.main_env(),
-                        capture_output=True, text=True, timeout=300)
+  code = (
+    'import sys\n'
+    'import numpy as np\n'
+    'from vit_jax import preprocess\n'
+    f'pp = preprocess.get_pp(tokenizer_name="bert", vocab_path={vocab_path!r}, max_len=4, '
+    'size=8)\n'
+    'out = pp({"image": np.zeros((10, 12, 3), np.uint8), "text": "a cat"})\n'
+    'print(out["image"].shape, out["tokens"].tolist(), "tensorflow" in sys.modules)\n'
+  )
+  done = subprocess.run(
+    [sys.executable, '-c', code],
+    cwd=tiny.REPO,
+    env=tiny.main_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.split('\n')[-2] == f'(8, 8, 3) {[IDS["[CLS]"], IDS["a"], IDS["cat"], 0]} False'

@@ -1,4 +1,6 @@
-"""RandAugment ops against numpy/PIL references of the same rule; shapes, ranges and determinism per level."""
+"""RandAugment ops against numpy/PIL references of the same rule; shapes, ranges and determinism per
+level."""
+
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
@@ -24,7 +26,8 @@ class _Sign:
 def test_posterize_keeps_the_top_bits():
   x = _image()
   np.testing.assert_array_equal(ra.posterize(x, 4), x & 0xF0)
-  np.testing.assert_array_equal(ra.apply_op('Posterize', x, 10, None), x & 0xF0)  # int(10/10 * 4) = 4 bits.
+  # int(10/10 * 4) = 4 bits.
+  np.testing.assert_array_equal(ra.apply_op('Posterize', x, 10, None), x & 0xF0)
   np.testing.assert_array_equal(ra.apply_op('Posterize', x, 20, None), x)  # 8 bits: unchanged.
 
 
@@ -32,19 +35,31 @@ def test_invert_solarize_and_solarize_add():
   x = _image()
   np.testing.assert_array_equal(ra.apply_op('Invert', x, 10, None), 255 - x)
   np.testing.assert_array_equal(ra.apply_op('Solarize', x, 5, None), np.where(x < 128, x, 255 - x))
-  np.testing.assert_array_equal(ra.apply_op('Solarize', x, 10, None), x)  # t = 256: no pixel reaches it.
-  np.testing.assert_array_equal(ra.apply_op('SolarizeAdd', x, 10, None),
-                                np.where(x < 128, np.minimum(x.astype(int) + 110, 255), x))
+  # t = 256: no pixel reaches it.
+  np.testing.assert_array_equal(ra.apply_op('Solarize', x, 10, None), x)
+  np.testing.assert_array_equal(
+    ra.apply_op('SolarizeAdd', x, 10, None),
+    np.where(x < 128, np.minimum(x.astype(int) + 110, 255), x),
+  )
 
 
-@pytest.mark.parametrize('name,enhancer', [('Color', ImageEnhance.Color), ('Brightness', ImageEnhance.Brightness),
-                                           ('Contrast', ImageEnhance.Contrast)])
+@pytest.mark.parametrize(
+  'name,enhancer',
+  [
+    ('Color', ImageEnhance.Color),
+    ('Brightness', ImageEnhance.Brightness),
+    ('Contrast', ImageEnhance.Contrast),
+  ],
+)
 def test_enhance_ops_match_pil_enhance(name, enhancer):
   x = _image()
   for magnitude in (0, 5, 10, 15):
     factor = magnitude / 10 * 1.8 + 0.1
     expected = np.asarray(enhancer(Image.fromarray(x)).enhance(factor)).astype(int)
-    assert np.abs(ra.apply_op(name, x, magnitude, None).astype(int) - expected).max() <= 1, (name, magnitude)
+    assert np.abs(ra.apply_op(name, x, magnitude, None).astype(int) - expected).max() <= 1, (
+      name,
+      magnitude,
+    )
 
 
 def test_contrast_blends_towards_the_mean_gray_level():
@@ -56,9 +71,12 @@ def test_contrast_blends_towards_the_mean_gray_level():
 
 def test_autocontrast_and_equalize_match_pil():
   x = (_image() // 2 + 40).astype(np.uint8)
-  np.testing.assert_array_equal(ra.apply_op('AutoContrast', x, 10, None),
-                                np.asarray(ImageOps.autocontrast(Image.fromarray(x))))
-  np.testing.assert_array_equal(ra.apply_op('Equalize', x, 10, None), np.asarray(ImageOps.equalize(Image.fromarray(x))))
+  np.testing.assert_array_equal(
+    ra.apply_op('AutoContrast', x, 10, None), np.asarray(ImageOps.autocontrast(Image.fromarray(x)))
+  )
+  np.testing.assert_array_equal(
+    ra.apply_op('Equalize', x, 10, None), np.asarray(ImageOps.equalize(Image.fromarray(x)))
+  )
 
 
 def test_sharpness_blends_with_the_smoothed_image_inside_the_border():
@@ -67,7 +85,9 @@ def test_sharpness_blends_with_the_smoothed_image_inside_the_border():
   np.testing.assert_array_equal(out[0], x[0])
   np.testing.assert_array_equal(out[:, -1], x[:, -1])
   kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13
-  centre = sum(kernel[i, j] * x[i:i + 3, j:j + 3][:1, :1].astype(float) for i in range(3) for j in range(3))
+  centre = sum(
+    kernel[i, j] * x[i : i + 3, j : j + 3][:1, :1].astype(float) for i in range(3) for j in range(3)
+  )
   assert np.abs(out[1, 1].astype(float) - centre[0, 0]).max() <= 1
   np.testing.assert_array_equal(ra.sharpness(x, 1.0), x)
 
@@ -94,9 +114,11 @@ def test_shear_x_moves_rows_by_their_index():
   x = _image(8, 40)
   out = ra.shear_x(x, 1.0)  # Output (x, y) takes input (x + y, y).
   for y in range(8):
-    np.testing.assert_array_equal(out[y, :40 - y], x[y, y:])
-    assert np.all(out[y, 40 - y:] == 128)
-  np.testing.assert_array_equal(ra.shear_y(x.transpose(1, 0, 2).copy(), 1.0).transpose(1, 0, 2), out)
+    np.testing.assert_array_equal(out[y, : 40 - y], x[y, y:])
+    assert np.all(out[y, 40 - y :] == 128)
+  np.testing.assert_array_equal(
+    ra.shear_y(x.transpose(1, 0, 2).copy(), 1.0).transpose(1, 0, 2), out
+  )
 
 
 def test_cutout_fills_a_square_with_128():
@@ -131,7 +153,12 @@ def test_every_op_runs_at_large_magnitudes_and_unknown_ops_are_errors():
 
 def test_levels_apply_to_a_config():
   from vit_jax.configs import common
+
   config = augmentation.apply_level(common.get_config(), 'medium2')
-  assert (config.pp.randaugment_layers, config.pp.randaugment_magnitude, config.mixup_p) == (2, 15.0, 0.5)
+  assert (config.pp.randaugment_layers, config.pp.randaugment_magnitude, config.mixup_p) == (
+    2,
+    15.0,
+    0.5,
+  )
   with pytest.raises(ValueError, match="Unknown AugReg level 'heavy'"):
     augmentation.apply_level(config, 'heavy')

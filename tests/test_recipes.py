@@ -1,5 +1,6 @@
-"""The pretraining recipes: their published settings, and 3 steps end to end on small prepared TFDS data with their
-evaluators, resuming exactly after a SIGTERM."""
+"""The pretraining recipes: their published settings, and 3 steps end to end on small prepared TFDS
+data with their evaluators, resuming exactly after a SIGTERM."""
+
 import os
 import signal
 
@@ -13,27 +14,69 @@ from vit_jax.training import train
 from vit_jax.configs import durations
 from vit_jax.runtime import workdir as workdir_lib
 
-TINY = {'model.hidden_size': 32, 'model.transformer.num_layers': 1, 'model.transformer.mlp_dim': 64,
-        'model.transformer.num_heads': 2, 'model.patches.size': (4, 4), 'image_size': 16, 'batch_size': 16,
-        'eval_batch_size': 16, 'total_epochs': 0.0, 'total_steps': 3, 'schedule.warmup_steps': 1,
-        'log_every_steps': 1, 'eval_every_steps': 3, 'checkpoint_every_steps': 1, 'input_threads': 2, 'prefetch': 1}
+TINY = {
+  'model.hidden_size': 32,
+  'model.transformer.num_layers': 1,
+  'model.transformer.mlp_dim': 64,
+  'model.transformer.num_heads': 2,
+  'model.patches.size': (4, 4),
+  'image_size': 16,
+  'batch_size': 16,
+  'eval_batch_size': 16,
+  'total_epochs': 0.0,
+  'total_steps': 3,
+  'schedule.warmup_steps': 1,
+  'log_every_steps': 1,
+  'eval_every_steps': 3,
+  'checkpoint_every_steps': 1,
+  'input_threads': 2,
+  'prefetch': 1,
+}
 
 
 def test_i21k_recipe_settings():
   config = pretrain_i21k.get_config('ViT-B_16')
   assert (config.dataset, config.train_split, config.eval_split) == (
-      'imagenet21k', 'full[51200:]', 'val=full[25600:51200]')
-  assert (config.batch_size, config.total_epochs, config.loss, config.model.head_bias_init) == (4096, 300, 'sigmoid',
-                                                                                               -10.0)
+    'imagenet21k',
+    'full[51200:]',
+    'val=full[25600:51200]',
+  )
+  assert (config.batch_size, config.total_epochs, config.loss, config.model.head_bias_init) == (
+    4096,
+    300,
+    'sigmoid',
+    -10.0,
+  )
   assert (config.model.classifier, config.model.posemb) == ('token', 'learn')
   opt, sched = config.optimizer, config.schedule
-  assert (opt.name, opt.b1, opt.b2, opt.accumulator_dtype, opt.weight_decay, opt.grad_clip_norm) == (
-      'adamw', 0.9, 0.999, 'bfloat16', 0.1, 1.0)
-  assert (sched.base_lr, sched.warmup_steps, sched.decay_type, sched.end_lr) == (1e-3, 10_000, 'cosine', 0.0)
-  assert config.optimizer.weight_decay * config.schedule.base_lr == pytest.approx(1e-4)  # big_vision's wd.
-  assert (config.pp.randaugment_layers, config.pp.randaugment_magnitude, config.mixup_p) == (2, 10.0, 0.2)  # light2.
-  assert config.fewshot.datasets.split(',') == ['cifar100:train:test', 'oxford_iiit_pet:train:test', 'dtd:train:test',
-                                                'caltech101:train:test']
+  assert (
+    opt.name,
+    opt.b1,
+    opt.b2,
+    opt.accumulator_dtype,
+    opt.weight_decay,
+    opt.grad_clip_norm,
+  ) == ('adamw', 0.9, 0.999, 'bfloat16', 0.1, 1.0)
+  assert (sched.base_lr, sched.warmup_steps, sched.decay_type, sched.end_lr) == (
+    1e-3,
+    10_000,
+    'cosine',
+    0.0,
+  )
+  # big_vision's wd.
+  assert config.optimizer.weight_decay * config.schedule.base_lr == pytest.approx(1e-4)
+  # light2.
+  assert (config.pp.randaugment_layers, config.pp.randaugment_magnitude, config.mixup_p) == (
+    2,
+    10.0,
+    0.2,
+  )
+  assert config.fewshot.datasets.split(',') == [
+    'cifar100:train:test',
+    'oxford_iiit_pet:train:test',
+    'dtd:train:test',
+    'caltech101:train:test',
+  ]
   assert pretrain_i21k.get_config('ViT-L_16').mixup_p == 0.5  # medium2.
   assert pretrain_i21k.get_config('ViT-Ti_16').pp.randaugment_layers == 0  # none.
   assert pretrain_i21k.get_config('ViT-S_16,aug=strong2,epochs=90').total_epochs == 90
@@ -45,12 +88,24 @@ def test_i21k_recipe_settings():
 
 def test_i1k_recipe_settings_and_durations_in_epochs():
   config = pretrain_i1k.get_config('ViT-S_16')
-  assert (config.model.classifier, config.model.posemb, config.model.transformer.dropout_rate) == ('gap', 'sincos2d',
-                                                                                                   0.0)
-  assert (config.train_split, config.eval_split) == ('train[:99%]', 'minival=train[99%:],val=validation')
-  assert (config.batch_size, config.total_epochs, config.loss, config.mixup_p) == (1024, 90, 'softmax', 0.2)
+  assert (config.model.classifier, config.model.posemb, config.model.transformer.dropout_rate) == (
+    'gap',
+    'sincos2d',
+    0.0,
+  )
+  assert (config.train_split, config.eval_split) == (
+    'train[:99%]',
+    'minival=train[99%:],val=validation',
+  )
+  assert (config.batch_size, config.total_epochs, config.loss, config.mixup_p) == (
+    1024,
+    90,
+    'softmax',
+    0.2,
+  )
   assert (config.pp.randaugment_layers, config.pp.randaugment_magnitude) == (2, 10.0)
-  assert (config.pp.eval_resize, config.pp.eval_crop_fraction) == ('shorter_side', 0.875)  # 256 -> 224.
+  # 256 -> 224.
+  assert (config.pp.eval_resize, config.pp.eval_crop_fraction) == ('shorter_side', 0.875)
   assert pretrain_i1k.get_config('ViT-S_16,epochs=300').total_epochs == 300
   # 90 epochs of ImageNet-1k's train[:99%] (1,268,355 images) at batch 1024.
   assert durations.resolved(config, 1_268_355).total_steps == round(90 * 1_268_355 / 1024)
@@ -85,19 +140,32 @@ def _run_and_resume(tmp_path, make_config):
   a, b = (checkpoint.read_npz(os.path.join(w, 'params.npz')) for w in (whole, parts))
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(workdir_lib.read_metrics(whole))
+  assert tiny.comparable(workdir_lib.read_metrics(parts)) == tiny.comparable(
+    workdir_lib.read_metrics(whole)
+  )
   return result
 
 
 def test_i21k_recipe_runs_with_its_evaluators_and_resumes_exactly(tmp_path, data_dir):
-  make = lambda: _tiny(pretrain_i21k.get_config('ViT-B_16'), data_dir, train_split='full[20:]',
-                       eval_split='val=full[10:20]', **{'fewshot.datasets': 'cifar100:train:test',
-                                                       'fewshot.shots': (1, 2), 'fewshot.every_steps': 3})
+  make = lambda: _tiny(
+    pretrain_i21k.get_config('ViT-B_16'),
+    data_dir,
+    train_split='full[20:]',
+    eval_split='val=full[10:20]',
+    **{
+      'fewshot.datasets': 'cifar100:train:test',
+      'fewshot.shots': (1, 2),
+      'fewshot.every_steps': 3,
+    },
+  )
   result = _run_and_resume(tmp_path, make)
   assert result['eval/num_examples'] == 10
-  assert {'eval/accuracy', 'eval/loss', 'fewshot/cifar100_1shot', 'fewshot/cifar100_2shot'} <= set(result)
+  assert {'eval/accuracy', 'eval/loss', 'fewshot/cifar100_1shot', 'fewshot/cifar100_2shot'} <= set(
+    result
+  )
 
 
 def test_i1k_recipe_runs_with_both_splits_and_resumes_exactly(tmp_path, data_dir):
   result = _run_and_resume(tmp_path, lambda: _tiny(pretrain_i1k.get_config('ViT-S_16'), data_dir))
-  assert result['eval/num_examples'] == 1 and result['eval/val/num_examples'] == 20  # minival, then validation.
+  # minival, then validation.
+  assert result['eval/num_examples'] == 1 and result['eval/val/num_examples'] == 20

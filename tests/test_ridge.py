@@ -1,4 +1,6 @@
-"""The few-shot ridge probe: separable features score 100%, random labels near chance, equal to a direct solve."""
+"""The few-shot ridge probe: separable features score 100%, random labels near chance, equal to a
+direct solve."""
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,8 @@ def _clusters(n_per_class, num_classes, dim, seed, spread=0.3):
   return centres[y] + rng.normal(0, spread, (len(y), dim)), y
 
 
-@pytest.mark.parametrize('shots,dim', [(5, 64), (40, 16)])  # Dual (N < D) and primal (N >= D) forms.
+# Dual (N < D) and primal (N >= D) forms.
+@pytest.mark.parametrize('shots,dim', [(5, 64), (40, 16)])
 def test_separable_features_score_100_percent(shots, dim):
   x, y = _clusters(shots + 50, 10, dim, seed=0)
   idx = ridge.draw_shots(y, 10, shots, seed=1)
@@ -46,6 +49,8 @@ def test_draw_shots_is_seeded_and_per_class():
   np.testing.assert_array_equal(a, b)
   assert sorted(y[a].tolist()) == [0, 0, 1, 1, 2]  # Class 2 has one example only.
   many = np.repeat(np.arange(3), 20)
-  assert not np.array_equal(ridge.draw_shots(many, 3, 5, seed=5), ridge.draw_shots(many, 3, 5, seed=6))
+  assert not np.array_equal(
+    ridge.draw_shots(many, 3, 5, seed=5), ridge.draw_shots(many, 3, 5, seed=6)
+  )
   with pytest.raises(ValueError, match='l2 must be positive'):
     ridge.fit(np.zeros((2, 2)), np.zeros(2, int), 2, l2=0)

@@ -1,5 +1,6 @@
-"""Mesh and sharding strategies: DP, FSDP, TP and FSDP+TP train identically (ViT and MLP-Mixer); FSDP splits memory;
-resharded resume."""
+"""Mesh and sharding strategies: DP, FSDP, TP and FSDP+TP train identically (ViT and MLP-Mixer);
+FSDP splits memory; resharded resume."""
+
 import jax
 import numpy as np
 import pytest
@@ -10,19 +11,29 @@ from vit_jax import checkpoint, sharding
 from vit_jax.training import train
 
 STRATEGIES = {
-    'dp': ((('data', -1),), 'replicate'),
-    'fsdp': ((('fsdp', -1),), 'fsdp'),
-    'tp': ((('data', 2), ('model', 4)), 'tp'),
-    'fsdp+tp': ((('fsdp', 2), ('model', 4)), 'fsdp+tp'),
+  'dp': ((('data', -1),), 'replicate'),
+  'fsdp': ((('fsdp', -1),), 'fsdp'),
+  'tp': ((('data', 2), ('model', 4)), 'tp'),
+  'fsdp+tp': ((('fsdp', 2), ('model', 4)), 'fsdp+tp'),
 }
 
 
 def _config(name, **overrides):
   mesh, strategy = STRATEGIES[name]
-  config = tiny.train_config(**{'mesh': mesh, 'sharding_strategy': strategy, 'fsdp_min_size': 256,
-                                'model.transformer.num_heads': 4, 'model.hidden_size': 64,
-                                'model.transformer.mlp_dim': 128, 'schedule.warmup_steps': 0,
-                                'optimizer.name': 'adamw', 'optimizer.weight_decay': 0.1, **overrides})
+  config = tiny.train_config(
+    **{
+      'mesh': mesh,
+      'sharding_strategy': strategy,
+      'fsdp_min_size': 256,
+      'model.transformer.num_heads': 4,
+      'model.hidden_size': 64,
+      'model.transformer.mlp_dim': 128,
+      'schedule.warmup_steps': 0,
+      'optimizer.name': 'adamw',
+      'optimizer.weight_decay': 0.1,
+      **overrides,
+    }
+  )
   return config
 
 
@@ -51,13 +62,17 @@ def test_parameter_specs_follow_megatron_rules():
   _, state = _train(config, steps=1)
   block = state['params']['Transformer']['encoderblock_0']
   attn, mlp = block['MultiHeadDotProductAttention_0'], block['MlpBlock_0']
-  assert attn['query']['kernel'].sharding.spec == P('fsdp', 'model', None)  # (64, 4, 16): heads over model.
-  assert attn['out']['kernel'].sharding.spec == P('model', None, 'fsdp')  # (4, 16, 64): input side over model.
+  # (64, 4, 16): heads over model.
+  assert attn['query']['kernel'].sharding.spec == P('fsdp', 'model', None)
+  # (4, 16, 64): input side over model.
+  assert attn['out']['kernel'].sharding.spec == P('model', None, 'fsdp')
   assert mlp['Dense_0']['kernel'].sharding.spec == P('fsdp', 'model')
   assert mlp['Dense_1']['kernel'].sharding.spec == P('model', 'fsdp')
   assert block['LayerNorm_0']['scale'].sharding.spec == P()  # Below fsdp_min_size: replicated.
-  opt_specs = {jax.tree_util.keystr(path): x.sharding.spec
-               for path, x in jax.tree_util.tree_leaves_with_path(state['opt_state'])}
+  opt_specs = {
+    jax.tree_util.keystr(path): x.sharding.spec
+    for path, x in jax.tree_util.tree_leaves_with_path(state['opt_state'])
+  }
   dense_0 = "['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']"
   moments = [spec for path, spec in opt_specs.items() if dense_0 in path]
   assert moments == [P('fsdp', 'model')] * 2  # Adam's mu and nu follow their parameter.
@@ -81,12 +96,15 @@ def test_tp_splits_the_hidden_units_of_both_mixer_mlps():
   _, state = _train(_mixer_config('fsdp+tp'), steps=1)
   block = state['params']['MixerBlock_1']
   token, channel = block['token_mixing'], block['channel_mixing']
-  assert token['Dense_0']['kernel'].sharding.spec == P('fsdp', 'model')  # (16 tokens, 32 hidden units).
+  # (16 tokens, 32 hidden units).
+  assert token['Dense_0']['kernel'].sharding.spec == P('fsdp', 'model')
   assert token['Dense_0']['bias'].sharding.spec == P('model')  # Under fsdp_min_size: 'model' only.
   assert token['Dense_1']['kernel'].sharding.spec == P('model', 'fsdp')
-  assert channel['Dense_0']['kernel'].sharding.spec == P('fsdp', 'model')  # (32 channels, 128 hidden units).
+  # (32 channels, 128 hidden units).
+  assert channel['Dense_0']['kernel'].sharding.spec == P('fsdp', 'model')
   assert channel['Dense_1']['kernel'].sharding.spec == P('model', 'fsdp')
-  assert channel['Dense_1']['bias'].sharding.spec == P()  # The output side (the residual stream) stays whole.
+  # The output side (the residual stream) stays whole.
+  assert channel['Dense_1']['bias'].sharding.spec == P()
   assert block['LayerNorm_0']['scale'].sharding.spec == P()
   assert token['Dense_0']['kernel'].addressable_shards[0].data.shape == (8, 8)  # 2 x 4 devices.
 
@@ -108,7 +126,8 @@ def test_strategy_needing_a_missing_axis_is_clear_error():
 
 
 def test_resume_on_a_different_mesh(tmp_path):
-  """Saved under 8-way FSDP, resumed under 4-way data x 2-way tensor parallelism: same params, training goes on."""
+  """Saved under 8-way FSDP, resumed under 4-way data x 2-way tensor parallelism: same params,
+  training goes on."""
   root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
   common = {'dataset': 'image_folder', 'image_folder': root, 'eval_every_steps': 100}

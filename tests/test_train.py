@@ -1,6 +1,8 @@
-"""The training system (vit_jax/training/train.py and vit_jax/training/state.py): train step, gradient accumulation, end-to-end runs with
-resume, exact eval, fine-tuning from a pretrained file; a finished run left alone, steps after a crash recorded once,
-non-finite steps stopped or skipped, a save killed half-way."""
+"""The training system (vit_jax/training/train.py and vit_jax/training/state.py): train step,
+gradient accumulation, end-to-end runs with resume, exact eval, fine-tuning from a pretrained file;
+a finished run left alone, steps after a crash recorded once, non-finite steps stopped or skipped, a
+save killed half-way."""
+
 import json
 import logging
 import os
@@ -35,8 +37,10 @@ def _setup(config):
 
 def _batch(n=16, size=16, seed=0):
   rng = np.random.default_rng(seed)
-  return {'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
-          'label': rng.integers(0, 10, n).astype(np.int32)}
+  return {
+    'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+    'label': rng.integers(0, 10, n).astype(np.int32),
+  }
 
 
 def test_one_train_step_starts_at_log_num_classes_and_updates_params():
@@ -46,14 +50,19 @@ def test_one_train_step_starts_at_log_num_classes_and_updates_params():
   with jax.set_mesh(mesh):
     state, stats = step(state, _batch())
   assert int(state['step']) == 1
-  np.testing.assert_allclose(float(stats['loss']), np.log(10), rtol=1e-6)  # Zero-init head: uniform softmax.
+  # Zero-init head: uniform softmax.
+  np.testing.assert_allclose(float(stats['loss']), np.log(10), rtol=1e-6)
   np.testing.assert_allclose(float(stats['learning_rate']), 1e-3, rtol=1e-6)
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state['params'], before)
-  assert moved['head']['kernel'] == pytest.approx(1e-3, rel=1e-3)  # Adam's first step: lr * sign(grad).
+  # Adam's first step: lr * sign(grad).
+  assert moved['head']['kernel'] == pytest.approx(1e-3, rel=1e-3)
   assert moved['embedding']['kernel'] == 0.0  # Behind a zero head, the first gradient is zero...
   with jax.set_mesh(mesh):
     state, _ = step(state, _batch(seed=1))
-  assert np.abs(np.asarray(state['params']['embedding']['kernel']) - before['embedding']['kernel']).max() > 0
+  assert (
+    np.abs(np.asarray(state['params']['embedding']['kernel']) - before['embedding']['kernel']).max()
+    > 0
+  )
 
 
 def test_train_steps_are_deterministic_for_a_seed():
@@ -72,8 +81,15 @@ def test_train_steps_are_deterministic_for_a_seed():
 def test_gradient_accumulation_equals_one_large_batch():
   outs = []
   for accum in (1, 2):
-    config = tiny.train_config(**{'accum_steps': accum, 'optimizer.name': 'sgd', 'schedule.warmup_steps': 0,
-                                  'schedule.base_lr': 0.1, 'optimizer.grad_clip_norm': 0.0})
+    config = tiny.train_config(
+      **{
+        'accum_steps': accum,
+        'optimizer.name': 'sgd',
+        'schedule.warmup_steps': 0,
+        'schedule.base_lr': 0.1,
+        'optimizer.grad_clip_norm': 0.0,
+      }
+    )
     mesh, _, state, step = _setup(config)
     with jax.set_mesh(mesh):
       for i in range(2):
@@ -81,12 +97,17 @@ def test_gradient_accumulation_equals_one_large_batch():
     outs.append((float(stats['loss']), float(stats['grad_norm']), jax.device_get(state['params'])))
   assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-5)
   assert outs[0][1] == pytest.approx(outs[1][1], rel=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), outs[0][2], outs[1][2])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), outs[0][2], outs[1][2]
+  )
 
 
 def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path):
-  root = tiny.image_folder(tmp_path, train_per_class=2, test_per_class=3)  # 9 test images, eval batch 8.
-  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'eval_batch_size': 8})
+  # 9 test images, eval batch 8.
+  root = tiny.image_folder(tmp_path, train_per_class=2, test_per_class=3)
+  config = tiny.train_config(
+    **{'dataset': 'image_folder', 'image_folder': root, 'eval_batch_size': 8}
+  )
   mesh, model, state, _ = _setup(config)
   shard = sharding.batch_sharding(mesh)
   with jax.set_mesh(mesh):
@@ -94,27 +115,37 @@ def test_exact_eval_counts_each_example_once_when_batch_does_not_divide(tmp_path
     batches = list(ds)
     params = jax.device_get(state['params'])
     params['head']['kernel'] = np.random.default_rng(0).normal(size=params['head']['kernel'].shape)
-    result = evaluate.evaluate(jax.jit(evaluate.make_eval_step(evaluate.classifier_logits(model))), params,
-                               (input_pipeline.make_global_batch(b, shard) for b in batches),
-                               evaluate.zeros(model.num_classes))
+    result = evaluate.evaluate(
+      jax.jit(evaluate.make_eval_step(evaluate.classifier_logits(model))),
+      params,
+      (input_pipeline.make_global_batch(b, shard) for b in batches),
+      evaluate.zeros(model.num_classes),
+    )
   real = [(b['image'][b['mask'] > 0], b['label'][b['mask'] > 0]) for b in batches]
   images = np.concatenate([r[0] for r in real])
   labels = np.concatenate([r[1] for r in real])
   logits = np.asarray(model.apply({'params': params}, preprocess.to_float(images)))
   assert len(batches) == 2 and len(labels) == 9 and result['num_examples'] == 9
   assert result['accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == labels), abs=1e-7)
-  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
-      -1, keepdims=True)
+  log_probs = (
+    logits
+    - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    - logits.max(-1, keepdims=True)
+  )
   assert result['loss'] == pytest.approx(-np.mean(log_probs[np.arange(9), labels]), rel=1e-5)
   label_logits = logits[np.arange(9), labels][:, None]
   assert result['top5'] == pytest.approx(np.mean((logits > label_logits).sum(-1) < 5), abs=1e-7)
 
 
 def test_evaluation_runs_one_jitted_program_per_batch_and_nothing_eager(tmp_path, caplog):
-  # Eager ops on global arrays between the eval steps are each a small multi-process program of their own; with
-  # another thread dispatching, processes could run them in different orders and wait forever (issue 31).
-  root = tiny.image_folder(tmp_path, train_per_class=2, test_per_class=3)  # 9 test images: 2 batches of 8.
-  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'eval_batch_size': 8})
+  # Eager ops on global arrays between the eval steps are each a small multi-process program of
+  # their own; with another thread dispatching, processes could run them in different orders and
+  # wait forever (issue 31).
+  # 9 test images: 2 batches of 8.
+  root = tiny.image_folder(tmp_path, train_per_class=2, test_per_class=3)
+  config = tiny.train_config(
+    **{'dataset': 'image_folder', 'image_folder': root, 'eval_batch_size': 8}
+  )
   mesh, model, train_state, _ = _setup(config)
   entry = {'type': 'classification', 'prefix': 'val/'}
   evaluator = evaluators.make('val', entry, config, model, mesh)
@@ -130,15 +161,23 @@ def test_evaluation_runs_one_jitted_program_per_batch_and_nothing_eager(tmp_path
 
 def test_profile_steps_write_a_trace_and_goodput_accounts_for_the_wall_time(tmp_path):
   from vit_jax.runtime import goodput  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path / 'run')
   data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
   train.train_and_evaluate(tiny.train_config(tfds_data_dir=data_dir, profile_steps='2:4'), workdir)
-  traces = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(workdir, workdir_lib.PROFILE_DIR))
-            for f in files if f.endswith('.xplane.pb')]
-  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0  # What TensorBoard's profile plugin and Perfetto open.
+  traces = [
+    os.path.join(d, f)
+    for d, _, files in os.walk(os.path.join(workdir, workdir_lib.PROFILE_DIR))
+    for f in files
+    if f.endswith('.xplane.pb')
+  ]
+  # What TensorBoard's profile plugin and Perfetto open.
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
   (attempt,) = goodput.read(workdir)
   assert attempt['ended'] == 'finished' and (attempt['first_step'], attempt['last_step']) == (0, 4)
-  assert sum(attempt['phases'].values()) == pytest.approx(attempt['end'] - attempt['start'], rel=0.02)
+  assert sum(attempt['phases'].values()) == pytest.approx(
+    attempt['end'] - attempt['start'], rel=0.02
+  )
   for part in ('startup', 'compile', 'train', 'eval', 'checkpoint'):
     assert attempt['phases'][part] > 0, part
 
@@ -154,9 +193,12 @@ def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
   assert 0.0 <= result['eval/accuracy'] <= 1.0 and 0.0 <= result['eval/top5'] <= 1.0
   assert {'train/learning_rate', 'train/img_per_sec'} <= set(records[0])
   per_image = flops.train_flops(config.model, config.image_size, 10)
-  assert records[0]['train/img_per_sec_per_device'] == pytest.approx(records[0]['train/img_per_sec'] / 8)
+  assert records[0]['train/img_per_sec_per_device'] == pytest.approx(
+    records[0]['train/img_per_sec'] / 8
+  )
   assert records[0]['train/tflops_per_device'] == pytest.approx(
-      records[0]['train/img_per_sec_per_device'] * per_image / 1e12)
+    records[0]['train/img_per_sec_per_device'] * per_image / 1e12
+  )
   assert 'train/mfu' not in records[0]  # No known peak for a CPU.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert json.load(open(os.path.join(workdir, 'config.json')))['total_steps'] == 4
@@ -174,14 +216,16 @@ def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):
 def test_end_to_end_image_folder_and_resume_restores_state(tmp_path):
   root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
-  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 2,
-                                'eval_every_steps': 2})
+  config = tiny.train_config(
+    **{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 2, 'eval_every_steps': 2}
+  )
   result = train.train_and_evaluate(config, workdir)
   assert result['eval/num_examples'] == 6
   first = checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
   assert first['head/kernel'].shape == (32, 3)
   assert workdir_lib.read_class_names(workdir) == ['cat', 'dog', 'eel']  # For predict and export.
-  # total_steps already reached: the rerun restores the checkpoint, evaluates it and exports the same params.
+  # total_steps already reached: the rerun restores the checkpoint, evaluates it and exports the
+  # same params.
   again = train.train_and_evaluate(config, workdir)
   assert again['eval/accuracy'] == result['eval/accuracy']
   second = checkpoint.read_npz(os.path.join(workdir, 'params.npz'))
@@ -192,22 +236,34 @@ def test_end_to_end_image_folder_and_resume_restores_state(tmp_path):
 def test_finetune_from_pretrained_npz_starts_from_its_weights(tmp_path):
   root = tiny.image_folder(tmp_path)
   source = state.build_model(tiny.train_config(), 7)
-  params = source.init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)))['params']  # 2x2 grid: resampled to 4x4.
+  # 2x2 grid: resampled to 4x4.
+  params = source.init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)))['params']
   checkpoint.save_npz(str(tmp_path / 'pre.npz'), params)
-  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': root, 'total_steps': 1,
-                                'schedule.base_lr': 0.0, 'pretrained_path': str(tmp_path / 'pre.npz')})
+  config = tiny.train_config(
+    **{
+      'dataset': 'image_folder',
+      'image_folder': root,
+      'total_steps': 1,
+      'schedule.base_lr': 0.0,
+      'pretrained_path': str(tmp_path / 'pre.npz'),
+    }
+  )
   train.train_and_evaluate(config, str(tmp_path / 'run'))
   out = checkpoint.read_npz(str(tmp_path / 'run' / 'params.npz'))
   np.testing.assert_array_equal(out['embedding/kernel'], params['embedding']['kernel'])
   posemb = params['Transformer']['posembed_input']['pos_embedding']
-  np.testing.assert_allclose(out['Transformer/posembed_input/pos_embedding'],
-                             checkpoint.interpolate_posembed(posemb, 17, True), rtol=1e-6)
+  np.testing.assert_allclose(
+    out['Transformer/posembed_input/pos_embedding'],
+    checkpoint.interpolate_posembed(posemb, 17, True),
+    rtol=1e-6,
+  )
   np.testing.assert_array_equal(out['head/kernel'], np.zeros((32, 3)))  # New head for 3 classes.
 
 
 def test_a_finetune_from_a_gcs_npz_reads_the_file_once(tmp_path, monkeypatch):
-  # A ViT-L release file is 1.2 GB: the checks before training (preflight, the start's "is it a checkpoint") read
-  # its first bytes only, and loading it reads it once (it was read whole four times).
+  # A ViT-L release file is 1.2 GB: the checks before training (preflight, the start's "is it a
+  # checkpoint") read its first bytes only, and loading it reads it once (it was read whole four
+  # times).
   fake_gcs.install(tmp_path / 'gcs')
   source = state.build_model(tiny.train_config(), 7)
   params = source.init(jax.random.key(5), jnp.zeros((1, 16, 16, 3)))['params']
@@ -216,40 +272,63 @@ def test_a_finetune_from_a_gcs_npz_reads_the_file_once(tmp_path, monkeypatch):
   size = len(vit_io.read_bytes(npz))
   reads = []
   for name in ('read_bytes', 'read_head'):
+
     def spy(path, *args, original=getattr(vit_io, name), name=name):
       data = original(path, *args)
       if str(path) == npz:
         reads.append((name, len(data)))
       return data
+
     monkeypatch.setattr(vit_io, name, spy)
-  config = tiny.train_config(**{'dataset': 'image_folder', 'image_folder': tiny.image_folder(tmp_path),
-                                'total_steps': 1, 'schedule.base_lr': 0.0, 'pretrained_path': npz})
+  config = tiny.train_config(
+    **{
+      'dataset': 'image_folder',
+      'image_folder': tiny.image_folder(tmp_path),
+      'total_steps': 1,
+      'schedule.base_lr': 0.0,
+      'pretrained_path': npz,
+    }
+  )
   train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert [n for n, _ in reads].count('read_bytes') == 1 and sum(n for _, n in reads) < size + 2048, reads
+  assert [n for n, _ in reads].count('read_bytes') == 1 and sum(
+    n for _, n in reads
+  ) < size + 2048, reads
   out = checkpoint.read_npz(str(tmp_path / 'run' / 'params.npz'))
   np.testing.assert_array_equal(out['embedding/kernel'], params['embedding']['kernel'])
 
 
 def test_training_on_a_prepared_dataset_never_imports_tensorflow(tmp_path, digits_dir):
-  code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w', digits_dir))
+  code, imported, err = tiny.imports_tensorflow(
+    'vit_jax.main', tiny.tiny_main_args(tmp_path / 'w', digits_dir)
+  )
   assert code == 0, err[-3000:]
-  assert not imported  # TensorFlow is for preparing TFDS datasets only (vit_jax/data/datasets/build.py).
-  code, imported, err = tiny.imports_tensorflow('vit_jax.main', tiny.tiny_main_args(tmp_path / 'w2', tmp_path / 'new'))
+  # TensorFlow is for preparing TFDS datasets only (vit_jax/data/datasets/build.py).
+  assert not imported
+  code, imported, err = tiny.imports_tensorflow(
+    'vit_jax.main', tiny.tiny_main_args(tmp_path / 'w2', tmp_path / 'new')
+  )
   assert code == 0 and imported, err[-3000:]  # Preparing sklearn_digits does import it.
 
 
-def test_total_epochs_0_with_total_steps_is_complete_for_the_trainer_and_the_launchers(tmp_path, digits_dir):
+def test_total_epochs_0_with_total_steps_is_complete_for_the_trainer_and_the_launchers(
+  tmp_path, digits_dir
+):
   from launch import record  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path / 'w')
-  args = tiny.tiny_main_args(workdir, digits_dir, steps=3, total_epochs=0.0)  # The README's recipe override.
+  # The README's recipe override.
+  args = tiny.tiny_main_args(workdir, digits_dir, steps=3, total_epochs=0.0)
   assert tiny.run_main(args).returncode == 0
   assert record.status(record.read(workdir)) == 'finished' and workdir_lib.is_complete(workdir)
   again = tiny.run_main(args)
-  assert again.returncode == 0 and 'is complete (step 3 of total_steps=3): nothing to do' in again.stderr
-  assert record.status(record.read(workdir), overrides={'total_steps': '5'}) != 'finished'  # Raised: trains on.
+  assert (
+    again.returncode == 0 and 'is complete (step 3 of total_steps=3): nothing to do' in again.stderr
+  )
+  # Raised: trains on.
+  assert record.status(record.read(workdir), overrides={'total_steps': '5'}) != 'finished'
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A run stopped and resumed: finished, crashed, non-finite, killed mid-save.
 
 
@@ -273,7 +352,8 @@ def test_steps_trained_again_after_a_crash_are_recorded_once(tmp_path, monkeypat
   config = tiny.folder_config(root, log_every_steps=1, checkpoint_every_steps=2)
 
   def crash_at(k, batch):
-    if k == 7:  # Drawn as step 6 starts: steps 1-5 ran and were logged, the last checkpoint is step 4.
+    # Drawn as step 6 starts: steps 1-5 ran and were logged, the last checkpoint is step 4.
+    if k == 7:
       raise RuntimeError('simulated crash')
     return batch
 
@@ -281,7 +361,8 @@ def test_steps_trained_again_after_a_crash_are_recorded_once(tmp_path, monkeypat
     tiny.on_train_batch(m, crash_at)
     with pytest.raises(RuntimeError, match='simulated crash'):
       train.train_and_evaluate(config, workdir)
-  assert max(r['step'] for r in workdir_lib.read_metrics(workdir)) == 5  # Step 5 ran but was never saved.
+  # Step 5 ran but was never saved.
+  assert max(r['step'] for r in workdir_lib.read_metrics(workdir)) == 5
   train.train_and_evaluate(config, workdir)
   steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert steps == list(range(1, 8))
@@ -289,24 +370,34 @@ def test_steps_trained_again_after_a_crash_are_recorded_once(tmp_path, monkeypat
 
 def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
   (tmp_path / 'f').write_text('not a dir')
-  with pytest.raises(workdir_lib.WorkdirError, match=r'is a file, not a directory; give --workdir a directory'):
+  with pytest.raises(
+    workdir_lib.WorkdirError, match=r'is a file, not a directory; give --workdir a directory'
+  ):
     train.train_and_evaluate(tiny.train_config(), str(tmp_path / 'f'))
 
 
 def _poison(at_steps):
   def fn(k, batch):
     if k in at_steps:
-      batch = dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))  # Float images pass as they are.
+      # Float images pass as they are.
+      batch = dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32))
     return batch
+
   return fn
 
 
-def test_nonfinite_stop_names_the_step_and_last_good_checkpoint_and_saves_nothing_after(tmp_path, monkeypatch):
+def test_nonfinite_stop_names_the_step_and_last_good_checkpoint_and_saves_nothing_after(
+  tmp_path, monkeypatch
+):
   root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
   tiny.on_train_batch(monkeypatch, _poison({5}))
-  with pytest.raises(train_step_lib.NonFiniteError, match=r'at step 5 .*last good checkpoint is step 4'):
-    train.train_and_evaluate(tiny.folder_config(root, checkpoint_every_steps=2, async_checkpoints=False), workdir)
+  with pytest.raises(
+    train_step_lib.NonFiniteError, match=r'at step 5 .*last good checkpoint is step 4'
+  ):
+    train.train_and_evaluate(
+      tiny.folder_config(root, checkpoint_every_steps=2, async_checkpoints=False), workdir
+    )
   assert ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).all_steps() == [2, 4]
   assert [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r] == [2, 4]
 
@@ -315,60 +406,96 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(tmp_path, monkeyp
   root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
   tiny.on_train_batch(monkeypatch, _poison({3, 6}))
-  train.train_and_evaluate(tiny.folder_config(root, nonfinite_policy='skip', checkpoint_every_steps=1, keep=10),
-                           workdir)
+  train.train_and_evaluate(
+    tiny.folder_config(root, nonfinite_policy='skip', checkpoint_every_steps=1, keep=10), workdir
+  )
   records = [r for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert [r['step'] for r in records] == [2, 4, 6, 7]
   assert [r.get('train/nonfinite_steps', 0) for r in records] == [0, 1, 2, 2]
-  # The logged learning rate is the one the optimizer applies: its count stops at each dropped update (steps 3 and
-  # 6), so steps 2, 4, 6, 7 ran at the schedule's values for counts 1, 2, 4, 4 (not 1, 3, 5, 6).
+  # The logged learning rate is the one the optimizer applies: its count stops at each dropped
+  # update (steps 3 and 6), so steps 2, 4, 6, 7 ran at the schedule's values for counts 1, 2, 4, 4
+  # (not 1, 3, 5, 6).
   schedule = optim.make_schedule(tiny.folder_config(root, nonfinite_policy='skip'))
-  np.testing.assert_allclose([r['train/learning_rate'] for r in records], [float(schedule(c)) for c in (1, 2, 4, 4)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [r['train/learning_rate'] for r in records],
+    [float(schedule(c)) for c in (1, 2, 4, 4)],
+    rtol=1e-6,
+  )
   assert all(np.isfinite(r['train/loss']) and np.isfinite(r['train/grad_norm']) for r in records)
   assert all(np.isfinite(v).all() for v in tiny.exported_params(workdir).values())
   restore = ocp.StandardCheckpointer().restore
-  kernels = {s: np.asarray(restore(os.path.join(workdir, 'checkpoints', str(s), 'default'))['params']['head']['kernel'])
-             for s in (2, 3, 4)}
+  kernels = {
+    s: np.asarray(
+      restore(os.path.join(workdir, 'checkpoints', str(s), 'default'))['params']['head']['kernel']
+    )
+    for s in (2, 3, 4)
+  }
   np.testing.assert_array_equal(kernels[3], kernels[2])  # Step 3's update was dropped...
   assert np.abs(kernels[4] - kernels[3]).max() > 0  # ... and step 4's applied.
 
 
 def test_a_failed_asynchronous_save_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
-  """Orbax reports an asynchronous save's failure when its thread ends; the loop asks after every step (without
-  waiting), so the run stops at the next step, not at the next log step or save."""
+  """Orbax reports an asynchronous save's failure when its thread ends; the loop asks after every
+  step (without waiting), so the run stops at the next step, not at the next log step or save."""
   root = tiny.image_folder(tmp_path)
   saved, steps = [], []
   real_save, real_step = ocp.CheckpointManager.save, metrics.Progress.step
-  monkeypatch.setattr(ocp.CheckpointManager, 'save', lambda self, step, **kw: saved.append(step) or
-                      real_save(self, step, **kw))
+  monkeypatch.setattr(
+    ocp.CheckpointManager,
+    'save',
+    lambda self, step, **kw: saved.append(step) or real_save(self, step, **kw),
+  )
 
   def check_for_errors(self):
     if saved:
       raise OSError(28, 'No space left on device')
+
   monkeypatch.setattr(ocp.CheckpointManager, 'check_for_errors', check_for_errors)
-  monkeypatch.setattr(metrics.Progress, 'step', lambda self, step: steps.append(step) or real_step(self, step))
+  monkeypatch.setattr(
+    metrics.Progress, 'step', lambda self, step: steps.append(step) or real_step(self, step)
+  )
   config = tiny.folder_config(root, checkpoint_every_steps=2, log_every_steps=7)
-  with pytest.raises(run_checkpoints.SaveError, match=r'Saving the checkpoint of step 2 .* failed: No space left on device'):
+  with pytest.raises(
+    run_checkpoints.SaveError,
+    match=r'Saving the checkpoint of step 2 .* failed: No space left on device',
+  ):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert saved == [2] and steps == [1, 2, 3]  # Stopped after step 3: not at the next save (4) or log step (7).
+  # Stopped after step 3: not at the next save (4) or log step (7).
+  assert saved == [2] and steps == [1, 2, 3]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The real command: SIGKILL while an async save is in flight, then SIGTERM, then the finish.
 
-_MAIN_FLAGS = ['--config.dataset=image_folder', '--config.image_size=16',
-               '--config.model.hidden_size=256', '--config.model.transformer.num_layers=4',
-               '--config.model.transformer.mlp_dim=1024', '--config.model.transformer.num_heads=4',
-               '--config.model.transformer.dropout_rate=0.0', '--config.batch_size=8', '--config.eval_batch_size=8',
-               '--config.total_steps=400', '--config.log_every_steps=1', '--config.eval_every_steps=1000',
-               '--config.checkpoint_every_steps=1', '--config.keep=2', '--config.optimizer.name=adamw',
-               '--config.schedule.warmup_steps=1', '--config.prefetch=1']
+_MAIN_FLAGS = [
+  '--config.dataset=image_folder',
+  '--config.image_size=16',
+  '--config.model.hidden_size=256',
+  '--config.model.transformer.num_layers=4',
+  '--config.model.transformer.mlp_dim=1024',
+  '--config.model.transformer.num_heads=4',
+  '--config.model.transformer.dropout_rate=0.0',
+  '--config.batch_size=8',
+  '--config.eval_batch_size=8',
+  '--config.total_steps=400',
+  '--config.log_every_steps=1',
+  '--config.eval_every_steps=1000',
+  '--config.checkpoint_every_steps=1',
+  '--config.keep=2',
+  '--config.optimizer.name=adamw',
+  '--config.schedule.warmup_steps=1',
+  '--config.prefetch=1',
+]
 
 
 def _start_main(tmp_path, root, workdir, total_steps):
-  args = [f'--config={REPO}/configs/default.py', f'--workdir={workdir}', f'--config.image_folder={root}', *_MAIN_FLAGS,
-          f'--config.total_steps={total_steps}']
+  args = [
+    f'--config={REPO}/configs/default.py',
+    f'--workdir={workdir}',
+    f'--config.image_folder={root}',
+    *_MAIN_FLAGS,
+    f'--config.total_steps={total_steps}',
+  ]
   log = open(tmp_path / 'main.log', 'a', encoding='utf-8')
   return tiny.start_main(args, cwd=tmp_path, devices=2, log=log)
 
@@ -381,7 +508,8 @@ def test_sigkill_during_async_save_falls_back_to_last_complete_checkpoint(tmp_pa
   root = tiny.image_folder(tmp_path, train_per_class=8)
   workdir = str(tmp_path / 'run')
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  # Every step saves ~40 MB (params + Adam moments) asynchronously; kill the process while a save is unfinished.
+  # Every step saves ~40 MB (params + Adam moments) asynchronously; kill the process while a save is
+  # unfinished.
   killed_mid_save = []
   for _ in range(5):
     proc = _start_main(tmp_path, root, workdir, 400)
@@ -402,14 +530,20 @@ def test_sigkill_during_async_save_falls_back_to_last_complete_checkpoint(tmp_pa
   manager = ocp.CheckpointManager(ckpt_dir)
   assert manager.latest_step() == complete[-1]  # The half-written one is not a checkpoint.
   manager.close()
-  assert workdir_lib.latest_step(workdir) == complete[-1]  # The one rule that resume and completion both use agrees.
+  # The one rule that resume and completion both use agrees.
+  assert workdir_lib.latest_step(workdir) == complete[-1]
 
   # Rerun: it resumes from the last complete checkpoint; a SIGTERM makes it save and exit cleanly.
   proc = _start_main(tmp_path, root, workdir, 400)
   deadline = time.monotonic() + 240
   while time.monotonic() < deadline and not any(
-      r['step'] > complete[-1] + 1 for r in (workdir_lib.read_metrics(workdir) if os.path.exists(
-          os.path.join(workdir, 'metrics.jsonl')) else [])):
+    r['step'] > complete[-1] + 1
+    for r in (
+      workdir_lib.read_metrics(workdir)
+      if os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+      else []
+    )
+  ):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0

@@ -1,6 +1,8 @@
-"""The parts of the fault path one at a time (tests/test_faults.py runs them together): the watchdog's bounds, its hang
-and lost-peer exits (a fake clock, a dict for the coordination service's key-value store), the goodput clock and
-record, and how launchers read exit statuses and JAX's abort."""
+"""The parts of the fault path one at a time (tests/test_faults.py runs them together): the
+watchdog's bounds, its hang and lost-peer exits (a fake clock, a dict for the coordination service's
+key-value store), the goodput clock and record, and how launchers read exit statuses and JAX's
+abort."""
+
 import io
 import json
 import re
@@ -17,7 +19,9 @@ from vit_jax.runtime import workdir as workdir_lib
 
 
 def _settings(**overrides):
-  values = dict(hang_timeout_s=0, hang_first_s=1800, hang_floor_s=20, hang_factor=10, peer_timeout_s=0.5)
+  values = dict(
+    hang_timeout_s=0, hang_first_s=1800, hang_floor_s=20, hang_factor=10, peer_timeout_s=0.5
+  )
   return types.SimpleNamespace(**{**values, **overrides})
 
 
@@ -29,6 +33,7 @@ def _exit_recorder(calls):
   def exit_fn(code, line):
     calls.append((code, line))
     raise _Exited(line)
+
   return exit_fn
 
 
@@ -48,20 +53,36 @@ def test_bound_is_the_first_stay_limit_then_a_multiple_of_the_longest_stay_with_
   assert watchdog.bound(_settings(hang_timeout_s=45), 'eval', {'eval': 7.0}) == 45
 
 
-@pytest.mark.parametrize('phase,stayed,longest,hung', [
-    ('train', 25, {'train': 1.0}, True), ('train', 15, {'train': 1.0}, False), ('eval', 50, {'eval': 6.0}, False),
-    ('eval', 61, {'eval': 6.0}, True), ('startup', 10_000, {}, False), ('compile', 1000, {}, False)])
-def test_a_stay_past_its_bound_dumps_the_stacks_and_exits_hung(phase, stayed, longest, hung, capsys):
+@pytest.mark.parametrize(
+  'phase,stayed,longest,hung',
+  [
+    ('train', 25, {'train': 1.0}, True),
+    ('train', 15, {'train': 1.0}, False),
+    ('eval', 50, {'eval': 6.0}, False),
+    ('eval', 61, {'eval': 6.0}, True),
+    ('startup', 10_000, {}, False),
+    ('compile', 1000, {}, False),
+  ],
+)
+def test_a_stay_past_its_bound_dumps_the_stacks_and_exits_hung(
+  phase, stayed, longest, hung, capsys
+):
   calls = []
-  dog = watchdog.Watchdog(_Clock(phase, stayed, 7, longest), _settings(), process_index=1, process_count=4,
-                          exit_fn=_exit_recorder(calls))
+  dog = watchdog.Watchdog(
+    _Clock(phase, stayed, 7, longest),
+    _settings(),
+    process_index=1,
+    process_count=4,
+    exit_fn=_exit_recorder(calls),
+  )
   if hung:
     with pytest.raises(_Exited):
       dog.check_progress()
     ((code, line),) = calls
     assert code == errors.EXIT_HUNG == 76
     assert f'process 1 of 4 hung: no progress for {stayed} s in {phase} at step 7' in line
-    assert 'test_a_stay_past_its_bound' in capsys.readouterr().err  # Every thread's stack, this one's too.
+    # Every thread's stack, this one's too.
+    assert 'test_a_stay_past_its_bound' in capsys.readouterr().err
   else:
     dog.check_progress()
     assert not calls
@@ -93,8 +114,14 @@ class _Store:
 
 
 def _dog(store, index, calls, **settings):
-  return watchdog.Watchdog(_Clock('train', 0, 3, {}), _settings(**settings), process_index=index, process_count=4,
-                           client=store, exit_fn=_exit_recorder(calls))
+  return watchdog.Watchdog(
+    _Clock('train', 0, 3, {}),
+    _settings(**settings),
+    process_index=index,
+    process_count=4,
+    client=store,
+    exit_fn=_exit_recorder(calls),
+  )
 
 
 def test_process_0_names_the_silent_process_and_the_others_stop_with_the_same_cause():
@@ -115,12 +142,14 @@ def test_process_0_names_the_silent_process_and_the_others_stop_with_the_same_ca
   assert 'process 0 of 4 stops: process 2 of 4 stopped responding' in line
   with pytest.raises(_Exited):
     dogs[3].check_peers()
-  assert calls[1][0] == 75 and 'process 3 of 4 stops: process 2 of 4 stopped responding' in calls[1][1]
+  assert (
+    calls[1][0] == 75 and 'process 3 of 4 stops: process 2 of 4 stopped responding' in calls[1][1]
+  )
 
 
 def test_process_0_names_every_process_that_went_silent_about_when_the_first_did():
-  # kill -9 of process 2, and its gloo neighbour, process 3, aborted a moment later: both are named, whichever of
-  # them crosses the timeout first. Process 1 goes on beating.
+  # kill -9 of process 2, and its gloo neighbour, process 3, aborted a moment later: both are named,
+  # whichever of them crosses the timeout first. Process 1 goes on beating.
   store, calls = _Store(), []
   dogs = [_dog(store, i, calls, peer_timeout_s=1.0) for i in range(4)]
   for d in dogs:
@@ -138,8 +167,10 @@ def test_process_0_names_every_process_that_went_silent_about_when_the_first_did
       dogs[1].check_peers()
       dogs[0].check_peers()
   ((code, line),) = calls
-  assert code == 75 and re.search(r'process 0 of 4 stops: processes 2, 3 of 4 stopped responding \(no heartbeat for '
-                                  r'\d+, \d+ s', line), line
+  assert code == 75 and re.search(
+    r'process 0 of 4 stops: processes 2, 3 of 4 stopped responding \(no heartbeat for \d+, \d+ s',
+    line,
+  ), line
 
 
 def test_a_finished_process_is_not_lost_and_a_lost_coordinator_is_named():
@@ -161,8 +192,15 @@ def test_a_finished_process_is_not_lost_and_a_lost_coordinator_is_named():
 def test_the_thread_runs_inside_the_block_and_says_done_on_a_normal_exit():
   store, calls = _Store(), []
   clock = goodput.Clock()
-  with watchdog.Watchdog(clock, _settings(), process_index=1, process_count=2, client=store, poll_s=0.05,
-                         exit_fn=_exit_recorder(calls)):
+  with watchdog.Watchdog(
+    clock,
+    _settings(),
+    process_index=1,
+    process_count=2,
+    client=store,
+    poll_s=0.05,
+    exit_fn=_exit_recorder(calls),
+  ):
     time.sleep(0.3)
     assert store.data[f'{watchdog.ALIVE_PREFIX}1'] == '1'
   assert store.data[f'{watchdog.DONE_PREFIX}1'] == '1' and not calls
@@ -211,8 +249,14 @@ def test_the_clock_times_train_steps_apart_from_compiling_evaluating_and_saving(
         now[0] += 5.0
   assert clock.train_time() == (4, pytest.approx(6.0))
   assert clock.lap() == (2, pytest.approx(4.0))
-  phases = {'startup': 0.0, 'compile': 50.0, 'train': 4.5, 'input': 2.0, 'eval': 10.0,
-            'checkpoint': 5.0}
+  phases = {
+    'startup': 0.0,
+    'compile': 50.0,
+    'train': 4.5,
+    'input': 2.0,
+    'eval': 10.0,
+    'checkpoint': 5.0,
+  }
   assert clock.phases() == pytest.approx(phases)
   with pytest.raises(RuntimeError):
     with clock.phase('eval', 5):
@@ -222,20 +266,41 @@ def test_the_clock_times_train_steps_apart_from_compiling_evaluating_and_saving(
 
 def test_a_resumed_attempt_settles_the_lost_steps_of_the_one_before(tmp_path):
   workdir, now = str(tmp_path), time.time()
-  died = {'start': now - 130, 'end': now - 30, 'first_step': 0, 'last_step': 40, 'ended': 'running',
-          'phases': {'startup': 10.0, 'compile': 5.0, 'train': 60.0, 'input': 20.0, 'eval': 3.0, 'checkpoint': 2.0}}
+  died = {
+    'start': now - 130,
+    'end': now - 30,
+    'first_step': 0,
+    'last_step': 40,
+    'ended': 'running',
+    'phases': {
+      'startup': 10.0,
+      'compile': 5.0,
+      'train': 60.0,
+      'input': 20.0,
+      'eval': 3.0,
+      'checkpoint': 2.0,
+    },
+  }
   io_path = workdir_lib.path(workdir, workdir_lib.GOODPUT_FILE)
-  with open(io_path, 'w') as f:  # What an attempt killed after step 40 leaves: 80 s for 40 steps, 2 s a step.
+  # What an attempt killed after step 40 leaves: 80 s for 40 steps, 2 s a step.
+  with open(io_path, 'w') as f:
     json.dump({'attempts': [died]}, f)
-  second = goodput.Recorder(workdir, goodput.Clock(start=now - 20), resumed_from=30)  # The checkpoint of step 30.
+  # The checkpoint of step 30.
+  second = goodput.Recorder(workdir, goodput.Clock(start=now - 20), resumed_from=30)
   second.write(step=35, ended='finished')
   attempts = goodput.read(workdir)
   assert [a['ended'] for a in attempts] == ['died', 'finished']
   assert attempts[0]['lost_steps'] == 10
   assert attempts[0]['phases']['lost'] == pytest.approx(20.0)  # 10 steps at 2 s.
-  assert attempts[0]['phases']['train'] == pytest.approx(45.0) and attempts[0]['phases']['input'] == pytest.approx(15)
+  assert attempts[0]['phases']['train'] == pytest.approx(45.0) and attempts[0]['phases'][
+    'input'
+  ] == pytest.approx(15)
   total = goodput.summary(attempts)
-  assert total['attempts'] == 2 and total['gap'] == pytest.approx(10, abs=0.1) and total['lost'] == pytest.approx(20)
+  assert (
+    total['attempts'] == 2
+    and total['gap'] == pytest.approx(10, abs=0.1)
+    and total['lost'] == pytest.approx(20)
+  )
   assert sum(total[k] for k in goodput.ALL_PARTS) == pytest.approx(total['wall'], rel=0.02)
   assert total['goodput'] == pytest.approx(total['train'] / total['wall'])
   assert goodput.describe(total).startswith('goodput ')
@@ -250,17 +315,25 @@ def test_launchers_rerun_lost_and_hung_processes_only():
   assert not outcome.restartable([0, 0])
 
 
-JAX_LINE = ('F1204 14:01:45.693004    3580 client.h:86] Terminating process because the JAX distributed service '
-            'detected fatal errors. This most likely indicates that another task died. absl::Status: UNAVAILABLE: '
-            'Failed to send RPC to coordination service. Either the leader task was preempted/died/restarted')
+JAX_LINE = (
+  'F1204 14:01:45.693004    3580 client.h:86] Terminating process because the '
+  'JAX distributed service detected fatal errors. This most likely indicates '
+  'that another task died. absl::Status: UNAVAILABLE: Failed to send RPC to '
+  'coordination service. Either the leader task was preempted/died/restarted'
+)
 
 
 def test_jax_abort_names_the_process_the_service_declared_dead_else_the_coordinator_for_rpc_failures():
   head = JAX_LINE.split('absl::Status:')[0] + 'absl::Status: '
-  dead = outcome.lost_peer_line(1, 4, head + 'UNAVAILABLE: Task /job:jax_worker/replica:0/task:2 heartbeat timeout.')
+  dead = outcome.lost_peer_line(
+    1, 4, head + 'UNAVAILABLE: Task /job:jax_worker/replica:0/task:2 heartbeat timeout.'
+  )
   assert 'process 1 of 4 lost process 2:' in dead
-  for status in ('UNAVAILABLE: Socket closed', 'UNAVAILABLE: failed to connect to all addresses; Connection refused',
-                 'INTERNAL: Connection reset by peer'):
+  for status in (
+    'UNAVAILABLE: Socket closed',
+    'UNAVAILABLE: failed to connect to all addresses; Connection refused',
+    'INTERNAL: Connection reset by peer',
+  ):
     assert 'lost the coordinator (process 0)' in outcome.lost_peer_line(1, 4, head + status), status
   assert 'lost a peer' in outcome.lost_peer_line(1, 4, head + 'INTERNAL: something else')
 
@@ -270,47 +343,87 @@ def test_jax_abort_after_the_coordinator_died_becomes_one_line_and_counts_as_los
   assert line.startswith('vit_jax.main: error: process 3 of 4 lost the coordinator (process 0)')
   assert outcome.lost_peer_line(3, 4, 'step 5/10 loss 2.3') is None
   out = io.StringIO()
-  relay = local._Relay(3, 4, io.StringIO(f'step 5/10\n{JAX_LINE}\n*** Check failure stack trace: ***\n@ 0x7f\n'
-                                         'Fatal Python error: Aborted\n'), out, full_dumps=False)
+  relay = local._Relay(
+    3,
+    4,
+    io.StringIO(
+      f'step 5/10\n{JAX_LINE}\n*** Check failure stack '
+      'trace: ***\n@ 0x7f\nFatal Python error: Aborted\n'
+    ),
+    out,
+    full_dumps=False,
+  )
   relay.run()
   assert relay.lost
-  assert out.getvalue().splitlines() == ['[3] step 5/10', f'[3] {line}',
-                                         '[3] (3 lines of JAX stack dumps left out: --full_dumps shows them)']
+  assert out.getvalue().splitlines() == [
+    '[3] step 5/10',
+    f'[3] {line}',
+    '[3] (3 lines of JAX stack dumps left out: --full_dumps shows them)',
+  ]
 
 
 def test_a_gloo_abort_beside_a_dead_peer_becomes_one_line_and_counts_as_lost():
-  # Seen on a 4-process loopback run: process 3, 0.04 s after kill -9 of process 2 (its ring neighbour).
-  what = ('  what():  [enforce fail at external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] '
-          'op.preamble.length <= op.nbytes. 80 vs 4. Received data size doesn\'t match expected size.')
+  # Seen on a 4-process loopback run: process 3, 0.04 s after kill -9 of process 2 (its ring
+  # neighbour).
+  what = (
+    '  what():  [enforce fail at '
+    'external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] op.preamble.length <= '
+    "op.nbytes. 80 vs 4. Received data size doesn't match expected size."
+  )
   out = io.StringIO()
-  relay = local._Relay(3, 4, io.StringIO(f"step 5/10\nterminate called after throwing an instance of "
-                                         f"'gloo::EnforceNotMet'\n{what}\nFatal Python error: Aborted\n\n"
-                                         'Thread 0x00007f534b78a6c0 (most recent call first):\n'), out,
-                       full_dumps=False)
+  relay = local._Relay(
+    3,
+    4,
+    io.StringIO(
+      'step 5/10\nterminate called after throwing an instance of '
+      f"'gloo::EnforceNotMet'\n{what}\nFatal Python error: "
+      'Aborted\n\nThread 0x00007f534b78a6c0 (most recent call first):\n'
+    ),
+    out,
+    full_dumps=False,
+  )
   relay.run()
   lines = out.getvalue().splitlines()
   assert relay.lost and lines[0] == '[3] step 5/10' and len(lines) == 3, lines
-  assert lines[1] == ('[3] vit_jax.main: error: process 3 of 4 lost a peer in a collective: gloo::EnforceNotMet '
-                      '[enforce fail at external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] '
-                      'op.preamble.length <= op.nbytes. 80 vs 4. Received data size doesn\'t match expected size. '
-                      "(gloo does not say which process; the others' lines do); gloo aborted it (exit status 134, "
-                      'read as 75: restartable).')
+  assert lines[1] == (
+    '[3] vit_jax.main: error: process 3 of 4 lost a peer in a collective: gloo::EnforceNotMet '
+    '[enforce fail at external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] '
+    "op.preamble.length <= op.nbytes. 80 vs 4. Received data size doesn't match expected "
+    "size. (gloo does not say which process; the others' lines do); gloo aborted it (exit "
+    'status 134, read as 75: restartable).'
+  )
   assert lines[2] == '[3] (3 lines of JAX stack dumps left out: --full_dumps shows them)'
-  # Without its what() line (the stream ended), the line still comes, and a later line is not taken as its.
+  # Without its what() line (the stream ended), the line still comes, and a later line is not taken
+  # as its.
   out = io.StringIO()
-  local._Relay(3, 4, io.StringIO("terminate called after throwing an instance of 'gloo::IoException'\n"), out,
-               full_dumps=False).run()
-  assert out.getvalue().startswith('[3] vit_jax.main: error: process 3 of 4 lost a peer in a collective: '
-                                   'gloo::IoException (no message)')
+  local._Relay(
+    3,
+    4,
+    io.StringIO("terminate called after throwing an instance of 'gloo::IoException'\n"),
+    out,
+    full_dumps=False,
+  ).run()
+  assert out.getvalue().startswith(
+    '[3] vit_jax.main: error: process 3 of 4 lost a peer '
+    'in a collective: gloo::IoException (no message)'
+  )
 
 
 def test_local_processes_get_their_devices_and_a_loopback_coordinator():
-  env = local.process_env(1, devices_per_process=2, gpus=None, port=1234, base={'XLA_FLAGS': '--xla_foo=1'})
+  env = local.process_env(
+    1, devices_per_process=2, gpus=None, port=1234, base={'XLA_FLAGS': '--xla_foo=1'}
+  )
   assert env['XLA_FLAGS'] == '--xla_foo=1 --xla_force_host_platform_device_count=2'
   assert env['JAX_PLATFORMS'] == 'cpu' and env['JAX_COORDINATOR_BIND_ADDRESS'] == '127.0.0.1:1234'
-  assert local.process_env(1, devices_per_process=None, gpus=['4', '5'], port=1, base={})['CUDA_VISIBLE_DEVICES'] == '5'
-  assert local.process_command(['--workdir=w'], port=1234, processes=4, index=2, python='py')[-3:] == [
-      '--coordinator_address=127.0.0.1:1234', '--num_processes=4', '--process_id=2']
+  assert (
+    local.process_env(1, devices_per_process=None, gpus=['4', '5'], port=1, base={})[
+      'CUDA_VISIBLE_DEVICES'
+    ]
+    == '5'
+  )
+  assert local.process_command(['--workdir=w'], port=1234, processes=4, index=2, python='py')[
+    -3:
+  ] == ['--coordinator_address=127.0.0.1:1234', '--num_processes=4', '--process_id=2']
 
 
 def test_an_error_in_a_multi_process_run_waits_for_the_lost_peer_to_be_named(caplog):
@@ -318,40 +431,71 @@ def test_an_error_in_a_multi_process_run_waits_for_the_lost_peer_to_be_named(cap
 
   def exit_fn(code, line):
     calls.append((code, line))
-    dog._stop.set()  # pylint: disable=protected-access  (ends the thread, as os._exit ends the process)
+    # (ends the thread, as os._exit ends the process)
+    dog._stop.set()  # pylint: disable=protected-access
 
   store.key_value_set(watchdog.ABORT_KEY, 'process 2 of 4 stopped responding (...)')
-  dog = watchdog.Watchdog(goodput.Clock(), _settings(), process_index=1, process_count=4, client=store, poll_s=0.05,
-                          exit_fn=exit_fn)
+  dog = watchdog.Watchdog(
+    goodput.Clock(),
+    _settings(),
+    process_index=1,
+    process_count=4,
+    client=store,
+    poll_s=0.05,
+    exit_fn=exit_fn,
+  )
   with pytest.raises(RuntimeError, match='gloo: Connection reset by peer'):
     with dog:
       raise RuntimeError('gloo: Connection reset by peer')  # A collective with the dead process.
-  assert calls == [(75, 'process 1 of 4 stops: process 2 of 4 stopped responding (...); the job cannot go on: exiting '
-                        'with status 75 (restartable): rerun the same command on all processes to resume from the last '
-                        'checkpoint.')]
+  assert calls == [
+    (
+      75,
+      'process 1 of 4 stops: process 2 of 4 stopped responding (...); the '
+      'job cannot go on: exiting with status 75 (restartable): rerun the '
+      'same command on all processes to resume from the last checkpoint.',
+    )
+  ]
   assert 'checking for 10 s whether a peer was lost' in caplog.text
 
 
 def test_the_process_start_is_the_kernels_but_not_long_before_vit_jax_was_imported(monkeypatch):
   import vit_jax  # pylint: disable=g-import-not-at-top
+
   start = goodput.process_start_time()
-  assert vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S <= start <= vit_jax.IMPORTED_AT  # The interpreter counts.
-  # A process forked long before it ran Python (a shell's last command is exec'd in the shell's own process).
+  # The interpreter counts.
+  assert vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S <= start <= vit_jax.IMPORTED_AT
+  # A process forked long before it ran Python (a shell's last command is exec'd in the shell's own
+  # process).
   monkeypatch.setattr(vit_jax, 'IMPORTED_AT', time.time() + 1000)
-  assert goodput.process_start_time() == pytest.approx(vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S)
+  assert goodput.process_start_time() == pytest.approx(
+    vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S
+  )
 
 
 def test_jax_abort_that_lists_the_dead_tasks_on_the_next_lines_names_them():
-  # JAX 0.12's form (seen on a 4-process loopback run after kill -9 of process 2, when JAX's own heartbeat timeout
-  # came first): the status ends in ':' and the dead tasks follow, one number per line.
-  fatal = JAX_LINE.split('absl::Status:')[0] + ('absl::Status: UNAVAILABLE: The following tasks are unhealthy '
-                                               '(stopped sending heartbeats):')
+  # JAX 0.12's form (seen on a 4-process loopback run after kill -9 of process 2, when JAX's own
+  # heartbeat timeout came first): the status ends in ':' and the dead tasks follow, one number per
+  # line.
+  fatal = JAX_LINE.split('absl::Status:')[0] + (
+    'absl::Status: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):'
+  )
   out = io.StringIO()
-  relay = local._Relay(1, 4, io.StringIO(f'step 5/10\n{fatal}\n2\n3\nThe tasks have crashed. Check the task '
-                                         'logs.\n*** Check failure stack trace: ***\n'), out, full_dumps=False)
+  relay = local._Relay(
+    1,
+    4,
+    io.StringIO(
+      f'step 5/10\n{fatal}\n2\n3\nThe tasks have crashed. Check '
+      'the task logs.\n*** Check failure stack trace: ***\n'
+    ),
+    out,
+    full_dumps=False,
+  )
   relay.run()
   lines = out.getvalue().splitlines()
   assert relay.lost and lines[0] == '[1] step 5/10'
   assert lines[1].startswith('[1] vit_jax.main: error: process 1 of 4 lost process 2, 3: '), lines
-  assert lines[2] == '[1] (2 lines of JAX stack dumps left out: --full_dumps shows them)' and len(lines) == 3
+  assert (
+    lines[2] == '[1] (2 lines of JAX stack dumps left out: --full_dumps shows them)'
+    and len(lines) == 3
+  )
   assert outcome.task_numbers('2\n') == [2] and outcome.task_numbers('step 2') is None

@@ -1,41 +1,52 @@
-"""Every file access of vit_jax and launch/: local paths and gs:// URLs through one small API of plain strings.
+"""Every file access of vit_jax and launch/: local paths and gs:// URLs through one small API of
+plain strings.
 
-Built on etils.epath (what Orbax and TFDS use), whose fsspec backend reaches gs:// through gcsfs. TensorFlow is never
-imported: epath would pick tf.io.gfile for gs:// whenever TensorFlow is installed, so EPATH_USE_TF is set to false
-here, before any path is used (it only steers that choice). Nothing here needs JAX.
+Built on etils.epath (what Orbax and TFDS use), whose fsspec backend reaches gs:// through gcsfs.
+TensorFlow is never imported: epath would pick tf.io.gfile for gs:// whenever TensorFlow is
+installed, so EPATH_USE_TF is set to false here, before any path is used (it only steers that
+choice). Nothing here needs JAX.
 
 Contracts:
-  * `write_bytes` / `write_text` are atomic: a reader sees the old file or the whole new one, never a part (a local
-    file is written to a temporary name in the same folder, then renamed; a gs:// object appears whole on close).
-  * `append_bytes` / `append_text` add to the end of a file (a gs:// object is rewritten whole, as GCS has no
-    append: for files that grow all run long, write new files instead, as vit_jax/training/metrics.py does on gs://).
+  * `write_bytes` / `write_text` are atomic: a reader sees the old file or the whole new one, never
+    a part (a local file is written to a temporary name in the same folder, then renamed; a gs://
+    object appears whole on close).
+  * `append_bytes` / `append_text` add to the end of a file (a gs:// object is rewritten whole, as
+    GCS has no append: for files that grow all run long, write new files instead, as
+    vit_jax/training/metrics.py does on gs://).
   * `read_head` reads a file's first bytes and no more (one ranged request on gs://).
-  * `create_new` creates a file only where none exists, atomically: of two racing creators exactly one succeeds, and
-    the file appears with its whole content or not at all.
-  * Failures of a remote store that are not "no such file" (no network, no credentials, no bucket) raise
-    `StorageError`, a UserError (one line at the command line's error boundary, vit_jax/errors.py) and an OSError
-    whose message names the path and what to check. Local OSErrors (no space left, read-only file system,
-    permission denied) pass through unchanged: the error boundary names them.
-  * `IMAGE_EXTENSIONS` is the one list of image file names that training, prediction and the tools accept.
+  * `create_new` creates a file only where none exists, atomically: of two racing creators exactly
+    one succeeds, and the file appears with its whole content or not at all.
+  * Failures of a remote store that are not "no such file" (no network, no credentials, no bucket)
+    raise `StorageError`, a UserError (one line at the command line's error boundary,
+    vit_jax/errors.py) and an OSError whose message names the path and what to check. Local OSErrors
+    (no space left, read-only file system, permission denied) pass through unchanged: the error
+    boundary names them.
+  * `IMAGE_EXTENSIONS` is the one list of image file names that training, prediction and the tools
+    accept.
 """
+
 import contextlib
 import os
 from typing import Iterator
 
-os.environ.setdefault('EPATH_USE_TF', 'false')  # Must precede the first gs:// path (epath caches its choice).
+# Must precede the first gs:// path (epath caches its choice).
+os.environ.setdefault('EPATH_USE_TF', 'false')
 
 from etils import epath  # noqa: E402  (after the setting above)
 import fsspec  # noqa: E402  (epath's backend for gs://)
 
 from vit_jax import errors  # noqa: E402
 
-SCHEMES = ('gs',)  # Remote locations: gcsfs is a dependency (etils.epath knows s3:// and others, without theirs).
-# Lower-case; every format PIL decodes into RGB (JPEGs through libjpeg-turbo: vit_jax/data/preprocess.py).
+# Remote locations: gcsfs is a dependency (etils.epath knows s3:// and others, without theirs).
+SCHEMES = ('gs',)
+# Lower-case; every format PIL decodes into RGB (JPEGs through libjpeg-turbo:
+# vit_jax/data/preprocess.py).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
 class StorageError(errors.UserError, OSError):
-  """A remote location (gs://...) could not be reached or used; the message names it and what to check."""
+  """A remote location (gs://...) could not be reached or used; the message names it and what to
+  check."""
 
 
 def is_remote(path: str) -> bool:
@@ -63,26 +74,36 @@ def parent(path: str) -> str:
 
 
 def basename(path: str) -> str:
-  return str(path).rstrip('/').rsplit('/', 1)[-1] if is_remote(path) else os.path.basename(str(path).rstrip(os.sep))
+  return (
+    str(path).rstrip('/').rsplit('/', 1)[-1]
+    if is_remote(path)
+    else os.path.basename(str(path).rstrip(os.sep))
+  )
 
 
 @contextlib.contextmanager
 def _remote_errors(path: str):
-  """Turns a remote store's own exceptions (auth, network, missing bucket) into StorageError naming `path`."""
+  """Turns a remote store's own exceptions (auth, network, missing bucket) into StorageError naming
+  `path`."""
   try:
     yield
   except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, StorageError):
     raise
-  except Exception as e:  # pylint: disable=broad-except  (gcsfs/aiohttp/google-auth raise many kinds)
+  # (gcsfs/aiohttp/google-auth raise many kinds)
+  except Exception as e:  # pylint: disable=broad-except
     if not is_remote(path) and isinstance(e, OSError):
       raise
     scheme = str(path).partition('://')[0]
     if isinstance(e, NotImplementedError) or scheme not in SCHEMES:
-      raise StorageError(f'Cannot read {path}: vit_jax reads local paths and {", ".join(f"{s}://" for s in SCHEMES)} '
-                         f'URLs, not {scheme}://.') from e
+      raise StorageError(
+        f'Cannot read {path}: vit_jax reads local paths and '
+        f'{", ".join(f"{s}://" for s in SCHEMES)} URLs, not {scheme}://.'
+      ) from e
     message = ' '.join(str(e).split())[:300] or type(e).__name__
-    raise StorageError(f'Cannot use {path}: {type(e).__name__}: {message}. Check the network, the credentials '
-                       '(gcloud auth application-default login) and the bucket name.') from e
+    raise StorageError(
+      f'Cannot use {path}: {type(e).__name__}: {message}. Check the network, the credentials '
+      '(gcloud auth application-default login) and the bucket name.'
+    ) from e
 
 
 def _path(path: str) -> epath.Path:
@@ -120,6 +141,7 @@ def glob(pattern: str) -> list[str]:
   with _remote_errors(pattern):
     if not is_remote(pattern):
       import glob as glob_lib  # pylint: disable=g-import-not-at-top
+
       return sorted(glob_lib.glob(pattern))
     # epath globs relative to a folder: split at the first part with a wildcard.
     scheme, _, rest = pattern.partition('://')
@@ -145,9 +167,11 @@ def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
 
 
 def image_files(folder: str) -> list[str]:
-  """Every image file (IMAGE_EXTENSIONS) in `folder` and the folders below it, sorted: the one walk of an image
-  folder that training, evaluation and prediction share."""
-  return sorted(join(root, name) for root, _, names in walk(folder) for name in names if is_image_file(name))
+  """Every image file (IMAGE_EXTENSIONS) in `folder` and the folders below it, sorted: the one walk
+  of an image folder that training, evaluation and prediction share."""
+  return sorted(
+    join(root, name) for root, _, names in walk(folder) for name in names if is_image_file(name)
+  )
 
 
 def makedirs(path: str) -> None:
@@ -212,7 +236,8 @@ def write_text(path: str, text: str) -> None:
 
 
 def append_bytes(path: str, data: bytes) -> None:
-  """Adds `data` to the end of the file (creating it and its folder); see the module doc for gs://."""
+  """Adds `data` to the end of the file (creating it and its folder); see the module doc for
+  gs://."""
   path = str(path)
   if is_remote(path):
     try:
@@ -231,17 +256,20 @@ def append_text(path: str, text: str) -> None:
 
 
 def open_log(path: str):
-  """A local file opened for appending text, line-buffered, for a child process's output (which needs a real file);
-  a StorageError for a gs:// path, which cannot take one."""
+  """A local file opened for appending text, line-buffered, for a child process's output (which
+  needs a real file); a StorageError for a gs:// path, which cannot take one."""
   if is_remote(path):
-    raise StorageError(f'Cannot write a process log to {path}: a child process writes its output to a local file; '
-                       'use a local path.')
+    raise StorageError(
+      f'Cannot write a process log to {path}: a child process '
+      'writes its output to a local file; use a local path.'
+    )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   return open(path, 'a', encoding='utf-8', buffering=1)  # pylint: disable=consider-using-with
 
 
 def create_new(path: str, data: bytes) -> bool:
-  """Creates the file with `data` if it does not exist (module doc); True when this call created it."""
+  """Creates the file with `data` if it does not exist (module doc); True when this call created
+  it."""
   path = str(path)
   with _remote_errors(path):
     if is_remote(path):

@@ -11,6 +11,7 @@ The tokenizers are vit_jax/data/tokenizers.py's, the image preprocessing and `ge
 vit_jax/data/preprocess.py's (whose docs say how each matches the reference). The reference's
 TensorFlow graph ops (`preprocess_tf`) raise a NotImplementedError that says what to call instead.
 """
+
 from vit_jax.data.preprocess import PreprocessImages, get_pp
 from vit_jax.data.tokenizers import BertTokenizer, SentencepieceTokenizer, get_tokenizer
 

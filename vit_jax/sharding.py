@@ -3,16 +3,18 @@
 Mesh axes (`config.mesh`, a list of (name, size) pairs, -1 = the remaining devices):
   data  - batch split; parameters replicated.
   fsdp  - batch split too, and large parameters (and their optimiser state) sharded over it.
-  model - tensor parallel (Megatron): attention heads and MLP hidden units (for an MLP-Mixer, the hidden units of
-          its token-mixing MLPs, tokens_mlp_dim, and of its channel-mixing MLPs, channels_mlp_dim).
-The batch is split over ('data', 'fsdp'). `model` is the last mesh axis, so jax.make_mesh gives it the most
-closely connected devices.
+  model - tensor parallel (Megatron): attention heads and MLP hidden units (for an MLP-Mixer, the
+          hidden units of its token-mixing MLPs, tokens_mlp_dim, and of its channel-mixing MLPs,
+          channels_mlp_dim).
+The batch is split over ('data', 'fsdp'). `model` is the last mesh axis, so jax.make_mesh gives it
+the most closely connected devices.
 
-Parameter specs come from one regex-over-name rule set (`TP_RULES`, via utils.tree_rules), then FSDP shards the
-largest still-free divisible dimension of every array of at least `fsdp_min_size` elements. A scanned encoder's
-stacked blocks (`Transformer/encoderblock/...`, leading layer axis) are laid out per layer exactly like the unrolled
-blocks, with the layer axis replicated in front.
+Parameter specs come from one regex-over-name rule set (`TP_RULES`, via utils.tree_rules), then FSDP
+shards the largest still-free divisible dimension of every array of at least `fsdp_min_size`
+elements. A scanned encoder's stacked blocks (`Transformer/encoderblock/...`, leading layer axis)
+are laid out per layer exactly like the unrolled blocks, with the layer axis replicated in front.
 """
+
 import math
 import re
 
@@ -21,20 +23,27 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vit_jax import utils
-from vit_jax.configs.choices import AXES, BATCH_AXES, STRATEGIES, mesh_shape  # noqa: F401  (their owner)
+
+# (their owner)
+from vit_jax.configs.choices import AXES, BATCH_AXES, STRATEGIES, mesh_shape  # noqa: F401
 
 
 # Megatron-style tensor parallelism, by parameter name -> PartitionSpec.
 TP_RULES = (
-    (r'.*MultiHeadDotProductAttention_0/(query|key|value)/kernel', P(None, 'model', None)),  # (D, heads, hd)
-    (r'.*MultiHeadDotProductAttention_0/(query|key|value)/bias', P('model', None)),  # (heads, hd)
-    (r'.*MultiHeadDotProductAttention_0/out/kernel', P('model', None, None)),  # (heads, hd, D)
-    # Every MLP: a ViT block's (and a MAP head's), and an MLP-Mixer block's token- and channel-mixing MLPs.
-    (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_0/kernel', P(None, 'model')),  # (in, hidden)
-    (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_0/bias', P('model')),
-    (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_1/kernel', P('model', None)),  # (hidden, out)
+  # (D, heads, hd)
+  (r'.*MultiHeadDotProductAttention_0/(query|key|value)/kernel', P(None, 'model', None)),
+  (r'.*MultiHeadDotProductAttention_0/(query|key|value)/bias', P('model', None)),  # (heads, hd)
+  (r'.*MultiHeadDotProductAttention_0/out/kernel', P('model', None, None)),  # (heads, hd, D)
+  # Every MLP: a ViT block's (and a MAP head's), and an MLP-Mixer block's token- and
+  # channel-mixing MLPs.
+  # (in, hidden)
+  (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_0/kernel', P(None, 'model')),
+  (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_0/bias', P('model')),
+  # (hidden, out)
+  (r'.*(MlpBlock_0|token_mixing|channel_mixing)/Dense_1/kernel', P('model', None)),
 )
-# Parameters of a scanned encoder (VisionTransformer(scan=True)): the rules above describe one layer.
+# Parameters of a scanned encoder (VisionTransformer(scan=True)): the rules above describe one
+# layer.
 STACKED = re.compile(r'(.*/)?Transformer/encoderblock/.+')
 
 
@@ -42,7 +51,9 @@ def make_mesh(mesh_config=(('data', -1),), devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   names, sizes = mesh_shape(mesh_config, len(devices))
   # Auto axes: XLA propagates shardings through the model from the parameter and batch shardings.
-  return jax.make_mesh(sizes, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names), devices=devices)
+  return jax.make_mesh(
+    sizes, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names), devices=devices
+  )
 
 
 def batch_axes(mesh) -> tuple[str, ...]:
@@ -50,8 +61,8 @@ def batch_axes(mesh) -> tuple[str, ...]:
 
 
 def batch_size_per_step(mesh) -> int:
-  """How many shards the batch dimension is split into (mesh None: the abstract mesh of the current context, one
-  shard outside any)."""
+  """How many shards the batch dimension is split into (mesh None: the abstract mesh of the current
+  context, one shard outside any)."""
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
@@ -87,7 +98,9 @@ def param_specs(params, mesh, strategy: str = 'replicate', fsdp_min_size: int = 
   use_fsdp = 'fsdp' in strategy.split('+')
   for axis, used in (('model', use_tp), ('fsdp', use_fsdp)):
     if used and axis not in mesh.axis_names:
-      raise ValueError(f"Strategy {strategy!r} needs a {axis!r} mesh axis; config.mesh has {mesh.axis_names}.")
+      raise ValueError(
+        f'Strategy {strategy!r} needs a {axis!r} mesh axis; config.mesh has {mesh.axis_names}.'
+      )
   specs = utils.tree_rules(params, TP_RULES if use_tp else (), default=P())
   fsdp_size = mesh.shape['fsdp'] if use_fsdp else 1
 
@@ -95,11 +108,14 @@ def param_specs(params, mesh, strategy: str = 'replicate', fsdp_min_size: int = 
     stacked = bool(STACKED.fullmatch(name))
     spec = _fsdp_spec(x.shape[1:] if stacked else x.shape, spec, fsdp_size, fsdp_min_size)
     if stacked:
-      spec = P(None, *spec)  # Layer axis unsharded: else each scan step would gather its layer from other devices.
+      # Layer axis unsharded: else each scan step would gather its layer from other devices.
+      spec = P(None, *spec)
     for dim, axis in enumerate(spec):
       if axis is not None and x.shape[dim] % mesh.shape[axis]:
-        raise ValueError(f'{name} of shape {x.shape} cannot be split over mesh axis {axis!r} of size '
-                         f'{mesh.shape[axis]} (dimension {dim}); choose a mesh size that divides it.')
+        raise ValueError(
+          f'{name} of shape {x.shape} cannot be split over mesh axis {axis!r} of size '
+          f'{mesh.shape[axis]} (dimension {dim}); choose a mesh size that divides it.'
+        )
     return spec
 
   names = utils.tree_names(params)
@@ -111,15 +127,20 @@ def to_shardings(specs, mesh):
 
 
 def follow_params(tree, params_shardings, mesh):
-  """Shardings for an optimiser-state tree: any subtree shaped like the params takes the params' shardings. A subtree
-  that holds only some of the params (optax.multi_transform's moments of a LiT model's trained text tower, without its
-  locked image tower) takes theirs by name: every leaf of the subtree at a parameter's path."""
+  """Shardings for an optimiser-state tree: any subtree shaped like the params takes the params'
+  shardings. A subtree that holds only some of the params (optax.multi_transform's moments of a LiT
+  model's trained text tower, without its locked image tower) takes theirs by name: every leaf of
+  the subtree at a parameter's path."""
   param_struct = jax.tree.structure(params_shardings)
-  by_path = {tuple(path): s for path, s in jax.tree_util.tree_flatten_with_path(params_shardings)[0]}
+  by_path = {
+    tuple(path): s for path, s in jax.tree_util.tree_flatten_with_path(params_shardings)[0]
+  }
 
   def partial_params(node):
     leaves = jax.tree_util.tree_flatten_with_path(node)[0]
-    if not leaves or any(isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array)) and not leaf.shape for _, leaf in leaves):
+    if not leaves or any(
+      isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array)) and not leaf.shape for _, leaf in leaves
+    ):
       return None
     out = []
     for path, _ in leaves:
@@ -146,15 +167,17 @@ def follow_params(tree, params_shardings, mesh):
 def constrain(x, *dims):
   """Sharding constraint on an activation, a no-op outside a mesh context (jax.set_mesh).
 
-  `dims` names each dimension: 'batch' (over data and fsdp), 'model', or None. Axes the mesh lacks, or that do
-  not divide the dimension (e.g. the batch of 1 at init), are left unsharded.
+  `dims` names each dimension: 'batch' (over data and fsdp), 'model', or None. Axes the mesh lacks,
+  or that do not divide the dimension (e.g. the batch of 1 at init), are left unsharded.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
   spec = []
   for size, dim in zip(x.shape, dims):
-    axes = tuple(a for a in (BATCH_AXES if dim == 'batch' else (dim,) if dim else ()) if a in mesh.axis_names)
+    axes = tuple(
+      a for a in (BATCH_AXES if dim == 'batch' else (dim,) if dim else ()) if a in mesh.axis_names
+    )
     shards = math.prod(mesh.shape[a] for a in axes)
     spec.append(axes if axes and size % shards == 0 else None)
   return jax.lax.with_sharding_constraint(x, P(*spec))

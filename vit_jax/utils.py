@@ -1,4 +1,5 @@
 """Small tree helpers shared by checkpointing, optimisation and sharding."""
+
 import re
 from typing import Any, Sequence
 

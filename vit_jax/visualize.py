@@ -4,20 +4,24 @@
   python -m vit_jax.visualize curves RUN [RUN...] [--out=curves.png]
   python -m vit_jax.visualize goodput RUN [RUN...] [--out=goodput.png]
 
-`attention` writes two PNGs per image into --out (default RUN/attention): NAME_rollout.png, the input (after the
-run's evaluation preprocessing) beside it with the attention rollout overlaid, titled with the top prediction; and
-NAME_heads.png, the last layer's attention of every head over the patches (see vit_jax/inference/attention_maps.py).
-The model comes from --workdir or --checkpoint/--model, as for vit_jax.predict; an MLP-Mixer has no attention and
-is refused with one line. Runs, images and outputs may be local or gs:// (vit_jax/io.py).
+`attention` writes two PNGs per image into --out (default RUN/attention): NAME_rollout.png, the
+input (after the run's evaluation preprocessing) beside it with the attention rollout overlaid,
+titled with the top prediction; and NAME_heads.png, the last layer's attention of every head over
+the patches (see vit_jax/inference/attention_maps.py). The model comes from --workdir or
+--checkpoint/--model, as for vit_jax.predict; an MLP-Mixer has no attention and is refused with one
+line. Runs, images and outputs may be local or gs:// (vit_jax/io.py).
 
-`curves` writes one PNG of train loss, learning rate, eval accuracy and training img/s against the step, read from
-each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --names). Where a step was written twice
-(a run resumed after a crash trains the lost steps again), the later record is the one plotted.
+`curves` writes one PNG of train loss, learning rate, eval accuracy and training img/s against the
+step, read from each RUN's metrics.jsonl, the runs overlaid and named (by folder name, or --names).
+Where a step was written twice (a run resumed after a crash trains the lost steps again), the later
+record is the one plotted.
 
-`goodput` writes one PNG with a stacked horizontal bar per RUN: where its wall time went, over all its attempts, in
-the parts of vit_jax/runtime/goodput.py (startup, compile, train, input, eval, checkpoint, lost, gap), read from each RUN's
-goodput.json, with the goodput (train / wall) in the run's label.
+`goodput` writes one PNG with a stacked horizontal bar per RUN: where its wall time went, over all
+its attempts, in the parts of vit_jax/runtime/goodput.py (startup, compile, train, input, eval,
+checkpoint, lost, gap), read from each RUN's goodput.json, with the goodput (train / wall) in the
+run's label.
 """
+
 import argparse
 import collections
 import io as bytes_io
@@ -37,13 +41,19 @@ from vit_jax.runtime import workdir as workdir_lib
 log = logging.getLogger(__name__)
 
 # (metrics.jsonl key, panel title) of the curves figure.
-CURVES = (('train/loss', 'train loss'), ('train/learning_rate', 'learning rate'),
-          ('eval/accuracy', 'eval accuracy'), ('train/img_per_sec', 'train img/s'))
+CURVES = (
+  ('train/loss', 'train loss'),
+  ('train/learning_rate', 'learning rate'),
+  ('eval/accuracy', 'eval accuracy'),
+  ('train/img_per_sec', 'train img/s'),
+)
 OVERLAY_CMAP = 'inferno'
 
 
 def _figure(width: float, height: float):
-  from matplotlib import figure  # pylint: disable=g-import-not-at-top  (no pyplot: no global figure state)
+  # (no pyplot: no global figure state)
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+
   return figure.Figure(figsize=(width, height), dpi=100, layout='constrained')
 
 
@@ -54,21 +64,25 @@ def save_png(fig, path: str) -> None:
   io.write_bytes(path, buf.getvalue())
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Curves.
 
 
 def read_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{key: (steps, values)} of a run's metrics, sorted by step; a step written twice keeps its last value."""
+  """{key: (steps, values)} of a run's metrics, sorted by step; a step written twice keeps its last
+  value."""
   if not io.exists(workdir_lib.path(workdir, workdir_lib.METRICS_FILE)):
-    raise workdir_lib.WorkdirError(f'{workdir} has no {workdir_lib.METRICS_FILE}: is it the workdir of a training '
-                                   'run?')
+    raise workdir_lib.WorkdirError(
+      f'{workdir} has no {workdir_lib.METRICS_FILE}: is it the workdir of a training run?'
+    )
   series: dict[str, dict[int, float]] = {}
   for step, values in workdir_lib.merged_metrics(workdir).items():
     for key, value in values.items():
       series.setdefault(key, {})[step] = value
-  return {key: (np.array(list(by_step)), np.array(list(by_step.values()), np.float64))
-          for key, by_step in series.items()}
+  return {
+    key: (np.array(list(by_step)), np.array(list(by_step.values()), np.float64))
+    for key, by_step in series.items()
+  }
 
 
 def run_names(workdirs: Sequence[str]) -> list[str]:
@@ -95,7 +109,9 @@ def plot_curves(workdirs: Sequence[str], out: str, *, names: Sequence[str] | Non
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if not plotted:
-      ax.text(0.5, 0.5, f'no {key} in metrics.jsonl', ha='center', va='center', transform=ax.transAxes)
+      ax.text(
+        0.5, 0.5, f'no {key} in metrics.jsonl', ha='center', va='center', transform=ax.transAxes
+      )
   for ax in axes[2:]:
     ax.set_xlabel('step')
   axes[0].legend(loc='best', fontsize='small')
@@ -103,19 +119,30 @@ def plot_curves(workdirs: Sequence[str], out: str, *, names: Sequence[str] | Non
   return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Goodput.
 
-GOODPUT_COLORS = {'train': '#2a9d8f', 'startup': '#8d99ae', 'compile': '#e9c46a', 'input': '#f4a261',
-                  'eval': '#457b9d', 'checkpoint': '#a8dadc', 'lost': '#e63946', 'gap': '#6d6875'}
+GOODPUT_COLORS = {
+  'train': '#2a9d8f',
+  'startup': '#8d99ae',
+  'compile': '#e9c46a',
+  'input': '#f4a261',
+  'eval': '#457b9d',
+  'checkpoint': '#a8dadc',
+  'lost': '#e63946',
+  'gap': '#6d6875',
+}
 
 
 def read_goodput(workdir: str) -> dict:
-  """The run's goodput totals (vit_jax/runtime/goodput.py `summary`); a clear error for a run without goodput.json."""
+  """The run's goodput totals (vit_jax/runtime/goodput.py `summary`); a clear error for a run
+  without goodput.json."""
   totals = goodput.summary(goodput.read(workdir))
   if not totals:
-    raise workdir_lib.WorkdirError(f'{workdir} has no {workdir_lib.GOODPUT_FILE}: is it the workdir of a training '
-                                   'run (one started by this version)?')
+    raise workdir_lib.WorkdirError(
+      f'{workdir} has no {workdir_lib.GOODPUT_FILE}: is it the '
+      'workdir of a training run (one started by this version)?'
+    )
   return totals
 
 
@@ -142,7 +169,7 @@ def plot_goodput(workdirs: Sequence[str], out: str, *, names: Sequence[str] | No
   return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Attention.
 
 
@@ -155,8 +182,15 @@ def _overlay(ax, pixels: np.ndarray, heat: np.ndarray, title: str) -> None:
   """The image with `heat` (a map over the patch grid, scaled to its maximum) stretched over it."""
   h, w = pixels.shape[:2]
   ax.imshow(pixels, extent=(0, w, h, 0), interpolation='nearest')
-  ax.imshow(heat / max(float(heat.max()), 1e-12), extent=(0, w, h, 0), cmap=OVERLAY_CMAP, alpha=0.55,
-            interpolation='bilinear', vmin=0.0, vmax=1.0)
+  ax.imshow(
+    heat / max(float(heat.max()), 1e-12),
+    extent=(0, w, h, 0),
+    cmap=OVERLAY_CMAP,
+    alpha=0.55,
+    interpolation='bilinear',
+    vmin=0.0,
+    vmax=1.0,
+  )
   ax.set_title(title, fontsize='small')
   ax.set_axis_off()
 
@@ -173,7 +207,8 @@ def rollout_figure(image: np.ndarray, rollout: np.ndarray, title: str):
 
 
 def heads_figure(image: np.ndarray, heads: np.ndarray, title: str):
-  """The input, then the last layer's map of every head overlaid on it: one row up to 6 panels, else a grid."""
+  """The input, then the last layer's map of every head overlaid on it: one row up to 6 panels, else
+  a grid."""
   panels = 1 + len(heads)
   rows = math.ceil(panels / 6)
   cols = math.ceil(panels / rows)
@@ -190,11 +225,14 @@ def heads_figure(image: np.ndarray, heads: np.ndarray, title: str):
 
 
 def _stems(paths: Sequence[str]) -> list[str]:
-  """Output name stems: file names without extension; where they repeat, prefixed with their folder's name, then
-  numbered if they still repeat."""
+  """Output name stems: file names without extension; where they repeat, prefixed with their
+  folder's name, then numbered if they still repeat."""
   stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
   counts = collections.Counter(stems)
-  stems = [s if counts[s] == 1 else f'{os.path.basename(os.path.dirname(p))}_{s}' for s, p in zip(stems, paths)]
+  stems = [
+    s if counts[s] == 1 else f'{os.path.basename(os.path.dirname(p))}_{s}'
+    for s, p in zip(stems, paths)
+  ]
   counts, seen = collections.Counter(stems), collections.Counter()
   out = []
   for stem in stems:
@@ -208,12 +246,15 @@ def _short(path: str) -> str:
   return '/'.join(os.path.normpath(path).split(os.sep)[-2:])
 
 
-def write_attention(trained, paths: Sequence[str], out_dir: str, *,
-                    batch_size: int = 16) -> tuple[list[str], list[tuple[str, str]]]:
-  """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path, error)]).
-  `trained` is a vit_jax.inference.trained.Trained (attention_maps.NoAttentionError for an MLP-Mixer)."""
+def write_attention(
+  trained, paths: Sequence[str], out_dir: str, *, batch_size: int = 16
+) -> tuple[list[str], list[tuple[str, str]]]:
+  """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path,
+  error)]). `trained` is a vit_jax.inference.trained.Trained (attention_maps.NoAttentionError for an
+  MLP-Mixer)."""
   from vit_jax import models, predict  # pylint: disable=g-import-not-at-top
   from vit_jax.inference import attention_maps, trained as inference
+
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
   stems = _stems(paths)
@@ -223,36 +264,53 @@ def write_attention(trained, paths: Sequence[str], out_dir: str, *,
     if not indices:
       continue
     logits, weights = attention(trained.params, inference.pad_batch(images, batch_size))
-    rollouts, heads = attention_maps.maps(weights[:, :len(indices)], grid)
-    probs = predict.probabilities(logits[:len(indices)], trained.config.loss)
+    rollouts, heads = attention_maps.maps(weights[:, : len(indices)], grid)
+    probs = predict.probabilities(logits[: len(indices)], trained.config.loss)
     for j, i in enumerate(indices):
       best = int(np.argmax(probs[j]))
       title = f'{_short(paths[i])}: {trained.label(best)} {probs[j, best]:.2f}'
-      for kind, fig in (('rollout', rollout_figure(images[j], rollouts[j], title)),
-                        ('heads', heads_figure(images[j], heads[j], title))):
+      for kind, fig in (
+        ('rollout', rollout_figure(images[j], rollouts[j], title)),
+        ('heads', heads_figure(images[j], heads[j], title)),
+      ):
         path = io.join(out_dir, f'{stems[i]}_{kind}.png')
         save_png(fig, path)
         written.append(path)
   return written, errors
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Command line.
 
 
 def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-  parser = argparse.ArgumentParser(prog='python -m vit_jax.visualize', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog='python -m vit_jax.visualize',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   commands = parser.add_subparsers(dest='command', required=True)
-  attention = commands.add_parser('attention', help='Attention rollout and per-head maps of images.')
-  attention.add_argument('inputs', nargs='+', help='Image files, folders or globs (local or gs://).')
+  attention = commands.add_parser(
+    'attention', help='Attention rollout and per-head maps of images.'
+  )
+  attention.add_argument(
+    'inputs', nargs='+', help='Image files, folders or globs (local or gs://).'
+  )
   cli.add_model_args(attention)
-  attention.add_argument('--out', help='Output folder (default: WORKDIR/attention, or ./attention).')
-  attention.add_argument('--batch_size', type=int, default=16, help='Images per forward pass (default 16).')
+  attention.add_argument(
+    '--out', help='Output folder (default: WORKDIR/attention, or ./attention).'
+  )
+  attention.add_argument(
+    '--batch_size', type=int, default=16, help='Images per forward pass (default 16).'
+  )
   curves = commands.add_parser('curves', help='Training curves of runs, overlaid.')
-  curves.add_argument('runs', nargs='+', help='Workdirs of training runs (each with a metrics.jsonl).')
+  curves.add_argument(
+    'runs', nargs='+', help='Workdirs of training runs (each with a metrics.jsonl).'
+  )
   curves.add_argument('--out', default='curves.png', help='Output PNG (default: curves.png).')
-  curves.add_argument('--names', help='Comma-separated legend names, one per run (default: folder names).')
+  curves.add_argument(
+    '--names', help='Comma-separated legend names, one per run (default: folder names).'
+  )
   cli.add_verbose(curves)
   bars = commands.add_parser('goodput', help="Where runs' wall time went: a stacked bar per run.")
   bars.add_argument('runs', nargs='+', help='Workdirs of training runs (each with a goodput.json).')
@@ -271,18 +329,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if names and len(names) != len(args.runs):
       command.error(f'--names has {len(names)} names for {len(args.runs)} runs.')
     plot = plot_curves if args.command == 'curves' else plot_goodput
-    return cli.run(lambda: print(plot(args.runs, args.out, names=names)), prog=command.prog, argv=argv)
+    return cli.run(
+      lambda: print(plot(args.runs, args.out, names=names)), prog=command.prog, argv=argv
+    )
   cli.check_model_args(args, command)
   return cli.run(lambda: _attention(args), prog=command.prog, argv=argv)
 
 
 def _attention(args) -> int:
-  from vit_jax.inference import attention_maps, trained as inference  # pylint: disable=g-import-not-at-top  (JAX loads here)
-  attention_maps.check_has_attention(inference.model_config_from_args(args))  # Before reading any parameters.
+  # (JAX loads here)
+  from vit_jax.inference import attention_maps, trained as inference  # pylint: disable=g-import-not-at-top
+
+  # Before reading any parameters.
+  attention_maps.check_has_attention(inference.model_config_from_args(args))
   trained = inference.load_from_args(args)
   out_dir = args.out or io.join(args.workdir or '.', workdir_lib.ATTENTION_DIR)
   paths, missing = inference.expand_inputs(args.inputs)
-  written, errors = write_attention(trained, paths, out_dir, batch_size=args.batch_size) if paths else ([], [])
+  written, errors = (
+    write_attention(trained, paths, out_dir, batch_size=args.batch_size) if paths else ([], [])
+  )
   for path in written:
     print(path)
   for path, why in missing + errors:

@@ -11,6 +11,7 @@ accepts; `Grammar.parse(arg)` gives {name: value} of the arguments given, or a V
 the bad part and what would be valid: a bad key (the keys), a bad value (the values), a missing or
 extra positional argument (the usage line).
 """
+
 import dataclasses
 from typing import Mapping
 
@@ -56,8 +57,10 @@ class Grammar:
         raise ValueError(f'Bad config argument {part!r} in {arg!r}; usage: {self.usage}{keys}.')
       if not sep:
         if set(out) - set(self.positional) or len(out) == len(self.positional):
-          raise ValueError(f'Bad config argument {part!r} in {arg!r} ({self._no_value_here(out)}); '
-                           f'usage: {self.usage}.')
+          raise ValueError(
+            f'Bad config argument {part!r} in {arg!r} ({self._no_value_here(out)}); '
+            f'usage: {self.usage}.'
+          )
         key, value = self.positional[len(out)], part
       valid = tuple(map(str, self.valid.get(key, ())))
       if valid and value not in valid:
@@ -66,8 +69,10 @@ class Grammar:
     missing = [name for name in self.positional if name not in out]
     if missing:
       valid = ', '.join(map(str, self.valid.get(missing[0], ())))
-      raise ValueError(f'Missing <{missing[0]}> in {arg!r}; usage: {self.usage}'
-                       f'{f"; {missing[0]}: {valid}" if valid else ""}.')
+      raise ValueError(
+        f'Missing <{missing[0]}> in {arg!r}; usage: {self.usage}'
+        f'{f"; {missing[0]}: {valid}" if valid else ""}.'
+      )
     return out
 
   def _no_value_here(self, given: dict) -> str:

@@ -9,6 +9,7 @@ type share a prefix (their metrics would overwrite each other), and each option'
 config.fewshot.datasets is not left unprobed by entries without a few-shot one.
 `fewshot_problems` is the one rule of few-shot options: config.fewshot's and a few-shot entry's.
 """
+
 from vit_jax.configs import choices
 from vit_jax.configs.values import choice, closest, number
 
@@ -23,7 +24,7 @@ def fewshot_problems(problems: list[str], name: str, options) -> None:
   datasets = options['datasets']
   if not isinstance(datasets, str):
     problems.append(
-        f"config.{name}.datasets={datasets!r} must be a string 'name:train_split:test_split,...'."
+      f"config.{name}.datasets={datasets!r} must be a string 'name:train_split:test_split,...'."
     )
     return
   try:
@@ -35,12 +36,12 @@ def fewshot_problems(problems: list[str], name: str, options) -> None:
     number(problems, f'{name}.l2_reg', options['l2_reg'], low=0, low_open=True)
     shots = options['shots']
     if (
-        not isinstance(shots, (tuple, list))
-        or not shots
-        or not all(isinstance(k, int) and k >= 1 for k in shots)
+      not isinstance(shots, (tuple, list))
+      or not shots
+      or not all(isinstance(k, int) and k >= 1 for k in shots)
     ):
       problems.append(
-          f'config.{name}.shots={shots!r} must be positive integers, e.g. (1, 5, 10, 25).'
+        f'config.{name}.shots={shots!r} must be positive integers, e.g. (1, 5, 10, 25).'
       )
 
 
@@ -52,21 +53,21 @@ def _options(problems: list[str], config, where: str, kind: str, entry) -> None:
   """The values of an entry's own options (`kind` its type, config.<where> the entry)."""
   if 'split' in entry and not _one_split(entry['split']):
     problems.append(
-        f"config.{where}.split={entry['split']!r} must be one split, e.g. 'test' or "
-        "'train[99%:]' (absent: the first split of config.eval_split)."
+      f"config.{where}.split={entry['split']!r} must be one split, e.g. 'test' or "
+      "'train[99%:]' (absent: the first split of config.eval_split)."
     )
   if kind == 'fewshot':
     options = {key: entry.get(key, config.fewshot[key]) for key in FEWSHOT_OPTIONS}
     fewshot_problems(problems, where, options)
     if options['datasets'] == '':
       problems.append(
-          f"config.{where} is a 'fewshot' entry without datasets: give it datasets "
-          "('name:train_split:test_split,...'), or set config.fewshot.datasets."
+        f"config.{where} is a 'fewshot' entry without datasets: give it datasets "
+        "('name:train_split:test_split,...'), or set config.fewshot.datasets."
       )
   if kind == 'retrieval' and not (config.lit.captions or config.lit.text_feature):
     problems.append(
-        f"config.{where} is a 'retrieval' entry, which scores captions: set config.lit.captions "
-        "(an image folder's) or config.lit.text_feature (a TFDS dataset's)."
+      f"config.{where} is a 'retrieval' entry, which scores captions: set config.lit.captions "
+      "(an image folder's) or config.lit.text_feature (a TFDS dataset's)."
     )
 
 
@@ -88,8 +89,8 @@ def problems(config) -> list[str]:
     for key in entry.keys():
       if key not in valid:
         out.append(
-            f'config.{where}.{key} is not an option of a {kind!r} evaluator, which takes '
-            f'{", ".join(valid)}{closest(key, valid)}.'
+          f'config.{where}.{key} is not an option of a {kind!r} evaluator, which takes '
+          f'{", ".join(valid)}{closest(key, valid)}.'
         )
     if 'every_steps' in entry:
       number(out, f'{where}.every_steps', entry['every_steps'], low=1, integer=True)
@@ -98,9 +99,9 @@ def problems(config) -> list[str]:
       out.append(f'config.{where}.prefix={prefix!r} must be a string, e.g. {name + "/"!r}.')
     elif (kind, prefix) in prefixes:
       out.append(
-          f'config.{where} and config.evals.{prefixes[kind, prefix]} are both {kind!r} entries '
-          f'with prefix {prefix!r}: their metrics would overwrite each other; give each its own '
-          'prefix.'
+        f'config.{where} and config.evals.{prefixes[kind, prefix]} are both {kind!r} entries '
+        f'with prefix {prefix!r}: their metrics would overwrite each other; give each its own '
+        'prefix.'
       )
     else:
       prefixes[kind, prefix] = name
@@ -108,8 +109,8 @@ def problems(config) -> list[str]:
   types = [entry.get('type') for entry in config.evals.values() if hasattr(entry, 'get')]
   if types and config.fewshot.datasets and 'fewshot' not in types:
     out.append(
-        f'config.fewshot.datasets={config.fewshot.datasets!r} is set, but config.evals has no '
-        "'fewshot' entry to probe them (its entries replace the default evaluators): add "
-        "dict(type='fewshot'), or set fewshot.datasets to ''."
+      f'config.fewshot.datasets={config.fewshot.datasets!r} is set, but config.evals has no '
+      "'fewshot' entry to probe them (its entries replace the default evaluators): add "
+      "dict(type='fewshot'), or set fewshot.datasets to ''."
     )
   return out

@@ -1,6 +1,7 @@
-"""Reading configs: a command line's `--config=FILE[:ARGS]` and its `--config.KEY=VALUE` overrides (ml_collections'
-config_flags, as vit_jax.main parses them), one override from a sweep, and a run's stored config.json over the
-current defaults (vit_jax/configs/common.py)."""
+"""Reading configs: a command line's `--config=FILE[:ARGS]` and its `--config.KEY=VALUE` overrides
+(ml_collections' config_flags, as vit_jax.main parses them), one override from a sweep, and a run's
+stored config.json over the current defaults (vit_jax/configs/common.py)."""
+
 import ast
 import logging
 
@@ -12,12 +13,14 @@ from vit_jax.configs import check, common, fields, presets
 
 log = logging.getLogger(__name__)
 
-# The defaults of a stored model's fields that no preset gives, per family (presets.family; a ViT's: the default).
+# The defaults of a stored model's fields that no preset gives, per family (presets.family; a ViT's:
+# the default).
 FAMILY_DEFAULTS = {'mixer': 'Mixer-B_16', 'lit': 'LiT-B16B'}
 
 
 def _tuples(value):
-  """JSON lists -> tuples, recursively (config values hold tuples: patch sizes, mesh axes, shots)."""
+  """JSON lists -> tuples, recursively (config values hold tuples: patch sizes, mesh axes,
+  shots)."""
   if isinstance(value, (list, tuple)):
     return tuple(_tuples(v) for v in value)
   if isinstance(value, dict):
@@ -25,7 +28,9 @@ def _tuples(value):
   return value
 
 
-def _overlay(node: ml_collections.ConfigDict, stored: dict, prefix: str, dropped: list[str]) -> None:
+def _overlay(
+  node: ml_collections.ConfigDict, stored: dict, prefix: str, dropped: list[str]
+) -> None:
   for key, value in stored.items():
     if key not in node:
       dropped.append(prefix + key)
@@ -38,34 +43,43 @@ def _overlay(node: ml_collections.ConfigDict, stored: dict, prefix: str, dropped
 
 
 def from_dict(stored: dict) -> ml_collections.ConfigDict:
-  """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it lacks keeps its
-  default, a field the code no longer has is left out (logged). The model's defaults are its preset's when
-  `model.model_name` names a preset of the stored model's family (presets.family), else that family's default: the
-  default model's, or FAMILY_DEFAULTS'. config.evals is taken whole (the run's own entries)."""
+  """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it
+  lacks keeps its default, a field the code no longer has is left out (logged). The model's defaults
+  are its preset's when `model.model_name` names a preset of the stored model's family
+  (presets.family), else that family's default: the default model's, or FAMILY_DEFAULTS'.
+  config.evals is taken whole (the run's own entries)."""
   config = common.get_config()
   stored = dict(stored)
   config.evals = ml_collections.ConfigDict(_tuples(stored.pop('evals', {})))
   model = dict(stored.pop('model', {}))
   family = presets.family(model)
   name = model.get('model_name')
-  if name in presets.MODEL_NAMES + tuple(presets.LIT_PRESETS) and presets.family(
-      presets.get_model_config(name)) == family:
+  if (
+    name in presets.MODEL_NAMES + tuple(presets.LIT_PRESETS)
+    and presets.family(presets.get_model_config(name)) == family
+  ):
     config.model = presets.get_model_config(name)
   elif family != 'vit':
     config.model = presets.get_model_config(FAMILY_DEFAULTS[family])
   if family == 'lit':  # The text tower's fields depend on the tower: taken whole.
-    config.model.text = ml_collections.ConfigDict(_tuples(model.pop('text', config.model.text.to_dict())))
+    config.model.text = ml_collections.ConfigDict(
+      _tuples(model.pop('text', config.model.text.to_dict()))
+    )
   dropped = []
   _overlay(config.model, model, 'model.', dropped)
   _overlay(config, stored, '', dropped)
   if dropped:
-    log.info('Fields of the stored config that this version does not have (left out): %s.', ', '.join(dropped))
+    log.info(
+      'Fields of the stored config that this version does not have (left out): %s.',
+      ', '.join(dropped),
+    )
   return config
 
 
 def override(config: ml_collections.ConfigDict, key: str, value) -> None:
-  """Sets the dotted field `key` in place. A string for a field that is not a string (a --config.KEY=VALUE or --sweep
-  value) is read as a Python literal first, as the command line reads it: '32' -> 32, '(16, 16)' -> (16, 16)."""
+  """Sets the dotted field `key` in place. A string for a field that is not a string (a
+  --config.KEY=VALUE or --sweep value) is read as a Python literal first, as the command line reads
+  it: '32' -> 32, '(16, 16)' -> (16, 16)."""
   *parents, leaf = key.split('.')
   node = config
   for part in parents:
@@ -79,27 +93,39 @@ def override(config: ml_collections.ConfigDict, key: str, value) -> None:
 
 
 def from_command_line(spec: str, override_args=()) -> ml_collections.ConfigDict:
-  """The config that `python -m vit_jax.main --config=SPEC ARGS...` gets (`override_args` are its --config.KEY=VALUE
-  arguments), parsed by the same ml_collections config_flags, locked. Raises check.UnknownFieldError for an unknown
-  field (with the field to use) or a model field of the other family (a ViT's on a Mixer), check.ConfigError for an
-  override or a config file that does not parse (naming it)."""
-  unknown = [a.split('=', 1)[0][len('--config.'):] for a in override_args if a.startswith('--config.')]
+  """The config that `python -m vit_jax.main --config=SPEC ARGS...` gets (`override_args` are its
+  --config.KEY=VALUE arguments), parsed by the same ml_collections config_flags, locked. Raises
+  check.UnknownFieldError for an unknown field (with the field to use) or a model field of the other
+  family (a ViT's on a Mixer), check.ConfigError for an override or a config file that does not
+  parse (naming it)."""
+  unknown = [
+    a.split('=', 1)[0][len('--config.') :] for a in override_args if a.startswith('--config.')
+  ]
   unknown = [name for name in unknown if not check.is_known(name)]
   if unknown:
     raise check.UnknownFieldError('\n'.join(check.unknown_message(name) for name in unknown))
   values = flags.FlagValues()
   argv = ['vit_jax.main', f'--config={spec}', *override_args]
   try:
-    config_flags.DEFINE_config_file('config', spec, '', flag_values=values, lock_config=True, sys_argv=argv)
+    config_flags.DEFINE_config_file(
+      'config', spec, '', flag_values=values, lock_config=True, sys_argv=argv
+    )
     values(argv)
     return values.config
-  except Exception as e:  # pylint: disable=broad-except  (config_flags raises many kinds; all are the input's fault)
+  # (config_flags raises many kinds; all are the input's fault)
+  except Exception as e:  # pylint: disable=broad-except
     root = e
     while root.__cause__ or root.__context__:
       root = root.__cause__ or root.__context__
-    names = [a.split('=', 1)[0][len('--config.'):] for a in override_args if a.startswith('--config.model.')]
+    names = [
+      a.split('=', 1)[0][len('--config.') :]
+      for a in override_args
+      if a.startswith('--config.model.')
+    ]
     other = fields.other_family(from_command_line(spec).model, names) if names else []
     if other:  # A known field of the other model family (a ViT's on a Mixer config, say): say so.
       raise check.UnknownFieldError('\n'.join(other)) from e
     text, cause = ' '.join(str(e).split()), ' '.join(str(root).split())
-    raise check.ConfigError(text if cause in text else f'{text}: {type(root).__name__}: {cause}') from e
+    raise check.ConfigError(
+      text if cause in text else f'{text}: {type(root).__name__}: {cause}'
+    ) from e

@@ -1,12 +1,14 @@
 """google-research/vision_transformer's model-config API, backed by our single preset registry.
 
-`MODEL_CONFIGS[name]` (locked ConfigDicts), `AUGREG_CONFIGS[augreg_name]` (the models with AugReg checkpoints, keyed
-as their file names start, e.g. 'B_16', 'R_Ti_16', 'R26_S_32'), and one getter per preset: `get_b16_config()`,
-`get_r50_b16_config()`, `get_testing_config()`, `get_mixer_b16_config()`, ... Each getter returns a new unlocked
-ConfigDict, as in the reference. The tables themselves are `vit_jax.configs.presets.PRESETS` and `MIXER_PRESETS`
-(Mixers have no AugReg checkpoints, so they are in MODEL_CONFIGS only), and the LiT image-text models' (`get_lit_b16b_config()`, ...;
-`presets.LIT_PRESETS`).
+`MODEL_CONFIGS[name]` (locked ConfigDicts), `AUGREG_CONFIGS[augreg_name]` (the models with AugReg
+checkpoints, keyed as their file names start, e.g. 'B_16', 'R_Ti_16', 'R26_S_32'), and one getter
+per preset: `get_b16_config()`, `get_r50_b16_config()`, `get_testing_config()`,
+`get_mixer_b16_config()`, ... Each getter returns a new unlocked ConfigDict, as in the reference.
+The tables themselves are `vit_jax.configs.presets.PRESETS` and `MIXER_PRESETS` (Mixers have no
+AugReg checkpoints, so they are in MODEL_CONFIGS only), and the LiT image-text models'
+(`get_lit_b16b_config()`, ...; `presets.LIT_PRESETS`).
 """
+
 import ml_collections
 
 from vit_jax.configs import presets
@@ -16,7 +18,8 @@ _NOT_AUGREG = ('testing', 'ViT-L_32', 'R50+ViT-B_16', 'ViT-H_14', 'ViT-g_14', 'V
 
 
 def augreg_name(model_name: str) -> str:
-  """'R+ViT-Ti_16' -> 'R_Ti_16': how AugReg file names spell a model (usable in paths and URLs unescaped)."""
+  """'R+ViT-Ti_16' -> 'R_Ti_16': how AugReg file names spell a model (usable in paths and URLs
+  unescaped)."""
   return model_name.replace('ViT-', '').replace('+', '_')
 
 

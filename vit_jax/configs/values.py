@@ -1,6 +1,7 @@
 """The value rules of the config check (vit_jax/configs/check.py, and configs/evals.py for the
 entries of config.evals): each appends one line to `problems` naming the field, its value and what
 would be valid."""
+
 import difflib
 import math
 
@@ -19,14 +20,14 @@ def choice(problems, name, value, valid) -> None:
 
 
 def number(
-    problems, name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False
+  problems, name, value, *, low=None, high=None, low_open=False, high_open=False, integer=False
 ) -> None:
   """`value` of config.<name> must be a number (an integer with `integer`) within the bounds."""
   kinds = (int,) if integer else (int, float)
   if (
-      isinstance(value, bool)
-      or not isinstance(value, kinds)
-      or (isinstance(value, float) and math.isnan(value))
+    isinstance(value, bool)
+    or not isinstance(value, kinds)
+    or (isinstance(value, float) and math.isnan(value))
   ):
     problems.append(f'config.{name}={value!r} must be {"an integer" if integer else "a number"}.')
     return

@@ -1,1 +1,2 @@
-"""Input: global positions -> batches; sources, preprocessing, captions, tokenizers, TFDS builders."""
+"""Input: global positions -> batches; sources, preprocessing, captions, tokenizers, TFDS
+builders."""

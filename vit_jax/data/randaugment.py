@@ -1,9 +1,10 @@
 """RandAugment (Cubuk et al. 2019) as big_vision and AugReg use it, on uint8 [H, W, 3] numpy images.
 
-`num_layers` times: one op drawn uniformly from the 16 below and always applied, at the fixed `magnitude` m
-(m / 10 scales each op's range; magnitudes above 10, e.g. AugReg's 15 and 20, extrapolate). Ops marked +- take a
-random sign. Geometric ops fill uncovered pixels with 128 and sample the nearest pixel. Every draw comes from the
-`numpy.random.Generator` given, which the input pipeline seeds from (seed, global position).
+`num_layers` times: one op drawn uniformly from the 16 below and always applied, at the fixed
+`magnitude` m (m / 10 scales each op's range; magnitudes above 10, e.g. AugReg's 15 and 20,
+extrapolate). Ops marked +- take a random sign. Geometric ops fill uncovered pixels with 128 and
+sample the nearest pixel. Every draw comes from the `numpy.random.Generator` given, which the input
+pipeline seeds from (seed, global position).
 
 | op           | magnitude rule (m = magnitude)                                       |
 |--------------|----------------------------------------------------------------------|
@@ -22,26 +23,46 @@ random sign. Geometric ops fill uncovered pixels with 128 and sample the nearest
 | TranslateX/Y | +- m/10 * 100 pixels                                                 |
 | Cutout       | a (2p x 2p) square of 128 at a uniform centre, p = int(m/10 * 40)    |
 
-Blends compute degenerate + factor * (image - degenerate) in float, clip to 0..255 and truncate to uint8.
+Blends compute degenerate + factor * (image - degenerate) in float, clip to 0..255 and truncate to
+uint8.
 
 Two ops differ from big_vision's TF version on purpose, where that one has bugs:
-  * Contrast: big_vision blends towards (number of pixels / 256), not the mean gray level; here the mean gray level
-    (PIL's ImageEnhance.Contrast rule).
-  * Solarize: big_vision compares uint8 pixels with a threshold cast to uint8, so t = 256 (m = 10) wraps to 0 and
-    inverts every pixel, and t = 384 (m = 15) wraps to 128; here the threshold is compared as an integer, so
-    m >= 10 leaves the image unchanged (the op's documented meaning).
+  * Contrast: big_vision blends towards (number of pixels / 256), not the mean gray level; here the
+    mean gray level (PIL's ImageEnhance.Contrast rule).
+  * Solarize: big_vision compares uint8 pixels with a threshold cast to uint8, so t = 256 (m = 10)
+    wraps to 0 and inverts every pixel, and t = 384 (m = 15) wraps to 128; here the threshold is
+    compared as an integer, so m >= 10 leaves the image unchanged (the op's documented meaning).
 """
+
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 MAX_LEVEL = 10.0
 FILL = (128, 128, 128)
-OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'Color', 'Contrast',
-       'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
+OPS = (
+  'AutoContrast',
+  'Equalize',
+  'Invert',
+  'Rotate',
+  'Posterize',
+  'Solarize',
+  'Color',
+  'Contrast',
+  'Brightness',
+  'Sharpness',
+  'ShearX',
+  'ShearY',
+  'TranslateX',
+  'TranslateY',
+  'Cutout',
+  'SolarizeAdd',
+)
 
 
 def blend(degenerate: np.ndarray, image: np.ndarray, factor: float) -> np.ndarray:
-  out = degenerate.astype(np.float32) + factor * (image.astype(np.float32) - degenerate.astype(np.float32))
+  out = degenerate.astype(np.float32) + factor * (
+    image.astype(np.float32) - degenerate.astype(np.float32)
+  )
   return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -94,18 +115,25 @@ def brightness(image: np.ndarray, factor: float) -> np.ndarray:
 
 def sharpness(image: np.ndarray, factor: float) -> np.ndarray:
   smooth = np.asarray(Image.fromarray(image).filter(ImageFilter.SMOOTH)).copy()
-  smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = image[0], image[-1], image[:, 0], image[:, -1]
+  smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = (
+    image[0],
+    image[-1],
+    image[:, 0],
+    image[:, -1],
+  )
   return blend(smooth, image, factor)
 
 
 def _affine(image: np.ndarray, coefficients) -> np.ndarray:
-  """Output pixel (x, y) takes input pixel (a x + b y + c, d x + e y + f) (integer pixel coordinates, as TF's image
-  transforms), nearest, filled with 128."""
+  """Output pixel (x, y) takes input pixel (a x + b y + c, d x + e y + f) (integer pixel
+  coordinates, as TF's image transforms), nearest, filled with 128."""
   a, b, c, d, e, f = coefficients
   # PIL samples at pixel centres (x + 0.5, y + 0.5); shift so that integer coordinates map as above.
   coefficients = (a, b, c - 0.5 * (a + b - 1), d, e, f - 0.5 * (d + e - 1))
   pil = Image.fromarray(image)
-  return np.asarray(pil.transform(pil.size, Image.AFFINE, coefficients, resample=Image.NEAREST, fillcolor=FILL))
+  return np.asarray(
+    pil.transform(pil.size, Image.AFFINE, coefficients, resample=Image.NEAREST, fillcolor=FILL)
+  )
 
 
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
@@ -133,11 +161,13 @@ def translate_y(image: np.ndarray, pixels: float) -> np.ndarray:
 def cutout(image: np.ndarray, pad: int, center: tuple[int, int]) -> np.ndarray:
   out = image.copy()
   y, x = center
-  out[max(0, y - pad):y + pad, max(0, x - pad):x + pad] = FILL
+  out[max(0, y - pad) : y + pad, max(0, x - pad) : x + pad] = FILL
   return out
 
 
-def apply_op(name: str, image: np.ndarray, magnitude: float, rng: np.random.Generator) -> np.ndarray:
+def apply_op(
+  name: str, image: np.ndarray, magnitude: float, rng: np.random.Generator
+) -> np.ndarray:
   """Op `name` at `magnitude` (the module doc's rules), drawing its sign or position from `rng`."""
   level = magnitude / MAX_LEVEL
   sign = lambda: 1.0 if rng.random() < 0.5 else -1.0
@@ -178,7 +208,9 @@ def apply_op(name: str, image: np.ndarray, magnitude: float, rng: np.random.Gene
   raise ValueError(f'Unknown RandAugment op {name!r}; valid: {", ".join(OPS)}.')
 
 
-def randaugment(image: np.ndarray, rng: np.random.Generator, *, num_layers: int, magnitude: float) -> np.ndarray:
+def randaugment(
+  image: np.ndarray, rng: np.random.Generator, *, num_layers: int, magnitude: float
+) -> np.ndarray:
   """`num_layers` ops drawn uniformly from OPS, each applied at `magnitude` (see module doc)."""
   for _ in range(num_layers):
     image = apply_op(OPS[int(rng.integers(0, len(OPS)))], image, magnitude, rng)

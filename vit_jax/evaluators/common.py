@@ -1,10 +1,13 @@
-"""Exact evaluation: padded batches with a mask, so every example counts once; sums stay on device until the end.
-What the evaluators share: the split one reads (`one_split`), the counted step and its totals.
+"""Exact evaluation: padded batches with a mask, so every example counts once; sums stay on device
+until the end. What the evaluators share: the split one reads (`one_split`), the counted step and
+its totals.
 
-The running totals are added inside the jitted step, so each batch is one program on every process, dispatched in
-the same order. (Adding them with eager `jnp.add` outside made each addition its own small multi-process program; a
-process that dispatched another thread's collective between them could wait forever on its peers: issue 31.)
+The running totals are added inside the jitted step, so each batch is one program on every process,
+dispatched in the same order. (Adding them with eager `jnp.add` outside made each addition its own
+small multi-process program; a process that dispatched another thread's collective between them
+could wait forever on its peers: issue 31.)
 """
+
 from typing import Callable, Iterable
 
 import jax
@@ -22,7 +25,8 @@ def one_split(config, split: str = ''):
 
 
 def zeros(num_classes: int) -> dict[str, jax.Array]:
-  """The totals before the first batch: {'correct', 'loss', 'count'}, and 'correct_top5' for >= 5 classes."""
+  """The totals before the first batch: {'correct', 'loss', 'count'}, and 'correct_top5' for >= 5
+  classes."""
   keys = ('correct', 'loss', 'count') + (('correct_top5',) if num_classes >= 5 else ())
   return {key: jnp.zeros((), jnp.float32) for key in keys}
 
@@ -33,8 +37,9 @@ def classifier_logits(model) -> Callable:
 
 
 def make_eval_step(logits_fn: Callable, *, loss: str = 'softmax') -> Callable:
-  """(params, batch, totals) -> totals plus this batch's masked sums (the keys of `zeros`), from `logits_fn(params,
-  images)` (`classifier_logits`, or a zero-shot classifier's: vit_jax/evaluators/zeroshot.py)."""
+  """(params, batch, totals) -> totals plus this batch's masked sums (the keys of `zeros`), from
+  `logits_fn(params, images)` (`classifier_logits`, or a zero-shot classifier's:
+  vit_jax/evaluators/zeroshot.py)."""
 
   def eval_step(params, batch, totals):
     logits = logits_fn(params, preprocess.to_float(batch['image']))
@@ -42,11 +47,12 @@ def make_eval_step(logits_fn: Callable, *, loss: str = 'softmax') -> Callable:
     num_classes = logits.shape[-1]
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    rank = jnp.sum(logits > label_logit, axis=-1)  # How many classes score strictly above the label.
+    # How many classes score strictly above the label.
+    rank = jnp.sum(logits > label_logit, axis=-1)
     sums = {
-        'correct': jnp.sum(correct * mask),
-        'loss': jnp.sum(losses.per_example_loss(logits, labels, kind=loss) * mask),
-        'count': jnp.sum(mask),
+      'correct': jnp.sum(correct * mask),
+      'loss': jnp.sum(losses.per_example_loss(logits, labels, kind=loss) * mask),
+      'count': jnp.sum(mask),
     }
     if num_classes >= 5:
       sums['correct_top5'] = jnp.sum((rank < 5).astype(jnp.float32) * mask)

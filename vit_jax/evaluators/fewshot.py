@@ -9,6 +9,7 @@ in `shots`, k training examples per class are drawn (seeded per class) and a clo
 `<name>_<k>shot` is the mean test accuracy over the seeds. The same computation runs on every
 process, so every process holds the same result. An option not given is config.fewshot's.
 """
+
 import jax
 import numpy as np
 
@@ -28,9 +29,14 @@ class FewShotEvaluator:
     self._shots = tuple(fs['shots'])
     self._seeds = int(fs['seeds'])
     self._l2 = float(fs['l2_reg'])
-    self._configs = {  # Its own dataset and splits (an image folder's classes come from its train split).
-        (name, split): with_split(config, split, dataset=name, image_folder='', train_split=train_split)
-        for name, train_split, test_split in self._datasets for split in (train_split, test_split)}
+    # Its own dataset and splits (an image folder's classes come from its train split).
+    self._configs = {
+      (name, split): with_split(
+        config, split, dataset=name, image_folder='', train_split=train_split
+      )
+      for name, train_split, test_split in self._datasets
+      for split in (train_split, test_split)
+    }
     features = model.clone(num_classes=0)  # Pre-logits: the same parameters, the head unused.
     self._batch_shard = sharding.batch_sharding(mesh)
 
@@ -52,14 +58,17 @@ class FewShotEvaluator:
   def run(self, params) -> dict[str, float]:
     out = {}
     for name, train_split, test_split in self._datasets:
-      num_classes = input_pipeline.open_split(self._configs[name, train_split], train_split).num_classes
+      num_classes = input_pipeline.open_split(
+        self._configs[name, train_split], train_split
+      ).num_classes
       train_x, train_y = self._features(params, self._configs[name, train_split])
       test_x, test_y = self._features(params, self._configs[name, test_split])
       for k in self._shots:
         accuracies = []
         for seed in range(self._seeds):
           idx = ridge.draw_shots(train_y, num_classes, k, seed)
-          accuracies.append(ridge.accuracy(train_x[idx], train_y[idx], test_x, test_y, num_classes, self._l2))
+          accuracies.append(
+            ridge.accuracy(train_x[idx], train_y[idx], test_x, test_y, num_classes, self._l2)
+          )
         out[f'{name}_{k}shot'] = float(np.mean(accuracies))
     return out
-

@@ -1,9 +1,11 @@
-"""Image-text retrieval of a LiT model on one captioned split (config.lit.captions): recall@1/5/10 from images to
-texts and from texts to images (vit_jax/tasks/contrastive.py's `recall_at_k`; an image with several captions is found by
-any of them). Every image of the split counts once on any number of hosts: the padded eval batches carry each row's
-record index, and the embeddings come back whole on every process (replicated) before the metric is computed on the
-host. Metrics: img2txt/recall@k and txt2img/recall@k.
+"""Image-text retrieval of a LiT model on one captioned split (config.lit.captions): recall@1/5/10
+from images to texts and from texts to images (vit_jax/tasks/contrastive.py's `recall_at_k`; an
+image with several captions is found by any of them). Every image of the split counts once on any
+number of hosts: the padded eval batches carry each row's record index, and the embeddings come back
+whole on every process (replicated) before the metric is computed on the host. Metrics:
+img2txt/recall@k and txt2img/recall@k.
 """
+
 import jax
 import numpy as np
 
@@ -25,22 +27,33 @@ class RetrievalEvaluator:
     records = input_pipeline.open_split(config, config.eval_split).records
     texts = captions.record_texts(config, records)
     self._image_of_text = np.array([i for i, image_texts in enumerate(texts) for _ in image_texts])
-    self._tokens = captions.of_run(config).tokenizer([t for image_texts in texts for t in image_texts])
+    self._tokens = captions.of_run(config).tokenizer(
+      [t for image_texts in texts for t in image_texts]
+    )
     self._num_images = len(texts)
-    self._images = jax.jit(lambda params, batch: (model.apply(
-        {'params': params}, images=preprocess.to_float(batch['image']))[0], batch['index']),
-                           out_shardings=self._replicated)  # One program per batch (no eager ops: issue 31).
-    self._texts = jax.jit(lambda params, tokens: model.apply({'params': params}, tokens=tokens)[1],
-                          out_shardings=self._replicated)
+    self._images = jax.jit(
+      lambda params, batch: (
+        model.apply({'params': params}, images=preprocess.to_float(batch['image']))[0],
+        batch['index'],
+      ),
+      # One program per batch (no eager ops: issue 31).
+      out_shardings=self._replicated,
+    )
+    self._texts = jax.jit(
+      lambda params, tokens: model.apply({'params': params}, tokens=tokens)[1],
+      out_shardings=self._replicated,
+    )
 
   def _text_embeddings(self, params) -> np.ndarray:
     size = self._config.eval_batch_size
     out = []
     for start in range(0, len(self._tokens), size):
-      chunk = self._tokens[start:start + size]
+      chunk = self._tokens[start : start + size]
       padded = np.zeros((size,) + chunk.shape[1:], chunk.dtype)
-      padded[:len(chunk)] = chunk
-      out.append(np.asarray(self._texts(params, jax.device_put(padded, self._replicated)))[:len(chunk)])
+      padded[: len(chunk)] = chunk
+      out.append(
+        np.asarray(self._texts(params, jax.device_put(padded, self._replicated)))[: len(chunk)]
+      )
     return np.concatenate(out)
 
   def run(self, params) -> dict[str, float]:

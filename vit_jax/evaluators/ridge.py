@@ -1,7 +1,9 @@
-"""Closed-form ridge regression for few-shot linear probes (the few-shot evaluator's math), in numpy float64.
+"""Closed-form ridge regression for few-shot linear probes (the few-shot evaluator's math), in numpy
+float64.
 
 Given features x (N, D) and integer labels y (N,) of the few-shot train set:
-  1. standardise x with the train set's per-feature mean and std (+ 1e-5), the test features with the same;
+  1. standardise x with the train set's per-feature mean and std (+ 1e-5), the test features with
+     the same;
   2. append a constant feature (BIAS, large, so the bias is almost unregularised);
   3. regress targets t = 2 * onehot(y) - 1 (N, C) with l2 regularisation `l2`:
        w = (x^T x + l2 I)^-1 x^T t    (primal, D x D system; used when N >= D)
@@ -10,6 +12,7 @@ Given features x (N, D) and integer labels y (N,) of the few-shot train set:
   4. predict argmax(x_test w).
 This is the linear probe of big_vision's few-shot evaluator.
 """
+
 import numpy as np
 
 BIAS = 100.0
@@ -43,16 +46,23 @@ def fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float) -> dict:
 
 def predict(probe: dict, x: np.ndarray) -> np.ndarray:
   """Predicted labels [M] of features x [M, D]."""
-  return np.argmax(_standardise(np.asarray(x, np.float64), probe['mean'], probe['std']) @ probe['w'], axis=1)
+  return np.argmax(
+    _standardise(np.asarray(x, np.float64), probe['mean'], probe['std']) @ probe['w'], axis=1
+  )
 
 
 def accuracy(train_x, train_y, test_x, test_y, num_classes: int, l2: float) -> float:
   """Test accuracy of the ridge probe fitted on (train_x, train_y)."""
-  return float(np.mean(predict(fit(train_x, train_y, num_classes, l2), test_x) == np.asarray(test_y)))
+  return float(
+    np.mean(predict(fit(train_x, train_y, num_classes, l2), test_x) == np.asarray(test_y))
+  )
 
 
 def draw_shots(labels: np.ndarray, num_classes: int, shots: int, seed: int) -> np.ndarray:
-  """Indices of `shots` examples per class (fewer where a class has fewer), a seeded draw per class."""
+  """Indices of `shots` examples per class (fewer where a class has fewer), a seeded draw per
+  class."""
   rng = np.random.default_rng(seed)
   labels = np.asarray(labels)
-  return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:shots] for c in range(num_classes)])
+  return np.concatenate(
+    [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in range(num_classes)]
+  )

@@ -6,6 +6,7 @@ each image is classified by the zero-shot rule of vit_jax/tasks/contrastive.py (
 accuracy, top5 (>= 5 classes), loss (the softmax cross-entropy of exp(t) * zimg . zclass) and
 num_examples.
 """
+
 import functools
 
 import jax

@@ -1,4 +1,5 @@
 """Few-shot probes of a pretrained model outside training (what launch.transfer measures first)."""
+
 import jax
 
 from vit_jax import evaluators, sharding
@@ -6,9 +7,9 @@ from vit_jax.training import state
 
 
 def probe_pretrained(config) -> dict[str, float]:
-  """The few-shot probes of `config` (its config.fewshot) on the model of config.pretrained_path, outside training:
-  what launch.transfer measures of a pretrained model, under the names that training logs
-  (fewshot/<dataset>_<k>shot). The classification head is not used."""
+  """The few-shot probes of `config` (its config.fewshot) on the model of config.pretrained_path,
+  outside training: what launch.transfer measures of a pretrained model, under the names that
+  training logs (fewshot/<dataset>_<k>shot). The classification head is not used."""
   mesh = sharding.make_mesh(config.mesh)
   setup = state.Setup.create(config, max(config.num_classes, 1), mesh)
   with jax.set_mesh(mesh):

@@ -8,37 +8,53 @@ logits into its records).
 'ensemble' (a dozen plain variations); a user passes their own as a list (`--templates=FILE`, one
 per line, each with one '{}').
 """
+
 from typing import Sequence
 
 import jax
 import numpy as np
 
-# The prompt templates live with the captions (vit_jax/data/captions.py), which training uses too; here for callers.
+# The prompt templates live with the captions (vit_jax/data/captions.py), which training uses too;
+# here for callers.
 from vit_jax.data.captions import TEMPLATES, PromptError, check_templates, read_templates  # noqa: F401
 from vit_jax.data.captions import prompt_texts
 from vit_jax.inference import trained as inference
 from vit_jax.tasks import contrastive
 
 
-def classifier(model, variables, tokenizer, class_names: Sequence[str], templates: Sequence[str], *,
-               batch_size: int = 64):
-  """`images -> logits [n, classes]` of a LitModel (`model`, its `variables` and `tokenizer`) against `class_names`
-  through `templates`, for images [n <= batch_size, S, S, 3] in [-1, 1] (`model.get_image_preprocessing()`)."""
+def classifier(
+  model,
+  variables,
+  tokenizer,
+  class_names: Sequence[str],
+  templates: Sequence[str],
+  *,
+  batch_size: int = 64,
+):
+  """`images -> logits [n, classes]` of a LitModel (`model`, its `variables` and `tokenizer`)
+  against `class_names` through `templates`, for images [n <= batch_size, S, S, 3] in [-1, 1]
+  (`model.get_image_preprocessing()`)."""
   embed_text = jax.jit(lambda v, tokens: model.apply(v, tokens=tokens)[1])
   embed_image = jax.jit(lambda v, images: model.apply(v, images=images)[0])
 
   def embed_texts(texts):
     tokens = tokenizer(texts)
-    chunks = [tokens[i:i + batch_size] for i in range(0, len(tokens), batch_size)]
-    return np.concatenate([np.asarray(embed_text(variables, inference.pad_batch(c, batch_size)))[:len(c)]
-                           for c in chunks])
+    chunks = [tokens[i : i + batch_size] for i in range(0, len(tokens), batch_size)]
+    return np.concatenate(
+      [
+        np.asarray(embed_text(variables, inference.pad_batch(c, batch_size)))[: len(c)]
+        for c in chunks
+      ]
+    )
 
   ztxt = embed_texts(prompt_texts(class_names, check_templates(templates)))
   zclass = contrastive.class_embeddings(np.asarray(ztxt, np.float64), len(class_names))
   temperature = float(np.exp(np.asarray(variables['params']['t']).reshape(-1)[0]))
 
   def logits(images):
-    zimg = np.asarray(embed_image(variables, inference.pad_batch(images, batch_size)))[:len(images)]
+    zimg = np.asarray(embed_image(variables, inference.pad_batch(images, batch_size)))[
+      : len(images)
+    ]
     return contrastive.zeroshot_logits(np.asarray(zimg, np.float64), zclass, temperature)
 
   return logits

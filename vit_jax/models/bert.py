@@ -1,18 +1,21 @@
-"""BERT encoders with the parameter tree of flaxformer's `BertEncoder`, which the released LiT files hold.
+"""BERT encoders with the parameter tree of flaxformer's `BertEncoder`, which the released LiT files
+hold.
 
-The layout (and what it computes) is flaxformer's, so a LiT release file loads unchanged and computes what
-vision_transformer's LiT model computes:
+The layout (and what it computes) is flaxformer's, so a LiT release file loads unchanged and
+computes what vision_transformer's LiT model computes:
   embedder/embedders_{token_ids,position_ids,segment_ids}/embedding   summed, then
   layer_norm                                                          (epsilon 1e-12), then per layer i
   encoder_block/layer_sequence/layers_{i}/
-    attention_block/attention_layer/{query,key,value}/{kernel,bias}   kernels (hidden, heads x head_dim)
-    attention_block/dense_layer/{kernel,bias}                         (heads x head_dim, hidden)
-    attention_block/layer_norm                                        post-LN: LN(x + attention(x))
-    mlp_block/mlp/dense_layer, mlp_block/dense_layer, mlp_block/layer_norm   post-LN: LN(x + W2 gelu(W1 x))
-Queries are scaled by 1/sqrt(head_dim); padding keys (token 0) are masked with a large negative bias; gelu is
-Flax's default (the tanh approximation), as flaxformer's BERT uses it. Dropout is not applied (LiT runs the text tower
-without it, `enable_dropout=False`).
+    attention_block/attention_layer/{query,key,value}/{kernel,bias}   kernels (hidden, heads x
+    head_dim) attention_block/dense_layer/{kernel,bias}                         (heads x head_dim,
+    hidden) attention_block/layer_norm                                        post-LN: LN(x +
+    attention(x)) mlp_block/mlp/dense_layer, mlp_block/dense_layer, mlp_block/layer_norm   post-LN:
+    LN(x + W2 gelu(W1 x))
+Queries are scaled by 1/sqrt(head_dim); padding keys (token 0) are masked with a large negative
+bias; gelu is Flax's default (the tanh approximation), as flaxformer's BERT uses it. Dropout is not
+applied (LiT runs the text tower without it, `enable_dropout=False`).
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -36,14 +39,21 @@ def _norm() -> nn.LayerNorm:
 
 class _Embedder(nn.Module):
   """The sum of the token, position and segment embeddings."""
+
   sizes: tuple[int, int, int]  # vocab_size, max_length, num_segments
   hidden_size: int
 
   @nn.compact
   def __call__(self, token_ids, position_ids, segment_ids):
-    ids = zip(('token_ids', 'position_ids', 'segment_ids'), (token_ids, position_ids, segment_ids), self.sizes)
-    return sum(nn.Embed(size, self.hidden_size, embedding_init=_INIT, name=f'embedders_{name}')(x)
-               for name, x, size in ids)
+    ids = zip(
+      ('token_ids', 'position_ids', 'segment_ids'),
+      (token_ids, position_ids, segment_ids),
+      self.sizes,
+    )
+    return sum(
+      nn.Embed(size, self.hidden_size, embedding_init=_INIT, name=f'embedders_{name}')(x)
+      for name, x, size in ids
+    )
 
 
 class _Attention(nn.Module):
@@ -54,10 +64,16 @@ class _Attention(nn.Module):
   def __call__(self, x, mask):
     n, length, hidden = x.shape
     head_dim = hidden // self.num_heads
-    q, k, v = (_dense(hidden, self.dtype, name)(x).reshape(n, length, self.num_heads, head_dim)
-               for name in ('query', 'key', 'value'))
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q / jnp.sqrt(head_dim).astype(q.dtype), k).astype(jnp.float32)
-    weights = jax.nn.softmax(jnp.where(mask[:, None, None, :], logits, -1e10), axis=-1).astype(v.dtype)
+    q, k, v = (
+      _dense(hidden, self.dtype, name)(x).reshape(n, length, self.num_heads, head_dim)
+      for name in ('query', 'key', 'value')
+    )
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q / jnp.sqrt(head_dim).astype(q.dtype), k).astype(
+      jnp.float32
+    )
+    weights = jax.nn.softmax(jnp.where(mask[:, None, None, :], logits, -1e10), axis=-1).astype(
+      v.dtype
+    )
     return jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(n, length, hidden)
 
 
@@ -119,13 +135,15 @@ class _EncoderBlock(_LayerSequence):
 
   @nn.compact
   def __call__(self, x, mask):
-    return _LayerSequence(self.num_layers, self.num_heads, self.intermediate_dim, self.dtype,
-                          name='layer_sequence')(x, mask)
+    return _LayerSequence(
+      self.num_layers, self.num_heads, self.intermediate_dim, self.dtype, name='layer_sequence'
+    )(x, mask)
 
 
 class BertEncoder(nn.Module):
-  """flaxformer's BertEncoder (module doc): `(token_ids, position_ids, segment_ids, input_mask)` -> the encoded
-  sequence [batch, length, hidden]."""
+  """flaxformer's BertEncoder (module doc): `(token_ids, position_ids, segment_ids, input_mask)` ->
+  the encoded sequence [batch, length, hidden]."""
+
   hidden_size: int
   intermediate_dim: int
   num_hidden_layers: int
@@ -137,17 +155,24 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, token_ids, position_ids, segment_ids, input_mask):
-    x = _Embedder((self.vocab_size, self.max_length, self.num_segments), self.hidden_size, name='embedder')(
-        token_ids, position_ids, segment_ids)
+    x = _Embedder(
+      (self.vocab_size, self.max_length, self.num_segments), self.hidden_size, name='embedder'
+    )(token_ids, position_ids, segment_ids)
     x = _norm()(x)
-    return _EncoderBlock(self.num_hidden_layers, self.num_attention_heads, self.intermediate_dim, self.dtype,
-                         name='encoder_block')(x, input_mask.astype(bool))
+    return _EncoderBlock(
+      self.num_hidden_layers,
+      self.num_attention_heads,
+      self.intermediate_dim,
+      self.dtype,
+      name='encoder_block',
+    )(x, input_mask.astype(bool))
 
 
 class BertModel(nn.Module):
-  """vision_transformer's LiT text tower: BERT-Base or -Large (`config`), the [CLS] token's encoding, and a linear
-  head to `num_classes` (none when None). Tokens are [CLS] first, then word pieces, zero-padded; returns
-  (features, {'transformed', 'pre_logits', 'logits'})."""
+  """vision_transformer's LiT text tower: BERT-Base or -Large (`config`), the [CLS] token's
+  encoding, and a linear head to `num_classes` (none when None). Tokens are [CLS] first, then word
+  pieces, zero-padded; returns (features, {'transformed', 'pre_logits', 'logits'})."""
+
   config: str
   num_classes: int | None = None
   dtype: Any = jnp.float32
@@ -159,8 +184,11 @@ class BertModel(nn.Module):
     n, length = tokens.shape
     out = {}
     x = out['transformed'] = BertEncoder(**SIZES[self.config], dtype=self.dtype)(
-        tokens, jnp.tile(jnp.arange(length, dtype=jnp.int32), (n, 1)), jnp.zeros((n, length), jnp.int32),
-        tokens.astype(bool).astype(jnp.int32))
+      tokens,
+      jnp.tile(jnp.arange(length, dtype=jnp.int32), (n, 1)),
+      jnp.zeros((n, length), jnp.int32),
+      tokens.astype(bool).astype(jnp.int32),
+    )
     x = out['pre_logits'] = x[:, 0]
     if self.num_classes:
       x = out['logits'] = nn.Dense(self.num_classes, name='head')(x)

@@ -1,4 +1,5 @@
 """Multi-process start-up: CPU collectives, and checks that every process runs the same job."""
+
 import hashlib
 
 import jax
@@ -9,16 +10,17 @@ from vit_jax import errors
 
 
 def on_main(fn):
-  """Runs `fn()` on process 0 only and makes every process share its outcome: if it raised, every process raises
-  (process 0 its own error, the others one that points to it); else all go on. Returns fn's result on process 0 and
-  None elsewhere. (With one process: just `fn()`.)"""
+  """Runs `fn()` on process 0 only and makes every process share its outcome: if it raised, every
+  process raises (process 0 its own error, the others one that points to it); else all go on.
+  Returns fn's result on process 0 and None elsewhere. (With one process: just `fn()`.)"""
   if jax.process_count() == 1:
     return fn()
   result, error = None, None
   if jax.process_index() == 0:
     try:
       result = fn()
-    except Exception as e:  # pylint: disable=broad-except  (re-raised below, after telling the others)
+    # (re-raised below, after telling the others)
+    except Exception as e:  # pylint: disable=broad-except
       error = e
   failed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
   if error is not None:
@@ -29,14 +31,17 @@ def on_main(fn):
 
 
 def client():
-  """The client of JAX's coordination service (key-value store, barriers), or None without jax.distributed."""
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top  (no public API for it)
+  """The client of JAX's coordination service (key-value store, barriers), or None without
+  jax.distributed."""
+  # (no public API for it)
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
   return jax_distributed.global_state.client
 
 
 def barrier(name: str, *, timeout_s: float) -> None:
-  """Waits until every process of the job has reached barrier `name` (the coordination service's barrier: no device
-  work), at most `timeout_s`. Nothing to wait for with one process."""
+  """Waits until every process of the job has reached barrier `name` (the coordination service's
+  barrier: no device work), at most `timeout_s`. Nothing to wait for with one process."""
   if jax.process_count() > 1:
     client().wait_at_barrier(f'vit_jax/{name}', int(timeout_s * 1000))
 
@@ -46,10 +51,12 @@ class ProcessMismatchError(errors.UserError, RuntimeError):
 
 
 def use_gloo_on_cpu() -> None:
-  """Cross-process collectives for CPU devices via gloo (TCP); call before jax.distributed.initialize.
+  """Cross-process collectives for CPU devices via gloo (TCP); call before
+  jax.distributed.initialize.
 
-  Without them (jax_cpu_collectives_implementation unset), a multi-process CPU computation fails. Only the CPU
-  client reads this option, so it is harmless on GPU/TPU hosts. An explicit 'mpi' is kept.
+  Without them (jax_cpu_collectives_implementation unset), a multi-process CPU computation fails.
+  Only the CPU client reads this option, so it is harmless on GPU/TPU hosts. An explicit 'mpi' is
+  kept.
   """
   if jax.config.jax_cpu_collectives_implementation is None:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -60,19 +67,22 @@ def config_digest(config) -> str:
 
 
 def check_same_config(config) -> None:
-  """Raises ProcessMismatchError on every process unless all processes hold the same config (a collective)."""
+  """Raises ProcessMismatchError on every process unless all processes hold the same config (a
+  collective)."""
   digest = config_digest(config)
   words = np.frombuffer(bytes.fromhex(digest)[:16], np.int32)
   gathered = np.asarray(multihost_utils.process_allgather(words))  # [process_count, 4]
   differ = [p for p in range(len(gathered)) if not np.array_equal(gathered[p], gathered[0])]
   if differ:
     raise ProcessMismatchError(
-        f'The config differs between processes: process(es) {differ} have another config than process 0 (this is '
-        f'process {jax.process_index()}, config sha256 {digest[:16]}). Every process must get the same --config '
-        f'file and --config.* overrides.')
+      f'The config differs between processes: process(es) {differ} have another config than '
+      f'process 0 (this is process {jax.process_index()}, config sha256 {digest[:16]}). Every '
+      'process must get the same --config file and --config.* overrides.'
+    )
 
 
 def check_process_count(expected: int | None) -> None:
   if expected is not None and expected != jax.process_count():
-    raise ProcessMismatchError(f'--num_processes={expected}, but jax.distributed started {jax.process_count()} '
-                               f'processes.')
+    raise ProcessMismatchError(
+      f'--num_processes={expected}, but jax.distributed started {jax.process_count()} processes.'
+    )

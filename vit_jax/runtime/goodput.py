@@ -1,27 +1,33 @@
-"""Where a run's wall time went: one phase clock per process, and process 0's record of it in WORKDIR/goodput.json.
+"""Where a run's wall time went: one phase clock per process, and process 0's record of it in
+WORKDIR/goodput.json.
 
-The clock (`Clock`) is contiguous: at every moment the process is in exactly one phase, so the phases of an attempt
-add up to its wall time by construction. Phases and how each is measured:
-  startup     from the process's start (the kernel's start time of the process, so the interpreter and the imports
-              count; `process_start_time`) until the first training step is dispatched: imports, jax.distributed, the dataset, building the
-              model, restoring the checkpoint;
+The clock (`Clock`) is contiguous: at every moment the process is in exactly one phase, so the
+phases of an attempt add up to its wall time by construction. Phases and how each is measured:
+  startup     from the process's start (the kernel's start time of the process, so the interpreter
+              and the imports count; `process_start_time`) until the first training step is
+              dispatched: imports, jax.distributed, the dataset, building the model, restoring the
+              checkpoint;
   compile     the first training step's call (tracing and compiling it);
-  train       the training loop's own time: dispatching steps and waiting for the devices (the host syncs at log
-              steps), i.e. productive training;
+  train       the training loop's own time: dispatching steps and waiting for the devices (the host
+              syncs at log steps), i.e. productive training;
   input       time the loop waited for the next batch from the host's input pipeline;
   eval        evaluations (every evaluator, including its compilations);
-  checkpoint  the blocking part of checkpoint saves (and the final wait for the last one), and writing params.npz.
+  checkpoint  the blocking part of checkpoint saves (and the final wait for the last one), and
+              writing params.npz.
 Across attempts (a run resumed after a failure or a preemption) the record adds two more:
-  lost        training time whose steps were recomputed: the steps an attempt trained past the checkpoint the next
-              attempt resumed from, at that attempt's own mean time per step (moved out of its `train` and `input`);
-  gap         wall time between an attempt's last record and the next attempt's start (a launcher restarting the job,
-              a requeue waiting for nodes). An attempt that died counts from its last record on as gap.
-The record is rewritten at every log step, evaluation and save, so a killed attempt leaves its record up to then.
-The same clock times the train steps (`tick`): the progress bar's rate and ETA and the logged img/s
-derive from it, and count a step's own time only (Clock), never a compilation, evaluation or save.
-`summary` totals it; `vit_jax.visualize goodput` draws it and `launch.results` shows its `goodput` column.
-This module imports no JAX (launch/ reads records through it).
+  lost        training time whose steps were recomputed: the steps an attempt trained past the
+              checkpoint the next attempt resumed from, at that attempt's own mean time per step
+              (moved out of its `train` and `input`);
+  gap         wall time between an attempt's last record and the next attempt's start (a launcher
+              restarting the job, a requeue waiting for nodes). An attempt that died counts from its
+              last record on as gap.
+The record is rewritten at every log step, evaluation and save, so a killed attempt leaves its
+record up to then. The same clock times the train steps (`tick`): the progress bar's rate and ETA
+and the logged img/s derive from it, and count a step's own time only (Clock), never a compilation,
+evaluation or save. `summary` totals it; `vit_jax.visualize goodput` draws it and `launch.results`
+shows its `goodput` column. This module imports no JAX (launch/ reads records through it).
 """
+
 import contextlib
 import json
 import os
@@ -38,14 +44,16 @@ ALL_PARTS = PHASES + ('lost', 'gap')
 
 
 def process_start_time() -> float:
-  """The wall time this process started: the kernel's start time (Linux, /proc), so that the interpreter's start
-  counts; but no earlier than STARTUP_SLACK_S before the process imported vit_jax. (The kernel's time is when the
-  process was forked: a shell that runs a command as its last one, `( pip install ... && python -m vit_jax.main )`,
-  execs it in a process forked long before.) Elsewhere: when vit_jax was imported."""
+  """The wall time this process started: the kernel's start time (Linux, /proc), so that the
+  interpreter's start counts; but no earlier than STARTUP_SLACK_S before the process imported
+  vit_jax. (The kernel's time is when the process was forked: a shell that runs a command as its
+  last one, `( pip install ... && python -m vit_jax.main )`, execs it in a process forked long
+  before.) Elsewhere: when vit_jax was imported."""
   imported = vit_jax.IMPORTED_AT
   try:
     with open('/proc/self/stat') as f:
-      ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # Field 22, starttime, in clock ticks after boot.
+      # Field 22, starttime, in clock ticks after boot.
+      ticks = int(f.read().rsplit(')', 1)[1].split()[19])
     with open('/proc/stat') as f:
       boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
     return max(boot + ticks / os.sysconf('SC_CLK_TCK'), imported - STARTUP_SLACK_S)
@@ -144,8 +152,8 @@ class Clock:
 
 
 class Recorder:
-  """Process 0's goodput.json: the attempts before this one (with their lost time settled) and this one, rewritten by
-  `write` (atomically; cheap: a few hundred bytes)."""
+  """Process 0's goodput.json: the attempts before this one (with their lost time settled) and this
+  one, rewritten by `write` (atomically; cheap: a few hundred bytes)."""
 
   def __init__(self, workdir: str, clock: Clock, *, resumed_from: int, enabled: bool = True):
     self.workdir, self.clock, self.first_step, self.enabled = workdir, clock, resumed_from, enabled
@@ -159,11 +167,18 @@ class Recorder:
       self.ended = ended
     if not self.enabled:
       return
-    attempt = {'start': self.clock.start, 'end': self.clock.now(), 'first_step': self.first_step,
-               'last_step': self.last_step, 'ended': self.ended,
-               'phases': {k: round(v, 3) for k, v in self.clock.phases().items()}}
-    io.write_text(workdir_lib.path(self.workdir, workdir_lib.GOODPUT_FILE),
-                  json.dumps({'attempts': self.previous + [attempt]}, indent=1))
+    attempt = {
+      'start': self.clock.start,
+      'end': self.clock.now(),
+      'first_step': self.first_step,
+      'last_step': self.last_step,
+      'ended': self.ended,
+      'phases': {k: round(v, 3) for k, v in self.clock.phases().items()},
+    }
+    io.write_text(
+      workdir_lib.path(self.workdir, workdir_lib.GOODPUT_FILE),
+      json.dumps({'attempts': self.previous + [attempt]}, indent=1),
+    )
 
 
 def read(workdir: str) -> list[dict]:
@@ -173,8 +188,8 @@ def read(workdir: str) -> list[dict]:
 
 
 def settle(attempts: list[dict], resumed_from: int) -> list[dict]:
-  """`attempts` with the last one's steps past `resumed_from` (the checkpoint this attempt restored) moved into
-  `lost`, at that attempt's mean time per trained step."""
+  """`attempts` with the last one's steps past `resumed_from` (the checkpoint this attempt restored)
+  moved into `lost`, at that attempt's mean time per trained step."""
   if not attempts:
     return []
   *before, last = [dict(a, phases=dict(a['phases'])) for a in attempts]
@@ -193,8 +208,9 @@ def settle(attempts: list[dict], resumed_from: int) -> list[dict]:
 
 
 def summary(attempts: list[dict]) -> dict:
-  """Totals over the attempts: seconds per part (ALL_PARTS), `wall` (first start to last record), `goodput` (the
-  fraction of wall time that was productive training) and `attempts`. {} for no attempts."""
+  """Totals over the attempts: seconds per part (ALL_PARTS), `wall` (first start to last record),
+  `goodput` (the fraction of wall time that was productive training) and `attempts`. {} for no
+  attempts."""
   if not attempts:
     return {}
   parts = dict.fromkeys(ALL_PARTS, 0.0)
@@ -203,11 +219,18 @@ def summary(attempts: list[dict]) -> dict:
       parts[k] = parts.get(k, 0.0) + v
   parts['gap'] = sum(max(0.0, b['start'] - a['end']) for a, b in zip(attempts, attempts[1:]))
   wall = attempts[-1]['end'] - attempts[0]['start']
-  return {**parts, 'wall': wall, 'goodput': parts['train'] / wall if wall > 0 else 0.0, 'attempts': len(attempts)}
+  return {
+    **parts,
+    'wall': wall,
+    'goodput': parts['train'] / wall if wall > 0 else 0.0,
+    'attempts': len(attempts),
+  }
 
 
 def describe(s: dict) -> str:
   """One line: 'goodput 81.0% of 63.2 s (train 51.2 s, startup 8.1 s, ...; 2 attempts)'."""
   parts = ', '.join(f'{k} {s[k]:.1f} s' for k in ALL_PARTS if s.get(k))
-  return (f'goodput {100 * s["goodput"]:.1f}% of {s["wall"]:.1f} s wall time ({parts}; {s["attempts"]} '
-          f'attempt{"s" if s["attempts"] != 1 else ""})')
+  return (
+    f'goodput {100 * s["goodput"]:.1f}% of {s["wall"]:.1f} s wall time ({parts}; {s["attempts"]} '
+    f'attempt{"s" if s["attempts"] != 1 else ""})'
+  )

@@ -1,20 +1,24 @@
 """One writer per workdir: the lock a training run holds on its workdir while it runs.
 
-`with Lock(workdir):` is taken by process 0 of a run only (the one process that writes the workdir's files; the
-other processes of a multi-host run learn the outcome from it), before anything is read from the dataset or written.
-It is WORKDIR/lock.json: {"host", "pid", "token", "started", "heartbeat"} (seconds since the epoch, UTC).
+`with Lock(workdir):` is taken by process 0 of a run only (the one process that writes the workdir's
+files; the other processes of a multi-host run learn the outcome from it), before anything is read
+from the dataset or written. It is WORKDIR/lock.json: {"host", "pid", "token", "started",
+"heartbeat"} (seconds since the epoch, UTC).
 
 Taking it:
-  * no lock.json: it is created. Locally by a hard link (atomic), so of two starts exactly one gets it. On gs:// (no exclusive
-    create through this API) the lock is written, then read back after a pause: whoever's token is there holds it.
-  * a stale lock.json is taken over (logged): its holder's process is gone (same host, the pid is not alive), or its
-    heartbeat is older than STALE_AFTER seconds (another host: preempted, powered off or killed without a chance to
-    release it). So a preempted run resumes at most STALE_AFTER seconds after its host stopped, and at once on the
-    same host.
-  * else WorkdirInUseError, at once: it names the holder's host and pid, when it started and its last heartbeat.
-While held, a daemon thread rewrites the heartbeat every HEARTBEAT seconds. On exit (errors too) lock.json is removed
-if it is still this run's.
+  * no lock.json: it is created. Locally by a hard link (atomic), so of two starts exactly one gets
+    it. On gs:// (no exclusive create through this API) the lock is written, then read back after a
+    pause: whoever's token is there holds it.
+  * a stale lock.json is taken over (logged): its holder's process is gone (same host, the pid is
+    not alive), or its heartbeat is older than STALE_AFTER seconds (another host: preempted, powered
+    off or killed without a chance to release it). So a preempted run resumes at most STALE_AFTER
+    seconds after its host stopped, and at once on the same host.
+  * else WorkdirInUseError, at once: it names the holder's host and pid, when it started and its
+    last heartbeat.
+While held, a daemon thread rewrites the heartbeat every HEARTBEAT seconds. On exit (errors too)
+lock.json is removed if it is still this run's.
 """
+
 import json
 import logging
 import os
@@ -59,12 +63,15 @@ def stale(holder: dict, now: float | None = None) -> bool:
 def _describe(holder: dict) -> str:
   ago = time.time() - float(holder.get('heartbeat', 0))
   started = time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(float(holder.get('started', 0))))
-  return (f'host {holder.get("host")!r}, pid {holder.get("pid")} (started {started}, last heartbeat {ago:.0f} s '
-          'ago)')
+  return (
+    f'host {holder.get("host")!r}, pid {holder.get("pid")} '
+    f'(started {started}, last heartbeat {ago:.0f} s ago)'
+  )
 
 
 class Lock:
-  """The workdir's writer lock (module doc); `enabled=False` makes it a no-op (processes other than 0)."""
+  """The workdir's writer lock (module doc); `enabled=False` makes it a no-op (processes other than
+  0)."""
 
   def __init__(self, workdir: str, *, enabled: bool = True):
     self.path = workdir_lib.path(workdir, workdir_lib.LOCK_FILE)
@@ -74,8 +81,18 @@ class Lock:
     self._thread = None
 
   def _record(self, started: float) -> str:
-    return json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'token': self.token, 'started': started,
-                       'heartbeat': time.time()}) + '\n'
+    return (
+      json.dumps(
+        {
+          'host': socket.gethostname(),
+          'pid': os.getpid(),
+          'token': self.token,
+          'started': started,
+          'heartbeat': time.time(),
+        }
+      )
+      + '\n'
+    )
 
   def _read(self) -> dict | None:
     text = io.read_text_or_none(self.path)
@@ -85,18 +102,21 @@ class Lock:
       return {}  # A torn or foreign file: treated as stale (no heartbeat).
 
   def _create(self) -> bool:
-    """Creates lock.json if absent (atomically, also on gs://: vit_jax/io.py); True when this run holds it."""
+    """Creates lock.json if absent (atomically, also on gs://: vit_jax/io.py); True when this run
+    holds it."""
     return io.create_new(self.path, self._record(time.time()).encode('utf-8'))
 
   def _take_over(self, holder: dict) -> None:
-    """Moves a stale lock aside (so of two starts that found it stale, only one moves it), then creates ours."""
+    """Moves a stale lock aside (so of two starts that found it stale, only one moves it), then
+    creates ours."""
     aside = f'{self.path}.stale-{self.token}'
     try:
       io.rename(self.path, aside)
     except FileNotFoundError:
       return  # Another start moved it first; _create decides.
     moved = json.loads(io.read_text_or_none(aside) or '{}')
-    if moved.get('token') != holder.get('token'):  # We moved a fresh lock that replaced the stale one: put it back.
+    # We moved a fresh lock that replaced the stale one: put it back.
+    if moved.get('token') != holder.get('token'):
       io.rename(aside, self.path)
       return
     io.remove(aside)
@@ -112,17 +132,23 @@ class Lock:
         holder = self._read()
         if holder is not None and not stale(holder):
           raise WorkdirInUseError(
-              f'The workdir {self.workdir} is in use by another run: {_describe(holder)}. Wait for it to finish, '
-              f'stop it, or use another --workdir. (A lock whose process is gone is taken over at once on the same '
-              f'host, and after {STALE_AFTER:.0f} s without a heartbeat from another host; {self.path} is the lock.)')
+            f'The workdir {self.workdir} is in use by another run: {_describe(holder)}. Wait for '
+            'it to finish, stop it, or use another --workdir. (A lock whose process is gone is '
+            f'taken over at once on the same host, and after {STALE_AFTER:.0f} s without a '
+            f'heartbeat from another host; {self.path} is the lock.)'
+          )
         if holder is not None:
           self._take_over(holder)
       else:
-        raise WorkdirInUseError(f'Could not take the lock {self.path}: other runs keep starting on this workdir.')
+        raise WorkdirInUseError(
+          f'Could not take the lock {self.path}: other runs keep starting on this workdir.'
+        )
     except OSError as e:
       if isinstance(e, errors.UserError) or errors.fault(e) is None:
         raise
-      raise workdir_lib.WorkdirError(f'Cannot write to the workdir {self.workdir}: {errors.fault(e)}') from e
+      raise workdir_lib.WorkdirError(
+        f'Cannot write to the workdir {self.workdir}: {errors.fault(e)}'
+      ) from e
     self._thread = threading.Thread(target=self._beat, name='workdir-lock-heartbeat', daemon=True)
     self._thread.start()
 
@@ -132,11 +158,12 @@ class Lock:
       try:
         holder = self._read() or {}
         if holder.get('token') != self.token:
-          log.warning('The lock %s is no longer this run\'s (%s).', self.path, _describe(holder))
+          log.warning("The lock %s is no longer this run's (%s).", self.path, _describe(holder))
           return
         started = float(holder.get('started', started))
         io.write_text(self.path, self._record(started))
-      except Exception as e:  # pylint: disable=broad-except  (a missed heartbeat must not stop training)
+      # (a missed heartbeat must not stop training)
+      except Exception as e:  # pylint: disable=broad-except
         log.warning('Could not renew the lock %s: %s', self.path, e)
 
   def release(self) -> None:

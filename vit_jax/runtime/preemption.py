@@ -1,19 +1,23 @@
-"""Preemption notices and Ctrl-C: SIGTERM or a first SIGINT (one process), or JAX's multi-host preemption sync point.
+"""Preemption notices and Ctrl-C: SIGTERM or a first SIGINT (one process), or JAX's multi-host
+preemption sync point.
 
-With `jax.distributed` initialised, JAX's preemption service already listens for SIGTERM (the notice Cloud TPU
-maintenance events, SLURM and Kubernetes send) on every host; `reached_preemption_sync_point(step)` turns true on all
-hosts at the same step, the one after the largest step any host had reached. A single process has no such service, so
-a SIGTERM handler sets a flag that the next step sees.
+With `jax.distributed` initialised, JAX's preemption service already listens for SIGTERM (the notice
+Cloud TPU maintenance events, SLURM and Kubernetes send) on every host;
+`reached_preemption_sync_point(step)` turns true on all hosts at the same step, the one after the
+largest step any host had reached. A single process has no such service, so a SIGTERM handler sets a
+flag that the next step sees.
 
-Ctrl-C (SIGINT) during training does what SIGTERM does: the first one finishes the step, saves and stops (with
-several processes it is passed on as a SIGTERM to this process, which JAX's preemption service relays to all hosts); a
-second one aborts at once (KeyboardInterrupt naming the last checkpoint). Before training has started (`training`
-not yet called: the dataset is being prepared, the model built) there is nothing to save, so the first Ctrl-C aborts
-at once, saying so.
+Ctrl-C (SIGINT) during training does what SIGTERM does: the first one finishes the step, saves and
+stops (with several processes it is passed on as a SIGTERM to this process, which JAX's preemption
+service relays to all hosts); a second one aborts at once (KeyboardInterrupt naming the last
+checkpoint). Before training has started (`training` not yet called: the dataset is being prepared,
+the model built) there is nothing to save, so the first Ctrl-C aborts at once, saying so.
 
-Usage: `with PreemptionWatch() as watch: ... if watch.reached(step): save and stop`. `reached` is called once every
-step on every process (the sync protocol needs that); it does no device work and no host sync.
+Usage: `with PreemptionWatch() as watch: ... if watch.reached(step): save and stop`. `reached` is
+called once every step on every process (the sync protocol needs that); it does no device work and
+no host sync.
 """
+
 import contextlib
 import functools
 import logging
@@ -21,7 +25,8 @@ import os
 import signal
 import threading
 
-from jax._src import distributed as _distributed  # The same check jax.experimental.multihost_utils makes.
+# The same check jax.experimental.multihost_utils makes.
+from jax._src import distributed as _distributed
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
@@ -33,8 +38,9 @@ _pending = None  # The Ctrl-C that came meanwhile: its handler, to run when the 
 
 @contextlib.contextmanager
 def interrupts_deferred():
-  """Within it, a Ctrl-C waits for the block to end, then does what it does (a KeyboardInterrupt raised in a Python
-  hook that C++ code calls, as while TensorFlow's extension modules load, aborts the process with SIGABRT)."""
+  """Within it, a Ctrl-C waits for the block to end, then does what it does (a KeyboardInterrupt
+  raised in a Python hook that C++ code calls, as while TensorFlow's extension modules load, aborts
+  the process with SIGABRT)."""
   global _deferring, _pending
   outer, _deferring = _deferring, True
   try:
@@ -47,7 +53,10 @@ def interrupts_deferred():
 
 
 def _multihost() -> bool:
-  return _distributed.global_state.client is not None and _distributed.global_state.preemption_sync_manager is not None
+  return (
+    _distributed.global_state.client is not None
+    and _distributed.global_state.preemption_sync_manager is not None
+  )
 
 
 class PreemptionWatch:
@@ -60,8 +69,8 @@ class PreemptionWatch:
     self._start_step = None  # The step training started from, once it has (`training`).
 
   def __enter__(self):
-    # Handlers only where Python allows them: the main thread. The SIGTERM handler is ours only without a preemption
-    # service (which has its own).
+    # Handlers only where Python allows them: the main thread. The SIGTERM handler is ours only
+    # without a preemption service (which has its own).
     if threading.current_thread() is threading.main_thread():
       if not _multihost():
         self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
@@ -88,15 +97,21 @@ class PreemptionWatch:
       return
     if self._start_step is None:
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      raise KeyboardInterrupt('before training started (while preparing the data or the model): nothing was trained '
-                              'or lost; rerun the same command to start again')
+      raise KeyboardInterrupt(
+        'before training started (while preparing the data or the model): nothing was trained or '
+        'lost; rerun the same command to start again'
+      )
     if self.interrupted:  # The second Ctrl-C: abort now.
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      raise KeyboardInterrupt('during training: the steps since the last checkpoint are lost; rerun the same command '
-                              'to resume from it')
+      raise KeyboardInterrupt(
+        'during training: the steps since the last checkpoint '
+        'are lost; rerun the same command to resume from it'
+      )
     self.interrupted = True
-    log.warning('Ctrl-C: finishing this step, saving a checkpoint and stopping (press Ctrl-C again to abort at once, '
-                'losing the steps since the last checkpoint).')
+    log.warning(
+      'Ctrl-C: finishing this step, saving a checkpoint and stopping (press Ctrl-C again to abort '
+      'at once, losing the steps since the last checkpoint).'
+    )
     if _multihost():
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service tells every host.
     else:

@@ -1,24 +1,29 @@
-"""Nothing waits forever: each process ends itself, with one line naming the cause, when it or a peer cannot go on.
+"""Nothing waits forever: each process ends itself, with one line naming the cause, when it or a
+peer cannot go on.
 
 One daemon thread per training process checks, every second:
-  * **progress** (every process): the phase clock (vit_jax/runtime/goodput.py) says which phase the process is in (compile,
-    train, input, eval, checkpoint) and since when. A stay longer than the phase's bound is a hang: every thread's
-    stack goes to stderr (faulthandler), then one line naming the phase, the step and the bound, and the process
-    exits with EXIT_HUNG. The bound of a phase is config.faults.hang_timeout_s when that is > 0; else, before the
-    phase has completed once, config.faults.hang_first_s (a first stay compiles); after, max(hang_floor_s,
-    hang_factor x its longest completed stay). A process whose peer stopped mid-collective sits in that collective:
-    its bound ends it too.
-  * **peers** (several processes): every process writes a heartbeat into the JAX coordination service's key-value
-    store every config.faults.peer_timeout_s / 6 s. Process 0 watches them all: a process silent for peer_timeout_s
-    (dead, stopped, or its host gone) is lost, named with any other silent for half as long; process 0 writes the
-    cause under ABORT_KEY, waits a moment for the others to read it, and exits with EXIT_LOST_PEER; every other
-    process reads ABORT_KEY and exits the same way with the same line. A process that cannot reach the store
-    (process 0 and its coordination service gone) exits with EXIT_LOST_PEER naming process 0.
-Both exit codes mean "restartable": the launchers (launch/local.py, launch/slurm.py, launch/supervise.py) run the same
-command again on all processes and the run resumes from its last checkpoint (see README, "Faults at scale").
-JAX's own heartbeat timeout (config.faults.heartbeat_timeout_s) is longer than peer_timeout_s, so the one line comes
-from here before JAX's coordination service aborts the processes with its stack dumps.
+  * **progress** (every process): the phase clock (vit_jax/runtime/goodput.py) says which phase the
+    process is in (compile, train, input, eval, checkpoint) and since when. A stay longer than the
+    phase's bound is a hang: every thread's stack goes to stderr (faulthandler), then one line
+    naming the phase, the step and the bound, and the process exits with EXIT_HUNG. The bound of a
+    phase is config.faults.hang_timeout_s when that is > 0; else, before the phase has completed
+    once, config.faults.hang_first_s (a first stay compiles); after, max(hang_floor_s, hang_factor x
+    its longest completed stay). A process whose peer stopped mid-collective sits in that
+    collective: its bound ends it too.
+  * **peers** (several processes): every process writes a heartbeat into the JAX coordination
+    service's key-value store every config.faults.peer_timeout_s / 6 s. Process 0 watches them all:
+    a process silent for peer_timeout_s (dead, stopped, or its host gone) is lost, named with any
+    other silent for half as long; process 0 writes the cause under ABORT_KEY, waits a moment for
+    the others to read it, and exits with EXIT_LOST_PEER; every other process reads ABORT_KEY and
+    exits the same way with the same line. A process that cannot reach the store (process 0 and its
+    coordination service gone) exits with EXIT_LOST_PEER naming process 0.
+Both exit codes mean "restartable": the launchers (launch/local.py, launch/slurm.py,
+launch/supervise.py) run the same command again on all processes and the run resumes from its last
+checkpoint (see README, "Faults at scale"). JAX's own heartbeat timeout
+(config.faults.heartbeat_timeout_s) is longer than peer_timeout_s, so the one line comes from here
+before JAX's coordination service aborts the processes with its stack dumps.
 """
+
 import concurrent.futures
 import faulthandler
 import io
@@ -33,7 +38,8 @@ from vit_jax import errors
 
 log = logging.getLogger(__name__)
 
-WATCHED = ('compile', 'train', 'input', 'eval', 'checkpoint')  # Phases with a bound (startup has its own timeouts).
+# Phases with a bound (startup has its own timeouts).
+WATCHED = ('compile', 'train', 'input', 'eval', 'checkpoint')
 ALIVE_PREFIX = 'vit_jax/alive/'
 DONE_PREFIX = 'vit_jax/done/'
 ABORT_KEY = 'vit_jax/abort'
@@ -49,13 +55,16 @@ def bound(settings, phase: str, longest: dict[str, float]) -> float:
 
 
 def _dump_stacks() -> None:
-  """Every thread's stack to stderr: faulthandler's, or, where stderr is no file (a test's capture), traceback's."""
+  """Every thread's stack to stderr: faulthandler's, or, where stderr is no file (a test's capture),
+  traceback's."""
   try:
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
   except (AttributeError, ValueError, io.UnsupportedOperation):
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():  # pylint: disable=protected-access
-      sys.stderr.write(f'Thread {names.get(ident, ident)}:\n' + ''.join(traceback.format_stack(frame)))
+      sys.stderr.write(
+        f'Thread {names.get(ident, ident)}:\n' + ''.join(traceback.format_stack(frame))
+      )
 
 
 def _exit(code: int, line: str) -> None:
@@ -67,11 +76,21 @@ def _exit(code: int, line: str) -> None:
 
 
 class Watchdog:
-  """The monitor thread (module doc). `with Watchdog(clock, config.faults, ...)`: runs inside the block; on leaving
-  it normally, this process tells the others it is done (so its silence is no loss) and the thread stops."""
+  """The monitor thread (module doc). `with Watchdog(clock, config.faults, ...)`: runs inside the
+  block; on leaving it normally, this process tells the others it is done (so its silence is no
+  loss) and the thread stops."""
 
-  def __init__(self, clock, settings, *, process_index: int = 0, process_count: int = 1, client=None,
-               poll_s: float = 1.0, exit_fn=_exit):
+  def __init__(
+    self,
+    clock,
+    settings,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    client=None,
+    poll_s: float = 1.0,
+    exit_fn=_exit,
+  ):
     self.clock, self.settings, self.poll_s, self.exit_fn = clock, settings, poll_s, exit_fn
     self.index, self.count = process_index, process_count
     self.client = client if process_count > 1 else None
@@ -79,15 +98,19 @@ class Watchdog:
     self._thread = threading.Thread(target=self._run, name='vit_jax-watchdog', daemon=True)
     self._rpc = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='vit_jax-watchdog-rpc')
     self._beats, self._next_beat = 0, 0.0
-    self._heard: dict[int, tuple[str, float]] = {}  # process -> (its last heartbeat value, when it changed)
+    # process -> (its last heartbeat value, when it changed)
+    self._heard: dict[int, tuple[str, float]] = {}
 
   def __enter__(self):
     self._thread.start()
     return self
 
   def __exit__(self, exc_type, exc, unused_tb):
-    if self.client is not None and exc_type is not None and not isinstance(exc, (errors.UserError,
-                                                                                 KeyboardInterrupt)):
+    if (
+      self.client is not None
+      and exc_type is not None
+      and not isinstance(exc, (errors.UserError, KeyboardInterrupt))
+    ):
       self._settle_failure(exc)
     self._stop.set()
     self._thread.join()
@@ -97,13 +120,21 @@ class Watchdog:
     return False
 
   def _settle_failure(self, exc) -> None:
-    """An error escaped the run of a multi-process job. A collective that failed because a peer died is the usual
-    one: keep beating and watching for up to peer_timeout_s + 10 s, so that the loss is found and named (the thread
-    exits EXIT_LOST_PEER); if none is found, the error is this process's own and goes on up."""
+    """An error escaped the run of a multi-process job. A collective that failed because a peer died
+    is the usual one: keep beating and watching for up to peer_timeout_s + 10 s, so that the loss is
+    found and named (the thread exits EXIT_LOST_PEER); if none is found, the error is this process's
+    own and goes on up."""
     wait = self.settings.peer_timeout_s + 10
-    log.warning('Process %d: the run failed (%s: %s); checking for %.0f s whether a peer was lost before reporting '
-                'it.', self.index, type(exc).__name__, ' '.join(str(exc).split())[:300], wait)
-    self._thread.join(timeout=wait)  # The thread ends the process (exit_fn) if it finds a lost peer.
+    log.warning(
+      'Process %d: the run failed (%s: %s); checking for '
+      '%.0f s whether a peer was lost before reporting it.',
+      self.index,
+      type(exc).__name__,
+      ' '.join(str(exc).split())[:300],
+      wait,
+    )
+    # The thread ends the process (exit_fn) if it finds a lost peer.
+    self._thread.join(timeout=wait)
 
   # -- the thread
 
@@ -119,12 +150,18 @@ class Watchdog:
       return
     limit, stayed = bound(self.settings, phase, self.clock.longest), time.time() - since
     if stayed > limit:
-      sys.stderr.write(f'vit_jax.main: process {self.index} made no progress for {stayed:.0f} s; the stacks of its '
-                       'threads:\n')
+      sys.stderr.write(
+        f'vit_jax.main: process {self.index} made no progress '
+        f'for {stayed:.0f} s; the stacks of its threads:\n'
+      )
       _dump_stacks()
-      self.exit_fn(errors.EXIT_HUNG, f'process {self.index} of {self.count} hung: no progress for {stayed:.0f} s in '
-                   f'{phase} at step {step} (bound {limit:.0f} s: config.faults.hang_*); exiting with status '
-                   f'{errors.EXIT_HUNG} (restartable): rerun the same command to resume from the last checkpoint.')
+      self.exit_fn(
+        errors.EXIT_HUNG,
+        f'process {self.index} of {self.count} hung: no progress for {stayed:.0f} '
+        f's in {phase} at step {step} (bound {limit:.0f} s: config.faults.hang_*); '
+        f'exiting with status {errors.EXIT_HUNG} (restartable): rerun the same '
+        'command to resume from the last checkpoint.',
+      )
 
   def _call(self, fn, *args):
     """fn(*args) on the RPC thread, given at most a few seconds: (True, result), or (False, why)."""
@@ -133,22 +170,30 @@ class Watchdog:
       return True, self._rpc.submit(fn, *args).result(timeout=wait)
     except concurrent.futures.TimeoutError:
       return False, f'no answer in {wait:.0f} s'
-    except Exception as e:  # pylint: disable=broad-except  (the client raises the service's status as anything)
+    # (the client raises the service's status as anything)
+    except Exception as e:  # pylint: disable=broad-except
       return False, ' '.join(str(e).split())[:200] or type(e).__name__
 
   def _lost(self, line: str) -> None:
-    self.exit_fn(errors.EXIT_LOST_PEER, f'{line}; the job cannot go on: exiting with status {errors.EXIT_LOST_PEER} '
-                 '(restartable): rerun the same command on all processes to resume from the last checkpoint.')
+    self.exit_fn(
+      errors.EXIT_LOST_PEER,
+      f'{line}; the job cannot go on: exiting with status {errors.EXIT_LOST_PEER} (restartable): '
+      'rerun the same command on all processes to resume from the last checkpoint.',
+    )
 
   def check_peers(self) -> None:
     now = time.monotonic()
     if now >= self._next_beat:
       self._beats += 1
       self._next_beat = now + max(0.5, self.settings.peer_timeout_s / 6)
-      ok, why = self._call(self.client.key_value_set, f'{ALIVE_PREFIX}{self.index}', str(self._beats), True)
+      ok, why = self._call(
+        self.client.key_value_set, f'{ALIVE_PREFIX}{self.index}', str(self._beats), True
+      )
       if not ok:
-        self._lost(f'process {self.index} of {self.count} lost the coordinator (process 0): its key-value store '
-                   f'did not take a heartbeat ({why})')
+        self._lost(
+          f'process {self.index} of {self.count} lost the coordinator (process 0): its key-value '
+          f'store did not take a heartbeat ({why})'
+        )
     if self.index == 0:
       self._watch_all(now)
     else:
@@ -156,7 +201,9 @@ class Watchdog:
       if ok:
         self._lost(f'process {self.index} of {self.count} stops: {cause}')
       elif 'NOT_FOUND' not in cause and 'not found' not in cause.lower():
-        self._lost(f'process {self.index} of {self.count} lost the coordinator (process 0): {cause}')
+        self._lost(
+          f'process {self.index} of {self.count} lost the coordinator (process 0): {cause}'
+        )
 
   def _watch_all(self, now: float) -> None:
     ok, alive = self._call(self.client.key_value_dir_get, ALIVE_PREFIX)
@@ -165,7 +212,8 @@ class Watchdog:
       return  # Our own store: a slow answer is load, not a loss.
     finished = {int(k.rsplit('/', 1)[1]) for k, _ in done}
     values = {int(k.rsplit('/', 1)[1]): v for k, v in alive}
-    quiet = {}  # process -> seconds without a heartbeat, past half of peer_timeout_s (3 beats missed).
+    # process -> seconds without a heartbeat, past half of peer_timeout_s (3 beats missed).
+    quiet = {}
     for p in range(1, self.count):
       value = values.get(p)
       last = self._heard.get(p)
@@ -174,11 +222,17 @@ class Watchdog:
       elif p not in finished and now - last[1] > self.settings.peer_timeout_s / 2:
         quiet[p] = now - last[1]
     if any(s > self.settings.peer_timeout_s for s in quiet.values()):
-      # Named with it: the others quiet for half as long, which went at about the same time (a process killed, and
-      # its neighbour that a failed collective aborted 0.04 s later, cross the timeout a beat apart).
-      names, ages = ', '.join(map(str, sorted(quiet))), ', '.join(f'{quiet[p]:.0f}' for p in sorted(quiet))
-      cause = (f'process{"es" if len(quiet) > 1 else ""} {names} of {self.count} stopped responding (no heartbeat '
-               f'for {ages} s: dead, stopped or its host unreachable)')
+      # Named with it: the others quiet for half as long, which went at about the same time (a
+      # process killed, and its neighbour that a failed collective aborted 0.04 s later, cross the
+      # timeout a beat apart).
+      names, ages = (
+        ', '.join(map(str, sorted(quiet))),
+        ', '.join(f'{quiet[p]:.0f}' for p in sorted(quiet)),
+      )
+      cause = (
+        f'process{"es" if len(quiet) > 1 else ""} {names} of {self.count} stopped responding (no '
+        f'heartbeat for {ages} s: dead, stopped or its host unreachable)'
+      )
       self._call(self.client.key_value_set, ABORT_KEY, cause, True)
       time.sleep(min(5.0, self.settings.peer_timeout_s / 3))  # Time for the others to read why.
       self._lost(f'process 0 of {self.count} stops: {cause}')

@@ -1,4 +1,6 @@
-"""Classification losses (per example, float32) over integer labels or soft targets (e.g. from mixup)."""
+"""Classification losses (per example, float32) over integer labels or soft targets (e.g. from
+mixup)."""
+
 import jax
 import jax.numpy as jnp
 
@@ -6,9 +8,13 @@ from vit_jax.configs.choices import LOSSES  # noqa: F401  (what config.loss take
 
 
 def targets(labels, num_classes: int, label_smoothing: float = 0.0):
-  """Targets [B, C], smoothed: (1 - s) * y + s / num_classes, where y is one-hot of integer labels [B] or the soft
-  targets [B, C] given."""
-  y = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  """Targets [B, C], smoothed: (1 - s) * y + s / num_classes, where y is one-hot of integer labels
+  [B] or the soft targets [B, C] given."""
+  y = (
+    labels.astype(jnp.float32)
+    if labels.ndim == 2
+    else jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  )
   return y * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 

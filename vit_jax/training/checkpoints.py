@@ -1,6 +1,7 @@
-"""A run's Orbax checkpoints (WORKDIR/checkpoints): saving on the run's cadence, asynchronous saves whose failures
-stop the run at the next step, restoring into any mesh's layout, and the one "latest step" rule of the run
-directory (vit_jax/runtime/workdir.py)."""
+"""A run's Orbax checkpoints (WORKDIR/checkpoints): saving on the run's cadence, asynchronous saves
+whose failures stop the run at the next step, restoring into any mesh's layout, and the one "latest
+step" rule of the run directory (vit_jax/runtime/workdir.py)."""
+
 import logging
 
 import jax
@@ -17,14 +18,15 @@ class SaveError(errors.UserError, OSError):
   """A checkpoint could not be saved (no space left, say); the earlier checkpoints are intact."""
 
 
-
 class Checkpoints:
-  """The run's Orbax checkpoints in WORKDIR/checkpoints: saves every config.checkpoint_every_steps (asynchronous when
-  config.async_checkpoints), the last config.keep kept; `read_only` for the after-training tools.
+  """The run's Orbax checkpoints in WORKDIR/checkpoints: saves every config.checkpoint_every_steps
+  (asynchronous when config.async_checkpoints), the last config.keep kept; `read_only` for the
+  after-training tools.
 
-  A save that fails (no space left, a read-only disk...) is a SaveError at once when the save is synchronous, else
-  at the next `check()`, `save()` or `wait()`: it names the step, the cause and the last good checkpoint, which
-  Orbax's write-then-rename leaves intact, so rerunning after fixing the cause resumes from it.
+  A save that fails (no space left, a read-only disk...) is a SaveError at once when the save is
+  synchronous, else at the next `check()`, `save()` or `wait()`: it names the step, the cause and
+  the last good checkpoint, which Orbax's write-then-rename leaves intact, so rerunning after fixing
+  the cause resumes from it.
   """
 
   def __init__(self, workdir: str, config=None, *, read_only: bool = False):
@@ -32,26 +34,39 @@ class Checkpoints:
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     else:
-      options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, save_interval_steps=config.checkpoint_every_steps,
-                                             enable_async_checkpointing=config.async_checkpoints)
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep,
+        save_interval_steps=config.checkpoint_every_steps,
+        enable_async_checkpointing=config.async_checkpoints,
+      )
     with _quiet_absl():  # Not Orbax's "Given directory is read only" warning.
-      self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                           item_handlers=ocp.PyTreeCheckpointHandler() if read_only
-                                           else ocp.StandardCheckpointHandler())
+      self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=options,
+        item_handlers=ocp.PyTreeCheckpointHandler()
+        if read_only
+        else ocp.StandardCheckpointHandler(),
+      )
     self._saving = None  # The step of a save that may still be running.
 
   def latest_step(self) -> int | None:
-    """The latest finalised checkpoint's step by the run directory's one rule (workdir.finalised_steps), which the
-    completion check and the launchers use too; None without one."""
+    """The latest finalised checkpoint's step by the run directory's one rule
+    (workdir.finalised_steps), which the completion check and the launchers use too; None without
+    one."""
     return (workdir_lib.finalised_steps(self.directory) or [None])[-1]
 
   def _failed(self, e: Exception):
     step, self._saving = self._saving, None
     cause = errors.fault(e) or f'{type(e).__name__}: {" ".join(str(e).split())[:300]}.'
     good = ([s for s in workdir_lib.finalised_steps(self.directory) if s != step] or [None])[-1]
-    last = (f'The last good checkpoint is step {good}; rerunning the same command resumes from it.' if good is not None
-            else 'There is no earlier checkpoint.')
-    raise SaveError(f'Saving the checkpoint of step {step} in {self.directory} failed: {cause} {last}') from e
+    last = (
+      f'The last good checkpoint is step {good}; rerunning the same command resumes from it.'
+      if good is not None
+      else 'There is no earlier checkpoint.'
+    )
+    raise SaveError(
+      f'Saving the checkpoint of step {step} in {self.directory} failed: {cause} {last}'
+    ) from e
 
   def check(self) -> None:
     """Raises SaveError if an asynchronous save has failed (cheap: no waiting)."""
@@ -61,7 +76,8 @@ class Checkpoints:
       self._failed(e)
 
   def save(self, step: int, train_state) -> None:
-    self.wait()  # Orbax waits for the previous save anyway; waiting here names the step of a failed one rightly.
+    # Orbax waits for the previous save anyway; waiting here names the step of a failed one rightly.
+    self.wait()
     self._saving = step
     try:
       self.manager.save(step, args=ocp.args.StandardSave(train_state), force=True)
@@ -78,7 +94,8 @@ class Checkpoints:
   def close(self) -> None:
     try:
       self.manager.close()
-    except Exception as e:  # pylint: disable=broad-except  (the failure was reported, or is reported now)
+    # (the failure was reported, or is reported now)
+    except Exception as e:  # pylint: disable=broad-except
       if self._saving is not None:
         self._failed(e)
       log.warning('Closing the checkpoints in %s: %s', self.directory, e)
@@ -90,10 +107,15 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
   def restore_params(self, step: int, abstract):
-    """The 'params' subtree of a saved train state as NumPy arrays (a partial restore: no optimizer state read)."""
+    """The 'params' subtree of a saved train state as NumPy arrays (a partial restore: no optimizer
+    state read)."""
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    restored = self.manager.restore(step, args=ocp.args.PyTreeRestore(
-        item={'params': abstract}, restore_args={'params': restore_args}, partial_restore=True))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.PyTreeRestore(
+        item={'params': abstract}, restore_args={'params': restore_args}, partial_restore=True
+      ),
+    )
     return restored['params']
 
 

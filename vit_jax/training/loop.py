@@ -8,6 +8,7 @@ record, the progress bar's rate and ETA and the logged img/s derive from it. At 
 for the last save, params.npz (config.export_npz), and the attempt's last goodput record
 ('finished', 'preempted', or 'failed' on an exception).
 """
+
 import contextlib
 import logging
 import time
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def _due(step: int, every: int, last: bool) -> bool:
-  """The loop's one cadence rule (logging, each evaluator, checkpoints): every `every`-th step, and the last step."""
+  """The loop's one cadence rule (logging, each evaluator, checkpoints): every `every`-th step, and
+  the last step."""
   return last or step % every == 0
 
 
@@ -39,16 +41,22 @@ def evaluate(evals, params, step: int) -> dict[str, float]:
   for ev in evals:
     result.update(ev.run(params))
   if result:
-    log.info('step %d: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in sorted(result.items())
-                                            if not k.endswith('num_examples')))
+    log.info(
+      'step %d: %s',
+      step,
+      ', '.join(
+        f'{k} {v:.4f}' for k, v in sorted(result.items()) if not k.endswith('num_examples')
+      ),
+    )
   return result
 
 
 def export(setup, train_state, workdir: str) -> None:
   """WORKDIR/params.npz in the release layout (config.export_npz), gathered from every process."""
   if setup.config.export_npz:
-    params = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
-                          train_state['params'])
+    params = jax.tree.map(
+      lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), train_state['params']
+    )
     if jax.process_index() == 0:
       checkpoint.save_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE), params)
 
@@ -63,26 +71,44 @@ class Loop:
   the writers and the clock."""
 
   def __init__(self, setup, checkpoints, workdir: str, watch, train_state, evals, clock):
-    self.setup, self.config, self.checkpoints, self.watch, self.evals = setup, setup.config, checkpoints, watch, evals
+    self.setup, self.config, self.checkpoints, self.watch, self.evals = (
+      setup,
+      setup.config,
+      checkpoints,
+      watch,
+      evals,
+    )
     self.state, self.clock, self.workdir = train_state, clock, workdir
     self.start = int(jax.device_get(train_state['step']))
     self.zero_window = jax.jit(train_step_lib.zero_window, out_shardings=setup.shardings['window'])
-    if _due(self.start, self.config.log_every_steps, False):  # Logged at this step (by older versions: not reset).
+    # Logged at this step (by older versions: not reset).
+    if _due(self.start, self.config.log_every_steps, False):
       self.new_window()
-    self.record = goodput.Recorder(workdir, clock, resumed_from=self.start, enabled=jax.process_index() == 0)
+    self.record = goodput.Recorder(
+      workdir, clock, resumed_from=self.start, enabled=jax.process_index() == 0
+    )
     self.record.write(self.start)
-    self.profile = check.profile_range(self.config.profile_steps) if jax.process_index() == 0 else None
+    self.profile = (
+      check.profile_range(self.config.profile_steps) if jax.process_index() == 0 else None
+    )
     self.tracing = False
     self.nonfinite_seen = int(jax.device_get(train_state['nonfinite']['count']))
     is_main = jax.process_index() == 0
     self.writer = metrics.Writer(workdir, enabled=is_main)
-    self.progress = metrics.Progress(self.config.total_steps, self.start, enabled=is_main,
-                                     clock=clock)
-    self.speed = metrics.Speed(flops.train_flops(
-        self.config.model, self.config.image_size, _num_classes_of(setup.model),
-        locked_image=self.config.lit.locked_image, image_precomputed=self.config.lit.precompute_image),
-                               jax.device_count(),
-                               flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype))
+    self.progress = metrics.Progress(
+      self.config.total_steps, self.start, enabled=is_main, clock=clock
+    )
+    self.speed = metrics.Speed(
+      flops.train_flops(
+        self.config.model,
+        self.config.image_size,
+        _num_classes_of(setup.model),
+        locked_image=self.config.lit.locked_image,
+        image_precomputed=self.config.lit.precompute_image,
+      ),
+      jax.device_count(),
+      flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype),
+    )
 
   def run(self) -> dict[str, float]:
     """Trains to config.total_steps and exports; returns the last evaluation's metrics, or
@@ -93,9 +119,12 @@ class Loop:
       self.checkpoints.wait()  # In phase checkpoint: the loop ended there.
       preempted = 'preempted_at_step' in result
       if preempted:
-        log.warning('%s: saved a checkpoint at step %d in %s; rerun the same command to resume.',
-                    'Stopped by Ctrl-C' if self.watch.interrupted else 'Preempted',
-                    result['preempted_at_step'], self.checkpoints.directory)
+        log.warning(
+          '%s: saved a checkpoint at step %d in %s; rerun the same command to resume.',
+          'Stopped by Ctrl-C' if self.watch.interrupted else 'Preempted',
+          result['preempted_at_step'],
+          self.checkpoints.directory,
+        )
       else:
         export(self.setup, self.state, self.workdir)
     except BaseException:
@@ -103,17 +132,25 @@ class Loop:
       raise
     self.record.write(ended='preempted' if preempted else 'finished')
     if jax.process_index() == 0:
-      log.info('Where the time went: %s (WORKDIR/%s; `python -m vit_jax.visualize goodput %s` '
-               'draws it).', goodput.describe(goodput.summary(goodput.read(self.workdir))),
-               workdir_lib.GOODPUT_FILE, self.workdir)
+      log.info(
+        'Where the time went: %s (WORKDIR/%s; `python -m vit_jax.visualize goodput %s` draws it).',
+        goodput.describe(goodput.summary(goodput.read(self.workdir))),
+        workdir_lib.GOODPUT_FILE,
+        self.workdir,
+      )
     return result
 
   def train(self) -> dict[str, float]:
     """The steps (module doc); returns the last evaluation's metrics, or {'preempted_at_step':
     step}. It ends in phase checkpoint, with the writers closed."""
     config, result = self.config, {}
-    batches = input_pipeline.device_batches(config, self.setup.batch_sharding, train=True,
-                                            start_step=self.start, image_table=self.image_table())
+    batches = input_pipeline.device_batches(
+      config,
+      self.setup.batch_sharding,
+      train=True,
+      start_step=self.start,
+      image_table=self.image_table(),
+    )
     train_step = self.setup.train_step()
     try:
       for step in range(self.start + 1, config.total_steps + 1):
@@ -131,8 +168,9 @@ class Loop:
         if evals:
           with self.pause('eval', step):
             result = evaluate(evals, self.state['params'], step)
-            self.writer.write_scalars(step, {k: v for k, v in result.items()
-                                             if not k.endswith('num_examples')})
+            self.writer.write_scalars(
+              step, {k: v for k, v in result.items() if not k.endswith('num_examples')}
+            )
         saved = _due(step, config.checkpoint_every_steps, last)
         if saved:
           with self.pause('checkpoint', step):
@@ -182,19 +220,25 @@ class Loop:
     return {'preempted_at_step': step}
 
   def image_table(self):
-    """A LiT run's locked image tower applied once to every training image (config.lit.precompute_image), else None."""
+    """A LiT run's locked image tower applied once to every training image
+    (config.lit.precompute_image), else None."""
     if not (models.is_lit(self.config.model) and self.config.lit.precompute_image):
       return None
     self.clock.enter('input', self.start + 1)
     start = time.monotonic()
-    table = train_step_lib.image_embeddings(self.setup.model, self.config, self.state['params'], self.setup.mesh)
-    log.info('Embedded the %d training images with the locked image tower once, in %.1f s.', len(table),
-             time.monotonic() - start)
+    table = train_step_lib.image_embeddings(
+      self.setup.model, self.config, self.state['params'], self.setup.mesh
+    )
+    log.info(
+      'Embedded the %d training images with the locked image tower once, in %.1f s.',
+      len(table),
+      time.monotonic() - start,
+    )
     return table
 
   def profiler(self, step: int | None) -> None:
-    """Starts the jax.profiler trace of config.profile_steps at its first step, stops it at its end (step None: the
-    loop ended), into WORKDIR/profile (process 0's devices)."""
+    """Starts the jax.profiler trace of config.profile_steps at its first step, stops it at its end
+    (step None: the loop ended), into WORKDIR/profile (process 0's devices)."""
     if self.profile is None:
       return
     first, end = self.profile
@@ -205,45 +249,69 @@ class Loop:
       jax.block_until_ready(self.state)
       jax.profiler.stop_trace()
       self.tracing = False
-      log.info('Wrote the profile of steps %d-%d to %s: view it with `tensorboard --logdir %s` (Profile tab) or '
-               'https://ui.perfetto.dev.', first, min(end, self.config.total_steps + 1) - 1,
-               workdir_lib.path(self.workdir, workdir_lib.PROFILE_DIR), self.workdir)
+      log.info(
+        'Wrote the profile of steps %d-%d to %s: view it with `tensorboard --logdir %s` (Profile '
+        'tab) or https://ui.perfetto.dev.',
+        first,
+        min(end, self.config.total_steps + 1) - 1,
+        workdir_lib.path(self.workdir, workdir_lib.PROFILE_DIR),
+        self.workdir,
+      )
 
   def log(self, step: int, stats) -> None:
     """The log step's writes: the train metrics, the progress line, the goodput record."""
     self.check_finite()
-    sums = jax.device_get(self.state['window'])  # Over the steps since the last log step (see the train step).
+    # Over the steps since the last log step (see the train step).
+    sums = jax.device_get(self.state['window'])
     self.new_window()
     steps, seconds = self.clock.lap()  # Train steps only, since the last log step (the clock).
     img_per_sec = steps * self.config.batch_size / seconds if seconds > 0 else 0.0
-    scalars = {'train/learning_rate': float(jax.device_get(stats['learning_rate'])), **self.speed.scalars(img_per_sec)}
+    scalars = {
+      'train/learning_rate': float(jax.device_get(stats['learning_rate'])),
+      **self.speed.scalars(img_per_sec),
+    }
     if sums['steps']:
       scalars['train/loss'] = sums['loss'] / sums['steps']
       scalars['train/grad_norm'] = sums['grad_norm'] / sums['steps']
     if self.nonfinite_seen:
       scalars['train/nonfinite_steps'] = self.nonfinite_seen
     self.writer.write_scalars(step, scalars)
-    self.progress.report(step, scalars.get('train/loss', float('nan')), img_per_sec, scalars.get('train/mfu'))
+    self.progress.report(
+      step, scalars.get('train/loss', float('nan')), img_per_sec, scalars.get('train/mfu')
+    )
     self.record.write(step)
 
   def new_window(self) -> None:
-    """Starts a new metric window (the train step sums into state['window']; the log cadence lives here only)."""
+    """Starts a new metric window (the train step sums into state['window']; the log cadence lives
+    here only)."""
     self.state = {**self.state, 'window': self.zero_window()}
 
   def check_finite(self) -> None:
-    """Applies config.nonfinite_policy to the updates dropped since the last check (a host sync: call rarely)."""
-    count, last_bad = (int(x) for x in jax.device_get((self.state['nonfinite']['count'],
-                                                       self.state['nonfinite']['last_step'])))
+    """Applies config.nonfinite_policy to the updates dropped since the last check (a host sync:
+    call rarely)."""
+    count, last_bad = (
+      int(x)
+      for x in jax.device_get(
+        (self.state['nonfinite']['count'], self.state['nonfinite']['last_step'])
+      )
+    )
     if count == self.nonfinite_seen:
       return
     if self.config.nonfinite_policy == 'stop':
       raise train_step_lib.NonFiniteError(
-          f'Non-finite loss or gradient norm at step {last_bad} ({count - self.nonfinite_seen} such step(s) since '
-          f'the last check); those updates were not applied and nothing was saved. The last good checkpoint is step '
-          f'{self.checkpoints.latest_step()} in {self.checkpoints.directory} (rerunning resumes from it). Lower the '
-          'learning rate, check the data, or set config.nonfinite_policy=skip to drop such updates and go on.')
-    log.warning('Dropped %d update(s) with a non-finite loss or gradient norm (the last at step %d); %d in all.',
-                count - self.nonfinite_seen, last_bad, count)
+        f'Non-finite loss or gradient norm at step {last_bad} ({count - self.nonfinite_seen} such '
+        'step(s) since the last check); those updates were not applied and nothing was saved. The '
+        f'last good checkpoint is step {self.checkpoints.latest_step()} in '
+        f'{self.checkpoints.directory} (rerunning resumes from it). Lower the learning rate, check '
+        'the data, or set config.nonfinite_policy=skip to drop such updates and go on.'
+      )
+    log.warning(
+      'Dropped %d update(s) with a non-finite loss or '
+      'gradient norm (the last at step %d); %d in all.',
+      count - self.nonfinite_seen,
+      last_bad,
+      count,
+    )
     self.nonfinite_seen = count
 
   def save(self, step: int) -> None:

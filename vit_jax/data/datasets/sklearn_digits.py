@@ -1,16 +1,20 @@
-"""`sklearn_digits`: the 1,797 8x8 handwritten digits bundled with scikit-learn, as a local TFDS dataset.
+"""`sklearn_digits`: the 1,797 8x8 handwritten digits bundled with scikit-learn, as a local TFDS
+dataset.
 
-Nothing is downloaded: the examples come from `sklearn.datasets.load_digits()`, which ships with scikit-learn.
+Nothing is downloaded: the examples come from `sklearn.datasets.load_digits()`, which ships with
+scikit-learn.
 
-* image: (8, 8, 1) uint8, the original 0..16 intensities scaled to 0..255 as `round(v * 255 / 16)` (NumPy rounding,
-  half to even: 8 -> 128).
+* image: (8, 8, 1) uint8, the original 0..16 intensities scaled to 0..255 as `round(v * 255 / 16)`
+  (NumPy rounding, half to even: 8 -> 128).
 * label: ClassLabel with names '0'..'9'.
 * Split (fixed, identical on every build): `perm = numpy.random.default_rng(0).permutation(1797)`;
   train = the examples `perm[:1437]`, test = `perm[1437:]` (1,437 / 360, an 80/20 split).
 
-Build it with `tfds.builder('sklearn_digits', data_dir=...).download_and_prepare(file_format='array_record')`
-(`vit_jax.data.sources` does this by itself when the dataset is not prepared yet).
+Build it with `tfds.builder('sklearn_digits',
+data_dir=...).download_and_prepare(file_format='array_record')` (`vit_jax.data.sources` does this by
+itself when the dataset is not prepared yet).
 """
+
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
@@ -35,10 +39,13 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 8x8 handwritten digits, with a fixed seeded train/test split."""
 
   VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: 1,437 train / 360 test, split by default_rng(0).',
-                   '1.1.0': 'The same examples, built as ArrayRecord for random access.'}
-  # TFDS 4.9.x works out a builder's source file through `importlib_resources`, which it only declares as a
-  # dependency for Python < 3.9, so `download_and_prepare` fails on 3.11 without it. Naming the file skips that.
+  RELEASE_NOTES = {
+    '1.0.0': 'Initial release: 1,437 train / 360 test, split by default_rng(0).',
+    '1.1.0': 'The same examples, built as ArrayRecord for random access.',
+  }
+  # TFDS 4.9.x works out a builder's source file through `importlib_resources`, which it only
+  # declares as a dependency for Python < 3.9, so `download_and_prepare` fails on 3.11 without it.
+  # Naming the file skips that.
   code_path = epath.Path(__file__)
 
   def __init__(self, *, file_format=None, **kwargs):
@@ -47,13 +54,16 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description='UCI ML hand-written digits as bundled with scikit-learn (load_digits), 8x8 grayscale.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(8, 8, 1)),
-            'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html',
+      description='UCI ML hand-written digits as bundled with '
+      'scikit-learn (load_digits), 8x8 grayscale.',
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(8, 8, 1)),
+          'label': tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+      homepage='https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html',
     )
 
   def _split_generators(self, dl_manager):
@@ -61,7 +71,9 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     return {name: self._generate_examples(indices) for name, indices in split_indices().items()}
 
   def _generate_examples(self, indices):
-    from sklearn import datasets  # pylint: disable=g-import-not-at-top  (only needed while building)
+    # (only needed while building)
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
     digits = datasets.load_digits()
     images, labels = to_uint8(digits.images), digits.target
     for i in indices:
