@@ -17,8 +17,9 @@ Figures per line:
   compile_s       tracing + lowering + XLA compile of the train step (xla_compile_s: the last part alone).
   img_per_sec     batch / the median step time over --steps timed steps after --warmup steps, each step waited
                   for with jax.block_until_ready.
-  model_tflops_per_device  img_per_sec x vit_jax.models.flops.train_flops / devices: the model's work, not XLA's (remat
-                  recomputation and elementwise ops are not counted).
+  model_tflops_per_device  img_per_sec x the task's train_flops (vit_jax/models/flops.py) /
+                  devices: the model's work, not XLA's (remat recomputation and elementwise ops
+                  are not counted).
   mfu             model_tflops_per_device / peak_tflops. `peak_source` says where the peak comes from: 'flag'
                   (--peak_tflops; given to the fast variant only, as the baseline runs in float32), else 'table'
                   (vit_jax.models.flops.PEAK_TFLOPS for the device kind and dtype), else 'measured matmul' (the median
@@ -46,12 +47,11 @@ import time
 import jax
 import numpy as np
 
-from vit_jax.configs import check, common, presets
-from vit_jax import models, sharding
+from vit_jax.configs import common, presets
+from vit_jax import models, sharding, tasks
 from vit_jax.data import input_pipeline
 from vit_jax.models import flops
 from vit_jax.training import preflight, state
-from vit_jax.models import bert
 
 NUM_CLASSES = 1000
 # Fast-path switches: flag name -> (config field, baseline value).
@@ -97,21 +97,21 @@ def make_config(args):
   """vit_jax/configs/common.py with the model, sizes, batch, AdamW and the fast-path switches of `args`."""
   config = common.get_config()
   config.model = models.get_model_config(args.model)
-  vit = config.model.image if models.is_lit(config.model) else config.model
+  task = tasks.of(config)
+  vit = task.image_model(config.model)  # What the size flags change (a LiT model's image tower).
   for flag, field in SIZE_FLAGS.items():
     if getattr(args, flag) is not None:
       parent, _, leaf = field.rpartition('.')
       (vit[parent] if parent else vit)[leaf] = getattr(args, flag)
   if args.patch is not None:
     vit.patches.size = (args.patch, args.patch)
-  if models.is_lit(config.model):  # Random towers and tokens: no file is read (validated with files=False).
-    config.model.pp.size = args.image_size
-    config.lit.update(image_init='(random)', vocab_path='(random)', locked_image=not args.unlocked)
-    if args.text_layers is not None:
-      config.model.text.num_layers = args.text_layers
-    if not isinstance(config.model.out_dim[0], int):  # No image head: the text head follows the image width.
-      config.model.out_dim = (None, vit.representation_size or vit.hidden_size)
+  # A LiT model's towers and tokens are random: no file is read (validated with files=False); only
+  # the image-text task reads config.lit.
+  config.lit.update(image_init='(random)', vocab_path='(random)', locked_image=not args.unlocked)
+  if args.text_layers is not None:
+    config.model.text.num_layers = args.text_layers
   config.image_size = args.image_size
+  task.follow_image_model(config)  # A LiT model's pp.size and a headless out_dim follow the tower.
   config.batch_size = config.eval_batch_size = args.batch
   config.dtype = args.dtype
   config.optimizer.name = 'adamw'
@@ -154,18 +154,12 @@ def matmul_tflops(dtype: str, steps: int = 3, warmup: int = 1, min_seconds: floa
   return 2 * n**3 / seconds / 1e12
 
 
-def _vocab_size(model_config) -> int:
-  return model_config.text.get('vocab_size', bert.VOCAB_SIZE)
-
-
 def _place(args, config, mesh):
-  """A random global batch of images in [-1, 1] and labels (and a LiT model's tokens), sharded like the trainer's."""
+  """A random global batch of images in [-1, 1] and labels (and a LiT model's tokens: the task's
+  example batch), sharded like the trainer's."""
   local = args.batch // jax.process_count()
   rng = np.random.default_rng(jax.process_index())
-  batch = {'image': rng.uniform(-1, 1, (local, args.image_size, args.image_size, 3)).astype(np.float32),
-           'label': rng.integers(0, NUM_CLASSES, local).astype(np.int32)}
-  if models.is_lit(config.model):
-    batch['tokens'] = rng.integers(1, _vocab_size(config.model), (local, config.model.pp.max_len)).astype(np.int32)
+  batch = tasks.of(config).example_batch(config, local, rng, NUM_CLASSES)
   return input_pipeline.make_global_batch(batch, sharding.batch_sharding(mesh))
 
 
@@ -183,13 +177,11 @@ def run_variant(args) -> dict:
   with jax.set_mesh(mesh):
     state_spec = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), setup.abstract,
                               setup.shardings)
-    image_spec = jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size, 3), 'float32',
-                                      sharding=setup.batch_sharding)
-    batch_spec = {'image': image_spec, 'label': jax.ShapeDtypeStruct((args.batch,), 'int32',
-                                                                    sharding=setup.batch_sharding)}
-    if models.is_lit(config.model):
-      batch_spec['tokens'] = jax.ShapeDtypeStruct((args.batch, config.model.pp.max_len), 'int32',
-                                                  sharding=setup.batch_sharding)
+    example = setup.task.example_batch(config, 1, np.random.default_rng(0), NUM_CLASSES)
+    batch_spec = {
+      k: jax.ShapeDtypeStruct((args.batch,) + v.shape[1:], v.dtype, sharding=setup.batch_sharding)
+      for k, v in example.items()
+    }
     start = time.perf_counter()
     lowered = setup.train_step().lower(state_spec, batch_spec)
     lowered_at = time.perf_counter()
@@ -213,7 +205,7 @@ def _time_steps(args, config, setup, compiled) -> dict:
   seconds = median_seconds(one_step, args.steps, args.warmup)
   devices = jax.device_count()
   img_per_sec = args.batch / seconds
-  gflops = flops.train_flops(config.model, args.image_size, NUM_CLASSES, locked_image=config.lit.locked_image) / 1e9
+  gflops = setup.task.train_flops(config, NUM_CLASSES) / 1e9
   model_tflops = img_per_sec * gflops / 1e3 / devices
   peak, source = peak_of(args)
   return {'steps': args.steps, 'warmup': args.warmup, 'step_s_median': seconds, 'img_per_sec': img_per_sec,

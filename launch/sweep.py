@@ -98,13 +98,16 @@ def plan(config_spec: str, sweep_dir: str, sweeps: list[dict], fixed: dict) -> l
 
 
 def validate(config_spec: str, runs: list[Run]) -> None:
-  """Every run's config, parsed as vit_jax.main will parse it and checked by vit_jax/configs/check.py, before anything
-  starts (--dry-run too): a ValueError naming each bad run and what is wrong."""
+  """Every run's config, parsed and checked as vit_jax.main does it (vit_jax/training/preflight.py:
+  the fields and the rules of the run's task), before anything starts (--dry-run too): a ValueError
+  naming each bad run and what is wrong."""
   from vit_jax.configs import check, loading  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import preflight  # noqa: PLC0415  (JAX, for the tasks' rules: only here)
   problems = []
   for run in runs:
     try:
-      check.validate(loading.from_command_line(config_spec, [a for a in run.args if a.startswith('--config.')]))
+      overrides = [a for a in run.args if a.startswith('--config.')]
+      preflight.validate(loading.from_command_line(config_spec, overrides))
     except (check.ConfigError, check.UnknownFieldError) as e:
       problems.append(f'run {run.name}: {e}')
   if problems:

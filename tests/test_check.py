@@ -160,6 +160,7 @@ def test_a_model_field_of_the_other_family_is_named_as_such():
 def test_validating_a_config_and_a_sweep_loads_no_jax():
   code = ("import sys; from vit_jax.configs import check, loading; import launch.sweep; "
           "check.validate(loading.from_command_line('configs/default.py'), devices=8); "
+          "check.validate(loading.from_command_line('configs/lit.py'), devices=8); "
           "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax', 'orbax', 'grain', "
           "'tensorflow', 'tensorflow_datasets'}))")
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,

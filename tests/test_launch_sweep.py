@@ -305,3 +305,14 @@ def test_every_run_of_a_sweep_is_validated_before_anything_starts_dry_run_includ
   err = capsys.readouterr().err
   assert code == 2 and said in err and 'nothing was started' in err
   assert not (tmp_path / 'sw').exists()
+
+
+def test_a_run_that_breaks_its_tasks_rules_is_refused_before_anything_starts(tmp_path, capsys):
+  """The runs are validated as vit_jax.main validates them (vit_jax/training/preflight.py): a LiT
+  run's objective rules (vit_jax/tasks/image_text.py) too."""
+  sweep_dir = f'--sweep_dir={tmp_path}/sw'
+  args = ['--config=configs/lit.py', sweep_dir, '--dry-run', '--sweep', 'accum_steps=1,2']
+  code = sweep.main(args)
+  err = capsys.readouterr().err
+  assert code == 2 and 'run accum_steps=2: config.accum_steps=2: the contrastive loss' in err
+  assert 'nothing was started' in err and not (tmp_path / 'sw').exists()

@@ -1,5 +1,6 @@
-"""LiT / SigLIP training on the main entry point (vit_jax/training/train_step.py's contrastive loss, vit_jax/data/captions.py,
-vit_jax/evaluators/zeroshot.py): a locked image tower from a ViT file stays bitwise as it was, the text tower learns
+"""LiT / SigLIP training on the main entry point (vit_jax/tasks/image_text.py: the contrastive
+loss, the config rules; vit_jax/data/captions.py, vit_jax/evaluators/zeroshot.py): a locked image
+tower from a ViT file stays bitwise as it was, the text tower learns
 until zero-shot accuracy is far above chance, the captions and vocabulary are pure functions of the config, and a
 run resumes bitwise after SIGTERM."""
 import json
@@ -15,7 +16,7 @@ import tiny
 from vit_jax import checkpoint, predict
 from vit_jax.data import captions, input_pipeline
 from vit_jax.inference import zeroshot
-from vit_jax.training import train
+from vit_jax.training import preflight, train
 from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import check, common, presets
 
@@ -145,7 +146,7 @@ def test_lit_configs_are_checked_whole(digits_dir):
   config = lit_config(digits_dir, '', accum_steps=2, mixup_p=0.2, image_size=16, scan_layers=True,
                       **{'model.out_dim': (None, 48), 'lit.templates': ''})
   with pytest.raises(check.ConfigError) as e:
-    check.validate(config)
+    preflight.validate(config)
   text = str(e.value)
   for expected in ('config.accum_steps=2', 'config.mixup_p=0.2', 'config.image_size=16 differs from',
                    'image embeddings of size 32 and text embeddings of size 48', 'image_init is empty',
@@ -153,13 +154,13 @@ def test_lit_configs_are_checked_whole(digits_dir):
     assert expected in text, text
   config = lit_config(digits_dir, '', **{'model.pp.tokenizer_name': 'bert'})
   with pytest.raises(check.ConfigError, match='give vocab_path'):
-    check.validate(config)
+    preflight.validate(config)
   config = lit_config(digits_dir, '')
   config.model.image.unlock()
   with pytest.raises(check.UnknownFieldError, match='model.image.hidden_dim'):
     config.model.image.hidden_dim = 3
-    check.validate(config)
-  assert check.validate(lit_config(digits_dir, 'x.npz')) is not None
+    preflight.validate(config)
+  assert preflight.validate(lit_config(digits_dir, 'x.npz')) is not None
 
 
 def test_a_lit_run_resumes_bit_for_bit_after_sigterm(digits_dir, image_tower, tmp_path, monkeypatch):
@@ -302,7 +303,9 @@ def test_a_tfds_dataset_with_a_caption_feature_trains_on_it_and_is_scored_by_ret
                  for t in ts}
   tokenizer = captions.of_run(config).tokenizer
   allowed = {tuple(row) for row in tokenizer(sorted(train_texts))}
-  batch = tiny.take(input_pipeline.train_dataset(config, local_batch_size=8), 1)[0]
+  run_captions = captions.of_run(config)
+  stream = input_pipeline.train_dataset(config, local_batch_size=8, captions=run_captions)
+  batch = tiny.take(stream, 1)[0]
   assert all(tuple(row) in allowed for row in batch['tokens'])  # Each example's own caption feature, tokenized.
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   image = tmp_path / 'x.png'
@@ -315,7 +318,7 @@ def test_a_tfds_dataset_with_a_caption_feature_trains_on_it_and_is_scored_by_ret
     assert recalls == sorted(recalls) and all(round(r * n, 6) == round(r * n) for r in recalls), recalls
   assert result['retrieval/txt2img/recall@10'] == 1.0  # 6 images: every one is among a text's 10 nearest.
   with pytest.raises(check.ConfigError, match="text_feature='captions/text' needs config.lit.vocab_path"):
-    check.validate(tiny.override(config, {'lit.vocab_path': ''}))
+    preflight.validate(tiny.override(config, {'lit.vocab_path': ''}))
 
 
 def test_lit_training_and_zero_shot_prediction_never_import_tensorflow(digits_dir, image_tower, tmp_path):
@@ -376,10 +379,14 @@ def test_precomputing_the_locked_tower_trains_as_running_it_every_step(digits_di
     np.testing.assert_allclose(pre[key], plain[key], rtol=1e-4, atol=1e-6, err_msg=key)
   config = lit_config(digits_dir, image_tower, **{'lit.precompute_image': True})
   table = np.zeros((1437, 32), np.float32)
-  batch = tiny.take(input_pipeline.train_dataset(config, local_batch_size=8, image_table=table), 1)[0]
+  stream = input_pipeline.train_dataset(
+    config, local_batch_size=8, captions=captions.of_run(config), image_table=table
+  )
+  batch = tiny.take(stream, 1)[0]
   assert 'image' not in batch and batch['zimg'].shape == (8, 32) and batch['tokens'].shape == (8, 8)
   with pytest.raises(check.ConfigError, match="precompute_image=True embeds each training image once"):
-    check.validate(lit_config(digits_dir, image_tower, **{'lit.precompute_image': True, 'pp.flip': True}))
+    flipped = {'lit.precompute_image': True, 'pp.flip': True}
+    preflight.validate(lit_config(digits_dir, image_tower, **flipped))
 
 
 def test_a_locked_towers_optimizer_state_holds_only_the_text_tower_sharded_like_it(digits_dir):

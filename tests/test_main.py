@@ -71,6 +71,20 @@ def test_a_bad_override_is_one_line_and_exit_status_2(tmp_path, arg, line):
   assert not os.path.exists(tmp_path / 'w')
 
 
+def test_a_rule_of_the_runs_task_is_a_usage_error_too(tmp_path):
+  """main checks the config through the one entry point (vit_jax/training/preflight.py): a LiT
+  run's objective rule (vit_jax/tasks/image_text.py) is refused like a bad field, before anything is
+  written."""
+  args = [f'--config={REPO}/configs/lit.py', '--config.mixup_p=0.2', f'--workdir={tmp_path}/w']
+  proc = tiny.run_main(args, cwd=tmp_path, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+    'vit_jax.main: error: config.mixup_p=0.2: mixup mixes class labels, and image-text training '
+    'has none; set it to 0.; fix the config file or its --config.* overrides'
+  ]
+  assert not os.path.exists(tmp_path / 'w')
+
+
 def test_incompatible_allowed_change_is_one_clear_error_and_changes_nothing(tmp_path):
   root = tiny.image_folder(tmp_path)
   workdir = tmp_path / 'run'

@@ -207,3 +207,15 @@ def test_eval_shape_init(name):
   assert [x.shape for x in jax.tree.leaves(abstract)] == [x.shape for x in jax.tree.leaves(concrete)]
   assert [x.dtype for x in jax.tree.leaves(abstract)] == [x.dtype for x in jax.tree.leaves(concrete)]
   assert float(sched(100)) == pytest.approx(0.1)
+
+
+def test_frozen_parameters_get_no_update_and_no_optimizer_state():
+  """make_optimizer(frozen=...): the task's rules (a LiT model's locked tower), applied by name."""
+  config = _constant_config('adamw', **{'optimizer.weight_decay': 0.1})
+  tx, _ = optim.make_optimizer(config, frozen=(r'img/.*',))
+  params = {'img': {'kernel': jnp.ones((2, 2))}, 'txt': {'kernel': jnp.ones((2, 2))}}
+  state = tx.init(params)
+  assert jax.tree.leaves(state.inner_states[optim.FROZEN]) == []  # No moments for the frozen tower.
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+  np.testing.assert_array_equal(updates['img']['kernel'], 0.0)
+  assert float(jnp.abs(updates['txt']['kernel']).min()) > 0

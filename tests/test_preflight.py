@@ -9,7 +9,7 @@ from PIL import Image
 import tiny
 from vit_jax import checkpoint
 from vit_jax.training import preflight
-from vit_jax.configs import check
+from vit_jax.configs import check, loading
 
 
 def _problem(**overrides):
@@ -67,3 +67,37 @@ def test_an_image_folder_that_is_not_a_folder(tmp_path):
   assert 'is not a folder' in _problem(dataset='image_folder', image_folder=str(tmp_path / 'missing'))
   config = tiny.train_config(dataset='image_folder', image_folder=str(tmp_path / 'missing'))
   assert preflight.validate(config, devices=8, files=False) is config
+
+
+def test_the_objectives_rules_and_the_fields_are_one_stage_with_one_error():
+  """The task's rules (vit_jax/tasks/image_text.py) beside configs/check.py's, listed together."""
+  config = loading.from_command_line('configs/lit.py')
+  config = tiny.override(config, {'accum_steps': 2, 'optimizer.name': 'lamb'})
+  with pytest.raises(check.ConfigError, match="config.optimizer.name='lamb'") as e:
+    check.validate(config)  # The configs layer knows the fields, not the objective.
+  assert 'accum_steps' not in str(e.value)
+  with pytest.raises(check.ConfigError) as e:
+    preflight.validate(config)
+  lines = str(e.value).splitlines()
+  assert lines[0] == '2 config values are wrong:' and "optimizer.name='lamb'" in lines[1]
+  assert lines[2].startswith('  config.accum_steps=2: the contrastive loss compares every image')
+
+
+def test_the_durations_are_checked_and_resolved_once_the_dataset_size_is_known():
+  config = tiny.train_config(**{'total_epochs': 2.0, 'batch_size': 16, 'schedule.warmup_steps': 0})
+  resolved = preflight.validate(config, num_train=80)
+  assert resolved.total_steps == 10 and config.total_epochs == 2.0 and resolved is not config
+  with pytest.raises(check.ConfigError, match=r'The run has 0 steps'):
+    preflight.validate(tiny.override(config, {'total_epochs': 0.01}), num_train=80)
+
+
+def test_a_lit_runs_tower_and_vocabulary_files_are_the_tasks_file_checks(tmp_path):
+  (tmp_path / 'tower.txt').write_text('hello')
+  files = {'lit.image_init': str(tmp_path / 'tower.txt'), 'lit.vocab_path': str(tmp_path / 'v')}
+  config = tiny.override(loading.from_command_line('configs/lit.py'), files)
+  with pytest.raises(check.ConfigError) as e:
+    preflight.validate(config, devices=1)
+  text = str(e.value)
+  assert 'config.lit.image_init: ' in text and 'it is text, not an .npz file' in text
+  assert f"config.lit.vocab_path={str(tmp_path / 'v')!r} is not a file" in text
+  assert preflight.validate(config, devices=1, files=False) is config

@@ -156,3 +156,36 @@ def test_every_package_imports_only_its_own_layer_or_lower_ones():
 def test_at_most_16_modules_stand_at_the_top_of_vit_jax():
   top = sorted(p.name for p in (REPO / 'vit_jax').glob('*.py'))
   assert len(top) <= 16, top
+
+
+# Asking whether a config is image-text: the old predicate, a family compared with 'lit', or the
+# preset table's own test (a model config with a text tower).
+IMAGE_TEXT_PREDICATE = re.compile(
+  r"""\bis_lit\(|family\([^()]*(\([^()]*\))?[^()]*\)\s*[!=]=\s*['"]lit['"]|"""
+  r"""['"]text_model['"]\s+(not\s+)?in\b"""
+)
+
+
+def image_text_askers() -> list[str]:
+  """file:line of vit_jax/ outside tasks/ and models/ that asks whether a config is image-text, but
+  presets.py, whose `family` is the preset table's fact that the task registry asks."""
+  homes = ('vit_jax/tasks/', 'vit_jax/models/', 'vit_jax/configs/presets.py')
+  found = []
+  for path in REPO.glob('vit_jax/**/*.py'):
+    name = str(path.relative_to(REPO))
+    if not name.startswith(homes):
+      lines = enumerate(path.read_text().splitlines(), 1)
+      found += [f'{name}:{n}' for n, line in lines if IMAGE_TEXT_PREDICATE.search(line)]
+  return sorted(found)
+
+
+def test_the_predicate_finder_sees_each_form():
+  for line in ('if models.is_lit(config.model):', "lit = presets.family(config.model) == 'lit'",
+               "if family(c.model) != \"lit\":", "if 'text_model' in config.model:"):
+    assert IMAGE_TEXT_PREDICATE.search(line), line
+  assert not IMAGE_TEXT_PREDICATE.search("family = presets.family(model)")
+
+
+def test_only_the_task_registry_asks_whether_a_config_is_image_text():
+  """What differs between objectives is a task's (vit_jax/tasks/); models/ picks LitModel."""
+  assert image_text_askers() == []

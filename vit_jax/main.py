@@ -131,8 +131,9 @@ def parse_flags(argv):
       lines = [missing or f'bad command line ({_flag_of(e)}): {type(root).__name__}: {message}']
     _usage_error(argv, lines)
   from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import preflight  # noqa: PLC0415  (JAX: after --help and a bad flag)
   try:
-    check.validate(_CONFIG.value)  # Again in train_and_evaluate, with the mesh and the files (vit_jax/training/preflight.py).
+    preflight.validate(_CONFIG.value)  # Again in train_and_evaluate, with the mesh and the files.
   except check.ConfigError as e:
     _usage_error(argv, [f'{e}; fix the config file or its --config.* overrides'])
   return rest

@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser.error(f'--model={args.model} classifies zero-shot: pass --checkpoint=X.npz (its release file) and '
                    '--classes=NAME,NAME,... (or a file of names).')
     return cli.run(lambda: _predict_zero_shot(args), prog=parser.prog, argv=argv)
-  if args.workdir and _is_lit_run(args.workdir):
+  if args.workdir and _zero_shot_run(args.workdir):
     return cli.run(lambda: _predict_zero_shot(args), prog=parser.prog, argv=argv)
   if args.classes or args.vocab or args.templates:
     parser.error('--classes, --templates and --vocab go with a LiT model (--model=LiT-..., e.g. LiT-B16B, or a LiT '
@@ -141,13 +141,16 @@ def _predict(args) -> int:
   return _report(records, args)
 
 
-def _is_lit_run(workdir: str) -> bool:
-  """Whether --workdir holds a LiT run (its config's model; a workdir without one is the loader's error)."""
+def _zero_shot_run(workdir: str) -> bool:
+  """Whether --workdir holds a run whose task classifies zero-shot (a LiT run: vit_jax/tasks/); a
+  workdir without a config is the loader's error."""
+  from vit_jax import tasks  # noqa: PLC0415  (JAX: loaded after the arguments are checked)
   from vit_jax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
-    return presets.is_lit(workdir_lib.load_config(workdir).model)
+    config = workdir_lib.load_config(workdir)
   except errors.UserError:
     return False
+  return tasks.of(config).zero_shot
 
 
 def _class_names(classes: str) -> list[str]:

@@ -1,5 +1,5 @@
-"""Whether a config is valid: `validate` checks a whole config before anything is read, downloaded or compiled, and
-loads no JAX (launch/ validates sweeps with it).
+"""Whether a config is valid: `validate` checks every field of a config before anything is read,
+downloaded or compiled, and loads no JAX.
 
 It raises UnknownFieldError for fields no part of vit_jax reads (vit_jax/configs/fields.py: which fields exist, and
 what to write instead of an unknown one), else ConfigError listing every bad value: its field, the value, and what
@@ -7,8 +7,10 @@ would be valid (the tuples of vit_jax/configs/choices.py, which the modules acti
 closest one for a typo), shapes such as a patch size that must be a pair, and cross-field rules (warmup within the
 total, batch sizes that split over the mesh and the processes, an image size that the patches tile). An MLP-Mixer
 takes one of the model fast paths (remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for
-it, each with its reason. What needs a model, a mesh or files (the parameter layout, the pretrained file, the image
-folder) is checked by vit_jax/training/preflight.py.
+it, each with its reason. The rules of an objective (image-text training's config.lit) are its
+task's (vit_jax/tasks/), and what needs a model, a mesh or files (the parameter layout, the
+pretrained file, the image folder) is checked by vit_jax/training/preflight.py, whose `validate` is
+the one entry point that runs them all.
 """
 import difflib
 import math
@@ -116,13 +118,18 @@ def _model_problems(model, image_size, problems, prefix: str = 'model') -> None:
                       f'{max(px, image_size // px * px)}.')
 
 
+def _vit_problems(config, problems) -> None:
+  _model_problems(config.model, config.image_size, problems)
+
+
 def _embedding_dim(tower_dim, width):
   return tower_dim if tower_dim is not None else width
 
 
 def _lit_problems(config, problems) -> None:
-  """A LiT model (config.model: image tower, text tower, pp, out_dim) and the image-text training of config.lit."""
-  model, lit = config.model, config.lit
+  """A LiT model (config.model: image tower, text tower, pp, out_dim) and the fast paths it
+  refuses; the rules of image-text training (config.lit) are its task's (tasks/image_text.py)."""
+  model = config.model
   _model_problems(model.image, config.image_size, problems, 'model.image')
   _choice(problems, 'model.text_model', model.text_model, choices.TEXT_MODELS)
   _choice(problems, 'model.pp.tokenizer_name', model.pp.tokenizer_name, choices.TOKENIZERS)
@@ -141,45 +148,11 @@ def _lit_problems(config, problems) -> None:
       problems.append(f'config.model.out_dim={model.out_dim!r} gives image embeddings of size {image} and text '
                       f'embeddings of size {text}: they must be equal (set out_dim to (None, {image}) or give both '
                       'towers a head of one size).')
-  if config.accum_steps != 1:
-    problems.append(f'config.accum_steps={config.accum_steps}: the contrastive loss compares every image with every '
-                    'text of the global batch, so it cannot be split into micro-batches; set it to 1.')
-  if config.mixup_p:
-    problems.append(f'config.mixup_p={config.mixup_p}: mixup mixes class labels, and image-text training has none; '
-                    'set it to 0.')
-  if config.fewshot.datasets:
-    problems.append('config.fewshot.datasets is set, but a LiT run evaluates zero-shot on config.eval_split; set '
-                    'fewshot.datasets to \'\'.')
-  if not isinstance(lit.locked_image, bool):
-    problems.append(f'config.lit.locked_image={lit.locked_image!r} must be True or False.')
-  elif lit.locked_image and not lit.image_init:
-    problems.append('config.lit.locked_image=True but config.lit.image_init is empty: a locked image tower must come '
-                    'from a trained ViT (a release .npz or a run\'s params.npz); set image_init or locked_image=False.')
-  if not lit.vocab_path and (model.pp.tokenizer_name, model.text_model) != ('sentencepiece', 'text_transformer'):
-    problems.append('config.lit.vocab_path is empty, so the run builds a SentencePiece vocabulary of its captions, '
-                    'which the text_transformer tower with the sentencepiece tokenizer reads; for '
-                    f'text_model={model.text_model!r} / tokenizer {model.pp.tokenizer_name!r} give vocab_path (e.g. '
-                    'the release\'s gs://vit_models/lit/LiT-B16B.txt).')
-  if lit.precompute_image is True and not (lit.locked_image is True and config.pp.crop == 'resize'
-                                             and config.pp.flip is False and config.pp.randaugment_layers == 0):
-    problems.append('config.lit.precompute_image=True embeds each training image once, so the image tower must be '
-                    "locked (lit.locked_image=True) and each image the same every epoch: pp.crop='resize', "
-                    'pp.flip=False, pp.randaugment_layers=0.')
-  if lit.captions and lit.text_feature:
-    problems.append(f'config.lit.captions={lit.captions!r} (an image folder\'s captions file) and '
-                    f'config.lit.text_feature={lit.text_feature!r} (a TFDS dataset\'s) are both set: give one.')
-  if lit.text_feature and not lit.vocab_path:
-    problems.append(f'config.lit.text_feature={lit.text_feature!r} needs config.lit.vocab_path: a vocabulary is built '
-                    'only from templates or a captions file, not by reading every caption of a TFDS split.')
-  if not str(lit.templates).strip():
-    problems.append("config.lit.templates is empty: give 'photo', 'ensemble' or a file of templates.")
   fast = {'scan_layers': False, 'attention': 'plain', 'fused_qkv': False, 'remat_policy': 'none', 'dtype': 'float32'}
   for name, default in fast.items():
     if config[name] != default:
       problems.append(f'config.{name}={config[name]!r}: a LiT model is built as the released files compute it, '
                       f'without the ViT fast paths or another compute dtype; leave it {default!r}.')
-  _number(problems, 'lit.temperature_init', lit.temperature_init, low=0, low_open=True)
-  _number(problems, 'lit.bias_init', lit.bias_init)
 
 
 def _durations(config, problems) -> None:
@@ -317,29 +290,37 @@ def _faults(config, problems) -> None:
 
 
 def validate(config, *, devices: int | None = None, process_count: int = 1):
-  """Checks the whole config (module doc); returns it. `devices` (the number of JAX devices) enables the batch-split
-  checks that need the mesh's size. What needs a model, a mesh or files is vit_jax/training/preflight.py's."""
+  """Checks every field of the config (module doc); returns it. `devices` (the number of JAX
+  devices) enables the batch-split checks that need the mesh's size. The whole validation of a run,
+  the objective's rules and what needs a model, a mesh or files included, is
+  vit_jax/training/preflight.py's `validate`, which starts here."""
   check_fields(config)
-  problems: list[str] = []
-  if presets.is_mixer(config.model):
-    _mixer_problems(config, problems)
-  elif presets.is_lit(config.model):
-    _lit_problems(config, problems)
-  else:
-    _model_problems(config.model, config.image_size, problems)
-  _durations(config, problems)
-  _optimisation(config, problems)
-  _data(config, problems)
-  _loop_and_mesh(config, problems, devices, process_count)
-  _faults(config, problems)
+  raise_problems(problems(config, devices=devices, process_count=process_count))
+  return config
+
+
+def problems(config, *, devices: int | None = None, process_count: int = 1) -> list[str]:
+  """Every bad value of a config whose fields are known (`check_fields`), a line each."""
+  out: list[str] = []
+  family_problems = {'mixer': _mixer_problems, 'lit': _lit_problems, 'vit': _vit_problems}
+  family_problems[presets.family(config.model)](config, out)
+  _durations(config, out)
+  _optimisation(config, out)
+  _data(config, out)
+  _loop_and_mesh(config, out, devices, process_count)
+  _faults(config, out)
   for name in ('scan_layers', 'fused_qkv', 'async_checkpoints', 'export_npz', 'pp.flip'):
     value = config.pp.flip if name == 'pp.flip' else config[name]
     if not isinstance(value, bool):
-      problems.append(f'config.{name}={value!r} must be True or False.')
-  _choice(problems, 'remat_policy', config.remat_policy, choices.REMAT_POLICIES)
-  _choice(problems, 'attention', config.attention, choices.ATTENTIONS)
-  raise_problems(problems)
-  return config
+      out.append(f'config.{name}={value!r} must be True or False.')
+  _choice(out, 'remat_policy', config.remat_policy, choices.REMAT_POLICIES)
+  _choice(out, 'attention', config.attention, choices.ATTENTIONS)
+  return out
+
+
+# The value rules, for the rules that the tasks add (vit_jax/tasks/): the same wording.
+number = _number
+choice = _choice
 
 
 def raise_problems(problems: list[str]) -> None:

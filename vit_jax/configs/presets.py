@@ -91,14 +91,11 @@ def is_mixer(model_config) -> bool:
   return 'num_blocks' in model_config
 
 
-def is_lit(model_config) -> bool:
-  """Whether a model config is a LiT image-text model's (it has `text_model`)."""
-  return 'text_model' in model_config
-
-
 def family(model_config) -> str:
-  """A model config's family: 'mixer' (`is_mixer`), 'lit' (`is_lit`) or 'vit' (ViTs and hybrids)."""
-  return 'mixer' if is_mixer(model_config) else 'lit' if is_lit(model_config) else 'vit'
+  """A model config's family: 'mixer' (`is_mixer`), 'lit' (a LiT image-text model's: it has
+  `text_model`) or 'vit' (ViTs and hybrids). Which objective a config trains is its task's
+  (vit_jax/tasks/), which asks this."""
+  return 'mixer' if is_mixer(model_config) else 'lit' if 'text_model' in model_config else 'vit'
 
 
 def getter_suffix(name: str) -> str:
@@ -127,7 +124,7 @@ def _mixer_config(name: str) -> ml_collections.ConfigDict:
 def get_model_config(name: str) -> ml_collections.ConfigDict:
   """The model ConfigDict of a preset, e.g. 'ViT-B_16', 'R50+ViT-B_16' or 'Mixer-B_16'; its fields are the
   arguments of VisionTransformer, or of MlpMixer for a Mixer (see `is_mixer`), or of LitModel for a LiT model
-  ('LiT-B16B', ...: `is_lit`)."""
+  ('LiT-B16B', ...: `family` 'lit')."""
   if name in MIXER_PRESETS:
     return _mixer_config(name)
   if name in LIT_PRESETS:

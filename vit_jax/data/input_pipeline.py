@@ -14,9 +14,10 @@ Evaluation (`eval_dataset`): process p reads records p, p + P, ... of the split 
 (zeros, mask 0) fill the last batch and extra batches so that every process yields the same number of batches and
 each real example (mask 1) counts exactly once; 'index' is each row's record in the split (-1 for padding).
 
-Batches are numpy dicts {'image': uint8 [L, S, S, 3], 'label': int32 [L] (, 'mask': float32 [L])}, and for a LiT
-model's training 'tokens': int32 [L, max_len], each example's caption (vit_jax/data/captions.py), and 'zimg' instead of
-'image' when the locked image tower's embeddings are precomputed (config.lit.precompute_image); images become
+Batches are numpy dicts {'image': uint8 [L, S, S, 3], 'label': int32 [L] (, 'mask': float32 [L])},
+and what the task adds to training's (vit_jax/tasks/image_text.py, LiT): 'tokens': int32
+[L, max_len], each example's caption (vit_jax/data/captions.py), and 'zimg' instead of 'image' when
+the locked image tower's embeddings are precomputed (config.lit.precompute_image); images become
 float [-1, 1] on the device (`preprocess.to_float` in the train and eval steps). Sources: vit_jax/data/sources.py.
 """
 import collections
@@ -33,7 +34,6 @@ import numpy as np
 from vit_jax.data import datasets as _local_datasets  # noqa: F401  (registers sklearn_digits with TFDS)
 from vit_jax.data import preprocess, randaugment, sources
 from vit_jax.data.captions import Captions
-from vit_jax.configs import presets
 from vit_jax.data.sources import (  # noqa: F401  (the input pipeline's public names)
     IMAGE_FOLDER, DatasetInfo, DatasetNotPreparedError, folder_root, get_info, open_split)
 
@@ -146,17 +146,19 @@ def _parallel(config, batches: grain.MapDataset) -> grain.IterDataset:
 
 
 def train_dataset(config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0, download: bool = True, image_table=None) -> grain.IterDataset:
-  """Endless batches of this process from step `start_step` on (module doc); iterate it for numpy dicts. With
-  `image_table` (float32 [records, dim]: a locked image tower's embedding of every record of the split, in record
-  order) the batches hold 'zimg' rows of it instead of 'image'."""
+                  start_step: int = 0, download: bool = True, captions: Captions | None = None,
+                  image_table=None) -> grain.IterDataset:
+  """Endless batches of this process from step `start_step` on (module doc); iterate it for numpy
+  dicts. What the task adds (vit_jax/tasks/): with `captions` (the split's,
+  vit_jax/data/captions.py) each example's caption as 'tokens'; with `image_table` (float32
+  [records, dim]: a locked image tower's embedding of every record of the split, in record order)
+  the batches hold 'zimg' rows of it instead of 'image'."""
   _check_process_args(local_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
   split = open_split(config, config.train_split, download=download)
-  stream = TrainStream(config, sources.decoded(split.records, config.input_cache_mib * 2**20),
-                       Captions.create(config, split.class_names, split.records) if presets.is_lit(config.model)
-                       else None, image_table)
+  records = sources.decoded(split.records, config.input_cache_mib * 2**20)
+  stream = TrainStream(config, records, captions, image_table)
   local = _LocalBatch(stream, local_batch_size * process_count, local_batch_size, process_index)
   return _parallel(config, grain.MapDataset.range(start_step, sys.maxsize).map(local))
 
@@ -200,16 +202,24 @@ def eval_dataset(config, *, local_batch_size: int, process_index: int = 0, proce
 # To devices.
 
 
-def device_batches(config, mesh_sharding: jax.sharding.Sharding, *, train: bool, start_step: int = 0,
-                   image_table=None) -> Iterator[dict[str, jax.Array]]:
+def device_batches(
+  config,
+  mesh_sharding: jax.sharding.Sharding,
+  *,
+  train: bool,
+  start_step: int = 0,
+  captions: Captions | None = None,
+  image_table=None,
+) -> Iterator[dict[str, jax.Array]]:
   """The global batches of training (`train`: config.batch_size, endless, from step `start_step` on) or of
   config.eval_split (config.eval_batch_size, once, padded), on `mesh_sharding`: this process reads its share (module
   doc) and the next config.prefetch batches wait on device. The one way training and every evaluator get batches.
-  `image_table`: see `train_dataset`."""
+  `captions` and `image_table`: see `train_dataset`."""
   processes, index = jax.process_count(), jax.process_index()
   if train:
     ds = train_dataset(config, local_batch_size=config.batch_size // processes, process_index=index,
-                       process_count=processes, start_step=start_step, image_table=image_table)
+                       process_count=processes, start_step=start_step, captions=captions,
+                       image_table=image_table)
   else:
     ds = eval_dataset(config, local_batch_size=config.eval_batch_size // processes, process_index=index,
                       process_count=processes)

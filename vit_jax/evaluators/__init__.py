@@ -2,7 +2,7 @@
 
 An evaluator has a `name`, a cadence `every_steps`, and `run(params) -> {metric: value}`; the training loop runs
 every evaluator whose cadence divides the step (and all of them at the last step) and never holds per-evaluator
-code. `build` makes them from the config:
+code. `build` makes those of the config's task (vit_jax/tasks/: its `default_evals`):
   * classification (exact accuracy, top-5, loss) on each split of `config.eval_split`, which is one TFDS split
     ('test') or named splits 'minival=train[99%:],val=validation'. The first split's metrics are `eval/accuracy`,
     `eval/top5`, `eval/loss`; every other split's are `eval/<name>/accuracy`, ...;
@@ -14,7 +14,7 @@ code. `build` makes them from the config:
 """
 from typing import Protocol
 
-from vit_jax.configs import presets
+from vit_jax import tasks
 from vit_jax.configs.choices import parse_splits, with_split
 from vit_jax.evaluators import classification, fewshot, retrieval, zeroshot
 
@@ -33,17 +33,21 @@ def primary(config):
 
 
 def build(config, model, mesh) -> list[Evaluator]:
-  """The evaluators of `config` for `model` on `mesh` (see module doc)."""
+  """The evaluators of `config` for `model` on `mesh` (module doc): its task's default ones."""
   splits = parse_splits(config.eval_split)
-  lit = presets.is_lit(config.model)
-  kind = zeroshot.ZeroShotEvaluator if lit else classification.ClassificationEvaluator
-  out = [] if lit and not zeroshot.has_classes(config) else [kind(
-      name=name, prefix='eval/' if i == 0 else f'eval/{name}/', config=with_split(config, split), model=model,
-      mesh=mesh) for i, (name, split) in enumerate(splits)]
-  if lit and (config.lit.captions or config.lit.text_feature):
-    out += [retrieval.RetrievalEvaluator(
-        name=name, prefix='eval/' if i == 0 else f'eval/{name}/', config=with_split(config, split), model=model,
-        mesh=mesh) for i, (name, split) in enumerate(splits)]
+  kinds = {
+    'classification': classification.ClassificationEvaluator,
+    'zeroshot': zeroshot.ZeroShotEvaluator,
+    'retrieval': retrieval.RetrievalEvaluator,
+  }
+  out = []
+  for kind in tasks.of(config).default_evals(config):
+    if kind == 'zeroshot' and not zeroshot.has_classes(config):
+      continue
+    for i, (name, split) in enumerate(splits):
+      prefix = 'eval/' if i == 0 else f'eval/{name}/'
+      split_config = with_split(config, split)
+      out.append(kinds[kind](name=name, prefix=prefix, config=split_config, model=model, mesh=mesh))
   if config.fewshot.datasets:
     out.append(fewshot.FewShotEvaluator(config=config, model=model, mesh=mesh))
   return out

@@ -20,11 +20,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint, io, models, utils
+from vit_jax import checkpoint, io, models, tasks, utils
 from vit_jax.data import preprocess
-from vit_jax.training import checkpoints as run_checkpoints, state
+from vit_jax.training import checkpoints as run_checkpoints, preflight, state
 from vit_jax.runtime import workdir as workdir_lib
-from vit_jax.configs import check
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,10 @@ def _in_model_layout(flat: dict[str, np.ndarray], config) -> dict:
 
 def load_run(workdir: str) -> Trained:
   """The trained model of a run's workdir (see the module doc); a clear error when the workdir holds none."""
-  config = _for_this_backend(check.validate(workdir_lib.load_config(workdir)))
-  if models.is_lit(config.model):
-    raise workdir_lib.WorkdirError(f'{workdir} holds a LiT image-text run, which has no class head: classify with it '
-                                   f'zero-shot (python -m vit_jax.predict --workdir={workdir} IMAGES), or read its '
-                                   f'{workdir_lib.PARAMS_FILE} with vit_jax.models.LitModel.load_variables.')
+  config = _for_this_backend(preflight.validate(workdir_lib.load_config(workdir)))
+  task = tasks.of(config)
+  if task.zero_shot:
+    raise workdir_lib.WorkdirError(task.no_class_head(workdir))
   npz_path = workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
   step, has_npz = workdir_lib.latest_step(workdir), io.exists(npz_path)
   if step is None and not has_npz:
@@ -79,13 +77,13 @@ def load_run(workdir: str) -> Trained:
     checkpoints = run_checkpoints.Checkpoints(workdir, read_only=True)
     head = checkpoints.stored_shapes(step)['params']['head']['bias']
     model = state.build_model(config, int(head.shape[-1]))
-    params = checkpoints.restore_params(step, state.abstract_params(model, config.image_size))
+    params = checkpoints.restore_params(step, state.abstract_params(config, model))
   else:
     source = npz_path
     flat = checkpoint.canonical_flat(npz_path)
     model = state.build_model(config, int(flat['head/bias'].shape[-1]))
     params = _in_model_layout(flat, config)
-  checkpoint.check_fits(params, state.abstract_params(model, config.image_size), source=source)
+  checkpoint.check_fits(params, state.abstract_params(config, model), source=source)
   log.info('Loaded %s.', source)
   return Trained(config, model, params, workdir_lib.read_class_names(workdir), source)
 
@@ -149,10 +147,10 @@ def load_npz(path: str, *, model_name: str, num_classes: int | None = None, imag
         f'--image_size={image_size}, but {path} is an MLP-Mixer trained at {trained_at} px: its token-mixing MLP is '
         f'sized by the number of patches, so it only takes {trained_at} px (leave out --image_size).')
   config.image_size = image_size or trained_at
-  check.validate(config)
+  preflight.validate(config)
   params = _posemb_for(params, config.model, config.image_size)
   model = state.build_model(config, head)
-  checkpoint.check_fits(params, state.abstract_params(model, config.image_size), source=path)
+  checkpoint.check_fits(params, state.abstract_params(config, model), source=path)
   return Trained(config, model, params, list(class_names) if class_names else None, path)
 
 

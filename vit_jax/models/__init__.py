@@ -8,9 +8,11 @@ import importlib
 
 from vit_jax.configs.choices import CLASSIFIERS, POSEMBS
 from vit_jax.configs.presets import (LIT_PRESETS, MODEL_NAMES, family, get_model_config, has_class_token,
-                                     image_size_for_tokens, is_lit, is_mixer, token_grid, token_pixels)
+                                     image_size_for_tokens, is_mixer, token_grid, token_pixels)
 
 _ATTRIBUTES = {'VisionTransformer': 'vit', 'MlpMixer': 'mixer', 'LitModel': 'lit'}
+# presets.family -> the model class of that family.
+_FAMILY_CLASSES = {'vit': 'VisionTransformer', 'mixer': 'MlpMixer', 'lit': 'LitModel'}
 _SUBMODULES = ('vit', 'blocks', 'resnet', 'mixer', 'lit', 'bert')
 
 
@@ -25,8 +27,7 @@ def __getattr__(name):
 def model_class(model_config):
   """The module class that takes `model_config`'s fields: MlpMixer for a Mixer's config, LitModel for a LiT model's,
   else VisionTransformer."""
-  return __getattr__('MlpMixer' if is_mixer(model_config) else 'LitModel' if is_lit(model_config)
-                     else 'VisionTransformer')
+  return __getattr__(_FAMILY_CLASSES[family(model_config)])
 
 
 def get_model(name: str, **kw):
@@ -37,5 +38,5 @@ def get_model(name: str, **kw):
 
 
 __all__ = ['CLASSIFIERS', 'LIT_PRESETS', 'LitModel', 'MODEL_NAMES', 'MlpMixer', 'POSEMBS', 'VisionTransformer', 'family',
-           'get_model', 'get_model_config', 'has_class_token', 'image_size_for_tokens', 'is_lit', 'is_mixer',
+           'get_model', 'get_model_config', 'has_class_token', 'image_size_for_tokens', 'is_mixer',
            'model_class', 'token_grid', 'token_pixels']

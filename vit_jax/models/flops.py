@@ -6,7 +6,7 @@ program XLA runs: 2 x the multiply-adds of every matrix product and convolution 
 """
 import math
 
-from vit_jax.configs.presets import BERT_SIZES, has_class_token, is_lit, is_mixer
+from vit_jax.configs.presets import BERT_SIZES, has_class_token, is_mixer
 
 # Dense peak TFLOP/s per JAX device: {device kind substring: {compute dtype: TFLOP/s}}. Figures from the vendors'
 # spec sheets, without 2:4 sparsity. `peak_tflops` matches the longest key first ('TPU v5 lite' before 'TPU v5').
@@ -161,28 +161,24 @@ def text_forward_flops(model_config) -> float:
     width, mlp_dim, layers = size['hidden_size'], size['intermediate_dim'], size['num_hidden_layers']
   else:
     width, mlp_dim, layers = model_config.text.width, model_config.text.mlp_dim, model_config.text.num_layers
-  out = _out_dims(model_config)[1]
+  out = out_dims(model_config)[1]
   return layers * encoder_block_flops(tokens, width, mlp_dim) + (_dense(1, width, out) if out else 0.0)
 
 
-def _out_dims(model_config):
+def out_dims(model_config) -> tuple:
+  """A LiT model's (image, text) embedding sizes (its out_dim; None: no head, the tower's width)."""
   out = model_config.out_dim
   return tuple(out) if isinstance(out, (tuple, list)) else (out, out)
 
 
-def train_flops(model_config, image_size, num_classes: int | None, *, locked_image: bool = False,
-                image_precomputed: bool = False) -> float:
-  """FLOPs of one example's training step: 3 x `forward_flops` (forward, then twice that for the backward).
+def train_flops(model_config, image_size, num_classes: int | None) -> float:
+  """FLOPs of one example's training step of an image model: 3 x `forward_flops` (forward, then
+  twice that for the backward).
 
-  The backward of each matrix product takes two products of the same size (gradients of the input and of the
-  weights), the usual convention for MFU. Not counted: recomputation under remat (the model's work is the same
-  with or without it), the optimizer update (per parameter, not per example) and elementwise work. A LiT model's
-  example is an image and a text: 3 x the text tower's forward, and the image tower's forward once when it is
-  locked (`locked_image`: no backward), else 3 x, and not at all when its embeddings were computed before training
-  (`image_precomputed`); the similarities (B x B per batch) are not counted.
+  The backward of each matrix product takes two products of the same size (gradients of the input
+  and of the weights), the usual convention for MFU. Not counted: recomputation under remat (the
+  model's work is the same with or without it), the optimizer update (per parameter, not per
+  example) and elementwise work. An image-text model's count (its towers' `forward_flops` and
+  `text_forward_flops`) is its task's: vit_jax/tasks/image_text.py.
   """
-  if is_lit(model_config):
-    image = forward_flops(model_config.image, image_size, _out_dims(model_config)[0])
-    scale = 0.0 if image_precomputed else 1.0 if locked_image else 3.0
-    return scale * image + 3.0 * text_forward_flops(model_config)
   return 3.0 * forward_flops(model_config, image_size, num_classes)

@@ -9,13 +9,13 @@ The update at step `count` (0-based, the optimizer's own counter) uses lr = sche
 warmup the very first update is scaled by lr(0) == 0.
 """
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from vit_jax import utils
-from vit_jax.configs import presets
 from vit_jax.configs.choices import DECAY_TYPES, DTYPES, OPTIMIZERS  # noqa: F401  (the values config takes)
 
 ACCUMULATOR_DTYPES = {name: jnp.dtype(name) for name in DTYPES}
@@ -23,8 +23,10 @@ ACCUMULATOR_DTYPES = {name: jnp.dtype(name) for name in DTYPES}
 # Only Dense / Conv kernels (attention query/key/value/out included) are decayed; biases, norm scales,
 # `cls` and `pos_embedding` are not.
 WEIGHT_DECAY_RULES = ((r'(.*/)?kernel', True),)
-# A LiT model's locked image tower (config.lit.locked_image): no updates, and no optimizer state kept for it.
-LOCKED_RULES = ((r'img/.*', 'locked'),)
+# The label of the parameters a task freezes (`make_optimizer(frozen=...)`; a LiT model's locked
+# image tower): no updates, and no optimizer state kept for them. It names their part of the
+# optimizer state in checkpoints.
+FROZEN = 'locked'
 
 
 def make_schedule(config) -> optax.Schedule:
@@ -73,8 +75,12 @@ def weight_decay_mask(params):
   return utils.tree_rules(params, WEIGHT_DECAY_RULES, default=False)
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optax transformation, learning-rate schedule) for `config.optimizer.name`.
+def make_optimizer(
+  config, *, frozen: Sequence[str] = ()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (optax transformation, learning-rate schedule) for `config.optimizer.name`; the
+  parameters whose names match a regex of `frozen` (the task's: vit_jax/tasks/) get no updates and
+  no optimizer state.
 
   - 'sgd': momentum `optimizer.momentum` (no Nesterov), momentum buffer in `accumulator_dtype` (also Adam's first
     moment);
@@ -109,14 +115,16 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     parts += decay
   parts.append(optax.scale_by_learning_rate(schedule))
   tx = optax.chain(*parts)
-  if presets.is_lit(config.model) and config.lit.locked_image:  # LiT: the image tower is locked (no updates).
-    tx = optax.multi_transform({'train': tx, 'locked': optax.set_to_zero()}, locked_labels)
+  if frozen:
+    tx = optax.multi_transform({'train': tx, FROZEN: optax.set_to_zero()}, frozen_labels(frozen))
   return tx, schedule
 
 
-def locked_labels(params):
-  """Tree of 'locked' (a LiT model's image tower, `img/...`) or 'train' like `params`: optax.multi_transform's."""
-  return utils.tree_rules(params, LOCKED_RULES, default='train')
+def frozen_labels(frozen: Sequence[str]):
+  """params -> a tree of FROZEN (the names that match a regex of `frozen`) or 'train' like them:
+  optax.multi_transform's labels."""
+  rules = tuple((pattern, FROZEN) for pattern in frozen)
+  return lambda params: utils.tree_rules(params, rules, default='train')
 
 
 def applied_learning_rate(schedule: optax.Schedule, opt_state):

@@ -1,6 +1,6 @@
 """train_and_evaluate: the training loop, on a device mesh, and nothing else.
 
-What it builds on: the config is checked whole first (vit_jax/configs/check.py, vit_jax/training/preflight.py); the workdir's
+What it builds on: the config is checked whole first (vit_jax/training/preflight.py); the workdir's
 lock, config and files (vit_jax/runtime/lock.py, vit_jax/runtime/workdir.py); the model, train state, checkpoints and train step
 (vit_jax/training/state.py); batches (vit_jax/data/input_pipeline.py); evaluators (vit_jax/evaluators/); metric writers (vit_jax/training/metrics.py).
 """
@@ -17,8 +17,7 @@ from vit_jax.data import input_pipeline
 from vit_jax.models import flops
 from vit_jax.runtime import distributed, goodput
 from vit_jax.training import metrics
-from vit_jax import models
-from vit_jax.data import captions
+from vit_jax import tasks
 from vit_jax.runtime import preemption
 from vit_jax.training import preflight
 from vit_jax.runtime import watchdog as watchdog_lib
@@ -27,7 +26,7 @@ from vit_jax.training import checkpoints as run_checkpoints
 from vit_jax.training import state as state_lib
 from vit_jax.training import train_step as train_step_lib
 from vit_jax.runtime import workdir as workdir_lib
-from vit_jax.configs import check, durations
+from vit_jax.configs import check
 from vit_jax.runtime.lock import Lock
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
     info = input_pipeline.get_info(evaluators.primary(config))
     changes = distributed.on_main(lambda: _start(config, workdir, lock, allow_config_change))
     try:
-      resolved = check.validate_durations(durations.resolved(config, info.num_train))
+      resolved = preflight.validate(config, num_train=info.num_train)  # Durations in steps.
       checkpoints = run_checkpoints.Checkpoints(workdir, resolved)
       try:
         setup = state_lib.Setup.create(resolved, _num_classes(resolved, info), mesh)
@@ -103,8 +102,9 @@ def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
   lock.acquire()
   try:
     changes = workdir_lib.check_config(config, workdir, allow_change=allow_config_change)
-    if config.pretrained_path and not models.is_lit(config.model) and not workdir_lib.holds_run(workdir):
-      checkpoint.recognise(augreg.resolve(config.pretrained_path, config.augreg_index))
+    pretrained = tasks.of(config).fine_tunes_from(config)
+    if pretrained and not workdir_lib.holds_run(workdir):
+      checkpoint.recognise(augreg.resolve(pretrained, config.augreg_index))
   except BaseException:
     lock.release()
     raise
@@ -112,11 +112,12 @@ def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
 
 
 def _record_vocabulary(config, workdir: str) -> None:
-  """A LiT run that builds its tokenizer's vocabulary (vit_jax/data/captions.py) keeps it as WORKDIR/vocab.model."""
-  if models.is_lit(config.model):
-    vocab = captions.of_run(config).vocabulary()
-    if vocab is not None:
-      io.write_bytes(workdir_lib.path(workdir, workdir_lib.VOCAB_FILE), vocab)
+  """A run whose captions build its tokenizer's vocabulary (vit_jax/data/captions.py) keeps it as
+  WORKDIR/vocab.model."""
+  run_captions = tasks.of(config).captions(config)
+  vocab = run_captions.vocabulary() if run_captions is not None else None
+  if vocab is not None:
+    io.write_bytes(workdir_lib.path(workdir, workdir_lib.VOCAB_FILE), vocab)
 
 
 def _num_classes_of(model) -> int | None:
@@ -188,15 +189,14 @@ class Loop:
     is_main = jax.process_index() == 0
     self.writer = metrics.Writer(workdir, enabled=is_main)
     self.progress = metrics.Progress(self.config.total_steps, self.start, enabled=is_main)
-    self.speed = metrics.Speed(flops.train_flops(
-        self.config.model, self.config.image_size, _num_classes_of(setup.model),
-        locked_image=self.config.lit.locked_image, image_precomputed=self.config.lit.precompute_image),
+    self.speed = metrics.Speed(setup.task.train_flops(self.config, _num_classes_of(setup.model)),
                                jax.device_count(),
                                flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype))
 
   def run(self) -> dict[str, float]:
     config, result = self.config, {}
     batches = input_pipeline.device_batches(config, self.setup.batch_sharding, train=True, start_step=self.start,
+                                            captions=self.setup.task.captions(config),
                                             image_table=self.image_table())
     train_step = self.setup.train_step()
     try:
@@ -257,15 +257,13 @@ class Loop:
     return result
 
   def image_table(self):
-    """A LiT run's locked image tower applied once to every training image (config.lit.precompute_image), else None."""
-    if not (models.is_lit(self.config.model) and self.config.lit.precompute_image):
+    """The task's embedding of every training image, made once (a LiT run's
+    config.lit.precompute_image), else None."""
+    if not self.setup.task.precomputes_images(self.config):
       return None
     self.clock.enter('input', self.start + 1)
-    start = time.monotonic()
-    table = train_step_lib.image_embeddings(self.setup.model, self.config, self.state['params'], self.setup.mesh)
-    log.info('Embedded the %d training images with the locked image tower once, in %.1f s.', len(table),
-             time.monotonic() - start)
-    return table
+    setup = self.setup
+    return setup.task.image_table(setup.model, self.config, self.state['params'], setup.mesh)
 
   def profiler(self, step: int | None) -> None:
     """Starts the jax.profiler trace of config.profile_steps at its first step, stops it at its end (step None: the

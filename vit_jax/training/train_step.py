@@ -1,18 +1,16 @@
-"""The train step: (state, batch) -> (state, stats), the maths of one update (loss, gradients with accumulation,
-mixup, the optimizer, dropping a non-finite update) and the metric window the loop logs. vit_jax/training/state.py builds
-the state it runs on and jits it on the mesh's layout."""
+"""The train step: (state, batch) -> (state, stats), the maths of one update (the task's loss,
+gradients with accumulation, mixup, the optimizer, dropping a non-finite update) and the metric
+window the loop logs. vit_jax/training/state.py builds the state it runs on and jits it on the
+mesh's layout."""
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vit_jax import errors, sharding
 from vit_jax.data import preprocess
-from vit_jax.tasks import contrastive, losses
 from vit_jax.training import optim
-from vit_jax.configs import presets
 
 MIXUP_STREAM = 0x6D6978  # Folded into the seed for mixup's keys, apart from dropout's.
 
@@ -42,46 +40,12 @@ def mixup(images, targets, key, p: float, num_shards: int):
   return mix(images), mix(targets)
 
 
-def contrastive_loss(model, config, params, batch):
-  """A LiT model's image-text loss on a global batch (vit_jax/tasks/contrastive.py): config.loss 'softmax' (LiT) or
-  'sigmoid' (SigLIP, with the model's bias `b`). A locked image tower (config.lit.locked_image) is applied under
-  stop_gradient, so no backward pass runs through it."""
-  if config.lit.locked_image:
-    params = {**params, 'img': jax.lax.stop_gradient(params['img'])}
-  if 'zimg' in batch:  # Precomputed by the locked tower (`image_embeddings`): only the text tower runs.
-    _, ztxt, out = model.apply({'params': params}, tokens=batch['tokens'])
-    zimg = batch['zimg']
-  else:
-    zimg, ztxt, out = model.apply({'params': params}, images=batch['image'], tokens=batch['tokens'])
-  if config.loss == 'sigmoid':
-    return contrastive.sigmoid_loss(zimg, ztxt, out['t'][0], out['b'][0])
-  return contrastive.softmax_loss(zimg, ztxt, out['t'][0])
-
-
-def image_embeddings(model, config, params, mesh, chunk: int = 256) -> np.ndarray:
-  """float32 [records, dim]: the locked image tower's normalised embedding of every record of config.train_split, in
-  record order, from the deterministic training example (config.lit.precompute_image; configs/check.py requires a
-  'resize' crop, no flip and no RandAugment), so a step with these equals a step that runs the tower. The same on
-  every process (each computes all of it)."""
-  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
-  from vit_jax.data import input_pipeline
-  split = input_pipeline.open_split(config, config.train_split)
-  records = input_pipeline.sources.decoded(split.records, config.input_cache_mib * 2**20)
-  example = input_pipeline.TrainExample(config)
-  embed = jax.jit(lambda p, images: model.apply({'params': p}, images=preprocess.to_float(images))[0],
-                  out_shardings=sharding.replicated(mesh))
-  rows = []
-  for start in range(0, len(records), chunk):
-    batch = [example(r, None)['image'] for r in input_pipeline.sources.read_many(
-        records, range(start, min(start + chunk, len(records))))]
-    images = np.zeros((chunk,) + batch[0].shape, np.uint8)
-    images[:len(batch)] = batch
-    rows.append(np.asarray(embed(params, jax.device_put(images, sharding.replicated(mesh))))[:len(batch)])
-  return np.concatenate(rows).astype(np.float32)
-
-
-def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
-  """(state, batch) -> (state, stats). Dropout keys come from (seed, step[, micro-batch]), mixup's from (seed, step).
+def make_train_step(
+  loss_fn, tx, schedule, config, micro_shard, *, num_classes: int | None = None
+) -> Callable:
+  """(state, batch) -> (state, stats), minimising `loss_fn(params, batch, dropout rng)` (the task's
+  loss: vit_jax/tasks/). Dropout keys come from (seed, step[, micro-batch]), mixup's from (seed,
+  step); mixup (config.mixup_p) mixes batch['image'] and the one-hot labels of `num_classes`.
 
   An update whose loss or gradient norm is not finite is dropped inside the step (the state stays as it was, so a
   non-finite state never exists) and counted in state['nonfinite']; the loop applies config.nonfinite_policy.
@@ -91,16 +55,6 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
   each micro-batch on that device).
   """
   accum = config.accum_steps
-  lit = presets.is_lit(config.model)
-
-  def loss_fn(params, batch, rng):
-    if lit:
-      return contrastive_loss(model, config, params, batch)
-    logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
-    per_example = losses.per_example_loss(logits, batch['label'], kind=config.loss,
-                                          label_smoothing=config.label_smoothing)
-    return jnp.mean(per_example)
-
   grad_fn = jax.value_and_grad(loss_fn)
 
   def gradients(params, batch, rng):
@@ -126,8 +80,10 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
       batch = {**batch, 'image': preprocess.to_float(batch['image'])}  # uint8 travels; float here.
     if config.mixup_p > 0:
       mix_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), MIXUP_STREAM), step)
-      batch['image'], batch['label'] = mixup(batch['image'], jax.nn.one_hot(batch['label'], model.num_classes),
-                                             mix_key, config.mixup_p, sharding.batch_size_per_step(None))
+      targets = jax.nn.one_hot(batch['label'], num_classes)
+      shards = sharding.batch_size_per_step(None)
+      mixed = mixup(batch['image'], targets, mix_key, config.mixup_p, shards)
+      batch['image'], batch['label'] = mixed
     loss, grads = gradients(state['params'], batch, rng)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
