@@ -46,9 +46,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402  (the baseline; vit_jax never imports it to train)
 
 from vit_jax import models  # noqa: E402
+from vit_jax.configs import augmentation, common, default  # noqa: E402
 from vit_jax.data import input_pipeline, sources
 from vit_jax.models import flops
-from vit_jax.configs import augmentation, common, default  # noqa: E402
 from vit_jax.tools import shrink_images  # noqa: E402
 
 MFU = 0.4

@@ -6,7 +6,8 @@ is made here (from launch/gcloud.py's argv builders), so no other module spells 
 import json
 import time
 
-from launch import code as code_lib, gcloud, outcome, record, shell
+from launch import code as code_lib
+from launch import gcloud, outcome, record, shell
 
 
 class NoCapacity(RuntimeError):

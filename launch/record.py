@@ -22,8 +22,8 @@ import math
 import socket
 import sys
 
-from vit_jax.runtime import goodput as goodput_lib
 from vit_jax import io
+from vit_jax.runtime import goodput as goodput_lib
 from vit_jax.runtime import lock
 from vit_jax.runtime import workdir as workdir_lib
 

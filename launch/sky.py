@@ -71,7 +71,7 @@ def task_yaml(
     ['set -e', 'export PYTHONUNBUFFERED=1', f'.venv/bin/python -m vit_jax.main {shlex.join(args)}']
   )
   lines = [
-    f'# Written by launch/sky.py. Launch as a managed job: sky jobs launch <this file>',
+    '# Written by launch/sky.py. Launch as a managed job: sky jobs launch <this file>',
     f'name: {_scalar(name)}',
     'workdir: .',
     f'num_nodes: {int(nodes)}',

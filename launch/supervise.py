@@ -30,7 +30,9 @@ which did not complete (Ctrl-C, an error) made after all.
 import dataclasses
 import sys
 
-from launch import code as code_lib, node as node_lib, outcome, shell
+from launch import code as code_lib
+from launch import node as node_lib
+from launch import outcome, shell
 
 
 class GiveUp(RuntimeError):

@@ -1,19 +1,23 @@
-"""Config sweeps: one `python -m vit_jax.main` run per override dict, each in its own workdir under the sweep dir.
+"""Config sweeps: one `python -m vit_jax.main` run per override dict, each in its own workdir under
+the sweep dir.
 
     python -m launch.sweep --config=configs/default.py --sweep_dir=runs/lr_sweep \
-        --sweep config.schedule.base_lr=0.001,0.003 --sweep config.total_steps=200,400 [--config.KEY=VALUE ...]
+        --sweep config.schedule.base_lr=0.001,0.003 --sweep config.total_steps=200,400
+        [--config.KEY=VALUE ...]
     python -m launch.sweep results runs/lr_sweep
 
-The runs come from `--sweep` flags (their product) or, without them, from the config file's `get_sweep(h[, arg])`
-(launch/hyper.py). `--config.KEY=VALUE` flags apply to every run. Each run's workdir is SWEEP_DIR/<run name>, a name
-derived from its overrides (hyper.run_name); SWEEP_DIR/sweep.json records the sweep. Rerunning the command skips
-finished runs and resumes the others (the trainer resumes a workdir from its last checkpoint).
+The runs come from `--sweep` flags (their product) or, without them, from the config file's
+`get_sweep(h[, arg])` (launch/hyper.py). `--config.KEY=VALUE` flags apply to every run. Each run's
+workdir is SWEEP_DIR/<run name>, a name derived from its overrides (hyper.run_name);
+SWEEP_DIR/sweep.json records the sweep. Rerunning the command skips finished runs and resumes the
+others (the trainer resumes a workdir from its last checkpoint).
 
 Backends: `local` runs N at a time on this machine (`--parallel`; with GPUs, one GPU per run through
-CUDA_VISIBLE_DEVICES, `--gpus`); `tpu` gives each run its own TPU VM through launch.tpu (`--tpu_mode=vm_per_run`) or
-runs them one after the other on one VM (`--tpu_mode=one_vm`); `slurm` submits one array job (launch.slurm).
-`--dry-run` lists the runs and their commands.
+CUDA_VISIBLE_DEVICES, `--gpus`); `tpu` gives each run its own TPU VM through launch.tpu
+(`--tpu_mode=vm_per_run`) or runs them one after the other on one VM (`--tpu_mode=one_vm`); `slurm`
+submits one array job (launch.slurm). `--dry-run` lists the runs and their commands.
 """
+
 import argparse
 import dataclasses
 import importlib.util
@@ -30,7 +34,6 @@ from launch import hyper, record, shell
 from vit_jax import io
 from vit_jax.configs import args as config_args
 from vit_jax.runtime import workdir as workdir_lib
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +68,9 @@ def expand(config_spec: str, cli_sweeps) -> list[dict]:
     raise ValueError(f'No sweep: pass --sweep KEY=V1,V2 or define get_sweep(h) in {path}.')
   takes_arg = len(inspect.signature(get_sweep).parameters) > 1
   if arg is not None and not takes_arg:
-    raise ValueError(f'get_sweep in {config_spec} takes no config argument, but --config has ":{arg}".')
+    raise ValueError(
+      f'get_sweep in {config_spec} takes no config argument, but --config has ":{arg}".'
+    )
   runs = get_sweep(hyper, arg) if arg is not None else get_sweep(hyper)
   return [{hyper.key(k): v for k, v in run.items()} for run in runs]
 
@@ -76,7 +81,9 @@ def fixed_overrides(extra) -> dict:
   for arg in extra:
     name, sep, value = arg.partition('=')
     if not arg.startswith('--config.') or not sep:
-      raise ValueError(f'Unexpected argument {arg!r}: only --config.KEY=VALUE overrides pass through to every run.')
+      raise ValueError(
+        f'Unexpected argument {arg!r}: only --config.KEY=VALUE overrides pass through to every run.'
+      )
     out[hyper.key(name[2:])] = value
   return out
 
@@ -92,38 +99,58 @@ def plan(config_spec: str, sweep_dir: str, sweeps: list[dict], fixed: dict) -> l
       raise ValueError(f'The sweep lists the run {name!r} twice ({seen[name]} and {overrides}).')
     seen[name] = overrides
     workdir = io.join(sweep_dir, name)
-    args = (f'--config={config_spec}', f'--workdir={workdir}', *hyper.overrides_args(fixed),
-            *hyper.overrides_args(overrides))
+    args = (
+      f'--config={config_spec}',
+      f'--workdir={workdir}',
+      *hyper.overrides_args(fixed),
+      *hyper.overrides_args(overrides),
+    )
     runs.append(Run(name, dict(overrides), workdir, args))
   return runs
 
 
 def validate(config_spec: str, runs: list[Run]) -> None:
-  """Every run's config, parsed as vit_jax.main will parse it and checked by vit_jax/configs/check.py, before anything
-  starts (--dry-run too): a ValueError naming each bad run and what is wrong."""
+  """Every run's config, parsed and checked as vit_jax.main does it (vit_jax/training/preflight.py:
+  the fields and the rules of the run's task), before anything starts (--dry-run too): a ValueError
+  naming each bad run and what is wrong."""
   from vit_jax.configs import check, loading  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import preflight  # noqa: PLC0415  (JAX, for the tasks' rules: only here)
+
   problems = []
   for run in runs:
     try:
-      check.validate(loading.from_command_line(config_spec, [a for a in run.args if a.startswith('--config.')]))
+      overrides = [a for a in run.args if a.startswith('--config.')]
+      preflight.validate(loading.from_command_line(config_spec, overrides))
     except (check.ConfigError, check.UnknownFieldError) as e:
       problems.append(f'run {run.name}: {e}')
   if problems:
-    raise ValueError(f'{len(problems)} of {len(runs)} runs have a bad config (nothing was started):\n  '
-                     + '\n  '.join(problems))
+    raise ValueError(
+      f'{len(problems)} of {len(runs)} runs have a bad config (nothing was started):\n  '
+      + '\n  '.join(problems)
+    )
 
 
-def record_sweep(sweep_dir: str, config_spec: str, fixed: dict, runs: list[Run], backend: str, runner) -> dict:
-  """Writes SWEEP_DIR/sweep.json: the config, the fixed overrides, and every run so far (earlier runs are kept)."""
+def record_sweep(
+  sweep_dir: str, config_spec: str, fixed: dict, runs: list[Run], backend: str, runner
+) -> dict:
+  """Writes SWEEP_DIR/sweep.json: the config, the fixed overrides, and every run so far (earlier
+  runs are kept)."""
   old = record.read_sweep(sweep_dir)
   if old and old['config'] != config_spec:
-    raise ValueError(f'{sweep_dir} holds a sweep of --config={old["config"]}, not {config_spec}: use another '
-                     '--sweep_dir.')
+    raise ValueError(
+      f'{sweep_dir} holds a sweep of --config={old["config"]}, '
+      f'not {config_spec}: use another --sweep_dir.'
+    )
   known = {r['name']: r for r in (old or {}).get('runs', [])}
   for run in runs:
     known[run.name] = {'name': run.name, 'overrides': run.overrides, 'workdir': run.workdir}
-  sweep = {'config': config_spec, 'fixed': fixed, 'backend': backend, 'updated': record.now(),
-           'runs': list(known.values())}
+  sweep = {
+    'config': config_spec,
+    'fixed': fixed,
+    'backend': backend,
+    'updated': record.now(),
+    'runs': list(known.values()),
+  }
   if runner.dry_run:
     runner.note(f'(a real run writes {io.join(sweep_dir, record.SWEEP_FILE)})')
   else:
@@ -142,21 +169,35 @@ def split_done(runs: list[Run], fixed: dict) -> tuple[list[Run], list[Run]]:
 
 def detect_gpus() -> list[str]:
   try:
-    out = subprocess.run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+      ['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=30,
+    ).stdout
   except (OSError, subprocess.SubprocessError):
     return []
   return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def run_local(runs: list[Run], *, parallel: int, gpus: list[str], runner: shell.Runner,
-              python: str = sys.executable, poll_s: float = 0.5) -> dict[str, int]:
-  """Runs `runs` on this machine, `parallel` at a time (one GPU each when `gpus`); returns {name: exit status}.
+def run_local(
+  runs: list[Run],
+  *,
+  parallel: int,
+  gpus: list[str],
+  runner: shell.Runner,
+  python: str = sys.executable,
+  poll_s: float = 0.5,
+) -> dict[str, int]:
+  """Runs `runs` on this machine, `parallel` at a time (one GPU each when `gpus`); returns {name:
+  exit status}.
 
-  Each run writes its output to WORKDIR/run.log and launch.json (command, commit, host, pid; its exit status once it
-  ends). The first run starts alone and the others once it has written its config.json (its dataset is prepared
-  by then), so that parallel runs never race to download or build one dataset. Ctrl-C sends each run SIGTERM (it
-  saves a checkpoint and exits 0) and waits for them.
+  Each run writes its output to WORKDIR/run.log and launch.json (command, commit, host, pid; its
+  exit status once it ends). The first run starts alone and the others once it has written its
+  config.json (its dataset is prepared by then), so that parallel runs never race to download or
+  build one dataset. Ctrl-C sends each run SIGTERM (it saves a checkpoint and exits 0) and waits for
+  them.
   """
   slots = list(gpus) if gpus else [None] * max(1, parallel)
   if gpus and parallel:
@@ -175,7 +216,10 @@ def run_local(runs: list[Run], *, parallel: int, gpus: list[str], runner: shell.
   first = None  # (run, Popen) of the first run, until it has prepared its dataset.
   try:
     while pending or active:
-      if first and (first[1].poll() is not None or os.path.exists(workdir_lib.path(first[0].workdir, workdir_lib.CONFIG_FILE))):
+      if first and (
+        first[1].poll() is not None
+        or os.path.exists(workdir_lib.path(first[0].workdir, workdir_lib.CONFIG_FILE))
+      ):
         first = None
       for slot in range(len(slots)):
         if slot not in active and pending and not first:
@@ -188,12 +232,18 @@ def run_local(runs: list[Run], *, parallel: int, gpus: list[str], runner: shell.
           log.close()
           record.record_exit(run.workdir, proc.returncode)
           codes[run.name] = proc.returncode
-          print(f'{run.name}: exited {proc.returncode} ({len(codes)} of {len(runs)} done)', file=sys.stderr)
+          print(
+            f'{run.name}: exited {proc.returncode} ({len(codes)} of {len(runs)} done)',
+            file=sys.stderr,
+          )
           del active[slot]
       time.sleep(poll_s)
   except KeyboardInterrupt:
-    print('Interrupted: asking the running runs to save a checkpoint and stop (Ctrl-C again kills them).',
-          file=sys.stderr)
+    print(
+      'Interrupted: asking the running runs to save a '
+      'checkpoint and stop (Ctrl-C again kills them).',
+      file=sys.stderr,
+    )
     _stop(active, codes)
     raise
   return codes
@@ -207,12 +257,27 @@ def _start(run: Run, gpu, commit, python):
   log = io.open_log(workdir_lib.path(run.workdir, workdir_lib.RUN_LOG))
   log.write(f'\n=== {record.now()} {shell.shell_line(command)}\n')
   log.flush()
-  # A session of its own: a Ctrl-C at the terminal reaches only this launcher, which then stops each run once.
-  proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-  workdir_lib.write_launch(run.workdir, {'backend': 'local', 'command': command, 'commit': commit, 'gpu': gpu,
-                                         'host': socket.gethostname(), 'pid': proc.pid, 'started': record.now()})
-  print(f'{run.name}: started (pid {proc.pid}{"" if gpu is None else f", GPU {gpu}"}), log {log.name}',
-        file=sys.stderr)
+  # A session of its own: a Ctrl-C at the terminal reaches only this launcher, which then stops each
+  # run once.
+  proc = subprocess.Popen(
+    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+  )
+  workdir_lib.write_launch(
+    run.workdir,
+    {
+      'backend': 'local',
+      'command': command,
+      'commit': commit,
+      'gpu': gpu,
+      'host': socket.gethostname(),
+      'pid': proc.pid,
+      'started': record.now(),
+    },
+  )
+  print(
+    f'{run.name}: started (pid {proc.pid}{"" if gpu is None else f", GPU {gpu}"}), log {log.name}',
+    file=sys.stderr,
+  )
   return run, proc, log
 
 
@@ -235,22 +300,47 @@ def _stop(active, codes):
 
 def _parser():
   parser = argparse.ArgumentParser(
-      prog='python -m launch.sweep', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog='Other backends take the flags of launch.tpu (--name, --accelerator, --zones, ...) and launch.slurm '
-      '(--nodes, --gpus_per_node, ...).')
+    prog='python -m launch.sweep',
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog='Other backends take the flags of launch.tpu (--name, --accelerator, --zones, ...) and '
+    'launch.slurm (--nodes, --gpus_per_node, ...).',
+  )
   parser.add_argument('--config', required=True, help='Config file[:arg], as for vit_jax.main.')
-  parser.add_argument('--sweep_dir', help='Where the runs go (a local path; gs:// for the tpu backend). Default: '
-                      'runs/<config file name>_sweep.')
-  parser.add_argument('--sweep', action='append', default=[], metavar='KEY=V1,V2',
-                      help='A swept field and its values (repeat: product). Without it, the config\'s get_sweep().')
+  parser.add_argument(
+    '--sweep_dir',
+    help='Where the runs go (a local path; gs:// for the tpu '
+    'backend). Default: runs/<config file name>_sweep.',
+  )
+  parser.add_argument(
+    '--sweep',
+    action='append',
+    default=[],
+    metavar='KEY=V1,V2',
+    help="A swept field and its values (repeat: product). Without it, the config's get_sweep().",
+  )
   parser.add_argument('--backend', choices=('local', 'tpu', 'slurm'), default='local')
-  parser.add_argument('--parallel', type=int, default=0, help='Runs at a time (local: default 1, or one per GPU; '
-                      'tpu vm_per_run: default all).')
-  parser.add_argument('--gpus', default=None, help='local: comma-separated GPU ids, one per run at a time '
-                      '(default: all that nvidia-smi lists; "" for none).')
-  parser.add_argument('--dry-run', '--dry_run', dest='dry_run', action='store_true',
-                      help='List the runs and print their commands; start nothing.')
+  parser.add_argument(
+    '--parallel',
+    type=int,
+    default=0,
+    help='Runs at a time (local: default 1, or one per GPU; tpu vm_per_run: default all).',
+  )
+  parser.add_argument(
+    '--gpus',
+    default=None,
+    help='local: comma-separated GPU ids, one per run at a time '
+    '(default: all that nvidia-smi lists; "" for none).',
+  )
+  parser.add_argument(
+    '--dry-run',
+    '--dry_run',
+    dest='dry_run',
+    action='store_true',
+    help='List the runs and print their commands; start nothing.',
+  )
   from launch import slurm, tpu  # pylint: disable=g-import-not-at-top
+
   tpu.add_sweep_flags(parser)
   slurm.add_flags(parser, sweep=True)
   return parser
@@ -275,7 +365,9 @@ def main_run(argv) -> int:
   except (ValueError, io.StorageError) as e:
     print(f'launch.sweep: {e}', file=sys.stderr)
     return 2
-  runner.note(f'{len(runs)} runs in {sweep_dir}: {len(done)} finished (skipped), {len(todo)} to run')
+  runner.note(
+    f'{len(runs)} runs in {sweep_dir}: {len(done)} finished (skipped), {len(todo)} to run'
+  )
   for run in runs:
     runner.note(f'  {run.name}: {"finished" if run in done else "to run"}')
   return run_backend(args, runs, todo, sweep_dir, runner)
@@ -284,6 +376,7 @@ def main_run(argv) -> int:
 def run_backend(args, runs, todo, sweep_dir, runner) -> int:
   """Runs `todo` (of the sweep's `runs`) on args.backend; the exit status (130: interrupted)."""
   from launch import slurm, tpu_sweep  # pylint: disable=g-import-not-at-top
+
   if not todo:
     runner.note(f'Nothing to run. Results: python -m launch.sweep results {sweep_dir}')
     return 0
@@ -293,7 +386,9 @@ def run_backend(args, runs, todo, sweep_dir, runner) -> int:
     return slurm.run_sweep(args, todo, sweep_dir, runner)
   gpus = detect_gpus() if args.gpus is None else [g for g in args.gpus.split(',') if g.strip()]
   try:
-    codes = run_local(todo, parallel=args.parallel or (len(gpus) if gpus else 1), gpus=gpus, runner=runner)
+    codes = run_local(
+      todo, parallel=args.parallel or (len(gpus) if gpus else 1), gpus=gpus, runner=runner
+    )
   except KeyboardInterrupt:
     return 130
   failed = sorted(name for name, code in codes.items() if code != 0)
@@ -301,8 +396,10 @@ def run_backend(args, runs, todo, sweep_dir, runner) -> int:
     for name in failed:
       log = workdir_lib.path(io.join(sweep_dir, name), workdir_lib.RUN_LOG)
       print(f'{name} failed; the end of its log:\n{_tail(log)}', file=sys.stderr)
-    runner.note(f'{len(codes) - len(failed)} of {len(codes)} runs ended cleanly. Results: '
-                f'python -m launch.sweep results {sweep_dir}')
+    runner.note(
+      f'{len(codes) - len(failed)} of {len(codes)} runs ended cleanly. Results: '
+      f'python -m launch.sweep results {sweep_dir}'
+    )
   return 1 if failed else 0
 
 
@@ -315,6 +412,7 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == 'results':
     from launch import results  # pylint: disable=g-import-not-at-top  (matplotlib only here)
+
     return results.main(argv[1:])
   if argv and argv[0] == 'run':
     argv = argv[1:]

@@ -26,13 +26,12 @@ import os
 import re
 import sys
 
-from launch import hyper, shell
+from launch import hyper, shell, transfer_report
 from launch import sweep as sweep_lib
-from launch import transfer_report
 from vit_jax import io
-from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import args as config_args
 from vit_jax.configs import fields, presets
+from vit_jax.runtime import workdir as workdir_lib
 
 FEWSHOT_FILE = 'fewshot.json'
 I21K_RELEASES = 'gs://vit_models/imagenet21k'

@@ -14,8 +14,7 @@ per task beside the published one; few-shot accuracy against shots).
 import math
 import statistics
 
-from launch import record
-from launch import results
+from launch import record, results
 from vit_jax import io
 from vit_jax.runtime import workdir as workdir_lib
 

@@ -29,7 +29,6 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402  (after the environment above)
 
-
 # The files whose tests run for a minute or more (multi-process jobs, fault injection, launched
 # sweeps): run first, so that the xdist workers (with --dist worksteal, pytest.ini) do not end the
 # suite on one of them while the other idles.

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import tempfile
 
-import fake_gcs
-import pytest
 from etils.epath import backend
+import fake_gcs
 from fsspec.registry import _registry as fsspec_registry  # pylint: disable=protected-access
+import pytest
 
 from launch import gcloud, tpu
 

@@ -4,8 +4,8 @@ path."""
 import jax
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax import checkpoint, models, utils
 from vit_jax.inference import attention_maps
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
-
 import tiny
+
 from vit_jax import checkpoint, models, utils
 
 X = tiny.images(7, size=16)

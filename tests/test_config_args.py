@@ -7,8 +7,8 @@ import inspect
 import os
 
 import pytest
-
 import tiny
+
 from configs import pretrain_i1k, transfer_offline
 from configs import vit as vit_configs
 from vit_jax.configs import args

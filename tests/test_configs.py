@@ -9,10 +9,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import pytest
 from ml_collections.config_dict import ConfigDict, FieldReference
-
+import pytest
 import tiny
+
 from vit_jax import models
 from vit_jax.configs import check, loading
 from vit_jax.configs import models as model_configs

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax.tasks import contrastive
 
 B, D, T, BIAS = 8, 6, 10.0, -3.0

@@ -5,13 +5,12 @@ pre-logits features, durations in epochs."""
 import inspect
 
 import pytest
-
 import tiny
+
 from vit_jax import evaluators, sharding
-from vit_jax.training import metrics, train
 from vit_jax.configs import choices, common, durations, presets
 from vit_jax.runtime import workdir as workdir_lib
-from vit_jax.training import state
+from vit_jax.training import metrics, state, train
 
 
 @pytest.fixture(scope='module')

@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax import checkpoint, export, models, utils
-from vit_jax.inference import trained as inference
 from vit_jax.configs import common
 from vit_jax.inference import trained as inference
 
@@ -218,6 +217,7 @@ def test_transformers_vit_gives_our_logits(posemb, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
   export.export_hf(trained, str(tmp_path))
@@ -250,6 +250,7 @@ def test_transformers_image_processor_gives_our_eval_inputs(crop, resize, tmp_pa
   pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
   with open(tmp_path / 'preprocessor_config.json', 'w') as f:

@@ -3,14 +3,13 @@ files, specs."""
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
-
 import tiny
+
 from vit_jax import checkpoint, models, sharding, utils
-from vit_jax.training import train
-from vit_jax.training import state
+from vit_jax.training import state, train
 
 X = jax.random.uniform(jax.random.key(7), (2, 16, 16, 3), minval=-1, maxval=1)
 # Loss = mean(logits * WEIGHTS): every logit matters.

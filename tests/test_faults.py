@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax.runtime import goodput
 from vit_jax.runtime import workdir as workdir_lib
 

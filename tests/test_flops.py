@@ -4,8 +4,8 @@ table."""
 import jax
 import jax.numpy as jnp
 import pytest
-
 import tiny
+
 from vit_jax import models
 from vit_jax.models import flops
 

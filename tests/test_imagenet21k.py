@@ -5,13 +5,13 @@ import io
 import tarfile
 
 import numpy as np
+from PIL import Image
 import pytest
 import simplejpeg
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from vit_jax.data import sources
 from vit_jax.configs import common
+from vit_jax.data import sources
 from vit_jax.data.datasets import imagenet21k
 
 SYNSETS = imagenet21k.goog_synsets()

@@ -7,12 +7,12 @@ import io
 
 import jax
 import numpy as np
-import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
+import pytest
 from sklearn import datasets as sk_datasets
-
+import tensorflow_datasets as tfds
 import tiny
+
 from vit_jax.data import input_pipeline, sources, splits
 from vit_jax.inference import trained as inference
 

@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
+import fake_gcs
 import fsspec
 import pytest
 
-import fake_gcs
 from vit_jax import errors, io
 
 

@@ -4,12 +4,12 @@ file), made before any node exists, and removed however the launch ends."""
 import os
 import tempfile
 
-import pytest
-
-from launch import code as code_lib, shell, sweep, tpu
-
 # (fixtures)
 from launch_fakes import ARGS, STATUS, FakeGcloud, clone, fake, gcs, tpu_flags, workers  # noqa: F401
+import pytest
+
+from launch import code as code_lib
+from launch import shell, sweep, tpu
 
 
 def test_two_packs_of_one_commit_are_separate_files_removed_when_each_ends(

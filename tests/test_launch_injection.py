@@ -11,10 +11,10 @@ import shutil
 import subprocess
 import tempfile
 
+from launch_fakes import FakeGcloud, git_clone, workers
 import pytest
 
 from launch import gcloud, shell, sky, slurm, sweep, tpu
-from launch_fakes import FakeGcloud, git_clone, workers
 
 
 def _nasty(tmp_path) -> list[str]:

@@ -4,10 +4,10 @@ one-line error; the latest finalised checkpoint as a worker reads it (local and 
 import subprocess
 import sys
 
+from launch_fakes import gcs  # noqa: F401  (a fixture)
 import pytest
 
 from launch import outcome, shell
-from launch_fakes import gcs  # noqa: F401  (a fixture)
 
 
 def _never():

@@ -5,8 +5,8 @@ real processes)."""
 import pathlib
 
 import pytest
-
 import tiny
+
 from launch import sky
 from vit_jax import main as vit_main
 

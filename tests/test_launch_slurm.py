@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 import pytest
-
 import tiny
+
 from launch import outcome, record, slurm
 from vit_jax.runtime import workdir as workdir_lib
 

@@ -3,10 +3,6 @@ creating it (set-up, ssh on one worker, an unexpected error, a create that faile
 node), a delete that fails prints its command, and each end of the job is a failure or a preemption
 by the rule of launch/outcome.py."""
 
-import pytest
-
-from launch import gcloud, node as node_lib
-
 # (fixtures)
 from launch_fakes import (
   CHECKPOINT,
@@ -22,6 +18,10 @@ from launch_fakes import (
   without_polls,
   workers,
 )
+import pytest
+
+from launch import gcloud
+from launch import node as node_lib
 
 SETUP = 'uv venv'  # A fragment of the set-up script.
 RUN = gcloud.run_script(RUN_ARGS)

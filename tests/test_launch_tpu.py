@@ -12,9 +12,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from launch import gcloud, node as node_lib, shell, supervise, sweep, tpu
 from launch_fakes import (
   ARGS,
   CHECKPOINT,
@@ -33,6 +30,10 @@ from launch_fakes import (
   without_polls,
   workers,
 )
+import pytest
+
+from launch import gcloud, shell, supervise, sweep, tpu
+from launch import node as node_lib
 
 QR = ['compute', 'tpus', 'queued-resources']
 

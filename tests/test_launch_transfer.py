@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-
 import tiny
+
 from launch import hyper, transfer, transfer_report
 from launch import sweep as sweep_lib
-from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import loading
+from vit_jax.runtime import workdir as workdir_lib
 
 SUITE = os.path.join(tiny.REPO, 'configs', 'transfer_offline.py')
 FAST = ['--config.total_steps=4', '--config.schedule.warmup_steps=1', '--config.log_every_steps=2']

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax import checkpoint, models, models_lit, utils
-from vit_jax.data import tokenizers
 from vit_jax.configs import models as config_models
+from vit_jax.data import tokenizers
 from vit_jax.models import bert
 
 # vision_transformer's vit_jax/models_test.py MODEL_SIZES, its LiT entries (images and tokens of its

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import fake_gcs
+import pytest
 import tiny
+
 from vit_jax.runtime import lock as lock_lib
 from vit_jax.runtime import workdir as workdir_lib
 

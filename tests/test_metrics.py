@@ -8,13 +8,13 @@ import logging
 import os
 import sys
 
+import fake_gcs
 import pytest
 
-import fake_gcs
 from vit_jax import io as vit_io
-from vit_jax.training import metrics
 from vit_jax.runtime import goodput
 from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import metrics
 
 
 class _Terminal(io.StringIO):

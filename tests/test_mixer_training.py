@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax import checkpoint, export, models, predict, sharding, utils, visualize
-from vit_jax.models import flops
-from vit_jax.training import state, train
-from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.configs import check, common, loading
+from vit_jax.models import flops
+from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import state, train
 
 ONE_LINE = 2  # The error line, and the empty string after its newline.
 

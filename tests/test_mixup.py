@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax import sharding
 from vit_jax.tasks import losses
 from vit_jax.training import train

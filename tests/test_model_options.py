@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax import checkpoint, models, utils
-from vit_jax.models import flops
-from vit_jax.models import blocks, vit
+from vit_jax.models import blocks, flops, vit
 
 X = np.asarray(jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1, maxval=1))
 

@@ -8,8 +8,8 @@ import signal
 import time
 
 import numpy as np
-
 import tiny
+
 from vit_jax import checkpoint
 from vit_jax.runtime import workdir as workdir_lib
 

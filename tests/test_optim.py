@@ -1,4 +1,6 @@
-"""Tests for vit_jax.training.optim: schedules, weight-decay mask and optimizer step numbers (hand-computed)."""
+"""Tests for vit_jax.training.optim: schedules, weight-decay mask and optimizer step numbers
+(hand-computed)."""
+
 import math
 
 import jax
@@ -6,15 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from vit_jax.configs import common
 import tiny
+
 from vit_jax import utils
+from vit_jax.configs import common
 from vit_jax.training import optim
 
 
 def _config(**overrides):
-  """Common config with total_steps=1100, warmup=100, base_lr=0.1; keys 'a.b' override nested fields."""
+  """Common config with total_steps=1100, warmup=100, base_lr=0.1; keys 'a.b' override nested
+  fields."""
   config = common.get_config()
   config.total_steps = 1100
   config.schedule.warmup_steps = 100
@@ -56,8 +59,16 @@ def test_rsqrt_schedule():
   config = _config(**{'schedule.decay_type': 'rsqrt', 'schedule.rsqrt_timescale': 400})
   steps = (0, 50, 100, 400, 900, 1000, 1100, 1600)
   # base_lr * sqrt(400 / max(step, 400)), steps past 1100 clamp at 1100.
-  want = [0.0, 0.05, 0.1, 0.1, 0.1 * 2 / 3, 0.1 * math.sqrt(0.4), 0.1 * math.sqrt(4 / 11),
-          0.1 * math.sqrt(4 / 11)]
+  want = [
+    0.0,
+    0.05,
+    0.1,
+    0.1,
+    0.1 * 2 / 3,
+    0.1 * math.sqrt(0.4),
+    0.1 * math.sqrt(4 / 11),
+    0.1 * math.sqrt(4 / 11),
+  ]
   np.testing.assert_allclose(_lrs(config, steps), want, rtol=1e-6, atol=1e-8)
 
 
@@ -75,34 +86,47 @@ def test_schedule_jit_on_int_array():
 
 def test_weight_decay_mask():
   params = {
-      'cls': np.zeros((1, 1, 4)),
-      'embedding': {'kernel': np.zeros((2, 2, 3, 4)), 'bias': np.zeros(4)},
-      'conv_root': {'kernel': np.zeros((3, 3, 3, 4))},
-      'gn_root': {'scale': np.zeros(4), 'bias': np.zeros(4)},
-      'Transformer': {
-          'posembed_input': {'pos_embedding': np.zeros((1, 5, 4))},
-          'encoderblock_0': {
-              'LayerNorm_0': {'scale': np.zeros(4), 'bias': np.zeros(4)},
-              'MultiHeadDotProductAttention_1': {
-                  n: {'kernel': np.zeros((4, 1, 4)), 'bias': np.zeros((1, 4))}
-                  for n in ('query', 'key', 'value', 'out')},
-              'MlpBlock_3': {'Dense_0': {'kernel': np.zeros((4, 8)), 'bias': np.zeros(8)}},
-          },
-          'encoder_norm': {'scale': np.zeros(4), 'bias': np.zeros(4)},
+    'cls': np.zeros((1, 1, 4)),
+    'embedding': {'kernel': np.zeros((2, 2, 3, 4)), 'bias': np.zeros(4)},
+    'conv_root': {'kernel': np.zeros((3, 3, 3, 4))},
+    'gn_root': {'scale': np.zeros(4), 'bias': np.zeros(4)},
+    'Transformer': {
+      'posembed_input': {'pos_embedding': np.zeros((1, 5, 4))},
+      'encoderblock_0': {
+        'LayerNorm_0': {'scale': np.zeros(4), 'bias': np.zeros(4)},
+        'MultiHeadDotProductAttention_1': {
+          n: {'kernel': np.zeros((4, 1, 4)), 'bias': np.zeros((1, 4))}
+          for n in ('query', 'key', 'value', 'out')
+        },
+        'MlpBlock_3': {'Dense_0': {'kernel': np.zeros((4, 8)), 'bias': np.zeros(8)}},
       },
-      'head': {'kernel': np.zeros((4, 10)), 'bias': np.zeros(10), 'my_kernel_like': np.zeros(2)},
+      'encoder_norm': {'scale': np.zeros(4), 'bias': np.zeros(4)},
+    },
+    'head': {'kernel': np.zeros((4, 10)), 'bias': np.zeros(10), 'my_kernel_like': np.zeros(2)},
   }
   flat = utils.flatten_dict(optim.weight_decay_mask(params))
   decayed = sorted(k for k, v in flat.items() if v)
-  assert decayed == sorted([
-      'embedding/kernel', 'conv_root/kernel', 'head/kernel',
+  assert decayed == sorted(
+    [
+      'embedding/kernel',
+      'conv_root/kernel',
+      'head/kernel',
       'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel',
-      *(f'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/{n}/kernel'
-        for n in ('query', 'key', 'value', 'out')),
-  ])
+      *(
+        f'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/{n}/kernel'
+        for n in ('query', 'key', 'value', 'out')
+      ),
+    ]
+  )
   assert len(flat) == 24 and sum(flat.values()) == 8
-  for name in ('cls', 'Transformer/posembed_input/pos_embedding', 'gn_root/scale',
-               'Transformer/encoder_norm/scale', 'head/bias', 'head/my_kernel_like'):
+  for name in (
+    'cls',
+    'Transformer/posembed_input/pos_embedding',
+    'gn_root/scale',
+    'Transformer/encoder_norm/scale',
+    'head/bias',
+    'head/my_kernel_like',
+  ):
     assert flat[name] is False
 
 
@@ -115,8 +139,15 @@ def _grads(kernel, bias):
 
 
 def _constant_config(name, **overrides):
-  return _config(**{'optimizer.name': name, 'schedule.decay_type': 'constant',
-                    'schedule.warmup_steps': 0, 'optimizer.grad_clip_norm': 0.0, **overrides})
+  return _config(
+    **{
+      'optimizer.name': name,
+      'schedule.decay_type': 'constant',
+      'schedule.warmup_steps': 0,
+      'optimizer.grad_clip_norm': 0.0,
+      **overrides,
+    }
+  )
 
 
 def _flat(tree):
@@ -181,13 +212,18 @@ def test_grad_clipping_sgd():
 
 
 def _trace_states(state):
-  return [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.TraceState))
-          if isinstance(s, optax.TraceState)]
+  return [
+    s
+    for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.TraceState))
+    if isinstance(s, optax.TraceState)
+  ]
 
 
 @pytest.mark.parametrize('dtype_name,dtype', [('bfloat16', jnp.bfloat16), ('float32', jnp.float32)])
 def test_sgd_accumulator_dtype(dtype_name, dtype):
-  tx, _ = optim.make_optimizer(_constant_config('sgd', **{'optimizer.accumulator_dtype': dtype_name}))
+  tx, _ = optim.make_optimizer(
+    _constant_config('sgd', **{'optimizer.accumulator_dtype': dtype_name})
+  )
   params = _params()
   _, state = tx.update(_grads([0.5, -1.0], [0.25]), tx.init(params), params)
   (trace,) = _trace_states(state)
@@ -199,11 +235,29 @@ def test_sgd_accumulator_dtype(dtype_name, dtype):
 
 @pytest.mark.parametrize('name', optim.OPTIMIZERS)
 def test_eval_shape_init(name):
-  tx, sched = optim.make_optimizer(_config(**{'optimizer.name': name, 'optimizer.weight_decay': 1e-4}))
+  tx, sched = optim.make_optimizer(
+    _config(**{'optimizer.name': name, 'optimizer.weight_decay': 1e-4})
+  )
   params = {'dense': {'kernel': jnp.ones((3, 5)), 'bias': jnp.ones(5)}, 'cls': jnp.ones((1, 1, 5))}
   abstract = jax.eval_shape(tx.init, jax.eval_shape(lambda: params))
   concrete = tx.init(params)
   assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
-  assert [x.shape for x in jax.tree.leaves(abstract)] == [x.shape for x in jax.tree.leaves(concrete)]
-  assert [x.dtype for x in jax.tree.leaves(abstract)] == [x.dtype for x in jax.tree.leaves(concrete)]
+  assert [x.shape for x in jax.tree.leaves(abstract)] == [
+    x.shape for x in jax.tree.leaves(concrete)
+  ]
+  assert [x.dtype for x in jax.tree.leaves(abstract)] == [
+    x.dtype for x in jax.tree.leaves(concrete)
+  ]
   assert float(sched(100)) == pytest.approx(0.1)
+
+
+def test_frozen_parameters_get_no_update_and_no_optimizer_state():
+  """make_optimizer(frozen=...): the task's rules (a LiT model's locked tower), applied by name."""
+  config = _constant_config('adamw', **{'optimizer.weight_decay': 0.1})
+  tx, _ = optim.make_optimizer(config, frozen=(r'img/.*',))
+  params = {'img': {'kernel': jnp.ones((2, 2))}, 'txt': {'kernel': jnp.ones((2, 2))}}
+  state = tx.init(params)
+  assert jax.tree.leaves(state.inner_states[optim.FROZEN]) == []  # No moments for the frozen tower.
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+  np.testing.assert_array_equal(updates['img']['kernel'], 0.0)
+  assert float(jnp.abs(updates['txt']['kernel']).min()) > 0

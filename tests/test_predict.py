@@ -5,12 +5,12 @@ import csv
 import json
 import os
 
+import fake_gcs
 import jax
 import numpy as np
 import pytest
-
-import fake_gcs
 import tiny
+
 from vit_jax import checkpoint, models, predict, utils
 from vit_jax.inference import trained as inference
 

@@ -8,11 +8,11 @@ import signal
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 import tiny
-from vit_jax.training import train
-from vit_jax.runtime import workdir as workdir_lib
+
 from vit_jax.configs import augmentation
+from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import train
 
 
 @pytest.mark.parametrize('stop_at', [3, 4])

@@ -4,8 +4,8 @@ crops, resizes, flips."""
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from vit_jax.data import preprocess
 

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 import tiny
+
 from vit_jax import models_lit, preprocess
 from vit_jax.data import preprocess as data_preprocess
 from vit_jax.data import tokenizers

@@ -2,11 +2,11 @@
 level."""
 
 import numpy as np
-import pytest
 from PIL import Image, ImageEnhance, ImageOps
+import pytest
 
-from vit_jax.data import randaugment as ra
 from vit_jax.configs import augmentation
+from vit_jax.data import randaugment as ra
 
 
 def _image(h=24, w=24, seed=0):

@@ -16,9 +16,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
-
+import pytest
 import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,13 +6,13 @@ import signal
 
 import numpy as np
 import pytest
-
 import tiny
+
 from configs import pretrain_i1k, pretrain_i21k
 from vit_jax import checkpoint
-from vit_jax.training import train
 from vit_jax.configs import durations
 from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import train
 
 TINY = {
   'model.hidden_size': 32,

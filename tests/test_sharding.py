@@ -2,11 +2,11 @@
 FSDP splits memory; resharded resume."""
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
-
 import tiny
+
 from vit_jax import checkpoint, sharding
 from vit_jax.training import train
 

@@ -5,8 +5,8 @@ import io
 
 import numpy as np
 from PIL import Image
-
 import tiny
+
 from vit_jax.data import input_pipeline
 from vit_jax.tools import shrink_images
 

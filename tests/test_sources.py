@@ -8,16 +8,16 @@ import os
 import shutil
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
-
 import tiny
+
 from vit_jax import errors
+from vit_jax.configs import check
 from vit_jax.data import input_pipeline, sources
 from vit_jax.inference import trained as inference
 from vit_jax.training import train
-from vit_jax.configs import check
 
 # --------------------------------------------------------------------------------------------------
 # TFDS datasets (prepared for real from random examples).

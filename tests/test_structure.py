@@ -1,5 +1,6 @@
-"""The repository's shape, as shared/DESIGN.md asks: small modules, a short training loop, TensorFlow only where a
-dataset is built."""
+"""The repository's shape, as shared/DESIGN.md asks: small modules, a short training loop,
+TensorFlow only where a dataset is built."""
+
 import ast
 import pathlib
 import re
@@ -9,14 +10,17 @@ SOURCES = [*REPO.glob('vit_jax/**/*.py'), *REPO.glob('launch/*.py')]
 
 
 def test_no_module_passes_400_lines():
-  long = {str(p.relative_to(REPO)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 400}
+  long = {
+    str(p.relative_to(REPO)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > 400
+  }
   assert long == {}
 
 
 def _train_and_evaluate() -> ast.FunctionDef:
   tree = ast.parse((REPO / 'vit_jax' / 'training' / 'train.py').read_text())
-  (fn,) = [n for n in tree.body
-           if isinstance(n, ast.FunctionDef) and n.name == 'train_and_evaluate']
+  (fn,) = [
+    n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == 'train_and_evaluate'
+  ]
   return fn
 
 
@@ -35,8 +39,10 @@ def nesting_depth(node: ast.AST) -> int:
 
 
 def test_the_nesting_depth_counts_blocks_inside_blocks():
-  fn = ast.parse('def f():\n  with a:\n    try:\n      if b:\n        pass\n    finally:\n'
-                 '      pass\n  for c in d:\n    pass\n').body[0]
+  fn = ast.parse(
+    'def f():\n  with a:\n    try:\n      if b:\n        pass\n    finally:\n'
+    '      pass\n  for c in d:\n    pass\n'
+  ).body[0]
   assert nesting_depth(fn) == 3
 
 
@@ -45,15 +51,23 @@ def test_train_and_evaluate_nests_at_most_two_blocks_deep():
 
 
 def test_tensorflow_is_imported_only_where_a_dataset_is_prepared():
-  importers = sorted(str(p.relative_to(REPO)) for p in SOURCES
-                     if re.search(r'^\s*(import tensorflow\b|from tensorflow\b)', p.read_text(), re.M))
-  assert importers == ['vit_jax/data/datasets/build.py']  # build.prepare: a TFDS dataset is built there, and only there.
+  importers = sorted(
+    str(p.relative_to(REPO))
+    for p in SOURCES
+    if re.search(r'^\s*(import tensorflow\b|from tensorflow\b)', p.read_text(), re.M)
+  )
+  # build.prepare: a TFDS dataset is built there, and only there.
+  assert importers == ['vit_jax/data/datasets/build.py']
 
 
 def test_no_test_module_imports_another():
-  """Shared test helpers live in tiny.py, conftest.py and launch_fakes.py; a test module is never imported."""
-  importers = sorted(p.name for p in REPO.glob('tests/*.py')
-                     if re.search(r'^\s*(from|import) test_\w+', p.read_text(), re.M))
+  """Shared test helpers live in tiny.py, conftest.py and launch_fakes.py; a test module is never
+  imported."""
+  importers = sorted(
+    p.name
+    for p in REPO.glob('tests/*.py')
+    if re.search(r'^\s*(from|import) test_\w+', p.read_text(), re.M)
+  )
   assert importers == []
 
 
@@ -63,8 +77,9 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-  """module -> the modules of vit_jax/ and launch/ it imports, anywhere in its source (lazy imports inside functions
-  too); `from package import name` counts as importing package.name when that is a module."""
+  """module -> the modules of vit_jax/ and launch/ it imports, anywhere in its source (lazy imports
+  inside functions too); `from package import name` counts as importing package.name when that is a
+  module."""
   modules = {_module_name(p): p for p in SOURCES}
   graph = {}
   for name, path in modules.items():
@@ -76,8 +91,13 @@ def import_graph() -> dict[str, set[str]]:
       elif isinstance(node, ast.ImportFrom):
         base = node.module or ''
         if node.level:
-          base = '.'.join(package.split('.')[:len(package.split('.')) - node.level + 1] + ([base] if base else []))
-        targets = [f'{base}.{a.name}' if f'{base}.{a.name}' in modules else base for a in node.names]
+          base = '.'.join(
+            package.split('.')[: len(package.split('.')) - node.level + 1]
+            + ([base] if base else [])
+          )
+        targets = [
+          f'{base}.{a.name}' if f'{base}.{a.name}' in modules else base for a in node.names
+        ]
       else:
         continue
       edges |= {t for t in targets if t in modules and t != name}
@@ -124,55 +144,85 @@ def test_the_cycle_finder_finds_a_lazy_cycle():
 
 def test_no_import_cycle_in_vit_jax_and_launch_lazy_imports_included():
   graph = import_graph()
-  assert graph['vit_jax.training.preflight'] >= {'vit_jax.training.state', 'vit_jax.configs.check'}  # The graph sees imports.
+  # The graph sees imports.
+  assert graph['vit_jax.training.preflight'] >= {'vit_jax.training.state', 'vit_jax.configs.check'}
   assert cycles(graph) == []
 
 
 def test_the_configs_package_imports_nothing_above_it():
-  """configs/ is the layer above the base (io, errors, utils, dataset_names): it never imports models, state,
-  checkpoint, the data layer or anything else of vit_jax."""
-  base = {'vit_jax', 'vit_jax.errors', 'vit_jax.io', 'vit_jax.utils', 'vit_jax.configs.dataset_names'}
+  """configs/ is the layer above the base (io, errors, utils, dataset_names): it never imports
+  models, state, checkpoint, the data layer or anything else of vit_jax."""
+  base = {
+    'vit_jax',
+    'vit_jax.errors',
+    'vit_jax.io',
+    'vit_jax.utils',
+    'vit_jax.configs.dataset_names',
+  }
   graph = import_graph()
-  upward = {m: sorted(t for t in targets if not t.startswith('vit_jax.configs') and t not in base)
-            for m, targets in graph.items() if m.startswith('vit_jax.configs')}
+  upward = {
+    m: sorted(t for t in targets if not t.startswith('vit_jax.configs') and t not in base)
+    for m, targets in graph.items()
+    if m.startswith('vit_jax.configs')
+  }
   assert {m: t for m, t in upward.items() if t} == {}
 
 
-# The layers of vit_jax, lowest first (README: Layout). A module imports only from its own layer or lower ones.
+# The layers of vit_jax, lowest first (README: Layout). A module imports only from its own layer or
+# lower ones.
 LAYERS = (
-    ('base', ('vit_jax', 'vit_jax.io', 'vit_jax.errors', 'vit_jax.utils')),
-    ('configs', ('vit_jax.configs',)),
-    ('runtime', ('vit_jax.runtime',)),
-    ('data', ('vit_jax.data',)),
-    ('building blocks', ('vit_jax.sharding', 'vit_jax.augreg', 'vit_jax.npz',
-                         'vit_jax.checkpoint')),
-    ('models', ('vit_jax.models',)),
-    ('tasks', ('vit_jax.tasks',)),
-    ('evaluators', ('vit_jax.evaluators',)),
-    ('training', ('vit_jax.training',)),
-    ('inference', ('vit_jax.inference',)),
-    ('command lines', ('vit_jax.main', 'vit_jax.predict', 'vit_jax.visualize', 'vit_jax.export', 'vit_jax.cli',
-                       'vit_jax.tools', 'vit_jax.models_lit', 'vit_jax.preprocess')),
+  ('base', ('vit_jax', 'vit_jax.io', 'vit_jax.errors', 'vit_jax.utils')),
+  ('configs', ('vit_jax.configs',)),
+  ('runtime', ('vit_jax.runtime',)),
+  ('data', ('vit_jax.data',)),
+  ('building blocks', ('vit_jax.sharding', 'vit_jax.augreg', 'vit_jax.npz', 'vit_jax.checkpoint')),
+  ('models', ('vit_jax.models',)),
+  ('tasks', ('vit_jax.tasks',)),
+  ('evaluators', ('vit_jax.evaluators',)),
+  ('training', ('vit_jax.training',)),
+  ('inference', ('vit_jax.inference',)),
+  (
+    'command lines',
+    (
+      'vit_jax.main',
+      'vit_jax.predict',
+      'vit_jax.visualize',
+      'vit_jax.export',
+      'vit_jax.cli',
+      'vit_jax.tools',
+      'vit_jax.models_lit',
+      'vit_jax.preprocess',
+    ),
+  ),
 )
 
 
 def layer_of(module: str) -> int:
   """The index in LAYERS of the longest prefix that names `module` or a package holding it."""
-  matches = [(len(prefix), i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
-             if module == prefix or module.startswith(prefix + '.')]
+  matches = [
+    (len(prefix), i)
+    for i, (_, prefixes) in enumerate(LAYERS)
+    for prefix in prefixes
+    if module == prefix or module.startswith(prefix + '.')
+  ]
   assert matches, f'{module} is in no layer of LAYERS: add it there'
   return max(matches)[1]
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-  return sorted(f'{m} ({LAYERS[layer_of(m)][0]}) -> {t} ({LAYERS[layer_of(t)][0]})'
-                for m, targets in graph.items() if m.startswith('vit_jax')
-                for t in targets if layer_of(t) > layer_of(m))
+  return sorted(
+    f'{m} ({LAYERS[layer_of(m)][0]}) -> {t} ({LAYERS[layer_of(t)][0]})'
+    for m, targets in graph.items()
+    if m.startswith('vit_jax')
+    for t in targets
+    if layer_of(t) > layer_of(m)
+  )
 
 
 def test_the_layer_check_sees_an_upward_import():
   assert upward_imports({'vit_jax.data.sources': {'vit_jax.training.state'}}) == [
-      'vit_jax.data.sources (data) -> vit_jax.training.state (training)']
+    'vit_jax.data.sources (data) -> vit_jax.training.state (training)'
+  ]
 
 
 def test_every_package_imports_only_its_own_layer_or_lower_ones():
@@ -182,3 +232,40 @@ def test_every_package_imports_only_its_own_layer_or_lower_ones():
 def test_at_most_16_modules_stand_at_the_top_of_vit_jax():
   top = sorted(p.name for p in (REPO / 'vit_jax').glob('*.py'))
   assert len(top) <= 16, top
+
+
+# Asking whether a config is image-text: the old predicate, a family compared with 'lit', or the
+# preset table's own test (a model config with a text tower).
+IMAGE_TEXT_PREDICATE = re.compile(
+  r"""\bis_lit\(|family\([^()]*(\([^()]*\))?[^()]*\)\s*[!=]=\s*['"]lit['"]|"""
+  r"""['"]text_model['"]\s+(not\s+)?in\b"""
+)
+
+
+def image_text_askers() -> list[str]:
+  """file:line of vit_jax/ outside tasks/ and models/ that asks whether a config is image-text, but
+  presets.py, whose `family` is the preset table's fact that the task registry asks."""
+  homes = ('vit_jax/tasks/', 'vit_jax/models/', 'vit_jax/configs/presets.py')
+  found = []
+  for path in REPO.glob('vit_jax/**/*.py'):
+    name = str(path.relative_to(REPO))
+    if not name.startswith(homes):
+      lines = enumerate(path.read_text().splitlines(), 1)
+      found += [f'{name}:{n}' for n, line in lines if IMAGE_TEXT_PREDICATE.search(line)]
+  return sorted(found)
+
+
+def test_the_predicate_finder_sees_each_form():
+  for line in (
+    'if models.is_lit(config.model):',
+    "lit = presets.family(config.model) == 'lit'",
+    'if family(c.model) != "lit":',
+    "if 'text_model' in config.model:",
+  ):
+    assert IMAGE_TEXT_PREDICATE.search(line), line
+  assert not IMAGE_TEXT_PREDICATE.search('family = presets.family(model)')
+
+
+def test_only_the_task_registry_asks_whether_a_config_is_image_text():
+  """What differs between objectives is a task's (vit_jax/tasks/); models/ picks LitModel."""
+  assert image_text_askers() == []

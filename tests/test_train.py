@@ -9,23 +9,23 @@ import os
 import signal
 import time
 
+import fake_gcs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-import fake_gcs
 import tiny
+
 from vit_jax import checkpoint, evaluators, sharding
+from vit_jax import io as vit_io
 from vit_jax.data import input_pipeline, preprocess
 from vit_jax.evaluators import common as evaluate
 from vit_jax.models import flops
-from vit_jax.training import metrics, optim, state, train
-from vit_jax import io as vit_io
-from vit_jax.training import checkpoints as run_checkpoints
-from vit_jax.training import train_step as train_step_lib
 from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import checkpoints as run_checkpoints
+from vit_jax.training import metrics, optim, state, train
+from vit_jax.training import train_step as train_step_lib
 
 REPO = tiny.REPO
 

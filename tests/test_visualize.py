@@ -5,12 +5,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-from PIL import Image
-
 import fake_gcs
+import numpy as np
+from PIL import Image
+import pytest
 import tiny
+
 from vit_jax import visualize
 
 

@@ -8,12 +8,12 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 import fake_gcs
+import pytest
 import tiny
-from vit_jax.training import train
+
 from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAMES = (

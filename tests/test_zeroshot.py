@@ -7,13 +7,14 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
-
+import pytest
 import tiny
+
 from vit_jax import checkpoint, models, predict
 from vit_jax.data import captions
-from vit_jax.inference import trained as inference, zeroshot
+from vit_jax.inference import trained as inference
+from vit_jax.inference import zeroshot
 from vit_jax.models import lit
 from vit_jax.tasks import contrastive
 

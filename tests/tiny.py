@@ -147,6 +147,7 @@ def train_setup(config, num_classes=10, params=None):
   """(mesh, state, jitted train step, batch sharding) as the trainer builds them
   (vit_jax.training.state.Setup); `params` replace the init."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from vit_jax import sharding  # pylint: disable=g-import-not-at-top
   from vit_jax.training import state
 
@@ -223,6 +224,7 @@ def params_with_head(model, *, size=16, seed=0, qk_scale=1.0):
   uniform)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from vit_jax import utils  # pylint: disable=g-import-not-at-top
 
   params = jax.jit(
@@ -498,6 +500,7 @@ def mount_tmpfs(path, size):
   not allowed."""
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
+
   import pytest  # pylint: disable=g-import-not-at-top
 
   os.makedirs(path, exist_ok=True)

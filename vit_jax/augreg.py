@@ -40,6 +40,7 @@ class AugRegError(errors.UserError, ValueError):
 def augreg_index(path: str = DEFAULT_INDEX):
   """The AugReg index as a pandas DataFrame (local or gs:// path)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
+
   from vit_jax import io  # pylint: disable=g-import-not-at-top
 
   if not io.exists(path):

@@ -37,9 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import cli
-from vit_jax import errors
-from vit_jax import io
+from vit_jax import cli, errors, io
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ import math
 import re
 
 import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vit_jax import utils
 
 # (their owner)
 from vit_jax.configs.choices import AXES, BATCH_AXES, STRATEGIES, mesh_shape  # noqa: F401
-
 
 # Megatron-style tensor parallelism, by parameter name -> PartitionSpec.
 TP_RULES = (

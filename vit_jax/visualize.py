@@ -33,9 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import cli
+from vit_jax import cli, io
 from vit_jax.runtime import goodput
-from vit_jax import io
 from vit_jax.runtime import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -253,7 +252,8 @@ def write_attention(
   error)]). `trained` is a vit_jax.inference.trained.Trained (attention_maps.NoAttentionError for an
   MLP-Mixer)."""
   from vit_jax import models, predict  # pylint: disable=g-import-not-at-top
-  from vit_jax.inference import attention_maps, trained as inference
+  from vit_jax.inference import attention_maps
+  from vit_jax.inference import trained as inference
 
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
@@ -338,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _attention(args) -> int:
   # (JAX loads here)
-  from vit_jax.inference import attention_maps, trained as inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import attention_maps  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference
 
   # Before reading any parameters.
   attention_maps.check_has_attention(inference.model_config_from_args(args))

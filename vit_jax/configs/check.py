@@ -1,5 +1,5 @@
-"""Whether a config is valid: `validate` checks a whole config before anything is read, downloaded or compiled, and
-loads no JAX (launch/ validates sweeps with it).
+"""Whether a config is valid: `validate` checks every field of a config before anything is read,
+downloaded or compiled, and loads no JAX.
 
 It raises UnknownFieldError for fields no part of vit_jax reads (vit_jax/configs/fields.py: which
 fields exist, and what to write instead of an unknown one), else ConfigError listing every bad
@@ -7,37 +7,51 @@ value: its field, the value, and what would be valid (the tuples of vit_jax/conf
 which the modules acting on the fields use too, with the closest one for a typo), shapes such as a
 patch size that must be a pair, the entries of config.evals (vit_jax/configs/evals.py), and
 cross-field rules (warmup within the total, batch sizes that split over the mesh and the processes,
-an image size that the patches tile). An MLP-Mixer takes one of the model fast paths
-(remat_policy); scan_layers, attention and fused_qkv are the ViT's and refused for it, each with its
-reason. What needs a model, a mesh or files (the parameter layout, the pretrained file, the image
-folder) is checked by vit_jax/training/preflight.py.
+an image size that the patches tile). An MLP-Mixer takes one of the model fast paths (remat_policy);
+scan_layers, attention and fused_qkv are the ViT's and refused for it, each with its reason. The
+rules of an objective (image-text training's config.lit) are its task's (vit_jax/tasks/), and what
+needs a model, a mesh or files (the parameter layout, the pretrained file, the image folder) is
+checked by vit_jax/training/preflight.py, whose `validate` is the one entry point that runs them
+all.
 """
+
 import math
 
 from vit_jax import errors
-from vit_jax.configs import dataset_names
-from vit_jax.configs import choices, durations, evals, presets
+from vit_jax.configs import choices, dataset_names, durations, evals, presets
+
+# What other modules use of vit_jax/configs/fields.py, through this module (the one place that says
+# "valid").
+from vit_jax.configs.fields import (
+  check_fields,
+)  # noqa: F401
+
 # The value rules, shared with configs/evals.py (one did-you-mean, one range rule).
-from vit_jax.configs.values import choice as _choice, number as _number
-# What other modules use of vit_jax/configs/fields.py, through this module (the one place that says "valid").
-from vit_jax.configs.fields import UnknownFieldError, check_fields, flat_keys, is_known, unknown_message  # noqa: F401
+from vit_jax.configs.values import choice as _choice
+from vit_jax.configs.values import number as _number
 
 
 class ConfigError(errors.UserError, ValueError):
   """A config value that vit_jax cannot use."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Values.
 
 
 def _patch_size(model, problems, prefix: str = 'model'):
-  """The model's patch size (h, w), or None after naming it in `problems` when it is not a pair of positive ints."""
+  """The model's patch size (h, w), or None after naming it in `problems` when it is not a pair of
+  positive ints."""
   size = model.patches.size
-  if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
-      isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-    problems.append(f'config.{prefix}.patches.size={size!r} must be a pair of positive integers (height, width), '
-                    f'e.g. (16, 16); on the command line --config.{prefix}.patches.size="(16, 16)".')
+  if not (
+    isinstance(size, (tuple, list))
+    and len(size) == 2
+    and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+  ):
+    problems.append(
+      f'config.{prefix}.patches.size={size!r} must be a pair of positive integers (height, width), '
+      f'e.g. (16, 16); on the command line --config.{prefix}.patches.size="(16, 16)".'
+    )
     return None
   return tuple(size)
 
@@ -48,53 +62,86 @@ def _mixer_problems(config, problems) -> None:
   size = _patch_size(model, problems)
   for field in ('hidden_dim', 'num_blocks', 'tokens_mlp_dim', 'channels_mlp_dim'):
     _number(problems, f'model.{field}', model[field], low=1, integer=True)
-  if size is not None and isinstance(image_size, int) and image_size > 0 and (image_size % size[0] or
-                                                                             image_size % size[1]):
+  if (
+    size is not None
+    and isinstance(image_size, int)
+    and image_size > 0
+    and (image_size % size[0] or image_size % size[1])
+  ):
     px = math.lcm(*size)
-    problems.append(f'config.image_size={image_size} is not a multiple of the {size[0]}x{size[1]} patches of '
-                    f'{model.get("model_name") or "the model"}; e.g. use {max(px, image_size // px * px)} (a '
-                    'pretrained Mixer takes the size it was trained at: its token-mixing MLP is sized by the '
-                    'number of patches).')
+    problems.append(
+      f'config.image_size={image_size} is not a multiple of the {size[0]}x{size[1]} '
+      f'patches of {model.get("model_name") or "the model"}; e.g. use '
+      f'{max(px, image_size // px * px)} (a pretrained Mixer takes the size it was '
+      'trained at: its token-mixing MLP is sized by the number of patches).'
+    )
   if config.scan_layers is True:
-    problems.append('config.scan_layers=True is for ViTs: an MLP-Mixer is built unrolled (a scanned model would '
-                    "store its blocks stacked, not in the release files' MixerBlock_<i> layout); set it to False.")
+    problems.append(
+      'config.scan_layers=True is for ViTs: an MLP-Mixer is built unrolled (a scanned model would '
+      "store its blocks stacked, not in the release files' MixerBlock_<i> layout); set it to False."
+    )
   if config.attention != 'plain':
-    problems.append(f'config.attention={config.attention!r} chooses how a ViT computes attention, and an MLP-Mixer '
-                    "has none; leave it 'plain'.")
+    problems.append(
+      f'config.attention={config.attention!r} chooses how a ViT computes attention, and an '
+      "MLP-Mixer has none; leave it 'plain'."
+    )
   if config.fused_qkv is True:
-    problems.append('config.fused_qkv=True fuses the query/key/value matmuls of ViT attention, and an MLP-Mixer has '
-                    'none; set it to False.')
+    problems.append(
+      'config.fused_qkv=True fuses the query/key/value matmuls of '
+      'ViT attention, and an MLP-Mixer has none; set it to False.'
+    )
 
 
 def _model_problems(model, image_size, problems, prefix: str = 'model') -> None:
-  """A ViT's fields (config.<prefix>: a LiT model's image tower is config.model.image) and its image size."""
+  """A ViT's fields (config.<prefix>: a LiT model's image tower is config.model.image) and its image
+  size."""
   size = _patch_size(model, problems, prefix)
   _number(problems, f'{prefix}.hidden_size', model.hidden_size, low=1, integer=True)
   t = model.transformer
   for field in ('num_layers', 'mlp_dim', 'num_heads'):
     _number(problems, f'{prefix}.transformer.{field}', t[field], low=1, integer=True)
-  if isinstance(t.num_heads, int) and t.num_heads > 0 and isinstance(model.hidden_size, int) and (
-      model.hidden_size % t.num_heads):
-    problems.append(f'config.{prefix}.hidden_size={model.hidden_size} must be a multiple of '
-                    f'config.{prefix}.transformer.num_heads={t.num_heads}.')
+  if (
+    isinstance(t.num_heads, int)
+    and t.num_heads > 0
+    and isinstance(model.hidden_size, int)
+    and (model.hidden_size % t.num_heads)
+  ):
+    problems.append(
+      f'config.{prefix}.hidden_size={model.hidden_size} must be a multiple of '
+      f'config.{prefix}.transformer.num_heads={t.num_heads}.'
+    )
   for field in ('dropout_rate', 'attention_dropout_rate', 'drop_path_rate'):
     _number(problems, f'{prefix}.transformer.{field}', t[field], low=0, high=1, high_open=True)
   _choice(problems, f'{prefix}.classifier', model.classifier, choices.CLASSIFIERS)
   _choice(problems, f'{prefix}.posemb', model.posemb, choices.POSEMBS)
   if model.representation_size is not None:
-    _number(problems, f'{prefix}.representation_size', model.representation_size, low=1, integer=True)
+    _number(
+      problems, f'{prefix}.representation_size', model.representation_size, low=1, integer=True
+    )
   if model.resnet is not None:
     layers = model.resnet.num_layers
-    if not isinstance(layers, (tuple, list)) or not all(isinstance(n, int) and n > 0 for n in layers):
-      problems.append(f'config.{prefix}.resnet.num_layers={layers!r} must be a tuple of positive integers.')
+    if not isinstance(layers, (tuple, list)) or not all(
+      isinstance(n, int) and n > 0 for n in layers
+    ):
+      problems.append(
+        f'config.{prefix}.resnet.num_layers={layers!r} must be a tuple of positive integers.'
+      )
       size = None
-    _number(problems, f'{prefix}.resnet.width_factor', model.resnet.width_factor, low=0, low_open=True)
+    _number(
+      problems, f'{prefix}.resnet.width_factor', model.resnet.width_factor, low=0, low_open=True
+    )
   if size is not None and isinstance(image_size, int) and image_size > 0:
     px = presets.token_pixels(model)
     if image_size % px:
-      problems.append(f'config.image_size={image_size} is not a multiple of the {px} px per token of '
-                      f'{model.get("model_name") or "the model"} (patch size times any ResNet stride); e.g. use '
-                      f'{max(px, image_size // px * px)}.')
+      problems.append(
+        f'config.image_size={image_size} is not a multiple of the {px} px per token of '
+        f'{model.get("model_name") or "the model"} (patch size times any ResNet stride); e.g. use '
+        f'{max(px, image_size // px * px)}.'
+      )
+
+
+def _vit_problems(config, problems) -> None:
+  _model_problems(config.model, config.image_size, problems)
 
 
 def _embedding_dim(tower_dim, width):
@@ -102,65 +149,53 @@ def _embedding_dim(tower_dim, width):
 
 
 def _lit_problems(config, problems) -> None:
-  """A LiT model (config.model: image tower, text tower, pp, out_dim) and the image-text training of config.lit."""
-  model, lit = config.model, config.lit
+  """A LiT model (config.model: image tower, text tower, pp, out_dim) and the fast paths it
+  refuses; the rules of image-text training (config.lit) are its task's (tasks/image_text.py)."""
+  model = config.model
   _model_problems(model.image, config.image_size, problems, 'model.image')
   _choice(problems, 'model.text_model', model.text_model, choices.TEXT_MODELS)
   _choice(problems, 'model.pp.tokenizer_name', model.pp.tokenizer_name, choices.TOKENIZERS)
   _number(problems, 'model.pp.max_len', model.pp.max_len, low=2, integer=True)
   if config.image_size != model.pp.size:
-    problems.append(f'config.image_size={config.image_size} differs from config.model.pp.size={model.pp.size} (the '
-                    'size its image preprocessing gives, e.g. in vit_jax.predict): set both to the same value.')
-  out_dim = tuple(model.out_dim) if isinstance(model.out_dim, (tuple, list)) else (model.out_dim, model.out_dim)
+    problems.append(
+      f'config.image_size={config.image_size} differs from '
+      f'config.model.pp.size={model.pp.size} (the size its image preprocessing '
+      'gives, e.g. in vit_jax.predict): set both to the same value.'
+    )
+  out_dim = (
+    tuple(model.out_dim)
+    if isinstance(model.out_dim, (tuple, list))
+    else (model.out_dim, model.out_dim)
+  )
   if len(out_dim) != 2 or not all(d is None or (isinstance(d, int) and d > 0) for d in out_dim):
-    problems.append(f'config.model.out_dim={model.out_dim!r} must be (image, text) embedding sizes, each a positive '
-                    'integer or None (no head: the tower\'s own width).')
+    problems.append(
+      f'config.model.out_dim={model.out_dim!r} must be (image, text) embedding sizes, each a '
+      "positive integer or None (no head: the tower's own width)."
+    )
   else:
-    image = _embedding_dim(out_dim[0], model.image.get('representation_size') or model.image.hidden_size)
+    image = _embedding_dim(
+      out_dim[0], model.image.get('representation_size') or model.image.hidden_size
+    )
     text = _embedding_dim(out_dim[1], model.text.get('width', 'the BERT width'))
     if image != text:
-      problems.append(f'config.model.out_dim={model.out_dim!r} gives image embeddings of size {image} and text '
-                      f'embeddings of size {text}: they must be equal (set out_dim to (None, {image}) or give both '
-                      'towers a head of one size).')
-  if config.accum_steps != 1:
-    problems.append(f'config.accum_steps={config.accum_steps}: the contrastive loss compares every image with every '
-                    'text of the global batch, so it cannot be split into micro-batches; set it to 1.')
-  if config.mixup_p:
-    problems.append(f'config.mixup_p={config.mixup_p}: mixup mixes class labels, and image-text training has none; '
-                    'set it to 0.')
-  if config.fewshot.datasets:
-    problems.append('config.fewshot.datasets is set, but a LiT run evaluates zero-shot on config.eval_split; set '
-                    'fewshot.datasets to \'\'.')
-  if not isinstance(lit.locked_image, bool):
-    problems.append(f'config.lit.locked_image={lit.locked_image!r} must be True or False.')
-  elif lit.locked_image and not lit.image_init:
-    problems.append('config.lit.locked_image=True but config.lit.image_init is empty: a locked image tower must come '
-                    'from a trained ViT (a release .npz or a run\'s params.npz); set image_init or locked_image=False.')
-  if not lit.vocab_path and (model.pp.tokenizer_name, model.text_model) != ('sentencepiece', 'text_transformer'):
-    problems.append('config.lit.vocab_path is empty, so the run builds a SentencePiece vocabulary of its captions, '
-                    'which the text_transformer tower with the sentencepiece tokenizer reads; for '
-                    f'text_model={model.text_model!r} / tokenizer {model.pp.tokenizer_name!r} give vocab_path (e.g. '
-                    'the release\'s gs://vit_models/lit/LiT-B16B.txt).')
-  if lit.precompute_image is True and not (lit.locked_image is True and config.pp.crop == 'resize'
-                                             and config.pp.flip is False and config.pp.randaugment_layers == 0):
-    problems.append('config.lit.precompute_image=True embeds each training image once, so the image tower must be '
-                    "locked (lit.locked_image=True) and each image the same every epoch: pp.crop='resize', "
-                    'pp.flip=False, pp.randaugment_layers=0.')
-  if lit.captions and lit.text_feature:
-    problems.append(f'config.lit.captions={lit.captions!r} (an image folder\'s captions file) and '
-                    f'config.lit.text_feature={lit.text_feature!r} (a TFDS dataset\'s) are both set: give one.')
-  if lit.text_feature and not lit.vocab_path:
-    problems.append(f'config.lit.text_feature={lit.text_feature!r} needs config.lit.vocab_path: a vocabulary is built '
-                    'only from templates or a captions file, not by reading every caption of a TFDS split.')
-  if not str(lit.templates).strip():
-    problems.append("config.lit.templates is empty: give 'photo', 'ensemble' or a file of templates.")
-  fast = {'scan_layers': False, 'attention': 'plain', 'fused_qkv': False, 'remat_policy': 'none', 'dtype': 'float32'}
+      problems.append(
+        f'config.model.out_dim={model.out_dim!r} gives image embeddings of size {image} and text '
+        f'embeddings of size {text}: they must be equal (set out_dim to (None, {image}) or give '
+        'both towers a head of one size).'
+      )
+  fast = {
+    'scan_layers': False,
+    'attention': 'plain',
+    'fused_qkv': False,
+    'remat_policy': 'none',
+    'dtype': 'float32',
+  }
   for name, default in fast.items():
     if config[name] != default:
-      problems.append(f'config.{name}={config[name]!r}: a LiT model is built as the released files compute it, '
-                      f'without the ViT fast paths or another compute dtype; leave it {default!r}.')
-  _number(problems, 'lit.temperature_init', lit.temperature_init, low=0, low_open=True)
-  _number(problems, 'lit.bias_init', lit.bias_init)
+      problems.append(
+        f'config.{name}={config[name]!r}: a LiT model is built as the released files compute it, '
+        f'without the ViT fast paths or another compute dtype; leave it {default!r}.'
+      )
 
 
 def _durations(config, problems) -> None:
@@ -171,8 +206,13 @@ def _durations(config, problems) -> None:
     for name, v in ((epochs, e), (examples, x)):
       if v is not None:
         _number(problems, name, v, low=0, integer=name == examples)
-    _number(problems, steps, durations.value(config, steps), low=0 if duration == 'warmup' or e or x else 1,
-            integer=True)
+    _number(
+      problems,
+      steps,
+      durations.value(config, steps),
+      low=0 if duration == 'warmup' or e or x else 1,
+      integer=True,
+    )
   if problem := durations.warmup_problem(config):
     problems.append(problem)
 
@@ -201,13 +241,17 @@ def _optimisation(config, problems) -> None:
 def _data(config, problems) -> None:
   pp = config.pp
   if not config.dataset:
-    problems.append(f'config.dataset is empty: set a TFDS name (e.g. cifar10), {dataset_names.IMAGE_FOLDER!r} with '
-                    'config.image_folder, or the path of an image folder.')
+    problems.append(
+      f'config.dataset is empty: set a TFDS name (e.g. cifar10), {dataset_names.IMAGE_FOLDER!r} '
+      'with config.image_folder, or the path of an image folder.'
+    )
   elif name_problem := dataset_names.dataset_name_problem(config.dataset):
     problems.append(name_problem)
   elif config.dataset == dataset_names.IMAGE_FOLDER and not config.image_folder:
-    problems.append(f'config.dataset is {dataset_names.IMAGE_FOLDER!r} but config.image_folder is empty: set it to a '
-                    'folder DIR with DIR/train/<class>/*.jpg.')
+    problems.append(
+      f'config.dataset is {dataset_names.IMAGE_FOLDER!r} but config.image_folder is empty: set it '
+      'to a folder DIR with DIR/train/<class>/*.jpg.'
+    )
   if not str(config.train_split).strip():
     problems.append('config.train_split is empty: give a split such as train or train[:98%].')
   try:
@@ -231,8 +275,15 @@ def _data(config, problems) -> None:
 
 
 def _loop_and_mesh(config, problems, devices, process_count) -> None:
-  for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep', 'accum_steps', 'batch_size',
-               'eval_batch_size'):
+  for name in (
+    'log_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+    'keep',
+    'accum_steps',
+    'batch_size',
+    'eval_batch_size',
+  ):
     _number(problems, name, config[name], low=1, integer=True)
   _number(problems, 'fsdp_min_size', config.fsdp_min_size, low=0, integer=True)
   if config.num_classes != -1:
@@ -241,25 +292,34 @@ def _loop_and_mesh(config, problems, devices, process_count) -> None:
   try:
     names, sizes = choices.mesh_shape(config.mesh, devices or 1)
   except (TypeError, ValueError) as e:
-    problems.append(f'{e} (config.mesh is a tuple of (axis, size) pairs, e.g. ((\'fsdp\', -1),); {devices} devices)')
+    problems.append(
+      f"{e} (config.mesh is a tuple of (axis, size) pairs, e.g. (('fsdp', -1),); {devices} devices)"
+    )
     return
-  if not devices or any(p.startswith(('config.batch_size', 'config.eval_batch_size', 'config.accum')) for p in problems):
+  if not devices or any(
+    p.startswith(('config.batch_size', 'config.eval_batch_size', 'config.accum')) for p in problems
+  ):
     return
   shards = math.prod(s for n, s in zip(names, sizes) if n in choices.BATCH_AXES)
   split = True
   for name in ('batch_size', 'eval_batch_size'):
     if config[name] % shards or config[name] % process_count:
-      problems.append(f'config.{name}={config[name]} must be a multiple of the {shards} batch shards of the mesh '
-                      f'{dict(zip(names, sizes))} and of the {process_count} processes; e.g. '
-                      f'{shards * process_count * 8}.')
+      problems.append(
+        f'config.{name}={config[name]} must be a multiple of the {shards} batch shards of the mesh '
+        f'{dict(zip(names, sizes))} and of the {process_count} processes; e.g. '
+        f'{shards * process_count * 8}.'
+      )
       split = split and name != 'batch_size'
   if split and config.batch_size % (config.accum_steps * shards):
-    problems.append(f'config.batch_size={config.batch_size} must divide into accum_steps={config.accum_steps} '
-                    f'micro-batches of a multiple of {shards} (the batch shards).')
+    problems.append(
+      f'config.batch_size={config.batch_size} must divide into accum_steps={config.accum_steps} '
+      f'micro-batches of a multiple of {shards} (the batch shards).'
+    )
 
 
 def profile_range(spec: str) -> tuple[int, int] | None:
-  """config.profile_steps 'START:END' -> (START, END): the steps START <= step < END are traced; '' -> None."""
+  """config.profile_steps 'START:END' -> (START, END): the steps START <= step < END are traced; ''
+  -> None."""
   if not spec:
     return None
   start, sep, end = str(spec).partition(':')
@@ -268,8 +328,10 @@ def profile_range(spec: str) -> tuple[int, int] | None:
   except ValueError:
     first = last = -1
   if not sep or first < 1 or last <= first:
-    raise ConfigError(f"config.profile_steps={spec!r} must be 'START:END' with 1 <= START < END (the steps START to "
-                      "END-1 are traced), e.g. '10:15', or '' for no profile.")
+    raise ConfigError(
+      f"config.profile_steps={spec!r} must be 'START:END' with 1 <= START < END (the steps START "
+      "to END-1 are traced), e.g. '10:15', or '' for no profile."
+    )
   return first, last
 
 
@@ -282,9 +344,11 @@ def _faults(config, problems) -> None:
   _number(problems, 'faults.hang_factor', f.hang_factor, low=1)
   _number(problems, 'faults.hang_timeout_s', f.hang_timeout_s, low=0)
   if not problems and f.heartbeat_timeout_s <= f.peer_timeout_s:
-    problems.append(f'config.faults.heartbeat_timeout_s={f.heartbeat_timeout_s} must be longer than '
-                    f'faults.peer_timeout_s={f.peer_timeout_s}: our own detection of a lost process must come first '
-                    '(JAX aborts every process with stack dumps when its heartbeat timeout passes).')
+    problems.append(
+      f'config.faults.heartbeat_timeout_s={f.heartbeat_timeout_s} must be longer than '
+      f'faults.peer_timeout_s={f.peer_timeout_s}: our own detection of a lost process must come '
+      'first (JAX aborts every process with stack dumps when its heartbeat timeout passes).'
+    )
   try:
     profile_range(config.profile_steps)
   except ConfigError as e:
@@ -292,46 +356,59 @@ def _faults(config, problems) -> None:
 
 
 def validate(config, *, devices: int | None = None, process_count: int = 1):
-  """Checks the whole config (module doc); returns it. `devices` (the number of JAX devices) enables the batch-split
-  checks that need the mesh's size. What needs a model, a mesh or files is vit_jax/training/preflight.py's."""
+  """Checks every field of the config (module doc); returns it. `devices` (the number of JAX
+  devices) enables the batch-split checks that need the mesh's size. The whole validation of a run,
+  the objective's rules and what needs a model, a mesh or files included, is
+  vit_jax/training/preflight.py's `validate`, which starts here."""
   check_fields(config)
-  problems: list[str] = []
-  if presets.is_mixer(config.model):
-    _mixer_problems(config, problems)
-  elif presets.is_lit(config.model):
-    _lit_problems(config, problems)
-  else:
-    _model_problems(config.model, config.image_size, problems)
-  _durations(config, problems)
-  _optimisation(config, problems)
-  _data(config, problems)
-  problems += evals.problems(config)
-  _loop_and_mesh(config, problems, devices, process_count)
-  _faults(config, problems)
+  raise_problems(problems(config, devices=devices, process_count=process_count))
+  return config
+
+
+def problems(config, *, devices: int | None = None, process_count: int = 1) -> list[str]:
+  """Every bad value of a config whose fields are known (`check_fields`), a line each."""
+  out: list[str] = []
+  family_problems = {'mixer': _mixer_problems, 'lit': _lit_problems, 'vit': _vit_problems}
+  family_problems[presets.family(config.model)](config, out)
+  _durations(config, out)
+  _optimisation(config, out)
+  _data(config, out)
+  out += evals.problems(config)
+  _loop_and_mesh(config, out, devices, process_count)
+  _faults(config, out)
   for name in ('scan_layers', 'fused_qkv', 'async_checkpoints', 'export_npz', 'pp.flip'):
     value = config.pp.flip if name == 'pp.flip' else config[name]
     if not isinstance(value, bool):
-      problems.append(f'config.{name}={value!r} must be True or False.')
-  _choice(problems, 'remat_policy', config.remat_policy, choices.REMAT_POLICIES)
-  _choice(problems, 'attention', config.attention, choices.ATTENTIONS)
-  raise_problems(problems)
-  return config
+      out.append(f'config.{name}={value!r} must be True or False.')
+  _choice(out, 'remat_policy', config.remat_policy, choices.REMAT_POLICIES)
+  _choice(out, 'attention', config.attention, choices.ATTENTIONS)
+  return out
+
+
+# The value rules, for the rules that the tasks add (vit_jax/tasks/): the same wording.
+number = _number
+choice = _choice
 
 
 def raise_problems(problems: list[str]) -> None:
   """A ConfigError listing every problem (one line each), if there are any."""
   if problems:
-    raise ConfigError(problems[0] if len(problems) == 1 else
-                      f'{len(problems)} config values are wrong:\n  ' + '\n  '.join(problems))
+    raise ConfigError(
+      problems[0]
+      if len(problems) == 1
+      else f'{len(problems)} config values are wrong:\n  ' + '\n  '.join(problems)
+    )
 
 
 def validate_durations(resolved):
-  """The durations once resolved into steps (epochs need the dataset's size): a run of at least one step, and the
-  warmup within it (durations.warmup_problem, the one rule)."""
+  """The durations once resolved into steps (epochs need the dataset's size): a run of at least one
+  step, and the warmup within it (durations.warmup_problem, the one rule)."""
   total = resolved.total_steps
   if total < 1:
-    raise ConfigError(f'The run has {total} steps (config.total_epochs/total_examples in steps at batch size '
-                      f'{resolved.batch_size}); give a longer duration.')
+    raise ConfigError(
+      f'The run has {total} steps (config.total_epochs/total_examples in steps at batch size '
+      f'{resolved.batch_size}); give a longer duration.'
+    )
   if problem := durations.warmup_problem(resolved, resolved=True):
     raise ConfigError(f'{problem} (in steps, resolved from the epochs or examples given)')
   return resolved

@@ -5,8 +5,7 @@ TFDS dataset).
 imports it).
 """
 
-from vit_jax.configs import presets
-from vit_jax.configs import common
+from vit_jax.configs import common, presets
 
 
 def get_config():

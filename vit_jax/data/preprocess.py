@@ -34,8 +34,7 @@ import math
 
 import cv2
 import numpy as np
-from PIL import Image
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # (the values config.pp takes)
 from vit_jax.configs.choices import EVAL_RESIZES, TRAIN_CROPS  # noqa: F401

@@ -15,25 +15,24 @@ options, each with a default; `run(params)`), its name in REGISTRY, and its opti
 in vit_jax/configs/choices.py's EVAL_OPTIONS (what the config check accepts; a test in
 tests/test_evaluators.py holds the two equal).
 """
+
 import dataclasses
 from typing import Protocol
 
-from vit_jax.configs import presets
+from vit_jax import tasks
 from vit_jax.configs.choices import EVAL_FIELDS, parse_splits
 from vit_jax.evaluators import classification, common, fewshot, retrieval, zeroshot
 
 REGISTRY = {
-    'classification': classification.ClassificationEvaluator,
-    'zeroshot': zeroshot.ZeroShotEvaluator,
-    'retrieval': retrieval.RetrievalEvaluator,
-    'fewshot': fewshot.FewShotEvaluator,
+  'classification': classification.ClassificationEvaluator,
+  'zeroshot': zeroshot.ZeroShotEvaluator,
+  'retrieval': retrieval.RetrievalEvaluator,
+  'fewshot': fewshot.FewShotEvaluator,
 }
 
 
 class Evaluator(Protocol):
-
-  def run(self, params) -> dict[str, float]:
-    ...
+  def run(self, params) -> dict[str, float]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,34 +58,37 @@ def default_evals(config) -> dict[str, dict]:
   """The entries of a config without `evals`: the evaluation of eval_split and fewshot, as it always
   was.
     * each split of config.eval_split (one split 'test', or named splits
-      'minival=train[99%:],val=validation'): classification, or for a LiT image-text model
-      zero-shot classification (when the data has classes), every eval_every_steps; the first
+      'minival=train[99%:],val=validation'): the evaluators of the config's task
+      (vit_jax/tasks/: classification, or zero-shot classification for an image-text model when
+      the data has classes), every eval_every_steps; the first
       split's metrics are eval/accuracy, eval/top5, eval/loss, eval/num_examples, every other
       split's eval/<name>/accuracy, ...;
-    * for a LiT model with captions (config.lit.captions or text_feature), retrieval on each split:
+    * where the task asks for it (an image-text model with captions), retrieval on each split:
       retrieval/img2txt/recall@1, ... (the other splits': eval/<name>/retrieval/...);
     * the few-shot probes of config.fewshot.datasets, fewshot/<dataset>_<k>shot, every
       fewshot.every_steps (0: every eval_every_steps).
   """
   splits = parse_splits(config.eval_split)
   every = config.eval_every_steps
-  lit = presets.is_lit(config.model)
+  kinds = tasks.of(config).default_evals(config)
   out = {}
-  if not lit or zeroshot.has_classes(config):
+  for kind in ('classification', 'zeroshot'):
+    if kind not in kinds or (kind == 'zeroshot' and not zeroshot.has_classes(config)):
+      continue
     for i, (name, split) in enumerate(splits):
       out[name] = {
-          'type': 'zeroshot' if lit else 'classification',
-          'prefix': 'eval/' if i == 0 else f'eval/{name}/',
-          'every_steps': every,
-          'split': split,
+        'type': kind,
+        'prefix': 'eval/' if i == 0 else f'eval/{name}/',
+        'every_steps': every,
+        'split': split,
       }
-  if lit and (config.lit.captions or config.lit.text_feature):
+  if 'retrieval' in kinds:
     for i, (name, split) in enumerate(splits):
       out[f'{name}_retrieval'] = {
-          'type': 'retrieval',
-          'prefix': 'retrieval/' if i == 0 else f'eval/{name}/retrieval/',
-          'every_steps': every,
-          'split': split,
+        'type': 'retrieval',
+        'prefix': 'retrieval/' if i == 0 else f'eval/{name}/retrieval/',
+        'every_steps': every,
+        'split': split,
       }
   if config.fewshot.datasets:
     every_fewshot = config.fewshot.every_steps or every
@@ -105,10 +107,10 @@ def make(name: str, entry, config, model, mesh) -> Scheduled:
   options = {key: value for key, value in entry.items() if key not in EVAL_FIELDS}
   evaluator = REGISTRY[entry['type']](config=config, model=model, mesh=mesh, **options)
   return Scheduled(
-      name=name,
-      prefix=entry.get('prefix', f'{name}/'),
-      every_steps=entry.get('every_steps', config.eval_every_steps),
-      evaluator=evaluator,
+    name=name,
+    prefix=entry.get('prefix', f'{name}/'),
+    every_steps=entry.get('every_steps', config.eval_every_steps),
+    evaluator=evaluator,
   )
 
 

@@ -16,8 +16,13 @@ import numpy as np
 
 # The prompt templates live with the captions (vit_jax/data/captions.py), which training uses too;
 # here for callers.
-from vit_jax.data.captions import TEMPLATES, PromptError, check_templates, read_templates  # noqa: F401
-from vit_jax.data.captions import prompt_texts
+from vit_jax.data.captions import (  # noqa: F401
+  TEMPLATES,
+  PromptError,
+  check_templates,
+  prompt_texts,
+  read_templates,
+)
 from vit_jax.inference import trained as inference
 from vit_jax.tasks import contrastive
 

@@ -54,8 +54,8 @@ from vit_jax.configs.choices import CLASSIFIERS, POSEMBS  # noqa: F401
 from vit_jax.configs.presets import has_class_token
 from vit_jax.models import resnet
 from vit_jax.models.blocks import (
-  ATTENTIONS,
-  REMAT_POLICIES,
+  ATTENTIONS,  # noqa: F401  (re-exported: the values config.model takes)
+  REMAT_POLICIES,  # noqa: F401
   Encoder1DBlock,
   MlpBlock,  # noqa: F401
   MultiHeadDotProductAttention,

@@ -3,8 +3,8 @@
 import hashlib
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
+import numpy as np
 
 from vit_jax import errors
 

@@ -27,8 +27,7 @@ import threading
 import time
 import uuid
 
-from vit_jax import errors
-from vit_jax import io
+from vit_jax import errors, io
 from vit_jax.runtime import workdir as workdir_lib
 
 log = logging.getLogger(__name__)

@@ -41,8 +41,7 @@ field), nor is a field the code no longer knows.
 import json
 import logging
 
-from vit_jax import errors
-from vit_jax import io
+from vit_jax import errors, io
 from vit_jax.configs import check, common, durations, loading
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,7 @@ import sys
 
 from PIL import Image
 
-from vit_jax import cli
-from vit_jax import io
+from vit_jax import cli, io
 
 
 def shrink(data: bytes, max_side: int, quality: int) -> bytes:
@@ -58,8 +57,8 @@ def _folder_items(src: str):
 
 
 def _tfds_items(name: str, data_dir: str | None, splits: list[str]):
-  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
   from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
 
   config = common.get_config()
   config.dataset, config.tfds_data_dir = name, data_dir

@@ -14,10 +14,10 @@ import logging
 import time
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
+import numpy as np
 
-from vit_jax import checkpoint, models
+from vit_jax import checkpoint
 from vit_jax.configs import check
 from vit_jax.data import input_pipeline
 from vit_jax.models import flops
@@ -99,13 +99,7 @@ class Loop:
       self.config.total_steps, self.start, enabled=is_main, clock=clock
     )
     self.speed = metrics.Speed(
-      flops.train_flops(
-        self.config.model,
-        self.config.image_size,
-        _num_classes_of(setup.model),
-        locked_image=self.config.lit.locked_image,
-        image_precomputed=self.config.lit.precompute_image,
-      ),
+      setup.task.train_flops(self.config, _num_classes_of(setup.model)),
       jax.device_count(),
       flops.peak_tflops(jax.devices()[0].device_kind, self.config.dtype),
     )
@@ -149,6 +143,7 @@ class Loop:
       self.setup.batch_sharding,
       train=True,
       start_step=self.start,
+      captions=self.setup.task.captions(config),
       image_table=self.image_table(),
     )
     train_step = self.setup.train_step()
@@ -220,21 +215,13 @@ class Loop:
     return {'preempted_at_step': step}
 
   def image_table(self):
-    """A LiT run's locked image tower applied once to every training image
-    (config.lit.precompute_image), else None."""
-    if not (models.is_lit(self.config.model) and self.config.lit.precompute_image):
+    """The task's embedding of every training image, made once (a LiT run's
+    config.lit.precompute_image), else None."""
+    if not self.setup.task.precomputes_images(self.config):
       return None
     self.clock.enter('input', self.start + 1)
-    start = time.monotonic()
-    table = train_step_lib.image_embeddings(
-      self.setup.model, self.config, self.state['params'], self.setup.mesh
-    )
-    log.info(
-      'Embedded the %d training images with the locked image tower once, in %.1f s.',
-      len(table),
-      time.monotonic() - start,
-    )
-    return table
+    setup = self.setup
+    return setup.task.image_table(setup.model, self.config, self.state['params'], setup.mesh)
 
   def profiler(self, step: int | None) -> None:
     """Starts the jax.profiler trace of config.profile_steps at its first step, stops it at its end

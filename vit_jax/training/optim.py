@@ -8,23 +8,28 @@ The optimizer is one optax chain:
 The update at step `count` (0-based, the optimizer's own counter) uses lr = schedule(count), so with
 warmup the very first update is scaled by lr(0) == 0.
 """
+
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from vit_jax import utils
-from vit_jax.configs import presets
-from vit_jax.configs.choices import DECAY_TYPES, DTYPES, OPTIMIZERS  # noqa: F401  (the values config takes)
+
+# (the values config takes)
+from vit_jax.configs.choices import DECAY_TYPES, DTYPES, OPTIMIZERS  # noqa: F401
 
 ACCUMULATOR_DTYPES = {name: jnp.dtype(name) for name in DTYPES}
 
-# Only Dense / Conv kernels (attention query/key/value/out included) are decayed; biases, norm scales,
-# `cls` and `pos_embedding` are not.
+# Only Dense / Conv kernels (attention query/key/value/out included) are decayed; biases, norm
+# scales, `cls` and `pos_embedding` are not.
 WEIGHT_DECAY_RULES = ((r'(.*/)?kernel', True),)
-# A LiT model's locked image tower (config.lit.locked_image): no updates, and no optimizer state kept for it.
-LOCKED_RULES = ((r'img/.*', 'locked'),)
+# The label of the parameters a task freezes (`make_optimizer(frozen=...)`; a LiT model's locked
+# image tower): no updates, and no optimizer state kept for them. It names their part of the
+# optimizer state in checkpoints.
+FROZEN = 'locked'
 
 
 def make_schedule(config) -> optax.Schedule:
@@ -35,11 +40,13 @@ def make_schedule(config) -> optax.Schedule:
     'cosine':   end_lr + (base_lr - end_lr) * 0.5 * (1 + cos(pi * p));
     'linear':   base_lr + (end_lr - base_lr) * p;
     'constant': base_lr;
-    'rsqrt':    base_lr * sqrt(timescale / max(s, timescale)), on the *global* step s: flat at base_lr
-                until step == rsqrt_timescale, then ~ 1/sqrt(step); it ignores end_lr and does not
-                restart after warmup (so it is below base_lr at warmup end if w > timescale).
-  Steps past T keep the value at T. Pure and jit-able; accepts Python ints or int/float arrays. The config is one
-  that vit_jax/configs/check.py accepted, with its durations in steps (configs/durations.py).
+    'rsqrt':    base_lr * sqrt(timescale / max(s, timescale)), on the *global* step s: flat at
+                base_lr until step == rsqrt_timescale, then ~ 1/sqrt(step); it ignores end_lr and
+                does not restart after warmup (so it is below base_lr at warmup end if w >
+                timescale).
+  Steps past T keep the value at T. Pure and jit-able; accepts Python ints or int/float arrays. The
+  config is one that vit_jax/configs/check.py accepted, with its durations in steps
+  (configs/durations.py).
   """
   sched = config.schedule
   total = int(config.total_steps)
@@ -73,19 +80,23 @@ def weight_decay_mask(params):
   return utils.tree_rules(params, WEIGHT_DECAY_RULES, default=False)
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optax transformation, learning-rate schedule) for `config.optimizer.name`.
+def make_optimizer(
+  config, *, frozen: Sequence[str] = ()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns (optax transformation, learning-rate schedule) for `config.optimizer.name`; the
+  parameters whose names match a regex of `frozen` (the task's: vit_jax/tasks/) get no updates and
+  no optimizer state.
 
-  - 'sgd': momentum `optimizer.momentum` (no Nesterov), momentum buffer in `accumulator_dtype` (also Adam's first
-    moment);
-    weight decay as L2 (wd * param added to the clipped gradient, kernels only) before the momentum.
+  - 'sgd': momentum `optimizer.momentum` (no Nesterov), momentum buffer in `accumulator_dtype` (also
+    Adam's first moment); weight decay as L2 (wd * param added to the clipped gradient, kernels
+    only) before the momentum.
   - 'adam': Adam(b1, b2, eps); weight decay as L2 added to the gradient before Adam, kernels only.
-  - 'adamw': decoupled weight decay on kernels only, as optax.adamw(mask=...): wd * param is added to
-    the Adam direction and then scaled by the learning rate, so the effective per-step decay is
+  - 'adamw': decoupled weight decay on kernels only, as optax.adamw(mask=...): wd * param is added
+    to the Adam direction and then scaled by the learning rate, so the effective per-step decay is
     lr(step) * weight_decay (not weight_decay alone).
   Gradients are first clipped to global norm `grad_clip_norm` (skipped when <= 0). The mask is a
-  callable, so the transformation is built before params exist and works with abstract params. The config is one
-  that vit_jax/configs/check.py accepted.
+  callable, so the transformation is built before params exist and works with abstract params. The
+  config is one that vit_jax/configs/check.py accepted.
   """
   opt = config.optimizer
   name = opt.name
@@ -97,10 +108,14 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   if opt.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
   accumulator = ACCUMULATOR_DTYPES[opt.accumulator_dtype]
-  adam = lambda: optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), mu_dtype=accumulator)
+  adam = lambda: optax.scale_by_adam(
+    b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps), mu_dtype=accumulator
+  )
   if name == 'sgd':
     parts += decay
-    parts.append(optax.trace(decay=float(opt.momentum), nesterov=False, accumulator_dtype=accumulator))
+    parts.append(
+      optax.trace(decay=float(opt.momentum), nesterov=False, accumulator_dtype=accumulator)
+    )
   elif name == 'adam':
     parts += decay
     parts.append(adam())
@@ -109,20 +124,25 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     parts += decay
   parts.append(optax.scale_by_learning_rate(schedule))
   tx = optax.chain(*parts)
-  if presets.is_lit(config.model) and config.lit.locked_image:  # LiT: the image tower is locked (no updates).
-    tx = optax.multi_transform({'train': tx, 'locked': optax.set_to_zero()}, locked_labels)
+  if frozen:
+    tx = optax.multi_transform({'train': tx, FROZEN: optax.set_to_zero()}, frozen_labels(frozen))
   return tx, schedule
 
 
-def locked_labels(params):
-  """Tree of 'locked' (a LiT model's image tower, `img/...`) or 'train' like `params`: optax.multi_transform's."""
-  return utils.tree_rules(params, LOCKED_RULES, default='train')
+def frozen_labels(frozen: Sequence[str]):
+  """params -> a tree of FROZEN (the names that match a regex of `frozen`) or 'train' like them:
+  optax.multi_transform's labels."""
+  rules = tuple((pattern, FROZEN) for pattern in frozen)
+  return lambda params: utils.tree_rules(params, rules, default='train')
 
 
 def applied_learning_rate(schedule: optax.Schedule, opt_state):
-  """The learning rate that the next update of `opt_state` applies: the schedule at the optimizer's own step count
-  (its scale_by_learning_rate state's). Under nonfinite_policy='skip' a dropped update leaves that count behind the
-  train state's step, so this, not schedule(step), is what training uses."""
+  """The learning rate that the next update of `opt_state` applies: the schedule at the optimizer's
+  own step count (its scale_by_learning_rate state's). Under nonfinite_policy='skip' a dropped
+  update leaves that count behind the train state's step, so this, not schedule(step), is what
+  training uses."""
   is_schedule_state = lambda x: isinstance(x, optax.ScaleByScheduleState)
-  (state,) = [s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule_state) if is_schedule_state(s)]
+  (state,) = [
+    s for s in jax.tree.leaves(opt_state, is_leaf=is_schedule_state) if is_schedule_state(s)
+  ]
   return schedule(state.count)

@@ -1,55 +1,82 @@
-"""The checks of a config that need a model, a mesh or files, run after vit_jax/configs/check.py's and before
-anything is written: the parameter layout of `config.sharding_strategy` on the mesh (planned from the model's
-shapes alone), the pretrained file (`checkpoint.recognise`: its kind, from its first bytes) and the image folder.
+"""The one validation of a config: `validate` runs its stages in order, each before anything they
+guard is read, downloaded, compiled or written:
+  1. the fields and their values (vit_jax/configs/check.py: unknown fields, bad values, the batch
+     split over the mesh's `devices`) with the rules of the config's objective (its task's,
+     vit_jax/tasks/), in one error;
+  2. the durations, once the dataset's size is known (`num_train`: epochs and examples resolved
+     into steps);
+  3. with `devices`: the parameter layout of `config.sharding_strategy` on their mesh (planned from
+     the model's shapes alone) and, unless `files=False`, the files (the pretrained file,
+     `checkpoint.recognise`: its kind, from its first bytes; the task's files; the image folder).
 Every problem is a ConfigError naming the field, as the schema's are.
 """
+
 import jax
 
-from vit_jax import augreg, checkpoint, io, sharding
-from vit_jax.configs import dataset_names
+from vit_jax import augreg, checkpoint, io, sharding, tasks
+from vit_jax.configs import check, choices, dataset_names, durations
 from vit_jax.training import state
-from vit_jax.configs import check, choices
 
 
 def layout_problems(config, devices: int) -> list[str]:
-  """The parameter layout of the strategy on a mesh of `devices`, planned from the model's shapes alone (sharding.py's
-  own rules, on an abstract mesh): an axis the strategy needs, or a dimension that does not split, is named."""
+  """The parameter layout of the strategy on a mesh of `devices`, planned from the model's shapes
+  alone (sharding.py's own rules, on an abstract mesh): an axis the strategy needs, or a dimension
+  that does not split, is named."""
   if config.sharding_strategy == 'replicate':
     return []
   names, sizes = choices.mesh_shape(config.mesh, devices)
-  params = state.abstract_params(state.build_model(config, max(config.num_classes, 1)), config.image_size)
+  params = state.abstract_params(config, state.build_model(config, max(config.num_classes, 1)))
+  mesh = jax.sharding.AbstractMesh(tuple(sizes), tuple(names))
   try:
-    sharding.param_specs(params, jax.sharding.AbstractMesh(tuple(sizes), tuple(names)), config.sharding_strategy,
-                         config.fsdp_min_size)
+    sharding.param_specs(params, mesh, config.sharding_strategy, config.fsdp_min_size)
   except ValueError as e:
-    return [f'config.sharding_strategy={config.sharding_strategy!r} on config.mesh {dict(zip(names, sizes))}: {e}']
+    return [
+      f'config.sharding_strategy={config.sharding_strategy!r} on config.mesh '
+      f'{dict(zip(names, sizes))}: {e}'
+    ]
   return []
 
 
 def file_problems(config) -> list[str]:
-  """The pretrained files that config.pretrained_path and a LiT run's config.lit.image_init / text_init name (not
-  AugReg names, resolved later), its vocabulary, and the image folder: each that is missing or of a kind vit_jax
-  cannot read."""
+  """The pretrained file that config.pretrained_path names (not an AugReg name, resolved later),
+  the task's files (a LiT run's towers and vocabulary), and the image folder: each that is missing
+  or of a kind vit_jax cannot read."""
   problems = []
-  for field in ('pretrained_path', 'lit.image_init', 'lit.text_init'):
-    path = config[field] if '.' not in field else config.lit[field[len('lit.'):]]
-    if path and not path.startswith(augreg.PREFIX):
-      try:
-        checkpoint.recognise(path)
-      except checkpoint.CheckpointError as e:
-        problems.append(f'config.{field}: {e}')
-  if config.lit.vocab_path and not io.isfile(config.lit.vocab_path):
-    problems.append(f'config.lit.vocab_path={config.lit.vocab_path!r} is not a file (a BERT vocab.txt or a '
-                    "SentencePiece .model; '' builds one from the captions).")
-  if config.dataset == dataset_names.IMAGE_FOLDER and config.image_folder and not io.isdir(config.image_folder):
-    problems.append(f'config.image_folder={config.image_folder!r} is not a folder (it should hold '
-                    'train/<class>/*.jpg).')
+  path = config.pretrained_path
+  if path and not path.startswith(augreg.PREFIX):
+    try:
+      checkpoint.recognise(path)
+    except checkpoint.CheckpointError as e:
+      problems.append(f'config.pretrained_path: {e}')
+  problems += tasks.of(config).file_problems(config)
+  folder = config.image_folder
+  if config.dataset == dataset_names.IMAGE_FOLDER and folder and not io.isdir(folder):
+    problems.append(
+      f'config.image_folder={folder!r} is not a folder (it should hold train/<class>/*.jpg).'
+    )
   return problems
 
 
-def validate(config, *, devices: int, process_count: int = 1, files: bool = True):
-  """check.validate(config) with the mesh of `devices` and `process_count` processes, then the layout and (unless
-  `files=False`) the files; returns the config or raises check.ConfigError listing every problem."""
-  check.validate(config, devices=devices, process_count=process_count)
-  check.raise_problems(layout_problems(config, devices) + (file_problems(config) if files else []))
+def validate(
+  config,
+  *,
+  devices: int | None = None,
+  process_count: int = 1,
+  num_train: int | None = None,
+  files: bool = True,
+):
+  """The stages of the module doc, in order, for what is given: `devices` (and `process_count`
+  processes) for the batch split, the layout and the files; `num_train` for the durations. Returns
+  the config, with its durations in steps when `num_train` is given; raises check.UnknownFieldError
+  or check.ConfigError listing every problem of the first stage that has any."""
+  check.check_fields(config)
+  task = tasks.of(config)
+  check.raise_problems(
+    check.problems(config, devices=devices, process_count=process_count) + task.problems(config)
+  )
+  if num_train is not None:
+    config = check.validate_durations(durations.resolved(config, num_train))
+  if devices:
+    files_found = file_problems(config) if files else []
+    check.raise_problems(layout_problems(config, devices) + files_found)
   return config

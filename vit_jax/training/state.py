@@ -1,5 +1,5 @@
-"""Model and train state from a config: the one place that builds them (train, inference, benchmarks, tests, memory
-plan).
+"""Model and train state from a config, as its task (vit_jax/tasks/) says: the one place that
+builds them (train, inference, benchmarks, tests, memory plan).
 
   setup = state.Setup.create(config, num_classes, mesh)  # model, optimizer, the state's layout and shardings
   train_state = setup.init()                             # born sharded: each array made by jit in its sharding
@@ -8,9 +8,11 @@ plan).
   train_state = setup.restore(checkpoints, step)         # after the one "does it fit" check, in this mesh's layout
   step_fn = setup.train_step()                           # vit_jax/training/train_step.py jitted on the layout, state donated
 
-The train state is {'step', 'params', 'opt_state', 'window' (the metric sums since the last log step), 'nonfinite'
-(the count of dropped updates and the last one's step)}: everything a resumed run needs to continue exactly.
+The train state is {'step', 'params', 'opt_state', 'window' (the metric sums since the last log
+step), 'nonfinite' (the count of dropped updates and the last one's step)}: everything a resumed run
+needs to continue exactly.
 """
+
 import dataclasses
 import logging
 from typing import Any, Callable
@@ -19,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import augreg, checkpoint, models, sharding, utils
-from vit_jax.training import optim, checkpoints as run_checkpoints
-from vit_jax.training import train_step as train_step_lib
+from vit_jax import checkpoint, sharding, tasks
 from vit_jax.configs import choices
+from vit_jax.training import checkpoints as run_checkpoints
+from vit_jax.training import optim
+from vit_jax.training import train_step as train_step_lib
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +33,23 @@ DTYPES = {name: jnp.dtype(name) for name in choices.DTYPES}
 
 
 def build_model(config, num_classes: int):
-  """The model of `config` (fast paths included) with a head of `num_classes`: an MlpMixer for a Mixer's model
-  config (models.is_mixer; of the fast paths it takes remat_policy only, check.validate refuses the others), a
-  LitModel for a LiT model's (models.is_lit; no class head: `num_classes` is not used), else a VisionTransformer."""
-  if models.is_lit(config.model):  # An image-text model (config.lit): no class head; the loss sets its `b`.
-    return models.LitModel(**config.model, temperature_init=config.lit.temperature_init,
-                           bias_init=config.lit.bias_init if config.loss == 'sigmoid' else None)
-  if models.is_mixer(config.model):
-    return models.MlpMixer(num_classes=num_classes, dtype=DTYPES[config.dtype], remat_policy=config.remat_policy,
-                           **config.model)
-  return models.VisionTransformer(
-      num_classes=num_classes, dtype=DTYPES[config.dtype], scan=config.scan_layers, remat_policy=config.remat_policy,
-      attention=config.attention, fused_qkv=config.fused_qkv, **config.model)
+  """The model of `config` (fast paths included), built by its task (vit_jax/tasks/): a
+  VisionTransformer or an MlpMixer with a head of `num_classes`, or a LitModel (no class head)."""
+  return tasks.of(config).build_model(config, num_classes)
 
 
-def init_params(model, rng, image_size: int):
-  """The model's freshly initialised parameters (from a batch of one zero image, and one text of zeros for LiT)."""
-  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  if isinstance(model, models.LitModel):
-    tokens = jnp.zeros((1, model.pp['max_len']), jnp.int32)
-    return model.init(rng, images=images, tokens=tokens)['params']
-  return model.init(rng, images, train=False)['params']
-
-
-def abstract_params(model, image_size: int):
-  """The model's parameters as ShapeDtypeStructs (nothing is computed)."""
-  return jax.eval_shape(lambda rng: init_params(model, rng, image_size), jax.random.key(0))
-
+def abstract_params(config, model):
+  """The parameters of `config`'s `model` as ShapeDtypeStructs (nothing is computed)."""
+  init = tasks.of(config).init_params
+  return jax.eval_shape(lambda rng: init(model, rng, config.image_size), jax.random.key(0))
 
 
 @dataclasses.dataclass
 class Setup:
   """A config's model, optimizer and train-state layout on a mesh (the module doc shows its use)."""
+
   config: Any
+  task: Any  # The config's task (vit_jax/tasks/): what its objective builds and computes.
   model: Any
   tx: optax.GradientTransformation
   schedule: Callable
@@ -73,22 +60,32 @@ class Setup:
 
   @classmethod
   def create(cls, config, num_classes: int, mesh) -> 'Setup':
-    model = build_model(config, num_classes)
-    tx, schedule = optim.make_optimizer(config)
+    task = tasks.of(config)
+    model = task.build_model(config, num_classes)
+    tx, schedule = optim.make_optimizer(config, frozen=task.frozen(config))
+
     def init(rng):
-      params = init_params(model, rng, config.image_size)
-      return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
-              'window': train_step_lib.zero_window(),
-              'nonfinite': {'count': jnp.zeros((), jnp.int32), 'last_step': jnp.full((), -1, jnp.int32)}}
+      params = task.init_params(model, rng, config.image_size)
+      return {
+        'step': jnp.zeros((), jnp.int32),
+        'params': params,
+        'opt_state': tx.init(params),
+        'window': train_step_lib.zero_window(),
+        'nonfinite': {'count': jnp.zeros((), jnp.int32), 'last_step': jnp.full((), -1, jnp.int32)},
+      }
 
     abstract = jax.eval_shape(init, jax.random.key(config.seed))
-    specs = sharding.param_specs(abstract['params'], mesh, config.sharding_strategy, config.fsdp_min_size)
+    specs = sharding.param_specs(
+      abstract['params'], mesh, config.sharding_strategy, config.fsdp_min_size
+    )
     param_shardings = sharding.to_shardings(specs, mesh)
-    shardings = {'params': param_shardings,
-                 'opt_state': sharding.follow_params(abstract['opt_state'], param_shardings, mesh)}
+    shardings = {
+      'params': param_shardings,
+      'opt_state': sharding.follow_params(abstract['opt_state'], param_shardings, mesh),
+    }
     for scalars in ('step', 'window', 'nonfinite'):
       shardings[scalars] = jax.tree.map(lambda _: sharding.replicated(mesh), abstract[scalars])
-    return cls(config, model, tx, schedule, mesh, init, abstract, shardings)
+    return cls(config, task, model, tx, schedule, mesh, init, abstract, shardings)
 
   @property
   def batch_sharding(self):
@@ -104,65 +101,55 @@ class Setup:
     return {**train_state, 'params': params, 'opt_state': opt_state}
 
   def with_pretrained(self, train_state):
-    """Fine-tuning: config.pretrained_path (a release .npz, or 'augreg:...') loaded into `train_state`; for a LiT
-    model the towers' files instead (`lit_pretrained`)."""
-    if models.is_lit(self.config.model):
-      return self.with_params(train_state, lit_pretrained(self.config, train_state['params']))
-    path = augreg.resolve(self.config.pretrained_path, self.config.augreg_index)
-    log.info('Fine-tuning from %s.', path)
-    params = checkpoint.load_pretrained(pretrained_path=path, init_params=train_state['params'],
-                                        model_config=self.config.model, image_size=self.config.image_size)
+    """A fresh run's start: the task's pretrained files loaded into `train_state`
+    (config.pretrained_path, a release .npz or 'augreg:...', for classification; a LiT model's
+    towers' files)."""
+    params = self.task.load_pretrained(self.config, train_state['params'])
     return self.with_params(train_state, params)
 
   def restore(self, checkpoints: run_checkpoints.Checkpoints, step: int):
-    """The checkpoint at `step`, restored straight into this mesh's layout (which may differ from the one it was
-    saved from), after checking that it fits the model and optimizer of the config."""
+    """The checkpoint at `step`, restored straight into this mesh's layout (which may differ from
+    the one it was saved from), after checking that it fits the model and optimizer of the
+    config."""
     checkpoint.check_fits(
-        checkpoints.stored_shapes(step), self.abstract, source=f'The checkpoint at step {step} in '
-        f'{checkpoints.directory}', hint='The config changes the architecture, so this run cannot resume under it: '
-        'use a new --workdir (to start from these weights, set config.pretrained_path to its params.npz).')
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract,
-                          self.shardings)
+      checkpoints.stored_shapes(step),
+      self.abstract,
+      source=f'The checkpoint at step {step} in {checkpoints.directory}',
+      hint='The config changes the architecture, so this run cannot resume under it: use a new '
+      '--workdir (to start from these weights, set config.pretrained_path to its params.npz).',
+    )
+    target = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, self.shardings
+    )
     return checkpoints.restore(step, target)
 
   def train_step(self, *, donate: bool = True):
-    """The jitted train step on this layout, the state donated (unless `donate=False`: tests reuse states)."""
+    """The jitted train step on this layout, the state donated (unless `donate=False`: tests reuse
+    states)."""
     batch = self.batch_sharding
     micro = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, *batch.spec))
-    return jax.jit(train_step_lib.make_train_step(self.model, self.tx, self.schedule, self.config, micro),
-                   in_shardings=(self.shardings, batch), out_shardings=(self.shardings, sharding.replicated(self.mesh)),
-                   donate_argnums=0 if donate else ())
+    loss_fn = self.task.loss_fn(self.model, self.config)
+    num_classes = self.model.num_classes if self.config.mixup_p else None  # Mixup's targets.
+    step = train_step_lib.make_train_step(
+      loss_fn, self.tx, self.schedule, self.config, micro, num_classes=num_classes
+    )
+    return jax.jit(
+      step,
+      in_shardings=(self.shardings, batch),
+      out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+      donate_argnums=0 if donate else (),
+    )
 
 
 def needs_pretrained(config) -> bool:
-  """Whether a fresh run of `config` starts from files: config.pretrained_path, or a LiT model's tower files."""
-  if models.is_lit(config.model):
-    return bool(config.lit.image_init or config.lit.text_init)
-  return bool(config.pretrained_path)
-
-
-def lit_pretrained(config, params):
-  """A LiT model's `params` with config.lit.image_init (a ViT .npz: its head dropped, position embeddings resampled
-  to config.image_size) as the image tower and config.lit.text_init (a LiT .npz) as the text tower and `t`."""
-  params = dict(params)
-  if config.lit.image_init:
-    path = augreg.resolve(config.lit.image_init, config.augreg_index)
-    log.info('Image tower from %s.', path)
-    params['img'] = checkpoint.load_pretrained(pretrained_path=path, init_params=params['img'],
-                                               model_config=config.model.image, image_size=config.image_size)
-  if config.lit.text_init:
-    log.info('Text tower from %s.', config.lit.text_init)
-    have = {k: v for k, v in checkpoint.canonical_flat(config.lit.text_init).items()
-            if k == 't' or k.startswith('txt/')}
-    checkpoint.check_fits(have, utils.flatten_dict({'txt': params['txt'], 't': params['t']}),
-                          source=f'The text tower (txt/, t) of {config.lit.text_init}')
-    source = utils.unflatten_dict(have)
-    params.update(source)
-  return params
+  """Whether a fresh run of `config` starts from files: config.pretrained_path, or a LiT model's
+  tower files."""
+  return tasks.of(config).needs_pretrained(config)
 
 
 def restore_or_init(setup: Setup, checkpoints: run_checkpoints.Checkpoints):
-  """The latest checkpoint restored, else a born-sharded init, fine-tuning from config.pretrained_path if set."""
+  """The latest checkpoint restored, else a born-sharded init, fine-tuning from
+  config.pretrained_path if set."""
   latest = checkpoints.latest_step()
   if latest is not None:
     log.info('Resuming from %s at step %d.', checkpoints.directory, latest)

@@ -7,6 +7,7 @@ vit_jax/runtime/workdir.py); the model, train state, checkpoints and train step
 (vit_jax/evaluators/); the loop (vit_jax/training/loop.py) and the one clock
 (vit_jax/runtime/goodput.py).
 """
+
 import contextlib
 import functools
 import logging
@@ -14,29 +15,29 @@ import logging
 import jax
 import ml_collections
 
-from vit_jax import augreg, checkpoint, errors, evaluators, io
+from vit_jax import augreg, checkpoint, errors, evaluators, io, sharding, tasks
 from vit_jax.data import input_pipeline
-from vit_jax.runtime import distributed, goodput
-from vit_jax import models
-from vit_jax.data import captions
-from vit_jax.runtime import preemption
-from vit_jax.training import preflight
+from vit_jax.runtime import distributed, goodput, preemption
 from vit_jax.runtime import watchdog as watchdog_lib
-from vit_jax import sharding
+from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.runtime.lock import Lock
 from vit_jax.training import checkpoints as run_checkpoints
 from vit_jax.training import loop as loop_lib
+from vit_jax.training import preflight
 from vit_jax.training import state as state_lib
-from vit_jax.runtime import workdir as workdir_lib
-from vit_jax.configs import check, durations
-from vit_jax.runtime.lock import Lock
 
 log = logging.getLogger(__name__)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       allow_config_change: bool = False,
-                       reevaluate: bool = False) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics.
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  allow_config_change: bool = False,
+  reevaluate: bool = False,
+) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final eval
+  metrics.
 
   On a preemption notice (SIGTERM, a first Ctrl-C, or JAX's multi-host preemption sync point) it
   saves a checkpoint at the step all processes agree on and returns {'preempted_at_step': step}; the
@@ -62,7 +63,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # The config as given is what the workdir records (below, once the run has started); the config
     # with its durations in steps is the one config from here on.
     record_config = functools.partial(workdir_lib.record_config, config, workdir, changes)
-    config = check.validate_durations(durations.resolved(config, info.num_train))
+    config = preflight.validate(config, num_train=info.num_train)  # Durations in steps.
     checkpoints = run_checkpoints.Checkpoints(workdir, config)
     cleanup.callback(checkpoints.close)
     setup = state_lib.Setup.create(config, _num_classes(config, info), mesh)
@@ -84,27 +85,36 @@ def _record_run(config, workdir: str, info, start: int, record_config) -> None:
   if jax.process_index() != 0:
     return
   record_config()
-  workdir_lib.record_dataset(workdir, class_names=info.class_names, num_train=info.num_train,
-                             num_eval=info.num_eval)
+  workdir_lib.record_dataset(
+    workdir, class_names=info.class_names, num_train=info.num_train, num_eval=info.num_eval
+  )
   _record_vocabulary(config, workdir)
   if workdir_lib.drop_records_after(workdir, start):
-    log.info('Dropped the metrics.jsonl records after step %d: the resumed run writes them again.',
-             start)
+    log.info(
+      'Dropped the metrics.jsonl records after step %d: the resumed run writes them again.', start
+    )
 
 
 def _watchdog(clock, config) -> watchdog_lib.Watchdog:
   """The hang and lost-peer monitor of this process (vit_jax/runtime/watchdog.py)."""
-  return watchdog_lib.Watchdog(clock, config.faults, process_index=jax.process_index(),
-                               process_count=jax.process_count(), client=distributed.client())
+  return watchdog_lib.Watchdog(
+    clock,
+    config.faults,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    client=distributed.client(),
+  )
 
 
 def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
-  """Process 0's start: the lock, the changed-config check, and a pretrained file that is really a checkpoint."""
+  """Process 0's start: the lock, the changed-config check, and a pretrained file that is really a
+  checkpoint."""
   lock.acquire()
   try:
     changes = workdir_lib.check_config(config, workdir, allow_change=allow_config_change)
-    if config.pretrained_path and not models.is_lit(config.model) and not workdir_lib.holds_run(workdir):
-      checkpoint.recognise(augreg.resolve(config.pretrained_path, config.augreg_index))
+    pretrained = tasks.of(config).fine_tunes_from(config)
+    if pretrained and not workdir_lib.holds_run(workdir):
+      checkpoint.recognise(augreg.resolve(pretrained, config.augreg_index))
   except BaseException:
     lock.release()
     raise
@@ -112,11 +122,12 @@ def _start(config, workdir: str, lock: Lock, allow_config_change: bool):
 
 
 def _record_vocabulary(config, workdir: str) -> None:
-  """A LiT run that builds its tokenizer's vocabulary (vit_jax/data/captions.py) keeps it as WORKDIR/vocab.model."""
-  if models.is_lit(config.model):
-    vocab = captions.of_run(config).vocabulary()
-    if vocab is not None:
-      io.write_bytes(workdir_lib.path(workdir, workdir_lib.VOCAB_FILE), vocab)
+  """A run whose captions build its tokenizer's vocabulary (vit_jax/data/captions.py) keeps it as
+  WORKDIR/vocab.model."""
+  run_captions = tasks.of(config).captions(config)
+  vocab = run_captions.vocabulary() if run_captions is not None else None
+  if vocab is not None:
+    io.write_bytes(workdir_lib.path(workdir, workdir_lib.VOCAB_FILE), vocab)
 
 
 def _num_classes(config, info) -> int:
@@ -124,19 +135,30 @@ def _num_classes(config, info) -> int:
 
 
 def _complete(setup, checkpoints, workdir: str, reevaluate: bool) -> dict[str, float]:
-  """A run at its target step: its last evaluation, or with `reevaluate` a new one of its checkpoint. Nothing is
-  written, except a params.npz that a run stopped before writing (so that the run is complete: vit_jax/runtime/workdir.py)."""
+  """A run at its target step: its last evaluation, or with `reevaluate` a new one of its
+  checkpoint. Nothing is written, except a params.npz that a run stopped before writing (so that the
+  run is complete: vit_jax/runtime/workdir.py)."""
   latest, config = checkpoints.latest_step(), setup.config
-  params_missing = config.export_npz and not io.exists(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE))
+  params_missing = config.export_npz and not io.exists(
+    workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
+  )
   if reevaluate or params_missing:
     train_state = setup.restore(checkpoints, latest)
     if params_missing:
-      log.info('The run in %s reached its last step but has no %s yet: writing it.', workdir,
-               workdir_lib.PARAMS_FILE)
+      log.info(
+        'The run in %s reached its last step but has no %s yet: writing it.',
+        workdir,
+        workdir_lib.PARAMS_FILE,
+      )
       loop_lib.export(setup, train_state, workdir)
     if reevaluate:
       evals = evaluators.build(config, setup.model, setup.mesh)
       return loop_lib.evaluate(evals, train_state['params'], latest)
-  log.info('The run in %s is complete (step %d of total_steps=%d): nothing to do. Raise config.total_steps to '
-           'train on, or pass --reevaluate to evaluate its checkpoint again.', workdir, latest, config.total_steps)
+  log.info(
+    'The run in %s is complete (step %d of total_steps=%d): nothing to do. Raise '
+    'config.total_steps to train on, or pass --reevaluate to evaluate its checkpoint again.',
+    workdir,
+    latest,
+    config.total_steps,
+  )
   return workdir_lib.last_eval(workdir)

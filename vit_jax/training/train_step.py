@@ -1,18 +1,17 @@
-"""The train step: (state, batch) -> (state, stats), the maths of one update (loss, gradients with accumulation,
-mixup, the optimizer, dropping a non-finite update) and the metric window the loop logs. vit_jax/training/state.py builds
-the state it runs on and jits it on the mesh's layout."""
+"""The train step: (state, batch) -> (state, stats), the maths of one update (the task's loss,
+gradients with accumulation, mixup, the optimizer, dropping a non-finite update) and the metric
+window the loop logs. vit_jax/training/state.py builds the state it runs on and jits it on the
+mesh's layout."""
+
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vit_jax import errors, sharding
 from vit_jax.data import preprocess
-from vit_jax.tasks import contrastive, losses
 from vit_jax.training import optim
-from vit_jax.configs import presets
 
 MIXUP_STREAM = 0x6D6978  # Folded into the seed for mixup's keys, apart from dropout's.
 
@@ -22,15 +21,20 @@ class NonFiniteError(errors.UserError, FloatingPointError):
 
 
 def zero_window() -> dict:
-  """An empty metric window (state['window']): the sums of the finite steps' loss and gradient norm, and their count."""
-  return {'loss': jnp.zeros((), jnp.float32), 'grad_norm': jnp.zeros((), jnp.float32), 'steps': jnp.zeros((), jnp.int32)}
-
+  """An empty metric window (state['window']): the sums of the finite steps' loss and gradient norm,
+  and their count."""
+  return {
+    'loss': jnp.zeros((), jnp.float32),
+    'grad_norm': jnp.zeros((), jnp.float32),
+    'steps': jnp.zeros((), jnp.int32),
+  }
 
 
 def mixup(images, targets, key, p: float, num_shards: int):
-  """AugReg's mixup: a ~ Beta(p, p), a = max(a, 1 - a); each example mixed with the next one of the same shard of
-  `num_shards` contiguous shards of the batch (the last with the first), so no data crosses devices:
-  a * x + (1 - a) * roll(x), a * y + (1 - a) * roll(y). Returns (images, soft targets)."""
+  """AugReg's mixup: a ~ Beta(p, p), a = max(a, 1 - a); each example mixed with the next one of the
+  same shard of `num_shards` contiguous shards of the batch (the last with the first), so no data
+  crosses devices: a * x + (1 - a) * roll(x), a * y + (1 - a) * roll(y). Returns (images, soft
+  targets)."""
   a = jax.random.beta(key, p, p)
   a = jnp.maximum(a, 1.0 - a)
 
@@ -42,65 +46,21 @@ def mixup(images, targets, key, p: float, num_shards: int):
   return mix(images), mix(targets)
 
 
-def contrastive_loss(model, config, params, batch):
-  """A LiT model's image-text loss on a global batch (vit_jax/tasks/contrastive.py): config.loss 'softmax' (LiT) or
-  'sigmoid' (SigLIP, with the model's bias `b`). A locked image tower (config.lit.locked_image) is applied under
-  stop_gradient, so no backward pass runs through it."""
-  if config.lit.locked_image:
-    params = {**params, 'img': jax.lax.stop_gradient(params['img'])}
-  if 'zimg' in batch:  # Precomputed by the locked tower (`image_embeddings`): only the text tower runs.
-    _, ztxt, out = model.apply({'params': params}, tokens=batch['tokens'])
-    zimg = batch['zimg']
-  else:
-    zimg, ztxt, out = model.apply({'params': params}, images=batch['image'], tokens=batch['tokens'])
-  if config.loss == 'sigmoid':
-    return contrastive.sigmoid_loss(zimg, ztxt, out['t'][0], out['b'][0])
-  return contrastive.softmax_loss(zimg, ztxt, out['t'][0])
+def make_train_step(
+  loss_fn, tx, schedule, config, micro_shard, *, num_classes: int | None = None
+) -> Callable:
+  """(state, batch) -> (state, stats), minimising `loss_fn(params, batch, dropout rng)` (the task's
+  loss: vit_jax/tasks/). Dropout keys come from (seed, step[, micro-batch]), mixup's from (seed,
+  step); mixup (config.mixup_p) mixes batch['image'] and the one-hot labels of `num_classes`.
 
-
-def image_embeddings(model, config, params, mesh, chunk: int = 256) -> np.ndarray:
-  """float32 [records, dim]: the locked image tower's normalised embedding of every record of config.train_split, in
-  record order, from the deterministic training example (config.lit.precompute_image; configs/check.py requires a
-  'resize' crop, no flip and no RandAugment), so a step with these equals a step that runs the tower. The same on
-  every process (each computes all of it)."""
-  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
-  from vit_jax.data import input_pipeline, splits
-  split = input_pipeline.open_split(config, config.train_split)
-  records = splits.decoded(split.records, config.input_cache_mib * 2**20)
-  example = input_pipeline.TrainExample(config)
-  embed = jax.jit(lambda p, images: model.apply({'params': p}, images=preprocess.to_float(images))[0],
-                  out_shardings=sharding.replicated(mesh))
-  rows = []
-  for start in range(0, len(records), chunk):
-    batch = [example(r, None)['image'] for r in splits.read_many(
-        records, range(start, min(start + chunk, len(records))))]
-    images = np.zeros((chunk,) + batch[0].shape, np.uint8)
-    images[:len(batch)] = batch
-    rows.append(np.asarray(embed(params, jax.device_put(images, sharding.replicated(mesh))))[:len(batch)])
-  return np.concatenate(rows).astype(np.float32)
-
-
-def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
-  """(state, batch) -> (state, stats). Dropout keys come from (seed, step[, micro-batch]), mixup's from (seed, step).
-
-  An update whose loss or gradient norm is not finite is dropped inside the step (the state stays as it was, so a
-  non-finite state never exists) and counted in state['nonfinite']; the loop applies config.nonfinite_policy.
-  state['window'] sums the finite steps' metrics; the loop reads it on its log cadence and starts a new one
-  (`zero_window`), and it is saved with the state, so a resumed run logs exactly what an uninterrupted one would.
-  Micro-batch i of config.accum_steps takes examples i, i + accum, ... (`micro_shard` keeps every device's share of
-  each micro-batch on that device).
+  An update whose loss or gradient norm is not finite is dropped inside the step (the state stays as
+  it was, so a non-finite state never exists) and counted in state['nonfinite']; the loop applies
+  config.nonfinite_policy. state['window'] sums the finite steps' metrics; the loop reads it on its
+  log cadence and starts a new one (`zero_window`), and it is saved with the state, so a resumed run
+  logs exactly what an uninterrupted one would. Micro-batch i of config.accum_steps takes examples
+  i, i + accum, ... (`micro_shard` keeps every device's share of each micro-batch on that device).
   """
   accum = config.accum_steps
-  lit = presets.is_lit(config.model)
-
-  def loss_fn(params, batch, rng):
-    if lit:
-      return contrastive_loss(model, config, params, batch)
-    logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
-    per_example = losses.per_example_loss(logits, batch['label'], kind=config.loss,
-                                          label_smoothing=config.label_smoothing)
-    return jnp.mean(per_example)
-
   grad_fn = jax.value_and_grad(loss_fn)
 
   def gradients(params, batch, rng):
@@ -113,7 +73,9 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
 
     def body(carry, inputs):
       i, micro_batch = inputs
-      return jax.tree.map(jnp.add, carry, grad_fn(params, micro_batch, jax.random.fold_in(rng, i))), None
+      return jax.tree.map(
+        jnp.add, carry, grad_fn(params, micro_batch, jax.random.fold_in(rng, i))
+      ), None
 
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
     sums, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), jax.tree.map(split, batch)))
@@ -125,9 +87,13 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
     if 'image' in batch:
       batch = {**batch, 'image': preprocess.to_float(batch['image'])}  # uint8 travels; float here.
     if config.mixup_p > 0:
-      mix_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), MIXUP_STREAM), step)
-      batch['image'], batch['label'] = mixup(batch['image'], jax.nn.one_hot(batch['label'], model.num_classes),
-                                             mix_key, config.mixup_p, sharding.batch_size_per_step(None))
+      mix_key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.key(config.seed), MIXUP_STREAM), step
+      )
+      targets = jax.nn.one_hot(batch['label'], num_classes)
+      shards = sharding.batch_size_per_step(None)
+      mixed = mixup(batch['image'], targets, mix_key, config.mixup_p, shards)
+      batch['image'], batch['label'] = mixed
     loss, grads = gradients(state['params'], batch, rng)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -136,16 +102,23 @@ def make_train_step(model, tx, schedule, config, micro_shard) -> Callable:
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     window = state['window']
     new_state = {
-        'step': step + 1,
-        'params': keep(params, state['params']),
-        'opt_state': keep(opt_state, state['opt_state']),
-        'window': {'loss': window['loss'] + jnp.where(finite, loss, 0.0),
-                   'grad_norm': window['grad_norm'] + jnp.where(finite, grad_norm, 0.0),
-                   'steps': window['steps'] + finite.astype(jnp.int32)},
-        'nonfinite': {'count': state['nonfinite']['count'] + (~finite).astype(jnp.int32),
-                      'last_step': jnp.where(finite, state['nonfinite']['last_step'], step + 1)},
+      'step': step + 1,
+      'params': keep(params, state['params']),
+      'opt_state': keep(opt_state, state['opt_state']),
+      'window': {
+        'loss': window['loss'] + jnp.where(finite, loss, 0.0),
+        'grad_norm': window['grad_norm'] + jnp.where(finite, grad_norm, 0.0),
+        'steps': window['steps'] + finite.astype(jnp.int32),
+      },
+      'nonfinite': {
+        'count': state['nonfinite']['count'] + (~finite).astype(jnp.int32),
+        'last_step': jnp.where(finite, state['nonfinite']['last_step'], step + 1),
+      },
     }
-    return new_state, {'loss': loss, 'grad_norm': grad_norm,
-                       'learning_rate': optim.applied_learning_rate(schedule, state['opt_state'])}
+    return new_state, {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'learning_rate': optim.applied_learning_rate(schedule, state['opt_state']),
+    }
 
   return train_step
