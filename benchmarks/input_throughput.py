@@ -1,7 +1,8 @@
 """Training input pipeline against a plain tf.data chain doing the same work, and the host CPUs each
 accelerator needs.
 
-  python benchmarks/input_throughput.py [--threads=2 --batches=20] [--only=digits,cifar_png_224,...] [--markdown]
+  python benchmarks/input_throughput.py [--threads=2 --batches=20]
+      [--only=digits,cifar_png_224,...] [--markdown]
 
 Each workload runs twice in the same process, one after the other on the same data: `tf.data` (a
 plain chain: read, decode, the same crop and resize, flip, batch; `--threads` threads, intra-op
@@ -171,7 +172,7 @@ def folder_config(root: str, size: int, threads: int, *, randaugment: bool = Fal
 
 def _keras_cv_randaugment():
   try:
-    import keras_cv  # pylint: disable=g-import-not-at-top
+    import keras_cv  # noqa: PLC0415
   except ImportError:
     return None
   return keras_cv.layers.RandAugment(value_range=(0, 255), augmentations_per_image=2, magnitude=0.5)
@@ -251,7 +252,7 @@ def resume_times(num_examples: int, batch: int) -> dict:
   """Wall seconds to the first batch at step 0 and at the last step of the first epoch (ArrayRecord
   TFDS data, not decoded ahead: config.input_cache_mib=0)."""
   # (the tests' helper that prepares a TFDS dataset for real)
-  import tiny  # pylint: disable=g-import-not-at-top
+  import tiny  # noqa: PLC0415
 
   with tempfile.TemporaryDirectory() as data_dir:
     tiny.fake_tfds('cifar10', data_dir, {'train': num_examples, 'test': 10})

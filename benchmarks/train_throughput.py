@@ -1,8 +1,9 @@
 """Training-step throughput, MFU, compile time and memory of a ViT preset with the trainer's own
 train step.
 
-  python benchmarks/train_throughput.py --model=ViT-Ti_16 --image_size=224 --batch=32 --dtype=float32 \
-      [--scan] [--remat=none|full|dots] [--attention=plain|xla|cudnn] [--fused_qkv] [--steps=N --warmup=M] \
+  python benchmarks/train_throughput.py --model=ViT-Ti_16 --image_size=224 --batch=32 \\
+      --dtype=float32 [--scan] [--remat=none|full|dots] [--attention=plain|xla|cudnn] \\
+      [--fused_qkv] [--steps=N --warmup=M] \\
       [--peak_tflops=X] [--no_baseline] [--compile_only]
 
 Prints one JSON line per variant. The step is the trainer's own (`vit_jax.training.state.Setup`:

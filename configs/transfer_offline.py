@@ -1,7 +1,8 @@
 """The offline transfer suite: what `python -m launch.transfer` measures on a machine with no
 internet, for the README's main job (an 8-px ViT on the digits) or any model pretrained at 8 px.
 
-  python -m launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py --out=runs/transfer
+  python -m launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py
+      --out=runs/transfer
 
 Tasks: the bundled digits (its train split cut 80/20 into train and validation, the test split
 reported) and 'stripes', an image folder of noisy stripes in four orientations that `prepare()`
@@ -72,7 +73,7 @@ def _stripes(orientation: int, rng) -> np.ndarray:
 def prepare(per_class=(40, 20)) -> None:
   """Writes STRIPES/{train,test}/<orientation>/<i>.png (seeded: the same files everywhere) unless it
   exists."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # noqa: PLC0415
 
   if os.path.isdir(STRIPES):
     return

@@ -6,7 +6,8 @@ big_vision's expected test accuracies (mean of 5 runs) for the AugReg ViT-B/32 i
 ("howto-i21k-B/32"), vision_transformer's for its original ImageNet-21k releases, and for any other
 AugReg file the index's own fine-tuning results (launch/transfer.py reads them).
 
-  python -m launch.transfer --pretrained=gs://vit_models/augreg/B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0.npz \
+  python -m launch.transfer
+      --pretrained=gs://vit_models/augreg/B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0.npz \
       --model=ViT-B_32 --suite=configs/transfer_paper.py --backend=slurm --out=runs/transfer_b32
 """
 

@@ -4,7 +4,8 @@ learning rates 0.001 / 0.003 / 0.01. The natural and specialised VTAB tasks whos
 carry a plain 'label' (the structured ones derive their labels from other features, which this suite
 does not do).
 
-  python -m launch.transfer --pretrained=RUN_DIR --suite=configs/transfer_vtab.py --backend=slurm --out=runs/vtab
+  python -m launch.transfer --pretrained=RUN_DIR --suite=configs/transfer_vtab.py --backend=slurm
+      --out=runs/vtab
 """
 
 from vit_jax.configs import transfer

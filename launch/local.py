@@ -1,8 +1,10 @@
 """One multi-process job on this machine (processes on 127.0.0.1), rerun when a process is lost or
 hangs.
 
-    python -m launch.local --processes=4 --devices_per_process=2 -- --config=configs/default.py --workdir=runs/d4
-    python -m launch.local --processes=2 --gpus=0,1 -- --config=configs/vit.py:ViT-B_16,cifar10 --workdir=runs/b16
+    python -m launch.local --processes=4 --devices_per_process=2 -- --config=configs/default.py
+        --workdir=runs/d4
+    python -m launch.local --processes=2 --gpus=0,1 -- --config=configs/vit.py:ViT-B_16,cifar10
+        --workdir=runs/b16
 
 Starts `python -m vit_jax.main ARGS --coordinator_address=127.0.0.1:PORT --num_processes=N
 --process_id=i` for each i, with `--devices_per_process` CPU devices each (XLA_FLAGS) or one GPU

@@ -34,7 +34,7 @@ STATUSES = ('finished', 'running', 'stopped', 'failed', 'not started')
 def with_overrides(config, overrides: dict | None):
   """A copy of a run's config with the next launch's overrides ({'total_steps': 200,
   'schedule.base_lr': '0.1'})."""
-  from vit_jax.configs import loading  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import loading  # noqa: PLC0415
 
   config = config.copy_and_resolve_references()
   for key, value in (overrides or {}).items():

@@ -107,10 +107,10 @@ def _numeric(values) -> bool:
 def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str) -> None:
   """results.png: the final metric against each swept field with more than one value, then the
   curves."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # noqa: PLC0415
 
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # noqa: PLC0415
 
   swept = [k for k in keys if len({r[k] for r in rows}) > 1]
   panels = len(swept) + 1
@@ -165,7 +165,7 @@ def plot(path: str, keys: list[str], rows: list[dict], curves: dict, metric: str
 
 def save_png(fig, path: str) -> None:
   """Writes a matplotlib figure as a PNG to `path` (local or gs://) and closes it."""
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # noqa: PLC0415
 
   fig.tight_layout()
   buffer = io_lib.BytesIO()

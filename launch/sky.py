@@ -3,7 +3,8 @@ dependency).
 
     python -m launch.sky --accelerators=tpu-v4-32 --spot --out=pretrain.yaml -- \
         --config=configs/pretrain_i1k.py:ViT-S_16 --workdir=gs://my-bucket/runs/vit_s16
-    sky jobs launch pretrain.yaml     # a managed job: recovered after preemptions, the same command rerun
+    sky jobs launch pretrain.yaml     # a managed job: recovered after preemptions, the same
+        command rerun
 
 The task syncs this clone as its workdir, installs it with the TPU or CUDA extra in a venv (setup),
 and runs the command (run). On a TPU pod slice every host runs it with --distributed=on; on several

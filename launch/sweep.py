@@ -24,13 +24,9 @@ import importlib.util
 import inspect
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 
-from launch import hyper, record, shell
+from launch import hyper, record, shell, sweep_local
 from vit_jax import io
 from vit_jax.configs import args as config_args
 from vit_jax.runtime import workdir as workdir_lib
@@ -113,7 +109,7 @@ def validate(config_spec: str, runs: list[Run]) -> None:
   """Every run's config, parsed and checked as vit_jax.main does it (vit_jax/training/preflight.py:
   the fields and the rules of the run's task), before anything starts (--dry-run too): a ValueError
   naming each bad run and what is wrong."""
-  from vit_jax.configs import check, loading  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import check, loading  # noqa: PLC0415
   from vit_jax.training import preflight  # noqa: PLC0415  (JAX, for the tasks' rules: only here)
 
   problems = []
@@ -167,137 +163,6 @@ def split_done(runs: list[Run], fixed: dict) -> tuple[list[Run], list[Run]]:
   return done, todo
 
 
-def detect_gpus() -> list[str]:
-  try:
-    out = subprocess.run(
-      ['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=30,
-    ).stdout
-  except (OSError, subprocess.SubprocessError):
-    return []
-  return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def run_local(
-  runs: list[Run],
-  *,
-  parallel: int,
-  gpus: list[str],
-  runner: shell.Runner,
-  python: str = sys.executable,
-  poll_s: float = 0.5,
-) -> dict[str, int]:
-  """Runs `runs` on this machine, `parallel` at a time (one GPU each when `gpus`); returns {name:
-  exit status}.
-
-  Each run writes its output to WORKDIR/run.log and launch.json (command, commit, host, pid; its
-  exit status once it ends). The first run starts alone and the others once it has written its
-  config.json (its dataset is prepared by then), so that parallel runs never race to download or
-  build one dataset. Ctrl-C sends each run SIGTERM (it saves a checkpoint and exits 0) and waits for
-  them.
-  """
-  slots = list(gpus) if gpus else [None] * max(1, parallel)
-  if gpus and parallel:
-    slots = slots[:parallel]
-  try:
-    commit = shell.git_commit()
-  except shell.CommandError:
-    commit = None
-  if runner.dry_run:
-    for i, run in enumerate(runs):
-      gpu = slots[i % len(slots)]
-      env = ['env', f'CUDA_VISIBLE_DEVICES={gpu}'] if gpu is not None else []
-      print(shell.shell_line([*env, *shell.main_command(run.args, python=python)]), file=runner.out)
-    return {}
-  pending, active, codes = list(runs), {}, {}  # active: slot index -> (run, Popen, log file)
-  first = None  # (run, Popen) of the first run, until it has prepared its dataset.
-  try:
-    while pending or active:
-      if first and (
-        first[1].poll() is not None
-        or os.path.exists(workdir_lib.path(first[0].workdir, workdir_lib.CONFIG_FILE))
-      ):
-        first = None
-      for slot in range(len(slots)):
-        if slot not in active and pending and not first:
-          run = pending.pop(0)
-          active[slot] = _start(run, slots[slot], commit, python)
-          if len(codes) + len(active) == 1:
-            first = active[slot][:2]
-      for slot, (run, proc, log) in list(active.items()):
-        if proc.poll() is not None:
-          log.close()
-          record.record_exit(run.workdir, proc.returncode)
-          codes[run.name] = proc.returncode
-          print(
-            f'{run.name}: exited {proc.returncode} ({len(codes)} of {len(runs)} done)',
-            file=sys.stderr,
-          )
-          del active[slot]
-      time.sleep(poll_s)
-  except KeyboardInterrupt:
-    print(
-      'Interrupted: asking the running runs to save a '
-      'checkpoint and stop (Ctrl-C again kills them).',
-      file=sys.stderr,
-    )
-    _stop(active, codes)
-    raise
-  return codes
-
-
-def _start(run: Run, gpu, commit, python):
-  env = dict(os.environ)
-  if gpu is not None:
-    env['CUDA_VISIBLE_DEVICES'] = str(gpu)
-  command = shell.main_command(run.args, python=python)
-  log = io.open_log(workdir_lib.path(run.workdir, workdir_lib.RUN_LOG))
-  log.write(f'\n=== {record.now()} {shell.shell_line(command)}\n')
-  log.flush()
-  # A session of its own: a Ctrl-C at the terminal reaches only this launcher, which then stops each
-  # run once.
-  proc = subprocess.Popen(
-    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-  )
-  workdir_lib.write_launch(
-    run.workdir,
-    {
-      'backend': 'local',
-      'command': command,
-      'commit': commit,
-      'gpu': gpu,
-      'host': socket.gethostname(),
-      'pid': proc.pid,
-      'started': record.now(),
-    },
-  )
-  print(
-    f'{run.name}: started (pid {proc.pid}{"" if gpu is None else f", GPU {gpu}"}), log {log.name}',
-    file=sys.stderr,
-  )
-  return run, proc, log
-
-
-def _stop(active, codes):
-  for _, proc, _ in active.values():
-    if proc.poll() is None:
-      proc.send_signal(signal.SIGTERM)
-  try:
-    for run, proc, log in active.values():
-      proc.wait()
-      log.close()
-      record.record_exit(run.workdir, proc.returncode)
-      codes[run.name] = proc.returncode
-  except KeyboardInterrupt:
-    for _, proc, _ in active.values():
-      if proc.poll() is None:
-        proc.kill()
-    raise
-
-
 def _parser():
   parser = argparse.ArgumentParser(
     prog='python -m launch.sweep',
@@ -339,7 +204,7 @@ def _parser():
     action='store_true',
     help='List the runs and print their commands; start nothing.',
   )
-  from launch import slurm, tpu  # pylint: disable=g-import-not-at-top
+  from launch import slurm, tpu  # noqa: PLC0415
 
   tpu.add_sweep_flags(parser)
   slurm.add_flags(parser, sweep=True)
@@ -375,7 +240,7 @@ def main_run(argv) -> int:
 
 def run_backend(args, runs, todo, sweep_dir, runner) -> int:
   """Runs `todo` (of the sweep's `runs`) on args.backend; the exit status (130: interrupted)."""
-  from launch import slurm, tpu_sweep  # pylint: disable=g-import-not-at-top
+  from launch import slurm, tpu_sweep  # noqa: PLC0415
 
   if not todo:
     runner.note(f'Nothing to run. Results: python -m launch.sweep results {sweep_dir}')
@@ -384,9 +249,13 @@ def run_backend(args, runs, todo, sweep_dir, runner) -> int:
     return tpu_sweep.run_sweep(args, runs, todo, runner)
   if args.backend == 'slurm':
     return slurm.run_sweep(args, todo, sweep_dir, runner)
-  gpus = detect_gpus() if args.gpus is None else [g for g in args.gpus.split(',') if g.strip()]
+  gpus = (
+    sweep_local.detect_gpus()
+    if args.gpus is None
+    else [g for g in args.gpus.split(',') if g.strip()]
+  )
   try:
-    codes = run_local(
+    codes = sweep_local.run_local(
       todo, parallel=args.parallel or (len(gpus) if gpus else 1), gpus=gpus, runner=runner
     )
   except KeyboardInterrupt:
@@ -411,7 +280,7 @@ def _tail(path: str, lines: int = 15) -> str:
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == 'results':
-    from launch import results  # pylint: disable=g-import-not-at-top  (matplotlib only here)
+    from launch import results  # noqa: PLC0415  (matplotlib only here)
 
     return results.main(argv[1:])
   if argv and argv[0] == 'run':

@@ -3,7 +3,8 @@ fine-tuning sweeps of a suite (configs/transfer_*.py, vit_jax/configs/transfer.p
 rate chosen on each task's validation split, and a report of the test accuracies beside the
 published ones.
 
-    python -m launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py --out=runs/transfer
+    python -m launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py
+        --out=runs/transfer
     python -m launch.transfer --pretrained=gs://vit_models/augreg/B_32-....npz --model=ViT-B_32 \
         --suite=configs/transfer_paper.py --backend=slurm --out=runs/transfer_b32
         [--config.KEY=VALUE ...]
@@ -138,7 +139,7 @@ def published_figures(suite: dict, pretrained: Pretrained, index_path: str) -> d
   out = dict(suite['published'])
   if not AUGREG_FILE.match(pretrained.name):
     return out
-  from vit_jax import augreg  # pylint: disable=g-import-not-at-top  (pandas only here)
+  from vit_jax import augreg  # noqa: PLC0415  (pandas only here)
 
   try:
     index = augreg.augreg_index(index_path)
@@ -206,8 +207,8 @@ def run_fewshot(suite: dict, pretrained: Pretrained, planned: dict, out: str) ->
   stored = json.loads(io.read_text_or_none(path) or '{}')
   if stored.get('pretrained') == pretrained.path and stored.get('fewshot') == _jsonable(fs):
     return stored['metrics']
-  from vit_jax.configs import loading  # pylint: disable=g-import-not-at-top
-  from vit_jax.inference import probes  # pylint: disable=g-import-not-at-top  (JAX from here on)
+  from vit_jax.configs import loading  # noqa: PLC0415
+  from vit_jax.inference import probes  # noqa: PLC0415  (JAX from here on)
 
   spec, _, fixed = next(iter(planned.values()))
   config = loading.from_command_line(spec, hyper.overrides_args(fixed))
@@ -265,7 +266,7 @@ def _parser():
     action='store_true',
     help='List the runs and print their commands; start nothing.',
   )
-  from launch import slurm, tpu  # pylint: disable=g-import-not-at-top
+  from launch import slurm, tpu  # noqa: PLC0415
 
   tpu.add_sweep_flags(parser)
   slurm.add_flags(parser, sweep=True)

@@ -118,10 +118,10 @@ def write(
 
 
 def _plot(path: str, rows: list[dict], few: dict) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # noqa: PLC0415
 
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # noqa: PLC0415
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
   done = [r for r in rows if r.get('test_accuracy') is not None]

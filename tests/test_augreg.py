@@ -53,7 +53,8 @@ def test_augreg_index_and_names(tmp_path):
     f'{folder}/R_Ti_16-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0.npz'
   )
   assert augreg.resolve('augreg:B_16:adapt_ds=="cifar100" and adapt_resolution==384', index) == (
-    f'{folder}/B_16-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--cifar100-steps_10k-lr_0.01-res_384.npz'
+    f'{folder}/B_16-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0'
+    '--cifar100-steps_10k-lr_0.01-res_384.npz'
   )
   assert augreg.resolve('/ckpt/ViT-B_16.npz', index) == '/ckpt/ViT-B_16.npz'
   with pytest.raises(

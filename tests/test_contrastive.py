@@ -84,14 +84,16 @@ import json, sys
 import jax, numpy as np
 from vit_jax.tasks import contrastive
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-index, port, path, t, bias = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+index, port, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+t, bias = float(sys.argv[4]), float(sys.argv[5])
 jax.distributed.initialize(f'127.0.0.1:{port}', 2, index)
 zimg, ztxt = np.load(path).astype(np.float32)
 rows = slice(index * 8, (index + 1) * 8)  # This process's half of the global batch.
 mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
 shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 a, b = (jax.make_array_from_process_local_data(shard, x[rows]) for x in (zimg, ztxt))
-fn = jax.jit(lambda a, b: (contrastive.softmax_loss(a, b, t), contrastive.sigmoid_loss(a, b, t, bias)),
+fn = jax.jit(lambda a, b: (contrastive.softmax_loss(a, b, t),
+                          contrastive.sigmoid_loss(a, b, t, bias)),
              out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 print(json.dumps([float(x) for x in fn(a, b)]))
 """

@@ -5,7 +5,7 @@ import os
 import tempfile
 
 # (fixtures)
-from launch_fakes import ARGS, STATUS, FakeGcloud, clone, fake, gcs, tpu_flags, workers  # noqa: F401
+from launch_fakes import ARGS, STATUS, FakeGcloud, clone, fake, gcs, tpu_flags, workers
 import pytest
 
 from launch import code as code_lib

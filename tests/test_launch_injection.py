@@ -14,7 +14,7 @@ import tempfile
 from launch_fakes import FakeGcloud, git_clone, workers
 import pytest
 
-from launch import gcloud, shell, sky, slurm, sweep, tpu
+from launch import gcloud, shell, sky, slurm, sweep, sweep_local, tpu
 
 
 def _nasty(tmp_path) -> list[str]:
@@ -223,7 +223,7 @@ def test_sweep_commands_keep_every_value_inert(tmp_path, capsys):
     f'#!/bin/sh\nprintf "%s\\n" "$@" >> {shlex.quote(str(tmp_path / "args.txt"))}\n'
   )
   fake_python.chmod(0o755)
-  sweep.run_local(
+  sweep_local.run_local(
     runs, parallel=1, gpus=[], runner=shell.Runner(echo=False), python=str(fake_python), poll_s=0.05
   )
   assert (tmp_path / 'args.txt').read_text().splitlines() == [

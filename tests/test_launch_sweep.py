@@ -15,7 +15,7 @@ import textwrap
 from launch_fakes import FakeGcloud, gcs  # noqa: F401  (gcs: a fixture)
 import pytest
 
-from launch import hyper, record, results, shell, sweep
+from launch import hyper, record, results, shell, sweep, sweep_local
 from vit_jax.runtime import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -82,7 +82,8 @@ def test_get_sweep_of_a_config_file_with_and_without_its_argument(tmp_path):
       def get_config(arg='a'):
         return None
       def get_sweep(h, arg='a'):
-        return h.zip([h.sweep('config.seed', [1, 2]), h.sweep('config.model.hidden_size', [len(arg), 7])])
+        return h.zip([h.sweep('config.seed', [1, 2]),
+                      h.sweep('config.model.hidden_size', [len(arg), 7])])
   """)
   )
   assert sweep.expand(str(path), []) == [
@@ -286,7 +287,7 @@ def test_local_backend_gives_each_run_its_own_gpu(tmp_path):
   )
   fake_python.chmod(0o755)
   runs = sweep.plan('c.py', str(tmp_path / 'sw'), [{'seed': i} for i in range(4)], {})
-  codes = sweep.run_local(
+  codes = sweep_local.run_local(
     runs,
     parallel=0,
     gpus=['0', '1'],
@@ -503,7 +504,7 @@ def test_local_backend_starts_the_others_once_the_first_run_has_its_config(tmp_p
   )
   fake_python.chmod(0o755)
   runs = sweep.plan('c.py', str(tmp_path / 'sw'), [{'seed': i} for i in range(3)], {})
-  sweep.run_local(
+  sweep_local.run_local(
     runs, parallel=3, gpus=[], runner=shell.Runner(echo=False), python=str(fake_python), poll_s=0.05
   )
   times = [

@@ -119,7 +119,7 @@ def test_the_bar_shows_the_train_step_eta_and_is_gone_before_the_last_line(monke
 def _tensorboard_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
   """What TensorBoard shows for `tag` in `folder` (its own loader, which reads a folder's event
   files as one run)."""
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
 
   acc = event_accumulator.EventAccumulator(folder)
   acc.Reload()

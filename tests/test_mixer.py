@@ -10,7 +10,8 @@ c6de1e5378c9831a8477feb30994971bdc409e46 (the file last changed in
            channels_mlp_dim=64); images = jax.random.uniform(PRNGKey(1), (3, 16, 20, 3), minval=-1,
            maxval=1);
   init = model.init(PRNGKey(0), images, train=False)['params'];
-  params = every leaf of init (flattened with '/', in sorted-name order) + np.random.default_rng(0).normal(0, 0.2);
+  params = every leaf of init (flattened with '/', in sorted-name order) +
+      np.random.default_rng(0).normal(0, 0.2);
   logits = model.apply({'params': params}, images, train=False).
 mixer_reference.npz holds `params` as a release file does (flat '/' names); mixer_reference_io.npz
 holds `images`, `logits` and the reference's `init/<name>`. The 4x5 token grid (16 x 20 px) is not
@@ -153,8 +154,11 @@ def test_init_equals_the_reference_init_for_the_same_key():
   )
   reference = {k[len('init/') :]: v for k, v in io.items() if k.startswith('init/')}
   assert sorted(params) == sorted(reference)
+  # Equal to float32 rounding: JAX 0.12.1's sampling rounds about half the values one or two ulps
+  # away from the fixture's (made with an earlier JAX); the same key and the same initializers give
+  # the same numbers to 1e-6 (an other initializer or key differs by far more).
   for name, value in reference.items():
-    np.testing.assert_array_equal(params[name], value, err_msg=name)
+    np.testing.assert_allclose(params[name], value, rtol=1e-6, atol=0, err_msg=name)
   # Zero head, zero biases (Flax's default init).
   np.testing.assert_array_equal(params['head/kernel'], 0)
   np.testing.assert_array_equal(params['MixerBlock_1/token_mixing/Dense_0/bias'], 0)

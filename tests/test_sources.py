@@ -95,7 +95,7 @@ def test_a_refused_dataset_is_one_clear_error_and_leaves_no_workdir(
 ):
   monkeypatch.setattr(sources, '_reachable', lambda *a, **k: False)
   workdir = tmp_path / 'run'
-  with pytest.raises(Exception) as error, caplog.at_level(logging.INFO):  # pylint: disable=broad-exception-caught
+  with pytest.raises(Exception) as error, caplog.at_level(logging.INFO):
     train.train_and_evaluate(
       tiny.train_config(dataset=name, tfds_data_dir=str(tmp_path / 'tfds')), str(workdir)
     )

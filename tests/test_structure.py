@@ -4,6 +4,10 @@ TensorFlow only where a dataset is built."""
 import ast
 import pathlib
 import re
+import subprocess
+import sys
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = [*REPO.glob('vit_jax/**/*.py'), *REPO.glob('launch/*.py')]
@@ -269,3 +273,34 @@ def test_the_predicate_finder_sees_each_form():
 def test_only_the_task_registry_asks_whether_a_config_is_image_text():
   """What differs between objectives is a task's (vit_jax/tasks/); models/ picks LitModel."""
   assert image_text_askers() == []
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, '-m', 'ruff', *args], cwd=REPO, capture_output=True, text=True
+  )
+
+
+def test_the_tree_is_formatted_and_linted_as_pyproject_toml_says():
+  """ruff (the test extra pins it) formats every file and finds nothing: .ci/run checks the same."""
+  if _ruff('--version').returncode:
+    pytest.skip('ruff is not installed (pip install -e .[test] brings it)')
+  formatted = _ruff('format', '--check', '.')
+  assert formatted.returncode == 0, formatted.stdout + formatted.stderr
+  linted = _ruff('check', '--quiet', '.')
+  assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_ci_runs_the_formatter_and_the_linter_before_the_tests():
+  ci = (REPO / '.ci' / 'run').read_text()
+  assert ci.index('ruff format --check') < ci.index('ruff check') < ci.index('run_pytest -q -n 2\n')
+
+
+def test_lines_are_at_most_100_characters_outside_urls():
+  long = [
+    f'{p.relative_to(REPO)}:{i}'
+    for p in [*SOURCES, *REPO.glob('tests/*.py')]
+    for i, line in enumerate(p.read_text().splitlines(), 1)
+    if len(line) > 100 and 'http' not in line
+  ]
+  assert len(long) <= 10, long

@@ -323,7 +323,7 @@ JAX_LINE = (
 )
 
 
-def test_jax_abort_names_the_process_the_service_declared_dead_else_the_coordinator_for_rpc_failures():
+def test_jax_abort_names_the_declared_dead_process_else_the_coordinator_for_rpc_failures():
   head = JAX_LINE.split('absl::Status:')[0] + 'absl::Status: '
   dead = outcome.lost_peer_line(
     1, 4, head + 'UNAVAILABLE: Task /job:jax_worker/replica:0/task:2 heartbeat timeout.'

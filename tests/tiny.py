@@ -213,7 +213,7 @@ def fake_tfds(name, data_dir, sizes=None, seed=0, file_format='array_record'):
       yield i, {k: value(f, i) for k, f in builder.info.features.items()}
 
   sizes = sizes or {'train': 40, 'test': 20}
-  builder._split_generators = lambda dl_manager: {s: examples(n) for s, n in sizes.items()}  # pylint: disable=protected-access
+  builder._split_generators = lambda dl_manager: {s: examples(n) for s, n in sizes.items()}
   builder.download_and_prepare(file_format=file_format)
   return str(data_dir)
 
@@ -470,7 +470,7 @@ def run_mains(tmp_path, name, devices, arg_lists, port=None, *, timeout=300, fai
   for i, args in enumerate(arg_lists):
     cwd = tmp_path / f'{name}_cwd{i}'
     cwd.mkdir()
-    logs.append(open(tmp_path / f'{name}_{i}.log', 'w+', encoding='utf-8'))  # pylint: disable=consider-using-with
+    logs.append(open(tmp_path / f'{name}_{i}.log', 'w+', encoding='utf-8'))
     procs.append(start_main(args, cwd=cwd, env=env, log=logs[-1]))
   deadline = time.monotonic() + timeout
   while any(p.poll() is None for p in procs) and time.monotonic() < deadline:

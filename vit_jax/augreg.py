@@ -39,9 +39,9 @@ class AugRegError(errors.UserError, ValueError):
 
 def augreg_index(path: str = DEFAULT_INDEX):
   """The AugReg index as a pandas DataFrame (local or gs:// path)."""
-  import pandas as pd  # pylint: disable=g-import-not-at-top
+  import pandas as pd  # noqa: PLC0415
 
-  from vit_jax import io  # pylint: disable=g-import-not-at-top
+  from vit_jax import io  # noqa: PLC0415
 
   if not io.exists(path):
     raise AugRegError(
@@ -52,7 +52,7 @@ def augreg_index(path: str = DEFAULT_INDEX):
 
 
 def _model_key(model: str) -> str:
-  from vit_jax.configs.models import augreg_name  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs.models import augreg_name  # noqa: PLC0415
 
   return augreg_name(model)
 

@@ -95,7 +95,7 @@ class quiet_faults:  # pylint: disable=invalid-name
   Anything else is printed as usual."""
 
   def __enter__(self):
-    import threading  # pylint: disable=g-import-not-at-top
+    import threading  # noqa: PLC0415
 
     self._threading, self._previous = threading, threading.excepthook
     self._unraisable = sys.unraisablehook

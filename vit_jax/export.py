@@ -2,10 +2,12 @@
 loads.
 
   python -m vit_jax.export hf --workdir=RUN --out=DIR
-  python -m vit_jax.export hf --checkpoint=X.npz --model=ViT-B_16 [--class_names=names.json] --out=DIR
+  python -m vit_jax.export hf --checkpoint=X.npz --model=ViT-B_16 [--class_names=names.json]
+      --out=DIR
 
 DIR gets model.safetensors, config.json and preprocessor_config.json; then, with PyTorch:
-  transformers.ViTForImageClassification.from_pretrained(DIR), transformers.AutoImageProcessor.from_pretrained(DIR).
+  transformers.ViTForImageClassification.from_pretrained(DIR),
+      transformers.AutoImageProcessor.from_pretrained(DIR).
 Writing needs only NumPy and `safetensors`, not torch or transformers.
 
 The tensors take the names of the checkpoints on the Hugging Face Hub (google/vit-base-patch16-224),
@@ -74,7 +76,7 @@ class UnsupportedModelError(errors.UserError, ValueError):
 def unsupported(model_config, params=None) -> list[str]:
   """What keeps a model (config and parameter tree) from being a ViTForImageClassification; [] when
   nothing. Without `params`, what the config alone shows."""
-  from vit_jax.configs import presets  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import presets  # noqa: PLC0415
 
   if presets.is_mixer(model_config):
     return [
@@ -126,7 +128,7 @@ def _linear(kernel: np.ndarray) -> np.ndarray:
 
 
 def _position_embeddings(model_config, image_size, take) -> np.ndarray:
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  from vit_jax import models  # noqa: PLC0415
 
   if model_config['posemb'] == 'learn':
     return take('Transformer/posembed_input/pos_embedding')
@@ -149,7 +151,7 @@ def hf_state_dict(params, model_config, image_size: int | None = None) -> dict[s
   Raises UnsupportedModelError listing what cannot be expressed, including parameters left without a
   place.
   """
-  from vit_jax import checkpoint, utils  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, utils  # noqa: PLC0415
 
   check_exportable(model_config, params)
   flat = {
@@ -266,7 +268,7 @@ def preprocessor_config(
     'image_mean': [0.5, 0.5, 0.5],
     'image_std': [0.5, 0.5, 0.5],
   }
-  from vit_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import preprocess  # noqa: PLC0415
 
   big = preprocess.eval_resize_size(image_size, eval_crop_fraction)
   # Shorter side to image_size / fraction, keep the centre square.
@@ -291,7 +293,7 @@ def preprocessor_config(
 def export_hf(trained, out_dir: str) -> list[str]:
   """Writes model.safetensors, config.json and preprocessor_config.json of `trained` (a
   vit_jax.inference.trained.Trained) into out_dir; returns them."""
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as safetensors_numpy  # noqa: PLC0415
 
   model_config = trained.config.model
   tensors = hf_state_dict(trained.params, model_config, trained.config.image_size)
@@ -345,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export(args) -> int:
   # (after the arguments: JAX loads here)
-  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # noqa: PLC0415
 
   check_exportable(inference.model_config_from_args(args))  # Before reading any parameters.
   for path in export_hf(inference.load_from_args(args), args.out):

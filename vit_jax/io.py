@@ -140,7 +140,7 @@ def glob(pattern: str) -> list[str]:
   pattern = str(pattern)
   with _remote_errors(pattern):
     if not is_remote(pattern):
-      import glob as glob_lib  # pylint: disable=g-import-not-at-top
+      import glob as glob_lib  # noqa: PLC0415
 
       return sorted(glob_lib.glob(pattern))
     # epath globs relative to a folder: split at the first part with a wildcard.

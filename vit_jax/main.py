@@ -97,7 +97,7 @@ def _maybe_initialize_distributed(jax) -> None:
     _NUM_PROCESSES.value,
     _PROCESS_ID.value,
   )
-  from vit_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import distributed  # noqa: PLC0415
 
   distributed.use_gloo_on_cpu()
   faults = _CONFIG.value.faults
@@ -121,16 +121,16 @@ def _default_workdir(config_path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from vit_jax import errors  # pylint: disable=g-import-not-at-top
+  from vit_jax import errors  # noqa: PLC0415
 
   sys.exit(errors.run(_train, prog=PROG, argv=sys.argv, exit_on_fault=True))
 
 
 def _train() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415
 
   _maybe_initialize_distributed(jax)
-  from vit_jax.training import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train  # noqa: PLC0415
 
   logging.set_verbosity(logging.WARNING)  # Library chatter (Orbax, TFDS) only from warnings up.
   std_logging.getLogger('vit_jax').setLevel(std_logging.INFO)  # Our progress lines and notes.
@@ -178,7 +178,7 @@ def parse_flags(argv):
     _CONFIG.value.keys()
   # (config_flags raises many kinds; all are usage errors)
   except Exception as e:  # pylint: disable=broad-except
-    from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+    from vit_jax.configs import check  # noqa: PLC0415
 
     unknown = [n for n in _override_names(argv) if not check.is_known(n)]
     if unknown:
@@ -192,7 +192,7 @@ def parse_flags(argv):
       missing = _missing_config_file(argv)
       lines = [missing or f'bad command line ({_flag_of(e)}): {type(root).__name__}: {message}']
     _usage_error(argv, lines)
-  from vit_jax.configs import check  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import check  # noqa: PLC0415
   from vit_jax.training import preflight  # noqa: PLC0415  (JAX: after --help and a bad flag)
 
   try:

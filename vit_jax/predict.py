@@ -1,9 +1,12 @@
 """Classify image files with a trained model: top-k labels with probabilities.
 
-  python -m vit_jax.predict --workdir=runs/default digits/*.png [--top_k=3] [--output=predictions.json|.csv]
+  python -m vit_jax.predict --workdir=runs/default digits/*.png [--top_k=3]
+      [--output=predictions.json|.csv]
   python -m vit_jax.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 [--num_classes=1000] photos/
-  python -m vit_jax.predict --checkpoint=LiT-B16B.npz --model=LiT-B16B --classes=cat,dog [--templates=ensemble] photos/
-  python -m vit_jax.predict --workdir=runs/lit digits/*.png   # A LiT run (configs/lit.py): zero-shot on its classes
+  python -m vit_jax.predict --checkpoint=LiT-B16B.npz --model=LiT-B16B --classes=cat,dog
+      [--templates=ensemble] photos/
+  python -m vit_jax.predict --workdir=runs/lit digits/*.png   # A LiT run (configs/lit.py):
+      zero-shot on its classes
 
 With a LiT model (--model=LiT-..., vit_jax/models/lit.py) the images are classified zero-shot
 against --classes (names, comma separated, or a file with one per line) put through prompt templates
@@ -55,9 +58,9 @@ def predict(trained, paths: Sequence[str], *, top_k: int = 5, batch_size: int = 
   """One record per path, in order: {'file', 'predictions': [{'label', 'index', 'probability'}] best
   first}, or {'file', 'error'} for a file that cannot be read or decoded. `trained` is a
   vit_jax.inference.trained.Trained."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415
 
-  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # noqa: PLC0415
 
   if top_k < 1 or batch_size < 1:
     raise ValueError(f'top_k ({top_k}) and batch_size ({batch_size}) must be positive.')
@@ -103,7 +106,7 @@ def classify(
 def write_output(records: Sequence[dict], path: str) -> None:
   """Writes records as JSON (a list of records) or CSV (one row per file and rank; errors in their
   own rows)."""
-  from vit_jax import io  # pylint: disable=g-import-not-at-top
+  from vit_jax import io  # noqa: PLC0415
 
   if path.endswith('.json'):
     io.write_text(path, json.dumps(list(records), indent=1) + '\n')
@@ -179,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _predict(args) -> int:
   # (after the arguments: JAX loads here)
-  from vit_jax.inference import trained as inference  # pylint: disable=g-import-not-at-top
+  from vit_jax.inference import trained as inference  # noqa: PLC0415
 
   trained = inference.load_from_args(args)
   paths, missing = inference.expand_inputs(args.inputs)
@@ -192,7 +195,7 @@ def _zero_shot_run(workdir: str) -> bool:
   """Whether --workdir holds a run whose task classifies zero-shot (a LiT run: vit_jax/tasks/); a
   workdir without a config is the loader's error."""
   from vit_jax import tasks  # noqa: PLC0415  (JAX: loaded after the arguments are checked)
-  from vit_jax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import workdir as workdir_lib  # noqa: PLC0415
 
   try:
     config = workdir_lib.load_config(workdir)
@@ -202,7 +205,7 @@ def _zero_shot_run(workdir: str) -> bool:
 
 
 def _class_names(classes: str) -> list[str]:
-  from vit_jax import io  # pylint: disable=g-import-not-at-top
+  from vit_jax import io  # noqa: PLC0415
 
   names = (
     [n.strip() for n in io.read_text(classes).splitlines() if n.strip()]
@@ -219,11 +222,11 @@ def _class_names(classes: str) -> list[str]:
 def _zero_shot_model(args):
   """(model, variables, tokenizer, class names, templates) of --model/--checkpoint or of a LiT run
   (--workdir)."""
-  from vit_jax import io, models  # pylint: disable=g-import-not-at-top  (JAX)
-  from vit_jax.data import captions
-  from vit_jax.inference import zeroshot
-  from vit_jax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import state
+  from vit_jax import io, models  # noqa: PLC0415  (JAX)
+  from vit_jax.data import captions  # noqa: PLC0415
+  from vit_jax.inference import zeroshot  # noqa: PLC0415
+  from vit_jax.runtime import workdir as workdir_lib  # noqa: PLC0415
+  from vit_jax.training import state  # noqa: PLC0415
 
   templates = zeroshot.read_templates(args.templates) if args.templates else None
   names = _class_names(args.classes) if args.classes else None
@@ -263,10 +266,10 @@ def _zero_shot_model(args):
 
 
 def _predict_zero_shot(args) -> int:
-  from vit_jax import io  # pylint: disable=g-import-not-at-top  (JAX)
-  from vit_jax.data import preprocess
-  from vit_jax.inference import trained as inference
-  from vit_jax.inference import zeroshot
+  from vit_jax import io  # noqa: PLC0415  (JAX)
+  from vit_jax.data import preprocess  # noqa: PLC0415
+  from vit_jax.inference import trained as inference  # noqa: PLC0415
+  from vit_jax.inference import zeroshot  # noqa: PLC0415
 
   model, variables, tokenizer, names, templates = _zero_shot_model(args)
   logits = zeroshot.classifier(

@@ -51,7 +51,7 @@ OVERLAY_CMAP = 'inferno'
 
 def _figure(width: float, height: float):
   # (no pyplot: no global figure state)
-  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure  # noqa: PLC0415
 
   return figure.Figure(figsize=(width, height), dpi=100, layout='constrained')
 
@@ -251,9 +251,9 @@ def write_attention(
   """Writes NAME_rollout.png and NAME_heads.png for each image; returns (files written, [(path,
   error)]). `trained` is a vit_jax.inference.trained.Trained (attention_maps.NoAttentionError for an
   MLP-Mixer)."""
-  from vit_jax import models, predict  # pylint: disable=g-import-not-at-top
-  from vit_jax.inference import attention_maps
-  from vit_jax.inference import trained as inference
+  from vit_jax import models, predict  # noqa: PLC0415
+  from vit_jax.inference import attention_maps  # noqa: PLC0415
+  from vit_jax.inference import trained as inference  # noqa: PLC0415
 
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
@@ -338,8 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _attention(args) -> int:
   # (JAX loads here)
-  from vit_jax.inference import attention_maps  # pylint: disable=g-import-not-at-top
-  from vit_jax.inference import trained as inference
+  from vit_jax.inference import attention_maps  # noqa: PLC0415
+  from vit_jax.inference import trained as inference  # noqa: PLC0415
 
   # Before reading any parameters.
   attention_maps.check_has_attention(inference.model_config_from_args(args))

@@ -161,7 +161,7 @@ def class_names(config, dataset_names: Sequence[str]) -> tuple[str, ...]:
 
 @functools.cache
 def _trained_vocabulary(sentences: tuple[str, ...], vocab_size: int) -> bytes:
-  import sentencepiece  # pylint: disable=g-import-not-at-top  (only LiT needs it)
+  import sentencepiece  # noqa: PLC0415  (only LiT needs it)
 
   out = bytes_io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(

@@ -45,7 +45,7 @@ class BertTokenizer:
 
   def __post_init__(self):
     # (only LiT needs it)
-    from tokenizers import BertWordPieceTokenizer  # pylint: disable=g-import-not-at-top
+    from tokenizers import BertWordPieceTokenizer  # noqa: PLC0415
 
     vocab = io.read_text(self.vocab_path).split('\n')
     if '[CLS]' not in vocab or '[UNK]' not in vocab:
@@ -96,7 +96,7 @@ class SentencepieceTokenizer:
   _sp: Any = dataclasses.field(init=False, repr=False, compare=False)
 
   def __post_init__(self):
-    import sentencepiece  # pylint: disable=g-import-not-at-top  (only LiT needs it)
+    import sentencepiece  # noqa: PLC0415  (only LiT needs it)
 
     sp = sentencepiece.SentencePieceProcessor()
     try:

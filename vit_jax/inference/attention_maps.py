@@ -55,7 +55,7 @@ def make_attention_fn(model):
   """A compiled (params, images) -> (logits, float32 [layers, batch, heads, tokens, tokens]) in
   NumPy: the model's output and every encoder block's attention weights (one compilation per input
   shape: reuse it across batches). NoAttentionError for an MlpMixer."""
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  from vit_jax import models  # noqa: PLC0415
 
   if isinstance(model, models.MlpMixer):
     check_has_attention({'num_blocks': model.num_blocks, 'model_name': model.model_name})

@@ -154,7 +154,7 @@ def load_npz(
   checkpoint was trained at (`checkpoint_image_size`); a ViT takes other sizes too (its position
   embeddings are resampled, as fine-tuning does), an MLP-Mixer only that one.
   """
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # noqa: PLC0415
 
   config = common.get_config()
   config.model = models.get_model_config(model_name)

@@ -3,14 +3,14 @@ hold.
 
 The layout (and what it computes) is flaxformer's, so a LiT release file loads unchanged and
 computes what vision_transformer's LiT model computes:
-  embedder/embedders_{token_ids,position_ids,segment_ids}/embedding   summed, then
-  layer_norm                                                          (epsilon 1e-12), then per layer i
+  embedder/embedders_{token_ids,position_ids,segment_ids}/embedding: summed, then
+  layer_norm: epsilon 1e-12, then per layer i
   encoder_block/layer_sequence/layers_{i}/
-    attention_block/attention_layer/{query,key,value}/{kernel,bias}   kernels (hidden, heads x
-    head_dim) attention_block/dense_layer/{kernel,bias}                         (heads x head_dim,
-    hidden) attention_block/layer_norm                                        post-LN: LN(x +
-    attention(x)) mlp_block/mlp/dense_layer, mlp_block/dense_layer, mlp_block/layer_norm   post-LN:
-    LN(x + W2 gelu(W1 x))
+    attention_block/attention_layer/{query,key,value}/{kernel,bias}: kernels (hidden, heads x head_dim)
+    attention_block/dense_layer/{kernel,bias}: (heads x head_dim, hidden)
+    attention_block/layer_norm: post-LN, LN(x + attention(x))
+    mlp_block/mlp/dense_layer, mlp_block/dense_layer, mlp_block/layer_norm: post-LN,
+      LN(x + W2 gelu(W1 x))
 Queries are scaled by 1/sqrt(head_dim); padding keys (token 0) are masked with a large negative
 bias; gelu is Flax's default (the tanh approximation), as flaxformer's BERT uses it. Dropout is not
 applied (LiT runs the text tower without it, `enable_dropout=False`).

@@ -3,8 +3,10 @@ models_mixer.py.
 
 It computes what google-research/vision_transformer's `MlpMixer` computes, with the same field names
 and module names, which are the keys of the released checkpoints (gs://mixer_models/...):
-  stem, MixerBlock_{i}/{LayerNorm_0, token_mixing/{Dense_0, Dense_1}, LayerNorm_1, channel_mixing/{Dense_0,
-  Dense_1}}, pre_head_layer_norm, head.
+  stem,
+  MixerBlock_{i}/{LayerNorm_0, token_mixing/{Dense_0, Dense_1}, LayerNorm_1,
+                  channel_mixing/{Dense_0, Dense_1}},
+  pre_head_layer_norm, head.
 The model: a patch-embedding convolution ('stem'), `num_blocks` blocks of x + TokenMLP(LN(x) over
 tokens), then x + ChannelMLP(LN(x)) (each MLP Dense -> GELU (tanh approximation) -> Dense), a
 LayerNorm, the mean over tokens and a zero-initialised linear head. No class token, no position

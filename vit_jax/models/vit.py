@@ -3,8 +3,9 @@
 Module names equal the keys of the released checkpoints (Linen layout), so `load_pretrained` needs
 no renaming for files written by this code or by the AugReg release:
   embedding, cls, Transformer/posembed_input/pos_embedding,
-  Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out}, LayerNorm_1,
-  MlpBlock_0/{Dense_0, Dense_1}}, Transformer/encoder_norm, pre_logits, head,
+  Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0/{query,key,value,out},
+                                LayerNorm_1, MlpBlock_0/{Dense_0, Dense_1}},
+  Transformer/encoder_norm, pre_logits, head,
 and for hybrids conv_root, gn_root, block{i}/unit{j}/... (see resnet.py). With `scan=True` the
 blocks are one `Transformer/encoderblock/...` tree whose arrays have a leading layer axis
 (big_vision's layout); `npz.py` stacks and unstacks it, so release files load and save unchanged.

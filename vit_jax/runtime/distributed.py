@@ -34,7 +34,7 @@ def client():
   """The client of JAX's coordination service (key-value store, barriers), or None without
   jax.distributed."""
   # (no public API for it)
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415
 
   return jax_distributed.global_state.client
 

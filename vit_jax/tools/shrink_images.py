@@ -2,7 +2,8 @@
 most --max_side.
 
   python -m vit_jax.tools.shrink_images --src=DIR --dst=DIR2 [--max_side=256] [--quality=90]
-  python -m vit_jax.tools.shrink_images --tfds=imagenet2012 --data_dir=$TFDS --splits=train,validation --dst=DIR2
+  python -m vit_jax.tools.shrink_images --tfds=imagenet2012 --data_dir=$TFDS
+      --splits=train,validation --dst=DIR2
 
 Decoding a JPEG costs about its pixel count, and training crops a 224 px view out of it anyway, so
 storing images at a bounded shorter side (as FFCV does for ImageNet) cuts the CPU per image: see
@@ -57,8 +58,8 @@ def _folder_items(src: str):
 
 
 def _tfds_items(name: str, data_dir: str | None, splits: list[str]):
-  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
-  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # noqa: PLC0415
+  from vit_jax.data import sources  # noqa: PLC0415
 
   config = common.get_config()
   config.dataset, config.tfds_data_dir = name, data_dir

@@ -31,7 +31,7 @@ class EventsFile:
   """
 
   def __init__(self, workdir: str, remote_every_s: float = 60.0):
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
 
     self._event_pb2 = event_pb2
     self.workdir, self.remote_every_s = workdir, remote_every_s
@@ -49,7 +49,7 @@ class EventsFile:
     return io.join(self.workdir, f'{self._name}.{part}.v2')
 
   def _append(self, event) -> None:
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # noqa: PLC0415
 
     data = event.SerializeToString()
     header = struct.pack('<Q', len(data))
@@ -61,7 +61,7 @@ class EventsFile:
     )
 
   def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import summary_pb2  # noqa: PLC0415
 
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
     self._append(
@@ -165,7 +165,7 @@ class Progress:
     self._enabled = enabled
     self._handlers = []
     if enabled and sys.stderr.isatty():
-      import tqdm  # pylint: disable=g-import-not-at-top
+      import tqdm  # noqa: PLC0415
 
       self._bar = tqdm.tqdm(
         total=total_steps,

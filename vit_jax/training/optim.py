@@ -3,7 +3,8 @@
 Reads `config.total_steps`, `config.schedule.*` and `config.optimizer.*` (see configs/common.py).
 
 The optimizer is one optax chain:
-  clip by global norm -> [L2 decay] -> sgd momentum / adam -> [decoupled decay (adamw)] -> -lr(step).
+  clip by global norm -> [L2 decay] -> sgd momentum / adam -> [decoupled decay (adamw)] ->
+      -lr(step).
 
 The update at step `count` (0-based, the optimizer's own counter) uses lr = schedule(count), so with
 warmup the very first update is scaled by lr(0) == 0.

@@ -1,12 +1,18 @@
 """Model and train state from a config, as its task (vit_jax/tasks/) says: the one place that
 builds them (train, inference, benchmarks, tests, memory plan).
 
-  setup = state.Setup.create(config, num_classes, mesh)  # model, optimizer, the state's layout and shardings
-  train_state = setup.init()                             # born sharded: each array made by jit in its sharding
-  train_state = setup.with_pretrained(train_state)       # fine-tuning: config.pretrained_path loaded into the layout
-  checkpoints = run_checkpoints.Checkpoints(workdir, config)  # the run's Orbax checkpoints (vit_jax/training/checkpoints.py)
-  train_state = setup.restore(checkpoints, step)         # after the one "does it fit" check, in this mesh's layout
-  step_fn = setup.train_step()                           # vit_jax/training/train_step.py jitted on the layout, state donated
+  # Model, optimizer, the state's layout and shardings:
+  setup = state.Setup.create(config, num_classes, mesh)
+  # Born sharded: each array made by jit in its sharding.
+  train_state = setup.init()
+  # Fine-tuning: config.pretrained_path loaded into the layout.
+  train_state = setup.with_pretrained(train_state)
+  # The run's Orbax checkpoints (vit_jax/training/checkpoints.py).
+  checkpoints = run_checkpoints.Checkpoints(workdir, config)
+  # After the one "does it fit" check, in this mesh's layout.
+  train_state = setup.restore(checkpoints, step)
+  # vit_jax/training/train_step.py jitted on the layout, state donated.
+  step_fn = setup.train_step()
 
 The train state is {'step', 'params', 'opt_state', 'window' (the metric sums since the last log
 step), 'nonfinite' (the count of dropped updates and the last one's step)}: everything a resumed run

@@ -17,12 +17,12 @@ def prepare(builder, **kwargs) -> None:
   download_config)."""
   log.info('Preparing TFDS dataset %s in %s (once).', builder.name, builder.data_dir)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from vit_jax.runtime import preemption  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import preemption  # noqa: PLC0415
 
   # Ctrl-C waits until TensorFlow is imported: its C++ module set-up calls Python hooks (filelock's
   # audit hook), and a KeyboardInterrupt raised in one escapes through C++ and aborts the process
   # (SIGABRT) instead of stopping it.
   with preemption.interrupts_deferred():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # noqa: PLC0415
   tf.config.set_visible_devices([], 'GPU')
   builder.download_and_prepare(file_format='array_record', **kwargs)

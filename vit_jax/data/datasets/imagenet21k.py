@@ -3,7 +3,8 @@ access).
 
 Build (the archives come from image-net.org after registration; nothing is downloaded here):
 
-  tfds build imagenet21k --imports=vit_jax.data.datasets --manual_dir=DIR --file_format=array_record [--data_dir=...]
+  tfds build imagenet21k --imports=vit_jax.data.datasets --manual_dir=DIR
+      --file_format=array_record [--data_dir=...]
   # or: tfds.builder('imagenet21k').download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=DIR))
 
 `DIR` holds `fall11_whole.tar` (a tar of per-synset tars `nXXXXXXXX.tar`: ~14.2M images of 21,841
@@ -54,8 +55,8 @@ def goog_synsets() -> list[str]:
 def to_rgb_jpeg(data: bytes) -> bytes | None:
   """`data` unchanged if it is an RGB (3-component) JPEG that decodes; else re-encoded as an RGB
   JPEG; None when it cannot be decoded at all."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  import simplejpeg  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # noqa: PLC0415
+  import simplejpeg  # noqa: PLC0415
 
   if data[:2] == b'\xff\xd8':
     try:

@@ -72,7 +72,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, indices):
     # (only needed while building)
-    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    from sklearn import datasets  # noqa: PLC0415
 
     digits = datasets.load_digits()
     images, labels = to_uint8(digits.images), digits.target
