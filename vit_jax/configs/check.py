@@ -133,7 +133,9 @@ def _loop_and_mesh(config, problems, devices, process_count) -> None:
     _number(problems, 'num_classes', config.num_classes, low=1, integer=True)
   _choice(problems, 'sharding_strategy', config.sharding_strategy, choices.STRATEGIES)
   try:
-    names, sizes = choices.mesh_shape(config.mesh, devices or 1)
+    # Without the device count, only the mesh's form is checked: as if it had the devices it names.
+    count = devices or math.prod(int(size) for _, size in config.mesh if int(size) > 0)
+    names, sizes = choices.mesh_shape(config.mesh, count)
   except (TypeError, ValueError) as e:
     problems.append(
       f"{e} (config.mesh is a tuple of (axis, size) pairs, e.g. (('fsdp', -1),); {devices} devices)"
