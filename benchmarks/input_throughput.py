@@ -75,7 +75,8 @@ def measure(batches, batch: int, count: int, warmup: int) -> dict:
   it = iter(batches)
   for _ in range(warmup):
     next(it)
-  cpu, start = _cpu(), time.perf_counter()
+  cpu = _cpu()
+  start = time.perf_counter()
   for _ in range(count):
     next(it)
   wall, cpu = time.perf_counter() - start, _cpu() - cpu
@@ -142,7 +143,8 @@ def _files(root: str, ext: str) -> tf.data.Dataset:
 def imagenet_like(rng: np.random.Generator) -> Image.Image:
   """A random 400..500 x 333..375 RGB image: four octaves of bicubic-upsampled noise plus grain
   (~105 KB as JPEG)."""
-  h, w = int(rng.uniform(333, 375)), int(rng.uniform(400, 500))
+  h = int(rng.uniform(333, 375))
+  w = int(rng.uniform(400, 500))
   pixels = np.full((h, w, 3), 128.0, np.float32)
   for cells, amplitude in ((3, 60), (12, 35), (48, 20), (160, 45)):
     coarse = rng.uniform(0, 255, (max(2, cells * h // w), cells, 3)).astype(np.uint8)
@@ -154,7 +156,8 @@ def imagenet_like(rng: np.random.Generator) -> Image.Image:
 
 def write_folder(root: str, count: int, make, ext: str, *, classes: int = 10) -> float:
   """root/train/<class>/<i>.<ext> of `count` images from make(rng); the mean file size in KB."""
-  rng, total = np.random.default_rng(0), 0
+  rng = np.random.default_rng(0)
+  total = 0
   for i in range(count):
     folder = os.path.join(root, 'train', f'class_{i % classes}')
     os.makedirs(folder, exist_ok=True)
@@ -180,7 +183,8 @@ def _keras_cv_randaugment():
 
 def workloads(tmp: str, args):
   """(name, note, tf.data iterator factory, our config, batch) per workload of the module doc."""
-  b, t = args.batch, args.threads
+  b = args.batch
+  t = args.threads
   data_dir = os.path.join(tmp, 'tfds')
   digits = default.get_config()
   digits.update(tfds_data_dir=data_dir, input_threads=t)

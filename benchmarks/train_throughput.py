@@ -182,7 +182,8 @@ def matmul_tflops(dtype: str, steps: int = 3, warmup: int = 1, min_seconds: floa
   `min_seconds`."""
   device = jax.local_devices()[0]
   matmul = jax.jit(jax.numpy.matmul)
-  n, seconds = 512, 0.0
+  n = 512
+  seconds = 0.0
   while seconds < min_seconds and n < 16384:
     n *= 2
     a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), dtype), device)

@@ -82,18 +82,18 @@ class _Relay(threading.Thread):
 
   def __init__(self, index: int, count: int, stream, out, full_dumps: bool):
     super().__init__(daemon=True)
-    self.index, self.count, self.stream, self.out, self.full_dumps = (
-      index,
-      count,
-      stream,
-      out,
-      full_dumps,
-    )
-    self.lost, self.left_out = False, 0
+    self.index = index
+    self.count = count
+    self.stream = stream
+    self.out = out
+    self.full_dumps = full_dumps
+    self.lost = False
+    self.left_out = 0
 
   def run(self) -> None:
     # The line that began an abort message, and the lines of that message after it.
-    sign, below = None, []
+    sign = None
+    below = []
     for line in self.stream:
       if sign is not None:
         if outcome.continues(sign, below, line):
@@ -102,7 +102,9 @@ class _Relay(threading.Thread):
         self._write(outcome.lost_peer_line(self.index, self.count, sign, tuple(below)) + '\n')
         sign = None
       if not self.lost and outcome.lost_peer_line(self.index, self.count, line):
-        self.lost, sign, below = True, line, []
+        self.lost = True
+        sign = line
+        below = []
         continue
       if self.lost and not self.full_dumps:
         self.left_out += 1
@@ -128,7 +130,9 @@ class Attempt:
 
   def __init__(self, main_args, args, out):
     port = free_port()
-    self.procs, self.relays, self.out = [], [], out
+    self.procs = []
+    self.relays = []
+    self.out = out
     for i in range(args.processes):
       proc = subprocess.Popen(
         process_command(main_args, port=port, processes=args.processes, index=i),
@@ -153,7 +157,8 @@ class Attempt:
     `grace_s` more, then kills the rest. Exit statuses as a shell reports them (128 + N for a
     signal), with JAX's abort after a lost peer read as EXIT_LOST_PEER."""
     codes: dict[int, int] = {}
-    deadline, killed = None, False
+    deadline = None
+    killed = False
     while len(codes) < len(self.procs):
       for i, p in enumerate(self.procs):
         if i not in codes and p.poll() is not None:

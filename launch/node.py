@@ -26,8 +26,11 @@ class Tpu:
     sleep=time.sleep,
     clock=time.monotonic,
   ):
-    self.node, self.runner, self.zone = node, runner, zone
-    self.sleep, self.clock = sleep, clock
+    self.node = node
+    self.runner = runner
+    self.zone = zone
+    self.sleep = sleep
+    self.clock = clock
     self.commit = None
     # The zone of a create command in flight (an interrupted one may still make the node).
     self.creating = None

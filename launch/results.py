@@ -38,7 +38,8 @@ def collect(sweep: dict, metric: str) -> tuple[list[str], list[dict], dict[str, 
   """(swept keys, one row per run, {run name: [(step, metric value)]})."""
   keys = sorted({k for run in sweep['runs'] for k in run['overrides']})
   mode = default_mode(metric)
-  rows, curves = [], {}
+  rows = []
+  curves = {}
   for run in sweep['runs']:
     rec = record.read(run['workdir'])
     row = {

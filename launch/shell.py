@@ -25,7 +25,9 @@ class CommandError(RuntimeError):
     super().__init__(
       f'Command failed (exit {returncode}): {shlex.join(argv)}' + (f'\n{tail}' if tail else '')
     )
-    self.argv, self.returncode, self.stderr = argv, returncode, stderr or ''
+    self.argv = argv
+    self.returncode = returncode
+    self.stderr = stderr or ''
     self.shown = stderr is None  # Its output went to the terminal (not captured).
 
   @property

@@ -63,15 +63,15 @@ class Supervisor:
   preempted."""
 
   def __init__(self, tpu: node_lib.Tpu, jobs, settings: Settings, *, ask=input, out=None):
-    self.tpu, self.jobs, self.settings, self.ask, self._out = (
-      tpu,
-      [list(j) for j in jobs],
-      settings,
-      ask,
-      out,
-    )
+    self.tpu = tpu
+    self.jobs = [list(j) for j in jobs]
+    self.settings = settings
+    self.ask = ask
+    self._out = out
     self.preemptions = self.failures = self.attempt = 0
-    self.started, self.current, self.last_code = False, None, None
+    self.started = False
+    self.current = None
+    self.last_code = None
     self.code: code_lib.Code | None = None
     self.installed = False  # Whether the code is set up on the current node.
 
@@ -143,7 +143,9 @@ class Supervisor:
 
   def _run(self, job) -> None:
     """Starts `job` and acts on each end of it (see the module doc) until its run is finished."""
-    self.current, workdir, then = job, shell.workdir_of(job), 'start'
+    self.current = job
+    workdir = shell.workdir_of(job)
+    then = 'start'
     while True:
       try:
         if then == 'recreate':
@@ -167,13 +169,15 @@ class Supervisor:
 
   def _start(self, job) -> None:
     self.attempt += 1
-    self.started, self.last_code = True, None
+    self.started = True
+    self.last_code = None
     self.tpu.run(job, attempt=self.attempt)
     self.say(f'Started attempt {self.attempt}: {shell.shell_line(shell.main_command(job))}')
 
   def _watch(self, workdir: str) -> outcome.Ending:
     """Polls until the job ends or the node is lost; how it ended."""
-    s, tpu = self.settings, self.tpu
+    s = self.settings
+    tpu = self.tpu
     unreachable = unknown = unreadable = 0
     while True:
       tpu.sleep(s.poll_s)
@@ -241,12 +245,16 @@ class Supervisor:
     s = self.settings
     if ending.kind == 'preempted':
       self.preemptions += 1
-      n, budget, flag = self.preemptions, s.max_preemptions, 'max_preemptions'
+      n = self.preemptions
+      budget = s.max_preemptions
+      flag = 'max_preemptions'
       then = 'Deleting and recreating the node.' if ending.recreate else 'Rerunning the job.'
     else:
       self.failures += 1
       self.last_code = ending.code
-      n, budget, flag = self.failures, s.max_failures, 'max_failures'
+      n = self.failures
+      budget = s.max_failures
+      flag = 'max_failures'
       then = 'Stopping it and running it again.'
     if n > budget:
       raise GiveUp(f'{ending.reason}. {ending.kind.capitalize()} {n} is past --{flag}={budget}.')
@@ -262,7 +270,8 @@ class Supervisor:
     deleted. False when it could not be deleted."""
     if not self.tpu.adopt_interrupted_create():
       return True
-    where, command = self.tpu.where(), self.tpu.delete_command()
+    where = self.tpu.where()
+    command = self.tpu.delete_command()
     if keep:
       self.say(f'{where} {why}; it holds TPU capacity (and quota) until deleted:\n  {command}')
       return True
@@ -282,7 +291,8 @@ class Supervisor:
     if not self.tpu.adopt_interrupted_create():
       self.say('Interrupted; nothing is left running.')
       return 130
-    where, delete = self.tpu.where(), self.tpu.delete_command()
+    where = self.tpu.where()
+    delete = self.tpu.delete_command()
     print(file=self.out)
     self.say(
       f'Interrupted. {where} still exists and holds TPU capacity (and quota) until it is deleted.'
@@ -312,7 +322,9 @@ class Supervisor:
     return 130
 
   def _print_plan(self) -> None:
-    tpu, r, s = self.tpu, self.tpu.runner, self.settings
+    tpu = self.tpu
+    r = self.tpu.runner
+    s = self.settings
     tpu.create()
     tpu.setup(self.code, python=s.python)
     for i, job in enumerate(self.jobs):

@@ -85,7 +85,8 @@ def fixed_overrides(extra) -> dict:
 
 
 def plan(config_spec: str, sweep_dir: str, sweeps: list[dict], fixed: dict) -> list[Run]:
-  runs, seen = [], {}
+  runs = []
+  seen = {}
   for overrides in sweeps:
     both = set(overrides) & set(fixed)
     if both:
@@ -156,7 +157,8 @@ def record_sweep(
 
 def split_done(runs: list[Run], fixed: dict) -> tuple[list[Run], list[Run]]:
   """(finished runs, runs to start or resume)."""
-  done, todo = [], []
+  done = []
+  todo = []
   for run in runs:
     state = record.status(record.read(run.workdir), overrides=run.target_overrides(fixed))
     (done if state == 'finished' else todo).append(run)

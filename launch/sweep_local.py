@@ -58,7 +58,9 @@ def run_local(
       env = ['env', f'CUDA_VISIBLE_DEVICES={gpu}'] if gpu is not None else []
       print(shell.shell_line([*env, *shell.main_command(run.args, python=python)]), file=runner.out)
     return {}
-  pending, active, codes = list(runs), {}, {}  # active: slot index -> (run, Popen, log file)
+  pending = list(runs)  # active: slot index -> (run, Popen, log file)
+  active = {}
+  codes = {}
   first = None  # (run, Popen) of the first run, until it has prepared its dataset.
   try:
     while pending or active:

@@ -242,7 +242,8 @@ def main(argv=None) -> int:
   ours, main_args = shell.split_args(argv)
   parser = _parser()
   args = parser.parse_args(ours)
-  runner, tpu = shell.Runner(dry_run=args.dry_run), None
+  runner = shell.Runner(dry_run=args.dry_run)
+  tpu = None
   try:
     tpu = node_lib.Tpu(node_from(args), runner)
     if args.subcommand in ('run', 'launch'):
@@ -266,7 +267,8 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args, tpu: node_lib.Tpu, main_args) -> int:
-  command, runner = args.subcommand, tpu.runner
+  command = args.subcommand
+  runner = tpu.runner
   if command == 'launch':
     return supervise.Supervisor(tpu, [main_args], settings_from(args)).launch()
   if command == 'create':

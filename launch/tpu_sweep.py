@@ -82,7 +82,9 @@ def _run_children(children, parallel: int) -> int:
     **os.environ,
     'PYTHONPATH': os.pathsep.join(filter(None, [shell.REPO, os.environ.get('PYTHONPATH')])),
   }
-  pending, running, codes = list(children), [], []
+  pending = list(children)
+  running = []
+  codes = []
   try:
     while pending or running:
       # Own sessions: one Ctrl-C here, one question for all.

@@ -69,10 +69,8 @@ def _model_overrides(model, preset: str) -> dict:
   for name in fields.flat_keys(model, 'model.'):
     if name in RECIPE_FIELDS:
       continue
-    value, default = (
-      _get(model, name[len('model.') :]),
-      _get(base, name[len('model.') :], missing=object()),
-    )
+    value = _get(model, name[len('model.') :])
+    default = _get(base, name[len('model.') :], missing=object())
     if value != default:
       if value is None:
         raise TransferError(
@@ -212,8 +210,10 @@ def run_fewshot(suite: dict, pretrained: Pretrained, planned: dict, out: str) ->
 
   spec, _, fixed = next(iter(planned.values()))
   config = loading.from_command_line(spec, hyper.overrides_args(fixed))
-  config.fewshot.datasets, config.fewshot.shots = fs['datasets'], tuple(fs['shots'])
-  config.fewshot.seeds, config.fewshot.l2_reg = fs['seeds'], fs['l2_reg']
+  config.fewshot.datasets = fs['datasets']
+  config.fewshot.shots = tuple(fs['shots'])
+  config.fewshot.seeds = fs['seeds']
+  config.fewshot.l2_reg = fs['l2_reg']
   config.image_size = fs['image_size']
   metrics = probes.probe_pretrained(config)
   io.write_text(

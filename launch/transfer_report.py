@@ -18,7 +18,8 @@ from launch import record, results
 from vit_jax import io
 from vit_jax.runtime import workdir as workdir_lib
 
-VAL, TEST = 'eval/accuracy', 'eval/test/accuracy'
+VAL = 'eval/accuracy'
+TEST = 'eval/test/accuracy'
 COLUMNS = (
   'task',
   'dataset',
@@ -36,11 +37,13 @@ COLUMNS = (
 def choose(val_by_setting: dict) -> object:
   """The setting with the best mean validation accuracy (module doc); it never sees a test
   figure."""
-  best, best_score = None, -math.inf
+  best = None
+  best_score = -math.inf
   for setting, accuracies in val_by_setting.items():
     score = statistics.fmean(accuracies)
     if score > best_score:
-      best, best_score = setting, score
+      best = setting
+      best_score = score
   return best
 
 

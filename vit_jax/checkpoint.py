@@ -267,7 +267,8 @@ def _token_mixing_hint(mismatched, flat, init_flat, model_config) -> str:
     or not all('/token_mixing/' in name for name, _, _ in mismatched)
   ):
     return ''
-  have, want = flat[key].shape[0], init_flat[key].shape[0]
+  have = flat[key].shape[0]
+  want = init_flat[key].shape[0]
   ph, pw = model_config['patches']['size']
   size = presets.image_size_for_tokens(model_config, have)
   at = f' ({size}x{size} px at patch {ph}x{pw})' if size else ''

@@ -97,7 +97,8 @@ class quiet_faults:  # pylint: disable=invalid-name
   def __enter__(self):
     import threading  # noqa: PLC0415
 
-    self._threading, self._previous = threading, threading.excepthook
+    self._threading = threading
+    self._previous = threading.excepthook
     self._unraisable = sys.unraisablehook
     self._filter = _DropFaultLogs()
     self._loggers = [logging.getLogger(), logging.getLogger('absl'), logging.getLogger('asyncio')]
@@ -112,7 +113,8 @@ class quiet_faults:  # pylint: disable=invalid-name
       if not _aftermath(unraisable.exc_value):
         self._unraisable(unraisable)
 
-    threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook
     for logger in self._loggers:
       logger.addFilter(self._filter)
       for handler in logger.handlers:
@@ -120,7 +122,8 @@ class quiet_faults:  # pylint: disable=invalid-name
     return self
 
   def __exit__(self, *exc):
-    self._threading.excepthook, sys.unraisablehook = self._previous, self._unraisable
+    self._threading.excepthook = self._previous
+    sys.unraisablehook = self._unraisable
     for logger in self._loggers:
       logger.removeFilter(self._filter)
       for handler in logger.handlers:
@@ -156,7 +159,8 @@ def run(
     sys.stderr.write(f'{prog}: aborted by Ctrl-C' + (f' {e}' if str(e) else '') + '.\n')
     return 130
   except Exception as e:  # pylint: disable=broad-except  (the boundary: every exception ends here)
-    mistake, problem = user_error(e), fault(e)
+    mistake = user_error(e)
+    problem = fault(e)
     if (mistake is None and problem is None) or _verbose(argv):
       traceback.print_exc()
     if mistake is None and problem is None:

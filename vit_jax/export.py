@@ -179,7 +179,8 @@ def hf_state_dict(params, model_config, image_size: int | None = None) -> dict[s
     'classifier.bias': take('head/bias'),
   }
   for i in range(model_config['transformer']['num_layers']):
-    ours, hf = f'Transformer/encoderblock_{i}/', f'vit.encoder.layer.{i}.'
+    ours = f'Transformer/encoderblock_{i}/'
+    hf = f'vit.encoder.layer.{i}.'
     attn = ours + 'MultiHeadDotProductAttention_0/'
     for norm, name in (('LayerNorm_0', 'layernorm_before'), ('LayerNorm_1', 'layernorm_after')):
       out[f'{hf}{name}.weight'] = take(f'{ours}{norm}/scale')
@@ -304,7 +305,8 @@ def export_hf(trained, out_dir: str) -> list[str]:
     class_names=trained.class_names,
     loss=trained.config.loss,
   )
-  crop, resize = trained.config.pp.eval_crop_fraction, trained.config.pp.eval_resize
+  crop = trained.config.pp.eval_crop_fraction
+  resize = trained.config.pp.eval_resize
   files = {
     'model.safetensors': safetensors_numpy.save(tensors, metadata={'format': 'pt'}),
     'config.json': json.dumps(config, indent=2) + '\n',

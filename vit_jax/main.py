@@ -73,7 +73,8 @@ def skypilot_cluster(env=os.environ) -> tuple[str, int, int] | None:
   per node (all its GPUs): node 0 of SKYPILOT_NODE_IPS coordinates, on port JAX_COORDINATOR_PORT
   (default 8476) as for JAX's own cluster detection. None elsewhere (a TPU pod is one SkyPilot node;
   its hosts find each other)."""
-  nodes, ips = int(env.get('SKYPILOT_NUM_NODES') or 1), env.get('SKYPILOT_NODE_IPS', '').split()
+  nodes = int(env.get('SKYPILOT_NUM_NODES') or 1)
+  ips = env.get('SKYPILOT_NODE_IPS', '').split()
   if nodes <= 1 or not ips or env.get('SKYPILOT_NODE_RANK') is None:
     return None
   return (

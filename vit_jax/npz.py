@@ -146,7 +146,8 @@ def stack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
 
   The new leading axis is the layer, in layer order; other keys pass unchanged.
   """
-  out, blocks = {}, {}
+  out = {}
+  blocks = {}
   for name, arr in flat.items():
     match = _BLOCK.fullmatch(name)
     if match:

@@ -232,7 +232,8 @@ def _stems(paths: Sequence[str]) -> list[str]:
     s if counts[s] == 1 else f'{os.path.basename(os.path.dirname(p))}_{s}'
     for s, p in zip(stems, paths)
   ]
-  counts, seen = collections.Counter(stems), collections.Counter()
+  counts = collections.Counter(stems)
+  seen = collections.Counter()
   out = []
   for stem in stems:
     seen[stem] += 1
@@ -258,7 +259,8 @@ def write_attention(
   grid = models.token_grid(trained.config.model, trained.config.image_size)
   attention = attention_maps.make_attention_fn(trained.model)
   stems = _stems(paths)
-  written, errors = [], []
+  written = []
+  errors = []
   for indices, images, failed in inference.image_batches(paths, trained.config, batch_size):
     errors += [(paths[i], why) for i, why in failed]
     if not indices:

@@ -61,7 +61,8 @@ class Grammar:
             f'Bad config argument {part!r} in {arg!r} ({self._no_value_here(out)}); '
             f'usage: {self.usage}.'
           )
-        key, value = self.positional[len(out)], part
+        key = self.positional[len(out)]
+        value = part
       valid = tuple(map(str, self.valid.get(key, ())))
       if valid and value not in valid:
         raise ValueError(f'Bad {key}={value!r} in {arg!r}; valid: {", ".join(valid)}.')

@@ -45,7 +45,8 @@ def _durations(config, problems) -> None:
   for duration, (steps, epochs, examples) in durations.DURATIONS.items():
     if problem := durations.both_forms_problem(config, duration):
       problems.append(problem)
-    e, x = durations.value(config, epochs), durations.value(config, examples)
+    e = durations.value(config, epochs)
+    x = durations.value(config, examples)
     for name, v in ((epochs, e), (examples, x)):
       if v is not None:
         _number(problems, name, v, low=0, integer=name == examples)
@@ -61,7 +62,8 @@ def _durations(config, problems) -> None:
 
 
 def _optimisation(config, problems) -> None:
-  opt, sched = config.optimizer, config.schedule
+  opt = config.optimizer
+  sched = config.schedule
   _choice(problems, 'optimizer.name', opt.name, choices.OPTIMIZERS)
   _choice(problems, 'optimizer.accumulator_dtype', opt.accumulator_dtype, choices.DTYPES)
   _choice(problems, 'schedule.decay_type', sched.decay_type, choices.DECAY_TYPES)
@@ -169,7 +171,8 @@ def profile_range(spec: str) -> tuple[int, int] | None:
     return None
   start, sep, end = str(spec).partition(':')
   try:
-    first, last = int(start), int(end)
+    first = int(start)
+    last = int(end)
   except ValueError:
     first = last = -1
   if not sep or first < 1 or last <= first:

@@ -34,7 +34,8 @@ def _set(config, path, value):
 def both_forms_problem(config, duration: str) -> str | None:
   """The one rule on a duration's forms: its epochs and examples fields are not both set."""
   steps_field, epochs_field, examples_field = DURATIONS[duration]
-  epochs, examples = value(config, epochs_field), value(config, examples_field)
+  epochs = value(config, epochs_field)
+  examples = value(config, examples_field)
   if epochs and examples:
     return (
       f'config.{epochs_field}={epochs} and config.{examples_field}={examples} are both set; give '
@@ -75,7 +76,8 @@ def steps_of(config, duration: str, num_train: int) -> int:
   if problem := both_forms_problem(config, duration):
     raise ValueError(problem)
   # 0 = unset.
-  epochs, examples = value(config, epochs_field) or None, value(config, examples_field) or None
+  epochs = value(config, epochs_field) or None
+  examples = value(config, examples_field) or None
   if epochs is not None:
     if num_train <= 0:
       raise ValueError(f'config.{epochs_field} needs the train split size, which is {num_train}.')

@@ -125,7 +125,8 @@ def from_command_line(spec: str, override_args=()) -> ml_collections.ConfigDict:
     other = fields.other_family(from_command_line(spec).model, names) if names else []
     if other:  # A known field of the other model family (a ViT's on a Mixer config, say): say so.
       raise check.UnknownFieldError('\n'.join(other)) from e
-    text, cause = ' '.join(str(e).split()), ' '.join(str(root).split())
+    text = ' '.join(str(e).split())
+    cause = ' '.join(str(root).split())
     raise check.ConfigError(
       text if cause in text else f'{text}: {type(root).__name__}: {cause}'
     ) from e

@@ -33,7 +33,8 @@ def _patch_size(model, problems, prefix: str = 'model'):
 
 def _mixer(config, problems) -> None:
   """An MLP-Mixer's fields, its image size, and the fast paths that only a ViT has."""
-  model, image_size = config.model, config.image_size
+  model = config.model
+  image_size = config.image_size
   size = _patch_size(model, problems)
   for field in ('hidden_dim', 'num_blocks', 'tokens_mlp_dim', 'channels_mlp_dim'):
     _number(problems, f'model.{field}', model[field], low=1, integer=True)

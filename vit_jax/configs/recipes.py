@@ -10,18 +10,15 @@ def adam_pretraining(config, *, base_lr: float = 1e-3, warmup_steps: int = 10_00
   at lr 1e-3, i.e. big_vision's `wd=1e-4`, which big_vision multiplies by the schedule factor only
   (not by the lr).
   """
-  opt, sched = config.optimizer, config.schedule
-  opt.name, opt.b1, opt.b2, opt.weight_decay, opt.grad_clip_norm = (
-    'adamw',
-    0.9,
-    0.999,
-    1e-4 / base_lr,
-    1.0,
-  )
-  sched.base_lr, sched.warmup_steps, sched.decay_type, sched.end_lr = (
-    base_lr,
-    warmup_steps,
-    'cosine',
-    0.0,
-  )
+  opt = config.optimizer
+  sched = config.schedule
+  opt.name = 'adamw'
+  opt.b1 = 0.9
+  opt.b2 = 0.999
+  opt.weight_decay = 1e-4 / base_lr
+  opt.grad_clip_norm = 1.0
+  sched.base_lr = base_lr
+  sched.warmup_steps = warmup_steps
+  sched.decay_type = 'cosine'
+  sched.end_lr = 0.0
   return config

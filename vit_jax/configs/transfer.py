@@ -93,17 +93,17 @@ def task_config(the_suite: dict, arg: str) -> ml_collections.ConfigDict:
   config.train_split = t['train']
   config.eval_split = f'val={t["val"]},test={t["test"]}'
   config.image_size = t['image_size']
-  config.pp.crop, config.pp.flip, config.pp.eval_crop_fraction = (
-    t['crop'],
-    t['flip'],
-    t['eval_crop_fraction'],
-  )
+  config.pp.crop = t['crop']
+  config.pp.flip = t['flip']
+  config.pp.eval_crop_fraction = t['eval_crop_fraction']
   config.mixup_p = t['mixup_p']
-  config.batch_size, config.eval_batch_size = t['batch_size'], t['eval_batch_size']
+  config.batch_size = t['batch_size']
+  config.eval_batch_size = t['eval_batch_size']
   config.total_steps = t['steps']
   config.schedule.warmup_steps = t['warmup']
   config.schedule.base_lr = t['lrs'][0]
-  config.optimizer.name, config.optimizer.grad_clip_norm = t['optimizer'], t['grad_clip_norm']
+  config.optimizer.name = t['optimizer']
+  config.optimizer.grad_clip_norm = t['grad_clip_norm']
   config.optimizer.weight_decay = 0.0
   config.log_every_steps = max(1, t['steps'] // 10)
   config.eval_every_steps = config.checkpoint_every_steps = t['steps']

@@ -92,7 +92,8 @@ def _folder_files(root: str, name: str, classes: tuple[str, ...]) -> tuple[tuple
       f'Image folder {path} has classes that the train folder lacks: '
       f'{[io.join(path, c) for c in unknown]}.'
     )
-  files, counts = [], {}
+  files = []
+  counts = {}
   for label, class_name in enumerate(classes):
     class_dir = io.join(path, class_name)
     if not io.isdir(class_dir):
@@ -136,7 +137,8 @@ def _checked_files(root: str, name: str, classes: tuple[str, ...], on_bad_image:
   bad = sorted(p for (p, _), good in zip(files, ok) if not good)
   if not bad:
     return files
-  listed, more = bad[:10], f' and {len(bad) - 10} more' if len(bad) > 10 else ''
+  listed = bad[:10]
+  more = f' and {len(bad) - 10} more' if len(bad) > 10 else ''
   where = io.join(root, name)
   if on_bad_image == 'error':
     raise DataError(

@@ -62,17 +62,13 @@ class TrainExample:
 
   def __init__(self, config):
     pp = config.pp
-    self.size, self.crop, self.min_area, self.pad = (
-      config.image_size,
-      pp.crop,
-      pp.inception_min_area,
-      pp.pad_pixels,
-    )
-    self.flip, self.ra_layers, self.ra_magnitude = (
-      pp.flip,
-      pp.randaugment_layers,
-      pp.randaugment_magnitude,
-    )
+    self.size = config.image_size
+    self.crop = pp.crop
+    self.min_area = pp.inception_min_area
+    self.pad = pp.pad_pixels
+    self.flip = pp.flip
+    self.ra_layers = pp.randaugment_layers
+    self.ra_magnitude = pp.randaugment_magnitude
     # Else the rng is not used.
     self.random = self.crop != 'resize' or self.flip or self.ra_layers > 0
 
@@ -99,7 +95,9 @@ def example_rng(seed: int, position: int, _cache=threading.local()) -> np.random
   generator per thread, reset each time."""
   rng = getattr(_cache, 'rng', None)
   if rng is None or _cache.seed != seed:
-    rng, _cache.rng, _cache.seed = np.random.Generator(np.random.Philox(seed)), None, seed
+    rng = np.random.Generator(np.random.Philox(seed))
+    _cache.rng = None
+    _cache.seed = seed
     _cache.rng = rng
   state = rng.bit_generator.state
   state['state']['counter'] = np.array([0, 0, 0, position], dtype=np.uint64)
@@ -123,7 +121,9 @@ class TrainStream:
   def __init__(self, config, records, captions: Captions | None = None, image_table=None):
     if len(records) == 0:
       raise splits.DataError(f'{config.dataset} {config.train_split!r} has no examples.')
-    self.records, self.example, self.captions = records, TrainExample(config), captions
+    self.records = records
+    self.example = TrainExample(config)
+    self.captions = captions
     # A locked tower's embedding of each record (config.lit.precompute_image).
     self.image_table = image_table
     self.order = grain.MapDataset.range(len(records)).shuffle(seed=_seed(config.seed, 0)).repeat()
@@ -163,12 +163,10 @@ class _LocalBatch:
   global batch b."""
 
   def __init__(self, stream: TrainStream, global_batch: int, local_batch: int, process_index: int):
-    self.stream, self.global_batch, self.local_batch, self.process_index = (
-      stream,
-      global_batch,
-      local_batch,
-      process_index,
-    )
+    self.stream = stream
+    self.global_batch = global_batch
+    self.local_batch = local_batch
+    self.process_index = process_index
 
   def __call__(self, b: int) -> dict[str, np.ndarray]:
     first = b * self.global_batch + self.process_index * self.local_batch
@@ -232,17 +230,13 @@ class _EvalBatch:
   def __init__(
     self, records, config, process_index: int, process_count: int, count: int, local_batch: int
   ):
-    self.records, self.process_index, self.process_count, self.count = (
-      records,
-      process_index,
-      process_count,
-      count,
-    )
-    self.size, self.fraction, self.mode = (
-      config.image_size,
-      config.pp.eval_crop_fraction,
-      config.pp.eval_resize,
-    )
+    self.records = records
+    self.process_index = process_index
+    self.process_count = process_count
+    self.count = count
+    self.size = config.image_size
+    self.fraction = config.pp.eval_crop_fraction
+    self.mode = config.pp.eval_resize
     self.local_batch = local_batch
 
   def __call__(self, b: int) -> dict[str, np.ndarray]:
@@ -250,7 +244,8 @@ class _EvalBatch:
     indices = [self.process_index + k * self.process_count for k in ks]
     records = splits.read_many(self.records, indices)
     images = np.zeros((self.local_batch, self.size, self.size, 3), np.uint8)
-    labels, mask = np.zeros(self.local_batch, np.int32), np.zeros(self.local_batch, np.float32)
+    labels = np.zeros(self.local_batch, np.int32)
+    mask = np.zeros(self.local_batch, np.float32)
     index = np.full(self.local_batch, -1, np.int32)
     for j, record in enumerate(records):
       images[j] = preprocess.eval_image(
@@ -298,7 +293,8 @@ def device_batches(
   or of config.eval_split (config.eval_batch_size, once, padded), on `mesh_sharding`: this process
   reads its share (module doc) and the next config.prefetch batches wait on device. The one way
   training and every evaluator get batches. `captions` and `image_table`: see `train_dataset`."""
-  processes, index = jax.process_count(), jax.process_index()
+  processes = jax.process_count()
+  index = jax.process_index()
   if train:
     ds = train_dataset(
       config,

@@ -132,7 +132,8 @@ def sample_inception_box(
   """(top, left, box height, box width) of an Inception crop (see module doc); the whole image after
   `attempts`."""
   area = height * width
-  log_low, log_high = math.log(aspect_range[0]), math.log(aspect_range[1])
+  log_low = math.log(aspect_range[0])
+  log_high = math.log(aspect_range[1])
   for _ in range(attempts):
     target = area * rng.uniform(min_area, 1.0)
     aspect = math.exp(rng.uniform(log_low, log_high))
@@ -179,7 +180,8 @@ def decode_inception_crop(
     (math.ceil(height * size / h), math.ceil(width * size / w)) if is_jpeg(data) else (0, 0)
   )
   image = decode(data, min_size=(min(min_size[0], height), min(min_size[1], width)))
-  sy, sx = image.shape[0] / height, image.shape[1] / width
+  sy = image.shape[0] / height
+  sx = image.shape[1] / width
   box = (top * sy, left * sx, h * sy, w * sx)
   return resize(image, size, box=box)
 
@@ -215,7 +217,8 @@ def central_crop(image: np.ndarray, size: int, fraction: float, mode: str = 'squ
     image = resize(
       image, (max(size, int(round(h * scale))), max(size, int(round(w * scale)))), antialias=True
     )
-  top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+  top = (image.shape[0] - size) // 2
+  left = (image.shape[1] - size) // 2
   return image[top : top + size, left : left + size]
 
 

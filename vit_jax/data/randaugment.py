@@ -72,7 +72,8 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 
 
 def autocontrast(image: np.ndarray) -> np.ndarray:
-  lo, hi = image.min(axis=(0, 1)).astype(np.float32), image.max(axis=(0, 1)).astype(np.float32)
+  lo = image.min(axis=(0, 1)).astype(np.float32)
+  hi = image.max(axis=(0, 1)).astype(np.float32)
   scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1), 1.0)
   offset = np.where(hi > lo, -lo * scale, 0.0)
   return np.clip(image * scale + offset, 0, 255).astype(np.uint8)

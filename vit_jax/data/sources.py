@@ -52,7 +52,8 @@ class _TfdsRecords:
   record's captions, a tuple of str, and 'label' 0 when the dataset has none."""
 
   def __init__(self, source, text_feature: str = ''):
-    self._source, self._text_feature = source, text_feature
+    self._source = source
+    self._text_feature = text_feature
 
   def __len__(self):
     return len(self._source)
@@ -84,7 +85,8 @@ def _reachable(address=DOWNLOAD_PROBE, timeout: float = 3.0) -> bool:
 
 
 def _not_prepared_message(builder, config, reason: str) -> str:
-  name, data_dir = builder.name, config.tfds_data_dir or builder.data_dir_root
+  name = builder.name
+  data_dir = config.tfds_data_dir or builder.data_dir_root
   lines = [f'TFDS dataset {name!r} is not prepared in data_dir={data_dir} and {reason}.']
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     manual = config.tfds_manual_dir or '<config.tfds_manual_dir>'

@@ -45,7 +45,9 @@ class _Decoded:
   (and 'text')."""
 
   def __init__(self, images, labels, texts=None):
-    self._images, self._labels, self._texts = images, labels, texts
+    self._images = images
+    self._labels = labels
+    self._texts = texts
 
   def __len__(self):
     return len(self._labels)

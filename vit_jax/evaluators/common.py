@@ -43,7 +43,8 @@ def make_eval_step(logits_fn: Callable, *, loss: str = 'softmax') -> Callable:
 
   def eval_step(params, batch, totals):
     logits = logits_fn(params, preprocess.to_float(batch['image']))
-    labels, mask = batch['label'], batch['mask']
+    labels = batch['label']
+    mask = batch['mask']
     num_classes = logits.shape[-1]
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)

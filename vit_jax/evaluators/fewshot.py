@@ -47,7 +47,8 @@ class FewShotEvaluator:
     self._encode = jax.jit(encode, out_shardings=sharding.replicated(mesh))
 
   def _features(self, params, config):
-    xs, ys = [], []
+    xs = []
+    ys = []
     for batch in input_pipeline.device_batches(config, self._batch_shard, train=False):
       x, y, mask = jax.device_get(self._encode(params, batch))
       keep = mask > 0

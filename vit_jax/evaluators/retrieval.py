@@ -23,7 +23,8 @@ class RetrievalEvaluator:
   def __init__(self, *, config, model, mesh, split: str = ''):
     config = common.one_split(config, split)
     self._config = config
-    self._batch_shard, self._replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    self._batch_shard = sharding.batch_sharding(mesh)
+    self._replicated = sharding.replicated(mesh)
     records = input_pipeline.open_split(config, config.eval_split).records
     texts = captions.record_texts(config, records)
     self._image_of_text = np.array([i for i, image_texts in enumerate(texts) for _ in image_texts])

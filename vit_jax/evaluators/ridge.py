@@ -32,7 +32,8 @@ def fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float) -> dict:
     raise ValueError(f'fit needs features [N, D] and N labels, got {x.shape} and {y.shape}.')
   if l2 <= 0:
     raise ValueError(f'l2 must be positive, got {l2}.')
-  mean, std = x.mean(axis=0, keepdims=True), x.std(axis=0, keepdims=True) + EPS
+  mean = x.mean(axis=0, keepdims=True)
+  std = x.std(axis=0, keepdims=True) + EPS
   xs = _standardise(x, mean, std)
   targets = 2.0 * np.eye(num_classes)[y] - 1.0
   if len(xs) >= xs.shape[1]:  # Primal: (x^T x + l2 I)^-1 x^T t.

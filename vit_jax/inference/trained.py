@@ -79,7 +79,8 @@ def load_run(workdir: str) -> Trained:
   if task.zero_shot:
     raise workdir_lib.WorkdirError(task.no_class_head(workdir))
   npz_path = workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
-  step, has_npz = workdir_lib.latest_step(workdir), io.exists(npz_path)
+  step = workdir_lib.latest_step(workdir)
+  has_npz = io.exists(npz_path)
   if step is None and not has_npz:
     raise workdir_lib.WorkdirError(
       f'{workdir} holds neither a checkpoint ({workdir_lib.CHECKPOINTS_DIR}/<step>) nor '
@@ -123,10 +124,8 @@ def checkpoint_image_size(params: dict, model_config) -> int:
   an MLP-Mixer's token-mixing MLP (its first kernel is (tokens, tokens_mlp_dim)); side =
   sqrt(tokens) x the patch size."""
   if models.is_mixer(model_config):
-    n, what = (
-      params['MixerBlock_0']['token_mixing']['Dense_0']['kernel'].shape[0],
-      'tokens (token-mixing MLP)',
-    )
+    n = params['MixerBlock_0']['token_mixing']['Dense_0']['kernel'].shape[0]
+    what = 'tokens (token-mixing MLP)'
   else:
     n = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - int(
       models.has_class_token(model_config['classifier'])
@@ -241,19 +240,23 @@ def expand_inputs(patterns: Sequence[str]) -> tuple[list[str], list[tuple[str, s
   """(image files, [(argument, why it gave none)]) from files, folders (searched recursively for
   io.IMAGE_EXTENSIONS) and globs, local or gs://. An argument that cannot be read at all (an
   unsupported URL, an unreachable bucket) is one of the second list; the others still count."""
-  files, missing = [], []
+  files = []
+  missing = []
   for pattern in patterns:
     try:
       if io.isdir(pattern):
         found = io.image_files(pattern)
         why = f'the folder holds no {"/".join(io.IMAGE_EXTENSIONS)} file'
       elif any(c in pattern for c in '*?['):
-        found, why = [p for p in io.glob(pattern) if not io.isdir(p)], 'no file matches'
+        found = [p for p in io.glob(pattern) if not io.isdir(p)]
+        why = 'no file matches'
       else:
-        found, why = ([pattern] if io.exists(pattern) else []), 'no such file'
+        found = [pattern] if io.exists(pattern) else []
+        why = 'no such file'
     # (reported for this argument; the others go on)
     except Exception as e:  # pylint: disable=broad-except
-      found, why = [], _why(e)
+      found = []
+      why = _why(e)
     if not found:
       missing.append((pattern, why))
     files += found

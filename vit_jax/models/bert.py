@@ -25,7 +25,10 @@ import jax.numpy as jnp
 from vit_jax.configs.presets import BERT_SIZES
 
 SIZES = BERT_SIZES  # flaxformer's BertBaseConfig and BertLargeConfig (vit_jax/configs/presets.py).
-VOCAB_SIZE, MAX_LENGTH, NUM_SEGMENTS, EPSILON = 30522, 512, 2, 1e-12
+VOCAB_SIZE = 30522
+MAX_LENGTH = 512
+NUM_SEGMENTS = 2
+EPSILON = 1e-12
 _INIT = nn.initializers.truncated_normal(stddev=0.02)
 
 

@@ -147,7 +147,9 @@ class MultiHeadDotProductAttention(nn.Module):
         name=name,
       )(y)
       kv = x if inputs_kv is None else inputs_kv
-      q, k, v = project('query', x), project('key', kv), project('value', kv)
+      q = project('query', x)
+      k = project('key', kv)
+      v = project('value', kv)
     # [b, tokens, heads, hd]
     q, k, v = (sharding.constrain(t, 'batch', None, 'model', None) for t in (q, k, v))
     # Attention maps: always by the plain formula.

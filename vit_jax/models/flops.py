@@ -98,7 +98,8 @@ def resnet_stem_flops(resnet_config, image_hw) -> tuple[float, tuple[int, int], 
       flops += _conv(out_hw, (1, 1), features, 4 * features)
       if channels != 4 * features or stride != 1:
         flops += _conv(out_hw, (1, 1), channels, 4 * features)
-      hw, channels = out_hw, 4 * features
+      hw = out_hw
+      channels = 4 * features
   return flops, hw, channels
 
 
@@ -151,7 +152,8 @@ def forward_flops(model_config, image_size, num_classes: int | None) -> float:
   if is_mixer(model_config):
     return mixer_forward_flops(model_config, image_size, num_classes)
   hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-  flops, channels = 0.0, 3
+  flops = 0.0
+  channels = 3
   if model_config['resnet'] is not None:
     flops, hw, channels = resnet_stem_flops(model_config.resnet, hw)
   ph, pw = model_config.patches.size
@@ -187,17 +189,13 @@ def text_forward_flops(model_config) -> float:
   tokens = model_config.pp.max_len
   if model_config.text_model == 'bert':
     size = BERT_SIZES[model_config.text.config]
-    width, mlp_dim, layers = (
-      size['hidden_size'],
-      size['intermediate_dim'],
-      size['num_hidden_layers'],
-    )
+    width = size['hidden_size']
+    mlp_dim = size['intermediate_dim']
+    layers = size['num_hidden_layers']
   else:
-    width, mlp_dim, layers = (
-      model_config.text.width,
-      model_config.text.mlp_dim,
-      model_config.text.num_layers,
-    )
+    width = model_config.text.width
+    mlp_dim = model_config.text.mlp_dim
+    layers = model_config.text.num_layers
   out = out_dims(model_config)[1]
   return layers * encoder_block_flops(tokens, width, mlp_dim) + (
     _dense(1, width, out) if out else 0.0

@@ -90,7 +90,8 @@ class LitModel(nn.Module):
     ./<model_name>.npz when it exists, else gs://vit_models/lit/<model_name>.npz (copied to
     ./<model_name>.npz first when `cache`)."""
     if path is None:
-      local, path = f'{self.model_name}.npz', f'{BASE_PATH}/{self.model_name}.npz'
+      local = f'{self.model_name}.npz'
+      path = f'{BASE_PATH}/{self.model_name}.npz'
       if not os.path.exists(local) and cache:
         print('Loading params from cloud:', path)
         io.write_bytes(local, io.read_bytes(path))

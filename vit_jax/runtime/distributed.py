@@ -15,7 +15,8 @@ def on_main(fn):
   Returns fn's result on process 0 and None elsewhere. (With one process: just `fn()`.)"""
   if jax.process_count() == 1:
     return fn()
-  result, error = None, None
+  result = None
+  error = None
   if jax.process_index() == 0:
     try:
       result = fn()

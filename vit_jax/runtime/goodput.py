@@ -82,7 +82,9 @@ class Clock:
     self.now = now
     self.start = process_start_time() if start is None else start
     self._lock = threading.Lock()
-    self._phase, self._since, self._step = 'startup', self.start, step
+    self._phase = 'startup'
+    self._since = self.start
+    self._step = step
     self.totals = dict.fromkeys(PHASES, 0.0)
     self.longest: dict[str, float] = {}  # phase -> its longest completed stay (s).
     self._mark: float | None = None  # When the next train step's time began; None outside TRAINING.
@@ -95,10 +97,12 @@ class Clock:
       raise ValueError(f'Unknown phase {phase!r}; the phases are {PHASES}.')
     now = self.now()
     with self._lock:
-      left, stay = self._phase, now - self._since
+      left = self._phase
+      stay = now - self._since
       self.totals[left] += stay
       self.longest[left] = max(self.longest.get(left, 0.0), stay)
-      self._phase, self._since = phase, now
+      self._phase = phase
+      self._since = now
       if step is not None:
         self._step = step
       if phase not in TRAINING:
@@ -156,8 +160,12 @@ class Recorder:
   one, rewritten by `write` (atomically; cheap: a few hundred bytes)."""
 
   def __init__(self, workdir: str, clock: Clock, *, resumed_from: int, enabled: bool = True):
-    self.workdir, self.clock, self.first_step, self.enabled = workdir, clock, resumed_from, enabled
-    self.last_step, self.ended = resumed_from, 'running'
+    self.workdir = workdir
+    self.clock = clock
+    self.first_step = resumed_from
+    self.enabled = enabled
+    self.last_step = resumed_from
+    self.ended = 'running'
     self.previous = settle(read(workdir), resumed_from) if enabled else []
 
   def write(self, step: int | None = None, ended: str | None = None) -> None:

@@ -74,7 +74,8 @@ class Lock:
 
   def __init__(self, workdir: str, *, enabled: bool = True):
     self.path = workdir_lib.path(workdir, workdir_lib.LOCK_FILE)
-    self.workdir, self.enabled = workdir, enabled
+    self.workdir = workdir
+    self.enabled = enabled
     self.token = uuid.uuid4().hex
     self._stop = threading.Event()
     self._thread = None

@@ -91,13 +91,18 @@ class Watchdog:
     poll_s: float = 1.0,
     exit_fn=_exit,
   ):
-    self.clock, self.settings, self.poll_s, self.exit_fn = clock, settings, poll_s, exit_fn
-    self.index, self.count = process_index, process_count
+    self.clock = clock
+    self.settings = settings
+    self.poll_s = poll_s
+    self.exit_fn = exit_fn
+    self.index = process_index
+    self.count = process_count
     self.client = client if process_count > 1 else None
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name='vit_jax-watchdog', daemon=True)
     self._rpc = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='vit_jax-watchdog-rpc')
-    self._beats, self._next_beat = 0, 0.0
+    self._beats = 0
+    self._next_beat = 0.0
     # process -> (its last heartbeat value, when it changed)
     self._heard: dict[int, tuple[str, float]] = {}
 
@@ -148,7 +153,8 @@ class Watchdog:
     phase, since, step = self.clock.current()
     if phase not in WATCHED:
       return
-    limit, stayed = bound(self.settings, phase, self.clock.longest), time.time() - since
+    limit = bound(self.settings, phase, self.clock.longest)
+    stayed = time.time() - since
     if stayed > limit:
       sys.stderr.write(
         f'vit_jax.main: process {self.index} made no progress '
@@ -225,10 +231,8 @@ class Watchdog:
       # Named with it: the others quiet for half as long, which went at about the same time (a
       # process killed, and its neighbour that a failed collective aborted 0.04 s later, cross the
       # timeout a beat apart).
-      names, ages = (
-        ', '.join(map(str, sorted(quiet))),
-        ', '.join(f'{quiet[p]:.0f}' for p in sorted(quiet)),
-      )
+      names = ', '.join(map(str, sorted(quiet)))
+      ages = ', '.join(f'{quiet[p]:.0f}' for p in sorted(quiet))
       cause = (
         f'process{"es" if len(quiet) > 1 else ""} {names} of {self.count} stopped responding (no '
         f'heartbeat for {ages} s: dead, stopped or its host unreachable)'

@@ -264,7 +264,8 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
   for key in sorted(set(old) | set(new)):
     if any(key == f or key.startswith(f + '.') for f in RESUMABLE_FIELDS):
       continue
-    a, b = old.get(key, missing), new.get(key, missing)
+    a = old.get(key, missing)
+    b = new.get(key, missing)
     if a is missing and key in defaults and b == defaults[key]:
       continue
     # A field the code no longer has (e.g. input_shards).
@@ -299,7 +300,8 @@ def changed_message(workdir: str, changes) -> str:
 
 
 def _keep_old(config_path: str) -> str:
-  stem, n = config_path[: -len('.json')], 1
+  stem = config_path[: -len('.json')]
+  n = 1
   while io.exists(f'{stem}.{n}.json'):
     n += 1
   io.rename(config_path, f'{stem}.{n}.json')
@@ -357,7 +359,8 @@ def reached_target(workdir: str, config, *, num_train: int | None = None) -> boo
   dataset.json's."""
   if num_train is None:
     num_train = (read_json(workdir, DATASET_FILE) or {}).get('num_train')
-  target, latest = target_step(config, num_train), latest_step(workdir)
+  target = target_step(config, num_train)
+  latest = latest_step(workdir)
   return target is not None and latest is not None and latest >= target
 
 

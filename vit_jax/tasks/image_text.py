@@ -45,7 +45,9 @@ class ImageText:
   def problems(self, config) -> list[str]:
     """The rules of image-text training (config.lit, and what a contrastive loss rules out); the
     model's own fields are vit_jax/configs/check.py's."""
-    model, lit, problems = config.model, config.lit, []
+    model = config.model
+    lit = config.lit
+    problems = []
     if config.accum_steps != 1:
       problems.append(
         f'config.accum_steps={config.accum_steps}: the contrastive loss compares every image with '
@@ -173,7 +175,8 @@ class ImageText:
     backward), else 3 x, and not at all when its embeddings are precomputed; the similarities
     (B x B per batch) are not counted."""
     del num_classes
-    model, lit = config.model, config.lit
+    model = config.model
+    lit = config.lit
     image = flops.forward_flops(model.image, config.image_size, flops.out_dims(model)[0])
     scale = 0.0 if lit.precompute_image else 1.0 if lit.locked_image else 3.0
     return scale * image + 3.0 * flops.text_forward_flops(model)
@@ -197,7 +200,8 @@ class ImageText:
 
   def example_batch(self, config, batch_size: int, rng, num_classes: int) -> dict:
     """Images in [-1, 1], labels and random tokens of the text tower's vocabulary."""
-    size, max_len = config.image_size, config.model.pp.max_len
+    size = config.image_size
+    max_len = config.model.pp.max_len
     vocab_size = config.model.text.get('vocab_size', models.bert.VOCAB_SIZE)
     return {
       'image': rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),

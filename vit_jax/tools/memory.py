@@ -140,7 +140,8 @@ def _setup(
 
 def _device_bytes(tree, shardings) -> int:
   """Bytes one device holds of `tree` (abstract arrays) laid out by `shardings` (same structure)."""
-  leaves, shards = jax.tree.leaves(tree), jax.tree.leaves(shardings)
+  leaves = jax.tree.leaves(tree)
+  shards = jax.tree.leaves(shardings)
   assert len(leaves) == len(shards), (len(leaves), len(shards))
   return sum(
     math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize for x, s in zip(leaves, shards)
@@ -152,12 +153,11 @@ def mixer_activation_bytes(
 ) -> int:
   """The MLP-Mixer estimate of the module docstring, for a per-device batch `batch`."""
   rows, cols = models.token_grid(model_config, image_size)
-  tokens, c = rows * cols, model_config['hidden_dim']
-  dt, dc, layers = (
-    model_config['tokens_mlp_dim'],
-    model_config['channels_mlp_dim'],
-    model_config['num_blocks'],
-  )
+  tokens = rows * cols
+  c = model_config['hidden_dim']
+  dt = model_config['tokens_mlp_dim']
+  dc = model_config['channels_mlp_dim']
+  layers = model_config['num_blocks']
   s = np.dtype(DTYPES[dtype]).itemsize
   hidden = (c * dt + tokens * dc) // tp  # The two MLPs' hidden units on one device.
   block = batch * s * (4 * tokens * c + 2 * hidden)
@@ -180,8 +180,11 @@ def activation_bytes(
     return mixer_activation_bytes(model_config, image_size, batch, tp, dtype, remat)
   rows, cols = models.token_grid(model_config, image_size)
   tokens = rows * cols + (1 if model_config.classifier.startswith('token') else 0)
-  d, tr = model_config.hidden_size, model_config.transformer
-  m, h, layers = tr.mlp_dim, tr.num_heads, tr.num_layers
+  d = model_config.hidden_size
+  tr = model_config.transformer
+  m = tr.mlp_dim
+  h = tr.num_heads
+  layers = tr.num_layers
   s = np.dtype(DTYPES[dtype]).itemsize
   # float32 softmax output, plus its compute-dtype copy when that is narrower.
   p = 4 + s if s < 4 else 4
@@ -220,12 +223,11 @@ def plan(
   setup = _setup(
     model_name, image_size, num_classes, dtype, optimizer, mesh, strategy, fsdp_min_size
   )
-  model_config, params, opt_state = (
-    setup.config.model,
-    setup.abstract['params'],
-    setup.abstract['opt_state'],
-  )
-  param_shardings, opt_shardings = setup.shardings['params'], setup.shardings['opt_state']
+  model_config = setup.config.model
+  params = setup.abstract['params']
+  opt_state = setup.abstract['opt_state']
+  param_shardings = setup.shardings['params']
+  opt_shardings = setup.shardings['opt_state']
   shards = sharding.batch_size_per_step(mesh)
   if batch <= 0 or batch % shards:
     raise ValueError(

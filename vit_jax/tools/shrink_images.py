@@ -62,7 +62,8 @@ def _tfds_items(name: str, data_dir: str | None, splits: list[str]):
   from vit_jax.data import sources  # noqa: PLC0415
 
   config = common.get_config()
-  config.dataset, config.tfds_data_dir = name, data_dir
+  config.dataset = name
+  config.tfds_data_dir = data_dir
   for split in splits:
     opened = sources.open_split(config, split, download=False)
     names = opened.class_names

@@ -71,14 +71,14 @@ class Loop:
   the writers and the clock."""
 
   def __init__(self, setup, checkpoints, workdir: str, watch, train_state, evals, clock):
-    self.setup, self.config, self.checkpoints, self.watch, self.evals = (
-      setup,
-      setup.config,
-      checkpoints,
-      watch,
-      evals,
-    )
-    self.state, self.clock, self.workdir = train_state, clock, workdir
+    self.setup = setup
+    self.config = setup.config
+    self.checkpoints = checkpoints
+    self.watch = watch
+    self.evals = evals
+    self.state = train_state
+    self.clock = clock
+    self.workdir = workdir
     self.start = int(jax.device_get(train_state['step']))
     self.zero_window = jax.jit(train_step_lib.zero_window, out_shardings=setup.shardings['window'])
     # Logged at this step (by older versions: not reset).
@@ -137,7 +137,8 @@ class Loop:
   def train(self) -> dict[str, float]:
     """The steps (module doc); returns the last evaluation's metrics, or {'preempted_at_step':
     step}. It ends in phase checkpoint, with the writers closed."""
-    config, result = self.config, {}
+    config = self.config
+    result = {}
     batches = input_pipeline.device_batches(
       config,
       self.setup.batch_sharding,

@@ -34,11 +34,14 @@ class EventsFile:
     from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
 
     self._event_pb2 = event_pb2
-    self.workdir, self.remote_every_s = workdir, remote_every_s
+    self.workdir = workdir
+    self.remote_every_s = remote_every_s
     self._name = (
       f'{workdir_lib.EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}'
     )
-    self._remote, self._part, self._flushed = io.is_remote(workdir), 0, time.monotonic()
+    self._remote = io.is_remote(workdir)
+    self._part = 0
+    self._flushed = time.monotonic()
     self._pending = []
     self._append(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
 
@@ -93,7 +96,8 @@ class Writer:
   TensorBoard; on processes other than the main one (or when disabled) it writes nothing."""
 
   def __init__(self, workdir: str, enabled: bool, events_every_s: float = 60.0):
-    self.workdir, self.enabled = workdir, enabled
+    self.workdir = workdir
+    self.enabled = enabled
     self._events = EventsFile(workdir, events_every_s) if enabled else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -120,7 +124,9 @@ class Speed:
   """
 
   def __init__(self, train_flops: float, num_devices: int, peak_tflops: float | None):
-    self.train_flops, self.num_devices, self.peak_tflops = train_flops, num_devices, peak_tflops
+    self.train_flops = train_flops
+    self.num_devices = num_devices
+    self.peak_tflops = peak_tflops
 
   def scalars(self, img_per_sec: float) -> dict[str, float]:
     per_device = img_per_sec / self.num_devices
@@ -160,7 +166,9 @@ class Progress:
   """
 
   def __init__(self, total_steps: int, start_step: int, enabled: bool, clock):
-    self._total, self._start, self._clock = total_steps, start_step, clock
+    self._total = total_steps
+    self._start = start_step
+    self._clock = clock
     self._bar = None
     self._enabled = enabled
     self._handlers = []

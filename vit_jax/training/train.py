@@ -138,7 +138,8 @@ def _complete(setup, checkpoints, workdir: str, reevaluate: bool) -> dict[str, f
   """A run at its target step: its last evaluation, or with `reevaluate` a new one of its
   checkpoint. Nothing is written, except a params.npz that a run stopped before writing (so that the
   run is complete: vit_jax/runtime/workdir.py)."""
-  latest, config = checkpoints.latest_step(), setup.config
+  latest = checkpoints.latest_step()
+  config = setup.config
   params_missing = config.export_npz and not io.exists(
     workdir_lib.path(workdir, workdir_lib.PARAMS_FILE)
   )

@@ -75,6 +75,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     from sklearn import datasets  # noqa: PLC0415
 
     digits = datasets.load_digits()
-    images, labels = to_uint8(digits.images), digits.target
+    images = to_uint8(digits.images)
+    labels = digits.target
     for i in indices:
       yield int(i), {'image': images[i], 'label': int(labels[i])}
