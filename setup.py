@@ -19,7 +19,7 @@ setuptools.setup(
     # tensorflow-datasets needs it to prepare datasets but does not declare it.
     'importlib_resources>=6',
     # The last three minor releases (README: Supported versions); on Python 3.11, 0.10.
-    'jax>=0.10.0,<0.13',
+    'jax>=0.10.0,!=0.12.1,<0.13',  # 0.12.1 hangs a resumed multi-process CPU run (README).
     'matplotlib>=3.8,<4',  # vit_jax.visualize and launch.sweep results: figures.
     'ml-collections>=1.0,<2',
     'numpy>=2.0,<3',
@@ -46,9 +46,9 @@ setuptools.setup(
   extras_require={
     # ruff: pinned, so its format is stable.
     'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4', 'ruff==0.17.6'],
-    'tpu': ['jax[tpu]>=0.10.0,<0.13'],  # Cloud TPU VMs (libtpu).
+    'tpu': ['jax[tpu]>=0.10.0,!=0.12.1,<0.13'],  # Cloud TPU VMs (libtpu).
     # NVIDIA GPUs: CUDA 13 wheels, what JAX's install guide leads with.
-    'cuda': ['jax[cuda13]>=0.10.0,<0.13'],
-    'cuda12': ['jax[cuda12]>=0.10.0,<0.13'],  # NVIDIA GPUs whose driver is too old for CUDA 13.
+    'cuda': ['jax[cuda13]>=0.10.0,!=0.12.1,<0.13'],
+    'cuda12': ['jax[cuda12]>=0.10.0,!=0.12.1,<0.13'],  # NVIDIA GPUs whose driver is too old for CUDA 13.
   },
 )
