@@ -49,6 +49,7 @@ setuptools.setup(
     'tpu': ['jax[tpu]>=0.10.0,!=0.12.1,<0.13'],  # Cloud TPU VMs (libtpu).
     # NVIDIA GPUs: CUDA 13 wheels, what JAX's install guide leads with.
     'cuda': ['jax[cuda13]>=0.10.0,!=0.12.1,<0.13'],
-    'cuda12': ['jax[cuda12]>=0.10.0,!=0.12.1,<0.13'],  # NVIDIA GPUs whose driver is too old for CUDA 13.
+    # NVIDIA GPUs whose driver is too old for CUDA 13.
+    'cuda12': ['jax[cuda12]>=0.10.0,!=0.12.1,<0.13'],
   },
 )
