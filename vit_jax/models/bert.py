@@ -6,7 +6,8 @@ computes what vision_transformer's LiT model computes:
   embedder/embedders_{token_ids,position_ids,segment_ids}/embedding: summed, then
   layer_norm: epsilon 1e-12, then per layer i
   encoder_block/layer_sequence/layers_{i}/
-    attention_block/attention_layer/{query,key,value}/{kernel,bias}: kernels (hidden, heads x head_dim)
+    attention_block/attention_layer/{query,key,value}/{kernel,bias}: kernels
+      (hidden, heads x head_dim)
     attention_block/dense_layer/{kernel,bias}: (heads x head_dim, hidden)
     attention_block/layer_norm: post-LN, LN(x + attention(x))
     mlp_block/mlp/dense_layer, mlp_block/dense_layer, mlp_block/layer_norm: post-LN,
