@@ -21,6 +21,7 @@ sentencepiece 0.2.3, Python 3.13:
 import argparse
 import json
 import pathlib
+import re
 
 HERE = pathlib.Path(__file__).resolve().parent
 LONG = (
@@ -173,7 +174,10 @@ def main():
   args = parser.parse_args()
   if args.train:
     train_both()
-  pathlib.Path(args.out).write_text(json.dumps(fixture(), ensure_ascii=False, indent=1) + '\n')
+  text = json.dumps(fixture(), ensure_ascii=False, indent=1)
+  # One line per row of ids.
+  text = re.sub(r'\[[\d,\s]*\]', lambda m: json.dumps(json.loads(m.group(0))), text)
+  pathlib.Path(args.out).write_text(text + '\n')
 
 
 if __name__ == '__main__':
