@@ -16,7 +16,7 @@ POSEMBS = ('learn', 'sincos2d')
 ATTENTIONS = ('plain', 'xla', 'cudnn')
 REMAT_POLICIES = ('none', 'full', 'dots')
 TEXT_MODELS = ('bert', 'text_transformer')  # A LiT model's text towers (vit_jax/models/lit.py).
-TOKENIZERS = ('bert', 'sentencepiece')  # Their tokenizers (vit_jax/data/tokenizers.py).
+TOKENIZERS = ('bert', 'sentencepiece', 'siglip', 'siglip2')  # vit_jax/data/tokenizers.py's.
 
 # Training (state.py, optim.py, losses.py): `dtype` (compute) and `optimizer.accumulator_dtype` take
 # DTYPES.
