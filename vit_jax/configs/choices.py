@@ -25,6 +25,9 @@ NONFINITE_POLICIES = ('stop', 'skip')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 DECAY_TYPES = ('cosine', 'linear', 'constant', 'rsqrt')
 LOSSES = ('softmax', 'sigmoid')
+# How image-text training computes the sigmoid loss (config.lit.sigmoid_impl;
+# vit_jax/tasks/contrastive.py): 'auto' picks 'chunked' where the batch is split over > 1 device.
+SIGMOID_IMPLS = ('auto', 'chunked', 'dense')
 
 # Data (preprocess.py, sources.py).
 TRAIN_CROPS = ('inception', 'pad_crop', 'resize')
