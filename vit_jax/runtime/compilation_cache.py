@@ -19,7 +19,8 @@ a fresh compile, never a wrong program. On gs:// an object appears whole.
 
 A folder that cannot be used (read-only, a file in the way, no such bucket) is one warning here, and
 the process compiles without the cache; a disk that fills up later makes JAX warn for each entry it
-could not write. Neither stops the run.
+could not write (an entry cut short there stays a warning and a compile in later runs, until the
+folder is emptied). Neither stops the run.
 """
 
 import logging
