@@ -14,6 +14,8 @@ import dataclasses
 import re
 import shlex
 
+from launch import shell
+
 PROVISIONING = ('on-demand', 'spot', 'reserved')
 NODE_UP = ('READY',)
 NODE_WAIT = (
@@ -244,8 +246,10 @@ def run_script(main_args) -> str:
   """Starts `python -m vit_jax.main ARGS` detached on a worker: output appended to
   ~/vit_jax_run/worker.log, the process group's id in pid, its exit status in exit_code. SIGTERM to
   the group lets the trainer save and exit."""
+  cache = shlex.quote(shell.shared_cache_dir(shell.workdir_of(main_args)))
   inner = (
     f'trap true TERM; echo $$ > {RUN}/pid; export PYTHONUNBUFFERED=1; '
+    f'export {shell.CACHE_ENV}={cache}; '
     f'.venv/bin/python -m vit_jax.main {shlex.join(main_args)}; echo $? > {RUN}/exit_code'
   )
   # Started before we return.

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from typing import TextIO
 
+from vit_jax import io
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # The clone that holds launch/.
 
 
@@ -149,6 +151,18 @@ def workdir_of(main_args) -> str:
     '"--" (gs://BUCKET/PATH on Cloud TPU, a shared path on SLURM): a '
     'run resumes from its workdir and records its launch there.'
   )
+
+
+# Where a launched job's compilation cache goes (config.compilation_cache_dir's default reads this
+# variable): beside its workdir, shared by the job's hosts, its restarts and the runs beside it (a
+# sweep's). A launcher sets it unless the user's environment for the job gives it ('' turns it off).
+CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'
+CACHE_NAME = 'jax_cache'
+
+
+def shared_cache_dir(workdir: str) -> str:
+  """<the workdir's parent>/jax_cache: a launched job's compilation cache (CACHE_ENV)."""
+  return io.join(io.parent(workdir), CACHE_NAME)
 
 
 def split_args(argv) -> tuple[list[str], list[str]]:

@@ -86,8 +86,10 @@ def task_yaml(
   if tpu:
     version = runtime_version or gcloud.default_runtime(accelerators[len('tpu-') :])
     lines += ['  accelerator_args:', f'    runtime_version: {_scalar(version)}', '    tpu_vm: true']
-  if envs:
-    lines += ['envs:'] + [f'  {k}: {_scalar(v)}' for k, v in envs.items()]
+  # The compilation cache beside the workdir, shared by the hosts, the recoveries and the runs
+  # beside it.
+  envs = {shell.CACHE_ENV: shell.shared_cache_dir(shell.workdir_of(main_args)), **(envs or {})}
+  lines += ['envs:'] + [f'  {k}: {_scalar(v)}' for k, v in envs.items()]
   lines += [f'setup: {_block(setup)}'.rstrip('\n'), f'run: {_block(run)}'.rstrip('\n')]
   return '\n'.join(lines) + '\n'
 

@@ -145,7 +145,8 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
   if args.venv:
     lines.append(f'source {shlex.quote(os.path.join(args.venv, "bin", "activate"))}')
   lines.append('export PYTHONUNBUFFERED=1')
-  for name, value in shell.parse_env(args.env).items():
+  env = shell.parse_env(args.env)
+  for name, value in env.items():
     lines.append(f'export {name}={shlex.quote(value)}')
   if array:
     lines.append('case "$SLURM_ARRAY_TASK_ID" in')
@@ -155,6 +156,12 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
   else:
     workdir, main_args = jobs[0]
     lines += [f'WORKDIR={shlex.quote(workdir)}', f'ARGS=({shlex.join(main_args)})']
+  if shell.CACHE_ENV not in env:
+    lines += [
+      '# The compilation cache beside the workdir: shared by the tasks, the restarts and the runs '
+      'beside it.',
+      f'export {shell.CACHE_ENV}="$(dirname "$WORKDIR")/{shell.CACHE_NAME}"',
+    ]
   task_log = f'{log_dir}/{out_name}-%t.out'
   # This step's task logs, for the shell: SLURM's %x, %j, %A, %a as its variables, every task (%t).
   expanded = (

@@ -10,7 +10,9 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Many tests (and the processes they start, which inherit this) compile the same tiny train steps:
 # JAX's persistent cache, shared by the xdist workers of one run, compiles each once. Keyed by the
-# program and the XLA flags, so a hit is the same executable.
+# program and the XLA flags, so a hit is the same executable. config.compilation_cache_dir's default
+# reads the same variable (vit_jax/configs/common.py), so every vit_jax.main a test starts uses this
+# cache too, never the user's own (~/.cache/vit_jax/jax_cache).
 # The first process (xdist's controller): its workers inherit it.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_WE_MADE = tempfile.mkdtemp(

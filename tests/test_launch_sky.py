@@ -47,6 +47,12 @@ def test_gpu_task_spans_nodes_and_installs_the_cuda_extra(tmp_path):
     and not task['resources']['use_spot']
   )
   assert "'.[cuda]'" in task['setup'] and '--distributed' not in task['run']
+  # The compilation cache beside the workdir, unless --env gives one.
+  assert task['envs'] == {'JAX_COMPILATION_CACHE_DIR': 'gs://bucket/runs/jax_cache'}
+  given = yaml.safe_load(
+    sky.task_yaml(ARGS, accelerators='H100:8', envs={'JAX_COMPILATION_CACHE_DIR': ''})
+  )
+  assert given['envs'] == {'JAX_COMPILATION_CACHE_DIR': ''}
   assert sky.main(['--accelerators=tpu-v4-32', '--nodes=2', '--', *ARGS]) == 2
   assert sky.main(['--accelerators=H100:8', '--', '--config=c.py']) == 2  # No --workdir.
 

@@ -198,6 +198,7 @@ def _run_script_with_fake_srun(
   lost = ' '.join(str(i) for i in lost_line_on)
   (bin_dir / 'srun').write_text(f"""#!/bin/bash
 n=$(cat {calls} 2>/dev/null | wc -l); echo call >> {calls}
+echo "$JAX_COMPILATION_CACHE_DIR" > {tmp_path}/cache_dir
 codes=({codes}); for i in {lost}; do
   if [ "$i" = "$n" ]; then echo {shlex.quote(lost_line)} >> {logs}/job-7-1.out; fi
 done
@@ -242,3 +243,12 @@ def test_the_script_reruns_a_lost_or_hung_step_and_a_coordinator_abort_but_not_a
   assert (calls, code) == (1, 1)
   calls, code, err = _run_script_with_fake_srun(tmp_path / 'e', [75, 75, 75, 0])
   assert (calls, code) == (3, 75) and '2 restarts spent: giving up' in err
+
+
+def test_the_tasks_share_a_compilation_cache_beside_the_workdir_unless_env_gives_one(tmp_path):
+  _run_script_with_fake_srun(tmp_path, [0])
+  assert (tmp_path / 'cache_dir').read_text().strip() == f'{tmp_path}/jax_cache'
+  jobs = [('/w', ['--workdir=/w'])]
+  given = slurm.script(_args('--env=JAX_COMPILATION_CACHE_DIR=/c'), jobs, '/l')
+  assert 'export JAX_COMPILATION_CACHE_DIR=/c' in given.splitlines()
+  assert given.count('JAX_COMPILATION_CACHE_DIR') == 1

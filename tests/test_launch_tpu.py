@@ -559,3 +559,9 @@ def test_gcloud_command_lines_are_made_only_by_node_and_gcloud_modules():
     if p.name not in ('gcloud.py', 'node.py')
   }
   assert {name: hits for name, hits in found.items() if hits} == {}
+
+
+def test_the_workers_share_a_compilation_cache_beside_the_workdir():
+  assert 'export JAX_COMPILATION_CACHE_DIR=gs://bucket/runs/jax_cache; ' in gcloud.run_script(
+    RUN_ARGS
+  )

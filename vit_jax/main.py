@@ -130,11 +130,14 @@ def main(argv):
 def _train() -> int:
   import jax  # noqa: PLC0415
 
-  _maybe_initialize_distributed(jax)
-  from vit_jax.training import train  # noqa: PLC0415
+  from vit_jax.runtime import compilation_cache  # noqa: PLC0415
 
   logging.set_verbosity(logging.WARNING)  # Library chatter (Orbax, TFDS) only from warnings up.
   std_logging.getLogger('vit_jax').setLevel(std_logging.INFO)  # Our progress lines and notes.
+  compilation_cache.use(_CONFIG.value.compilation_cache_dir)  # Before the first compile.
+  _maybe_initialize_distributed(jax)
+  from vit_jax.training import train  # noqa: PLC0415
+
   workdir = _WORKDIR.value or _default_workdir(flags.FLAGS['config'].config_filename)
   std_logging.getLogger('vit_jax.main').info(
     'JAX %s: process %d of %d, %d local / %d global devices (%s). Workdir %s.',

@@ -229,6 +229,11 @@ def problems(config, *, devices: int | None = None, process_count: int = 1) -> l
       out.append(f'config.{name}={value!r} must be True or False.')
   _choice(out, 'remat_policy', config.remat_policy, choices.REMAT_POLICIES)
   _choice(out, 'attention', config.attention, choices.ATTENTIONS)
+  if not isinstance(config.compilation_cache_dir, str):
+    out.append(
+      f'config.compilation_cache_dir={config.compilation_cache_dir!r} must be a folder (local or '
+      "gs://), or '' for no compilation cache."
+    )
   return out
 
 

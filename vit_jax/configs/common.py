@@ -5,10 +5,22 @@ reads them (command lines, overrides, a run's stored config.json). Every field t
 code reads is listed here, so a locked config rejects typos on the command line.
 """
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
 from vit_jax.configs import presets
+
+
+def default_compilation_cache_dir(env=os.environ) -> str:
+  """config.compilation_cache_dir's default: $JAX_COMPILATION_CACHE_DIR when set (JAX's own variable;
+  the launchers and the test suite set it), else this user's cache folder,
+  $XDG_CACHE_HOME/vit_jax/jax_cache (~/.cache/vit_jax/jax_cache without XDG_CACHE_HOME)."""
+  if env.get('JAX_COMPILATION_CACHE_DIR') is not None:
+    return env['JAX_COMPILATION_CACHE_DIR']
+  cache_home = env.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(cache_home, 'vit_jax', 'jax_cache')
 
 
 def get_config():
@@ -213,6 +225,12 @@ def get_config():
   config.faults.hang_factor = 10
   config.faults.hang_first_s = 1800  # ... and its first time (it compiles) this long.
   config.faults.hang_timeout_s = 0  # > 0: this bound for every phase instead.
+  # JAX's persistent compilation cache (vit_jax/runtime/compilation_cache.py): every compiled
+  # program is kept in this folder (local or gs://) and read back by the next process that compiles
+  # it for the same devices and flags (a restart, a resumed run, a sweep's other runs), which then
+  # skips compiling. '' turns it off: do that for XLA_FLAGS=--xla_dump_to (a program read from the
+  # cache is not compiled, so not dumped). Default: default_compilation_cache_dir().
+  config.compilation_cache_dir = default_compilation_cache_dir()
   config.lock()  # Unknown fields are errors (see vit_jax/configs/check.py).
   config.evals.unlock()  # A config file names its entries (config.evals.<name> = dict(...)).
   return config

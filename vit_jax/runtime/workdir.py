@@ -95,6 +95,7 @@ RESUMABLE_FIELDS = (
   'fused_qkv',
   'faults',
   'profile_steps',
+  'compilation_cache_dir',
 )
 
 
