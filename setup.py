@@ -45,7 +45,15 @@ setuptools.setup(
   ],
   extras_require={
     # ruff: pinned, so its format is stable.
-    'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4', 'ruff==0.17.6'],
+    'test': [
+      'pytest>=8,<10',
+      'pytest-xdist>=3.5,<4',
+      'ruff==0.17.6',
+      # tests/test_notebooks.py: runs docs/notebooks/*.ipynb in a kernel of the test's Python.
+      'nbclient>=0.10,<1',
+      'nbformat>=5.10,<6',
+      'ipykernel>=6.29,<8',
+    ],
     'tpu': ['jax[tpu]>=0.10.0,!=0.12.1,<0.13'],  # Cloud TPU VMs (libtpu).
     # NVIDIA GPUs: CUDA 13 wheels, what JAX's install guide leads with.
     'cuda': ['jax[cuda13]>=0.10.0,!=0.12.1,<0.13'],
