@@ -18,8 +18,8 @@ setuptools.setup(
     'grain>=0.2.16,<0.3',  # Random-access input pipelines (index shuffle, worker processes).
     # tensorflow-datasets needs it to prepare datasets but does not declare it.
     'importlib_resources>=6',
-    # The last three minor releases (README: Supported versions); on Python 3.11, 0.10.
-    'jax>=0.10.0,!=0.12.1,<0.13',  # 0.12.1 hangs a resumed multi-process CPU run (README).
+    # The last three minor releases (docs/install.md: Supported versions); on Python 3.11, 0.10.
+    'jax>=0.10.0,!=0.12.1,<0.13',  # 0.12.1 hangs a resumed multi-process CPU run (docs/install.md).
     'matplotlib>=3.8,<4',  # vit_jax.visualize and launch.sweep results: figures.
     'ml-collections>=1.0,<2',
     'numpy>=2.0,<3',
