@@ -9,6 +9,7 @@ so.
 import glob
 import json
 import os
+import resource
 import sys
 import time
 
@@ -16,9 +17,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, 'docs', 'notebooks', '*.ipynb')))
-# Wall seconds per notebook on a shared 2-core CPU (each takes about a minute alone): a hung cell
-# fails rather than waits.
-TIMEOUT_S = 400
+# Wall seconds per cell (the longest trains for about a minute of CPU, and a shared 2-core machine
+# can take several times that): a hung cell fails rather than waits.
+TIMEOUT_S = 600
 
 
 def test_there_are_notebooks_and_git_keeps_them_without_outputs():
@@ -31,6 +32,11 @@ def test_there_are_notebooks_and_git_keeps_them_without_outputs():
     assert all(not c['outputs'] and c['execution_count'] is None for c in code), (
       f'{path} holds outputs: strip them (Kernel > Restart & Clear Output) before committing'
     )
+
+
+def _children_cpu_s() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 @pytest.fixture
@@ -56,13 +62,13 @@ def test_notebook_runs_offline_without_a_cell_error(
   import nbclient
   import nbformat
 
-  # The kernel inherits this environment: the checkout's vit_jax, the CPU, the digits prepared once
-  # for the whole test session (TFDS's default data dir, as a reader's ~/tensorflow_datasets), no
-  # figure windows.
+  # The kernel inherits this environment: the checkout's vit_jax, the CPU, and the digits prepared
+  # once for the whole test session (TFDS's default data dir, as a reader's ~/tensorflow_datasets).
+  # Figures go to the cells' outputs (the kernel's inline backend), as in Jupyter.
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)
-  monkeypatch.setenv('MPLBACKEND', 'Agg')
+  monkeypatch.delenv('MPLBACKEND', raising=False)
   work = tmp_path / 'work'
   work.mkdir()
   notebook = nbformat.read(path, as_version=4)
@@ -72,14 +78,15 @@ def test_notebook_runs_offline_without_a_cell_error(
     timeout=TIMEOUT_S,
     resources={'metadata': {'path': str(work)}},
   )
-  start = time.monotonic()
+  start, cpu = time.monotonic(), _children_cpu_s()
   try:
-    client.execute()
+    client.execute()  # Shuts the kernel down at the end (so its CPU time counts below).
   except nbclient.exceptions.CellExecutionError as e:
     pytest.fail(f'{os.path.basename(path)}: a cell failed:\n{str(e)[-4000:]}')
-  took = time.monotonic() - start
-  print(f'{os.path.basename(path)}: {took:.1f} s')
-  assert took < TIMEOUT_S
+  print(
+    f'{os.path.basename(path)}: {time.monotonic() - start:.1f} s wall, '
+    f'{_children_cpu_s() - cpu:.1f} s CPU (kernel)'
+  )
   outputs = [o for c in notebook.cells if c.cell_type == 'code' for o in c.outputs]
   assert any(o.get('data', {}).get('image/png') for o in outputs), 'no figure was drawn'
   # The runs it trained are where its cells say (relative to the notebook's directory).
