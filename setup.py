@@ -18,8 +18,8 @@ setuptools.setup(
     'grain>=0.2.16,<0.3',  # Random-access input pipelines (index shuffle, worker processes).
     # tensorflow-datasets needs it to prepare datasets but does not declare it.
     'importlib_resources>=6',
-    # The last three minor releases (README: Supported versions); on Python 3.11, 0.10.
-    'jax>=0.10.0,!=0.12.1,<0.13',  # 0.12.1 hangs a resumed multi-process CPU run (README).
+    # The last three minor releases (docs/install.md: Supported versions); on Python 3.11, 0.10.
+    'jax>=0.10.0,!=0.12.1,<0.13',  # 0.12.1 hangs a resumed multi-process CPU run (docs/install.md).
     'matplotlib>=3.8,<4',  # vit_jax.visualize and launch.sweep results: figures.
     'ml-collections>=1.0,<2',
     'numpy>=2.0,<3',
@@ -45,7 +45,15 @@ setuptools.setup(
   ],
   extras_require={
     # ruff: pinned, so its format is stable.
-    'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4', 'ruff==0.17.6'],
+    'test': [
+      'pytest>=8,<10',
+      'pytest-xdist>=3.5,<4',
+      'ruff==0.17.6',
+      # tests/test_notebooks.py: runs docs/notebooks/*.ipynb in a kernel of the test's Python.
+      'nbclient>=0.10,<1',
+      'nbformat>=5.10,<6',
+      'ipykernel>=6.29,<8',
+    ],
     'tpu': ['jax[tpu]>=0.10.0,!=0.12.1,<0.13'],  # Cloud TPU VMs (libtpu).
     # NVIDIA GPUs: CUDA 13 wheels, what JAX's install guide leads with.
     'cuda': ['jax[cuda13]>=0.10.0,!=0.12.1,<0.13'],

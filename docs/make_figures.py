@@ -1,4 +1,4 @@
-"""Regenerates the README's "After training" figures from real runs: python docs/make_figures.py.
+"""Regenerates the figures of docs/after_training.md from real runs: python docs/make_figures.py.
 
 1. Writes a small image folder, runs/shapes_data/{train,test}/{circle,square,triangle}/*.png: one
    filled shape of random size, position and colour on a noisy background of another colour, 32x32

@@ -1,13 +1,19 @@
-"""The README's commands, extracted from its ```bash blocks and run as written.
+"""The commands of the README and of every guide in docs/, extracted from their ```bash blocks (and
+the README's table of configs) and run as written; and their links, checked.
 
 `python -m vit_jax.main` commands get a tiny model and a few steps appended (later flags win), and
 local stand-ins for what they would download: TFDS datasets prepared from random examples
 (tiny.fake_tfds), checkpoints written for the config the command builds, the image folders and
 photos they name. Each vit_jax command is either run here or listed in COVERED_ELSEWHERE with the
-test that runs it; every one of them at least parses. A README command that breaks, or a new one
-that nothing runs, fails this file.
+test that runs it; every one of them at least parses. `python -m launch.*` commands drive clouds and
+clusters: each is listed in LAUNCH_COVERED with the test that runs it against a fake. A ```bash block
+that nothing here runs says so in an HTML comment right before it: `<!-- not run here: why -->`. A
+command that breaks, a new one that nothing runs, or a relative link to a missing file or section
+fails this file.
 """
 
+import ast
+import glob
 import os
 import re
 import shlex
@@ -21,6 +27,9 @@ import pytest
 import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README first: a command that several documents show runs once, as the first one has it.
+DOCS = ['README.md', *sorted(os.path.relpath(p, ROOT) for p in glob.glob(f'{ROOT}/docs/*.md'))]
+NOT_RUN = re.compile(r'<!-- not run here: (\S.*?) -->\s*$')
 
 # Appended to every training command: a tiny model at 32 px, two steps, evaluation and a checkpoint
 # at the end.
@@ -66,6 +75,8 @@ TINY_LIT = [a for a in TINY if not a.startswith(('--config.model.', '--config.im
 COVERED_ELSEWHERE = {
   'pip install -e . && python -m vit_jax.main': 'the default run: test_train.py '
   '(configs/default.py) and CI',
+  'configs/pretrain_i1k.py:ViT-S_16': 'test_recipes.py runs configs/pretrain_i1k.py:ViT-S_16 '
+  '(test_i1k_recipe_runs_with_both_splits_and_resumes_exactly)',
   'configs/<file>.py': 'a template, not a command',
   'configs/pretrain_i21k.py:ViT-B_16,epochs=90': 'test_recipes.py runs configs/pretrain_i21k.py',
   '--num_processes=2': 'test_multihost.py runs main.py as two processes on loopback',
@@ -73,6 +84,36 @@ COVERED_ELSEWHERE = {
   'release-layout Mixer-B_32 .npz (60M parameters)',
   'vit_jax.tools.shrink_images': 'test_shrink_images.py runs both forms: '
   'an image folder and a TFDS split',
+}
+
+# The same for commands that are exactly this (a fragment would match every command).
+COVERED_EXACTLY = {
+  'python -m vit_jax.main': 'the main job: test_train.py (configs/default.py) and CI'
+}
+
+# `python -m launch.*` commands (clouds, clusters, sweeps) -> the test that runs that launcher the
+# same way, against fakes of gcloud, gs://, SLURM and SkyPilot, or offline. Keyed by a fragment.
+LAUNCH_COVERED = {
+  'launch.tpu launch': 'test_launch_tpu.py, test_launch_code.py (a fake gcloud: create, set up, run, '
+  'supervise, preempt, delete)',
+  'launch.sweep --config=configs/vit.py:ViT-B_16,cifar10 --backend=tpu --tpu_mode=one_vm': (
+    'test_launch_tpu.py::test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node'
+  ),
+  'launch.sweep results gs://': 'test_launch_sweep.py::'
+  'test_results_of_a_gcs_sweep_are_read_and_written_through_vit_jax_io',
+  'launch.sweep --config=configs/default.py --sweep_dir=runs/lr_sweep': 'test_launch_sweep.py::'
+  'test_local_sweep_runs_two_at_a_time_then_results_then_a_rerun_skips (the same sweep, tiny)',
+  'launch.sweep results runs/lr_sweep': 'test_launch_sweep.py (results of the local sweep)',
+  'launch.slurm --nodes=2 --gpus_per_node=8': 'test_launch_slurm.py (the script; a 2-task job on a '
+  'local SLURM where there is one)',
+  'launch.sky --accelerators=H100:8 --nodes=2': 'test_launch_sky.py (the task file)',
+  'launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py': (
+    'test_launch_transfer.py::test_the_offline_suite_end_to_end_interrupted_and_resumed'
+  ),
+  '--suite=configs/transfer_paper.py': 'test_launch_transfer.py plans every run of the paper suite '
+  '(its datasets are not here to train on)',
+  '--suite=configs/transfer_vtab.py': 'test_launch_transfer.py plans every run of the VTAB suite '
+  '(its datasets are not here to train on)',
 }
 
 # What a README command reads from elsewhere -> the stand-in path in the test's directory.
@@ -84,21 +125,54 @@ DOWNLOADS = {
 }
 
 
-def readme_commands() -> list[str]:
-  """Every `python -m vit_jax.*` command line in the README's bash blocks, continuation lines
-  joined, comments cut."""
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
+def _read(name: str) -> str:
+  with open(os.path.join(ROOT, name)) as f:
+    return f.read()
+
+
+def _bash_blocks(text: str) -> list[tuple[str, str | None]]:
+  """(block, why it is not run here or None) of each ```bash block."""
+  return [
+    (m.group(1), (NOT_RUN.search(text[: m.start()]) or [None, None])[1])
+    for m in re.finditer(r'```bash\n(.*?)```', text, re.S)
+  ]
+
+
+def _commands_of(block: str) -> list[str]:
   commands = []
-  for block in re.findall(r'```bash\n(.*?)```', text, re.S):
-    for line in block.replace('\\\n', ' ').splitlines():
-      line = re.sub(r'\s+#.*$', '', line).strip()
-      if 'python -m vit_jax.' in line:
-        commands.append(' '.join(line.split()))
+  for line in block.replace('\\\n', ' ').splitlines():
+    line = re.sub(r'\s+#.*$', '', line).strip()
+    if 'python -m vit_jax.' in line or 'python -m launch.' in line:
+      commands.append(' '.join(line.split()))
   return commands
 
 
+def _config_table_commands(text: str) -> list[str]:
+  """The commands of the README's table of config files (a row per `configs/*.py`)."""
+  rows = [line for line in text.splitlines() if line.startswith('| `configs/')]
+  return [c for row in rows for c in re.findall(r'`(python -m (?:vit_jax|launch)\.[^`]*)`', row)]
+
+
+def doc_commands(*, not_run: bool = False) -> list[str]:
+  """Every `python -m vit_jax.*` and `python -m launch.*` command line in the bash blocks of DOCS
+  (continuation lines joined, comments cut) and in the README's table of configs, each once; with
+  `not_run`, those of the blocks marked as not run here instead."""
+  commands = _config_table_commands(_read('README.md')) if not not_run else []
+  for name in DOCS:
+    for block, why in _bash_blocks(_read(name)):
+      if bool(why) == not_run:
+        commands += _commands_of(block)
+  return list(dict.fromkeys(commands))
+
+
+def readme_commands() -> list[str]:
+  """The `python -m vit_jax.*` commands that run (here or in the test named for them)."""
+  return [c for c in doc_commands() if 'python -m vit_jax.' in c]
+
+
 def _covered(command: str) -> str | None:
+  if command in COVERED_EXACTLY:
+    return COVERED_EXACTLY[command]
   return next((why for key, why in COVERED_ELSEWHERE.items() if key in command), None)
 
 
@@ -223,7 +297,7 @@ def _shapes_runs(cwd, env) -> None:
   shutil.copytree(cwd / 'runs/shapes', cwd / 'runs/shapes_lr3e-3')
 
 
-SETUPS = {'runs/shapes': _shapes_runs}  # Runs a README command reads that no README command trains.
+SETUPS = {'runs/shapes': _shapes_runs}  # Runs a command reads that no documented command trains.
 
 
 def _reads(command: str) -> list[str]:
@@ -274,8 +348,73 @@ def test_every_vit_jax_command_is_run_here_or_elsewhere_and_parses():
       assert config.total_steps > 0 or config.total_epochs > 0
   for key in COVERED_ELSEWHERE:
     assert any(key in c for c in commands), (
-      f'COVERED_ELSEWHERE names {key!r}, which the README no longer has'
+      f'COVERED_ELSEWHERE names {key!r}, which no document has any more'
     )
+
+
+def test_every_launch_command_names_the_test_that_runs_it():
+  commands = [c for c in doc_commands() if 'python -m launch.' in c]
+  assert len(commands) >= 8, commands
+  for command in commands:
+    assert any(key in command for key in LAUNCH_COVERED), (
+      f'{command}: no test runs it (add it to LAUNCH_COVERED with the test, or mark its block '
+      '<!-- not run here: why -->)'
+    )
+  for key in LAUNCH_COVERED:
+    assert any(key in c for c in commands), f'LAUNCH_COVERED names {key!r}, which no document has'
+
+
+def test_every_bash_block_is_run_or_says_why_not():
+  for name in DOCS:
+    for block, why in _bash_blocks(_read(name)):
+      assert why or _commands_of(block), (
+        f'{name}: nothing runs this block; mark it <!-- not run here: why -->:\n{block}'
+      )
+
+
+def test_every_python_block_is_python():
+  blocks = [
+    (name, b) for name in DOCS for b in re.findall(r'```python\n(.*?)```', _read(name), re.S)
+  ]
+  assert len(blocks) >= 4
+  for name, block in blocks:
+    ast.parse(block, filename=name)  # A SyntaxError names the document and the line.
+
+
+def github_anchors(text: str) -> set[str]:
+  """The anchors GitHub gives the headings of a markdown text: lower case, punctuation dropped
+  (letters, digits, '_', '-' and spaces kept), spaces as '-', '-1', '-2', ... for repeats."""
+  text = re.sub(r'```.*?```', '', text, flags=re.S)  # (a '# comment' in a code block is no heading)
+  anchors, seen = set(), {}
+  for heading in re.findall(r'^#{1,6} +(.+?) *#* *$', text, re.M):
+    slug = re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+    anchors.add(slug if slug not in seen else f'{slug}-{seen[slug]}')
+    seen[slug] = seen.get(slug, 0) + 1
+  return anchors
+
+
+def test_github_anchors_follow_githubs_rules():
+  text = "# A b\n## SLURM: 2 nodes × 8 GPUs\n```\n# not a heading\n```\n## A b\n### `x.py` (it's)\n"
+  assert github_anchors(text) == {'a-b', 'slurm-2-nodes--8-gpus', 'a-b-1', 'xpy-its'}
+
+
+def test_no_relative_link_points_at_a_missing_file_or_section():
+  checked = 0
+  for name in DOCS:
+    text = _read(name)
+    prose = re.sub(r'```.*?```', '', text, flags=re.S)
+    for target in re.findall(r'\]\(([^)\s]+)\)', prose):
+      if re.match(r'[a-z]+:', target):  # http://, https://, mailto:
+        continue
+      path, _, anchor = target.partition('#')
+      full = os.path.normpath(os.path.join(ROOT, os.path.dirname(name), path)) if path else None
+      where = f'{name}: ({target})'
+      assert full is None or os.path.exists(full), f'{where}: no file {os.path.relpath(full, ROOT)}'
+      if anchor:
+        linked = _read(os.path.relpath(full, ROOT)) if full else text
+        assert anchor in github_anchors(linked), f'{where}: no section #{anchor}'
+      checked += 1
+  assert checked >= 40, checked
 
 
 @pytest.mark.parametrize('commands', _scenarios(), ids=lambda g: ' ; '.join(g)[:90])
@@ -319,12 +458,14 @@ def test_readme_command_runs_as_written(commands, tmp_path):
 
 
 def test_the_plain_orbax_snippet_restores_a_checkpoint_saved_on_other_devices(tmp_path, digits_dir):
-  # The README's way to read a run's checkpoint without this package: a run on 2 devices, read on 1,
-  # no warnings.
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    (snippet,) = [
-      b for b in re.findall(r'```python\n(.*?)```', f.read(), re.S) if 'ocp.CheckpointManager' in b
-    ]
+  # The documented way to read a run's checkpoint without this package (docs/runs.md): a run on 2
+  # devices, read on 1, no warnings.
+  (snippet,) = [
+    b
+    for name in DOCS
+    for b in re.findall(r'```python\n(.*?)```', _read(name), re.S)
+    if 'ocp.CheckpointManager' in b
+  ]
   workdir = tmp_path / 'runs' / 'default'
   done = tiny.run_main(tiny.tiny_main_args(workdir, digits_dir, steps=2), devices=2)
   assert done.returncode == 0, done.stderr[-3000:]
