@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vit_jax.configs import args as config_args
+from vit_jax.runtime import aborts
 
 # The offline demo config, inside the package so that an installed vit_jax (no clone) runs it too.
 PROG = 'vit_jax.main'  # How every error line of this command begins.
@@ -56,6 +57,13 @@ _DISTRIBUTED = flags.DEFINE_enum(
 )
 flags.DEFINE_bool(
   'verbose', False, 'Show the traceback of user errors too (they are one line without it).'
+)
+flags.DEFINE_bool(
+  'full_dumps',
+  False,
+  'In a multi-process run, show the C++ and Python stack dumps of a process that JAX or gloo '
+  'aborted after a lost peer, or that the watchdog found hung, on the console (by default one line '
+  'names the cause and the dumps go to WORKDIR/stacks.<process>.txt).',
 )
 
 
@@ -112,6 +120,53 @@ def _maybe_initialize_distributed(jax) -> None:
   )
   distributed.check_process_count(num_processes)
   distributed.check_same_config(_CONFIG.value)
+
+
+def _argv_value(argv, name: str) -> str | None:
+  """The last value of --name=VALUE or --name VALUE in argv, without absl (no flag is parsed in the
+  parent of a multi-process run: the child does that)."""
+  value = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _runs_as_parent(argv, env=os.environ) -> bool:
+  """Whether this `python -m vit_jax.main` runs the trainer as its child (vit_jax/runtime/aborts.py):
+  in a multi-process run (--coordinator_address, a detected cluster, --distributed=on), unless it is
+  that child."""
+  if env.get(aborts.CHILD_ENV) == '1':
+    return False
+  mode = _argv_value(argv, 'distributed') or 'auto'
+  return mode == 'on' or (
+    mode == 'auto'
+    and (
+      _argv_value(argv, 'coordinator_address') is not None
+      or skypilot_cluster(env) is not None
+      or _cluster_detected()
+    )
+  )
+
+
+def _run_as_parent(argv) -> int:
+  """The multi-process run's parent: its trainer runs as a child, whose aborts after a lost peer
+  become one line and exit status 75 (vit_jax/runtime/aborts.py)."""
+  sky = skypilot_cluster()
+  index, count = (_argv_value(argv, f) for f in ('process_id', 'num_processes'))
+  index, count = (int(v) if v and v.isdigit() else None for v in (index, count))
+  if index is None and sky:
+    count, index = sky[1:]
+  return aborts.run_child(
+    argv,
+    workdir=_argv_value(argv, 'workdir')
+    or _default_workdir(_argv_value(argv, 'config') or _DEFAULT_CONFIG),
+    index=index,
+    count=count,
+    full_dumps=any(a in ('--full_dumps', '--full_dumps=true') for a in argv[1:]),
+  )
 
 
 def _default_workdir(config_path: str) -> str:
@@ -228,4 +283,6 @@ def _usage_error(argv, lines) -> None:  # pylint: disable=unused-argument
 
 
 if __name__ == '__main__':
+  if _runs_as_parent(sys.argv):
+    sys.exit(_run_as_parent(sys.argv))
   app.run(main, flags_parser=parse_flags)

@@ -35,6 +35,7 @@ import time
 import traceback
 
 from vit_jax import errors
+from vit_jax.runtime import aborts
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,9 @@ class Watchdog:
     limit = bound(self.settings, phase, self.clock.longest)
     stayed = time.time() - since
     if stayed > limit:
+      # (kept off the console by the relay of a multi-process run: vit_jax/runtime/aborts.py)
       sys.stderr.write(
-        f'vit_jax.main: process {self.index} made no progress '
-        f'for {stayed:.0f} s; the stacks of its threads:\n'
+        aborts.HANG_HEADER.format(index=self.index, seconds=stayed) + ' its threads:\n'
       )
       _dump_stacks()
       self.exit_fn(
