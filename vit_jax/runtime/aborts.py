@@ -182,7 +182,9 @@ class Relay:
         for line in self.held:
           self._write(line)
       else:
-        self._write(f'({len(self.held)} lines of stack dumps in {where}: --full_dumps shows them)\n')
+        self._write(
+          f'({len(self.held)} lines of stack dumps in {where}: --full_dumps shows them)\n'
+        )
     if self.error is not None:
       self._write(self.error + '\n')
 

@@ -4,7 +4,8 @@ peer cannot go on.
 One daemon thread per training process checks, every second:
   * **progress** (every process): the phase clock (vit_jax/runtime/goodput.py) says which phase the
     process is in (compile, train, input, eval, checkpoint) and since when. A stay longer than the
-    phase's bound is a hang: every thread's stack goes to stderr (faulthandler), then one line
+    phase's bound is a hang: every thread's stack goes to stderr (faulthandler; in a multi-process
+    run vit_jax.main keeps it off the console: vit_jax/runtime/aborts.py), then one line
     naming the phase, the step and the bound, and the process exits with EXIT_HUNG. The bound of a
     phase is config.faults.hang_timeout_s when that is > 0; else, before the phase has completed
     once, config.faults.hang_first_s (a first stay compiles); after, max(hang_floor_s, hang_factor x
@@ -21,7 +22,8 @@ Both exit codes mean "restartable": the launchers (launch/local.py, launch/slurm
 launch/supervise.py) run the same command again on all processes and the run resumes from its last
 checkpoint (see README, "Faults at scale"). JAX's own heartbeat timeout
 (config.faults.heartbeat_timeout_s) is longer than peer_timeout_s, so the one line comes from here
-before JAX's coordination service aborts the processes with its stack dumps.
+before JAX's coordination service aborts the processes with its stack dumps. JAX's abort when the
+coordinator itself dies comes first: vit_jax/runtime/aborts.py turns it into the one line.
 """
 
 import concurrent.futures
