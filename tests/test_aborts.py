@@ -63,13 +63,13 @@ def test_jax_abort_after_the_coordinator_died_becomes_one_last_line_and_counts_a
   assert relay.lost
   assert lines == [
     'step 5/10',
-    '(3 lines of stack dumps in FILE: --full_dumps shows them)',
+    '(4 lines of stack dumps in FILE: --full_dumps shows them)',
     line,
   ]
-  assert ''.join(dumps) == stacks
+  assert ''.join(dumps) == f'{JAX_LINE}\n{stacks}'
   # With --full_dumps they stay on the console, before the line.
   relay, lines = _relayed(f'step 5/10\n{JAX_LINE}\n{stacks}', 3, 4, full_dumps=True)
-  assert lines == ['step 5/10', *stacks.splitlines(), line]
+  assert lines == ['step 5/10', JAX_LINE, *stacks.splitlines(), line]
 
 
 def test_the_process_is_named_by_the_trainers_first_line_where_no_flag_named_it():
@@ -98,7 +98,7 @@ def test_a_gloo_abort_beside_a_dead_peer_becomes_one_line_and_counts_as_lost():
     [],
   )
   assert relay.lost and lines[0] == 'step 5/10' and len(lines) == 3, lines
-  assert lines[1] == '(3 lines of stack dumps in FILE: --full_dumps shows them)'
+  assert lines[1] == '(5 lines of stack dumps in FILE: --full_dumps shows them)'
   assert lines[2] == (
     'vit_jax.main: error: process 3 of 4 lost a peer in a collective: gloo::EnforceNotMet '
     '[enforce fail at external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] '
@@ -108,11 +108,14 @@ def test_a_gloo_abort_beside_a_dead_peer_becomes_one_line_and_counts_as_lost():
   )
   # Without its what() line (the stream ended), the line still comes, and a later line is not taken
   # as its.
-  _, lines = _relayed("terminate called after throwing an instance of 'gloo::IoException'\n", 3, 4)
-  assert lines == [
-    'vit_jax.main: error: process 3 of 4 lost a peer '
-    f'in a collective: gloo::IoException (no message) {lines[0].split("(no message) ")[1]}'
-  ]
+  abort = "terminate called after throwing an instance of 'gloo::IoException'\n"
+  _, lines = _relayed(abort + 'Fatal Python error: Aborted\n', 3, 4, [])
+  assert lines[0] == '(2 lines of stack dumps in FILE: --full_dumps shows them)'
+  assert lines[1].startswith(
+    'vit_jax.main: error: process 3 of 4 lost a peer in a collective: gloo::IoException (no '
+    "message) (gloo does not say which process; the others' lines do)"
+  )
+  assert len(lines) == 2
 
 
 def test_jax_abort_that_lists_the_dead_tasks_on_the_next_lines_names_them():
@@ -130,28 +133,10 @@ def test_jax_abort_that_lists_the_dead_tasks_on_the_next_lines_names_them():
     [],
   )
   assert relay.lost and lines[0] == 'step 5/10'
-  assert lines[1] == '(2 lines of stack dumps in FILE: --full_dumps shows them)'
+  assert lines[1] == '(5 lines of stack dumps in FILE: --full_dumps shows them)'
   assert lines[2].startswith('vit_jax.main: error: process 1 of 4 lost process 2, 3: '), lines
   assert len(lines) == 3
   assert aborts.task_numbers('2\n') == [2] and aborts.task_numbers('step 2') is None
-
-
-def test_a_hung_processs_stack_dump_is_left_out_and_its_error_line_comes_last():
-  header = aborts.HANG_HEADER.format(index=1, seconds=130.4) + ' its threads:\n'
-  hung = 'vit_jax.main: error: process 1 of 4 hung: no progress for 130 s in train at step 7'
-  dumps = []
-  relay, lines = _relayed(
-    f'step 7/10\n{header}Thread 0x1 (most recent call first):\n  File "x.py"\n{hung}\n',
-    1,
-    4,
-    dumps,
-  )
-  assert not relay.lost
-  assert lines == ['step 7/10', '(3 lines of stack dumps in FILE: --full_dumps shows them)', hung]
-  assert dumps[0] == header
-  # Where the file cannot be written, they are shown.
-  _, lines = _relayed(f'{header}Thread 0x1\n{hung}\n', 1, 4)
-  assert lines == [header.rstrip('\n'), 'Thread 0x1', hung]
 
 
 def _child(tmp_path, code: str, **kw):

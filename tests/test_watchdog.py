@@ -376,3 +376,25 @@ def test_the_process_start_is_the_kernels_but_not_long_before_vit_jax_was_import
   assert goodput.process_start_time() == pytest.approx(
     vit_jax.IMPORTED_AT - goodput.STARTUP_SLACK_S
   )
+
+
+def test_a_hangs_stack_dump_goes_to_its_file_and_one_line_says_where(tmp_path, capsys):
+  calls = []
+  path = workdir_lib.stacks_path(str(tmp_path / 'w'), 1)
+  dog = watchdog.Watchdog(
+    _Clock('train', 25, 7, {'train': 1.0}),
+    _settings(),
+    process_index=1,
+    process_count=4,
+    exit_fn=_exit_recorder(calls),
+    dump_to=path,
+  )
+  with pytest.raises(_Exited):
+    dog.check_progress()
+  assert calls[0][0] == errors.EXIT_HUNG
+  assert capsys.readouterr().err == (
+    'vit_jax.main: process 1 made no progress for 25 s; the stacks of its threads are in '
+    f'{path} (--full_dumps shows them here).\n'
+  )
+  text = open(path, encoding='utf-8').read()
+  assert 'process 1 made no progress for 25 s' in text and 'test_a_hangs_stack_dump' in text

@@ -206,6 +206,7 @@ def _train() -> int:
     workdir,
     allow_config_change=_ALLOW_CONFIG_CHANGE.value,
     reevaluate=_REEVALUATE.value,
+    full_dumps=flags.FLAGS.full_dumps,
   )
   return 0
 

@@ -11,9 +11,9 @@ trainer as its child (`run_child`: the same interpreter and `-m vit_jax.main`, m
 the parent imports no JAX) and relays the child's stderr line by line (its stdout goes straight to
 ours). `Relay` reads the abort's first line (ABORT_SIGNS) and the lines that belong to it
 (`continues`), turns them into one line (`lost_peer_line`), and keeps the stack dumps after it out
-of the console: they go to the workdir (vit_jax/runtime/workdir.py, `stacks_path`), or stay on the
-console with `--full_dumps`. A watchdog's stack dump of a hung process (vit_jax/runtime/watchdog.py,
-HANG_HEADER) goes the same way. The child's exit status is the parent's (128 + N for a signal N),
+of the console: they go to the workdir (vit_jax/runtime/workdir.py, `stacks_path`, the file where
+the watchdog writes a hung process's stacks too: vit_jax/runtime/watchdog.py), or stay on the
+console with `--full_dumps`. The child's exit status is the parent's (128 + N for a signal N),
 except that an abort after a lost peer exits EXIT_LOST_PEER; the error line is the last line. The
 parent passes SIGTERM and SIGINT on to the child as SIGTERM (save and stop: a terminal's Ctrl-C
 reaches the child itself too, as they share a process group), and the child dies with its parent
@@ -45,9 +45,6 @@ JAX_FATAL = 'Terminating process because the JAX distributed service detected fa
 GLOO_ABORT = "terminate called after throwing an instance of 'gloo::"
 # A process's own last words when its job lost a peer under it.
 ABORT_SIGNS = (JAX_FATAL, GLOO_ABORT)
-# How the watchdog's stack dump of a hung process begins (its error line ends it).
-HANG_HEADER = 'vit_jax.main: process {index} made no progress for {seconds:.0f} s; the stacks of'
-_HANG = re.compile(r'^vit_jax\.main: process \d+ made no progress for \d+ s; the stacks of')
 _ERROR = 'vit_jax.main: error: '
 # The trainer's first line names its process (vit_jax/main.py): "JAX 0.x: process 3 of 4, ...".
 _IDENTITY = re.compile(r'\bJAX \S+: process (\d+) of (\d+),')
@@ -129,10 +126,9 @@ def lost_peer_line(index, count, line: str, below: tuple[str, ...] = ()) -> str 
 
 class Relay:
   """Writes the child's stderr lines to `out`, but for an abort after a lost peer (the module doc)
-  one line naming the cause, and for a watchdog's stack dump of a hung process nothing until its
-  error line: the lines left out (`held`) are the stack dumps, all of them shown instead with
-  `full_dumps`. The error line comes last (`finish`). `lost` tells whether the child was aborted
-  because a peer was lost."""
+  one line naming the cause: the lines left out (`held`) are the stack dumps, all of them shown
+  instead with `full_dumps` (the abort's own lines with them, word for word). The error line comes
+  last (`finish`). `lost` tells whether the child was aborted because a peer was lost."""
 
   def __init__(self, out, *, index=None, count=None, full_dumps: bool = False):
     self.out = out
@@ -144,12 +140,12 @@ class Relay:
     self.error: str | None = None  # The one line to show last.
     self._sign = None  # The line that began an abort message, and the lines of it after it.
     self._below: list[str] = []
-    self._dumping = False  # Inside a watchdog's stack dump.
 
   def feed(self, line: str) -> None:
     if self._sign is not None:
       if continues(self._sign, self._below, line):
         self._below.append(line)
+        self._hold(line)
         return
       self._close_abort()
     identity = _IDENTITY.search(line)
@@ -158,14 +154,9 @@ class Relay:
     if not self.lost and lost_peer_line(self.index, self.count, line):
       self.lost = True
       self._sign, self._below = line, []
+      self._hold(line)  # (kept with the dumps too, word for word)
       return
-    if self._dumping and line.startswith(_ERROR):
-      self._dumping = False
-      self.error = line.rstrip('\n')
-      return
-    if _HANG.match(line):
-      self._dumping = True
-    if self.lost or self._dumping:
+    if self.lost:
       self._hold(line)
     else:
       self._write(line)
@@ -183,7 +174,8 @@ class Relay:
           self._write(line)
       else:
         self._write(
-          f'({len(self.held)} lines of stack dumps in {where}: --full_dumps shows them)\n'
+          f'({len(self.held)} line{"s" * (len(self.held) > 1)} of stack dumps in {where}: '
+          '--full_dumps shows them)\n'
         )
     if self.error is not None:
       self._write(self.error + '\n')
