@@ -2,6 +2,11 @@
 [--config.key=value ...].
 
 With no flags it trains the offline digits demo (vit_jax/configs/default.py) into ./runs/default.
+
+In a multi-process run (--coordinator_address, a detected cluster, --distributed=on) this process
+imports no JAX: it runs the trainer, the same command, as its child, and when JAX or gloo aborts the
+child because the job lost its coordinator or a peer, it says so in one line and exits 75
+(restartable): vit_jax/runtime/aborts.py.
 """
 
 import logging as std_logging
@@ -61,14 +66,13 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
   'full_dumps',
   False,
-  'In a multi-process run, show the C++ and Python stack dumps of a process that JAX or gloo '
-  'aborted after a lost peer, or that the watchdog found hung, on the console (by default one line '
-  'names the cause and the dumps go to WORKDIR/stacks.<process>.txt).',
+  'Show on the console the stack dumps of a process that the watchdog found hung, or (several '
+  'processes) that JAX or gloo aborted after a lost peer (by default one line names the cause and '
+  'the dumps go to WORKDIR/stacks.<process>.txt).',
 )
 
 
-def _cluster_detected() -> bool:
-  env = os.environ
+def _cluster_detected(env=os.environ) -> bool:
   return (
     bool(env.get('SLURM_JOB_ID') and int(env.get('SLURM_NTASKS', '1')) > 1)
     or bool(env.get('TPU_WORKER_HOSTNAMES') and ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
@@ -146,7 +150,7 @@ def _runs_as_parent(argv, env=os.environ) -> bool:
     and (
       _argv_value(argv, 'coordinator_address') is not None
       or skypilot_cluster(env) is not None
-      or _cluster_detected()
+      or _cluster_detected(env)
     )
   )
 
@@ -165,7 +169,9 @@ def _run_as_parent(argv) -> int:
     or _default_workdir(_argv_value(argv, 'config') or _DEFAULT_CONFIG),
     index=index,
     count=count,
-    full_dumps=any(a in ('--full_dumps', '--full_dumps=true') for a in argv[1:]),
+    full_dumps=any(
+      a.lower() in ('--full_dumps', '--full_dumps=true', '--full_dumps=1') for a in argv
+    ),
   )
 
 
