@@ -13,7 +13,6 @@ import time
 import pytest
 import tiny
 
-from vit_jax import main
 from vit_jax.runtime import aborts
 from vit_jax.runtime import workdir as workdir_lib
 
@@ -243,4 +242,4 @@ def test_main_runs_the_trainer_as_a_child_in_multi_process_runs_only(
     monkeypatch.delenv(name, raising=False)
   for name, value in env.items():
     monkeypatch.setenv(name, value)
-  assert main._runs_as_parent(argv, env) == parent  # pylint: disable=protected-access
+  assert aborts.runs_as_parent(argv, {**os.environ, **env}) == parent

@@ -13,15 +13,33 @@ import logging as std_logging
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
 from vit_jax.configs import args as config_args
-from vit_jax.runtime import aborts
+from vit_jax.runtime import aborts, cluster
 
 # The offline demo config, inside the package so that an installed vit_jax (no clone) runs it too.
 PROG = 'vit_jax.main'  # How every error line of this command begins.
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
+skypilot_cluster = cluster.skypilot  # (its name here before vit_jax/runtime/cluster.py)
+
+
+def _default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_args.split_spec(config_path)[0]))[0]
+  return os.path.join('runs', name)
+
+
+if __name__ == '__main__' and aborts.runs_as_parent(sys.argv):
+  # The parent of a multi-process run, before absl and ml_collections are imported: it stays light.
+  sys.exit(
+    aborts.run_parent(
+      sys.argv,
+      workdir=cluster.argv_value(sys.argv, 'workdir')
+      or _default_workdir(cluster.argv_value(sys.argv, 'config') or _DEFAULT_CONFIG),
+    )
+  )
+
+# (after the parent's exit above)
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 # The --config flag's holder, defined by parse_flags (defining it loads the config and overrides).
 _CONFIG = None
@@ -72,35 +90,11 @@ flags.DEFINE_bool(
 )
 
 
-def _cluster_detected(env=os.environ) -> bool:
-  return (
-    bool(env.get('SLURM_JOB_ID') and int(env.get('SLURM_NTASKS', '1')) > 1)
-    or bool(env.get('TPU_WORKER_HOSTNAMES') and ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
-    or bool(env.get('MEGASCALE_COORDINATOR_ADDRESS'))
-  )
-
-
-def skypilot_cluster(env=os.environ) -> tuple[str, int, int] | None:
-  """(coordinator address, process count, process id) on a multi-node SkyPilot cluster, one process
-  per node (all its GPUs): node 0 of SKYPILOT_NODE_IPS coordinates, on port JAX_COORDINATOR_PORT
-  (default 8476) as for JAX's own cluster detection. None elsewhere (a TPU pod is one SkyPilot node;
-  its hosts find each other)."""
-  nodes = int(env.get('SKYPILOT_NUM_NODES') or 1)
-  ips = env.get('SKYPILOT_NODE_IPS', '').split()
-  if nodes <= 1 or not ips or env.get('SKYPILOT_NODE_RANK') is None:
-    return None
-  return (
-    f'{ips[0]}:{env.get("JAX_COORDINATOR_PORT", "8476")}',
-    nodes,
-    int(env['SKYPILOT_NODE_RANK']),
-  )
-
-
 def _maybe_initialize_distributed(jax) -> None:
   explicit = _COORDINATOR.value is not None
-  sky = None if explicit else skypilot_cluster()
+  sky = None if explicit else cluster.skypilot()
   if _DISTRIBUTED.value == 'off' or (
-    _DISTRIBUTED.value == 'auto' and not explicit and not sky and not _cluster_detected()
+    _DISTRIBUTED.value == 'auto' and not explicit and not sky and not cluster.detected()
   ):
     return
   if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
@@ -124,60 +118,6 @@ def _maybe_initialize_distributed(jax) -> None:
   )
   distributed.check_process_count(num_processes)
   distributed.check_same_config(_CONFIG.value)
-
-
-def _argv_value(argv, name: str) -> str | None:
-  """The last value of --name=VALUE or --name VALUE in argv, without absl (no flag is parsed in the
-  parent of a multi-process run: the child does that)."""
-  value = None
-  for i, arg in enumerate(argv[1:], 1):
-    if arg.startswith(f'--{name}='):
-      value = arg.split('=', 1)[1]
-    elif arg == f'--{name}' and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value
-
-
-def _runs_as_parent(argv, env=os.environ) -> bool:
-  """Whether this `python -m vit_jax.main` runs the trainer as its child (vit_jax/runtime/aborts.py):
-  in a multi-process run (--coordinator_address, a detected cluster, --distributed=on), unless it is
-  that child."""
-  if env.get(aborts.CHILD_ENV) == '1':
-    return False
-  mode = _argv_value(argv, 'distributed') or 'auto'
-  return mode == 'on' or (
-    mode == 'auto'
-    and (
-      _argv_value(argv, 'coordinator_address') is not None
-      or skypilot_cluster(env) is not None
-      or _cluster_detected(env)
-    )
-  )
-
-
-def _run_as_parent(argv) -> int:
-  """The multi-process run's parent: its trainer runs as a child, whose aborts after a lost peer
-  become one line and exit status 75 (vit_jax/runtime/aborts.py)."""
-  sky = skypilot_cluster()
-  index, count = (_argv_value(argv, f) for f in ('process_id', 'num_processes'))
-  index, count = (int(v) if v and v.isdigit() else None for v in (index, count))
-  if index is None and sky:
-    count, index = sky[1:]
-  return aborts.run_child(
-    argv,
-    workdir=_argv_value(argv, 'workdir')
-    or _default_workdir(_argv_value(argv, 'config') or _DEFAULT_CONFIG),
-    index=index,
-    count=count,
-    full_dumps=any(
-      a.lower() in ('--full_dumps', '--full_dumps=true', '--full_dumps=1') for a in argv
-    ),
-  )
-
-
-def _default_workdir(config_path: str) -> str:
-  name = os.path.splitext(os.path.basename(config_args.split_spec(config_path)[0]))[0]
-  return os.path.join('runs', name)
 
 
 def main(argv):
@@ -290,6 +230,4 @@ def _usage_error(argv, lines) -> None:  # pylint: disable=unused-argument
 
 
 if __name__ == '__main__':
-  if _runs_as_parent(sys.argv):
-    sys.exit(_run_as_parent(sys.argv))
   app.run(main, flags_parser=parse_flags)

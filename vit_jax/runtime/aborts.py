@@ -30,6 +30,7 @@ import sys
 import time
 
 from vit_jax import errors
+from vit_jax.runtime import cluster
 
 # The environment variable that marks the child (its value: 1).
 CHILD_ENV = 'VIT_JAX_TRAINER_CHILD'
@@ -253,3 +254,28 @@ def run_child(
   if relay.lost and code == 128 + signal.SIGABRT:
     return errors.EXIT_LOST_PEER
   return code
+
+
+def runs_as_parent(argv, env=os.environ) -> bool:
+  """Whether `python -m vit_jax.main ARGV` runs the trainer as its child: in a multi-process run
+  (vit_jax/runtime/cluster.py), unless it is that child."""
+  return env.get(CHILD_ENV) != '1' and cluster.multi_process(argv, env)
+
+
+def run_parent(argv, *, workdir: str) -> int:
+  """The parent of a multi-process run (module doc): the trainer as its child, named by
+  --process_id / --num_processes or SkyPilot's variables (else by its own first line); its exit
+  status."""
+  index, count = (cluster.argv_value(argv, f) for f in ('process_id', 'num_processes'))
+  index, count = (int(v) if v and v.isdigit() else None for v in (index, count))
+  sky = cluster.skypilot()
+  if index is None and sky:
+    count, index = sky[1:]
+  full = ('--full_dumps', '--full_dumps=true', '--full_dumps=1')
+  return run_child(
+    argv,
+    workdir=workdir,
+    index=index,
+    count=count,
+    full_dumps=any(a.lower() in full for a in argv[1:]),
+  )
