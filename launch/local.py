@@ -14,11 +14,10 @@ bounds: vit_jax/runtime/watchdog.py); any still running then is killed (a stoppe
 process outlives its job. The attempt's exit statuses decide (launch/outcome.py, `restartable`): a
 lost or hung process (75, 76, beside processes killed by a signal) reruns the same command on all
 processes, at most `--max_restarts` times, `--backoff_s` seconds apart and doubling, and the run
-resumes from its last checkpoint; anything else (a bad config, a bug) is not retried. When process 0
-(the coordinator) dies, JAX aborts the others at once with pages of stack dumps (exit 134), and a
-dead process's gloo neighbour can abort the same way: each shows one line naming the cause instead,
-and counts as lost (75). Ctrl-C sends every process SIGTERM: they save a checkpoint and stop. Exits
-with the last attempt's status (the first non-zero one, else 0).
+resumes from its last checkpoint; anything else (a bad config, a bug) is not retried. (When process
+0, the coordinator, dies, the others say so in one line and exit 75 by themselves:
+vit_jax/runtime/aborts.py.) Ctrl-C sends every process SIGTERM: they save a checkpoint and stop.
+Exits with the last attempt's status (the first non-zero one, else 0).
 """
 
 import argparse
@@ -31,7 +30,7 @@ import threading
 import time
 
 from launch import outcome, shell
-from vit_jax import errors
+from vit_jax.runtime import aborts
 
 
 def free_port() -> int:
@@ -75,54 +74,19 @@ def process_env(
 
 
 class _Relay(threading.Thread):
-  """Shows process `index`'s output prefixed with `[index]`. When the process is aborted because its
-  job lost a peer (launch/outcome.py, ABORT_SIGNS: JAX's distributed service failed, or gloo threw
-  mid-collective), shows one line naming the cause instead of the stack dumps that follow (all of
-  them with `full_dumps`) and marks the process lost (`self.lost`)."""
+  """Shows process `index`'s output prefixed with `[index]`. (vit_jax.main itself turns an abort
+  after a lost peer into one line and exit status 75: vit_jax/runtime/aborts.py.)"""
 
-  def __init__(self, index: int, count: int, stream, out, full_dumps: bool):
+  def __init__(self, index: int, stream, out):
     super().__init__(daemon=True)
     self.index = index
-    self.count = count
     self.stream = stream
     self.out = out
-    self.full_dumps = full_dumps
-    self.lost = False
-    self.left_out = 0
 
   def run(self) -> None:
-    # The line that began an abort message, and the lines of that message after it.
-    sign = None
-    below = []
     for line in self.stream:
-      if sign is not None:
-        if outcome.continues(sign, below, line):
-          below.append(line)
-          continue
-        self._write(outcome.lost_peer_line(self.index, self.count, sign, tuple(below)) + '\n')
-        sign = None
-      if not self.lost and outcome.lost_peer_line(self.index, self.count, line):
-        self.lost = True
-        sign = line
-        below = []
-        continue
-      if self.lost and not self.full_dumps:
-        self.left_out += 1
-        continue
-      self._write(line)
-    if sign is not None:
-      self._write(outcome.lost_peer_line(self.index, self.count, sign, tuple(below)) + '\n')
-    if self.left_out:
-      self._write(f'({self.left_out} lines of JAX stack dumps left out: --full_dumps shows them)\n')
-
-  def _write(self, line: str) -> None:
-    self.out.write(f'[{self.index}] {line}')
-    self.out.flush()
-
-
-def _status(proc) -> int:
-  """A finished process's exit status as a shell reports it (128 + N for signal N)."""
-  return 128 - proc.returncode if proc.returncode < 0 else proc.returncode
+      self.out.write(f'[{self.index}] {line}')
+      self.out.flush()
 
 
 class Attempt:
@@ -143,7 +107,7 @@ class Attempt:
         start_new_session=True,
       )
       self.procs.append(proc)
-      relay = _Relay(i, args.processes, proc.stdout, out, args.full_dumps)
+      relay = _Relay(i, proc.stdout, out)
       relay.start()
       self.relays.append(relay)
       print(
@@ -155,7 +119,7 @@ class Attempt:
   def wait(self, grace_s: float, poll_s: float = 0.5) -> list[int]:
     """Waits for every process, printing each exit as it happens; after a non-zero exit, at most
     `grace_s` more, then kills the rest. Exit statuses as a shell reports them (128 + N for a
-    signal), with JAX's abort after a lost peer read as EXIT_LOST_PEER."""
+    signal)."""
     codes: dict[int, int] = {}
     deadline = None
     killed = False
@@ -188,8 +152,7 @@ class Attempt:
   def _code(self, i: int) -> int:
     """Process i's exit status, once it has exited (its output read to the end first)."""
     self.relays[i].join(timeout=5)
-    code = _status(self.procs[i])
-    return errors.EXIT_LOST_PEER if self.relays[i].lost and code == 128 + signal.SIGABRT else code
+    return aborts.status_of(self.procs[i].returncode)
 
   def terminate(self) -> None:
     for p in self.procs:
@@ -257,8 +220,8 @@ def parser():
   p.add_argument(
     '--full_dumps',
     action='store_true',
-    help="Show JAX's C++ and Python stack dumps in full when it aborts a process whose peer was "
-    'lost (by default one line names the cause).',
+    help='Passes --full_dumps to vit_jax.main: the stack dumps of a process aborted after a lost '
+    'peer, or hung, on the console (by default one line names the cause).',
   )
   p.add_argument(
     '--grace_s',
@@ -287,7 +250,7 @@ def main(argv=None) -> int:
   for flag in ('--coordinator_address', '--num_processes', '--process_id'):
     if any(a.startswith(flag) for a in argv[split + 1 :]):
       parser().error(f'{flag} is set by launch.local; leave it out of the arguments after --')
-  return run(argv[split + 1 :], args)
+  return run(argv[split + 1 :] + (['--full_dumps'] if args.full_dumps else []), args)
 
 
 if __name__ == '__main__':

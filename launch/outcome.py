@@ -4,8 +4,9 @@ line that says why.
 vit_jax.main's exit statuses: 0 when the run is complete, and also when it stopped early to be
 resumed (SIGTERM or a first Ctrl-C: it saves a checkpoint, then exits 0); 1 for an error (a user
 error is one `E` log line naming the cause; a bug, a traceback); 2 for a bad command line (one line
-per bad flag); 130 when a second Ctrl-C aborted it; 75 (a process of the job was lost) and 76 (a
-process hung), both restartable (vit_jax/runtime/watchdog.py). A shell reports a process killed by
+per bad flag); 130 when a second Ctrl-C aborted it; 75 (a process of the job was lost: also when JAX
+or gloo aborted the trainer because its coordinator or a peer died, vit_jax/runtime/aborts.py) and
+76 (a process hung), both restartable (vit_jax/runtime/watchdog.py). A shell reports a process killed by
 signal N as 128 + N.
 
 The rule (`classify`), for the job on every worker of a node that is up:
@@ -78,101 +79,6 @@ def error_line(log: str) -> str:
     if match:
       return match.group(1)
   return lines[-1] if lines else '(the log is empty)'
-
-
-# What JAX prints (an absl FATAL line, then it aborts with C++ and Python stack dumps: exit 134)
-# when its distributed service reports an error: the coordinator (process 0) is gone, or a task was
-# declared dead. The process could not exit by itself first (JAX polls the service and aborts at
-# once), so launchers read it as exit 75 (`lost_peer_line`).
-JAX_FATAL = 'Terminating process because the JAX distributed service detected fatal errors'
-# What a CPU collective's transport prints when it throws on its own thread (std::terminate, exit
-# 134): gloo, after a peer's connection broke mid-collective. Seen on a 4-process loopback run, 0.04
-# s after kill -9 of process 2, in process 3 (its ring neighbour): "terminate called after throwing
-# an instance of 'gloo::EnforceNotMet'" with
-# "what():  [enforce fail at .../gloo/transport/tcp/pair.cc:459] op.preamble.length <= op.nbytes. 80
-#           vs 4. Received
-# data size doesn't match expected size..." on the next line. gloo names no process; its peers'
-# watchdogs do.
-GLOO_ABORT = "terminate called after throwing an instance of 'gloo::"
-# A process's own last words when its job lost a peer under it (exit 134).
-ABORT_SIGNS = (JAX_FATAL, GLOO_ABORT)
-
-
-# Signs, in the status of JAX's abort, that the coordination service itself (process 0) stopped
-# answering: the RPC layer's failures (gRPC's UNAVAILABLE rewritten by XLA as "Failed to send
-# RPC...", a closed or refused connection).
-_COORDINATOR_SIGNS = (
-  'failed to send rpc to coordination service',
-  'leader task',
-  'socket closed',
-  'connection refused',
-  'connection reset',
-  'failed to connect',
-)
-_TASK = re.compile(r'/task:(\d+)')
-# A line of task numbers, as JAX 0.12 lists the dead ones.
-_TASK_LIST = re.compile(r'\s*\d+(\s*,\s*\d+)*\s*')
-_GLOO_WHAT = re.compile(r'^\s*what\(\):\s*(.*)$')
-
-
-def _status(line: str) -> str:
-  return line.split('absl::Status:', 1)[1].strip() if 'absl::Status:' in line else ''
-
-
-def continues(sign: str, below: list[str], line: str) -> bool:
-  """Whether `line` still belongs to the abort message that began with the line `sign` (and `below`,
-  the lines already taken after it): the tasks that JAX lists when its status ends in ':' ('The
-  following tasks are unhealthy (stopped sending heartbeats):', then '2'), or gloo's one `what():`
-  line."""
-  if GLOO_ABORT in sign:
-    return not below and _GLOO_WHAT.match(line) is not None
-  return JAX_FATAL in sign and _status(sign).endswith(':') and task_numbers(line) is not None
-
-
-def task_numbers(line: str) -> list[int] | None:
-  """The task numbers of a line that holds only them, else None."""
-  return (
-    [int(t) for t in re.findall(r'\d+', line)] if _TASK_LIST.fullmatch(line.rstrip('\n')) else None
-  )
-
-
-def lost_peer_line(index: int, count: int, line: str, below: tuple[str, ...] = ()) -> str | None:
-  """For a line of process `index`'s output that begins an abort after a lost peer (ABORT_SIGNS),
-  the one line that names the cause, else None. JAX's: a process that the service declared dead, by
-  its task number in the status or on the lines `below` it (`continues`), else the coordinator
-  (process 0) when the RPCs to the service failed. gloo's: a peer, unnamed, and what gloo said (its
-  `what():` line below)."""
-  if GLOO_ABORT in line:
-    kind = line.split(GLOO_ABORT, 1)[1].split("'", 1)[0]
-    what = next((m.group(1).strip() for m in map(_GLOO_WHAT.match, below) if m), '')
-    cause = (
-      f'lost a peer in a collective: gloo::{kind} {" ".join(what.split())[:200] or "(no message)"} '
-      "(gloo does not say which process; the others' lines do)"
-    )
-    return (
-      f'vit_jax.main: error: process {index} of {count} {cause}; gloo aborted it (exit status 134, '
-      f'read as {errors.EXIT_LOST_PEER}: restartable).'
-    )
-  if JAX_FATAL not in line:
-    return None
-  status = _status(line)
-  listed = {t for b in below for t in (task_numbers(b) or ())}
-  tasks = sorted(({int(t) for t in _TASK.findall(status)} | listed) - {index})
-  if tasks:
-    cause = (
-      f"lost process {', '.join(map(str, tasks))}: JAX's distributed service reports {status[:200]}"
-    )
-  elif any(sign in status.lower() for sign in _COORDINATOR_SIGNS):
-    cause = (
-      'lost the coordinator (process 0): its JAX distributed '
-      'service stopped answering (died or unreachable)'
-    )
-  else:
-    cause = f"lost a peer: JAX's distributed service reports {status[:200] or 'a fatal error'}"
-  return (
-    f'vit_jax.main: error: process {index} of {count} {cause}; JAX aborted it (exit status 134, '
-    f'read as {errors.EXIT_LOST_PEER}: restartable).'
-  )
 
 
 def restartable(codes) -> bool:

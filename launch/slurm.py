@@ -13,9 +13,9 @@ saves a checkpoint and exits 0, and the script requeues the job while the run is
 `--max_requeues` times), so a long run continues in the next allocation from its checkpoint. The
 job's exit status goes to WORKDIR/launch.json. A process that is lost or hangs (exit status 75/76)
 ends the step (srun's --kill-on-bad-exit) and the script runs it again (`--max_restarts`,
-`--restart_backoff_s`); so does a step whose tasks JAX aborted because the coordinator died (its
-line in the task logs). Sweeps (launch.sweep --backend=slurm) submit one array job, a run per index.
-`--dry-run` prints the script instead of submitting it; `--wait` waits for the job to end.
+`--restart_backoff_s`), also when a task's coordinator or collective peer died (vit_jax.main
+says so in one line and exits 75: vit_jax/runtime/aborts.py). Sweeps (launch.sweep
+--backend=slurm) submit one array job, a run per index. `--dry-run` prints the script instead of submitting it; `--wait` waits for the job to end.
 """
 
 import argparse
@@ -24,7 +24,7 @@ import shlex
 import sys
 import time
 
-from launch import outcome, record, shell
+from launch import record, shell
 from vit_jax import errors, io
 from vit_jax.runtime import workdir as workdir_lib
 
@@ -163,36 +163,18 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
       f'export {shell.CACHE_ENV}="$(dirname "$WORKDIR")/{shell.CACHE_NAME}"',
     ]
   task_log = f'{log_dir}/{out_name}-%t.out'
-  # This step's task logs, for the shell: SLURM's %x, %j, %A, %a as its variables, every task (%t).
-  expanded = (
-    out_name.replace('%x', '${SLURM_JOB_NAME}')
-    .replace('%j', '${SLURM_JOB_ID}')
-    .replace('%A', '${SLURM_ARRAY_JOB_ID}')
-    .replace('%a', '${SLURM_ARRAY_TASK_ID}')
-  )
-  task_logs = f'{shlex.quote(log_dir)}/"{expanded}"-*.out'
   restartable = ' '.join(map(str, errors.RESTARTABLE))
-  signs = ' '.join(f'-e {shlex.quote(sign)}' for sign in outcome.ABORT_SIGNS)
   lines += [
-    '# A lost or hung process (exit 75/76; srun ends the '
-    'whole step when one task fails) runs the step again, at',
-    f'# most {args.max_restarts} times, {args.restart_backoff_s} '
-    's apart and doubling; the run resumes itself.',
-    '# When the coordinator (task 0) dies, JAX aborts the '
-    'other tasks (exit 134) with a line that says so, and a',
-    "# dead task's gloo neighbour can abort the same way: the same loss, read as 75.",
-    f'jax_lost() {{ cat {task_logs} 2>/dev/null | grep -c -F {signs}; }}',
+    '# A lost or hung process (exit 75/76, also when the coordinator (task 0) died: vit_jax.main '
+    'says so; srun ends',
+    f'# the whole step when one task fails) runs the step again, at most {args.max_restarts} '
+    f'times, {args.restart_backoff_s} s apart and doubling;',
+    '# the run resumes itself.',
     'restarts=0',
     'while true; do',
-    '  lost_before=$(jax_lost)',
     f'  srun --kill-on-bad-exit=1 --open-mode=append --output={shlex.quote(task_log)} '
     'python -m vit_jax.main "${ARGS[@]}"',
     '  rc=$?',
-    '  if [ "$rc" -ne 0 ] && [ "$(jax_lost)" -gt "$lost_before" ]; then',
-    '    echo "Tasks were aborted after losing a peer (exit status $rc): read as '
-    f'{errors.EXIT_LOST_PEER}." >&2',
-    f'    rc={errors.EXIT_LOST_PEER}',
-    '  fi',
     f'  case " {restartable} " in *" $rc "*) ;; *) break ;; esac',
     f'  if [ "$restarts" -ge {args.max_restarts} ]; then echo "Exit status $rc again; '
     f'{args.max_restarts} restarts spent: giving up." >&2; break; fi',

@@ -256,3 +256,38 @@ def test_a_job_killed_by_sigterm_on_a_node_that_is_then_lost_is_a_preemption(fak
   assert sum(c[3] == 'create' for c in calls) == 2 and _count(calls, RUN) == 2
   err = capsys.readouterr().err
   assert 'Preemption 1/20: TPU VM state PREEMPTED' in err and 'Failure' not in err
+
+
+def test_a_job_whose_process_0_was_killed_is_rerun_on_the_node_and_finishes(fake, clone, capsys):
+  # kill -9 of worker 0's vit_jax.main (the OOM killer, say): the other workers' processes lost
+  # their coordinator, and each said so in one line and exited 75 (vit_jax/runtime/aborts.py), so
+  # the job is rerun at once on the same node and resumes from its checkpoint.
+  lost = (
+    'vit_jax.main: error: process 3 of 4 lost the coordinator (process 0): its JAX distributed '
+    'service stopped answering (died or unreachable); JAX aborted it: exiting with status 75 '
+    '(restartable): rerun the same command on all processes to resume from the last checkpoint.'
+  )
+  fake.script(
+    [
+      (['describe'], ['READY\n']),
+      (
+        [STATUS],
+        [
+          workers('running', 'running', 'running', 'running'),
+          workers('exited 137', 'exited 75', 'exited 75', 'exited 75'),
+          workers('exited 0', 'exited 0', 'exited 0', 'exited 0'),
+        ],
+      ),
+      (
+        [LOG],
+        [f'=== 2026-12-07T04:00:00Z vit_jax.main {" ".join(RUN_ARGS)}\nstep 15/40\n{lost}\n'],
+      ),
+      ([FINISHED], ['']),
+    ]
+  )
+  assert tpu_launch(clone, '--max_failures=0') == 0
+  calls = without_polls(fake.calls())
+  assert sum(c[3] == 'create' for c in calls) == 1 and _count(calls, RUN) == 2
+  err = capsys.readouterr().err
+  assert 'exit status 75, a process of the job was lost (restartable): ' + lost in err, err
+  assert 'Failure' not in err

@@ -315,100 +315,6 @@ def test_launchers_rerun_lost_and_hung_processes_only():
   assert not outcome.restartable([0, 0])
 
 
-JAX_LINE = (
-  'F1204 14:01:45.693004    3580 client.h:86] Terminating process because the '
-  'JAX distributed service detected fatal errors. This most likely indicates '
-  'that another task died. absl::Status: UNAVAILABLE: Failed to send RPC to '
-  'coordination service. Either the leader task was preempted/died/restarted'
-)
-
-
-def test_jax_abort_names_the_declared_dead_process_else_the_coordinator_for_rpc_failures():
-  head = JAX_LINE.split('absl::Status:')[0] + 'absl::Status: '
-  dead = outcome.lost_peer_line(
-    1, 4, head + 'UNAVAILABLE: Task /job:jax_worker/replica:0/task:2 heartbeat timeout.'
-  )
-  assert 'process 1 of 4 lost process 2:' in dead
-  for status in (
-    'UNAVAILABLE: Socket closed',
-    'UNAVAILABLE: failed to connect to all addresses; Connection refused',
-    'INTERNAL: Connection reset by peer',
-  ):
-    assert 'lost the coordinator (process 0)' in outcome.lost_peer_line(1, 4, head + status), status
-  assert 'lost a peer' in outcome.lost_peer_line(1, 4, head + 'INTERNAL: something else')
-
-
-def test_jax_abort_after_the_coordinator_died_becomes_one_line_and_counts_as_lost():
-  line = outcome.lost_peer_line(3, 4, JAX_LINE)
-  assert line.startswith('vit_jax.main: error: process 3 of 4 lost the coordinator (process 0)')
-  assert outcome.lost_peer_line(3, 4, 'step 5/10 loss 2.3') is None
-  out = io.StringIO()
-  relay = local._Relay(
-    3,
-    4,
-    io.StringIO(
-      f'step 5/10\n{JAX_LINE}\n*** Check failure stack '
-      'trace: ***\n@ 0x7f\nFatal Python error: Aborted\n'
-    ),
-    out,
-    full_dumps=False,
-  )
-  relay.run()
-  assert relay.lost
-  assert out.getvalue().splitlines() == [
-    '[3] step 5/10',
-    f'[3] {line}',
-    '[3] (3 lines of JAX stack dumps left out: --full_dumps shows them)',
-  ]
-
-
-def test_a_gloo_abort_beside_a_dead_peer_becomes_one_line_and_counts_as_lost():
-  # Seen on a 4-process loopback run: process 3, 0.04 s after kill -9 of process 2 (its ring
-  # neighbour).
-  what = (
-    '  what():  [enforce fail at '
-    'external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] op.preamble.length <= '
-    "op.nbytes. 80 vs 4. Received data size doesn't match expected size."
-  )
-  out = io.StringIO()
-  relay = local._Relay(
-    3,
-    4,
-    io.StringIO(
-      'step 5/10\nterminate called after throwing an instance of '
-      f"'gloo::EnforceNotMet'\n{what}\nFatal Python error: "
-      'Aborted\n\nThread 0x00007f534b78a6c0 (most recent call first):\n'
-    ),
-    out,
-    full_dumps=False,
-  )
-  relay.run()
-  lines = out.getvalue().splitlines()
-  assert relay.lost and lines[0] == '[3] step 5/10' and len(lines) == 3, lines
-  assert lines[1] == (
-    '[3] vit_jax.main: error: process 3 of 4 lost a peer in a collective: gloo::EnforceNotMet '
-    '[enforce fail at external/xla++third_party_ext+gloo/gloo/transport/tcp/pair.cc:459] '
-    "op.preamble.length <= op.nbytes. 80 vs 4. Received data size doesn't match expected "
-    "size. (gloo does not say which process; the others' lines do); gloo aborted it (exit "
-    'status 134, read as 75: restartable).'
-  )
-  assert lines[2] == '[3] (3 lines of JAX stack dumps left out: --full_dumps shows them)'
-  # Without its what() line (the stream ended), the line still comes, and a later line is not taken
-  # as its.
-  out = io.StringIO()
-  local._Relay(
-    3,
-    4,
-    io.StringIO("terminate called after throwing an instance of 'gloo::IoException'\n"),
-    out,
-    full_dumps=False,
-  ).run()
-  assert out.getvalue().startswith(
-    '[3] vit_jax.main: error: process 3 of 4 lost a peer '
-    'in a collective: gloo::IoException (no message)'
-  )
-
-
 def test_local_processes_get_their_devices_and_a_loopback_coordinator():
   env = local.process_env(
     1, devices_per_process=2, gpus=None, port=1234, base={'XLA_FLAGS': '--xla_foo=1'}
@@ -472,30 +378,23 @@ def test_the_process_start_is_the_kernels_but_not_long_before_vit_jax_was_import
   )
 
 
-def test_jax_abort_that_lists_the_dead_tasks_on_the_next_lines_names_them():
-  # JAX 0.12's form (seen on a 4-process loopback run after kill -9 of process 2, when JAX's own
-  # heartbeat timeout came first): the status ends in ':' and the dead tasks follow, one number per
-  # line.
-  fatal = JAX_LINE.split('absl::Status:')[0] + (
-    'absl::Status: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):'
+def test_a_hangs_stack_dump_goes_to_its_file_and_one_line_says_where(tmp_path, capsys):
+  calls = []
+  path = workdir_lib.stacks_path(str(tmp_path / 'w'), 1)
+  dog = watchdog.Watchdog(
+    _Clock('train', 25, 7, {'train': 1.0}),
+    _settings(),
+    process_index=1,
+    process_count=4,
+    exit_fn=_exit_recorder(calls),
+    dump_to=path,
   )
-  out = io.StringIO()
-  relay = local._Relay(
-    1,
-    4,
-    io.StringIO(
-      f'step 5/10\n{fatal}\n2\n3\nThe tasks have crashed. Check '
-      'the task logs.\n*** Check failure stack trace: ***\n'
-    ),
-    out,
-    full_dumps=False,
+  with pytest.raises(_Exited):
+    dog.check_progress()
+  assert calls[0][0] == errors.EXIT_HUNG
+  assert capsys.readouterr().err == (
+    'vit_jax.main: process 1 made no progress for 25 s; the stacks of its threads are in '
+    f'{path} (--full_dumps shows them here).\n'
   )
-  relay.run()
-  lines = out.getvalue().splitlines()
-  assert relay.lost and lines[0] == '[1] step 5/10'
-  assert lines[1].startswith('[1] vit_jax.main: error: process 1 of 4 lost process 2, 3: '), lines
-  assert (
-    lines[2] == '[1] (2 lines of JAX stack dumps left out: --full_dumps shows them)'
-    and len(lines) == 3
-  )
-  assert outcome.task_numbers('2\n') == [2] and outcome.task_numbers('step 2') is None
+  text = open(path, encoding='utf-8').read()
+  assert 'process 1 made no progress for 25 s' in text and 'test_a_hangs_stack_dump' in text

@@ -2,20 +2,44 @@
 [--config.key=value ...].
 
 With no flags it trains the offline digits demo (vit_jax/configs/default.py) into ./runs/default.
+
+In a multi-process run (--coordinator_address, a detected cluster, --distributed=on) this process
+imports no JAX: it runs the trainer, the same command, as its child, and when JAX or gloo aborts the
+child because the job lost its coordinator or a peer, it says so in one line and exits 75
+(restartable): vit_jax/runtime/aborts.py.
 """
 
 import logging as std_logging
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
 from vit_jax.configs import args as config_args
+from vit_jax.runtime import aborts, cluster
 
 # The offline demo config, inside the package so that an installed vit_jax (no clone) runs it too.
 PROG = 'vit_jax.main'  # How every error line of this command begins.
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py')
+skypilot_cluster = cluster.skypilot  # (its name here before vit_jax/runtime/cluster.py)
+
+
+def _default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_args.split_spec(config_path)[0]))[0]
+  return os.path.join('runs', name)
+
+
+if __name__ == '__main__' and aborts.runs_as_parent(sys.argv):
+  # The parent of a multi-process run, before absl and ml_collections are imported: it stays light.
+  sys.exit(
+    aborts.run_parent(
+      sys.argv,
+      workdir=cluster.argv_value(sys.argv, 'workdir')
+      or _default_workdir(cluster.argv_value(sys.argv, 'config') or _DEFAULT_CONFIG),
+    )
+  )
+
+# (after the parent's exit above)
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 # The --config flag's holder, defined by parse_flags (defining it loads the config and overrides).
 _CONFIG = None
@@ -57,38 +81,20 @@ _DISTRIBUTED = flags.DEFINE_enum(
 flags.DEFINE_bool(
   'verbose', False, 'Show the traceback of user errors too (they are one line without it).'
 )
-
-
-def _cluster_detected() -> bool:
-  env = os.environ
-  return (
-    bool(env.get('SLURM_JOB_ID') and int(env.get('SLURM_NTASKS', '1')) > 1)
-    or bool(env.get('TPU_WORKER_HOSTNAMES') and ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
-    or bool(env.get('MEGASCALE_COORDINATOR_ADDRESS'))
-  )
-
-
-def skypilot_cluster(env=os.environ) -> tuple[str, int, int] | None:
-  """(coordinator address, process count, process id) on a multi-node SkyPilot cluster, one process
-  per node (all its GPUs): node 0 of SKYPILOT_NODE_IPS coordinates, on port JAX_COORDINATOR_PORT
-  (default 8476) as for JAX's own cluster detection. None elsewhere (a TPU pod is one SkyPilot node;
-  its hosts find each other)."""
-  nodes = int(env.get('SKYPILOT_NUM_NODES') or 1)
-  ips = env.get('SKYPILOT_NODE_IPS', '').split()
-  if nodes <= 1 or not ips or env.get('SKYPILOT_NODE_RANK') is None:
-    return None
-  return (
-    f'{ips[0]}:{env.get("JAX_COORDINATOR_PORT", "8476")}',
-    nodes,
-    int(env['SKYPILOT_NODE_RANK']),
-  )
+flags.DEFINE_bool(
+  'full_dumps',
+  False,
+  'Show on the console the stack dumps of a process that the watchdog found hung, or (several '
+  'processes) that JAX or gloo aborted after a lost peer (by default one line names the cause and '
+  'the dumps go to WORKDIR/stacks.<process>.txt).',
+)
 
 
 def _maybe_initialize_distributed(jax) -> None:
   explicit = _COORDINATOR.value is not None
-  sky = None if explicit else skypilot_cluster()
+  sky = None if explicit else cluster.skypilot()
   if _DISTRIBUTED.value == 'off' or (
-    _DISTRIBUTED.value == 'auto' and not explicit and not sky and not _cluster_detected()
+    _DISTRIBUTED.value == 'auto' and not explicit and not sky and not cluster.detected()
   ):
     return
   if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
@@ -112,11 +118,6 @@ def _maybe_initialize_distributed(jax) -> None:
   )
   distributed.check_process_count(num_processes)
   distributed.check_same_config(_CONFIG.value)
-
-
-def _default_workdir(config_path: str) -> str:
-  name = os.path.splitext(os.path.basename(config_args.split_spec(config_path)[0]))[0]
-  return os.path.join('runs', name)
 
 
 def main(argv):
@@ -154,6 +155,7 @@ def _train() -> int:
     workdir,
     allow_config_change=_ALLOW_CONFIG_CHANGE.value,
     reevaluate=_REEVALUATE.value,
+    full_dumps=flags.FLAGS.full_dumps,
   )
   return 0
 

@@ -4,7 +4,8 @@ peer cannot go on.
 One daemon thread per training process checks, every second:
   * **progress** (every process): the phase clock (vit_jax/runtime/goodput.py) says which phase the
     process is in (compile, train, input, eval, checkpoint) and since when. A stay longer than the
-    phase's bound is a hang: every thread's stack goes to stderr (faulthandler), then one line
+    phase's bound is a hang: every thread's stack goes to the `dump_to` file (vit_jax.main: the
+    workdir's stacks.<process>.txt, unless --full_dumps) or else stderr, then one line
     naming the phase, the step and the bound, and the process exits with EXIT_HUNG. The bound of a
     phase is config.faults.hang_timeout_s when that is > 0; else, before the phase has completed
     once, config.faults.hang_first_s (a first stay compiles); after, max(hang_floor_s, hang_factor x
@@ -21,7 +22,8 @@ Both exit codes mean "restartable": the launchers (launch/local.py, launch/slurm
 launch/supervise.py) run the same command again on all processes and the run resumes from its last
 checkpoint (see README, "Faults at scale"). JAX's own heartbeat timeout
 (config.faults.heartbeat_timeout_s) is longer than peer_timeout_s, so the one line comes from here
-before JAX's coordination service aborts the processes with its stack dumps.
+before JAX's coordination service aborts the processes with its stack dumps. JAX's abort when the
+coordinator itself dies comes first: vit_jax/runtime/aborts.py turns it into the one line.
 """
 
 import concurrent.futures
@@ -35,6 +37,7 @@ import time
 import traceback
 
 from vit_jax import errors
+from vit_jax import io as vio
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +57,34 @@ def bound(settings, phase: str, longest: dict[str, float]) -> float:
   return max(float(settings.hang_floor_s), settings.hang_factor * longest[phase])
 
 
-def _dump_stacks() -> None:
-  """Every thread's stack to stderr: faulthandler's, or, where stderr is no file (a test's capture),
-  traceback's."""
+def _stacks() -> str:
+  """Every thread's stack."""
+  names = {t.ident: t.name for t in threading.enumerate()}
+  return ''.join(
+    f'Thread {names.get(ident, ident)}:\n' + ''.join(traceback.format_stack(frame))
+    for ident, frame in sys._current_frames().items()  # pylint: disable=protected-access
+  )
+
+
+def _dump_stacks(header: str, dump_to: str | None) -> None:
+  """`header` and every thread's stack: appended to the file `dump_to`, with one line on stderr
+  saying so; to stderr where there is no such file or it cannot be written (faulthandler's dump, or,
+  where stderr is no file (a test's capture), traceback's)."""
+  if dump_to is not None:
+    try:
+      vio.makedirs(os.path.dirname(dump_to) or '.')
+      vio.append_text(
+        dump_to, f'=== {time.strftime("%Y-%m-%d %H:%M:%S %Z")}: {header}\n{_stacks()}'
+      )
+      sys.stderr.write(f'{header.rstrip(":")} are in {dump_to} (--full_dumps shows them here).\n')
+      return
+    except (OSError, errors.UserError):
+      pass
+  sys.stderr.write(header + '\n')
   try:
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
   except (AttributeError, ValueError, io.UnsupportedOperation):
-    names = {t.ident: t.name for t in threading.enumerate()}
-    for ident, frame in sys._current_frames().items():  # pylint: disable=protected-access
-      sys.stderr.write(
-        f'Thread {names.get(ident, ident)}:\n' + ''.join(traceback.format_stack(frame))
-      )
+    sys.stderr.write(_stacks())
 
 
 def _exit(code: int, line: str) -> None:
@@ -90,11 +110,13 @@ class Watchdog:
     client=None,
     poll_s: float = 1.0,
     exit_fn=_exit,
+    dump_to: str | None = None,
   ):
     self.clock = clock
     self.settings = settings
     self.poll_s = poll_s
     self.exit_fn = exit_fn
+    self.dump_to = dump_to  # The file for a hang's stack dump (None: stderr).
     self.index = process_index
     self.count = process_count
     self.client = client if process_count > 1 else None
@@ -156,11 +178,11 @@ class Watchdog:
     limit = bound(self.settings, phase, self.clock.longest)
     stayed = time.time() - since
     if stayed > limit:
-      sys.stderr.write(
-        f'vit_jax.main: process {self.index} made no progress '
-        f'for {stayed:.0f} s; the stacks of its threads:\n'
+      _dump_stacks(
+        f'vit_jax.main: process {self.index} made no progress for {stayed:.0f} s; the stacks '
+        'of its threads:',
+        self.dump_to,
       )
-      _dump_stacks()
       self.exit_fn(
         errors.EXIT_HUNG,
         f'process {self.index} of {self.count} hung: no progress for {stayed:.0f} '

@@ -62,6 +62,8 @@ GOODPUT_FILE = 'goodput.json'
 PROFILE_DIR = 'profile'
 LOCK_FILE = 'lock.json'
 ATTENTION_DIR = 'attention'
+# Stack dumps of process N, kept off the console (vit_jax/runtime/aborts.py).
+STACKS_FILE = 'stacks.{process}.txt'
 
 # Fields whose change keeps the run the same run (a field, or a group and everything under it).
 RESUMABLE_FIELDS = (
@@ -111,6 +113,11 @@ class ConfigChangedError(errors.UserError, ValueError):
 def path(workdir: str, name: str) -> str:
   """WORKDIR/name (local or gs://)."""
   return io.join(workdir, name)
+
+
+def stacks_path(workdir: str, process) -> str:
+  """Where process `process` appends the stack dumps of its aborts and hangs."""
+  return path(workdir, STACKS_FILE.format(process=process))
 
 
 def checkpoints_dir(workdir: str) -> str:

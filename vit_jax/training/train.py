@@ -35,6 +35,7 @@ def train_and_evaluate(
   *,
   allow_config_change: bool = False,
   reevaluate: bool = False,
+  full_dumps: bool = False,
 ) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final eval
   metrics.
@@ -45,7 +46,8 @@ def train_and_evaluate(
   `allow_config_change` (see vit_jax/runtime/workdir.py), and one that another live run holds is
   refused at once (vit_jax/runtime/lock.py). A run that is already complete is left as it is: its
   last evaluation is returned and nothing is written; with `reevaluate` its checkpoint is evaluated
-  again (logged and returned, still nothing written).
+  again (logged and returned, still nothing written). The stack dump of a hung process goes to the
+  workdir's stacks.<process>.txt (vit_jax/runtime/watchdog.py), to stderr with `full_dumps`.
   """
   # The config is checked whole, before any I/O.
   preflight.validate(config, devices=jax.device_count(), process_count=jax.process_count())
@@ -55,7 +57,7 @@ def train_and_evaluate(
   with contextlib.ExitStack() as cleanup:  # Undone last to first: mesh, checkpoints, lock, ...
     watch = cleanup.enter_context(preemption.PreemptionWatch())
     cleanup.enter_context(errors.quiet_faults())
-    cleanup.enter_context(_watchdog(clock, config))
+    cleanup.enter_context(_watchdog(clock, config, workdir, full_dumps))
     workdir_lib.check_usable(workdir)  # Then the dataset, before the workdir is made (by the lock).
     info = input_pipeline.get_info(evaluators.primary(config))
     changes = distributed.on_main(lambda: _start(config, workdir, lock, allow_config_change))
@@ -95,14 +97,16 @@ def _record_run(config, workdir: str, info, start: int, record_config) -> None:
     )
 
 
-def _watchdog(clock, config) -> watchdog_lib.Watchdog:
-  """The hang and lost-peer monitor of this process (vit_jax/runtime/watchdog.py)."""
+def _watchdog(clock, config, workdir: str, full_dumps: bool) -> watchdog_lib.Watchdog:
+  """The hang and lost-peer monitor of this process (vit_jax/runtime/watchdog.py); a hang's stack
+  dump goes to the workdir (stderr with `full_dumps`)."""
   return watchdog_lib.Watchdog(
     clock,
     config.faults,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     client=distributed.client(),
+    dump_to=None if full_dumps else workdir_lib.stacks_path(workdir, jax.process_index()),
   )
 
 
