@@ -22,7 +22,9 @@ The rule (`classify`), for the job on every worker of a node that is up:
 A lost node is a preemption too; the supervisor (launch/supervise.py) decides that from the node's
 state.
 
-On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest
+On a SLURM node, `python -m launch.outcome step STATUS_DIR NUM_TASKS SRUN_STATUS` prints a step's
+exit status from its tasks' own (`step_status`: srun itself says 137 when a task was killed, even
+beside tasks that lost it and exited 75). On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest
 finalised checkpoint (`vit_jax-checkpoint: STEP`, or `none`), by the rule of
 vit_jax/runtime/workdir.py (`latest_step`).
 """
@@ -31,7 +33,7 @@ import dataclasses
 import re
 import sys
 
-from vit_jax import errors
+from vit_jax import errors, io
 from vit_jax.runtime import workdir as workdir_lib
 
 CHECKPOINT_MARK = 'vit_jax-checkpoint:'
@@ -137,14 +139,38 @@ def parse_checkpoint(output: str) -> tuple[bool, int | None]:
   return False, None
 
 
+def step_status(status_dir: str, num_tasks: int, srun_status: int) -> int:
+  """The exit status of a SLURM step from its tasks' own (STATUS_DIR/<task>, written by each task's
+  wrapper in launch/slurm.py's script): the first restartable one when `restartable` says so (a
+  task missing its file was killed before it could write it: a signal), else srun's."""
+  codes = []
+  for task in range(num_tasks):
+    try:
+      codes.append(int(io.read_text(f'{status_dir}/{task}').strip()))
+    except (OSError, ValueError):
+      codes.append(128 + 9)
+  if restartable(codes):
+    return next(c for c in codes if c in errors.RESTARTABLE)
+  return srun_status
+
+
+USAGE = (
+  'usage: python -m launch.outcome checkpoint WORKDIR\n'
+  '       python -m launch.outcome step STATUS_DIR NUM_TASKS SRUN_STATUS'
+)
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  if len(argv) != 2 or argv[0] != 'checkpoint':
-    print('usage: python -m launch.outcome checkpoint WORKDIR', file=sys.stderr)
-    return 2
-  step = latest_checkpoint(argv[1])
-  print(f'{CHECKPOINT_MARK} {"none" if step is None else step}')
-  return 0
+  if len(argv) == 2 and argv[0] == 'checkpoint':
+    step = latest_checkpoint(argv[1])
+    print(f'{CHECKPOINT_MARK} {"none" if step is None else step}')
+    return 0
+  if len(argv) == 4 and argv[0] == 'step' and argv[2].isdigit() and argv[3].isdigit():
+    print(step_status(argv[1], int(argv[2]), int(argv[3])))
+    return 0
+  print(USAGE, file=sys.stderr)
+  return 2
 
 
 if __name__ == '__main__':

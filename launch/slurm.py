@@ -12,9 +12,11 @@ asks for `--requeue`, and for SIGTERM `--signal_s` seconds before the time limit
 saves a checkpoint and exits 0, and the script requeues the job while the run is unfinished (at most
 `--max_requeues` times), so a long run continues in the next allocation from its checkpoint. The
 job's exit status goes to WORKDIR/launch.json. A process that is lost or hangs (exit status 75/76)
-ends the step (srun's --kill-on-bad-exit) and the script runs it again (`--max_restarts`,
-`--restart_backoff_s`), also when a task's coordinator or collective peer died (vit_jax.main
-says so in one line and exits 75: vit_jax/runtime/aborts.py). Sweeps (launch.sweep
+ends the step (the others end themselves, or srun ends them 60 s after the first) and the script
+runs it again (`--max_restarts`, `--restart_backoff_s`), also when a task's coordinator or
+collective peer died (vit_jax.main says so in one line and exits 75: vit_jax/runtime/aborts.py) or
+a task was killed (kill -9, the OOM killer): each task's own exit status decides, by
+launch/outcome.py's rule. Sweeps (launch.sweep
 --backend=slurm) submit one array job, a run per index. `--dry-run` prints the script instead of submitting it; `--wait` waits for the job to end.
 """
 
@@ -27,6 +29,9 @@ import time
 from launch import record, shell
 from vit_jax import errors, io
 from vit_jax.runtime import workdir as workdir_lib
+
+# The folder where each task of a step writes its exit status (the script's).
+STATUS_ENV = 'VIT_JAX_STEP_STATUS'
 
 
 def add_flags(parser, *, sweep: bool = False) -> None:
@@ -164,17 +169,30 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
     ]
   task_log = f'{log_dir}/{out_name}-%t.out'
   restartable = ' '.join(map(str, errors.RESTARTABLE))
+  status = f'{shlex.quote(log_dir)}/.status-"$SLURM_JOB_ID"' + (
+    '-"$SLURM_ARRAY_TASK_ID"' if array else ''
+  )
   lines += [
-    '# A lost or hung process (exit 75/76, also when the coordinator (task 0) died: vit_jax.main '
-    'says so; srun ends',
-    f'# the whole step when one task fails) runs the step again, at most {args.max_restarts} '
-    f'times, {args.restart_backoff_s} s apart and doubling;',
-    '# the run resumes itself.',
+    '# Each task writes its exit status to STATUS_DIR/<task> (in the shared log folder); the step',
+    '# ends when every task has ended, or 60 s after the first (srun --wait). A lost or hung',
+    '# process (exit 75/76: a task whose coordinator or peer died says so itself, vit_jax/runtime/',
+    '# aborts.py) beside tasks killed by a signal makes the step restartable (launch/outcome.py):',
+    f'# it runs again, at most {args.max_restarts} times, {args.restart_backoff_s} s apart and '
+    'doubling; the run resumes itself.',
+    f'export {STATUS_ENV}={status}',
+    # A trap, not an ignored SIGTERM: the trainer gets SLURM's SIGTERM as it would unwrapped, and
+    # the wrapper waits for it to save and exit.
+    'TASK=\'trap : TERM INT; python -m vit_jax.main "$@"; rc=$?; '
+    f'echo "$rc" > "${STATUS_ENV}/$SLURM_PROCID"; exit "$rc"\'',
     'restarts=0',
     'while true; do',
-    f'  srun --kill-on-bad-exit=1 --open-mode=append --output={shlex.quote(task_log)} '
-    'python -m vit_jax.main "${ARGS[@]}"',
-    '  rc=$?',
+    f'  rm -rf "${STATUS_ENV}"; mkdir -p "${STATUS_ENV}"',
+    f'  srun --kill-on-bad-exit=0 --wait=60 --open-mode=append --output={shlex.quote(task_log)} '
+    'bash -c "$TASK" vit_jax.main "${ARGS[@]}"',
+    '  srun_rc=$?',
+    f'  rc=$(python -m launch.outcome step "${STATUS_ENV}" "${{SLURM_NTASKS:-1}}" "$srun_rc") '
+    '|| rc=$srun_rc',
+    f'  rm -rf "${STATUS_ENV}"',
     f'  case " {restartable} " in *" $rc "*) ;; *) break ;; esac',
     f'  if [ "$restarts" -ge {args.max_restarts} ]; then echo "Exit status $rc again; '
     f'{args.max_restarts} restarts spent: giving up." >&2; break; fi',

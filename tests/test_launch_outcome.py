@@ -99,3 +99,23 @@ def test_the_latest_checkpoint_is_the_largest_finalised_step(tmp_path, gcs, remo
   assert outcome.parse_checkpoint('banner\n' + done.stdout) == (True, 10 if remote else 20)
   assert outcome.parse_checkpoint('vit_jax-checkpoint: none\n') == (True, None)
   assert outcome.parse_checkpoint('ssh: connection refused\n') == (False, None)
+
+
+def test_a_slurm_steps_status_comes_from_its_tasks_own(tmp_path):
+  def step(*tasks, srun):
+    folder = tmp_path / str(len(list(tmp_path.iterdir())))
+    folder.mkdir()
+    for i, code in enumerate(tasks):
+      if code is not None:  # None: killed before it wrote its status.
+        (folder / str(i)).write_text(f'{code}\n')
+    return outcome.step_status(str(folder), len(tasks), srun)
+
+  assert step(137, 75, 75, 75, srun=137) == 75  # Task 0 killed, the others lost it.
+  assert step(75, None, srun=137) == 75
+  assert step(76, 76, srun=76) == 76
+  assert step(0, 0, srun=0) == 0
+  assert step(1, 75, srun=1) == 1  # An error is not rerun, even beside a lost peer.
+  assert step(137, 137, srun=137) == 137  # Nobody lost a peer: not a restart.
+  assert step(None, None, srun=9) == 9
+  assert outcome.main(['step', str(tmp_path / '0'), '4', '137']) == 0
+  assert outcome.main(['step', 'x', 'four', '1']) == 2

@@ -9,8 +9,10 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -59,8 +61,8 @@ def test_script_for_two_nodes_of_eight_gpus():
   assert 'ARGS=(--config=c.py --workdir=/shared/w)' in lines
   assert any(
     line.strip().startswith(
-      'srun --kill-on-bad-exit=1 --open-mode=append '
-      '--output=/shared/logs/%x-%j-%t.out python -m vit_jax.main "${ARGS[@]}"'
+      'srun --kill-on-bad-exit=0 --wait=60 --open-mode=append '
+      '--output=/shared/logs/%x-%j-%t.out bash -c "$TASK" vit_jax.main "${ARGS[@]}"'
     )
     for line in lines
   )
@@ -182,18 +184,27 @@ def test_two_slurm_tasks_join_one_run_that_reproduces_one_process(tmp_path, digi
 
 
 def _run_script_with_fake_srun(tmp_path, exits):
-  """Runs the sbatch script's body with a fake `srun` that exits with `exits[i]` on call i and a
-  fake `scontrol`; (srun calls, exit status, stderr)."""
+  """Runs the sbatch script's body with a fake `srun` and a fake `scontrol`. The fake srun's call i
+  plays a step of two tasks whose exit statuses are `exits[i]` (an int: both the same; 'x': a task
+  killed before it wrote its status): it writes them where the script's task wrapper would, and
+  exits with the first non-zero one, as srun does. Returns (srun calls, exit status, stderr)."""
   bin_dir, logs, workdir = tmp_path / 'bin', tmp_path / 'logs', tmp_path / 'w'
   bin_dir.mkdir(parents=True)
   logs.mkdir()
   calls = tmp_path / 'calls'
-  codes = ' '.join(map(str, exits))
+  steps = [e if isinstance(e, tuple) else (e, e) for e in exits]
+  codes = ' '.join(','.join(map(str, step)) for step in steps)
   (bin_dir / 'srun').write_text(f"""#!/bin/bash
 n=$(cat {calls} 2>/dev/null | wc -l); echo call >> {calls}
 echo "$JAX_COMPILATION_CACHE_DIR" > {tmp_path}/cache_dir
-codes=({codes})
-exit ${{codes[$n]}}
+echo "$@" > {tmp_path}/srun_args
+steps=({codes}); IFS=, read -ra tasks <<< "${{steps[$n]}}"; rc=0
+for i in "${{!tasks[@]}}"; do
+  code=${{tasks[$i]}}
+  if [ "$code" = x ]; then code=137; else echo "$code" > "$VIT_JAX_STEP_STATUS/$i"; fi
+  if [ "$rc" = 0 ]; then rc=$code; fi
+done
+exit $rc
 """)
   (bin_dir / 'scontrol').write_text('#!/bin/bash\nexit 0\n')
   for f in bin_dir.iterdir():
@@ -208,9 +219,11 @@ exit ${{codes[$n]}}
     'PATH': f'{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ["PATH"]}',
     'SLURM_JOB_NAME': 'job',
     'SLURM_JOB_ID': '7',
+    'SLURM_NTASKS': '2',
     'PYTHONPATH': str(REPO),
   }
   done = subprocess.run(['bash', '-c', text], env=env, capture_output=True, text=True, timeout=120)
+  assert not (logs / '.status-7').exists()
   return len(calls.read_text().splitlines()), done.returncode, done.stderr
 
 
@@ -218,14 +231,59 @@ def test_the_script_reruns_a_lost_or_hung_step_but_not_an_error(tmp_path):
   # (A task whose coordinator or collective peer died exits 75 itself: tests/test_aborts.py.)
   calls, _, err = _run_script_with_fake_srun(tmp_path / 'a', [75, 76, 0])
   assert calls == 3 and 'restart 2 of 2' in err
+  # Task 0 killed (kill -9, the OOM killer) and its peer lost: srun says 137, the tasks say rerun.
+  calls, code, err = _run_script_with_fake_srun(tmp_path / 'b', [(137, 75), 0])
+  assert (calls, code) == (2, 0) and 'exit status 75' in err
+  # A task ended by srun (--wait) before it wrote its status counts as killed.
+  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'f', [(75, 'x'), 0])
+  assert (calls, code) == (2, 0)
   # An abort of its own: not rerun.
   calls, code, _ = _run_script_with_fake_srun(tmp_path / 'c', [134, 0])
   assert (calls, code) == (1, 134)
-  # A bug or a bad config: not rerun.
+  # A bug or a bad config, also beside a lost peer: not rerun.
   calls, code, _ = _run_script_with_fake_srun(tmp_path / 'd', [1, 0])
+  assert (calls, code) == (1, 1)
+  calls, code, _ = _run_script_with_fake_srun(tmp_path / 'g', [(1, 75), 0])
   assert (calls, code) == (1, 1)
   calls, code, err = _run_script_with_fake_srun(tmp_path / 'e', [75, 75, 75, 0])
   assert (calls, code) == (3, 75) and '2 restarts spent: giving up' in err
+
+
+def test_the_task_wrapper_records_the_trainers_status_and_lets_it_save_on_sigterm(tmp_path):
+  """The script's task wrapper (TASK) with a fake `python` that saves on SIGTERM (2 s) and exits
+  75: SIGTERM to the wrapper and the trainer (as SLURM signals a step) waits for the trainer, whose
+  status lands in STATUS_DIR/<SLURM_PROCID>."""
+  text = slurm.script(_args('--gpus_per_node=2'), [('/w', ['--workdir=/w'])], '/l')
+  (task,) = [line for line in text.splitlines() if line.startswith('TASK=')]
+  bin_dir, status = tmp_path / 'bin', tmp_path / 'status'
+  bin_dir.mkdir()
+  status.mkdir()
+  python = bin_dir / 'python'
+  python.write_text(
+    f'#!/bin/bash\necho "$@" > {tmp_path}/argv\n'
+    f"trap 'sleep 2; echo saved > {tmp_path}/saved; exit 75' TERM\n"
+    'touch ' + str(tmp_path / 'started') + '\nsleep 60 & wait\n'
+  )
+  python.chmod(0o755)
+  env = {
+    **os.environ,
+    'PATH': f'{bin_dir}:{os.environ["PATH"]}',
+    'VIT_JAX_STEP_STATUS': str(status),
+    'SLURM_PROCID': '3',
+  }
+  wrapper = subprocess.Popen(
+    ['bash', '-c', f'{task}\nexec bash -c "$TASK" vit_jax.main --workdir=/w --x="a b"'],
+    env=env,
+    start_new_session=True,
+  )
+  deadline = time.time() + 30
+  while not (tmp_path / 'started').exists() and time.time() < deadline:
+    time.sleep(0.1)
+  os.killpg(wrapper.pid, signal.SIGTERM)
+  assert wrapper.wait(timeout=30) == 75
+  assert (tmp_path / 'saved').read_text() == 'saved\n'
+  assert (status / '3').read_text() == '75\n'
+  assert (tmp_path / 'argv').read_text() == '-m vit_jax.main --workdir=/w --x=a b\n'
 
 
 def test_the_tasks_share_a_compilation_cache_beside_the_workdir_unless_env_gives_one(tmp_path):
