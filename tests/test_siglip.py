@@ -20,10 +20,16 @@ DATA = os.path.join(os.path.dirname(__file__), 'data')
 FIXTURES = ('siglip_tiny', 'siglip2_tiny')  # Made by tests/data/make_siglip_fixture.py.
 # big_vision's parameter counts: jax.eval_shape of its own two_towers.Model (big_vision at 0127fb6,
 # configured as its SigLIP demo colabs do) on one image and one text of the preset's sizes.
+# All 25 presets equal big_vision's (test_every_preset_counts_as_big_visions_own_model, with
+# BIG_VISION_DIR); these are checked always.
 BIG_VISION_SIZES = {
   'SigLIP-B_16-224': 203_155_970,
   'SigLIP-L_16-256': 652_150_786,
   'SigLIP-So400m_14-224': 877_360_306,
+  'SigLIP-B_16-256-i18n': 370_626_050,  # mc4, 250k.
+  'SigLIP2-B_16-224': 375_187_970,  # Gemma, 256k.
+  'SigLIP2-So400m_16-256': 1_135_670_962,
+  'SigLIP2-g-opt_16-256': 1_871_393_906,
 }
 
 
@@ -114,6 +120,8 @@ def test_every_text_pooling_has_big_vision_parameters(pool_type):
 
 
 def _count(model, size, length):
+  # Scanned towers: the same parameters (stacked), traced in one block instead of up to 40.
+  model = model.clone(image={**model.image, 'scan': True}, text={**model.text, 'scan': True})
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
   params = jax.eval_shape(
@@ -174,6 +182,28 @@ def test_big_visions_own_code_loads_a_saved_model(tmp_path):
   np.testing.assert_allclose(zimg, want['zimg'], atol=2e-6)
   np.testing.assert_allclose(ztxt, want['ztxt'], atol=2e-6)
   np.testing.assert_allclose(out['b'], want['b'])
+
+
+@pytest.mark.skipif(not os.environ.get('BIG_VISION_DIR'), reason='BIG_VISION_DIR not set')
+@pytest.mark.parametrize('name', sorted(presets.SIGLIP_PRESETS))
+def test_every_preset_counts_as_big_visions_own_model(name):
+  """jax.eval_shape of big_vision's two_towers.Model, configured as its demo colabs do."""
+  sys.path.insert(0, os.environ['BIG_VISION_DIR'])
+  from big_vision.models.proj.image_text import two_towers  # noqa: PLC0415  (optional)
+
+  image, patch, size, text, length, vocab, head, _ = presets.SIGLIP_PRESETS[name]
+  width = presets.WIDTHS[image][0]
+  bv = two_towers.Model(
+    image=dict(variant=f'{image}/{patch}', pool_type='map'),
+    text=dict(variant=text, vocab_size=presets.SIGLIP_VOCAB_SIZES[vocab]),
+    out_dim=(None, width if head else None),
+    bias_init=-10.0,
+  )
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+  theirs = jax.eval_shape(lambda i, t: bv.init(jax.random.key(0), i, t), images, tokens)
+  want = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(theirs['params']))
+  assert _count(models.get_model(name), size, length) == want
 
 
 def test_predict_gives_sigmoid_probabilities_of_a_siglip_file(tmp_path, monkeypatch, capsys):
@@ -242,3 +272,28 @@ def test_a_classifier_fine_tunes_from_the_image_tower_of_a_siglip_file():
   )
   np.testing.assert_array_equal(flat['head/kernel'], 0)  # A new head.
   assert not any(k.startswith(('txt/', 'img/')) for k in flat)
+
+
+def test_lit_training_starts_from_the_image_tower_of_a_siglip_file():
+  from vit_jax.configs import common  # noqa: PLC0415
+  from vit_jax.tasks import image_text  # noqa: PLC0415
+
+  config = common.get_config()
+  config.model = presets.get_model_config('LiT-L16Ti')
+  config.model.image = tiny.vit_config('map', hidden=8, layers=2, mlp=16, heads=2, patch=8)
+  config.model.text = {'width': 8, 'num_layers': 1, 'mlp_dim': 16, 'num_heads': 2, 'vocab_size': 9}
+  config.model.out_dim = (None, 8)
+  config.model.pp.size, config.model.pp.max_len = 32, 4
+  config.image_size, config.loss = 32, 'sigmoid'
+  config.lit.image_init = os.path.join(DATA, 'siglip_tiny.npz')
+  task = image_text.TASK
+  model = task.build_model(config, 0)
+  init = task.init_params(model, jax.random.key(0), 32)
+  params = task.load_pretrained(config, init)
+  file = checkpoint.canonical_flat(config.lit.image_init)
+  img = utils.flatten_dict(params['img'])
+  np.testing.assert_array_equal(img['MAPHead_0/probe'], file['img/MAPHead_0/probe'])
+  assert img['Transformer/posembed_input/pos_embedding'].shape == (1, 16, 8)  # From 2 x 2.
+  # The text tower, t and b keep their init (the file's are not used).
+  jax.tree.map(np.testing.assert_array_equal, params['txt'], init['txt'])
+  assert float(params['b'][0]) == config.lit.bias_init
