@@ -56,8 +56,13 @@ def test_transformers_reads_the_export_with_equal_embeddings(tmp_path, monkeypat
     pixels = torch.from_numpy(want['images']).permute(0, 3, 1, 2)
     zimg = hf.get_image_features(pixel_values=pixels)
     ztxt = hf.get_text_features(input_ids=torch.from_numpy(want['tokens']).long())
-  # get_*_features are before normalisation; ours (and big_vision's) after.
-  norm = lambda z: (z / z.norm(dim=-1, keepdim=True)).numpy()  # noqa: E731
+
+  # get_*_features are before normalisation (a tensor, or in Transformers 5 an output whose
+  # pooler_output it is); ours (and big_vision's) after.
+  def norm(z):
+    z = getattr(z, 'pooler_output', z)
+    return (z / z.norm(dim=-1, keepdim=True)).numpy()
+
   np.testing.assert_allclose(norm(zimg), want['zimg'], atol=1e-5)
   np.testing.assert_allclose(norm(ztxt), want['ztxt'], atol=1e-5)
   np.testing.assert_allclose(hf.logit_scale.exp().detach().numpy(), want['t'], rtol=1e-6)

@@ -176,6 +176,11 @@ def hf_config(model) -> dict:
       'num_attention_heads': text['num_heads'],
       'max_position_embeddings': model.pp['max_len'],
       'projection_size': model.out_dim[1],
+      # The vocabularies' '</s>' (T5's and Gemma's 1), and the padding the tokenizers use: big_vision
+      # pads T5's vocabularies with 1 and Gemma's with '<pad>' (0); no BOS.
+      'eos_token_id': 1,
+      'pad_token_id': 0 if model.pp.get('tokenizer') == 'gemma' else 1,
+      'bos_token_id': None,
       **common,
     },
     'vision_config': {
