@@ -6,21 +6,21 @@ import os
 
 import numpy as np
 import pytest
-from test_siglip import DATA, expected, tiny_siglip
+import tiny
 
 from vit_jax import export, export_siglip, models
 from vit_jax.configs import presets
 
 
 def test_the_tensors_and_config_have_siglips_names_and_shapes():
-  model = tiny_siglip()
-  variables = model.load_variables(os.path.join(DATA, 'siglip2_tiny.npz'))
+  model = tiny.siglip()
+  variables = model.load_variables(os.path.join(tiny.DATA, 'siglip2_tiny.npz'))
   tensors = export_siglip.hf_state_dict(model, variables['params'])
   assert tensors['vision_model.head.attention.in_proj_weight'].shape == (24, 8)
   assert tensors['vision_model.embeddings.position_embedding.weight'].shape == (4, 8)
   assert tensors['text_model.encoder.layers.1.self_attn.q_proj.weight'].shape == (8, 8)
   assert tensors['text_model.embeddings.token_embedding.weight'].shape == (50, 8)
-  np.testing.assert_allclose(tensors['logit_bias'], expected('siglip2_tiny')['b'])
+  np.testing.assert_allclose(tensors['logit_bias'], tiny.siglip_expected('siglip2_tiny')['b'])
   config = export_siglip.hf_config(model)
   assert (config['vision_config']['image_size'], config['text_config']['projection_size']) == (
     16,
@@ -29,7 +29,7 @@ def test_the_tensors_and_config_have_siglips_names_and_shapes():
 
 
 def test_models_siglip_cannot_express_are_refused_by_name():
-  model = tiny_siglip()
+  model = tiny.siglip()
   bad = model.clone(image={**model.image, 'classifier': 'token'}, out_dim=(8, None))
   problems = export_siglip.unsupported(bad)
   assert any("'map'" in p for p in problems) and any('no text head' in p for p in problems)
@@ -43,14 +43,14 @@ def test_models_siglip_cannot_express_are_refused_by_name():
 def test_transformers_reads_the_export_with_equal_embeddings(tmp_path, monkeypatch):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
-  model = tiny_siglip()
+  model = tiny.siglip()
   monkeypatch.setitem(presets.SIGLIP_PRESETS, 'SigLIP-tiny', None)
   monkeypatch.setattr(models, 'get_model', lambda name, **kw: model)
   out = tmp_path / 'hf'
-  ckpt = os.path.join(DATA, 'siglip2_tiny.npz')
+  ckpt = os.path.join(tiny.DATA, 'siglip2_tiny.npz')
   assert export.main(['hf', '--model=SigLIP-tiny', f'--checkpoint={ckpt}', f'--out={out}']) == 0
   assert json.loads((out / 'config.json').read_text())['architectures'] == ['SiglipModel']
-  want = expected('siglip2_tiny')
+  want = tiny.siglip_expected('siglip2_tiny')
   hf = transformers.SiglipModel.from_pretrained(str(out)).eval()
   with torch.no_grad():
     pixels = torch.from_numpy(want['images']).permute(0, 3, 1, 2)

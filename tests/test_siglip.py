@@ -16,7 +16,7 @@ from vit_jax import checkpoint, models, predict, utils
 from vit_jax.configs import presets
 from vit_jax.models import lit
 
-DATA = os.path.join(os.path.dirname(__file__), 'data')
+DATA = tiny.DATA
 FIXTURES = ('siglip_tiny', 'siglip2_tiny')  # Made by tests/data/make_siglip_fixture.py.
 # big_vision's parameter counts: jax.eval_shape of its own two_towers.Model (big_vision at 0127fb6,
 # configured as its SigLIP demo colabs do) on one image and one text of the preset's sizes.
@@ -33,31 +33,10 @@ BIG_VISION_SIZES = {
 }
 
 
-def tiny_siglip(scan: bool = False, **pp) -> lit.LitModel:
-  """The fixtures' model (make_siglip_fixture.py's TOWER, IMAGE_SIZE, PATCH, VOCAB, LENGTH)."""
-  image = tiny.vit_config('map', hidden=8, layers=2, mlp=16, heads=2, patch=8)
-  image.patch_remainder = 'drop'
-  return lit.LitModel(
-    image=image,
-    text_model='text_transformer',
-    text=dict(width=8, num_layers=2, mlp_dim=16, num_heads=2, vocab_size=50, scan=scan),
-    pp={'tokenizer_name': 'sentencepiece', 'size': 16, 'max_len': 6, **pp},
-    out_dim=(None, 8),
-    model_name='tiny-siglip',
-    bias_init=-10.0,
-    npz_layout='big_vision',
-  )
-
-
-def expected(name):
-  with np.load(os.path.join(DATA, f'{name}_expected.npz')) as f:
-    return dict(f)
-
-
 @pytest.mark.parametrize('name', FIXTURES)
 def test_big_vision_files_load_unchanged_and_give_its_embeddings_t_and_b(name):
-  want = expected(name)
-  model = tiny_siglip()
+  want = tiny.siglip_expected(name)
+  model = tiny.siglip()
   variables = model.load_variables(os.path.join(DATA, f'{name}.npz'))
   init = jax.eval_shape(
     lambda: model.init(jax.random.key(0), images=want['images'], tokens=want['tokens'])
@@ -72,8 +51,8 @@ def test_big_vision_files_load_unchanged_and_give_its_embeddings_t_and_b(name):
 
 
 def test_a_saved_model_has_big_vision_names_and_loads_back_to_the_same_embeddings(tmp_path):
-  want = expected('siglip2_tiny')
-  model = tiny_siglip()
+  want = tiny.siglip_expected('siglip2_tiny')
+  model = tiny.siglip()
   variables = model.load_variables(os.path.join(DATA, 'siglip2_tiny.npz'))
   path = str(tmp_path / 'saved.npz')
   model.save_variables(path, variables)
@@ -98,8 +77,8 @@ def test_a_saved_model_has_big_vision_names_and_loads_back_to_the_same_embedding
 
 
 def test_a_scanned_text_tower_reads_the_same_files():
-  want = expected('siglip_tiny')
-  model = tiny_siglip(scan=True)
+  want = tiny.siglip_expected('siglip_tiny')
+  model = tiny.siglip(scan=True)
   flat = checkpoint.stack_blocks(checkpoint.canonical_flat(os.path.join(DATA, 'siglip_tiny.npz')))
   assert 'txt/Encoder_0/encoderblock/MlpBlock_0/Dense_0/kernel' in flat
   _, ztxt, _ = model.apply({'params': utils.unflatten_dict(flat)}, tokens=want['tokens'])
@@ -169,8 +148,8 @@ def test_big_visions_own_code_loads_a_saved_model(tmp_path):
   sys.path.insert(0, DATA)
   import make_siglip_fixture as fixture  # noqa: PLC0415
 
-  want = expected('siglip_tiny')
-  model = tiny_siglip()
+  want = tiny.siglip_expected('siglip_tiny')
+  model = tiny.siglip()
   variables = model.load_variables(os.path.join(DATA, 'siglip_tiny.npz'))
   path = str(tmp_path / 'saved.npz')
   model.save_variables(path, variables)
@@ -217,7 +196,7 @@ def test_predict_gives_sigmoid_probabilities_of_a_siglip_file(tmp_path, monkeypa
     hard_vocab_limit=False,
     minloglevel=2,
   )
-  model = tiny_siglip()
+  model = tiny.siglip()
   monkeypatch.setitem(presets.SIGLIP_PRESETS, 'SigLIP-tiny', None)
   monkeypatch.setitem(presets.LIT_PRESETS, 'SigLIP-tiny', None)
   monkeypatch.setattr(models, 'get_model', lambda name, **kw: model)
