@@ -133,3 +133,68 @@ def test_train_throughput_times_a_lit_step_beside_its_image_tower_as_a_classifie
     lit['step_ratio_vs_image_classifier'] == lit['step_s_median'] / baseline['step_s_median'] > 0
   )
   assert 0 < lit['train_gflops_per_image'] and lit['mfu'] > 0
+
+
+def test_sigmoid_loss_memory_prints_both_losses_and_the_chunked_one_holds_less():
+  out = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/sigmoid_loss_memory.py',
+      '--batches=64,128',
+      '--dim=16',
+      '--steps=1',
+    ],
+    cwd=ROOT,
+    check=True,
+    stdout=subprocess.PIPE,
+    text=True,
+    timeout=900,
+  ).stdout
+  rows = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+  assert [(r['batch'], r['impl']) for r in rows] == [
+    (64, 'dense'),
+    (64, 'chunked'),
+    (128, 'dense'),
+    (128, 'chunked'),
+  ]
+  assert all(r['devices'] == 8 and r['step_s'] > 0 and r['temp_bytes'] > 0 for r in rows)
+  for dense, chunked in (rows[:2], rows[2:]):
+    assert chunked['temp_bytes'] < dense['temp_bytes']
+    assert chunked['total_bytes'] < dense['total_bytes']
+  assert '| 128 | 16 |' in out  # The table: global batch, per device.
+
+
+def test_main_seeds_reports_each_seeds_final_accuracy_and_times(tmp_path, digits_dir):
+  out = subprocess.run(
+    [
+      sys.executable,
+      'benchmarks/main_seeds.py',
+      '--seeds=1',
+      f'--root={tmp_path}',
+      '--markdown',
+      '--',
+      f'--config.tfds_data_dir={digits_dir}',
+      '--config.model.hidden_size=32',
+      '--config.model.transformer.num_layers=1',
+      '--config.model.transformer.mlp_dim=64',
+      '--config.batch_size=16',
+      '--config.total_steps=2',
+      '--config.eval_every_steps=2',
+      '--config.schedule.warmup_steps=1',
+    ],
+    cwd=ROOT,
+    check=True,
+    stdout=subprocess.PIPE,
+    text=True,
+    timeout=900,
+  ).stdout
+  row, summary = (json.loads(line) for line in out.strip().splitlines()[:2])
+  assert (row['seed'], row['step'], row['num_examples']) == (1, 2, 360)
+  assert 0 <= row['accuracy'] <= 1 and row['correct'] == round(360 * row['accuracy'])
+  assert row['wall_s'] > 0 and row['cpu_s'] > 0
+  assert json.loads((tmp_path / 'seed1' / 'config.json').read_text())['seed'] == 1
+  assert (
+    summary['seeds'] == [1]
+    and summary['accuracy_min'] == summary['accuracy_max'] == (row['accuracy'])
+  )
+  assert f'| 1 | {100 * row["accuracy"]:.2f}% ({row["correct"]}/360) |' in out

@@ -44,6 +44,17 @@ def test_the_objective_rules_are_the_tasks_and_the_model_fields_the_config_check
   assert classification.TASK.problems(tiny.train_config(mixup_p=0.5)) == []
 
 
+def test_the_sigmoid_loss_impl_is_checked():
+  assert image_text.TASK.problems(_lit(loss='sigmoid', **{'lit.sigmoid_impl': 'chunked'})) == []
+  (bad,) = image_text.TASK.problems(_lit(**{'lit.sigmoid_impl': 'chunk'}))
+  assert bad == (
+    "config.lit.sigmoid_impl='chunk' is not one of 'auto', 'chunked', 'dense' "
+    "(did you mean 'chunked'?)."
+  )
+  (softmax,) = image_text.TASK.problems(_lit(**{'lit.sigmoid_impl': 'chunked'}))
+  assert softmax.startswith("config.lit.sigmoid_impl='chunked' computes the sigmoid loss, but")
+
+
 def test_the_locked_tower_is_the_frozen_part_only_when_locked():
   assert image_text.TASK.frozen(_lit()) == (r'img/.*',)
   assert image_text.TASK.frozen(_lit(**{'lit.locked_image': False})) == ()

@@ -16,7 +16,7 @@ POSEMBS = ('learn', 'sincos2d')
 ATTENTIONS = ('plain', 'xla', 'cudnn')
 REMAT_POLICIES = ('none', 'full', 'dots')
 TEXT_MODELS = ('bert', 'text_transformer')  # A LiT model's text towers (vit_jax/models/lit.py).
-TOKENIZERS = ('bert', 'sentencepiece')  # Their tokenizers (vit_jax/data/tokenizers.py).
+TOKENIZERS = ('bert', 'sentencepiece', 'siglip', 'siglip2')  # vit_jax/data/tokenizers.py's.
 
 # Training (state.py, optim.py, losses.py): `dtype` (compute) and `optimizer.accumulator_dtype` take
 # DTYPES.
@@ -25,6 +25,9 @@ NONFINITE_POLICIES = ('stop', 'skip')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 DECAY_TYPES = ('cosine', 'linear', 'constant', 'rsqrt')
 LOSSES = ('softmax', 'sigmoid')
+# How image-text training computes the sigmoid loss (config.lit.sigmoid_impl;
+# vit_jax/tasks/contrastive.py): 'auto' picks 'chunked' where the batch is split over > 1 device.
+SIGMOID_IMPLS = ('auto', 'chunked', 'dense')
 
 # Data (preprocess.py, sources.py).
 TRAIN_CROPS = ('inception', 'pad_crop', 'resize')

@@ -140,6 +140,11 @@ def get_config():
   config.lit.temperature_init = 10.0
   # The sigmoid loss's bias at init (SigLIP's); not used by the softmax loss.
   config.lit.bias_init = -10.0
+  # How the sigmoid loss is computed over the global batch (the same value and gradients):
+  # 'dense' forms all B x B logits (XLA gathers every device's text embeddings); 'chunked' passes
+  # the text embeddings around the ring of the batch's devices, one [local x local] block of logits
+  # at a time (SigLIP's); 'auto' is 'chunked' where the batch is split over more than one device.
+  config.lit.sigmoid_impl = 'auto'
 
   # Optimisation.
   config.batch_size = 512  # Global batch, over all devices and processes.

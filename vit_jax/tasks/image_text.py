@@ -1,8 +1,9 @@
 """Image-text training (LiT, SigLIP): a LitModel (an image tower and a text tower,
 vit_jax/models/lit.py) trained with a contrastive loss over the global batch
 (vit_jax/tasks/contrastive.py: config.loss 'softmax' is LiT's, 'sigmoid' SigLIP's with the model's
-bias `b`) on image-caption pairs (vit_jax/data/captions.py, config.lit), and evaluated zero-shot
-(and by retrieval where the data has captions).
+bias `b`, computed dense or chunked round the ring of devices as config.lit.sigmoid_impl says) on
+image-caption pairs (vit_jax/data/captions.py, config.lit), and evaluated zero-shot (and by
+retrieval where the data has captions).
 
 The image tower comes from config.lit.image_init and, locked (config.lit.locked_image, LiT's "locked
 image tuning"), gets no updates and no optimizer state; with config.lit.precompute_image it is
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import augreg, checkpoint, io, models, sharding, utils
-from vit_jax.configs import check, presets
+from vit_jax.configs import check, choices, presets
 from vit_jax.data import captions as captions_lib
 from vit_jax.data import input_pipeline, preprocess, splits
 from vit_jax.models import flops
@@ -110,6 +111,12 @@ class ImageText:
       )
     check.number(problems, 'lit.temperature_init', lit.temperature_init, low=0, low_open=True)
     check.number(problems, 'lit.bias_init', lit.bias_init)
+    check.choice(problems, 'lit.sigmoid_impl', lit.sigmoid_impl, choices.SIGMOID_IMPLS)
+    if lit.sigmoid_impl == 'chunked' and config.loss != 'sigmoid':
+      problems.append(
+        f"config.lit.sigmoid_impl='chunked' computes the sigmoid loss, but config.loss="
+        f"{config.loss!r}; set loss='sigmoid', or sigmoid_impl='auto'."
+      )
     return problems
 
   def file_problems(self, config) -> list[str]:
@@ -164,7 +171,8 @@ class ImageText:
           {'params': params}, images=batch['image'], tokens=batch['tokens']
         )
       if config.loss == 'sigmoid':
-        return contrastive.sigmoid_loss(zimg, ztxt, out['t'][0], out['b'][0])
+        t, b = out['t'][0], out['b'][0]
+        return contrastive.sigmoid_loss(zimg, ztxt, t, b, impl=config.lit.sigmoid_impl)
       return contrastive.softmax_loss(zimg, ztxt, out['t'][0])
 
     return loss
