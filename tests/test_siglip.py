@@ -127,6 +127,8 @@ def test_presets_list_every_release_with_its_file_and_vocabulary():
   )
   assert config.out_dim == (None, 1536) and config.text.vocab_size == 256_000
   assert config.pp.tokenizer == 'gemma' and config.pp.max_len == 64 and config.pp.size == 384
+  assert config.pp.tokenizer_name == 'siglip2'
+  assert presets.get_model_config('SigLIP-B_16-224').pp.tokenizer_name == 'siglip'
   assert presets.release_path('SigLIP2-g-opt_16-384') == (
     'gs://big_vision/siglip2/siglip2_g-opt16_384.npz'
   )
@@ -196,7 +198,7 @@ def test_predict_gives_sigmoid_probabilities_of_a_siglip_file(tmp_path, monkeypa
     hard_vocab_limit=False,
     minloglevel=2,
   )
-  model = tiny.siglip()
+  model = tiny.siglip(tokenizer_name='siglip')  # big_vision's SigLIP text preprocessing.
   monkeypatch.setitem(presets.SIGLIP_PRESETS, 'SigLIP-tiny', None)
   monkeypatch.setitem(presets.LIT_PRESETS, 'SigLIP-tiny', None)
   monkeypatch.setattr(models, 'get_model', lambda name, **kw: model)

@@ -242,9 +242,10 @@ def _siglip_config(name: str) -> ml_collections.ConfigDict:
         'vocab_size': SIGLIP_VOCAB_SIZES[vocab],
         'pool_type': 'last',
       },
-      # The kind of tokenizer (vit_jax/data/tokenizers.py) and big_vision's vocabulary name.
+      # The kind of tokenizer (vit_jax/data/tokenizers.py: big_vision's text preprocessing of
+      # SigLIP, 'siglip', and of SigLIP 2, 'siglip2') and big_vision's vocabulary name.
       'pp': {
-        'tokenizer_name': 'sentencepiece',
+        'tokenizer_name': 'siglip2' if vocab == 'gemma' else 'siglip',
         'tokenizer': vocab,
         'vocab_path': SIGLIP_VOCABULARIES[vocab],
         'size': size,
