@@ -192,6 +192,7 @@ LAYERS = (
       'vit_jax.predict',
       'vit_jax.visualize',
       'vit_jax.export',
+      'vit_jax.export_siglip',
       'vit_jax.cli',
       'vit_jax.tools',
       'vit_jax.models_lit',

@@ -1,8 +1,12 @@
 """Tiny model configs that keep the suite fast."""
 
+import os
+
 import ml_collections
 import numpy as np
 from PIL import Image
+
+from vit_jax import models
 
 
 def vit_config(
@@ -548,3 +552,29 @@ def imports_tensorflow(module, args, *, cwd=REPO, devices=1, timeout=600, env=No
   imported = 'TENSORFLOW True' in done.stdout
   assert imported or 'TENSORFLOW False' in done.stdout, done.stderr[-3000:]
   return done.returncode, imported, done.stderr
+
+
+# SigLIP fixtures made by big_vision's code (tests/data/make_siglip_fixture.py).
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+
+
+def siglip(scan: bool = False, **pp) -> models.LitModel:
+  """The fixtures' model (make_siglip_fixture.py's TOWER, IMAGE_SIZE, PATCH, VOCAB, LENGTH)."""
+  image = vit_config('map', hidden=8, layers=2, mlp=16, heads=2, patch=8)
+  image.patch_remainder = 'drop'
+  return models.LitModel(
+    image=image,
+    text_model='text_transformer',
+    text=dict(width=8, num_layers=2, mlp_dim=16, num_heads=2, vocab_size=50, scan=scan),
+    pp={'tokenizer_name': 'sentencepiece', 'size': 16, 'max_len': 6, **pp},
+    out_dim=(None, 8),
+    model_name='tiny-siglip',
+    bias_init=-10.0,
+    npz_layout='big_vision',
+  )
+
+
+def siglip_expected(name):
+  """tests/data/NAME_expected.npz: big_vision's inputs and outputs of a SigLIP fixture."""
+  with np.load(os.path.join(DATA, f'{name}_expected.npz')) as f:
+    return dict(f)

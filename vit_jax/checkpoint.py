@@ -23,8 +23,10 @@ from vit_jax.configs import presets
 
 # The file format's names, at their public path.
 from vit_jax.npz import (  # noqa: F401
+  LAYOUTS,
   STACKED,
   CheckpointError,
+  big_vision_names,
   canonical_flat,
   describe_file,
   load,
@@ -204,12 +206,18 @@ def load_pretrained(
     ShapeDtypeStructs, their shardings (nothing is materialised whole on one device).
   * A scanned model (stacked `Transformer/encoderblock/...` in `init_params`) gets the blocks
     stacked.
+  * A two-tower file (SigLIP's, LiT's) gives its image tower `img/` (e.g. a SigLIP ViT with the
+    MAP head); its text tower, `t` and `b` are ignored.
   * An MLP-Mixer (release files from gs://mixer_models load as they are) has no position embeddings:
     only its head is replaced. Its token-mixing weights fix the number of tokens, so another
     resolution is an error saying so.
   """
   flat = canonical_flat(pretrained_path)
   init_flat = utils.flatten_dict(init_params)
+  if any(k.startswith('img/') for k in flat) and not any(k.startswith('img/') for k in init_flat):
+    # A two-tower file (LiT, SigLIP): its image tower; the text tower, t and b are not used.
+    log.info('Taking the image tower (img/) of the two-tower file %s.', pretrained_path)
+    flat = {k[len('img/') :]: v for k, v in flat.items() if k.startswith('img/')}
   if any(name.startswith(STACKED) for name in init_flat):
     flat = stack_blocks(flat)
   posemb = 'Transformer/posembed_input/pos_embedding'

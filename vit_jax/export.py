@@ -4,6 +4,7 @@ loads.
   python -m vit_jax.export hf --workdir=RUN --out=DIR
   python -m vit_jax.export hf --checkpoint=X.npz --model=ViT-B_16 [--class_names=names.json]
       --out=DIR
+  python -m vit_jax.export hf --checkpoint=X.npz --model=SigLIP-B_16-224 --out=DIR   # SiglipModel
 
 DIR gets model.safetensors, config.json and preprocessor_config.json; then, with PyTorch:
   transformers.ViTForImageClassification.from_pretrained(DIR),
@@ -39,7 +40,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vit_jax import cli, errors, io
+from vit_jax import cli, errors, export_siglip, io
+from vit_jax.configs import presets
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +345,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   cli.add_model_args(hf)
   hf.add_argument('--out', required=True, help='Output folder (local or gs://).')
   args = parser.parse_args(argv)
+  if args.model in presets.SIGLIP_PRESETS and args.checkpoint:  # A SiglipModel (export_siglip.py).
+    return cli.run(lambda: _export_siglip(args), prog=hf.prog, argv=argv)
   cli.check_model_args(args, hf)
   return cli.run(lambda: _export(args), prog=hf.prog, argv=argv)
+
+
+def _export_siglip(args) -> int:
+  from vit_jax import models  # noqa: PLC0415  (JAX)
+
+  model = models.get_model(args.model)
+  variables = model.load_variables(args.checkpoint)
+  for path in export_siglip.export_hf(model, variables, args.out, source=args.checkpoint):
+    print(path)
+  return 0
 
 
 def _export(args) -> int:

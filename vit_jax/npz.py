@@ -15,7 +15,8 @@ init: fine-tuning) accept:
   * MLP-Mixer release files (gs://mixer_models/..., `MixerBlock_{i}/...`: the names of
     models.MlpMixer as they are).
 Files are read into our model's per-layer (Linen) names; `save_npz` writes the released files'
-names, which their readers expect (timm's `_load_weights`). A scanned model (`scan=True`) loads them
+names, which their readers expect (timm's `_load_weights`), or big_vision's (SigLIP's two-tower
+files: `img/pos_embedding`, stacked `txt/Encoder_0/encoderblock/...` in SigLIP 2's, read too). A scanned model (`scan=True`) loads them
 by stacking the blocks along a leading layer axis and saves them unstacked (`stack_blocks` /
 `unstack_blocks`).
 """
@@ -41,7 +42,11 @@ _PRE_LINEN = {
 }
 _RELEASE = {linen: release for release, linen in _PRE_LINEN.items()}
 _PREFIXES = ('opt/target/', 'params/')
-_BLOCK = re.compile(r'Transformer/encoderblock_(\d+)/(.+)')
+# A block of an encoder: a ViT's (`Transformer`), or a text tower's (`Encoder_0`, big_vision's text
+# transformer), at the top or inside a two-tower model's tower (`img/`, `txt/`).
+_ENCODER = r'((?:[^/]+/)?(?:Transformer|Encoder_0))'
+_BLOCK = re.compile(_ENCODER + r'/encoderblock_(\d+)/(.+)')
+_STACKED_BLOCK = re.compile(_ENCODER + r'/encoderblock/(.+)')
 STACKED = 'Transformer/encoderblock/'  # The prefix of a scanned model's stacked blocks.
 
 
@@ -142,7 +147,8 @@ def _to_numeric(name: str, arr: np.ndarray) -> np.ndarray:
 
 def stack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
   """Per-layer `Transformer/encoderblock_{i}/...` arrays -> stacked `Transformer/encoderblock/...`
-  (scanned layout).
+  (scanned layout); the same for a text tower's `Encoder_0/encoderblock_{i}` and inside a two-tower
+  model's towers (`img/Transformer/...`, `txt/Encoder_0/...`).
 
   The new leading axis is the layer, in layer order; other keys pass unchanged.
   """
@@ -151,22 +157,22 @@ def stack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
   for name, arr in flat.items():
     match = _BLOCK.fullmatch(name)
     if match:
-      blocks.setdefault(match.group(2), {})[int(match.group(1))] = arr
+      blocks.setdefault((match.group(1), match.group(3)), {})[int(match.group(2))] = arr
     else:
       out[name] = arr
-  for rest, layers in blocks.items():
-    out[STACKED + rest] = np.stack([layers[i] for i in sorted(layers)])
+  for (encoder, rest), layers in blocks.items():
+    out[f'{encoder}/encoderblock/{rest}'] = np.stack([layers[i] for i in sorted(layers)])
   return out
 
 
 def unstack_blocks(flat: dict[str, Any]) -> dict[str, Any]:
-  """The inverse of `stack_blocks`: stacked `Transformer/encoderblock/...` arrays -> per-layer
-  keys."""
+  """The inverse of `stack_blocks`: stacked `.../encoderblock/...` arrays -> per-layer keys."""
   out = {}
   for name, arr in flat.items():
-    if name.startswith(STACKED):
-      rest = name[len(STACKED) :]
-      out.update({f'Transformer/encoderblock_{i}/{rest}': arr[i] for i in range(arr.shape[0])})
+    match = _STACKED_BLOCK.fullmatch(name)
+    if match:
+      encoder, rest = match.groups()
+      out.update({f'{encoder}/encoderblock_{i}/{rest}': arr[i] for i in range(arr.shape[0])})
     else:
       out[name] = arr
   return out
@@ -195,15 +201,38 @@ def release_names(flat: dict[str, Any]) -> dict[str, Any]:
   return _rename_block_children(flat, _RELEASE)
 
 
-def save_npz(path: str, params) -> None:
-  """Writes params as a flat float32 `.npz` in the released ViT files' layout (`release_names`),
-  which the reference code, timm and this package read. A scanned model's blocks are written per
-  layer, as the unrolled model's."""
+def big_vision_names(flat: dict[str, Any]) -> dict[str, Any]:
+  """Our per-layer (Linen) names -> big_vision's: the position embedding at the top of the ViT (or
+  of a two-tower model's `img/` tower) as `pos_embedding`, for the patches only (a class token's row
+  is added into `cls`, the same sums); everything else as it is."""
+  out = dict(flat)
+  for tower in ('', 'img/'):
+    posemb = out.pop(f'{tower}Transformer/posembed_input/pos_embedding', None)
+    if posemb is None:
+      continue
+    if f'{tower}cls' in out:
+      out[f'{tower}cls'] = out[f'{tower}cls'] + posemb[:, :1]
+      posemb = posemb[:, 1:]
+    out[f'{tower}pos_embedding'] = posemb
+  return out
+
+
+# save_npz's layouts: the released ViT and LiT files', or big_vision's (SigLIP's two_towers).
+LAYOUTS = {'release': release_names, 'big_vision': big_vision_names}
+
+
+def save_npz(path: str, params, layout: str = 'release') -> None:
+  """Writes params as a flat float32 `.npz`: in the released ViT files' layout (`release_names`),
+  which the reference code, timm and this package read, or with layout='big_vision' in big_vision's
+  (`big_vision_names`: what its two_towers.load and vit.load read, SigLIP's files). A scanned
+  model's blocks are written per layer, as the unrolled model's."""
+  if layout not in LAYOUTS:
+    raise ValueError(f'Unknown layout {layout!r}; valid: {", ".join(LAYOUTS)}.')
   flat = {
     name: np.asarray(jax.device_get(v), dtype=np.float32)
     for name, v in utils.flatten_dict(params).items()
   }
-  flat = release_names(unstack_blocks(flat))
+  flat = LAYOUTS[layout](unstack_blocks(flat))
   buf = bytes_io.BytesIO()
   np.savez(buf, **flat)
   io.write_bytes(path, buf.getvalue())
@@ -229,23 +258,24 @@ def _canonical_names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def _from_big_vision(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _from_big_vision(flat: dict[str, np.ndarray], tower: str = '') -> dict[str, np.ndarray]:
   """big_vision adds `pos_embedding` to the patches only; prepend a zero row for the class token if
-  it has one."""
-  posemb = flat.pop('pos_embedding')
-  if 'cls' in flat:
+  it has one. `tower` is '' for a ViT, 'img/' for a two-tower model's image tower."""
+  posemb = flat.pop(f'{tower}pos_embedding')
+  if f'{tower}cls' in flat:
     posemb = np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
-  flat['Transformer/posembed_input/pos_embedding'] = posemb
+  flat[f'{tower}Transformer/posembed_input/pos_embedding'] = posemb
   return flat
 
 
 def canonical_flat(path: str) -> dict[str, np.ndarray]:
   """The file's arrays under the per-layer release (Linen) names of our unscanned model, whatever
-  its layout."""
+  its layout (a two-tower model's image tower, big_vision's SigLIP files, included)."""
   flat = _canonical_names(read_npz(path))
-  if 'pos_embedding' in flat:
-    log.info('Reading %s as a big_vision checkpoint.', path)
-    flat = _from_big_vision(flat)
+  for tower in ('', 'img/'):
+    if f'{tower}pos_embedding' in flat:
+      log.info('Reading %s as a big_vision checkpoint.', path)
+      flat = _from_big_vision(flat, tower)
   return flat
 
 

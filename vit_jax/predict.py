@@ -20,7 +20,8 @@ Inputs are image files, folders (searched recursively for vit_jax.io.IMAGE_EXTEN
 local or gs://. Each image goes through the run's evaluation preprocessing
 (`preprocess.eval_image`), in batches of --batch_size. Labels are the run's class names
 (WORKDIR/class_names.json) or, without them, class indices. Probabilities are the softmax of the
-logits (the sigmoid for a run trained with `loss='sigmoid'`). An input that cannot be read or
+logits (each logit's sigmoid for a model with SigLIP's bias `b`: a SigLIP file, --model=SigLIP-...,
+or a run trained with `loss='sigmoid'`; as big_vision's demo, sigmoid(t * zimg . ztxt + b)). An input that cannot be read or
 decoded (a missing file, an unsupported URL, an unreachable bucket, a file that is not an image)
 gets an `error` instead of predictions, and the others are still classified; the command then exits
 with status 1.
@@ -282,7 +283,12 @@ def _predict_zero_shot(args) -> int:
   )
   records = [{'file': p, 'error': why} for p, why in missing]
   records += classify(
-    paths, batches, logits, label=lambda c: names[c], top_k=min(args.top_k, len(names))
+    paths,
+    batches,
+    logits,
+    label=lambda c: names[c],
+    top_k=min(args.top_k, len(names)),
+    loss=zeroshot.loss(variables),
   )
   return _report(records, args)
 

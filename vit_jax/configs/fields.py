@@ -83,7 +83,7 @@ def model_fields(family: str) -> frozenset[str]:
       f
       for name in presets.LIT_PRESETS
       for f in flat_keys(presets.get_model_config(name), 'model.')
-      if not f.startswith('model.image.')
+      if not f.startswith('model.image.') or name in presets.SIGLIP_PRESETS
     }
     return frozenset(
       fields

@@ -30,6 +30,9 @@ WIDTHS = {
   'L': (1024, 24, 4096, 16),
   'H': (1280, 32, 5120, 16),
   'g': (1408, 40, 6144, 16),
+  # SigLIP's shape-optimised widths (big_vision's vit.decode_variant).
+  'So400m': (1152, 27, 4304, 16),
+  'g-opt': (1536, 40, 6144, 16),
   '22B': (6144, 48, 24576, 48),
 }
 
@@ -96,6 +99,88 @@ LIT_PRESETS = {
   'LiT-L16S': ('ViT-L_16', None, 1024, 'text_transformer', _TEXT_S, 'sentencepiece'),
   'LiT-L16Ti': ('ViT-L_16', None, 1024, 'text_transformer', _TEXT_TI, 'sentencepiece'),
 }
+# SigLIP and SigLIP 2 (big_vision's two_towers: its ViT with the MAP head and no image head, its text
+# transformer pooled on the last token with a head to the image width, `t` and the sigmoid loss's
+# `b`): every non-NaFlex release, as big_vision's demo colabs configure them. Names:
+# 'SigLIP-<variant>_<patch>-<resolution>[-i18n]', 'SigLIP2-<variant>_<patch>-<resolution>'.
+# name -> (image width, patch, resolution, text width, text length, vocabulary (big_vision's
+# tokenizer name), text head: True (to the image width) or None (none), file).
+_SIGLIP = 'gs://big_vision/siglip/webli_'
+_SIGLIP_1 = {
+  'SigLIP-B_16-224': ('B', 16, 224, 'B', 64, 'c4_en', True, 'en_b16_224_63724782'),
+  'SigLIP-B_16-256': ('B', 16, 256, 'B', 64, 'c4_en', True, 'en_b16_256_60500360'),
+  'SigLIP-B_16-384': ('B', 16, 384, 'B', 64, 'c4_en', True, 'en_b16_384_68578854'),
+  'SigLIP-B_16-512': ('B', 16, 512, 'B', 64, 'c4_en', True, 'en_b16_512_68580893'),
+  'SigLIP-L_16-256': ('L', 16, 256, 'L', 64, 'c4_en', True, 'en_l16_256_60552751'),
+  'SigLIP-L_16-384': ('L', 16, 384, 'L', 64, 'c4_en', True, 'en_l16_384_63634585'),
+  'SigLIP-So400m_14-224': (
+    'So400m',
+    14,
+    224,
+    'So400m',
+    16,
+    'c4_en',
+    True,
+    'en_so400m_224_57633886',
+  ),
+  'SigLIP-So400m_14-384': (
+    'So400m',
+    14,
+    384,
+    'So400m',
+    64,
+    'c4_en',
+    True,
+    'en_so400m_384_58765454',
+  ),
+  'SigLIP-B_16-256-i18n': ('B', 16, 256, 'B', 64, 'mc4', True, 'i18n_b16_256_66117334'),
+  # (Its text tower has no head, as big_vision's SigLIP demo configures it.)
+  'SigLIP-So400m_16-256-i18n': (
+    'So400m',
+    16,
+    256,
+    'So400m',
+    64,
+    'mc4',
+    None,
+    'i18n_so400m_16_256_78061115',
+  ),
+}
+_SIGLIP_1 = {k: v[:-1] + (f'{_SIGLIP}{v[-1]}.npz',) for k, v in _SIGLIP_1.items()}
+# SigLIP 2: the Gemma vocabulary (256k), 64 tokens; g-opt's text tower is So400m's, with a head to
+# g-opt's width.
+_SIGLIP_2 = {
+  f'SigLIP2-{v}_{p}-{r}': (
+    v,
+    p,
+    r,
+    'So400m' if v == 'g-opt' else v,
+    64,
+    'gemma',
+    True,
+    f'gs://big_vision/siglip2/siglip2_{v.lower()}{p}_{r}.npz',
+  )
+  for v, p, rs in (
+    ('B', 16, (224, 256, 384, 512)),
+    ('B', 32, (256,)),
+    ('L', 16, (256, 384, 512)),
+    ('So400m', 14, (224, 384)),
+    ('So400m', 16, (256, 384, 512)),
+    ('g-opt', 16, (256, 384)),
+  )
+  for r in rs
+}
+SIGLIP_PRESETS = {**_SIGLIP_1, **_SIGLIP_2}
+# big_vision's vocabulary sizes, by its tokenizer names.
+SIGLIP_VOCAB_SIZES = {'c4_en': 32_000, 'mc4': 250_000, 'gemma': 256_000}
+# big_vision's tokenizer names -> the SentencePiece model (its pp/ops_text.py KNOWN_TOKENIZERS).
+SIGLIP_VOCABULARIES = {
+  'c4_en': 'gs://t5-data/vocabs/cc_en.32000/sentencepiece.model',
+  'mc4': 'gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model',
+  'gemma': 'gs://big_vision/gemma_tokenizer.model',
+}
+# The image-text presets (LitModel's): LiT's and SigLIP's.
+LIT_PRESETS.update(SIGLIP_PRESETS)
 
 
 def is_mixer(model_config) -> bool:
@@ -120,6 +205,8 @@ def getter_suffix(name: str) -> str:
 
 
 def _lit_config(name: str) -> ml_collections.ConfigDict:
+  if name in SIGLIP_PRESETS:
+    return _siglip_config(name)
   image, image_dim, text_dim, text_model, text, tokenizer = LIT_PRESETS[name]
   return ml_collections.ConfigDict(
     {
@@ -131,6 +218,52 @@ def _lit_config(name: str) -> ml_collections.ConfigDict:
       'pp': {'tokenizer_name': tokenizer, 'size': 224, 'max_len': 16},
     }
   )
+
+
+def _siglip_config(name: str) -> ml_collections.ConfigDict:
+  """A SigLIP preset's LitModel config (SIGLIP_PRESETS). `pp.tokenizer` is big_vision's vocabulary
+  name ('c4_en', 'mc4', 'gemma'), `pp.vocab_path` its SentencePiece model; `npz_layout` 'big_vision'
+  saves its files as big_vision's two_towers does."""
+  image, patch, size, text, length, vocab, head, _ = SIGLIP_PRESETS[name]
+  width, layers, mlp, heads = WIDTHS[text]
+  image_config = _vit_config(f'{name}/img', image, patch, None, 0.0, 'map')
+  image_config.patch_remainder = 'drop'  # As big_vision's (So400m/14 at 384 px: 27 x 27 patches).
+  return ml_collections.ConfigDict(
+    {
+      'model_name': name,
+      'out_dim': (None, image_config.hidden_size if head else None),
+      'image': image_config,
+      'text_model': 'text_transformer',
+      'text': {
+        'width': width,
+        'num_layers': layers,
+        'mlp_dim': mlp,
+        'num_heads': heads,
+        'vocab_size': SIGLIP_VOCAB_SIZES[vocab],
+        'pool_type': 'last',
+      },
+      # The kind of tokenizer (vit_jax/data/tokenizers.py: big_vision's text preprocessing of
+      # SigLIP, 'siglip', and of SigLIP 2, 'siglip2') and big_vision's vocabulary name.
+      'pp': {
+        'tokenizer_name': 'siglip2' if vocab == 'gemma' else 'siglip',
+        'tokenizer': vocab,
+        'vocab_path': SIGLIP_VOCABULARIES[vocab],
+        'size': size,
+        'max_len': length,
+      },
+      'temperature_init': 10.0,
+      'bias_init': -10.0,
+      'npz_layout': 'big_vision',
+    }
+  )
+
+
+def release_path(name: str) -> str:
+  """The released file of an image-text preset: gs://vit_models/lit/NAME.npz for LiT's, big_vision's
+  gs:// file for SigLIP's."""
+  if name in SIGLIP_PRESETS:
+    return SIGLIP_PRESETS[name][-1]
+  return f'gs://vit_models/lit/{name}.npz'
 
 
 def _mixer_config(name: str) -> ml_collections.ConfigDict:
@@ -161,6 +294,12 @@ def get_model_config(name: str) -> ml_collections.ConfigDict:
       f'Unknown model {name!r}; valid names: {", ".join(MODEL_NAMES + tuple(LIT_PRESETS))}.'
     )
   width, patch, resnet_layers, dropout, classifier, _ = PRESETS[name]
+  return _vit_config(name, width, patch, resnet_layers, dropout, classifier)
+
+
+def _vit_config(
+  name, width, patch, resnet_layers, dropout, classifier
+) -> ml_collections.ConfigDict:
   hidden, layers, mlp, heads = WIDTHS[width]
   config = ml_collections.ConfigDict()
   config.model_name = name

@@ -27,6 +27,13 @@ from vit_jax.inference import trained as inference
 from vit_jax.tasks import contrastive
 
 
+def loss(variables) -> str:
+  """'sigmoid' for a model trained with SigLIP's sigmoid loss (it has the bias `b`): each class's
+  probability is sigmoid(t * zimg . zclass + b), as big_vision's SigLIP demo computes; else
+  'softmax' (over the classes)."""
+  return 'sigmoid' if 'b' in variables['params'] else 'softmax'
+
+
 def classifier(
   model,
   variables,
@@ -38,7 +45,8 @@ def classifier(
 ):
   """`images -> logits [n, classes]` of a LitModel (`model`, its `variables` and `tokenizer`)
   against `class_names` through `templates`, for images [n <= batch_size, S, S, 3] in [-1, 1]
-  (`model.get_image_preprocessing()`)."""
+  (`model.get_image_preprocessing()`). With a sigmoid-loss bias `b` (SigLIP) the logits include it
+  (`loss(variables)` is then 'sigmoid': their sigmoids are the probabilities)."""
   embed_text = jax.jit(lambda v, tokens: model.apply(v, tokens=tokens)[1])
   embed_image = jax.jit(lambda v, images: model.apply(v, images=images)[0])
 
@@ -55,11 +63,12 @@ def classifier(
   ztxt = embed_texts(prompt_texts(class_names, check_templates(templates)))
   zclass = contrastive.class_embeddings(np.asarray(ztxt, np.float64), len(class_names))
   temperature = float(np.exp(np.asarray(variables['params']['t']).reshape(-1)[0]))
+  bias = float(np.asarray(variables['params'].get('b', 0.0)).reshape(-1)[0])
 
   def logits(images):
     zimg = np.asarray(embed_image(variables, inference.pad_batch(images, batch_size)))[
       : len(images)
     ]
-    return contrastive.zeroshot_logits(np.asarray(zimg, np.float64), zclass, temperature)
+    return contrastive.zeroshot_logits(np.asarray(zimg, np.float64), zclass, temperature, bias)
 
   return logits

@@ -220,6 +220,9 @@ class VisionTransformer(nn.Module):
   remat_policy: str = 'none'
   attention: str = 'plain'
   fused_qkv: bool = False
+  # An input size that is not a multiple of the patch size: 'error', or 'drop' the last rows and
+  # columns of pixels (big_vision's VALID patch convolution: SigLIP So400m/14 at 384 px, 27 x 27).
+  patch_remainder: str = 'error'
 
   @nn.compact
   def __call__(self, inputs, *, train: bool = False):
@@ -238,6 +241,8 @@ class VisionTransformer(nn.Module):
         param_dtype=self.param_dtype,
       )
     patch = tuple(self.patches['size'])
+    if self.patch_remainder == 'drop':  # big_vision's VALID patch conv: the last pixels unused.
+      x = x[:, : x.shape[1] - x.shape[1] % patch[0], : x.shape[2] - x.shape[2] % patch[1]]
     if x.shape[1] % patch[0] or x.shape[2] % patch[1]:
       raise ValueError(
         f'Input of spatial size {x.shape[1:3]} (after the stem) is not a multiple of the patch '

@@ -197,10 +197,11 @@ def class_embeddings(ztxt, num_classes: int):
   return z / xp.maximum(xp.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-def zeroshot_logits(zimg, zclass, temperature):
-  """[images, classes]: temperature * zimg . zclass^T (the model's exp(t); a softmax over the
-  classes gives the probabilities), in the arrays' own kind and dtype."""
-  return temperature * zimg @ zclass.T
+def zeroshot_logits(zimg, zclass, temperature, bias=0.0):
+  """[images, classes]: temperature * zimg . zclass^T + bias (the model's exp(t), and its `b` with
+  the sigmoid loss; a softmax over the classes gives the probabilities, or with SigLIP's bias each
+  logit's sigmoid), in the arrays' own kind and dtype."""
+  return temperature * zimg @ zclass.T + bias
 
 
 def zeroshot_accuracy(zimg, zclass, labels) -> float:

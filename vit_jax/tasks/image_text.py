@@ -141,9 +141,11 @@ class ImageText:
     """A LitModel: no class head (`num_classes` is not used); the sigmoid loss sets its bias `b`."""
     del num_classes
     return models.LitModel(
-      **config.model,
-      temperature_init=config.lit.temperature_init,
-      bias_init=config.lit.bias_init if config.loss == 'sigmoid' else None,
+      **{
+        **config.model,  # (a SigLIP preset's own temperature_init and bias_init are replaced)
+        'temperature_init': config.lit.temperature_init,
+        'bias_init': config.lit.bias_init if config.loss == 'sigmoid' else None,
+      }
     )
 
   def init_params(self, model, rng, image_size: int):

@@ -52,13 +52,18 @@ def evaluate(evals, params, step: int) -> dict[str, float]:
 
 
 def export(setup, train_state, workdir: str) -> None:
-  """WORKDIR/params.npz in the release layout (config.export_npz), gathered from every process."""
+  """WORKDIR/params.npz in the release layout (config.export_npz; a SigLIP model's in big_vision's:
+  model.npz_layout), gathered from every process."""
   if setup.config.export_npz:
     params = jax.tree.map(
       lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), train_state['params']
     )
     if jax.process_index() == 0:
-      checkpoint.save_npz(workdir_lib.path(workdir, workdir_lib.PARAMS_FILE), params)
+      checkpoint.save_npz(
+        workdir_lib.path(workdir, workdir_lib.PARAMS_FILE),
+        params,
+        layout=setup.config.model.get('npz_layout', 'release'),
+      )
 
 
 def _num_classes_of(model) -> int | None:
