@@ -4,7 +4,11 @@ test run."""
 import os
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+from tiny import FAST_COMPILE_XLA_FLAGS  # Compiles in half the time: see tiny.py.
+
+os.environ.setdefault(
+  'XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {FAST_COMPILE_XLA_FLAGS}'
+)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

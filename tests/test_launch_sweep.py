@@ -14,6 +14,7 @@ import textwrap
 
 from launch_fakes import FakeGcloud, gcs  # noqa: F401  (gcs: a fixture)
 import pytest
+import tiny
 
 from launch import hyper, record, results, shell, sweep, sweep_local
 from vit_jax.runtime import workdir as workdir_lib
@@ -185,7 +186,7 @@ def test_dry_run_lists_runs_and_commands_and_writes_nothing(tmp_path, capsys):
 def _sweep(tmp_path, digits_dir, *extra):
   env = {
     **os.environ,
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count=1 {tiny.FAST_COMPILE_XLA_FLAGS}',
     'PYTHONPATH': str(REPO),
   }
   return subprocess.run(
