@@ -6,8 +6,8 @@ resumed (SIGTERM or a first Ctrl-C: it saves a checkpoint, then exits 0); 1 for 
 error is one `E` log line naming the cause; a bug, a traceback); 2 for a bad command line (one line
 per bad flag); 130 when a second Ctrl-C aborted it; 75 (a process of the job was lost: also when JAX
 or gloo aborted the trainer because its coordinator or a peer died, vit_jax/runtime/aborts.py) and
-76 (a process hung), both restartable (vit_jax/runtime/watchdog.py). A shell reports a process killed by
-signal N as 128 + N.
+76 (a process hung), both restartable (vit_jax/runtime/watchdog.py). A shell reports a process
+killed by signal N as 128 + N.
 
 The rule (`classify`), for the job on every worker of a node that is up:
   * the workers that exited non-zero all exited restartable (75, 76), or were killed by a signal
@@ -24,9 +24,9 @@ state.
 
 On a SLURM node, `python -m launch.outcome step STATUS_DIR NUM_TASKS SRUN_STATUS` prints a step's
 exit status from its tasks' own (`step_status`: srun itself says 137 when a task was killed, even
-beside tasks that lost it and exited 75). On a worker, `python -m launch.outcome checkpoint WORKDIR` prints the step of the run's latest
-finalised checkpoint (`vit_jax-checkpoint: STEP`, or `none`), by the rule of
-vit_jax/runtime/workdir.py (`latest_step`).
+beside tasks that lost it and exited 75). On a worker, `python -m launch.outcome checkpoint WORKDIR`
+prints the step of the run's latest finalised checkpoint (`vit_jax-checkpoint: STEP`, or `none`), by
+the rule of vit_jax/runtime/workdir.py (`latest_step`).
 """
 
 import dataclasses

@@ -17,7 +17,8 @@ runs it again (`--max_restarts`, `--restart_backoff_s`), also when a task's coor
 collective peer died (vit_jax.main says so in one line and exits 75: vit_jax/runtime/aborts.py) or
 a task was killed (kill -9, the OOM killer): each task's own exit status decides, by
 launch/outcome.py's rule. Sweeps (launch.sweep
---backend=slurm) submit one array job, a run per index. `--dry-run` prints the script instead of submitting it; `--wait` waits for the job to end.
+--backend=slurm) submit one array job, a run per index. `--dry-run` prints the script instead of
+submitting it; `--wait` waits for the job to end.
 """
 
 import argparse

@@ -6,10 +6,10 @@ local stand-ins for what they would download: TFDS datasets prepared from random
 (tiny.fake_tfds), checkpoints written for the config the command builds, the image folders and
 photos they name. Each vit_jax command is either run here or listed in COVERED_ELSEWHERE with the
 test that runs it; every one of them at least parses. `python -m launch.*` commands drive clouds and
-clusters: each is listed in LAUNCH_COVERED with the test that runs it against a fake. A ```bash block
-that nothing here runs says so in an HTML comment right before it: `<!-- not run here: why -->`. A
-command that breaks, a new one that nothing runs, or a relative link to a missing file or section
-fails this file.
+clusters: each is listed in LAUNCH_COVERED with the test that runs it against a fake. A ```bash
+block that nothing here runs says so in an HTML comment right before it: `<!-- not run here: why
+-->`. A command that breaks, a new one that nothing runs, or a relative link to a missing file or
+section fails this file.
 """
 
 import ast

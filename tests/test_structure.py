@@ -2,6 +2,7 @@
 TensorFlow only where a dataset is built."""
 
 import ast
+import os
 import pathlib
 import re
 import subprocess
@@ -305,3 +306,15 @@ def test_lines_are_at_most_100_characters_outside_urls():
     if len(line) > 100 and 'http' not in line
   ]
   assert len(long) <= 10, long
+
+
+def test_the_suite_compiles_fast_in_its_processes_and_in_those_it_starts():
+  import tiny
+
+  # conftest.py writes the flag out (it runs before JAX is imported); tiny.main_env passes it on.
+  assert tiny.FAST_COMPILE_XLA_FLAGS in os.environ['XLA_FLAGS'].split()
+  assert tiny.FAST_COMPILE_XLA_FLAGS in tiny.main_env()['XLA_FLAGS'].split()
+  # The shared compilation cache reached JAX in this process too.
+  import jax
+
+  assert jax.config.jax_compilation_cache_dir == os.environ['JAX_COMPILATION_CACHE_DIR']

@@ -360,9 +360,10 @@ REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
 
 # XLA's CPU backend at LLVM -O0: the suite's tiny programs compile in about half the CPU time
 # (measured: a tiny ViT's init 6.2 -> 3.4 s, its train step 12.5 -> 6.3 s on 8 devices), and the
-# suite's time is mostly compiling; they run no slower (dispatch-bound). The HLO passes are the same;
-# the last bits of a result can differ from -O3 (e.g. no fused multiply-add), the same in every
-# process of the suite. conftest.py sets it for the pytest processes, main_env for those they start.
+# suite's time is mostly compiling; they run no slower (dispatch-bound). The HLO passes are the
+# same; the last bits of a result can differ from -O3 (e.g. no fused multiply-add), the same in
+# every process of the suite. conftest.py sets it for the pytest processes, main_env for those they
+# start.
 FAST_COMPILE_XLA_FLAGS = '--xla_backend_optimization_level=0'
 
 

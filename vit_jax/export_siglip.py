@@ -6,9 +6,9 @@ command line calls it for a SigLIP --model:
       --out=DIR
 
 DIR gets model.safetensors, config.json and preprocessor_config.json (a SiglipImageProcessor: a
-bilinear resize to the preset's size, then x / 127.5 - 1, our input, as export.py's ViT export); then, with PyTorch,
-`transformers.SiglipModel.from_pretrained(DIR)` gives our image and text embeddings
-(`get_image_features`, `get_text_features`, before normalisation), `logit_scale` = t and
+bilinear resize to the preset's size, then x / 127.5 - 1, our input, as export.py's ViT export);
+then, with PyTorch, `transformers.SiglipModel.from_pretrained(DIR)` gives our image and text
+embeddings (`get_image_features`, `get_text_features`, before normalisation), `logit_scale` = t and
 `logit_bias` = b. Writing needs only NumPy and `safetensors`. The tokenizer is not written: tokenize
 as the preset's `pp` says (vit_jax/data/tokenizers.py) and pass the ids.
 
@@ -176,8 +176,8 @@ def hf_config(model) -> dict:
       'num_attention_heads': text['num_heads'],
       'max_position_embeddings': model.pp['max_len'],
       'projection_size': model.out_dim[1],
-      # The vocabularies' '</s>' (T5's and Gemma's 1), and the padding the tokenizers use: big_vision
-      # pads T5's vocabularies with 1 and Gemma's with '<pad>' (0); no BOS.
+      # The vocabularies' '</s>' (T5's and Gemma's 1), and the padding the tokenizers use:
+      # big_vision pads T5's vocabularies with 1 and Gemma's with '<pad>' (0); no BOS.
       'eos_token_id': 1,
       'pad_token_id': 0 if model.pp.get('tokenizer') == 'gemma' else 1,
       'bos_token_id': None,

@@ -16,8 +16,9 @@ init: fine-tuning) accept:
     models.MlpMixer as they are).
 Files are read into our model's per-layer (Linen) names; `save_npz` writes the released files'
 names, which their readers expect (timm's `_load_weights`), or big_vision's (SigLIP's two-tower
-files: `img/pos_embedding`, stacked `txt/Encoder_0/encoderblock/...` in SigLIP 2's, read too). A scanned model (`scan=True`) loads them
-by stacking the blocks along a leading layer axis and saves them unstacked (`stack_blocks` /
+files: `img/pos_embedding`, stacked `txt/Encoder_0/encoderblock/...` in SigLIP 2's, read too). A
+scanned model (`scan=True`) loads them by stacking the blocks along a leading layer axis and saves
+them unstacked (`stack_blocks` /
 `unstack_blocks`).
 """
 

@@ -21,10 +21,10 @@ local or gs://. Each image goes through the run's evaluation preprocessing
 (`preprocess.eval_image`), in batches of --batch_size. Labels are the run's class names
 (WORKDIR/class_names.json) or, without them, class indices. Probabilities are the softmax of the
 logits (each logit's sigmoid for a model with SigLIP's bias `b`: a SigLIP file, --model=SigLIP-...,
-or a run trained with `loss='sigmoid'`; as big_vision's demo, sigmoid(t * zimg . ztxt + b)). An input that cannot be read or
-decoded (a missing file, an unsupported URL, an unreachable bucket, a file that is not an image)
-gets an `error` instead of predictions, and the others are still classified; the command then exits
-with status 1.
+or a run trained with `loss='sigmoid'`; as big_vision's demo, sigmoid(t * zimg . ztxt + b)). An
+input that cannot be read or decoded (a missing file, an unsupported URL, an unreachable bucket, a
+file that is not an image) gets an `error` instead of predictions, and the others are still
+classified; the command then exits with status 1.
 """
 
 import argparse

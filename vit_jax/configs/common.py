@@ -14,8 +14,8 @@ from vit_jax.configs import presets
 
 
 def default_compilation_cache_dir(env=os.environ) -> str:
-  """config.compilation_cache_dir's default: $JAX_COMPILATION_CACHE_DIR when set (JAX's own variable;
-  the launchers and the test suite set it), else this user's cache folder,
+  """config.compilation_cache_dir's default: $JAX_COMPILATION_CACHE_DIR when set (JAX's own
+  variable; the launchers and the test suite set it), else this user's cache folder,
   $XDG_CACHE_HOME/vit_jax/jax_cache (~/.cache/vit_jax/jax_cache without XDG_CACHE_HOME)."""
   if env.get('JAX_COMPILATION_CACHE_DIR') is not None:
     return env['JAX_COMPILATION_CACHE_DIR']

@@ -99,9 +99,9 @@ LIT_PRESETS = {
   'LiT-L16S': ('ViT-L_16', None, 1024, 'text_transformer', _TEXT_S, 'sentencepiece'),
   'LiT-L16Ti': ('ViT-L_16', None, 1024, 'text_transformer', _TEXT_TI, 'sentencepiece'),
 }
-# SigLIP and SigLIP 2 (big_vision's two_towers: its ViT with the MAP head and no image head, its text
-# transformer pooled on the last token with a head to the image width, `t` and the sigmoid loss's
-# `b`): every non-NaFlex release, as big_vision's demo colabs configure them. Names:
+# SigLIP and SigLIP 2 (big_vision's two_towers: its ViT with the MAP head and no image head, its
+# text transformer pooled on the last token with a head to the image width, `t` and the sigmoid
+# loss's `b`): every non-NaFlex release, as big_vision's demo colabs configure them. Names:
 # 'SigLIP-<variant>_<patch>-<resolution>[-i18n]', 'SigLIP2-<variant>_<patch>-<resolution>'.
 # name -> (image width, patch, resolution, text width, text length, vocabulary (big_vision's
 # tokenizer name), text head: True (to the image width) or None (none), file).

@@ -1,5 +1,5 @@
-"""JAX's persistent compilation cache, in config.compilation_cache_dir: `use` points JAX at it before
-the process's first compile (vit_jax.main calls it; a program of your own that calls
+"""JAX's persistent compilation cache, in config.compilation_cache_dir: `use` points JAX at it
+before the process's first compile (vit_jax.main calls it; a program of your own that calls
 train_and_evaluate may call it too).
 
 Every program the process compiles is written there (no minimum compile time, so small CPU programs
