@@ -1,0 +1,94 @@
+"""configs/siglip.py: SigLIP from scratch on the digits (both towers trained, the sigmoid loss with a
+learned bias b, big_vision's file layout); a few steps through the trainer save a params.npz in
+big_vision's two-tower layout that loads back into the model."""
+
+import os
+
+import jax
+import numpy as np
+import tiny
+
+from vit_jax import npz, utils
+from vit_jax.configs import check, loading
+from vit_jax.tasks import image_text
+from vit_jax.training import train
+
+# One block per tower (the compilation is most of the test's time).
+TINY_TOWERS = {
+  'schedule.warmup_steps': 1,
+  'model.image.transformer.num_layers': 1,
+  'model.text.num_layers': 1,
+}
+
+
+def _config(**overrides):
+  return tiny.override(loading.from_command_line('configs/siglip.py'), overrides)
+
+
+def test_the_recipe_is_siglip_with_both_towers_trained():
+  config = _config()
+  assert (config.loss, config.lit.locked_image, config.lit.image_init, config.lit.text_init) == (
+    'sigmoid',
+    False,
+    '',
+    '',
+  )
+  assert image_text.TASK.frozen(config) == ()
+  assert (config.lit.temperature_init, config.lit.bias_init) == (10.0, -10.0)
+  model = config.model
+  assert (model.npz_layout, model.image.classifier, model.text.pool_type) == (
+    'big_vision',
+    'map',
+    'last',
+  )
+  # Its own vocabulary, built from the captions (no gs:// file).
+  assert (model.pp.tokenizer_name, model.pp.vocab_path, config.lit.vocab_path) == (
+    'sentencepiece',
+    '',
+    '',
+  )
+  assert (model.pp.size, model.image.patches.size, config.image_size) == (8, (2, 2), 8)
+  assert check.problems(config) == []
+
+
+def test_a_few_steps_save_a_big_vision_file_that_loads_back(tmp_path):
+  config = _config(
+    total_steps=4,
+    batch_size=32,
+    eval_batch_size=64,
+    log_every_steps=2,
+    eval_every_steps=4,
+    checkpoint_every_steps=4,
+    input_threads=2,
+    prefetch=1,
+    **TINY_TOWERS,
+  )
+  workdir = str(tmp_path / 'siglip')
+  result = train.train_and_evaluate(config, workdir)
+  assert 0.0 <= result['eval/accuracy'] <= 1.0  # Zero-shot on the digits test split.
+  path = os.path.join(workdir, 'params.npz')
+  saved = npz.read_npz(path)
+  model = image_text.TASK.build_model(config, num_classes=10)
+  init = utils.flatten_dict(image_text.TASK.init_params(model, jax.random.key(0), 8))
+  # big_vision's two-tower names (its two_towers.load reads them), not the release files'.
+  assert set(saved) == set(npz.big_vision_names(init))
+  assert {
+    't',
+    'b',
+    'img/pos_embedding',
+    'img/MAPHead_0/probe',
+    'img/Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel',
+    'txt/Embed_0/embedding',
+    'txt/pos_embedding',
+    'txt/head/kernel',
+  } <= set(saved)
+  # b and t are trained, as both towers are (Adam moves each by about the learning rate per step).
+  assert saved['b'][0] != np.float32(-10.0) and saved['t'][0] != np.float32(np.log(10.0))
+  variables = model.load_variables(path)
+  loaded = utils.flatten_dict(variables['params'])
+  assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in init.items()}
+  images = np.zeros((2, 8, 8, 3), np.float32)
+  tokens = np.ones((2, config.model.pp.max_len), np.int32)
+  zimg, ztxt, out = model.apply(variables, images=images, tokens=tokens)
+  assert zimg.shape == ztxt.shape == (2, 64)
+  np.testing.assert_array_equal(out['b'], saved['b'])
