@@ -7,8 +7,8 @@ split. Offline, a few CPU minutes:
   python -m vit_jax.main --config=configs/siglip.py --workdir=runs/siglip
 
 It saves params.npz in big_vision's two-tower layout (`img/`, `txt/`, `t`, `b`), which
-`vit_jax.predict --workdir=runs/siglip --classes=...` reads for zero-shot with sigmoid probabilities,
-as for a released SigLIP file. The vocabulary is a SentencePiece word model of the captions
+`vit_jax.predict --workdir=runs/siglip IMAGE` reads for zero-shot with sigmoid probabilities, as
+for a released SigLIP file. The vocabulary is a SentencePiece word model of the captions
 (config.lit.vocab_path '' builds it; the run keeps it as runs/siglip/vocab.model), so the tokenizer
 is 'sentencepiece', not the preset's 'siglip' (whose padding id belongs to the T5 vocabularies).
 

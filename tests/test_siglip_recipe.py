@@ -1,5 +1,5 @@
-"""configs/siglip.py: SigLIP from scratch on the digits (both towers trained, the sigmoid loss with a
-learned bias b, big_vision's file layout); a few steps through the trainer save a params.npz in
+"""configs/siglip.py: SigLIP from scratch on the digits (both towers trained, the sigmoid loss with
+a learned bias b, big_vision's file layout); a few steps through the trainer save a params.npz in
 big_vision's two-tower layout that loads back into the model."""
 
 import os
@@ -10,6 +10,7 @@ import tiny
 
 from vit_jax import npz, utils
 from vit_jax.configs import check, loading
+from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.tasks import image_text
 from vit_jax.training import train
 
@@ -49,6 +50,9 @@ def test_the_recipe_is_siglip_with_both_towers_trained():
   )
   assert (model.pp.size, model.image.patches.size, config.image_size) == (8, (2, 2), 8)
   assert check.problems(config) == []
+  # A run's config.json gives back the same model (predict and evaluate read it).
+  stored = workdir_lib.as_dict(config)
+  assert loading.from_dict(stored).model.to_dict() == config.model.to_dict()
 
 
 def test_a_few_steps_save_a_big_vision_file_that_loads_back(tmp_path):
