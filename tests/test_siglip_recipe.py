@@ -9,9 +9,9 @@ import numpy as np
 import tiny
 
 from vit_jax import npz, utils
-from vit_jax.configs import check, loading
+from vit_jax.configs import check, loading, presets
 from vit_jax.runtime import workdir as workdir_lib
-from vit_jax.tasks import image_text
+from vit_jax.tasks import contrastive, image_text
 from vit_jax.training import train
 
 # One block per tower (the compilation is most of the test's time).
@@ -24,6 +24,10 @@ TINY_TOWERS = {
 
 def _config(**overrides):
   return tiny.override(loading.from_command_line('configs/siglip.py'), overrides)
+
+
+def _config_arg(arg):
+  return loading.from_command_line(f'configs/siglip.py:{arg}')
 
 
 def test_the_recipe_is_siglip_with_both_towers_trained():
@@ -53,6 +57,38 @@ def test_the_recipe_is_siglip_with_both_towers_trained():
   # A run's config.json gives back the same model (predict and evaluate read it).
   stored = workdir_lib.as_dict(config)
   assert loading.from_dict(stored).model.to_dict() == config.model.to_dict()
+
+
+def test_at_scale_a_siglip_preset_on_caption_data_over_a_pod():
+  config = _config_arg('SigLIP-B_16-256,coco_captions')
+  assert (config.model.model_name, config.image_size, config.model.pp.tokenizer_name) == (
+    'SigLIP-B_16-256',
+    256,
+    'siglip',
+  )
+  assert config.lit.vocab_path == 'gs://t5-data/vocabs/cc_en.32000/sentencepiece.model'  # c4_en.
+  assert (config.dataset, config.lit.text_feature, config.lit.class_names) == (
+    'coco_captions',
+    'captions/text',
+    '',
+  )
+  assert (config.loss, config.lit.locked_image, config.lit.image_init) == ('sigmoid', False, '')
+  assert (config.batch_size, config.sharding_strategy, config.lit.sigmoid_impl) == (
+    32768,
+    'fsdp',
+    'auto',
+  )
+  assert check.problems(config, devices=256) == []
+  # The chunked loss where the batch is split over several devices (an 8-device 'fsdp' mesh).
+  pod = jax.sharding.AbstractMesh((8,), ('fsdp',))
+  assert contrastive.sigmoid_impl(config.lit.sigmoid_impl, config.batch_size, pod) == 'chunked'
+  # From the release, and big_vision's So400m/14 at 384 px (27 x 27 patches, the rest dropped).
+  release = _config_arg('SigLIP2-So400m_14-384,coco_captions,init=release')
+  assert (
+    release.lit.image_init == release.lit.text_init == presets.release_path('SigLIP2-So400m_14-384')
+  )
+  assert release.model.pp.tokenizer_name == 'siglip2'
+  assert check.problems(release, devices=256) == []
 
 
 def test_a_few_steps_save_a_big_vision_file_that_loads_back(tmp_path):
