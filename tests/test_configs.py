@@ -27,6 +27,7 @@ CONFIG_FILES = {
   'pretrain_i21k.py': ['ViT-B_16'],
   'pretrain_i1k.py': ['ViT-S_16,epochs=150'],
   'lit.py': [''],
+  'siglip.py': ['', 'SigLIP-B_16-256,coco_captions'],
   'transfer_paper.py': ['task=cifar100,model=ViT-B_32'],
   'transfer_vtab.py': ['task=dtd'],
   'transfer_offline.py': ['task=stripes'],

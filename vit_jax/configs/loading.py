@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 # The defaults of a stored model's fields that no preset gives, per family (presets.family; a ViT's:
 # the default).
 FAMILY_DEFAULTS = {'mixer': 'Mixer-B_16', 'lit': 'LiT-B16B'}
+# The defaults of a SigLIP-shaped model of its own name (configs/siglip.py): one with a `npz_layout`.
+SIGLIP_DEFAULT = 'SigLIP-B_16-224'
 
 
 def _tuples(value):
@@ -46,7 +48,8 @@ def from_dict(stored: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a run's config.json) over the current defaults, locked: a field it
   lacks keeps its default, a field the code no longer has is left out (logged). The model's defaults
   are its preset's when `model.model_name` names a preset of the stored model's family
-  (presets.family), else that family's default: the default model's, or FAMILY_DEFAULTS'.
+  (presets.family), else that family's default: the default model's, or FAMILY_DEFAULTS' (a
+  SigLIP-shaped LiT model's, SIGLIP_DEFAULT).
   config.evals is taken whole (the run's own entries)."""
   config = common.get_config()
   stored = dict(stored)
@@ -59,6 +62,8 @@ def from_dict(stored: dict) -> ml_collections.ConfigDict:
     and presets.family(presets.get_model_config(name)) == family
   ):
     config.model = presets.get_model_config(name)
+  elif family == 'lit' and 'npz_layout' in model:
+    config.model = presets.get_model_config(SIGLIP_DEFAULT)
   elif family != 'vit':
     config.model = presets.get_model_config(FAMILY_DEFAULTS[family])
   if family == 'lit':  # The text tower's fields depend on the tower: taken whole.

@@ -108,7 +108,8 @@ def _model_problems(model, image_size, problems, prefix: str = 'model') -> None:
     )
   if size is not None and isinstance(image_size, int) and image_size > 0:
     px = presets.token_pixels(model)
-    if image_size % px:
+    # A model that drops the remainder (big_vision's So400m/14 at 384 px) takes any size.
+    if image_size % px and model.get('patch_remainder') != 'drop':
       problems.append(
         f'config.image_size={image_size} is not a multiple of the {px} px per token of '
         f'{model.get("model_name") or "the model"} (patch size times any ResNet stride); e.g. use '
