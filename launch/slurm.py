@@ -192,7 +192,7 @@ def script(args, jobs: list[tuple[str, list[str]]], log_dir: str, *, parallel: i
     'bash -c "$TASK" vit_jax.main "${ARGS[@]}"',
     '  srun_rc=$?',
     f'  rc=$(python -m launch.outcome step "${STATUS_ENV}" "${{SLURM_NTASKS:-1}}" "$srun_rc") '
-    '|| rc=$srun_rc',
+    '&& [ -n "$rc" ] || rc=$srun_rc',
     f'  rm -rf "${STATUS_ENV}"',
     f'  case " {restartable} " in *" $rc "*) ;; *) break ;; esac',
     f'  if [ "$restarts" -ge {args.max_restarts} ]; then echo "Exit status $rc again; '

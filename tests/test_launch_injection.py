@@ -178,17 +178,33 @@ def test_sbatch_script_keeps_every_value_inert(tmp_path, sandbox):
   parser = __import__('argparse').ArgumentParser()
   slurm.add_flags(parser)
   args = parser.parse_args(['--venv=', f'--env=NASTY={nasty[5]}'])
-  _, run, recorded = sandbox
-  done = run(slurm.script(args, [(workdir, main_args)], '/logs'))
+  home, run, recorded = sandbox
+  done = run(slurm.script(args, [(workdir, main_args)], str(tmp_path / 'logs')))
   assert done.returncode == 0, done.stderr
   got = recorded()
-  assert got[0]['argv'][-len(main_args) - 3 :] == ['python', '-m', 'vit_jax.main', *main_args]
+  # srun runs each task's wrapper, which runs the trainer with the arguments as they are: run it.
+  wrapper = got[0]['argv'][-len(main_args) - 4 :]
+  assert wrapper[:2] == ['bash', '-c'] and wrapper[3:] == ['vit_jax.main', *main_args]
+  status = tmp_path / 'status'
+  status.mkdir()
+  task = subprocess.run(
+    wrapper,
+    env={
+      **os.environ,
+      'PATH': f'{home}/bin:/usr/bin:/bin',
+      'VIT_JAX_STEP_STATUS': str(status),
+      'SLURM_PROCID': '0',
+    },
+    check=False,
+  )
+  assert task.returncode == 0 and (status / '0').read_text() == '0\n'
+  assert recorded()[-1]['argv'] == ['python', '-m', 'vit_jax.main', *main_args]
   assert got[0]['NASTY'] == nasty[5]
   assert ['python', '-m', 'launch.record', 'exit', workdir, '0'] == got[-1]['argv']
   array = run(
-    slurm.script(args, [(workdir, main_args), ('/w', ['--workdir=/w'])], '/logs').replace(
-      '"$SLURM_ARRAY_TASK_ID"', '0'
-    )
+    slurm.script(
+      args, [(workdir, main_args), ('/w', ['--workdir=/w'])], str(tmp_path / 'logs')
+    ).replace('"$SLURM_ARRAY_TASK_ID"', '0')
   )
   assert array.returncode == 0 and recorded()[-1]['argv'][-2] == workdir
   assert not (tmp_path / 'pwned').exists()
