@@ -39,6 +39,7 @@ import pytest  # noqa: E402  (after the environment above)
 # sweeps): run first, so that the xdist workers (with --dist worksteal, pytest.ini) do not end the
 # suite on one of them while the other idles.
 LONG_FIRST = (
+  'test_notebooks.py',
   'test_faults.py',
   'test_launch_sweep.py',
   'test_lock.py',
@@ -50,6 +51,8 @@ LONG_FIRST = (
   'test_main.py',
   'test_lit_training.py',
   'test_launch_transfer.py',
+  'test_siglip_recipe.py',
+  'test_compilation_cache.py',
 )
 
 
