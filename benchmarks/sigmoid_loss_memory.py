@@ -8,10 +8,10 @@ For each global batch B: the loss and its gradients w.r.t. both embeddings, t an
 jitted on a mesh of --devices CPU devices (one 'data' axis; XLA_FLAGS forces the device count), with
 [B, dim] float32 L2-normalised embeddings split over it. Memory comes from the compiled program
 (`.lower(...).compile().memory_analysis()`, per device: XLA compiles one SPMD program that every
-device runs): `temp` is the scratch the program allocates (the logits and their gradients), `total` =
-arguments + outputs + temp - aliased, the most the program can hold at once. Time: the median of
---steps runs after one warm-up, each waited for. Prints one JSON line per (B, impl), then a markdown
-table with the ratio dense / chunked.
+device runs): `temp` is the scratch the program allocates (the logits and their gradients),
+`total` = arguments + outputs + temp - aliased, the most the program can hold at once. Time: the
+median of --steps runs after one warm-up, each waited for. Prints one JSON line per (B, impl),
+then a markdown table with the ratio dense / chunked.
 """
 
 import argparse

@@ -17,7 +17,6 @@ import os
 
 from vit_jax.configs import default, presets
 
-DIGITS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lit_digits_templates.txt')
 
 
@@ -44,7 +43,7 @@ def get_config():
   config.lit.image_init = 'runs/default/params.npz'
   config.lit.locked_image = True
   config.lit.templates = TEMPLATES
-  config.lit.class_names = ','.join(DIGITS)
+  config.lit.class_names = ','.join(default.DIGITS)
   config.mixup_p = 0.0
   config.label_smoothing = 0.0
 

@@ -51,7 +51,6 @@ ARGS = args.Grammar(
   keywords=('text_feature', 'init'),
   valid={'model': tuple(presets.SIGLIP_PRESETS), 'init': ('scratch', 'release')},
 )
-DIGITS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lit_digits_templates.txt')
 
 
@@ -86,7 +85,7 @@ def _digits():
   config.lit.image_init = ''
   config.lit.locked_image = False
   config.lit.templates = TEMPLATES
-  config.lit.class_names = ','.join(DIGITS)
+  config.lit.class_names = ','.join(default.DIGITS)
   # SigLIP's loss and its initial temperature and bias.
   config.loss = 'sigmoid'
   config.lit.temperature_init = 10.0

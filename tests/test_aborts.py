@@ -191,7 +191,8 @@ def test_sigterm_and_sigint_reach_the_child_as_sigterm_and_it_dies_with_its_pare
     f'sys.exit(aborts.run_child(["m"], workdir={str(tmp_path)!r}, '
     f'command=[sys.executable, "-c", {textwrap.dedent(child)!r}]))'
   )
-  for sig in (signal.SIGTERM, signal.SIGINT):
+
+  def start():
     proc = subprocess.Popen(
       [sys.executable, '-c', parent],
       stderr=subprocess.PIPE,
@@ -199,16 +200,14 @@ def test_sigterm_and_sigint_reach_the_child_as_sigterm_and_it_dies_with_its_pare
       env={**os.environ, 'PYTHONPATH': str(tiny.REPO)},
     )
     assert proc.stderr.readline() == 'ready\n'
+    return proc
+
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    proc = start()
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0 and proc.stderr.read() == 'saved\n'
   # kill -9 of the parent: the child goes too.
-  proc = subprocess.Popen(
-    [sys.executable, '-c', parent],
-    stderr=subprocess.PIPE,
-    text=True,
-    env={**os.environ, 'PYTHONPATH': str(tiny.REPO)},
-  )
-  assert proc.stderr.readline() == 'ready\n'
+  proc = start()
   pids = subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True, text=True).stdout
   (pid,) = map(int, pids.split())
   proc.kill()

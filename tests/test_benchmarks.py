@@ -22,23 +22,28 @@ TINY = [
 ]
 
 
-def test_train_throughput_prints_positive_figures_for_a_tiny_model():
-  out = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/train_throughput.py',
-      *TINY,
-      '--steps=2',
-      '--warmup=1',
-      '--peak_tflops=1',
-      '--no_baseline',
-    ],
+def _run(script, *args) -> str:
+  """The stdout of `python SCRIPT ARGS` run from the repository (it must exit 0)."""
+  return subprocess.run(
+    [sys.executable, script, *args],
     cwd=ROOT,
     check=True,
     stdout=subprocess.PIPE,
     text=True,
+    timeout=900,
+  ).stdout
+
+
+def test_train_throughput_prints_positive_figures_for_a_tiny_model():
+  out = _run(
+    'benchmarks/train_throughput.py',
+    *TINY,
+    '--steps=2',
+    '--warmup=1',
+    '--peak_tflops=1',
+    '--no_baseline',
   )
-  line = json.loads(out.stdout.strip().splitlines()[-1])
+  line = json.loads(out.strip().splitlines()[-1])
   assert (
     line['variant'] == 'baseline' and line['peak_source'] == 'flag' and line['device_count'] >= 1
   )
@@ -77,23 +82,15 @@ def test_variant_command_line_round_trips_the_options():
 
 
 def test_input_throughput_prints_both_pipelines_and_the_host_budget():
-  out = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/input_throughput.py',
-      '--num_images=8',
-      '--batch=4',
-      '--batches=2',
-      '--warmup=1',
-      '--only=digits,imagenet_jpeg_224',
-      '--markdown',
-    ],
-    cwd=ROOT,
-    check=True,
-    stdout=subprocess.PIPE,
-    text=True,
-    timeout=900,
-  ).stdout
+  out = _run(
+    'benchmarks/input_throughput.py',
+    '--num_images=8',
+    '--batch=4',
+    '--batches=2',
+    '--warmup=1',
+    '--only=digits,imagenet_jpeg_224',
+    '--markdown',
+  )
   result = json.loads(next(line for line in out.splitlines() if line.startswith('{"threads"')))
   assert [r['name'] for r in result['rows']] == ['digits', 'imagenet_jpeg_224']
   for row in result['rows']:
@@ -105,23 +102,15 @@ def test_input_throughput_prints_both_pipelines_and_the_host_budget():
 
 
 def test_train_throughput_times_a_lit_step_beside_its_image_tower_as_a_classifier():
-  out = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/train_throughput.py',
-      '--model=LiT-L16Ti',
-      *TINY[1:],
-      '--text_layers=1',
-      '--steps=2',
-      '--warmup=1',
-      '--peak_tflops=1',
-    ],
-    cwd=ROOT,
-    check=True,
-    stdout=subprocess.PIPE,
-    text=True,
-    timeout=900,
-  ).stdout
+  out = _run(
+    'benchmarks/train_throughput.py',
+    '--model=LiT-L16Ti',
+    *TINY[1:],
+    '--text_layers=1',
+    '--steps=2',
+    '--warmup=1',
+    '--peak_tflops=1',
+  )
   baseline, lit = (json.loads(line) for line in out.strip().splitlines()[-2:])
   assert (baseline['variant'], baseline['model'], lit['variant'], lit['model']) == (
     'image_classifier',
@@ -136,20 +125,12 @@ def test_train_throughput_times_a_lit_step_beside_its_image_tower_as_a_classifie
 
 
 def test_sigmoid_loss_memory_prints_both_losses_and_the_chunked_one_holds_less():
-  out = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/sigmoid_loss_memory.py',
-      '--batches=64,128',
-      '--dim=16',
-      '--steps=1',
-    ],
-    cwd=ROOT,
-    check=True,
-    stdout=subprocess.PIPE,
-    text=True,
-    timeout=900,
-  ).stdout
+  out = _run(
+    'benchmarks/sigmoid_loss_memory.py',
+    '--batches=64,128',
+    '--dim=16',
+    '--steps=1',
+  )
   rows = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
   assert [(r['batch'], r['impl']) for r in rows] == [
     (64, 'dense'),
@@ -165,29 +146,21 @@ def test_sigmoid_loss_memory_prints_both_losses_and_the_chunked_one_holds_less()
 
 
 def test_main_seeds_reports_each_seeds_final_accuracy_and_times(tmp_path, digits_dir):
-  out = subprocess.run(
-    [
-      sys.executable,
-      'benchmarks/main_seeds.py',
-      '--seeds=1',
-      f'--root={tmp_path}',
-      '--markdown',
-      '--',
-      f'--config.tfds_data_dir={digits_dir}',
-      '--config.model.hidden_size=32',
-      '--config.model.transformer.num_layers=1',
-      '--config.model.transformer.mlp_dim=64',
-      '--config.batch_size=16',
-      '--config.total_steps=2',
-      '--config.eval_every_steps=2',
-      '--config.schedule.warmup_steps=1',
-    ],
-    cwd=ROOT,
-    check=True,
-    stdout=subprocess.PIPE,
-    text=True,
-    timeout=900,
-  ).stdout
+  out = _run(
+    'benchmarks/main_seeds.py',
+    '--seeds=1',
+    f'--root={tmp_path}',
+    '--markdown',
+    '--',
+    f'--config.tfds_data_dir={digits_dir}',
+    '--config.model.hidden_size=32',
+    '--config.model.transformer.num_layers=1',
+    '--config.model.transformer.mlp_dim=64',
+    '--config.batch_size=16',
+    '--config.total_steps=2',
+    '--config.eval_every_steps=2',
+    '--config.schedule.warmup_steps=1',
+  )
   row, summary = (json.loads(line) for line in out.strip().splitlines()[:2])
   assert (row['seed'], row['step'], row['num_examples']) == (1, 2, 360)
   assert 0 <= row['accuracy'] <= 1 and row['correct'] == round(360 * row['accuracy'])

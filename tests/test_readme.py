@@ -94,8 +94,8 @@ COVERED_EXACTLY = {
 # `python -m launch.*` commands (clouds, clusters, sweeps) -> the test that runs that launcher the
 # same way, against fakes of gcloud, gs://, SLURM and SkyPilot, or offline. Keyed by a fragment.
 LAUNCH_COVERED = {
-  'launch.tpu launch': 'test_launch_tpu.py, test_launch_code.py (a fake gcloud: create, set up, run, '
-  'supervise, preempt, delete)',
+  'launch.tpu launch': 'test_launch_tpu.py, test_launch_code.py (a fake gcloud: create, set up, '
+  'run, supervise, preempt, delete)',
   'launch.sweep --config=configs/vit.py:ViT-B_16,cifar10 --backend=tpu --tpu_mode=one_vm': (
     'test_launch_tpu.py::test_sweep_on_one_vm_runs_each_run_in_turn_then_deletes_the_node'
   ),

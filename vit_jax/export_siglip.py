@@ -100,7 +100,8 @@ def _mlp(take, ours: str, hf: str) -> dict[str, np.ndarray]:
 
 
 def hf_state_dict(model, params) -> dict[str, np.ndarray]:
-  """Our SigLIP parameter tree (per-layer or stacked) -> {SiglipModel tensor name: float32 array}."""
+  """Our SigLIP parameter tree (per-layer or stacked) -> {SiglipModel tensor name: float32
+  array}."""
   from vit_jax import checkpoint, utils  # noqa: PLC0415  (JAX)
 
   problems = unsupported(model)

@@ -8,8 +8,8 @@ How it was made (once; the files are committed):
   BIG_VISION_DIR=/tmp/bv PYTHONPATH=. python tests/data/make_siglip_fixture.py
 
 Two files, the two layouts of the releases:
-  siglip_tiny.npz    SigLIP 1 style: unscanned blocks (`img/Transformer/encoderblock_N`), text pooled
-                     on the last token, a text head.
+  siglip_tiny.npz    SigLIP 1 style: unscanned blocks (`img/Transformer/encoderblock_N`), text
+                     pooled on the last token, a text head.
   siglip2_tiny.npz   SigLIP 2 style: scanned blocks (`img/Transformer/encoderblock/...`,
                      `txt/Encoder_0/encoderblock/...`, a leading layer axis).
 Each holds the parameters under `params/` (as big_vision's checkpoints do); NAME_expected.npz holds

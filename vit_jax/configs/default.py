@@ -7,6 +7,9 @@ imports it).
 
 from vit_jax.configs import common, presets
 
+# The digits' class names, in label order (the image-text configs caption them).
+DIGITS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+
 
 def get_config():
   config = common.get_config()

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 # The defaults of a stored model's fields that no preset gives, per family (presets.family; a ViT's:
 # the default).
 FAMILY_DEFAULTS = {'mixer': 'Mixer-B_16', 'lit': 'LiT-B16B'}
-# The defaults of a SigLIP-shaped model of its own name (configs/siglip.py): one with a `npz_layout`.
+# The defaults of a SigLIP-shaped model of its own name (configs/siglip.py): one with an
+# `npz_layout`.
 SIGLIP_DEFAULT = 'SigLIP-B_16-224'
 
 

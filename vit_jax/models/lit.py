@@ -13,8 +13,8 @@ big_vision's layout, which its `two_towers.load` reads).
   t         the log temperature: logits = exp(t) * zimg @ ztxt.T
   b         only with `bias_init` (SigLIP's sigmoid loss): logits = exp(t) * zimg @ ztxt.T + b,
             sigmoid(logits) the probability that an image and a text match
-A SigLIP model is the same tree: `img/` big_vision's ViT with the MAP head (`MAPHead_0`) and no head,
-`txt/` the TextTransformer (`Embed_0`, `pos_embedding`, `Encoder_0/encoderblock_N`, `head`).
+A SigLIP model is the same tree: `img/` big_vision's ViT with the MAP head (`MAPHead_0`) and no
+head, `txt/` the TextTransformer (`Embed_0`, `pos_embedding`, `Encoder_0/encoderblock_N`, `head`).
 `model.apply(variables, images=..., tokens=...)` -> (zimg, ztxt, out): the L2-normalised embeddings
 (None for a tower not called) and `out` with each tower's intermediate values and `t` = exp(t).
 """
