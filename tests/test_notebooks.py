@@ -67,9 +67,9 @@ def test_notebook_runs_offline_without_a_cell_error(
   # Figures go to the cells' outputs (the kernel's inline backend), as in Jupyter.
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-  # A reader's XLA: one CPU device, compiled at the default optimisation level. (Not the suite's
-  # 8 devices and fast-compile flag, conftest.py: under those the notebooks' training, 150 and 100
-  # steps, ran slower than it compiled faster, 157 s of kernel CPU for finetune.ipynb, against 78 s.)
+  # A reader's XLA: one CPU device, compiled at the default optimisation level. Not the suite's 8
+  # devices and fast-compile flag (conftest.py): under those the notebooks' training (150 and 100
+  # steps) ran slower than it compiled faster, 157 s of kernel CPU for finetune.ipynb against 78 s.
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   monkeypatch.setenv('TFDS_DATA_DIR', digits_dir)
   monkeypatch.delenv('MPLBACKEND', raising=False)

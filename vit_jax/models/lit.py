@@ -1,8 +1,8 @@
 """Two-tower image-text models without flaxformer or TensorFlow: LiT (Locked-image Tuning,
-https://arxiv.org/abs/2111.07991) as google-research/vision_transformer has them, and SigLIP / SigLIP
-2 as big_vision's two_towers.py has them (presets 'SigLIP-B_16-224', 'SigLIP2-So400m_14-384', ...:
-presets.SIGLIP_PRESETS; their released files load unchanged, and `save_variables` writes
-big_vision's layout, which its `two_towers.load` reads).
+https://arxiv.org/abs/2111.07991) as google-research/vision_transformer has them, and SigLIP /
+SigLIP 2 as big_vision's two_towers.py has them (presets 'SigLIP-B_16-224',
+'SigLIP2-So400m_14-384', ...: presets.SIGLIP_PRESETS; their released files load unchanged, and
+`save_variables` writes big_vision's layout, which its `two_towers.load` reads).
 
 `LitModel` takes the reference's config fields (vit_jax/configs/presets.py, LIT_PRESETS: `image`,
 `text_model`, `text`, `pp`, `out_dim`, `model_name`) and its parameter tree is the released files':
