@@ -13,7 +13,7 @@ Sources (`config.dataset`):
   `<root>/<split>/<class>/<image>`, read by vit_jax/data/image_folders.py.
 
 Reading a prepared TFDS dataset needs no TensorFlow (array_record and TFDS's NumPy decoding);
-TensorFlow is imported only to *prepare* one, in vit_jax/data/datasets/build.py.
+TensorFlow is imported only to *prepare* one, in a child process (vit_jax/data/datasets/build.py).
 """
 
 import dataclasses
@@ -120,7 +120,7 @@ def _tfds_builder(config, download: bool):
   """The prepared builder of config.dataset; prepares it when possible (see module doc)."""
   import tensorflow_datasets as tfds  # noqa: PLC0415  (heavy: loaded when a TFDS dataset is read)
 
-  # (the package registers the builders; TensorFlow, to prepare one)
+  # (the package registers the builders; `build` prepares one in a child process)
   from vit_jax.data.datasets import build  # noqa: PLC0415
 
   # Once: adding the same filter again does nothing.
@@ -154,13 +154,13 @@ def _tfds_builder(config, download: bool):
       )
     else:
       try:
-        build.prepare(
-          builder, download_config=tfds.download.DownloadConfig(manual_dir=config.tfds_manual_dir)
-        )
+        build.prepare(builder, manual_dir=config.tfds_manual_dir)
       # (network, missing manual files, ...: the same advice)
-      except Exception as e:  # pylint: disable=broad-except
-        reason = f'preparing it failed with {type(e).__name__}: {" ".join(str(e).split())[:300]}'
+      except build.BuildError as e:
+        reason = f'preparing it failed with {str(e)[:300]}'
         raise DatasetNotPreparedError(_not_prepared_message(builder, config, reason)) from None
+    # (another process prepared it: read what it wrote)
+    builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir)
   formats = {builder.info.file_format} | set(
     getattr(builder.info, 'alternative_file_formats', ()) or ()
   )
