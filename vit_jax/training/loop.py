@@ -9,6 +9,7 @@ for the last save, params.npz (config.export_npz), and the attempt's last goodpu
 ('finished', 'preempted', or 'failed' on an exception).
 """
 
+import collections
 import contextlib
 import logging
 import time
@@ -33,6 +34,29 @@ def _due(step: int, every: int, last: bool) -> bool:
   """The loop's one cadence rule (logging, each evaluator, checkpoints): every `every`-th step, and
   the last step."""
   return last or step % every == 0
+
+
+class RunAhead:
+  """How far the host may dispatch train steps ahead of the devices: `add` takes each dispatched
+  step's output and, when more than `limit` steps are in flight, waits for the oldest.
+
+  Unbounded, the host queues steps until the runtime pushes back: each queued step holds its input
+  batch in device memory, the clock times dispatches instead of steps, and JAX 0.10's CPU client
+  with several devices can deadlock there (seen in the tests' 8-device runs: one device's launch
+  of a step waits on the runtime's limit of computations in flight while the other seven wait in
+  that step's all-reduce for it; XLA aborts the process after 40 s). Two in flight keep a device
+  busy while the host prepares the next batch.
+  """
+
+  def __init__(self, limit: int = 2, wait=jax.block_until_ready):
+    self.limit = limit
+    self.wait = wait
+    self._in_flight = collections.deque()
+
+  def add(self, output) -> None:
+    self._in_flight.append(output)
+    if len(self._in_flight) > self.limit:
+      self.wait(self._in_flight.popleft())
 
 
 def evaluate(evals, params, step: int) -> dict[str, float]:
@@ -97,6 +121,7 @@ class Loop:
       check.profile_range(self.config.profile_steps) if jax.process_index() == 0 else None
     )
     self.tracing = False
+    self.run_ahead = RunAhead()
     self.nonfinite_seen = int(jax.device_get(train_state['nonfinite']['count']))
     is_main = jax.process_index() == 0
     self.writer = metrics.Writer(workdir, enabled=is_main)
@@ -158,7 +183,7 @@ class Loop:
         self.clock.enter('input', step)
         batch = next(batches)
         self.profiler(step)
-        self.state, stats = self.update(train_step, batch, step)  # No host sync here.
+        self.state, stats = self.update(train_step, batch, step)  # Two steps ahead at most.
         self.clock.tick(step)
         self.progress.step(step)
         self.checkpoints.check()  # A failed asynchronous save stops the run at the next step.
@@ -195,12 +220,15 @@ class Loop:
       self.record.write(step)
 
   def update(self, train_step, batch, step: int):
-    """The update of `step`, dispatched (no host sync), in phase train. The first one compiles the
-    train step first, in phase compile (said before and after: it takes a while); the first stay in
-    train after it, which waits for the first step's run, then has the watchdog's first bound."""
+    """The update of `step`, dispatched (RunAhead: the host waits only for the step two before), in
+    phase train. The first one compiles the train step first, in phase compile (said before and
+    after: it takes a while); the first stay in train after it, which waits for the first step's
+    run, then has the watchdog's first bound."""
     if step > self.start + 1:
       self.clock.enter('train')
-      return train_step(self.state, batch)
+      out = train_step(self.state, batch)
+      self.run_ahead.add(out[1]['loss'])  # (an output of the step that no later step consumes)
+      return out
     log.info('Compiling the train step...')
     self.clock.enter('compile')
     compiling = time.monotonic()
@@ -209,6 +237,7 @@ class Loop:
     # peer 30 s).
     distributed.barrier(f'compiled-{step}', timeout_s=self.config.faults.hang_first_s)
     out = train_step(self.state, batch)
+    self.run_ahead.add(out[1]['loss'])
     self.clock.enter('train')
     log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
     return out
