@@ -22,9 +22,10 @@ from vit_jax import io as vit_io
 from vit_jax.data import input_pipeline, preprocess
 from vit_jax.evaluators import common as evaluate
 from vit_jax.models import flops
+from vit_jax.runtime import dispatch
 from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.training import checkpoints as run_checkpoints
-from vit_jax.training import loop, metrics, optim, state, train
+from vit_jax.training import metrics, optim, state, train
 from vit_jax.training import train_step as train_step_lib
 
 REPO = tiny.REPO
@@ -159,28 +160,23 @@ def test_evaluation_runs_one_jitted_program_per_batch_and_nothing_eager(tmp_path
   assert result['val/num_examples'] == 9
 
 
-def test_the_host_waits_for_the_step_two_before_the_one_it_dispatched():
-  waited = []
-  run_ahead = loop.RunAhead(limit=2, wait=waited.append)
-  for step in range(1, 6):
-    run_ahead.add(step)
-    assert waited == list(range(1, step - 1))
-
-
 def test_profile_steps_write_a_trace_and_goodput_accounts_for_the_wall_time(tmp_path, monkeypatch):
   from vit_jax.runtime import goodput  # pylint: disable=g-import-not-at-top
 
   workdir = str(tmp_path / 'run')
   data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
-  waited = []
+  spies = []
 
-  class Spy(loop.RunAhead):
+  class Spy(dispatch.RunAhead):
     def __init__(self):
-      super().__init__(wait=lambda x: waited.append(jax.block_until_ready(x)))
+      super().__init__(wait=lambda x: self.waited.append(jax.block_until_ready(x)))
+      self.waited = []
+      spies.append(self)
 
-  monkeypatch.setattr(loop, 'RunAhead', Spy)
+  monkeypatch.setattr(dispatch, 'RunAhead', Spy)
   train.train_and_evaluate(tiny.train_config(tfds_data_dir=data_dir, profile_steps='2:4'), workdir)
-  # 4 steps, 2 in flight: the host waited for the losses of steps 1 and 2.
+  # The loop's (the first made): 4 steps, 2 in flight, so it waited for the losses of steps 1 and 2.
+  waited = spies[0].waited
   assert len(waited) == 2 and all(isinstance(x, jax.Array) for x in waited)
   traces = [
     os.path.join(d, f)

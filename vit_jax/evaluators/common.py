@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vit_jax.configs.choices import parse_splits, with_split
 from vit_jax.data import preprocess
+from vit_jax.runtime import dispatch
 from vit_jax.tasks import losses
 
 
@@ -65,10 +66,13 @@ def make_eval_step(logits_fn: Callable, *, loss: str = 'softmax') -> Callable:
 def evaluate(eval_step: Callable, params, batches: Iterable, totals: dict) -> dict[str, float]:
   """Runs `eval_step` over all batches from `totals` (`zeros(num_classes)`); returns accuracy, top5
   (>= 5 classes), loss and num_examples (bare names: vit_jax/evaluators/__init__.py adds the
-  prefix). Nothing but `eval_step` runs on the devices until the end."""
+  prefix). Nothing but `eval_step` runs on the devices until the end; the host stays at most two
+  batches ahead of them (dispatch.RunAhead)."""
   num_batches = 0
+  run_ahead = dispatch.RunAhead()
   for batch in batches:
     totals = eval_step(params, batch, totals)
+    run_ahead.add(totals['count'])
     num_batches += 1
   if num_batches == 0:
     raise ValueError('The evaluation split yielded no batches.')

@@ -9,7 +9,6 @@ for the last save, params.npz (config.export_npz), and the attempt's last goodpu
 ('finished', 'preempted', or 'failed' on an exception).
 """
 
-import collections
 import contextlib
 import logging
 import time
@@ -22,7 +21,7 @@ from vit_jax import checkpoint
 from vit_jax.configs import check
 from vit_jax.data import input_pipeline
 from vit_jax.models import flops
-from vit_jax.runtime import distributed, goodput
+from vit_jax.runtime import dispatch, distributed, goodput
 from vit_jax.runtime import workdir as workdir_lib
 from vit_jax.training import metrics
 from vit_jax.training import train_step as train_step_lib
@@ -34,29 +33,6 @@ def _due(step: int, every: int, last: bool) -> bool:
   """The loop's one cadence rule (logging, each evaluator, checkpoints): every `every`-th step, and
   the last step."""
   return last or step % every == 0
-
-
-class RunAhead:
-  """How far the host may dispatch train steps ahead of the devices: `add` takes each dispatched
-  step's output and, when more than `limit` steps are in flight, waits for the oldest.
-
-  Unbounded, the host queues steps until the runtime pushes back: each queued step holds its input
-  batch in device memory, the clock times dispatches instead of steps, and JAX 0.10's CPU client
-  with several devices can deadlock there (seen in the tests' 8-device runs: one device's launch
-  of a step waits on the runtime's limit of computations in flight while the other seven wait in
-  that step's all-reduce for it; XLA aborts the process after 40 s). Two in flight keep a device
-  busy while the host prepares the next batch.
-  """
-
-  def __init__(self, limit: int = 2, wait=jax.block_until_ready):
-    self.limit = limit
-    self.wait = wait
-    self._in_flight = collections.deque()
-
-  def add(self, output) -> None:
-    self._in_flight.append(output)
-    if len(self._in_flight) > self.limit:
-      self.wait(self._in_flight.popleft())
 
 
 def evaluate(evals, params, step: int) -> dict[str, float]:
@@ -121,7 +97,7 @@ class Loop:
       check.profile_range(self.config.profile_steps) if jax.process_index() == 0 else None
     )
     self.tracing = False
-    self.run_ahead = RunAhead()
+    self.run_ahead = dispatch.RunAhead()
     self.nonfinite_seen = int(jax.device_get(train_state['nonfinite']['count']))
     is_main = jax.process_index() == 0
     self.writer = metrics.Writer(workdir, enabled=is_main)
@@ -220,8 +196,8 @@ class Loop:
       self.record.write(step)
 
   def update(self, train_step, batch, step: int):
-    """The update of `step`, dispatched (RunAhead: the host waits only for the step two before), in
-    phase train. The first one compiles the train step first, in phase compile (said before and
+    """The update of `step`, dispatched (dispatch.RunAhead: the host waits only for the step two
+    before), in phase train. The first one compiles the train step first, in phase compile (said before and
     after: it takes a while); the first stay in train after it, which waits for the first step's
     run, then has the watchdog's first bound."""
     if step > self.start + 1:
