@@ -159,7 +159,8 @@ class Loop:
         self.clock.enter('input', step)
         batch = next(batches)
         self.profiler(step)
-        self.state, stats = self.update(train_step, batch, step)  # Two steps ahead at most.
+        self.state, stats = self.update(train_step, batch, step)
+        self.run_ahead.add(stats['loss'])  # Two steps ahead at most (no later step consumes it).
         self.clock.tick(step)
         self.progress.step(step)
         self.checkpoints.check()  # A failed asynchronous save stops the run at the next step.
@@ -196,15 +197,12 @@ class Loop:
       self.record.write(step)
 
   def update(self, train_step, batch, step: int):
-    """The update of `step`, dispatched (dispatch.RunAhead: the host waits only for the step two
-    before), in phase train. The first one compiles the train step first, in phase compile (said before and
-    after: it takes a while); the first stay in train after it, which waits for the first step's
-    run, then has the watchdog's first bound."""
+    """The update of `step`, dispatched, in phase train. The first one compiles the train step
+    first, in phase compile (said before and after: it takes a while); the first stay in train after
+    it, which waits for the first step's run, then has the watchdog's first bound."""
     if step > self.start + 1:
       self.clock.enter('train')
-      out = train_step(self.state, batch)
-      self.run_ahead.add(out[1]['loss'])  # (an output of the step that no later step consumes)
-      return out
+      return train_step(self.state, batch)
     log.info('Compiling the train step...')
     self.clock.enter('compile')
     compiling = time.monotonic()
@@ -213,7 +211,6 @@ class Loop:
     # peer 30 s).
     distributed.barrier(f'compiled-{step}', timeout_s=self.config.faults.hang_first_s)
     out = train_step(self.state, batch)
-    self.run_ahead.add(out[1]['loss'])
     self.clock.enter('train')
     log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
     return out

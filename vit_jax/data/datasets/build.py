@@ -40,13 +40,13 @@ def prepare(builder, manual_dir: str | None = None) -> None:
     command += [f'--error_file={error_file}'] + (
       [f'--manual_dir={manual_dir}'] if manual_dir else []
     )
-    code = subprocess.run(command, check=False, env={'TF_CPP_MIN_LOG_LEVEL': '2', **os.environ})
-    if code.returncode:
+    done = subprocess.run(command, check=False, env={'TF_CPP_MIN_LOG_LEVEL': '2', **os.environ})
+    if done.returncode:
       reason = ''
       if os.path.exists(error_file):
         with open(error_file, encoding='utf-8') as f:
           reason = f.read().strip()
-      raise BuildError(reason or f'the build process ended with exit status {code.returncode}')
+      raise BuildError(reason or f'the build process ended with exit status {done.returncode}')
 
 
 def _build(name: str, data_dir: str, manual_dir: str | None) -> None:
@@ -76,11 +76,11 @@ def main(argv=None) -> int:
     _build(args.name, args.data_dir, args.manual_dir)
   except Exception as e:  # pylint: disable=broad-except  (handed to the parent, which says it)
     reason = f'{type(e).__name__}: {" ".join(str(e).split())}'
-    if not args.error_file:
+    if args.error_file:
+      with open(args.error_file, 'w', encoding='utf-8') as f:
+        f.write(reason)
+    else:
       print(f'Building {args.name} failed: {reason}', file=sys.stderr)
-      return 1
-    with open(args.error_file, 'w', encoding='utf-8') as f:
-      f.write(reason)
     return 1
   return 0
 
