@@ -48,17 +48,23 @@ def process_start_time() -> float:
   interpreter's start counts; but no earlier than STARTUP_SLACK_S before the process imported
   vit_jax. (The kernel's time is when the process was forked: a shell that runs a command as its
   last one, `( pip install ... && python -m vit_jax.main )`, execs it in a process forked long
-  before.) Elsewhere: when vit_jax was imported."""
+  before.) Elsewhere: when vit_jax was imported.
+
+  The time between the process's start and the import is measured on the kernel's clock since boot
+  alone, and subtracted from the import's wall time: /proc's boot time (`btime`) moves with the
+  wall clock, so a wall clock stepped (NTP, a VM resumed) after the import would otherwise put the
+  start after the import."""
   imported = vit_jax.IMPORTED_AT
+  if vit_jax.IMPORTED_AFTER_BOOT is None:
+    return imported
   try:
     with open('/proc/self/stat') as f:
       # Field 22, starttime, in clock ticks after boot.
       ticks = int(f.read().rsplit(')', 1)[1].split()[19])
-    with open('/proc/stat') as f:
-      boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
-    return max(boot + ticks / os.sysconf('SC_CLK_TCK'), imported - STARTUP_SLACK_S)
-  except (OSError, ValueError, IndexError, StopIteration):
+    before_import = vit_jax.IMPORTED_AFTER_BOOT - ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError):
     return imported
+  return imported - min(max(before_import, 0.0), STARTUP_SLACK_S)
 
 
 STARTUP_SLACK_S = 5.0  # The longest a Python interpreter takes to start before it runs our code.
