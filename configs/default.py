@@ -1,4 +1,4 @@
-"""Offline default: a small ViT on scikit-learn's handwritten digits (see
+"""Offline default: a small hybrid ViT on scikit-learn's handwritten digits (see
 vit_jax/configs/default.py).
 
 `python -m vit_jax.main` with no flags runs this config into ./runs/default. The body lives in the

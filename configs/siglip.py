@@ -62,8 +62,9 @@ def get_config(arg: str | None = None):
 
 
 def _digits():
-  # The digits data and image size of the main job.
+  # The digits data of the main job, at their own 8 px (the main job's 16 px are for its stem).
   config = default.get_config()
+  config.image_size = 8
   # SigLIP-B/16's structure (MAP head, text tower pooled at its last token, npz_layout
   # 'big_vision', t and b), shrunk to the 8 x 8 digits.
   config.model = presets.get_model_config('SigLIP-B_16-224')

@@ -1,5 +1,6 @@
 """The offline transfer suite: what `python -m launch.transfer` measures on a machine with no
-internet, for the README's main job (an 8-px ViT on the digits) or any model pretrained at 8 px.
+internet, for the README's main job (a hybrid ViT on the digits at 16 px) or any model pretrained at
+16 px.
 
   python -m launch.transfer --pretrained=runs/default --suite=configs/transfer_offline.py
       --out=runs/transfer
@@ -29,7 +30,7 @@ SUITE = transfer.suite(
       test='test',
       steps=60,
       warmup=10,
-      image_size=8,
+      image_size=16,
       crop='resize',
       flip=False,
       lrs=(0.003, 0.03),
@@ -43,7 +44,7 @@ SUITE = transfer.suite(
       test='test',
       steps=30,
       warmup=5,
-      image_size=8,
+      image_size=16,
       crop='resize',
       flip=False,
       lrs=(0.003, 0.03),
@@ -57,7 +58,7 @@ SUITE = transfer.suite(
     'shots': (1, 5, 10),
     'seeds': 3,
     'l2_reg': 2.0**10,
-    'image_size': 8,
+    'image_size': 16,
   },
 )
 get_config, get_sweep, get_suite = transfer.suite_functions(SUITE)
