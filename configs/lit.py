@@ -20,9 +20,10 @@ from vit_jax.configs import default, presets
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lit_digits_templates.txt')
 
 
-def get_config():
-  # The digits data, the image size and the image tower of the main job.
-  config = default.get_config()
+def get_config(arg: str | None = None):
+  """`configs/lit.py:vit` locks the tower of a `configs/default.py:vit` run (the plain ViT)."""
+  # The digits data, the image size and the image tower of the main job (or of its variant `arg`).
+  config = default.get_config(arg)
   image = config.model
   # A text_transformer tower with SentencePiece tokens.
   config.model = presets.get_model_config('LiT-L16Ti')

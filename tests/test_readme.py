@@ -279,6 +279,7 @@ def _shapes_runs(cwd, env) -> None:
   sys.path.pop(0)
   make_figures.write_shapes(str(cwd / make_figures.DATA), train_per_class=4, test_per_class=2)
   args = [
+    f'--config={make_figures.CONFIG}',
     '--workdir=runs/shapes',
     f'--config.dataset={make_figures.DATA}',
     *TINY,

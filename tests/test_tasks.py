@@ -28,7 +28,7 @@ def test_each_preset_has_the_task_of_its_family(name):
 
 
 def test_the_objective_rules_are_the_tasks_and_the_model_fields_the_config_checks():
-  config = _lit(accum_steps=2, mixup_p=0.5, image_size=16, **{'lit.templates': ''})
+  config = _lit(accum_steps=2, mixup_p=0.5, image_size=32, **{'lit.templates': ''})
   problems = image_text.TASK.problems(config)
   assert [p.split(':')[0].split('=')[0] for p in problems] == [
     'config.accum_steps',
@@ -39,7 +39,7 @@ def test_the_objective_rules_are_the_tasks_and_the_model_fields_the_config_check
     config
   )  # The model's own rule (its preprocessing size), not the objective's.
   assert len(model) == 1 and model[0].startswith(
-    'config.image_size=16 differs from config.model.pp.size='
+    'config.image_size=32 differs from config.model.pp.size='
   )
   assert classification.TASK.problems(tiny.train_config(mixup_p=0.5)) == []
 
@@ -100,7 +100,7 @@ def test_an_example_batch_holds_what_the_train_step_reads():
   rng = np.random.default_rng(0)
   lit = image_text.TASK.example_batch(_lit(), 4, rng, 10)
   assert {k: (v.shape, v.dtype.name) for k, v in lit.items()} == {
-    'image': ((4, 8, 8, 3), 'float32'),
+    'image': ((4, 16, 16, 3), 'float32'),  # The main job's 16 px.
     'label': ((4,), 'int32'),
     'tokens': ((4, 8), 'int32'),
   }  # configs/lit.py's max_len.

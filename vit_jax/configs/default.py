@@ -11,7 +11,18 @@ from vit_jax.configs import common, presets
 DIGITS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 
 
-def get_config():
+VARIANTS = ('', 'vit')
+
+
+def get_config(arg: str | None = None):
+  """The main job's config; `configs/default.py:vit` is the plain ViT it trained before its stem
+  (below): 2x2 patches of the digits at their own 8 px, 98.7% over seeds 0-4 where the hybrid has
+  99.4%, and a model that every export (Hugging Face's ViT too) takes."""
+  variant = arg or ''
+  if variant not in VARIANTS:
+    raise ValueError(
+      f'configs/default.py: unknown variant {variant!r}; valid: none (the hybrid) or "vit".'
+    )
   config = common.get_config()
   config.dataset = 'sklearn_digits'
   config.train_split = 'train'  # 1,437 examples.
@@ -36,6 +47,11 @@ def get_config():
   config.model.patches.size = (1, 1)
   config.model.hidden_size = 128
   config.model.transformer.update(num_layers=3, mlp_dim=256, num_heads=4, dropout_rate=0.2)
+  if variant == 'vit':
+    config.image_size = 8
+    config.model.resnet = None
+    config.model.model_name = 'ViT-digits'
+    config.model.patches.size = (2, 2)  # 4x4 grid of 2x2 patches.
 
   config.batch_size = 128
   config.eval_batch_size = 360 // 8 * 8 + 8  # 368: the whole test split in one padded batch.
