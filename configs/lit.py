@@ -15,15 +15,20 @@ get_model_config('LiT-B16B'), config.lit.text_init and config.lit.vocab_path
 
 import os
 
-from vit_jax.configs import default, presets
+from vit_jax.configs import args, default, presets
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lit_digits_templates.txt')
 
 
+ARGS = args.Grammar('configs/lit.py', keywords=('model',), valid={'model': default.MODELS})
+
+
 def get_config(arg: str | None = None):
-  """`configs/lit.py:vit` locks the tower of a `configs/default.py:vit` run (the plain ViT)."""
-  # The digits data, the image size and the image tower of the main job (or of its variant `arg`).
-  config = default.get_config(arg)
+  """`configs/lit.py:model=vit` locks the tower of a `configs/default.py:model=vit` run (the plain
+  ViT)."""
+  model = ARGS.parse(arg).get('model', 'hybrid')
+  # The digits data, the image size and the image tower of the main job (of its model `model`).
+  config = default.get_config(f'model={model}')
   image = config.model
   # A text_transformer tower with SentencePiece tokens.
   config.model = presets.get_model_config('LiT-L16Ti')

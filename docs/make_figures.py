@@ -68,7 +68,7 @@ def write_shapes(
 
 
 # The model: the main job's plain-ViT variant, which every export takes (`export hf` below).
-CONFIG = 'configs/default.py:vit'
+CONFIG = 'configs/default.py:model=vit'
 
 
 def run(*args: str) -> None:

@@ -23,11 +23,11 @@ REPO = tiny.REPO
 
 # Every config file with the arguments to load it (a file added to configs/ must be listed here).
 CONFIG_FILES = {
-  'default.py': ['', 'vit'],
+  'default.py': ['', 'model=vit'],
   'vit.py': ['ViT-B_16,cifar10', 'R50+ViT-B_16,oxford_iiit_pet'],
   'pretrain_i21k.py': ['ViT-B_16'],
   'pretrain_i1k.py': ['ViT-S_16,epochs=150'],
-  'lit.py': ['', 'vit'],
+  'lit.py': ['', 'model=vit'],
   'siglip.py': ['', 'SigLIP-B_16-256,coco_captions'],
   'transfer_paper.py': ['task=cifar100,model=ViT-B_32'],
   'transfer_vtab.py': ['task=dtd'],
@@ -106,7 +106,7 @@ def get_config():
 def test_the_main_jobs_plain_vit_variant_is_its_model_before_the_stem():
   hybrid, plain = (
     tiny.main_config(f'{REPO}/configs/default.py'),
-    tiny.main_config(f'{REPO}/configs/default.py:vit'),
+    tiny.main_config(f'{REPO}/configs/default.py:model=vit'),
   )
   assert (hybrid.image_size, tuple(hybrid.model.resnet.num_layers)) == (16, ())
   assert models.token_grid(hybrid.model, hybrid.image_size) == (4, 4)
@@ -115,12 +115,12 @@ def test_the_main_jobs_plain_vit_variant_is_its_model_before_the_stem():
   # Everything but the model and its image size is the same recipe.
   rest = lambda c: {k: v for k, v in c.to_dict().items() if k not in ('model', 'image_size')}
   assert rest(hybrid) == rest(plain)
-  lit = tiny.main_config(f'{REPO}/configs/lit.py:vit')
+  lit = tiny.main_config(f'{REPO}/configs/lit.py:model=vit')
   assert lit.model.image.resnet is None and lit.image_size == lit.model.pp.size == 8
   with pytest.raises(
-    flags.IllegalFlagValueError, match=r"unknown variant 'vti'; valid: none \(the"
+    flags.IllegalFlagValueError, match=r"Bad model='vti' in 'model=vti'; valid: hybrid, vit"
   ):
-    tiny.main_config(f'{REPO}/configs/default.py:vti')
+    tiny.main_config(f'{REPO}/configs/default.py:model=vti')
 
 
 def test_a_config_file_names_its_evaluators_and_they_round_trip(tmp_path):

@@ -35,7 +35,7 @@ def _args(workdir, digits_dir):
   # gradient across processes in another order than one process sums it across its devices (our
   # reading; test_multihost.py's 5 steps stay within 1e-5).
   return [
-    f'--config={tiny.REPO}/configs/default.py:vit',
+    f'--config={tiny.REPO}/configs/default.py:model=vit',
     f'--config.tfds_data_dir={digits_dir}',
     f'--workdir={workdir}',
     *tiny.SMALL,
