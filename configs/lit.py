@@ -26,9 +26,8 @@ ARGS = args.Grammar('configs/lit.py', keywords=('model',), valid={'model': defau
 def get_config(arg: str | None = None):
   """`configs/lit.py:model=vit` locks the tower of a `configs/default.py:model=vit` run (the plain
   ViT)."""
-  model = ARGS.parse(arg).get('model', 'hybrid')
   # The digits data, the image size and the image tower of the main job (of its model `model`).
-  config = default.get_config(f'model={model}')
+  config = default.digits(ARGS.parse(arg).get('model', 'hybrid'))
   image = config.model
   # A text_transformer tower with SentencePiece tokens.
   config.model = presets.get_model_config('LiT-L16Ti')

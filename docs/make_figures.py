@@ -3,9 +3,9 @@
 1. Writes a small image folder, runs/shapes_data/{train,test}/{circle,square,triangle}/*.png: one
    filled shape of random size, position and colour on a noisy background of another colour, 32x32
    px (seeded; 1,500 train and 100 test images per class).
-2. Trains the offline default's plain ViT (CONFIG: 3 layers, width 128; Hugging Face's ViT takes it,
-   as the default's hybrid stem it does not) on it at 32 px with 4x4 patches, at two learning rates (runs/shapes and runs/shapes_lr3e-3), with the same `python -m
-   vit_jax.main` a user runs.
+2. Trains the offline default's plain ViT (CONFIG: 3 layers, width 128; Hugging Face's ViT takes
+   it, and not the default's hybrid stem) on it at 32 px with 4x4 patches, at two learning rates
+   (runs/shapes and runs/shapes_lr3e-3), with the same `python -m vit_jax.main` a user runs.
 3. Runs the after-training tools on them as a user would (predict, visualize attention and curves,
    export hf) and copies the pictures into docs/.
 Takes about 15 minutes on the 2-core development machine (two runs of 1,500 steps at ~190 img/s).

@@ -510,7 +510,8 @@ def test_lit_training_and_zero_shot_prediction_never_import_tensorflow(
 ):
   workdir = tmp_path / 'lit'
   args = [
-    f'--config={tiny.REPO}/configs/lit.py:model=vit',  # The image tower: tiny.vit_config's plain ViT.
+    # The image tower is tiny.vit_config's plain ViT.
+    f'--config={tiny.REPO}/configs/lit.py:model=vit',
     f'--workdir={workdir}',
     f'--config.tfds_data_dir={digits_dir}',
     f'--config.lit.image_init={image_tower}',
