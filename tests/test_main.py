@@ -33,12 +33,14 @@ MAIN_FLAGS = [
 ]
 
 
-def test_main_trains_default_config_with_overrides(tmp_path):
+def test_main_trains_default_config_with_overrides(tmp_path, digits_dir):
+  # (A build of the dataset by vit_jax.main is test_train.py's
+  # test_training_never_imports_tensorflow_even_when_it_prepares_the_dataset.)
   proc = tiny.run_main(
     [
       f'--config={REPO}/configs/default.py',
       f'--workdir={tmp_path}/w',
-      f'--config.tfds_data_dir={tmp_path}/tfds',
+      f'--config.tfds_data_dir={digits_dir}',
       '--config.total_steps=3',
       '--config.log_every_steps=1',
       '--config.eval_every_steps=3',
