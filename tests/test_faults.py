@@ -1,10 +1,11 @@
 """Faults at scale, as a user meets them: 4 processes x 2 CPU devices (FSDP over all 8, gloo on
-127.0.0.1) run by `python -m launch.local`; one process is killed (kill -9), the coordinator is
-killed, or a process is stopped (SIGSTOP: alive but stuck). Every other process must end within a
-bound with a line naming the cause, and the launcher must run the job again by itself, resuming from
-the last checkpoint to the metrics of an uninterrupted run (README, "Faults at scale";
-vit_jax/runtime/watchdog.py; launch/local.py). Each case prints its timings (fault -> last
-survivor's exit -> resumed run's first step). The same 4 processes started directly, with no
+127.0.0.1) run by `python -m launch.local`; in one run, one attempt after the other, a process is
+killed (kill -9), the coordinator is killed, and a process is stopped (SIGSTOP: alive but stuck).
+After each, every other process must end within a bound with a line naming the cause, and the
+launcher must run the job again by itself; the last attempt resumes from the last checkpoint to the
+metrics of an uninterrupted run (README, "Faults at scale"; vit_jax/runtime/watchdog.py;
+launch/local.py). Each case prints its timings (fault -> last survivor's exit -> resumed run's first
+step). (One run for the three, not one each: 4 attempts instead of 6, about 100 CPU-s of the suite.) The same 4 processes started directly, with no
 launcher (as a TPU VM's script or a user's own loop starts them), exit 75 by themselves, each naming
 the cause in its last line (vit_jax/runtime/aborts.py), and the same command resumes the run."""
 
@@ -70,7 +71,7 @@ class Launched:
       'launch.local',
       '--processes=4',
       '--devices_per_process=2',
-      '--max_restarts=1',
+      f'--max_restarts={len(LAUNCHER_FAULTS)}',
       '--backoff_s=1',
       '--grace_s=30',
       *launcher_flags,
@@ -114,8 +115,9 @@ class Launched:
       f'no line matching {pattern!r} within {timeout} s; the output:\n{self.text()[-6000:]}'
     )
 
-  def pid(self, index: int) -> int:
-    _, _, match = self.wait_for(rf'launch\.local: process {index} of 4: pid (\d+)')
+  def pid(self, index: int, after: int = 0) -> int:
+    """The pid of process `index` of the attempt whose lines start at `after`."""
+    _, _, match = self.wait_for(rf'launch\.local: process {index} of 4: pid (\d+)', after=after)
     return int(match.group(1))
 
   def kill(self):
@@ -147,37 +149,47 @@ def _assert_as_uninterrupted(workdir, reference):
   )
 
 
-def _inject(tmp_path, digits_dir, reference, victim: int, sig: int, cause: str, bound_s: float):
-  workdir = tmp_path / 'run'
-  run = Launched(tmp_path, _args(workdir, digits_dir))
-  try:
-    pid = run.pid(victim)
-    _, _, _ = run.wait_for(
-      r'^\[0\] .*step (\d+)/\d+', accept=lambda m: int(m.group(1)) >= AT, timeout=400
-    )
-    fault_index, fault_at = len(run.lines), time.monotonic()
-    # The process that launch.local started (its trainer, a child, dies with it: vit_jax/runtime/
-    # aborts.py); a stop stops both (its process group), as a stuck host would.
-    (os.killpg if sig == signal.SIGSTOP else os.kill)(pid, sig)
-    exits = {}
-    for p in range(4):
-      if p != victim:
-        _, t, m = run.wait_for(
-          rf'launch\.local: process {p} exited \(exit status (\d+)',
-          after=fault_index,
-          timeout=bound_s + 30,
-        )
-        exits[p] = (t - fault_at, int(m.group(1)))
-    restart, _, _ = run.wait_for(
-      r'launch\.local: .*running the job again', after=fault_index, timeout=60
-    )
-    _, resumed_at, step = run.wait_for(r'^\[0\] .*step (\d+)/\d+', after=restart, timeout=400)
-    assert run.proc.wait(timeout=400) == 0, run.text()[-6000:]
-  finally:
-    run.kill()
-    # The whole output, for a failure's post-mortem.
-    (tmp_path / 'launch.log').write_text(run.text())
-  out = run.text()
+# The launcher's cases, in the order one launched run meets them: (victim, signal, what each survivor's
+# error line must name, the bound on the survivors' exits). Each comes once process 0 logged the step
+# AT + EVERY * k of attempt k, past that attempt's first checkpoint.
+LAUNCHER_FAULTS = (
+  # Process 0 names every silent process: 2, and any other that died with it ('processes 2, 3 of 4').
+  (2, signal.SIGKILL, r'process(es)? (\d, )*2(, \d)* of 4', EXIT_BOUND_S),
+  (0, signal.SIGKILL, 'lost the coordinator', EXIT_BOUND_S),
+  # A stuck process (alive, no progress): the peers wait peer_timeout_s, then the hang bound.
+  (1, signal.SIGSTOP, r'process(es)? (\d, )*1(, \d)* of 4', PEER_TIMEOUT_S + 30),
+)
+
+
+def _fault(run, k: int, after: int, victim: int, sig: int, cause: str, bound_s: float):
+  """Fault k of LAUNCHER_FAULTS in the attempt whose lines start at `after`: waits for its step, sends
+  `sig` to `victim`, checks that every survivor exits within `bound_s` with a restartable status and
+  a line naming `cause`. The index of the launcher's 'running the job again' line."""
+  pid = run.pid(victim, after)
+  run.wait_for(
+    r'^\[0\] .*step (\d+)/\d+',
+    after=after,
+    accept=lambda m: int(m.group(1)) >= AT + EVERY * k,
+    timeout=400,
+  )
+  fault_index, fault_at = len(run.lines), time.monotonic()
+  # The process that launch.local started (its trainer, a child, dies with it: vit_jax/runtime/
+  # aborts.py); a stop stops both (its process group), as a stuck host would.
+  (os.killpg if sig == signal.SIGSTOP else os.kill)(pid, sig)
+  exits = {}
+  for p in range(4):
+    if p != victim:
+      _, t, m = run.wait_for(
+        rf'launch\.local: process {p} exited \(exit status (\d+)',
+        after=fault_index,
+        timeout=bound_s + 30,
+      )
+      exits[p] = (t - fault_at, int(m.group(1)))
+  restart, _, _ = run.wait_for(
+    r'launch\.local: .*running the job again', after=fault_index, timeout=60
+  )
+  _, resumed_at, step = run.wait_for(r'^\[0\] .*step (\d+)/\d+', after=restart, timeout=400)
+  out = '\n'.join(line for _, line in run.lines[after:restart])
   last_exit = max(s for s, _ in exits.values())
   print(
     f'\n{cause}: survivors exited {sorted((p, round(s, 1), c) for p, (s, c) in exits.items())} '
@@ -186,10 +198,10 @@ def _inject(tmp_path, digits_dir, reference, victim: int, sig: int, cause: str, 
   )
   assert last_exit < bound_s, out[-6000:]
   for p, (_, code) in exits.items():
-    # Its own lines of the faulted attempt (up to the launcher's rerun), not the resumed run's.
+    # Its own lines of this attempt (up to the launcher's rerun), not the resumed run's.
     own = [
       line
-      for _, line in run.lines[:restart]
+      for _, line in run.lines[after:restart]
       if line.startswith(f'[{p}] ')
       and not re.match(r'\[\d\] +(File "|Thread 0x|Current thread 0x|Extension modules|$)', line)
     ]
@@ -202,66 +214,52 @@ def _inject(tmp_path, digits_dir, reference, victim: int, sig: int, cause: str, 
     assert re.search(rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 .*{cause}', out, re.M) or (
       p != 0 and re.search(gloo, out, re.M)
     ), '\n'.join(said)
-  assert 'Traceback' not in out and 'Fatal Python error' not in out, out[-6000:]
+  return restart
 
+
+def test_a_killed_process_then_the_coordinator_then_a_stopped_one_each_end_the_job_and_it_resumes(
+  tmp_path, digits_dir, reference
+):
+  """One run by `python -m launch.local` meets LAUNCHER_FAULTS in turn (kill -9 of process 2, then of
+  the coordinator, then SIGSTOP of process 1), one per attempt: each ends the job within its bound
+  with a line naming the cause, the launcher runs it again by itself, and the fourth attempt ends the
+  run where an uninterrupted run ends it."""
+  workdir = tmp_path / 'run'
+  run = Launched(tmp_path, _args(workdir, digits_dir))
+  try:
+    after = 0
+    for k, fault in enumerate(LAUNCHER_FAULTS):
+      after = _fault(run, k, after, *fault)
+    assert run.proc.wait(timeout=400) == 0, run.text()[-6000:]
+  finally:
+    run.kill()
+    # The whole output, for a failure's post-mortem.
+    (tmp_path / 'launch.log').write_text(run.text())
+  out = run.text()
+  assert 'Traceback' not in out and 'Fatal Python error' not in out, out[-6000:]
+  # The coordinator's survivors point at the stack dumps they kept off the console.
+  assert re.search(r'lines of stack dumps in \S+stacks\.\d\.txt: --full_dumps shows them', out)
+  # The stopped one is killed: nothing outlives its job.
+  assert 'launch.local: process 1 still runs' in out
   _assert_as_uninterrupted(workdir, reference)
 
-  # Goodput: the parts add up to the wall time; the first attempt's steps past the checkpoint the
-  # second resumed from are its lost time.
+  # Goodput: the parts add up to the wall time; each died attempt's steps past the checkpoint the next
+  # one resumed from are its lost time.
   attempts = goodput.read(str(workdir))
-  assert len(attempts) == 2 and [a['ended'] for a in attempts] == ['died', 'finished'], attempts
-  first, second = attempts
-  assert second['first_step'] % EVERY == 0 and 0 < second['first_step'] < first['last_step']
-  assert first['lost_steps'] == first['last_step'] - second['first_step']
-  per_step = (first['phases']['train'] + first['phases']['input'] + first['phases']['lost']) / (
-    first['last_step'] - first['first_step']
-  )
-  assert first['phases']['lost'] == pytest.approx(per_step * first['lost_steps'], rel=0.01)
+  ended = ['died'] * len(LAUNCHER_FAULTS) + ['finished']
+  assert [a['ended'] for a in attempts] == ended, attempts
+  for first, second in zip(attempts, attempts[1:]):
+    assert second['first_step'] % EVERY == 0 and 0 < second['first_step'] < first['last_step']
+    assert first['lost_steps'] == first['last_step'] - second['first_step']
+    per_step = (first['phases']['train'] + first['phases']['input'] + first['phases']['lost']) / (
+      first['last_step'] - first['first_step']
+    )
+    assert first['phases']['lost'] == pytest.approx(per_step * first['lost_steps'], rel=0.01)
   total = goodput.summary(attempts)
-  print(f'{cause}: {goodput.describe(total)}; lost {first["lost_steps"]} steps')
+  print(f'{goodput.describe(total)}; lost {[a["lost_steps"] for a in attempts[:-1]]} steps')
   parts = sum(total[k] for k in goodput.ALL_PARTS)
   assert parts == pytest.approx(total['wall'], rel=0.02), total
   assert total['gap'] > 0 and total['lost'] > 0
-  return out
-
-
-def test_a_killed_process_ends_the_job_and_the_launcher_resumes_it(tmp_path, digits_dir, reference):
-  # Process 0 names every silent process: 2, and any other that died with it ('processes 2, 3 of
-  # 4').
-  _inject(
-    tmp_path,
-    digits_dir,
-    reference,
-    2,
-    signal.SIGKILL,
-    r'process(es)? (\d, )*2(, \d)* of 4',
-    EXIT_BOUND_S,
-  )
-
-
-def test_a_killed_coordinator_ends_the_job_and_the_launcher_resumes_it(
-  tmp_path, digits_dir, reference
-):
-  out = _inject(
-    tmp_path, digits_dir, reference, 0, signal.SIGKILL, 'lost the coordinator', EXIT_BOUND_S
-  )
-  assert re.search(r'lines of stack dumps in \S+stacks\.\d\.txt: --full_dumps shows them', out)
-
-
-def test_a_stopped_process_ends_the_job_and_the_launcher_resumes_it(
-  tmp_path, digits_dir, reference
-):
-  out = _inject(
-    tmp_path,
-    digits_dir,
-    reference,
-    1,
-    signal.SIGSTOP,
-    r'process(es)? (\d, )*1(, \d)* of 4',
-    PEER_TIMEOUT_S + 30,
-  )
-  # The stopped one is killed: nothing outlives its job.
-  assert 'launch.local: process 1 still runs' in out
 
 
 def _direct(tmp_path, name, main_args, victim=None, at_step=0):
