@@ -5,9 +5,10 @@ After each, every other process must end within a bound with a line naming the c
 launcher must run the job again by itself; the last attempt resumes from the last checkpoint to the
 metrics of an uninterrupted run (README, "Faults at scale"; vit_jax/runtime/watchdog.py;
 launch/local.py). Each case prints its timings (fault -> last survivor's exit -> resumed run's first
-step). (One run for the three, not one each: 4 attempts instead of 6, about 100 CPU-s of the suite.) The same 4 processes started directly, with no
-launcher (as a TPU VM's script or a user's own loop starts them), exit 75 by themselves, each naming
-the cause in its last line (vit_jax/runtime/aborts.py), and the same command resumes the run."""
+step). (One run for the three, not one each: 4 attempts instead of 6, about 100 CPU-s of the
+suite.) The same 4 processes started directly, with no launcher (as a TPU VM's script or a user's
+own loop starts them), exit 75 by themselves, each naming the cause in its last line
+(vit_jax/runtime/aborts.py), and the same command resumes the run."""
 
 import os
 import re
@@ -149,11 +150,11 @@ def _assert_as_uninterrupted(workdir, reference):
   )
 
 
-# The launcher's cases, in the order one launched run meets them: (victim, signal, what each survivor's
-# error line must name, the bound on the survivors' exits). Each comes once process 0 logged the step
-# AT + EVERY * k of attempt k, past that attempt's first checkpoint.
+# The launcher's cases, in the order one launched run meets them: (victim, signal, what each
+# survivor's error line must name, the bound on the survivors' exits). Fault k comes once process 0
+# logged step AT + EVERY * k, past its attempt's first checkpoint.
 LAUNCHER_FAULTS = (
-  # Process 0 names every silent process: 2, and any other that died with it ('processes 2, 3 of 4').
+  # Process 0 names every silent process: 2, and any that died with it ('processes 2, 3 of 4').
   (2, signal.SIGKILL, r'process(es)? (\d, )*2(, \d)* of 4', EXIT_BOUND_S),
   (0, signal.SIGKILL, 'lost the coordinator', EXIT_BOUND_S),
   # A stuck process (alive, no progress): the peers wait peer_timeout_s, then the hang bound.
@@ -161,10 +162,22 @@ LAUNCHER_FAULTS = (
 )
 
 
+def _names_cause(p: int, cause: str, text: str, prefix: str = '') -> bool:
+  """Whether a line of `text` (each line after `prefix`) is process p's error line naming `cause`;
+  or, for p other than 0, gloo's abort mid-collective beside the dead one (launch/outcome.py,
+  GLOO_ABORT): gloo names no process, the other survivors' lines do (process 0's always, when it
+  survives)."""
+  error = rf'^{prefix}vit_jax\.main: error: process {p} of 4 '
+  return bool(
+    re.search(error + f'.*{cause}', text, re.M)
+    or (p != 0 and re.search(error + 'lost a peer in a collective: gloo::', text, re.M))
+  )
+
+
 def _fault(run, k: int, after: int, victim: int, sig: int, cause: str, bound_s: float):
-  """Fault k of LAUNCHER_FAULTS in the attempt whose lines start at `after`: waits for its step, sends
-  `sig` to `victim`, checks that every survivor exits within `bound_s` with a restartable status and
-  a line naming `cause`. The index of the launcher's 'running the job again' line."""
+  """Fault k of LAUNCHER_FAULTS in the attempt whose lines start at `after`: waits for its step,
+  sends `sig` to `victim`, checks that every survivor exits within `bound_s` with a restartable
+  status and a line naming `cause`. The index of the launcher's 'running the job again' line."""
   pid = run.pid(victim, after)
   run.wait_for(
     r'^\[0\] .*step (\d+)/\d+',
@@ -207,23 +220,17 @@ def _fault(run, k: int, after: int, victim: int, sig: int, cause: str, bound_s: 
     ]
     assert code in (75, 76), f'process {p} exited {code}; its last lines:\n' + '\n'.join(own[-40:])
     said = [line for line in own if re.search(r'error|F\d{4} ', line)]
-    # A survivor names the cause; or gloo aborted it mid-collective beside the dead one
-    # (launch/outcome.py, GLOO_ABORT), and gloo names no process: the other survivors' lines do
-    # (process 0's always, when it survives).
-    gloo = rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 lost a peer in a collective: gloo::'
-    assert re.search(rf'^\[{p}\] vit_jax\.main: error: process {p} of 4 .*{cause}', out, re.M) or (
-      p != 0 and re.search(gloo, out, re.M)
-    ), '\n'.join(said)
+    assert _names_cause(p, cause, out, prefix=rf'\[{p}\] '), '\n'.join(said)
   return restart
 
 
 def test_a_killed_process_then_the_coordinator_then_a_stopped_one_each_end_the_job_and_it_resumes(
   tmp_path, digits_dir, reference
 ):
-  """One run by `python -m launch.local` meets LAUNCHER_FAULTS in turn (kill -9 of process 2, then of
-  the coordinator, then SIGSTOP of process 1), one per attempt: each ends the job within its bound
-  with a line naming the cause, the launcher runs it again by itself, and the fourth attempt ends the
-  run where an uninterrupted run ends it."""
+  """One run by `python -m launch.local` meets LAUNCHER_FAULTS in turn (kill -9 of process 2, then
+  of the coordinator, then SIGSTOP of process 1), one per attempt: each ends the job within its
+  bound with a line naming the cause, the launcher runs it again by itself, and the fourth attempt
+  ends the run where an uninterrupted run ends it."""
   workdir = tmp_path / 'run'
   run = Launched(tmp_path, _args(workdir, digits_dir))
   try:
@@ -243,8 +250,8 @@ def test_a_killed_process_then_the_coordinator_then_a_stopped_one_each_end_the_j
   assert 'launch.local: process 1 still runs' in out
   _assert_as_uninterrupted(workdir, reference)
 
-  # Goodput: the parts add up to the wall time; each died attempt's steps past the checkpoint the next
-  # one resumed from are its lost time.
+  # Goodput: the parts add up to the wall time; each died attempt's steps past the checkpoint that
+  # the next one resumed from are its lost time.
   attempts = goodput.read(str(workdir))
   ended = ['died'] * len(LAUNCHER_FAULTS) + ['finished']
   assert [a['ended'] for a in attempts] == ended, attempts
@@ -334,11 +341,9 @@ def test_processes_started_directly_exit_75_naming_the_lost_one_and_the_same_com
       if p == victim:
         continue
       lines = outs[p].rstrip('\n').splitlines()
-      gloo = rf'^vit_jax\.main: error: process {p} of 4 lost a peer in a collective: gloo::'
-      assert codes[p] == 75 and (
-        re.match(rf'^vit_jax\.main: error: process {p} of 4 .*{cause}', lines[-1])
-        or (p != 0 and re.match(gloo, lines[-1]))
-      ), f'process {p} exited {codes[p]}; its last lines:\n' + '\n'.join(lines[-30:])
+      assert codes[p] == 75 and _names_cause(p, cause, lines[-1]), (
+        f'process {p} exited {codes[p]}; its last lines:\n' + '\n'.join(lines[-30:])
+      )
       assert 'Traceback' not in outs[p] and 'Fatal Python error' not in outs[p], outs[p][-6000:]
     assert last < EXIT_BOUND_S, outs
   codes, outs, _ = _direct(tmp_path, 'a2', args)
