@@ -23,7 +23,7 @@ from vit_jax.configs.presets import (
 _ATTRIBUTES = {'VisionTransformer': 'vit', 'MlpMixer': 'mixer', 'LitModel': 'lit'}
 # presets.family -> the model class of that family.
 _FAMILY_CLASSES = {'vit': 'VisionTransformer', 'mixer': 'MlpMixer', 'lit': 'LitModel'}
-_SUBMODULES = ('vit', 'blocks', 'resnet', 'mixer', 'lit', 'bert')
+_SUBMODULES = ('vit', 'blocks', 'dropout', 'resnet', 'mixer', 'lit', 'bert')
 
 
 def __getattr__(name):

@@ -20,6 +20,7 @@ from vit_jax import sharding
 
 # (the values config takes)
 from vit_jax.configs.choices import ATTENTIONS, REMAT_POLICIES  # noqa: F401
+from vit_jax.models.dropout import Dropout
 
 
 def remat_policy_fn(name: str):
@@ -76,9 +77,9 @@ class MlpBlock(nn.Module):
       sharding.constrain(dense(self.mlp_dim, 'Dense_0')(x), 'batch', None, 'model'),
       approximate=True,
     )
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = Dropout(self.dropout_rate)(y, deterministic=not train)
     y = dense(x.shape[-1], 'Dense_1')(y)
-    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    return Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
 class ProjectionParams(nn.Module):
@@ -159,7 +160,7 @@ class MultiHeadDotProductAttention(nn.Module):
       weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
       # [b, heads, q, k], float32; a no-op unless captured.
       self.sow('intermediates', 'attention_weights', weights)
-      weights = nn.Dropout(self.attention_dropout_rate)(
+      weights = Dropout(self.attention_dropout_rate)(
         weights.astype(self.dtype), deterministic=not train
       )
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
@@ -220,7 +221,7 @@ class Encoder1DBlock(nn.Module):
       fused_qkv=self.fused_qkv,
       name='MultiHeadDotProductAttention_0',
     )(y, train=train)
-    x = x + branch(nn.Dropout(self.dropout_rate)(y, deterministic=not train))
+    x = x + branch(Dropout(self.dropout_rate)(y, deterministic=not train))
     y = norm('LayerNorm_1')(x)
     y = MlpBlock(
       self.mlp_dim,

@@ -63,6 +63,7 @@ from vit_jax.models.blocks import (
   check_fast_paths,
   remat_policy_fn,
 )
+from vit_jax.models.dropout import Dropout
 
 
 def posemb_sincos_2d(rows: int, cols: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -125,7 +126,7 @@ class Encoder(nn.Module):
   def __call__(self, x, *, train: bool):
     if self.learned_posemb:
       x = AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = Dropout(self.dropout_rate)(x, deterministic=not train)
     if not 0.0 <= self.drop_path_rate < 1.0:
       raise ValueError(f'transformer.drop_path_rate must be in [0, 1), got {self.drop_path_rate}.')
     block = lambda name: Encoder1DBlock(
