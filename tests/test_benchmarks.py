@@ -1,13 +1,16 @@
-"""benchmarks/train_throughput.py runs end to end on a tiny model and passes its options to the
-variant processes."""
+"""The benchmarks run end to end on tiny sizes: train_throughput.py passes its options to the
+variant processes, and each script prints the figures it documents."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import dropout_masks  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = [
@@ -171,3 +174,21 @@ def test_main_seeds_reports_each_seeds_final_accuracy_and_times(tmp_path, digits
     and summary['accuracy_min'] == summary['accuracy_max'] == (row['accuracy'])
   )
   assert f'| 1 | {100 * row["accuracy"]:.2f}% ({row["correct"]}/360) |' in out
+
+
+def test_dropout_masks_times_both_implementations(capsys):
+  cache_was_on = jax.config.jax_enable_compilation_cache
+  try:
+    dropout_masks.main(
+      ['--batch=4', '--tokens=5', '--width=8', '--mlp=16', '--layers=2', '--steps=2']
+    )
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cache_was_on)
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r.get('implementation') for r in rows] == ['flax', 'vit_jax', None]
+  for row in rows[:2]:
+    assert row['sites'] == 7 and row['units'] == 4 * 5 * (8 * 5 + 16 * 2)
+    assert row['compile_s'] > 0 and row['ms_per_step'] > 0
+  assert (
+    rows[2]['step_ratio_flax_over_vit_jax'] > 0 and rows[2]['compile_ratio_flax_over_vit_jax'] > 0
+  )
