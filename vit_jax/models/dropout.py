@@ -33,16 +33,6 @@ def threefry2x32(key, x0, x1):
   return x0, x1
 
 
-def _threefry_key_data(key):
-  """The two uint32 words of a threefry key (typed, or a legacy uint32[2]); None for a key of
-  another PRNG implementation."""
-  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if str(jax.random.key_impl(key)) != 'threefry2x32':
-      return None
-    key = jax.random.key_data(key)
-  return key if key.shape == (2,) and key.dtype == jnp.uint32 else None
-
-
 def keep_mask(key, shape, rate: float):
   """Dropout's mask for `shape` at `rate`: (a bool array, True where a unit is kept; the exact
   probability of keeping one). Each unit compares 16 random bits with round(rate * 2**16), so
@@ -51,9 +41,9 @@ def keep_mask(key, shape, rate: float):
   Hash (row, i) under `key` gives units 4i to 4i+3 of row `row` (the flat index over the leading
   axes) of the last axis, so a mask depends on the key and each unit's position alone, however a
   mesh shards it. A key of another PRNG implementation falls back to jax.random.bernoulli."""
-  words = _threefry_key_data(key)
-  if words is None:
+  if str(jax.random.key_impl(key)) != 'threefry2x32':  # Typed or legacy uint32[2] keys alike.
     return jax.random.bernoulli(key, 1.0 - rate, shape), 1.0 - rate
+  words = jax.random.key_data(key)
   threshold = round(rate * 2**16)
   lead = tuple(shape[:-1])
   if math.prod(lead) >= 2**32:
