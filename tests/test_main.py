@@ -242,6 +242,7 @@ def test_a_full_disk_stops_at_the_first_failed_save_and_the_rerun_resumes(tmp_pa
     proc = tiny.run_main(args)
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = _last_line(proc)
+    assert 'Saving the checkpoint of step ' in line, proc.stderr[-3000:]
     failed = int(line.split('Saving the checkpoint of step ')[1].split()[0])
     assert failed in (4, 6, 8) and 'failed: No space left on device: free some space' in line
     assert (
