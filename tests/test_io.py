@@ -8,6 +8,7 @@ import sys
 import fake_gcs
 import fsspec
 import pytest
+import tiny
 
 from vit_jax import errors, io
 
@@ -128,6 +129,29 @@ def test_read_head_reads_the_first_bytes_and_create_new_creates_once(root):
   with pytest.raises(FileNotFoundError):
     io.read_head(io.join(root, 'nope'), 4)
   assert sorted(io.listdir(io.join(root, 'sub'))) == ['f.bin']  # No temporary file left behind.
+
+
+def test_an_append_to_a_full_disk_fails_whole_and_names_the_file(tmp_path):
+  mount = tmp_path / 'small'
+  tiny.mount_tmpfs(mount, '64k')
+  try:
+    path = str(mount / 'metrics.jsonl')
+    io.append_text(path, 'one\n')
+    with pytest.raises(OSError) as failed:
+      io.append_bytes(path, b'x' * (1 << 20))  # Fills the disk part way, then fails.
+    assert errors.fault(failed.value) == (
+      f'No space left on device ({path}): free some space (or use another location) and rerun '
+      'the same command.'
+    )
+    assert io.read_text(path) == 'one\n'  # Not half a record.
+    with pytest.raises(OSError, match='No space left on device') as failed:
+      io.write_bytes(str(mount / 'big.bin'), b'x' * (1 << 20))
+    assert failed.value.filename == str(mount / 'big.bin')
+    with pytest.raises(OSError, match='No space left on device'):
+      io.create_new(str(mount / 'new.bin'), b'x' * (1 << 20))
+    assert sorted(os.listdir(mount)) == ['metrics.jsonl']  # No temporary file left behind.
+  finally:
+    tiny.umount(mount)
 
 
 def test_unsupported_schemes_are_a_storage_error():

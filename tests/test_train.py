@@ -3,6 +3,7 @@ gradient accumulation, end-to-end runs with resume, exact eval, fine-tuning from
 a finished run left alone, steps after a crash recorded once, non-finite steps stopped or skipped, a
 save killed half-way."""
 
+import errno
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tiny
 
-from vit_jax import checkpoint, evaluators, sharding
+from vit_jax import checkpoint, errors, evaluators, sharding
 from vit_jax import io as vit_io
 from vit_jax.data import input_pipeline, preprocess
 from vit_jax.evaluators import common as evaluate
@@ -379,6 +380,54 @@ def test_steps_trained_again_after_a_crash_are_recorded_once(tmp_path, monkeypat
       train.train_and_evaluate(config, workdir)
   # Step 5 ran but was never saved.
   assert max(r['step'] for r in workdir_lib.read_metrics(workdir)) == 5
+  train.train_and_evaluate(config, workdir)
+  steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
+  assert steps == list(range(1, 8))
+
+
+def test_a_full_disk_under_the_metrics_says_where_the_rerun_resumes(tmp_path, monkeypatch):
+  root = tiny.image_folder(tmp_path)
+  workdir = str(tmp_path / 'run')
+  config = tiny.folder_config(root, log_every_steps=1, checkpoint_every_steps=2)
+  metrics_file = os.path.join(workdir, workdir_lib.METRICS_FILE)
+
+  class FullAtStep5:
+    """metrics.jsonl's file, on a disk that fills while step 5's record is written."""
+
+    def __init__(self, f):
+      self.f = f
+
+    def write(self, data):
+      if b'"step": 5,' in bytes(data):
+        self.f.write(bytes(data)[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # As a write to an open file does.
+      return self.f.write(data)
+
+    def __getattr__(self, name):
+      return getattr(self.f, name)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.f.close()
+
+  def open_on_a_full_disk(path, mode='r', **kw):
+    f = open(path, mode, **kw)  # noqa: SIM115
+    return FullAtStep5(f) if path == metrics_file else f
+
+  with monkeypatch.context() as m:
+    m.setattr(vit_io, 'open', open_on_a_full_disk, raising=False)
+    with pytest.raises(errors.UserError) as failed:
+      train.train_and_evaluate(config, workdir)
+  assert str(failed.value) == (
+    f'Training stopped at step 5: No space left on device ({metrics_file}): free some space (or '
+    'use another location) and rerun the same command. The last good checkpoint is step 4; '
+    'rerunning the same command resumes from it.'
+  )
+  assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
+  # Not half a record: the file reads, and ends at step 4 (its rerun writes step 5 on).
+  assert max(r['step'] for r in workdir_lib.read_metrics(workdir)) == 4
   train.train_and_evaluate(config, workdir)
   steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert steps == list(range(1, 8))

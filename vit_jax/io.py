@@ -10,17 +10,18 @@ Contracts:
   * `write_bytes` / `write_text` are atomic: a reader sees the old file or the whole new one, never
     a part (a local file is written to a temporary name in the same folder, then renamed; a gs://
     object appears whole on close).
-  * `append_bytes` / `append_text` add to the end of a file (a gs:// object is rewritten whole, as
-    GCS has no append: for files that grow all run long, write new files instead, as
-    vit_jax/training/metrics.py does on gs://).
+  * `append_bytes` / `append_text` add to the end of a file, all or nothing: a local append that
+    fails part way (no space left) is cut back, so the file never ends in half a record. A gs://
+    object is rewritten whole, as GCS has no append: for files that grow all run long, write new
+    files instead, as vit_jax/training/metrics.py does on gs://.
   * `read_head` reads a file's first bytes and no more (one ranged request on gs://).
   * `create_new` creates a file only where none exists, atomically: of two racing creators exactly
     one succeeds, and the file appears with its whole content or not at all.
   * Failures of a remote store that are not "no such file" (no network, no credentials, no bucket)
     raise `StorageError`, a UserError (one line at the command line's error boundary,
     vit_jax/errors.py) and an OSError whose message names the path and what to check. Local OSErrors
-    (no space left, read-only file system, permission denied) pass through unchanged: the error
-    boundary names them.
+    (no space left, read-only file system, permission denied) pass through, with the path they
+    concern (a failed write on an open file has none of its own): the error boundary names them.
   * `IMAGE_EXTENSIONS` is the one list of image file names that training, prediction and the tools
     accept.
 """
@@ -104,6 +105,17 @@ def _remote_errors(path: str):
       f'Cannot use {path}: {type(e).__name__}: {message}. Check the network, the credentials '
       '(gcloud auth application-default login) and the bucket name.'
     ) from e
+
+
+@contextlib.contextmanager
+def _named(path: str):
+  """Local OSErrors without a path (a write to an open file) get `path`, for the error boundary."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None:
+      e.filename = path
+    raise
 
 
 def _path(path: str) -> epath.Path:
@@ -223,7 +235,7 @@ def write_bytes(path: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
     try:
-      with open(tmp, 'wb') as f:
+      with _named(path), open(tmp, 'wb') as f:
         f.write(data)
       os.replace(tmp, path)
     finally:
@@ -247,8 +259,15 @@ def append_bytes(path: str, data: bytes) -> None:
     write_bytes(path, old + data)
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'ab') as f:
-    f.write(data)
+  with _named(path), open(path, 'ab', buffering=0) as f:
+    start = f.tell()
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[f.write(view) :]
+    except OSError:
+      f.truncate(start)
+      raise
 
 
 def append_text(path: str, text: str) -> None:
@@ -282,15 +301,16 @@ def create_new(path: str, data: bytes) -> bool:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f'.{os.path.basename(path)}.new-{os.getpid()}-{id(data)}')
-    with open(tmp, 'wb') as f:
-      f.write(data)
     try:
+      with _named(path), open(tmp, 'wb') as f:
+        f.write(data)
       os.link(tmp, path)  # Atomic, and the file appears whole: never an empty or partial one.
       return True
     except FileExistsError:
       return False
     finally:
-      os.remove(tmp)
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def rename(src: str, dst: str, *, overwrite: bool = False) -> None:

@@ -55,17 +55,20 @@ class Checkpoints:
     one."""
     return (workdir_lib.finalised_steps(self.directory) or [None])[-1]
 
+  def resumes_from(self, failed: int | None = None) -> str:
+    """The sentence that tells a stopped run where its rerun resumes: the latest finalised
+    checkpoint that is not step `failed`."""
+    good = ([s for s in workdir_lib.finalised_steps(self.directory) if s != failed] or [None])[-1]
+    if good is None:
+      return 'There is no earlier checkpoint.'
+    return f'The last good checkpoint is step {good}; rerunning the same command resumes from it.'
+
   def _failed(self, e: Exception):
     step, self._saving = self._saving, None
     cause = errors.fault(e) or f'{type(e).__name__}: {" ".join(str(e).split())[:300]}.'
-    good = ([s for s in workdir_lib.finalised_steps(self.directory) if s != step] or [None])[-1]
-    last = (
-      f'The last good checkpoint is step {good}; rerunning the same command resumes from it.'
-      if good is not None
-      else 'There is no earlier checkpoint.'
-    )
     raise SaveError(
-      f'Saving the checkpoint of step {step} in {self.directory} failed: {cause} {last}'
+      f'Saving the checkpoint of step {step} in {self.directory} failed: {cause} '
+      f'{self.resumes_from(step)}'
     ) from e
 
   def check(self) -> None:

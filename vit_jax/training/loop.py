@@ -17,7 +17,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax import checkpoint, errors
 from vit_jax.configs import check
 from vit_jax.data import input_pipeline
 from vit_jax.models import flops
@@ -154,6 +154,7 @@ class Loop:
       image_table=self.image_table(),
     )
     train_step = self.setup.train_step()
+    step = self.start
     try:
       for step in range(self.start + 1, config.total_steps + 1):
         self.clock.enter('input', step)
@@ -182,11 +183,26 @@ class Loop:
           result = self.stop(step, saved)
           break
       self.clock.enter('checkpoint')  # The end: closing the writers, the last save, params.npz.
+    except Exception as e:
+      self.stopped_by_fault(e, step)
+      raise
     finally:
       self.progress.close()  # Before the last lines: a bar drawn after them would stand below.
       self.writer.close()
       self.profiler(None)
     return result
+
+  def stopped_by_fault(self, e: Exception, step: int) -> None:
+    """When a write of the run (metrics, event files, a log) failed with an environment fault (no
+    space left...), raises it as one line that also says where the rerun resumes. The save under
+    way goes first: its own failure, if any, is the one to report."""
+    cause = errors.fault(e)
+    if cause is None or isinstance(e, errors.UserError):
+      return
+    self.checkpoints.wait()
+    raise errors.UserError(
+      f'Training stopped at step {step}: {cause} {self.checkpoints.resumes_from()}'
+    ) from e
 
   @contextlib.contextmanager
   def pause(self, phase: str, step: int):
