@@ -385,20 +385,27 @@ def test_steps_trained_again_after_a_crash_are_recorded_once(tmp_path, monkeypat
   assert steps == list(range(1, 8))
 
 
-def test_a_full_disk_under_the_metrics_says_where_the_rerun_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize('full', ['metrics.jsonl', 'event file'])
+def test_a_full_disk_under_the_metrics_says_where_the_rerun_resumes(tmp_path, monkeypatch, full):
   root = tiny.image_folder(tmp_path)
   workdir = str(tmp_path / 'run')
   config = tiny.folder_config(root, log_every_steps=1, checkpoint_every_steps=2)
   metrics_file = os.path.join(workdir, workdir_lib.METRICS_FILE)
 
-  class FullAtStep5:
-    """metrics.jsonl's file, on a disk that fills while step 5's record is written."""
+  def fills(path, data) -> bool:
+    """The disk fills with step 5's record in `full`."""
+    if full == 'metrics.jsonl':
+      return path == metrics_file and b'"step": 5,' in data
+    events = os.path.basename(path).startswith(workdir_lib.EVENTS_PREFIX)
+    return events and workdir_lib.read_metrics(workdir)[-1]['step'] == 5
 
-    def __init__(self, f):
+  class OnAFullDisk:
+    def __init__(self, f, path):
       self.f = f
+      self.path = path
 
     def write(self, data):
-      if b'"step": 5,' in bytes(data):
+      if fills(self.path, bytes(data)):
         self.f.write(bytes(data)[:10])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # As a write to an open file does.
       return self.f.write(data)
@@ -413,21 +420,26 @@ def test_a_full_disk_under_the_metrics_says_where_the_rerun_resumes(tmp_path, mo
       self.f.close()
 
   def open_on_a_full_disk(path, mode='r', **kw):
-    f = open(path, mode, **kw)  # noqa: SIM115
-    return FullAtStep5(f) if path == metrics_file else f
+    return OnAFullDisk(open(path, mode, **kw), path)  # noqa: SIM115
 
   with monkeypatch.context() as m:
     m.setattr(vit_io, 'open', open_on_a_full_disk, raising=False)
     with pytest.raises(errors.UserError) as failed:
       train.train_and_evaluate(config, workdir)
+  path = (
+    metrics_file
+    if full == 'metrics.jsonl'
+    else vit_io.glob(os.path.join(workdir, workdir_lib.EVENTS_PREFIX + '*'))[0]
+  )
   assert str(failed.value) == (
-    f'Training stopped at step 5: No space left on device ({metrics_file}): free some space (or '
-    'use another location) and rerun the same command. The last good checkpoint is step 4; '
+    f'Training stopped at step 5: No space left on device ({path}): free some space (or use '
+    'another location) and rerun the same command. The last good checkpoint is step 4; '
     'rerunning the same command resumes from it.'
   )
   assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
-  # Not half a record: the file reads, and ends at step 4 (its rerun writes step 5 on).
-  assert max(r['step'] for r in workdir_lib.read_metrics(workdir)) == 4
+  # Not half a record: the files read, and metrics.jsonl ends at step 4 or 5 (its rerun writes step
+  # 5 on).
+  assert workdir_lib.read_metrics(workdir)[-1]['step'] == (4 if full == 'metrics.jsonl' else 5)
   train.train_and_evaluate(config, workdir)
   steps = [r['step'] for r in workdir_lib.read_metrics(workdir) if 'train/loss' in r]
   assert steps == list(range(1, 8))

@@ -79,8 +79,11 @@ class EventsFile:
     if not self._pending:
       return
     if not self._remote:
-      io.append_bytes(self.path, b''.join(self._pending))
-      self._pending = []
+      # Taken first: after a failed append (no space left), `close` does not fail again over the
+      # fault being reported. The records lost are of steps after the last checkpoint, which the
+      # rerun writes again.
+      data, self._pending = b''.join(self._pending), []
+      io.append_bytes(self.path, data)
       return
     if not force and time.monotonic() - self._flushed < self.remote_every_s:
       return
