@@ -192,3 +192,47 @@ def test_dropout_masks_times_both_implementations(capsys):
   assert (
     rows[2]['step_ratio_flax_over_vit_jax'] > 0 and rows[2]['compile_ratio_flax_over_vit_jax'] > 0
   )
+
+
+def test_first_step_times_a_baseline_commit_then_cold_then_warm_on_the_cold_runs_cache(
+  tmp_path, digits_dir
+):
+  out = _run(
+    'benchmarks/first_step.py',
+    '--runs=1',
+    '--baseline=HEAD',
+    f'--root={tmp_path}',
+    '--markdown',
+    '--',
+    f'--config.tfds_data_dir={digits_dir}',
+    '--config.model.hidden_size=32',
+    '--config.model.transformer.num_layers=1',
+    '--config.model.transformer.mlp_dim=64',
+    '--config.batch_size=16',
+    '--config.total_steps=2',
+    '--config.eval_every_steps=2',
+    '--config.schedule.warmup_steps=1',
+  )
+  lines = out.strip().splitlines()
+  rows = [json.loads(line) for line in lines[:3]]
+  summary = json.loads(lines[3])
+  assert [(r['kind'], r['run']) for r in rows] == [('baseline', 1), ('cold', 1), ('warm', 1)]
+  for r in rows:
+    assert r['startup_s'] > 0 and r['compile_s'] > 0
+    assert r['first_step_s'] == round(r['startup_s'] + r['compile_s'], 1)
+    # Each run logged its own goodput line into its own workdir.
+    assert (tmp_path / f'{r["kind"]}1' / 'goodput.json').exists()
+  baseline, cold, warm = rows
+  assert summary['cold_over_baseline'] == round(cold['first_step_s'] / baseline['first_step_s'], 2)
+  assert summary['warm_over_cold_compile'] == round(warm['compile_s'] / cold['compile_s'], 2)
+  # The cold runs filled their caches, which the warm run read (it has none of its own).
+  assert os.listdir(tmp_path / 'cache-cold1') and os.listdir(tmp_path / 'cache-baseline1')
+  assert not any(p.name.startswith('cache-warm') for p in tmp_path.iterdir())
+  assert lines[5] == '|---|---|---|---|'
+  assert lines[6].startswith(f'| 1 | {baseline["startup_s"]:.1f} + {baseline["compile_s"]:.1f} = ')
+  # The baseline's worktree is gone, from the folder and from git's list.
+  assert not (tmp_path / 'baseline-src').exists()
+  worktrees = subprocess.run(
+    ['git', 'worktree', 'list'], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout
+  assert 'baseline-src' not in worktrees
