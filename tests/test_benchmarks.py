@@ -37,6 +37,18 @@ def _run(script, *args) -> str:
   ).stdout
 
 
+# The main job on a tiny model, 2 steps (main_seeds.py and first_step.py pass them on).
+TINY_MAIN = [
+  '--config.model.hidden_size=32',
+  '--config.model.transformer.num_layers=1',
+  '--config.model.transformer.mlp_dim=64',
+  '--config.batch_size=16',
+  '--config.total_steps=2',
+  '--config.eval_every_steps=2',
+  '--config.schedule.warmup_steps=1',
+]
+
+
 def test_train_throughput_prints_positive_figures_for_a_tiny_model():
   out = _run(
     'benchmarks/train_throughput.py',
@@ -156,13 +168,7 @@ def test_main_seeds_reports_each_seeds_final_accuracy_and_times(tmp_path, digits
     '--markdown',
     '--',
     f'--config.tfds_data_dir={digits_dir}',
-    '--config.model.hidden_size=32',
-    '--config.model.transformer.num_layers=1',
-    '--config.model.transformer.mlp_dim=64',
-    '--config.batch_size=16',
-    '--config.total_steps=2',
-    '--config.eval_every_steps=2',
-    '--config.schedule.warmup_steps=1',
+    *TINY_MAIN,
   )
   row, summary = (json.loads(line) for line in out.strip().splitlines()[:2])
   assert (row['seed'], row['step'], row['num_examples']) == (1, 2, 360)
@@ -205,13 +211,7 @@ def test_first_step_times_a_baseline_commit_then_cold_then_warm_on_the_cold_runs
     '--markdown',
     '--',
     f'--config.tfds_data_dir={digits_dir}',
-    '--config.model.hidden_size=32',
-    '--config.model.transformer.num_layers=1',
-    '--config.model.transformer.mlp_dim=64',
-    '--config.batch_size=16',
-    '--config.total_steps=2',
-    '--config.eval_every_steps=2',
-    '--config.schedule.warmup_steps=1',
+    *TINY_MAIN,
   )
   lines = out.strip().splitlines()
   rows = [json.loads(line) for line in lines[:3]]
