@@ -73,16 +73,11 @@ def run_job(kind: str, index: int, root: str, source: str, cache: str, overrides
 
 
 def summarize(rows) -> dict:
-  def median(kind, key):
-    values = [r[key] for r in rows if r['kind'] == kind]
-    return statistics.median(values) if values else None
-
-  summary = {
-    f'{kind}_{key}': median(kind, key)
-    for kind in ('baseline', 'cold', 'warm')
-    for key in ('first_step_s', 'compile_s')
-    if median(kind, key) is not None
-  }
+  summary = {}
+  for kind in ('baseline', 'cold', 'warm'):
+    runs = [r for r in rows if r['kind'] == kind]
+    for key in ('first_step_s', 'compile_s') if runs else ():
+      summary[f'{kind}_{key}'] = statistics.median(r[key] for r in runs)
   if 'baseline_first_step_s' in summary:
     summary['cold_over_baseline'] = round(
       summary['cold_first_step_s'] / summary['baseline_first_step_s'], 2
