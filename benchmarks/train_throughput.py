@@ -220,11 +220,7 @@ def run_variant(args) -> dict:
     'backend': jax.default_backend(),
   }
   with jax.set_mesh(mesh):
-    state_spec = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      setup.abstract,
-      setup.shardings,
-    )
+    state_spec = setup.state_spec()
     example = setup.task.example_batch(config, 1, np.random.default_rng(0), NUM_CLASSES)
     batch_spec = {
       k: jax.ShapeDtypeStruct((args.batch,) + v.shape[1:], v.dtype, sharding=setup.batch_sharding)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 
 import fake_gcs
@@ -78,6 +79,33 @@ def test_train_steps_are_deterministic_for_a_seed():
     results.append((float(stats['loss']), np.asarray(state['params']['embedding']['kernel'])))
   assert results[0][0] == results[1][0]
   np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_on_the_cpu_the_train_step_is_compiled_at_o1_unless_xla_flags_set_a_level(monkeypatch):
+  mesh = sharding.make_mesh(tiny.train_config().mesh)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  assert state.cpu_compiler_options(mesh, 1) == {'xla_backend_optimization_level': 1}
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
+  assert state.cpu_compiler_options(mesh, 1) is None
+
+
+def test_a_train_step_at_o1_gives_the_bits_of_the_default_level():
+  # Why the CPU's train step is compiled at -O1 (Setup.train_step): a shorter compile, the same
+  # numbers as XLA's default level (2), dropout and mixup included.
+  config = tiny.train_config(**{'model.transformer.dropout_rate': 0.1, 'mixup_p': 0.2})
+  mesh = sharding.make_mesh(config.mesh)
+  setup = state.Setup.create(config, 10, mesh)
+  results = []
+  with jax.set_mesh(mesh):
+    batches = [jax.device_put(_batch(seed=i), setup.batch_sharding) for i in range(3)]
+    for level in (1, 2):
+      train_state = setup.init()
+      step = setup.train_step(donate=False).lower(train_state, batches[0])
+      step = step.compile({'xla_backend_optimization_level': level})
+      for batch in batches:
+        train_state, _ = step(train_state, batch)
+      results.append(jax.device_get(train_state['params']))
+  jax.tree.map(np.testing.assert_array_equal, *results)
 
 
 def test_gradient_accumulation_equals_one_large_batch():
@@ -194,6 +222,52 @@ def test_profile_steps_write_a_trace_and_goodput_accounts_for_the_wall_time(tmp_
   )
   for part in ('startup', 'compile', 'train', 'eval', 'checkpoint'):
     assert attempt['phases'][part] > 0, part
+
+
+COMPILE_THREAD = 'vit_jax-compile-train-step'  # vit_jax/training/loop.py, FirstStep.
+
+
+def test_the_train_step_compiles_once_on_a_thread_while_the_state_is_made(
+  tmp_path, monkeypatch, caplog
+):
+  # The first batch's compile starts before the state's init and the init runs while it compiles;
+  # the loop's call then reuses it (a batch or state spec that differed from the call's would
+  # trace and compile the step a second time).
+  data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
+  threads_at_init = []
+  real_init = state.Setup.init
+
+  def init(setup):
+    threads_at_init.append({t.name for t in threading.enumerate()})
+    return real_init(setup)
+
+  monkeypatch.setattr(state.Setup, 'init', init)
+  # (jax.log_compiles() would set it for this thread only.)
+  jax.config.update('jax_log_compiles', True)
+  try:
+    with caplog.at_level(logging.WARNING):
+      train.train_and_evaluate(tiny.train_config(tfds_data_dir=data_dir), str(tmp_path / 'run'))
+  finally:
+    jax.config.update('jax_log_compiles', False)
+  traced = [m for m in caplog.messages if m.startswith('Finished tracing train_step')]
+  compiled = [m for m in caplog.messages if m.startswith('Compiling jit(train_step)')]
+  assert len(traced) == 1 and len(compiled) == 1, caplog.messages
+  assert len(threads_at_init) == 1 and COMPILE_THREAD in threads_at_init[0]
+  assert COMPILE_THREAD not in {t.name for t in threading.enumerate()}
+
+
+def test_a_train_step_that_fails_to_compile_is_the_runs_error(tmp_path, monkeypatch):
+  def make_train_step(*args, **kwargs):
+    def train_step(state, batch):
+      raise ValueError('this train step cannot be traced')
+
+    return train_step
+
+  monkeypatch.setattr(train_step_lib, 'make_train_step', make_train_step)
+  data_dir = tiny.fake_tfds('cifar10', tmp_path / 'tfds', {'train': 32, 'test': 32})
+  with pytest.raises(ValueError, match='cannot be traced'):
+    train.train_and_evaluate(tiny.train_config(tfds_data_dir=data_dir), str(tmp_path / 'run'))
+  assert COMPILE_THREAD not in {t.name for t in threading.enumerate()}
 
 
 def test_end_to_end_cifar10_writes_metrics_checkpoints_and_resumes(tmp_path):

@@ -6,8 +6,9 @@ phases of an attempt add up to its wall time by construction. Phases and how eac
   startup     from the process's start (the kernel's start time of the process, so the interpreter
               and the imports count; `process_start_time`) until the first training step is
               dispatched: imports, jax.distributed, the dataset, building the model, restoring the
-              checkpoint;
-  compile     the first training step's call (tracing and compiling it);
+              checkpoint (while the train step compiles);
+  compile     the first training step's call: the wait for its compile (which starts on a thread
+              during start-up, as soon as the first batch is at hand) and the call;
   train       the training loop's own time: dispatching steps and waiting for the devices (the host
               syncs at log steps), i.e. productive training;
   input       time the loop waited for the next batch from the host's input pipeline;

@@ -1,6 +1,7 @@
 """The training loop: the steps after the train state's step up to config.total_steps, and the end.
 
-Each step: the next batch (phase input), the update (the first one compiles: phase compile), then on
+Each step: the next batch (phase input), the update (the first one waits for the train step's
+compile, under way on a thread since the first batch was at hand: phase compile; FirstStep), then on
 their cadences the log line and metrics, the evaluators (phase eval) and a checkpoint (phase
 checkpoint); a preemption notice saves and stops. Where the time goes is the clock's
 (vit_jax/runtime/goodput.py): the loop says which phase it is in and which step is done; the goodput
@@ -9,8 +10,11 @@ for the last save, params.npz (config.export_npz), and the attempt's last goodpu
 ('finished', 'preempted', or 'failed' on an exception).
 """
 
+import concurrent.futures
 import contextlib
+import itertools
 import logging
+import threading
 import time
 
 import jax
@@ -66,6 +70,49 @@ def export(setup, train_state, workdir: str) -> None:
       )
 
 
+class FirstStep:
+  """The loop's start: its batches from `start_step` on, and the train step compiling for the first
+  one on a thread meanwhile, so that what comes before the first step (restoring or initialising
+  the train state, the writers, the evaluators) runs while XLA compiles. `train_and_evaluate` starts
+  it before the train state; a run that needs its train state for its batches (a LiT run's
+  precomputed image table) starts it in the loop."""
+
+  def __init__(self, setup, start_step: int, image_table=None):
+    self.start_step = start_step
+    batches = input_pipeline.device_batches(
+      setup.config,
+      setup.batch_sharding,
+      train=True,
+      start_step=start_step,
+      captions=setup.task.captions(setup.config),
+      image_table=image_table,
+    )
+    first = next(batches)
+    self.batches = itertools.chain([first], batches)
+    self.train_step = setup.train_step()
+    self._compiled = concurrent.futures.Future()
+    # Not a daemon: a process that fails meanwhile exits once the compile is done (XLA compiling at
+    # the interpreter's shutdown can crash it).
+    threading.Thread(
+      target=self._compile, args=(setup, first), name='vit_jax-compile-train-step'
+    ).start()
+
+  def _compile(self, setup, batch) -> None:
+    try:
+      with jax.set_mesh(setup.mesh):
+        # The jitted step's call on the real state and batch reuses it.
+        self.train_step.lower(setup.state_spec(), batch).compile()
+    except BaseException as e:  # Raised in the loop, by `wait`.
+      self._compiled.set_exception(e)
+    else:
+      self._compiled.set_result(None)
+
+  def wait(self):
+    """The jitted train step, once its first compile is done (raises what the compile raised)."""
+    self._compiled.result()
+    return self.train_step
+
+
 def _num_classes_of(model) -> int | None:
   return getattr(model, 'num_classes', None)  # A LiT model has no class head.
 
@@ -75,7 +122,9 @@ class Loop:
   evaluate, save, and stop early on a preemption notice. It holds the loop's state: the train state,
   the writers and the clock."""
 
-  def __init__(self, setup, checkpoints, workdir: str, watch, train_state, evals, clock):
+  def __init__(
+    self, setup, checkpoints, workdir: str, watch, train_state, evals, clock, first_step=None
+  ):
     self.setup = setup
     self.config = setup.config
     self.checkpoints = checkpoints
@@ -85,6 +134,12 @@ class Loop:
     self.clock = clock
     self.workdir = workdir
     self.start = int(jax.device_get(train_state['step']))
+    # Started before the train state (FirstStep), else in `train`.
+    self.first_step = first_step
+    if first_step is not None and first_step.start_step != self.start:
+      raise ValueError(
+        f'The batches start at step {first_step.start_step}, the state at {self.start}.'
+      )
     self.zero_window = jax.jit(train_step_lib.zero_window, out_shardings=setup.shardings['window'])
     # Logged at this step (by older versions: not reset).
     if _due(self.start, self.config.log_every_steps, False):
@@ -145,22 +200,16 @@ class Loop:
     step}. It ends in phase checkpoint, with the writers closed."""
     config = self.config
     result = {}
-    batches = input_pipeline.device_batches(
-      config,
-      self.setup.batch_sharding,
-      train=True,
-      start_step=self.start,
-      captions=self.setup.task.captions(config),
-      image_table=self.image_table(),
-    )
-    train_step = self.setup.train_step()
+    first_step = self.first_step or FirstStep(self.setup, self.start, self.image_table())
+    batches = first_step.batches
+    train_step = first_step.train_step
     step = self.start
     try:
       for step in range(self.start + 1, config.total_steps + 1):
         self.clock.enter('input', step)
         batch = next(batches)
         self.profiler(step)
-        self.state, stats = self.update(train_step, batch, step)
+        self.state, stats = self.update(train_step, batch, step, first_step)
         self.run_ahead.add(stats['loss'])  # Two steps ahead at most (no later step consumes it).
         self.clock.tick(step)
         self.progress.step(step)
@@ -212,23 +261,23 @@ class Loop:
       yield
       self.record.write(step)
 
-  def update(self, train_step, batch, step: int):
-    """The update of `step`, dispatched, in phase train. The first one compiles the train step
-    first, in phase compile (said before and after: it takes a while); the first stay in train after
-    it, which waits for the first step's run, then has the watchdog's first bound."""
+  def update(self, train_step, batch, step: int, first_step: FirstStep):
+    """The update of `step`, dispatched, in phase train. The first one waits in phase compile for
+    the train step's compile (`first_step`: said before and after, it takes a while); the first stay
+    in train after it, which waits for the first step's run, then has the watchdog's first bound."""
     if step > self.start + 1:
       self.clock.enter('train')
       return train_step(self.state, batch)
     log.info('Compiling the train step...')
     self.clock.enter('compile')
     compiling = time.monotonic()
-    train_step.lower(self.state, batch).compile()  # The call below reuses it.
+    first_step.wait()
     # Processes start their first collective together, however long each one compiled (gloo gives a
     # peer 30 s).
     distributed.barrier(f'compiled-{step}', timeout_s=self.config.faults.hang_first_s)
     out = train_step(self.state, batch)
     self.clock.enter('train')
-    log.info('Compiled the train step in %.1f s.', time.monotonic() - compiling)
+    log.info('Compiled the train step (waited %.1f s).', time.monotonic() - compiling)
     return out
 
   def stop(self, step: int, saved: bool) -> dict[str, int]:

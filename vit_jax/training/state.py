@@ -21,6 +21,7 @@ needs to continue exactly.
 
 import dataclasses
 import logging
+import os
 from typing import Any, Callable
 
 import jax
@@ -97,14 +98,19 @@ class Setup:
   def batch_sharding(self):
     return sharding.batch_sharding(self.mesh)
 
+  def state_spec(self):
+    """The train state as ShapeDtypeStructs in its layout (to lower, or to restore into)."""
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, self.shardings
+    )
+
   def init(self):
     """The train state at config.seed, born in its layout. On the CPU the init is compiled at
     XLA's -O0: it runs once, and its compile took 2.8 s of the main job's 5.4 s start-up at the
     default level, 1.2 s at -O0 (benchmarks/RESULTS.md, (n))."""
     key = jax.random.key(self.config.seed)
-    lowered = jax.jit(self.init_fn, out_shardings=self.shardings).lower(key)
-    on_cpu = self.mesh.devices.flat[0].platform == 'cpu'
-    return lowered.compile({'xla_backend_optimization_level': 0} if on_cpu else None)(key)
+    options = cpu_compiler_options(self.mesh, 0)
+    return jax.jit(self.init_fn, out_shardings=self.shardings, compiler_options=options)(key)
 
   def with_params(self, train_state, params):
     """`train_state` with `params` (placed in the layout) and a fresh optimizer state for them."""
@@ -130,14 +136,12 @@ class Setup:
       hint='The config changes the architecture, so this run cannot resume under it: use a new '
       '--workdir (to start from these weights, set config.pretrained_path to its params.npz).',
     )
-    target = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, self.shardings
-    )
-    return checkpoints.restore(step, target)
+    return checkpoints.restore(step, self.state_spec())
 
   def train_step(self, *, donate: bool = True):
     """The jitted train step on this layout, the state donated (unless `donate=False`: tests reuse
-    states)."""
+    states). On the CPU it is compiled at XLA's -O1: the same bits as the default level (-O2) in
+    the same time a step, its compile 20% shorter (benchmarks/RESULTS.md, (n))."""
     batch = self.batch_sharding
     micro = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, *batch.spec))
     loss_fn = self.task.loss_fn(self.model, self.config)
@@ -150,7 +154,18 @@ class Setup:
       in_shardings=(self.shardings, batch),
       out_shardings=(self.shardings, sharding.replicated(self.mesh)),
       donate_argnums=0 if donate else (),
+      compiler_options=cpu_compiler_options(self.mesh, 1),
     )
+
+
+def cpu_compiler_options(mesh, level: int) -> dict | None:
+  """XLA's optimisation level `level` for a program on `mesh`, when its devices are CPUs and
+  XLA_FLAGS sets no level (what it sets wins: the test suite's -O0)."""
+  if mesh.devices.flat[0].platform != 'cpu':
+    return None
+  if 'xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', ''):
+    return None
+  return {'xla_backend_optimization_level': level}
 
 
 def needs_pretrained(config) -> bool:

@@ -72,12 +72,18 @@ def train_and_evaluate(
     cleanup.enter_context(jax.set_mesh(mesh))
     if workdir_lib.reached_target(workdir, config, num_train=info.num_train):
       return _complete(setup, checkpoints, workdir, reevaluate)
+    first_step = None
+    if not setup.task.precomputes_images(config):  # (Its batches need the train state.)
+      # The batches, and the train step compiling on a thread while the state is made.
+      first_step = loop_lib.FirstStep(setup, checkpoints.latest_step() or 0)
     train_state = state_lib.restore_or_init(setup, checkpoints)
     start = int(jax.device_get(train_state['step']))
     watch.training(start)
     _record_run(config, workdir, info, start, record_config)
     evals = evaluators.build(config, setup.model, mesh)
-    return loop_lib.Loop(setup, checkpoints, workdir, watch, train_state, evals, clock).run()
+    return loop_lib.Loop(
+      setup, checkpoints, workdir, watch, train_state, evals, clock, first_step
+    ).run()
 
 
 def _record_run(config, workdir: str, info, start: int, record_config) -> None:
