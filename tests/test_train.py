@@ -89,6 +89,24 @@ def test_on_the_cpu_the_train_step_is_compiled_at_o1_unless_xla_flags_set_a_leve
   assert state.cpu_compiler_options(mesh, 1) is None
 
 
+def test_on_the_cpu_only_a_small_models_init_is_compiled_at_o0(monkeypatch):
+  # -O0 shortens the init's compile but slows its run by about 30 ns a parameter: a ViT-B/16's
+  # init would take longer (Setup.init).
+  config = tiny.train_config()
+  setup = state.Setup.create(config, 10, sharding.make_mesh(config.mesh))
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  levels = []
+  real = state.cpu_compiler_options
+  monkeypatch.setattr(
+    state, 'cpu_compiler_options', lambda mesh, level: levels.append(level) or real(mesh, level)
+  )
+  for bound in (state.INIT_O0_MAX_PARAMS, 1):  # The tiny model is under the first, over the second.
+    monkeypatch.setattr(state, 'INIT_O0_MAX_PARAMS', bound)
+    with jax.set_mesh(setup.mesh):
+      setup.init()
+  assert levels == [0]
+
+
 def test_a_train_step_at_o1_gives_the_bits_of_the_default_level():
   # Why the CPU's train step is compiled at -O1 (Setup.train_step): a shorter compile, the same
   # numbers as XLA's default level (2), dropout and mixup included.

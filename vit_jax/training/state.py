@@ -37,6 +37,8 @@ from vit_jax.training import train_step as train_step_lib
 log = logging.getLogger(__name__)
 
 DTYPES = {name: jnp.dtype(name) for name in choices.DTYPES}
+# The init's -O0 on the CPU saves about 1 s of compile and costs about 30 ns a parameter to run.
+INIT_O0_MAX_PARAMS = 20_000_000
 
 
 def build_model(config, num_classes: int):
@@ -105,11 +107,14 @@ class Setup:
     )
 
   def init(self):
-    """The train state at config.seed, born in its layout. On the CPU the init is compiled at
-    XLA's -O0: it runs once, and its compile took 2.8 s of the main job's 5.4 s start-up at the
-    default level, 1.2 s at -O0 (benchmarks/RESULTS.md, (n))."""
+    """The train state at config.seed, born in its layout. On the CPU, a model of fewer than
+    INIT_O0_MAX_PARAMS parameters has its init compiled at XLA's -O0: it runs once, and its
+    compile took 2.8 s of the main job's 5.4 s start-up at the default level, 1.2 s at -O0; a
+    larger one's -O0 code runs too long (ViT-B/16: compile 2.6 s and run 3.3 s at -O0, 3.6 s and
+    0.6 s at the default level; benchmarks/RESULTS.md, (n))."""
     key = jax.random.key(self.config.seed)
-    options = cpu_compiler_options(self.mesh, 0)
+    size = sum(x.size for x in jax.tree.leaves(self.abstract['params']))
+    options = cpu_compiler_options(self.mesh, 0) if size < INIT_O0_MAX_PARAMS else None
     return jax.jit(self.init_fn, out_shardings=self.shardings, compiler_options=options)(key)
 
   def with_params(self, train_state, params):
