@@ -107,10 +107,9 @@ class FirstStep:
     else:
       self._compiled.set_result(None)
 
-  def wait(self):
-    """The jitted train step, once its first compile is done (raises what the compile raised)."""
+  def wait(self) -> None:
+    """Returns once the train step's first compile is done (raises what the compile raised)."""
     self._compiled.result()
-    return self.train_step
 
 
 def _num_classes_of(model) -> int | None:
@@ -200,16 +199,16 @@ class Loop:
     step}. It ends in phase checkpoint, with the writers closed."""
     config = self.config
     result = {}
-    first_step = self.first_step or FirstStep(self.setup, self.start, self.image_table())
-    batches = first_step.batches
-    train_step = first_step.train_step
+    self.first_step = self.first_step or FirstStep(self.setup, self.start, self.image_table())
+    batches = self.first_step.batches
+    train_step = self.first_step.train_step
     step = self.start
     try:
       for step in range(self.start + 1, config.total_steps + 1):
         self.clock.enter('input', step)
         batch = next(batches)
         self.profiler(step)
-        self.state, stats = self.update(train_step, batch, step, first_step)
+        self.state, stats = self.update(train_step, batch, step)
         self.run_ahead.add(stats['loss'])  # Two steps ahead at most (no later step consumes it).
         self.clock.tick(step)
         self.progress.step(step)
@@ -261,9 +260,9 @@ class Loop:
       yield
       self.record.write(step)
 
-  def update(self, train_step, batch, step: int, first_step: FirstStep):
+  def update(self, train_step, batch, step: int):
     """The update of `step`, dispatched, in phase train. The first one waits in phase compile for
-    the train step's compile (`first_step`: said before and after, it takes a while); the first stay
+    the train step's compile (FirstStep: said before and after, it takes a while); the first stay
     in train after it, which waits for the first step's run, then has the watchdog's first bound."""
     if step > self.start + 1:
       self.clock.enter('train')
@@ -271,7 +270,7 @@ class Loop:
     log.info('Compiling the train step...')
     self.clock.enter('compile')
     compiling = time.monotonic()
-    first_step.wait()
+    self.first_step.wait()
     # Processes start their first collective together, however long each one compiled (gloo gives a
     # peer 30 s).
     distributed.barrier(f'compiled-{step}', timeout_s=self.config.faults.hang_first_s)
